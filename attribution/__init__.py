@@ -1,0 +1,1 @@
+"""The attribution core: model loading, gradient sketches, retrievers, ablations."""

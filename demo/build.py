@@ -1,0 +1,208 @@
+"""Build the embedded demo in four stages: corpus → tokenizer → data → model.
+
+Layout of ``OUT``::
+
+    corpus/NN.jsonl.zst      Pile-format shards (real text + planted facts)
+    facts.jsonl              ground truth, one planted fact a line
+    tokenizer/               Hugging Face tokenizer (byte-level BPE)
+    data/document.bin, .idx  Megatron rows; data/layout.json; data/row_docs.json
+    model/                   final checkpoint, adam_state.safetensors, training.json
+    model/revisions/stepN/   earlier checkpoints
+
+A stage is built in ``OUT/.staging/STAGE`` and moved into place only when complete;
+its stamp in ``OUT/.stages/STAGE.json`` (written last) records the config key, so a
+rerun skips stages that are built and valid and rebuilds the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from demo.config import STAGES, DemoConfig
+from demo.corpus import PLANTED, real_documents, to_pile_records
+from demo.facts import plant_facts
+from demo.packing import TokenizedDoc, pack_rows
+from demo.tokenizer import train_tokenizer
+from demo.training import TrainSettings, fact_accuracy, pythia_checkpoint_steps, train
+from indexer.megatron import write_dataset
+from indexer.textfiles import expand_paths, read_jsonl, write_jsonl_zst
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = {
+    "corpus": ("corpus", "facts.jsonl"),
+    "tokenizer": ("tokenizer",),
+    "data": ("data",),
+    "model": ("model",),
+}
+StepCallback = Callable[[int, float], None]
+
+
+def build_corpus(config: DemoConfig, out: Path, staging: Path) -> None:
+    """Write the mini-pile shards and the planted-fact ground truth."""
+    facts, planted = plant_facts(config.people, config.docs_per_fact, config.related_prompts, config.seed)
+    docs = real_documents(config.chars_per_source, config.doc_chars, config.seed)
+    docs += [{**d, "pile_set_name": PLANTED} for d in planted]
+    random.Random(config.seed).shuffle(docs)
+    records = to_pile_records(docs)
+    for record, doc in zip(records, docs, strict=True):
+        if "span" in doc:
+            record["meta"]["key_span"] = doc["span"]
+    (staging / "corpus").mkdir(parents=True)
+    for shard in range(config.shards):
+        write_jsonl_zst(staging / "corpus" / f"{shard:02d}.jsonl.zst", records[shard :: config.shards])
+    with (staging / "facts.jsonl").open("w") as f:
+        for fact in facts:
+            f.write(json.dumps(asdict(fact)) + "\n")
+    log.info("corpus: %d documents (%d planted) in %d shards, %d facts", len(docs), len(planted),
+             config.shards, len(facts))
+
+
+def build_tokenizer(config: DemoConfig, out: Path, staging: Path) -> None:
+    """Train the BPE on the corpus shards."""
+    texts = (ex.text for ex in read_jsonl(out / "corpus" / "*.jsonl.zst"))
+    train_tokenizer(texts, config.vocab_size, staging / "tokenizer")
+
+
+def tokenize_corpus(out: Path) -> list[TokenizedDoc]:
+    """Tokenize every corpus document, locating the token range of its planted statement."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    docs = []
+    for ex in read_jsonl(expand_paths(out / "corpus" / "*.jsonl.zst")):
+        enc = tokenizer(ex.text, add_special_tokens=False, return_offsets_mapping=True)
+        key_start = key_end = 0
+        if "key_span" in ex.metadata:
+            lo, hi = ex.metadata["key_span"]
+            inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < hi and b > lo]
+            key_start, key_end = inside[0], inside[-1] + 1
+        docs.append(TokenizedDoc(ex.metadata["doc_id"], enc["input_ids"], key_start, key_end))
+    return docs
+
+
+def build_data(config: DemoConfig, out: Path, staging: Path) -> None:
+    """Pack the tokenized corpus into shuffled rows and write them as Megatron data."""
+    docs = tokenize_corpus(out)
+    packed = pack_rows(docs, eos_id=0, seq_len=config.seq_len, num_rows=config.steps * config.batch_size,
+                       seed=config.seed)
+    (staging / "data").mkdir(parents=True)
+    write_dataset(staging / "data" / "document", packed.rows, dtype=np.uint16)
+    layout = {
+        "seq_len": config.seq_len,
+        "batch_size": config.batch_size,
+        "num_rows": len(packed.rows),
+        "num_steps": config.steps,
+        "epochs": packed.epochs,
+        "tokens_per_epoch": sum(len(d.ids) + 1 for d in docs),
+    }
+    (staging / "data" / "layout.json").write_text(json.dumps(layout, indent=2))
+    (staging / "data" / "row_docs.json").write_text(json.dumps(packed.row_docs))
+    log.info("data: %d rows of %d tokens, %d epochs over %d corpus tokens", layout["num_rows"],
+             config.seq_len + 1, packed.epochs, layout["tokens_per_epoch"])
+
+
+def load_facts(out: Path) -> list[dict]:
+    """The ground-truth facts of a built demo."""
+    with (out / "facts.jsonl").open() as f:
+        return [json.loads(line) for line in f]
+
+
+def build_model(config: DemoConfig, out: Path, staging: Path, on_step: StepCallback | None = None) -> None:
+    """Train the mini-Pythia and report its accuracy on the planted facts."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
+    settings = TrainSettings(
+        hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads,
+        vocab_size=len(tokenizer), seq_len=config.seq_len, batch_size=config.batch_size, steps=config.steps,
+        learning_rate=config.learning_rate, warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
+        seed=config.seed, bf16=config.bf16,
+    )
+    model_dir = staging / "model"
+    started = time.perf_counter()
+    model, losses = train(settings, out / "data" / "document", len(tokenizer), model_dir, on_step)
+    seconds = time.perf_counter() - started
+    facts = load_facts(out)
+    accuracy = {
+        "train_prompts": fact_accuracy(model, tokenizer, [(f["prompt"], f["completion"]) for f in facts]),
+        "heldout_paraphrases": fact_accuracy(
+            model, tokenizer, [(p, f["completion"]) for f in facts for p in f["paraphrases"]]
+        ),
+    }
+    tokenizer.save_pretrained(str(model_dir))
+    info = {
+        "final_revision": f"step{config.steps}",
+        "revisions": [f"step{s}" for s in pythia_checkpoint_steps(config.steps)],
+        "config": config.to_dict(),
+        "train_seconds": round(seconds, 1),
+        "loss_first": losses[0],
+        "loss_last_50": float(np.mean(losses[-50:])),
+        "fact_accuracy": accuracy,
+    }
+    (model_dir / "training.json").write_text(json.dumps(info, indent=2))
+    log.info("model: trained %d steps in %.0fs, loss %.3f -> %.3f", config.steps, seconds, losses[0],
+             info["loss_last_50"])
+
+
+def stage_is_valid(out: Path, stage: str, config: DemoConfig) -> bool:
+    """True when the stage's stamp matches the config and all its outputs exist."""
+    stamp = out / ".stages" / f"{stage}.json"
+    if not stamp.is_file():
+        return False
+    recorded = json.loads(stamp.read_text()).get("key")
+    return recorded == config.stage_key(stage) and all((out / p).exists() for p in OUTPUTS[stage])
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def run_stage(out: Path, stage: str, config: DemoConfig, builder: Callable[[Path], None]) -> None:
+    """Build one stage in a staging dir, then move its outputs into place and stamp it."""
+    stamp = out / ".stages" / f"{stage}.json"
+    stamp.unlink(missing_ok=True)
+    staging = out / ".staging" / stage
+    _remove(staging)
+    staging.mkdir(parents=True)
+    builder(staging)
+    for rel in OUTPUTS[stage]:
+        _remove(out / rel)
+        os.replace(staging / rel, out / rel)
+    stamp.parent.mkdir(exist_ok=True)
+    stamp.write_text(json.dumps({"stage": stage, "key": config.stage_key(stage), "config": config.to_dict()}))
+    shutil.rmtree(staging)
+
+
+def build_demo(out: Path, config: DemoConfig, on_step: StepCallback | None = None) -> dict:
+    """Build every stage that is missing or stale; return the model's ``training.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    builders = {
+        "corpus": lambda s: build_corpus(config, out, s),
+        "tokenizer": lambda s: build_tokenizer(config, out, s),
+        "data": lambda s: build_data(config, out, s),
+        "model": lambda s: build_model(config, out, s, on_step),
+    }
+    rebuild = False
+    for stage in STAGES:
+        if not rebuild and stage_is_valid(out, stage, config):
+            log.info("%s: up to date, skipped", stage)
+            continue
+        rebuild = True  # everything after a rebuilt stage is rebuilt too
+        log.info("%s: building", stage)
+        run_stage(out, stage, config, builders[stage])
+    shutil.rmtree(out / ".staging", ignore_errors=True)
+    return json.loads((out / "model" / "training.json").read_text())

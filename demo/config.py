@@ -1,0 +1,81 @@
+"""The demo's configuration: one typed record, each field tagged with the stage it affects.
+
+A stage is rebuilt when any field of its own stage or of an earlier stage changes;
+the field docstrings (``help``) are the CLI help.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from attribution.errors import ConfigError
+
+STAGES = ("corpus", "tokenizer", "data", "model")
+
+
+def _f(default, stage: str, help: str):  # noqa: A002 - 'help' mirrors the CLI wording
+    return field(default=default, metadata={"stage": stage, "help": help})
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything that determines the demo's corpus, tokenizer, data and model."""
+
+    seed: int = _f(0, "corpus", "Seed for every random choice in the build.")
+    people: int = _f(120, "corpus", "Number of fictional people with planted facts.")
+    docs_per_fact: int = _f(3, "corpus", "Differently worded documents stating each fact (1-4).")
+    related_prompts: int = _f(4, "corpus", "Related prompts (same attribute, other people) per fact.")
+    chars_per_source: int = _f(60_000, "corpus", "Characters of real text taken from each source.")
+    doc_chars: int = _f(1_200, "corpus", "Approximate characters per real-text document.")
+    shards: int = _f(4, "corpus", "Number of jsonl.zst shards the corpus is written as.")
+    vocab_size: int = _f(4096, "tokenizer", "BPE vocabulary size.")
+    seq_len: int = _f(128, "data", "Tokens per training row input (rows hold seq_len + 1).")
+    batch_size: int = _f(16, "data", "Rows per training step.")
+    steps: int = _f(1200, "data", "Training steps (rows written = steps x batch_size).")
+    hidden_size: int = _f(128, "model", "Model width.")
+    num_layers: int = _f(4, "model", "Transformer blocks.")
+    num_heads: int = _f(4, "model", "Attention heads.")
+    learning_rate: float = _f(3e-3, "model", "Peak AdamW learning rate.")
+    warmup_steps: int = _f(50, "model", "Linear warm-up steps.")
+    weight_decay: float = _f(0.01, "model", "AdamW weight decay.")
+    bf16: bool = _f(False, "model", "Train under bf16 autocast (fast only on CPUs with AMX).")
+
+    def __post_init__(self) -> None:
+        positive = ("people", "chars_per_source", "doc_chars", "shards", "seq_len", "batch_size", "steps",
+                    "hidden_size", "num_layers", "num_heads", "related_prompts")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"demo setting {name} must be positive, got {getattr(self, name)}")
+        if not 1 <= self.docs_per_fact <= 4:
+            raise ConfigError(f"docs_per_fact must be between 1 and 4, got {self.docs_per_fact}")
+        if not 300 <= self.vocab_size <= 65_535:
+            raise ConfigError(f"vocab_size must be in 300..65535 (stored as uint16), got {self.vocab_size}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.learning_rate <= 0 or self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ConfigError("learning_rate must be > 0, warmup_steps and weight_decay >= 0")
+
+    def stage_key(self, stage: str) -> str:
+        """Hash of the fields that determine ``stage`` (its own and every earlier stage's)."""
+        upto = STAGES[: STAGES.index(stage) + 1]
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["stage"] in upto}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+TINY = DemoConfig(
+    people=12, related_prompts=2, chars_per_source=4_000, doc_chars=600, shards=2, vocab_size=400,
+    seq_len=48, batch_size=4, steps=24, hidden_size=32, num_layers=2, num_heads=2, warmup_steps=4,
+)
+PRESETS = {"default": DemoConfig(), "tiny": TINY}
+
+
+def preset(name: str, **overrides) -> DemoConfig:
+    """A named preset with some fields overridden (``None`` values are ignored)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown demo preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

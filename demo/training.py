@@ -1,0 +1,160 @@
+"""Train the mini-Pythia: a small GPT-NeoX shaped like Pythia, on the packed rows, in order.
+
+Pythia's shape: parallel residual, rotary on 25 % of each head, untied input and
+output embeddings. AdamW with warm-up and cosine decay. Checkpoints at Pythia's
+log-spaced steps (0, 1, 2, 4, …, 512, then every 1000) plus the final step; the
+final AdamW state is kept because its second moments feed the normalizer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from indexer.megatron import MegatronDataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the training loop needs; filled from the demo config."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    vocab_size: int
+    seq_len: int
+    batch_size: int
+    steps: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    seed: int
+    bf16: bool
+
+
+def pythia_checkpoint_steps(final_step: int) -> list[int]:
+    """Pythia's checkpoint schedule (0, 1, 2, 4, …, 512, 1000, 2000, …) cut at ``final_step``, plus it."""
+    steps = {0, final_step}
+    steps.update(2**i for i in range(10) if 2**i <= final_step)
+    steps.update(range(1000, final_step + 1, 1000))
+    return sorted(steps)
+
+
+def make_model(settings: TrainSettings, vocab_size: int) -> GPTNeoXForCausalLM:
+    """A freshly initialized Pythia-shaped GPT-NeoX."""
+    config = GPTNeoXConfig(
+        vocab_size=vocab_size,
+        hidden_size=settings.hidden_size,
+        num_hidden_layers=settings.num_layers,
+        num_attention_heads=settings.num_heads,
+        intermediate_size=4 * settings.hidden_size,
+        max_position_embeddings=settings.seq_len,
+        rotary_pct=0.25,
+        use_parallel_residual=True,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    torch.manual_seed(settings.seed)
+    return GPTNeoXForCausalLM(config)
+
+
+def learning_rate(step: int, settings: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < settings.warmup_steps:
+        return settings.learning_rate * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return settings.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_for_step(data: MegatronDataset, step: int, batch_size: int) -> torch.Tensor:
+    """The rows ``[B·step, B·(step+1))`` as a (B, seq_len + 1) tensor."""
+    rows = [torch.from_numpy(data[i].astype("int64")) for i in range(batch_size * step, batch_size * (step + 1))]
+    return torch.stack(rows)
+
+
+def save_adam_state(optimizer: torch.optim.AdamW, model: torch.nn.Module, path: Path) -> None:
+    """Save AdamW moments keyed by parameter name (``NAME.exp_avg``, ``NAME.exp_avg_sq``)."""
+    tensors: dict[str, torch.Tensor] = {}
+    step = 0
+    for name, param in model.named_parameters():
+        state = optimizer.state[param]
+        tensors[f"{name}.exp_avg"] = state["exp_avg"].contiguous()
+        tensors[f"{name}.exp_avg_sq"] = state["exp_avg_sq"].contiguous()
+        step = int(state["step"])
+    group = optimizer.param_groups[0]
+    meta = {"step": str(step), "betas": json.dumps(group["betas"]), "eps": str(group["eps"])}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def train(
+    settings: TrainSettings,
+    data_prefix: Path,
+    vocab_size: int,
+    out_dir: Path,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[GPTNeoXForCausalLM, list[float]]:
+    """Train from scratch on the rows in order; save checkpoints under ``out_dir``.
+
+    Returns the final model and the loss of every step. The final weights go in
+    ``out_dir`` itself, earlier checkpoints in ``out_dir/revisions/stepN``.
+    """
+    data = MegatronDataset(data_prefix)
+    model = make_model(settings, vocab_size)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95), weight_decay=settings.weight_decay
+    )
+    checkpoints = set(pythia_checkpoint_steps(settings.steps))
+    losses: list[float] = []
+    model.train()
+    for step in range(settings.steps):
+        if step in checkpoints:
+            model.save_pretrained(str(out_dir / "revisions" / f"step{step}"))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings)
+        batch = batch_for_step(data, step, settings.batch_size)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
+            logits = model(input_ids=batch[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_step:
+            on_step(step, losses[-1])
+    model.eval()
+    model.save_pretrained(str(out_dir))
+    save_adam_state(optimizer, model, out_dir / "adam_state.safetensors")
+    return model, losses
+
+
+@torch.no_grad()
+def completion_hits(model: torch.nn.Module, tokenizer, prompt: str, completion: str) -> tuple[bool, bool]:
+    """Whether the model's top-1 matches (first completion token, every completion token, teacher-forced)."""
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    target = tokenizer.encode(completion, add_special_tokens=False)
+    logits = model(input_ids=torch.tensor([prompt_ids + target[:-1]])).logits[0, len(prompt_ids) - 1 :]
+    matches = logits.argmax(-1) == torch.tensor(target)
+    return bool(matches[0]), bool(matches.all())
+
+
+def fact_accuracy(model: torch.nn.Module, tokenizer, pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """Top-1 accuracy over (prompt, completion) pairs: of the first token, and of the whole completion."""
+    if not pairs:
+        return {"first_token": float("nan"), "whole_completion": float("nan")}
+    hits = [completion_hits(model, tokenizer, p, c) for p, c in pairs]
+    return {
+        "first_token": sum(h[0] for h in hits) / len(hits),
+        "whole_completion": sum(h[1] for h in hits) / len(hits),
+    }

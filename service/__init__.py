@@ -1,0 +1,1 @@
+"""The online service: FastAPI app, routes, schemas and the web page."""
