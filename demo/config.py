@@ -68,8 +68,8 @@ class DemoConfig:
 
 
 TINY = DemoConfig(
-    people=12, related_prompts=2, chars_per_source=4_000, doc_chars=600, shards=2, vocab_size=400,
-    seq_len=48, batch_size=4, steps=24, hidden_size=32, num_layers=2, num_heads=2, warmup_steps=4,
+    people=8, related_prompts=2, chars_per_source=1_500, doc_chars=500, shards=2, vocab_size=400,
+    seq_len=64, batch_size=4, steps=48, hidden_size=32, num_layers=2, num_heads=2, warmup_steps=4,
 )
 PRESETS = {"default": DemoConfig(), "tiny": TINY}
 

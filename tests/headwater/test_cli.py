@@ -1,0 +1,80 @@
+"""The command line, end to end: the batch viewer and the demo build, with bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from demo.config import TINY
+from headwater.cli import app
+
+runner = CliRunner()
+
+
+def rows_of(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_show_step_uses_the_recorded_batch_size(tiny_demo: Path) -> None:
+    prefix = str(tiny_demo / "data" / "document")
+    result = runner.invoke(app, ["data", "show", prefix, "--step", "2", "--tokenizer", str(tiny_demo / "tokenizer")])
+    assert result.exit_code == 0, result.output
+    rows = rows_of(result.output)
+    b = TINY.batch_size
+    assert [r["row"] for r in rows] == list(range(2 * b, 3 * b))
+    assert {r["step"] for r in rows} == {2} and [r["batch_pos"] for r in rows] == list(range(b))
+    assert all(len(r["tokens"]) == TINY.seq_len + 1 and isinstance(r["text"], str) for r in rows)
+
+
+def test_show_rows_with_explicit_batch_size(tiny_demo: Path) -> None:
+    prefix = str(tiny_demo / "data" / "document")
+    result = runner.invoke(app, ["data", "show", prefix, "--rows", "5:8", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert [(r["row"], r["step"], r["batch_pos"]) for r in rows_of(result.output)] == [(5, 2, 1), (6, 3, 0), (7, 3, 1)]
+    assert "text" not in rows_of(result.output)[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--step", "9999"], "outside the data"),
+        (["--rows", "0:99999"], "outside the data"),
+        (["--rows", "x:y"], "not of the form"),
+        ([], "exactly one of --rows"),
+        (["--rows", "0:2", "--step", "1"], "exactly one of --rows"),
+        (["--step", "1", "--batch-size", "0"], "--batch-size must be positive"),
+        (["--rows", "0:2", "--tokenizer", "/nonexistent/tok"], "cannot load tokenizer"),
+    ],
+)
+def test_show_bad_input_is_a_clear_error(tiny_demo: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["data", "show", str(tiny_demo / "data" / "document"), *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_show_missing_data(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["data", "show", str(tmp_path / "nothing"), "--rows", "0:1"])
+    assert result.exit_code == 2 and "index file not found" in result.output
+
+
+def test_demo_build_through_the_console_script(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "headwater.cli", "demo", "build", "--out", str(out), "--preset", "tiny"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "fact accuracy on train prompts: first token" in done.stdout
+    assert (out / "model" / "training.json").is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert "up to date, skipped" in again.stderr
+
+
+def test_demo_build_refuses_bad_settings(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "build", "--out", str(tmp_path), "--steps", "0"])
+    assert result.exit_code == 2 and "steps must be positive" in result.output
+    result = runner.invoke(app, ["demo", "build", "--out", str(tmp_path), "--preset", "nope"])
+    assert result.exit_code == 2 and "unknown demo preset" in result.output
