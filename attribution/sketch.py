@@ -1,0 +1,143 @@
+"""Per-example gradient sketches by factored two-sided projection (LoGra).
+
+For a linear layer ``y = W x``, an example's weight gradient is ``dW = Σ_t g_t x_tᵀ``
+(output gradient ⊗ input activation). Projecting both sides before the sum,
+``S = Σ_t (P_outᵀ g_t)(P_inᵀ x_t)ᵀ = P_outᵀ dW P_in`` (k × k per module), exactly,
+without ever forming ``dW``. Forward hooks project inputs; tensor hooks on the
+outputs project the output gradients as backward produces them. Parameters do not
+require grad during the pass, so no ``.grad`` is computed for the sketch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attribution.batching import TokenBatch
+from attribution.errors import ConfigError
+from attribution.modules import sketched_linears
+from attribution.projection import projection_matrix
+
+
+@dataclass(frozen=True)
+class SketchConfig:
+    """How gradients are sketched; saved with every index and checked on reopen."""
+
+    k: int = 16
+    """Projection dimension per side; each module contributes k × k numbers."""
+    seed: int = 0
+    """Seed of the projection matrices."""
+    include_head: bool = False
+    """Also sketch the output head (vocab × hidden, the largest layer)."""
+
+    def __post_init__(self) -> None:
+        if self.k <= 0:
+            raise ConfigError(f"projection dimension k must be positive, got {self.k}")
+
+
+class Sketcher:
+    """Computes gradient sketches of a model's per-example (or per-window) losses."""
+
+    def __init__(self, model: nn.Module, config: SketchConfig, scales: dict[str, tuple] | None = None) -> None:
+        """``scales`` maps a module name to ``(in_scale, out_scale)`` vectors applied before projection
+        (the factored Adam normalizer); they are folded into the projection matrices."""
+        self.model = model
+        self.config = config
+        self.modules = sketched_linears(model, config.include_head)
+        weight = next(iter(self.modules.values())).weight
+        self.projections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, mod in self.modules.items():
+            p_in = projection_matrix(config.seed, name, "in", mod.in_features, config.k, weight.dtype, weight.device)
+            p_out = projection_matrix(config.seed, name, "out", mod.out_features, config.k, weight.dtype, weight.device)
+            if scales and name in scales:
+                in_scale, out_scale = scales[name]
+                p_in = in_scale.to(p_in)[:, None] * p_in
+                p_out = out_scale.to(p_out)[:, None] * p_out
+            self.projections[name] = (p_in, p_out)
+
+    @property
+    def dim(self) -> int:
+        """Length of one sketch: modules × k²."""
+        return len(self.modules) * self.config.k**2
+
+    @property
+    def module_names(self) -> list[str]:
+        return list(self.modules)
+
+    def sketch(self, batch: TokenBatch, window: int | None = None) -> torch.Tensor:
+        """Sketches ``(B, D)``; with ``window=w``, per window of w real tokens: ``(B, n_windows, D)``.
+
+        Window ``i`` holds the targets at positions ``[i·w, (i+1)·w)`` of each example's own
+        tokens, so windows do not depend on padding; the windows sum to the whole sketch.
+        """
+        if window is not None and window <= 0:
+            raise ConfigError(f"window must be a positive number of tokens, got {window}")
+        device = next(self.model.parameters()).device
+        batch = batch.right_aligned().to(device)
+        assign = self._window_assignment(batch, window)  # (B, T, n_windows)
+        results: dict[str, torch.Tensor] = {}
+        with self._hooks(assign, results):
+            loss = self._loss(batch)
+            loss.backward()
+        sketches = torch.cat([results[name].flatten(2) for name in self.modules], dim=2)  # (B, n, D)
+        return sketches[:, 0] if window is None else sketches
+
+    def _window_assignment(self, batch: TokenBatch, window: int | None) -> torch.Tensor:
+        mask = batch.attention_mask.to(next(self.model.parameters()).dtype)
+        if window is None:
+            return mask[:, :, None]
+        # The gradient flowing out of position t comes from the loss on target t + 1, so a
+        # position belongs to the window of the target it predicts.
+        target = batch.position_ids + 1
+        count = int((batch.attention_mask.sum(1).max() + window - 1) // window)
+        index = (target // window).clamp(max=count - 1)
+        return nn.functional.one_hot(index, count).to(mask) * mask[:, :, None]
+
+    def _loss(self, batch: TokenBatch) -> torch.Tensor:
+        logits = self.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        ).logits
+        logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+        logp = torch.log_softmax(logits, dim=-1)
+        nll = -logp.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+        return (nll * batch.loss_mask[:, 1:].to(nll)).sum()
+
+    @contextlib.contextmanager
+    def _hooks(self, assign: torch.Tensor, results: dict[str, torch.Tensor]) -> Iterator[None]:
+        handles = []
+        saved = {p: p.requires_grad for p in self.model.parameters()}
+        embed = self.model.get_input_embeddings()
+
+        def make_leaf(module, args, output):  # gradients must flow although no parameter wants them
+            return output.detach().requires_grad_(True)
+
+        def make_hook(name: str):
+            p_in, p_out = self.projections[name]
+
+            def forward_hook(module, args, output):
+                x_proj = args[0].detach() @ p_in  # (B, T, k)
+
+                def grad_hook(grad: torch.Tensor) -> None:
+                    g_proj = grad @ p_out  # (B, T, k)
+                    results[name] = torch.einsum("btn,btk,btl->bnkl", assign, g_proj, x_proj)
+
+                output.register_hook(grad_hook)
+
+            return forward_hook
+
+        try:
+            for p in self.model.parameters():
+                p.requires_grad_(False)
+            handles.append(embed.register_forward_hook(make_leaf))
+            handles += [mod.register_forward_hook(make_hook(name)) for name, mod in self.modules.items()]
+            with torch.enable_grad():
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for p, flag in saved.items():
+                p.requires_grad_(flag)
