@@ -31,6 +31,7 @@ import numpy as np
 from demo.config import STAGES, DemoConfig
 from demo.corpus import PLANTED, real_documents, to_pile_records
 from demo.facts import plant_facts
+from demo.groundtruth import load_facts
 from demo.packing import TokenizedDoc, pack_rows
 from demo.tokenizer import train_tokenizer
 from demo.training import TrainSettings, fact_accuracy, pythia_checkpoint_steps, train
@@ -87,7 +88,8 @@ def tokenize_corpus(out: Path) -> list[TokenizedDoc]:
             lo, hi = ex.metadata["key_span"]
             inside = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < hi and b > lo]
             key_start, key_end = inside[0], inside[-1] + 1
-        docs.append(TokenizedDoc(ex.metadata["doc_id"], enc["input_ids"], key_start, key_end))
+        docs.append(TokenizedDoc(ex.metadata["doc_id"], enc["input_ids"], key_start, key_end,
+                                 ex.metadata["pile_set_name"]))
     return docs
 
 
@@ -110,12 +112,6 @@ def build_data(config: DemoConfig, out: Path, staging: Path) -> None:
     (staging / "data" / "row_docs.json").write_text(json.dumps(packed.row_docs))
     log.info("data: %d rows of %d tokens, %d epochs over %d corpus tokens", layout["num_rows"],
              config.seq_len + 1, packed.epochs, layout["tokens_per_epoch"])
-
-
-def load_facts(out: Path) -> list[dict]:
-    """The ground-truth facts of a built demo."""
-    with (out / "facts.jsonl").open() as f:
-        return [json.loads(line) for line in f]
 
 
 def build_model(config: DemoConfig, out: Path, staging: Path, on_step: StepCallback | None = None) -> None:

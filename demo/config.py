@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from attribution.errors import ConfigError
 
 STAGES = ("corpus", "tokenizer", "data", "model")
+FORMAT_VERSION = 2
+"""Bumped when the build writes different files for the same settings, so old builds are redone."""
 
 
 def _f(default, stage: str, help: str):  # noqa: A002 - 'help' mirrors the CLI wording
@@ -61,6 +63,7 @@ class DemoConfig:
         """Hash of the fields that determine ``stage`` (its own and every earlier stage's)."""
         upto = STAGES[: STAGES.index(stage) + 1]
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.metadata["stage"] in upto}
+        values["format_version"] = FORMAT_VERSION
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:

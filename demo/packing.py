@@ -24,11 +24,13 @@ class TokenizedDoc:
     ids: list[int]
     key_start: int = 0
     key_end: int = 0
+    subset: str | None = None
 
 
 @dataclass
 class PackedRows:
-    """Rows of ``seq_len + 1`` tokens, and per row the documents touched and stated whole."""
+    """Rows of ``seq_len + 1`` tokens, and per row the documents touched and stated whole,
+    and the ``pile_set_name`` of the document that fills most of the row."""
 
     rows: np.ndarray
     row_docs: list[dict[str, list[str]]]
@@ -71,7 +73,8 @@ def pack_rows(docs: list[TokenizedDoc], eos_id: int, seq_len: int, num_rows: int
         touched = [docs[d].doc_id for d in dict.fromkeys(owner_rows[r].tolist())]
         counts = Counter(k for k in key_rows[r].tolist() if k >= 0)
         stated = [docs[d].doc_id for d, n in counts.items() if n == docs[d].key_end - docs[d].key_start]
-        row_docs.append({"docs": touched, "stated": stated})
+        majority = Counter(owner_rows[r].tolist()).most_common(1)[0][0]
+        row_docs.append({"docs": touched, "stated": stated, "pile_set_name": docs[majority].subset})
     return PackedRows(stream[perm], row_docs, epochs)
 
 

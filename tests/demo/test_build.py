@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from attribution.models import load_model
-from demo.build import build_demo, load_facts
+from demo.build import build_demo
 from demo.config import TINY, DemoConfig, preset
+from demo.groundtruth import load_facts
 from demo.packing import gold_rows
 from indexer.megatron import MegatronDataset
 from indexer.textfiles import read_jsonl

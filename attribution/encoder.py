@@ -1,0 +1,134 @@
+"""The gradient side of attribution: queries and training examples to comparable vectors.
+
+The indexer and the service both go through :class:`GradientEncoder`, so training
+sketches and query sketches can never be computed differently. One encoder may hold
+several checkpoints (TracIn-CP); each is sketched and prepared on its own and the
+results concatenated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from attribution.batching import collate, query_tokens, training_batch
+from attribution.errors import ConfigError
+from attribution.preconditioner import Preconditioner
+from attribution.scoring import ScoreMode, combine_checkpoints, prepare_query, prepare_train
+from attribution.sketch import Sketcher
+
+
+@dataclass
+class Checkpoint:
+    """One model revision with its sketcher and (optional) fitted preconditioner."""
+
+    model: nn.Module
+    sketcher: Sketcher
+    preconditioner: Preconditioner | None = None
+    revision: str | None = None
+
+
+@dataclass
+class EncodedQuery:
+    """A query's vector, per-completion-token vectors (summing to it) and its tokens."""
+
+    vector: torch.Tensor
+    per_token: torch.Tensor
+    completion: str
+    completion_tokens: list[str]
+    controls_used: int = 0
+    extras: dict = field(default_factory=dict)
+
+
+class GradientEncoder:
+    """Sketch queries and training rows with the same model(s), projections and scoring mode."""
+
+    def __init__(self, checkpoints: list[Checkpoint], tokenizer, mode: ScoreMode | str = ScoreMode.COSINE) -> None:
+        if not checkpoints:
+            raise ConfigError("a gradient encoder needs at least one checkpoint")
+        self.checkpoints = checkpoints
+        self.tokenizer = tokenizer
+        self.mode = ScoreMode(mode)
+        self.max_length = int(getattr(checkpoints[0].model.config, "max_position_embeddings", 2048))
+
+    @property
+    def dim(self) -> int:
+        return sum(c.sketcher.dim for c in self.checkpoints)
+
+    def encode_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    @torch.no_grad()
+    def greedy_completion(self, prompt: str, max_new_tokens: int = 8) -> str:
+        """The final checkpoint's own greedy continuation, stopped at end of text or a period."""
+        model = self.checkpoints[-1].model
+        ids = self.encode_ids(prompt)
+        if not ids:
+            raise ConfigError("the prompt is empty")
+        device = next(model.parameters()).device
+        out: list[int] = []
+        for _ in range(min(max_new_tokens, self.max_length - len(ids))):
+            logits = model(input_ids=torch.tensor([ids + out], device=device)).logits[0, -1]
+            token = int(logits.argmax())
+            if token == self.tokenizer.eos_token_id:
+                break
+            out.append(token)
+            if "." in self.tokenizer.decode([token]) or "\n" in self.tokenizer.decode([token]):
+                break
+        if not out:
+            raise ConfigError(f"the model's greedy continuation of {prompt!r} is empty; give a completion")
+        return self.tokenizer.decode(out)
+
+    def _per_token_sketches(self, prompt_ids: list[int], completion_ids: list[int]) -> list[torch.Tensor]:
+        ids, mask = query_tokens(prompt_ids, completion_ids, self.max_length)
+        first = len(prompt_ids)
+        masks = [[int(i == first + j) for i in range(len(ids))] for j in range(len(completion_ids))]
+        batch = collate([ids] * len(masks), masks)
+        return [c.sketcher.sketch(batch).cpu() for c in self.checkpoints]
+
+    def _control_sketches(self, controls: Sequence[tuple[str, str | None]], n_tokens: int) -> list[torch.Tensor]:
+        rows, masks = [], []
+        for prompt, completion in controls:
+            if completion is None:
+                completion = self.greedy_completion(prompt, max_new_tokens=max(n_tokens, 1))
+            ids, mask = query_tokens(self.encode_ids(prompt), self.encode_ids(completion), self.max_length)
+            rows.append(ids)
+            masks.append(mask)
+        batch = collate(rows, masks)
+        return [c.sketcher.sketch(batch).cpu() for c in self.checkpoints]
+
+    def encode_query(
+        self, prompt: str, completion: str | None = None, controls: Sequence[tuple[str, str | None]] = ()
+    ) -> EncodedQuery:
+        """Query vector, ready for an inner product with :meth:`encode_rows` output."""
+        if completion is None:
+            completion = self.greedy_completion(prompt)
+        prompt_ids, completion_ids = self.encode_ids(prompt), self.encode_ids(completion)
+        per_token = self._per_token_sketches(prompt_ids, completion_ids)
+        control = self._control_sketches(controls, len(completion_ids)) if controls else [None] * len(per_token)
+        vectors, tokens = [], []
+        for ckpt, pt, ctrl in zip(self.checkpoints, per_token, control, strict=True):
+            q, t = prepare_query(pt.sum(0), self.mode, ckpt.preconditioner, ctrl, per_token=pt)
+            vectors.append(q)
+            tokens.append(t)
+        return EncodedQuery(
+            vector=combine_checkpoints(vectors, self.mode),
+            per_token=combine_checkpoints(tokens, self.mode),
+            completion=completion,
+            completion_tokens=[self.tokenizer.decode([t]) for t in completion_ids],
+            controls_used=len(controls),
+        )
+
+    def encode_rows(self, rows: Sequence[Sequence[int]], window: int | None = None) -> torch.Tensor:
+        """Training-example vectors ``(B, D)``, or ``(B, n_windows, D)`` with windows."""
+        batch = training_batch(rows)
+        parts = [prepare_train(c.sketcher.sketch(batch, window).cpu(), self.mode, c.preconditioner)
+                 for c in self.checkpoints]
+        return combine_checkpoints(parts, self.mode)
+
+    def raw_sketches(self, rows: Sequence[Sequence[int]], checkpoint: int = 0) -> torch.Tensor:
+        """Unprepared sketches of one checkpoint (for fitting its preconditioner)."""
+        return self.checkpoints[checkpoint].sketcher.sketch(training_batch(rows)).cpu()

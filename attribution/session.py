@@ -1,0 +1,163 @@
+"""A notebook-sized API: load a model and a set of training examples, then ``attribute``.
+
+    from attribution.session import AttributionSession
+    session = AttributionSession.from_demo("demo-data")
+    for row in session.attribute("Ilse Varga was born in", " Tarnow", k=10, method="gradient"):
+        print(row["rank"], row["score"], row["metadata"]["step"], row["text"][:80])
+
+The session holds every vector in memory (fine for the demo; the indexer writes the
+same vectors to disk for large corpora).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attribution.encoder import Checkpoint, GradientEncoder
+from attribution.errors import ConfigError
+from attribution.filters import Filters
+from attribution.models import load_model, load_tokenizer
+from attribution.normalizer import adam_scales
+from attribution.preconditioner import CovarianceAccumulator, Preconditioner, PreconditionMode
+from attribution.retrievers import (
+    BM25Retriever,
+    EmbeddingRetriever,
+    GradientRetriever,
+    HybridRetriever,
+    Method,
+    Query,
+    Retriever,
+)
+from attribution.scoring import ScoreMode
+from attribution.sketch import SketchConfig, Sketcher
+from indexer.examples import Example
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How training examples are turned into vectors."""
+
+    sketch: SketchConfig = SketchConfig()
+    mode: ScoreMode = ScoreMode.COSINE
+    precondition: PreconditionMode = PreconditionMode.INVERSE_SQRT
+    damping: float = 0.1
+    """λ as a multiple of the mean eigenvalue of the sketch covariance."""
+    precondition_sample: int = 2048
+    """Training examples used to estimate the covariance."""
+    window: int | None = None
+    """Sketch windows of this many tokens; an example scores by its best window."""
+    normalizer: bool = False
+    """Divide gradients by the factored √v of the model's saved Adam state."""
+    batch_size: int = 32
+    revisions: tuple[str | None, ...] = (None,)
+    """Checkpoints to sum over (TracIn-CP); ``None`` is the final model."""
+
+
+class AttributionSession:
+    """Model, encoders and the four retrievers over one set of training examples."""
+
+    def __init__(self, encoder: GradientEncoder, examples: list[Example], vectors: np.ndarray,
+                 config: SessionConfig, embedding_model: str | None = None) -> None:
+        self.encoder, self.examples, self.config = encoder, examples, config
+        self.texts = [ex.text or encoder.tokenizer.decode(ex.token_ids.tolist()) for ex in examples]
+        self.metadata = [ex.metadata for ex in examples]
+        gradient = GradientRetriever(encoder, vectors, self.metadata, config.window)
+        self.retrievers: dict[str, Retriever] = {Method.GRADIENT: gradient}
+        self._embedding_model = embedding_model
+
+    def retriever(self, method: Method | str) -> Retriever:
+        """The retriever for a method, built on first use."""
+        try:
+            method = Method(method)
+        except ValueError as err:
+            raise ConfigError(f"unknown method {method!r}; choose one of {[m.value for m in Method]}") from err
+        if method not in self.retrievers:
+            if method is Method.BM25:
+                self.retrievers[method] = BM25Retriever(self.texts, self.metadata)
+            elif method is Method.EMBEDDING:
+                self.retrievers[method] = EmbeddingRetriever(self.texts, self.metadata, self._embedding_model)
+            else:
+                self.retrievers[method] = HybridRetriever(
+                    self.retrievers[Method.GRADIENT], self.retriever(Method.BM25), self.retriever(Method.EMBEDDING))
+        return self.retrievers[method]
+
+    def attribute(self, prompt: str, completion: str | None = None, k: int = 10, method: str = "gradient",
+                  filters: Filters | None = None, controls: Iterable[tuple[str, str | None]] = ()) -> list[dict]:
+        """The top-k training examples for ``prompt`` → ``completion`` as JSON-ready rows."""
+        if not prompt.strip():
+            raise ConfigError("the prompt is empty")
+        query = Query(prompt, completion, list(controls))
+        hits = self.retriever(method).search(query, k, filters)
+        return [
+            {
+                "rank": rank + 1,
+                "example_id": self.examples[hit.row].example_id,
+                "score": hit.score,
+                "text": self.texts[hit.row],
+                "metadata": self.metadata[hit.row],
+                "completion": query.completion,
+                **hit.evidence,
+            }
+            for rank, hit in enumerate(hits)
+        ]
+
+    @classmethod
+    def from_examples(cls, model_path: str | Path, examples: Iterable[Example], config: SessionConfig = SessionConfig(),
+                      tokenizer_path: str | Path | None = None, device: str = "cpu",
+                      adam_state: str | Path | None = None, embedding_model: str | None = None) -> AttributionSession:
+        """Sketch every example with the model (and its checkpoints) and build the retrievers."""
+        examples = list(examples)
+        if not examples:
+            raise ConfigError("no training examples to attribute to")
+        tokenizer = load_tokenizer(tokenizer_path or model_path)
+        checkpoints = []
+        for revision in config.revisions:
+            model = load_model(model_path, revision=revision, device=device)
+            scales = None
+            if config.normalizer:
+                state = Path(adam_state or Path(model_path) / "adam_state.safetensors")
+                scales = adam_scales(state, Sketcher(model, config.sketch).modules)
+            checkpoints.append(Checkpoint(model, Sketcher(model, config.sketch, scales), revision=revision))
+        encoder = GradientEncoder(checkpoints, tokenizer, config.mode)
+        rows = [ex.token_ids.tolist() for ex in examples]
+        if config.precondition is not PreconditionMode.NONE:
+            fit_preconditioners(encoder, rows, config)
+        vectors = encode_all(encoder, rows, config)
+        return cls(encoder, examples, vectors, config, embedding_model)
+
+    @classmethod
+    def from_demo(cls, demo_dir: str | Path, config: SessionConfig = SessionConfig(), **kwargs) -> AttributionSession:
+        """All training rows of a built demo (see ``headwater demo build``)."""
+        from demo.groundtruth import demo_examples
+
+        demo_dir = Path(demo_dir)
+        tokenizer = load_tokenizer(demo_dir / "tokenizer")
+        examples = list(demo_examples(demo_dir, kwargs.pop("rows", None), tokenizer))
+        return cls.from_examples(demo_dir / "model", examples, config, **kwargs)
+
+
+def fit_preconditioners(encoder: GradientEncoder, rows: list[list[int]], config: SessionConfig) -> None:
+    """Estimate each checkpoint's sketch covariance on an evenly spaced sample and fit its preconditioner."""
+    sample = rows[:: max(1, len(rows) // config.precondition_sample)][: config.precondition_sample]
+    for index, ckpt in enumerate(encoder.checkpoints):
+        acc = CovarianceAccumulator(ckpt.sketcher.dim)
+        for start in range(0, len(sample), config.batch_size):
+            acc.add(encoder.raw_sketches(sample[start : start + config.batch_size], index))
+        ckpt.preconditioner = Preconditioner.fit(acc, config.precondition, config.damping)
+
+
+def encode_all(encoder: GradientEncoder, rows: list[list[int]], config: SessionConfig) -> np.ndarray:
+    """Prepared vectors for every row, in batches."""
+    parts = []
+    for start in range(0, len(rows), config.batch_size):
+        with torch.no_grad():
+            parts.append(encoder.encode_rows(rows[start : start + config.batch_size], config.window).numpy())
+    return np.concatenate(parts).astype("float32")
