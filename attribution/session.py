@@ -60,6 +60,19 @@ class SessionConfig:
     revisions: tuple[str | None, ...] = (None,)
     """Checkpoints to sum over (TracIn-CP); ``None`` is the final model."""
 
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "mode", ScoreMode(self.mode))
+            object.__setattr__(self, "precondition", PreconditionMode(self.precondition))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        if self.window is not None and self.window <= 0:
+            raise ConfigError(f"window must be a positive number of tokens, got {self.window}")
+        if self.damping <= 0 or self.batch_size <= 0 or self.precondition_sample <= 0:
+            raise ConfigError("damping, batch_size and precondition_sample must be positive")
+        if not self.revisions:
+            raise ConfigError("give at least one revision (None is the final model)")
+
 
 class AttributionSession:
     """Model, encoders and the four retrievers over one set of training examples."""
