@@ -39,7 +39,7 @@ def load(demo: Path, rows: int):
 
 def run_variant(name: str, demo: Path, n_rows: int, batch_size: int, k: int) -> dict:
     from attribution.batching import training_batch
-    from attribution.sketch import Sketcher, SketchConfig
+    from attribution.sketch import SketchConfig, Sketcher
 
     model, rows = load(demo, n_rows)
     sketcher = Sketcher(model, SketchConfig(k=k))
