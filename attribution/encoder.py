@@ -122,13 +122,16 @@ class GradientEncoder:
             controls_used=len(controls),
         )
 
-    def encode_rows(self, rows: Sequence[Sequence[int]], window: int | None = None) -> torch.Tensor:
-        """Training-example vectors ``(B, D)``, or ``(B, n_windows, D)`` with windows."""
+    def raw_rows(self, rows: Sequence[Sequence[int]], window: int | None = None) -> list[torch.Tensor]:
+        """Unprepared sketches per checkpoint: ``(B, D_c)``, or ``(B, n_windows, D_c)`` with windows."""
         batch = training_batch(rows)
-        parts = [prepare_train(c.sketcher.sketch(batch, window).cpu(), self.mode, c.preconditioner)
-                 for c in self.checkpoints]
+        return [c.sketcher.sketch(batch, window).cpu() for c in self.checkpoints]
+
+    def prepare_rows(self, raw: list[torch.Tensor]) -> torch.Tensor:
+        """Training vectors from :meth:`raw_rows` output: preconditioned, normalized, checkpoints joined."""
+        parts = [prepare_train(r, self.mode, c.preconditioner) for c, r in zip(self.checkpoints, raw, strict=True)]
         return combine_checkpoints(parts, self.mode)
 
-    def raw_sketches(self, rows: Sequence[Sequence[int]], checkpoint: int = 0) -> torch.Tensor:
-        """Unprepared sketches of one checkpoint (for fitting its preconditioner)."""
-        return self.checkpoints[checkpoint].sketcher.sketch(training_batch(rows)).cpu()
+    def encode_rows(self, rows: Sequence[Sequence[int]], window: int | None = None) -> torch.Tensor:
+        """Training-example vectors ``(B, D)``, or ``(B, n_windows, D)`` with windows."""
+        return self.prepare_rows(self.raw_rows(rows, window))

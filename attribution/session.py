@@ -140,10 +140,10 @@ class AttributionSession:
                 scales = adam_scales(state, Sketcher(model, config.sketch).modules)
             checkpoints.append(Checkpoint(model, Sketcher(model, config.sketch, scales), revision=revision))
         encoder = GradientEncoder(checkpoints, tokenizer, config.mode)
-        rows = [ex.token_ids.tolist() for ex in examples]
+        raw = sketch_all(encoder, [ex.token_ids.tolist() for ex in examples], config)
         if config.precondition is not PreconditionMode.NONE:
-            fit_preconditioners(encoder, rows, config)
-        vectors = encode_all(encoder, rows, config)
+            fit_preconditioners(encoder, raw, config)
+        vectors = encoder.prepare_rows(raw).numpy().astype("float32")
         return cls(encoder, examples, vectors, config, embedding_model)
 
     @classmethod
@@ -157,20 +157,21 @@ class AttributionSession:
         return cls.from_examples(demo_dir / "model", examples, config, **kwargs)
 
 
-def fit_preconditioners(encoder: GradientEncoder, rows: list[list[int]], config: SessionConfig) -> None:
-    """Estimate each checkpoint's sketch covariance on an evenly spaced sample and fit its preconditioner."""
-    sample = rows[:: max(1, len(rows) // config.precondition_sample)][: config.precondition_sample]
-    for index, ckpt in enumerate(encoder.checkpoints):
-        acc = CovarianceAccumulator(ckpt.sketcher.dim)
-        for start in range(0, len(sample), config.batch_size):
-            acc.add(encoder.raw_sketches(sample[start : start + config.batch_size], index))
-        ckpt.preconditioner = Preconditioner.fit(acc, config.precondition, config.damping)
-
-
-def encode_all(encoder: GradientEncoder, rows: list[list[int]], config: SessionConfig) -> np.ndarray:
-    """Prepared vectors for every row, in batches."""
-    parts = []
+def sketch_all(encoder: GradientEncoder, rows: list[list[int]], config: SessionConfig) -> list[torch.Tensor]:
+    """Raw sketches of every row, per checkpoint, computed once in batches."""
+    parts: list[list[torch.Tensor]] = [[] for _ in encoder.checkpoints]
     for start in range(0, len(rows), config.batch_size):
-        with torch.no_grad():
-            parts.append(encoder.encode_rows(rows[start : start + config.batch_size], config.window).numpy())
-    return np.concatenate(parts).astype("float32")
+        for index, raw in enumerate(encoder.raw_rows(rows[start : start + config.batch_size], config.window)):
+            parts[index].append(raw)
+    return [torch.cat(p) for p in parts]
+
+
+def fit_preconditioners(encoder: GradientEncoder, raw: list[torch.Tensor], config: SessionConfig) -> None:
+    """Fit each checkpoint's preconditioner on an evenly spaced sample of its raw sketches (windows count as
+    samples when windows are scored)."""
+    for ckpt, sketches in zip(encoder.checkpoints, raw, strict=True):
+        flat = sketches.reshape(-1, sketches.shape[-1])
+        sample = flat[:: max(1, len(flat) // config.precondition_sample)][: config.precondition_sample]
+        acc = CovarianceAccumulator(ckpt.sketcher.dim)
+        acc.add(sample)
+        ckpt.preconditioner = Preconditioner.fit(acc, config.precondition, config.damping)

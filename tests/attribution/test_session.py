@@ -96,3 +96,16 @@ def test_windowed_session_returns_spans(tiny_demo: Path, fact: dict) -> None:
         start, end = row["token_span"]
         assert end - start == 16 and start % 16 == 0
         assert sum(row["token_contributions"]) == pytest.approx(row["score"], rel=1e-4, abs=1e-6)
+
+
+def test_multi_checkpoint_session_sums_over_revisions(tiny_demo: Path, fact: dict) -> None:
+    base = SessionConfig(sketch=SketchConfig(k=4), precondition="none", mode="inner_product")
+    final = AttributionSession.from_demo(tiny_demo, base)
+    early = AttributionSession.from_demo(tiny_demo, SessionConfig(**{**base.__dict__, "revisions": ("step8",)}))
+    both = AttributionSession.from_demo(tiny_demo, SessionConfig(**{**base.__dict__, "revisions": ("step8", None)}))
+    scores = {}
+    for name, s in (("final", final), ("early", early), ("both", both)):
+        rows = s.attribute(fact["prompt"], fact["completion"], k=len(s.examples))
+        scores[name] = {r["example_id"]: r["score"] for r in rows}
+    for example_id, score in scores["both"].items():
+        assert score == pytest.approx(scores["final"][example_id] + scores["early"][example_id], rel=1e-4, abs=1e-4)
