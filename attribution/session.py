@@ -12,13 +12,14 @@ same vectors to disk for large corpora).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from attribution.embeddings import TextEmbedder
 from attribution.encoder import Checkpoint, GradientEncoder
 from attribution.errors import ConfigError
 from attribution.filters import Filters
@@ -75,16 +76,21 @@ class SessionConfig:
 
 
 class AttributionSession:
-    """Model, encoders and the four retrievers over one set of training examples."""
+    """Model, encoders and the four retrievers over one set of training examples.
 
-    def __init__(self, encoder: GradientEncoder, examples: list[Example], vectors: np.ndarray,
-                 config: SessionConfig, embedding_model: str | None = None) -> None:
-        self.encoder, self.examples, self.config = encoder, examples, config
-        self.texts = [ex.text or encoder.tokenizer.decode(ex.token_ids.tolist()) for ex in examples]
-        self.metadata = [ex.metadata for ex in examples]
-        gradient = GradientRetriever(encoder, vectors, self.metadata, config.window)
-        self.retrievers: dict[str, Retriever] = {Method.GRADIENT: gradient}
-        self._embedding_model = embedding_model
+    ``texts`` is anything with ``__getitem__`` by row (a list in memory, a DuckDB-backed
+    lookup for a stored index); ``builders`` make the lexical and embedding retrievers on
+    first use.
+    """
+
+    def __init__(self, encoder: GradientEncoder, ids: np.ndarray, metadata: list[dict], gradient: GradientRetriever,
+                 texts, builders: dict[Method, Callable[[], Retriever]]) -> None:
+        self.encoder, self.ids, self.metadata, self.texts = encoder, ids, metadata, texts
+        self.retrievers: dict[Method, Retriever] = {Method.GRADIENT: gradient}
+        self._builders = builders
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
     def retriever(self, method: Method | str) -> Retriever:
         """The retriever for a method, built on first use."""
@@ -93,13 +99,11 @@ class AttributionSession:
         except ValueError as err:
             raise ConfigError(f"unknown method {method!r}; choose one of {[m.value for m in Method]}") from err
         if method not in self.retrievers:
-            if method is Method.BM25:
-                self.retrievers[method] = BM25Retriever(self.texts, self.metadata)
-            elif method is Method.EMBEDDING:
-                self.retrievers[method] = EmbeddingRetriever(self.texts, self.metadata, self._embedding_model)
-            else:
+            if method is Method.HYBRID:
                 self.retrievers[method] = HybridRetriever(
                     self.retrievers[Method.GRADIENT], self.retriever(Method.BM25), self.retriever(Method.EMBEDDING))
+            else:
+                self.retrievers[method] = self._builders[method]()
         return self.retrievers[method]
 
     def attribute(self, prompt: str, completion: str | None = None, k: int = 10, method: str = "gradient",
@@ -112,7 +116,7 @@ class AttributionSession:
         return [
             {
                 "rank": rank + 1,
-                "example_id": self.examples[hit.row].example_id,
+                "example_id": int(self.ids[hit.row]),
                 "score": hit.score,
                 "text": self.texts[hit.row],
                 "metadata": self.metadata[hit.row],
@@ -144,7 +148,17 @@ class AttributionSession:
         if config.precondition is not PreconditionMode.NONE:
             fit_preconditioners(encoder, raw, config)
         vectors = encoder.prepare_rows(raw).numpy().astype("float32")
-        return cls(encoder, examples, vectors, config, embedding_model)
+        texts = [ex.text or tokenizer.decode(ex.token_ids.tolist()) for ex in examples]
+        metadata = [ex.metadata for ex in examples]
+        gradient = GradientRetriever(encoder, vectors, metadata, config.window)
+
+        def embedding() -> EmbeddingRetriever:
+            embedder = TextEmbedder(embedding_model)
+            return EmbeddingRetriever(embedder, embedder.embed(texts), metadata)
+
+        builders = {Method.BM25: lambda: BM25Retriever(texts, metadata), Method.EMBEDDING: embedding}
+        ids = np.asarray([ex.example_id for ex in examples], dtype=np.int64)
+        return cls(encoder, ids, metadata, gradient, texts, builders)
 
     @classmethod
     def from_demo(cls, demo_dir: str | Path, config: SessionConfig = SessionConfig(), **kwargs) -> AttributionSession:

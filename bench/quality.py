@@ -73,9 +73,9 @@ def main() -> None:
     started = time.perf_counter()
     session = AttributionSession.from_demo(args.demo, config, rows=rows)
     built = time.perf_counter() - started
-    facts, accuracy = known_facts(session, load_facts(args.demo), {ex.example_id for ex in session.examples})
+    facts, accuracy = known_facts(session, load_facts(args.demo), set(session.ids.tolist()))
     results = evaluate(session, facts, args.methods.split(","), limit=args.limit, contrastive=args.contrastive)
-    print(f"\n{len(session.examples)} rows indexed in {built:.0f}s; k={args.k} window={args.window} "
+    print(f"\n{len(session)} rows indexed in {built:.0f}s; k={args.k} window={args.window} "
           f"precondition={args.precondition} mode={args.mode} normalizer={args.normalizer} "
           f"contrastive={args.contrastive}; model accuracy (whole completion) {accuracy:.1%}; "
           f"{len(facts)} known facts with gold rows indexed\n")

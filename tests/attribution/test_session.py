@@ -66,7 +66,7 @@ def test_gradient_finds_planted_facts_well_above_random(session: AttributionSess
     facts = [f for f in load_facts(tiny_demo) if f["gold_rows"]]
     ranks = [first_gold_rank([r["example_id"] for r in session.attribute(f["prompt"], f["completion"], k=10)],
                              f["gold_rows"]) for f in facts]
-    n = len(session.examples)
+    n = len(session)
     random_recall = sum(min(1.0, 10 * len(f["gold_rows"]) / n) for f in facts) / len(facts)  # union bound
     assert recall_at(ranks, 10) >= max(0.5, 2 * random_recall)
 
@@ -105,7 +105,7 @@ def test_multi_checkpoint_session_sums_over_revisions(tiny_demo: Path, fact: dic
     both = AttributionSession.from_demo(tiny_demo, SessionConfig(**{**base.__dict__, "revisions": ("step8", None)}))
     scores = {}
     for name, s in (("final", final), ("early", early), ("both", both)):
-        rows = s.attribute(fact["prompt"], fact["completion"], k=len(s.examples))
+        rows = s.attribute(fact["prompt"], fact["completion"], k=len(s))
         scores[name] = {r["example_id"]: r["score"] for r in rows}
     for example_id, score in scores["both"].items():
         assert score == pytest.approx(scores["final"][example_id] + scores["early"][example_id], rel=1e-4, abs=1e-4)

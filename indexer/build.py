@@ -1,0 +1,63 @@
+"""Index builds end to end: shards on every rank, then one merge that publishes the build.
+
+With torchrun (a ``gloo``/``nccl`` process group), ranks meet at a barrier and rank 0
+merges. Slurm array tasks cannot meet: each writes its shards and ``headwater index
+merge DIR`` runs once afterwards (e.g. as a dependent job).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch.distributed as dist
+
+from attribution.embeddings import TextEmbedder
+from indexer.config import IndexConfig
+from indexer.merge import merge
+from indexer.runner import Progress, Rank, ShardRunner, make_encoder
+
+log = logging.getLogger(__name__)
+
+
+def process_group_ready() -> bool:
+    """Join torchrun's process group when launched by torchrun; True when one exists."""
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if "MASTER_ADDR" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("gloo")
+        return True
+    return False
+
+
+def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool = False, batch_size: int = 32,
+                device: str = "cpu", dtype: str = "float32", merge_after: bool = True,
+                progress: Progress | None = None) -> Path | None:
+    """Compute this rank's shards; merge and publish when this process can (returns the build)."""
+    encoder = make_encoder(config, device, dtype)
+    embedder = TextEmbedder(config.embedding_model, device=device)
+    runner = ShardRunner(config, out, encoder, embedder, batch_size, progress)
+    if rank.rank == 0:
+        runner.prepare_workdir(overwrite)
+    grouped = process_group_ready()
+    if grouped:
+        dist.barrier()
+    if rank.rank != 0:
+        runner.prepare_workdir(False)
+    runner.run(rank)
+    if grouped:
+        dist.barrier()
+    if not merge_after or rank.rank != 0 or (rank.world > 1 and not grouped):
+        log.info("rank %d/%d finished its shards; run 'headwater index merge %s' when all ranks are done",
+                 rank.rank, rank.world, out)
+        return None
+    return merge(out, encoder, config, runner.shard_count())
+
+
+def merge_index(out: Path, device: str = "cpu") -> Path:
+    """Merge the finished shards of ``out`` with the config they were built with."""
+    config = IndexConfig.load(out / "work" / "config.json")
+    encoder = make_encoder(config, device)
+    runner = ShardRunner(config, out, encoder, embedder=None)
+    return merge(out, encoder, config, runner.shard_count())

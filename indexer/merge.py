@@ -1,0 +1,174 @@
+"""Merge finished shards into a published index build.
+
+Reads every shard of ``OUT/work`` in order (checking counts, checksums and that no
+shard is missing), fits the preconditioner on an evenly spaced sample of the raw
+sketches (so the result does not depend on how many ranks wrote the shards), writes
+prepared float16 vectors, the FAISS gradient and embedding indices, the BM25 index and
+the DuckDB ``examples`` table into ``OUT/builds/ID``, then points ``OUT/current`` at it
+with one atomic rename. A service holding the previous build keeps reading it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import duckdb
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from attribution.encoder import GradientEncoder
+from attribution.preconditioner import CovarianceAccumulator, Preconditioner, PreconditionMode
+from attribution.retrievers import BM25Retriever
+from indexer.config import IndexConfig
+from indexer.errors import CorruptShardError
+from indexer.manifest import write_manifest
+from indexer.shards import load_shard_array, shard_name, verify_shard
+
+log = logging.getLogger(__name__)
+PRECONDITION_SAMPLE = 4096
+
+
+def list_shards(work: Path, expected: int | None) -> list[Path]:
+    """Finished shards in order; refuses gaps (a rank that has not finished)."""
+    found = sorted(p for p in work.glob("shard-*") if p.is_dir())
+    indices = [int(p.name.split("-")[1]) for p in found]
+    want = list(range(expected)) if expected is not None else list(range(len(found)))
+    missing = sorted(set(want) - set(indices))
+    if missing:
+        raise CorruptShardError(f"{work}: shards {missing[:10]} are missing or unfinished; run 'headwater index "
+                                "build' again (with the same flags) until every rank has finished")
+    if not found:
+        raise CorruptShardError(f"{work}: no finished shards to merge")
+    return [work / shard_name(i) for i in want]
+
+
+def fit_preconditioners(encoder: GradientEncoder, shards: list[Path], config: IndexConfig) -> None:
+    """Fit each checkpoint's preconditioner on an evenly spaced sample of stored raw sketches."""
+    if PreconditionMode(config.precondition) is PreconditionMode.NONE:
+        return
+    for c, ckpt in enumerate(encoder.checkpoints):
+        arrays = [load_shard_array(s, f"sketch-{c}.npy") for s in shards]
+        total = sum(a.shape[0] * (a.shape[1] if a.ndim == 3 else 1) for a in arrays)
+        stride = max(1, total // PRECONDITION_SAMPLE)
+        acc = CovarianceAccumulator(ckpt.sketcher.dim)
+        offset = 0
+        for array in arrays:
+            flat = array.reshape(-1, array.shape[-1])
+            first = (-offset) % stride
+            acc.add(torch.from_numpy(np.asarray(flat[first::stride])))
+            offset += flat.shape[0]
+        ckpt.preconditioner = Preconditioner.fit(acc, config.precondition, config.damping)
+
+
+def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> np.ndarray:
+    """Prepared vectors of every example, in shard order, as a float16 memmap."""
+    first = [load_shard_array(shards[0], f"sketch-{c}.npy") for c in range(len(encoder.checkpoints))]
+    total = sum(load_shard_array(s, "ids.npy").shape[0] for s in shards)
+    shape = (total, *first[0].shape[1:-1], encoder.dim)
+    vectors = np.lib.format.open_memmap(build / "vectors.npy", mode="w+", dtype=np.float16, shape=shape)
+    row = 0
+    for shard in shards:
+        raws = [torch.from_numpy(np.asarray(load_shard_array(shard, f"sketch-{c}.npy")))
+                for c in range(len(encoder.checkpoints))]
+        prepared = encoder.prepare_rows(raws).numpy()
+        vectors[row : row + len(prepared)] = prepared
+        row += len(prepared)
+    vectors.flush()
+    return np.load(build / "vectors.npy", mmap_mode="r")
+
+
+def build_faiss(vectors: np.ndarray, factory: str, sample_queries: int = 100) -> tuple[faiss.Index, float | None]:
+    """FAISS inner-product index over (window) vectors; recall@10 against exact search for non-flat ones."""
+    dim = vectors.shape[-1]
+    flat = np.ascontiguousarray(vectors.reshape(-1, dim), dtype=np.float32)
+    if factory == "Flat":
+        index = faiss.IndexFlatIP(dim)
+        index.add(flat)
+        return index, None
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(flat)
+    index.add(flat)
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(flat)
+    queries = flat[:: max(1, len(flat) // sample_queries)][:sample_queries]
+    _, truth = exact.search(queries, 10)
+    _, approx = index.search(queries, 10)
+    recall = float(np.mean([len(set(t) & set(a)) / 10 for t, a in zip(truth, approx, strict=True)]))
+    return index, recall
+
+
+def build_duckdb(shards: list[Path], path: Path) -> None:
+    """The ``examples`` table, sorted by id, with its FAISS row ``position`` and an index on id."""
+    files = [str(s / "meta.parquet") for s in shards]
+    con = duckdb.connect(str(path))
+    try:
+        con.execute(
+            "CREATE TABLE examples AS SELECT (row_number() OVER () - 1)::BIGINT AS position, * "
+            "FROM read_parquet(?, union_by_name=true) ORDER BY id", [files])
+        con.execute("CREATE UNIQUE INDEX examples_id ON examples(id)")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+
+
+def merge(out: Path, encoder: GradientEncoder, config: IndexConfig, expected_shards: int | None) -> Path:
+    """Build and publish a new index build from the shards; returns the build directory."""
+    started = time.perf_counter()
+    shards = list_shards(out / "work", expected_shards)
+    records = [verify_shard(s) for s in shards]
+    ids = np.concatenate([np.asarray(load_shard_array(s, "ids.npy")) for s in shards])
+    if len(np.unique(ids)) != len(ids) or not np.all(np.diff(ids) > 0):
+        raise CorruptShardError(f"{out}: example ids are duplicated or out of order across shards; rebuild")
+    build_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    tmp = out / "builds" / f".tmp-{build_id}"
+    tmp.mkdir(parents=True)
+    fit_preconditioners(encoder, shards, config)
+    for c, ckpt in enumerate(encoder.checkpoints):
+        if ckpt.preconditioner is not None:
+            ckpt.preconditioner.save(tmp / f"preconditioner-{c}.safetensors")
+    vectors = write_vectors(encoder, shards, tmp)
+    gradient_index, recall = build_faiss(vectors, config.faiss_factory)
+    faiss.write_index(gradient_index, str(tmp / "gradient.faiss"))
+    embeddings = np.concatenate([np.asarray(load_shard_array(s, "embeddings.npy"), np.float32) for s in shards])
+    embedding_index = faiss.IndexFlatIP(embeddings.shape[1])
+    embedding_index.add(embeddings)
+    faiss.write_index(embedding_index, str(tmp / "embedding.faiss"))
+    texts = [t for s in shards for t in pq.read_table(s / "meta.parquet", columns=["text"])["text"].to_pylist()]
+    BM25Retriever(texts, [{}] * len(texts)).save(tmp / "bm25")
+    build_duckdb(shards, tmp / "metadata.duckdb")
+    stats = {"examples": int(len(ids)), "shards": len(shards), "first_id": int(ids[0]), "last_id": int(ids[-1]),
+             "windows": int(vectors.shape[1]) if vectors.ndim == 3 else None, "dim": int(vectors.shape[-1]),
+             "faiss_recall_at_10": recall, "merge_seconds": round(time.perf_counter() - started, 2),
+             "shard_examples": [r["count"] for r in records]}
+    write_manifest(tmp, config, encoder, stats)
+    final = out / "builds" / build_id
+    os.replace(tmp, final)
+    publish(out, final)
+    if recall is not None:
+        log.info("FAISS %s recall@10 vs exact: %.3f (results are re-ranked exactly)", config.faiss_factory, recall)
+    return final
+
+
+def publish(out: Path, build: Path) -> None:
+    """Point ``OUT/current`` at ``build`` in one atomic rename; keep the previous build for open readers."""
+    link = out / "current.tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path("builds") / build.name)
+    os.replace(link, out / "current")
+    (out / "work" / "published.json").write_text(json.dumps({"build": build.name}))
+
+
+def prune_builds(out: Path, keep: int = 2) -> None:
+    """Delete all but the newest ``keep`` builds (never the current one)."""
+    current = (out / "current").resolve()
+    builds = sorted(p for p in (out / "builds").iterdir() if p.is_dir() and not p.name.startswith("."))
+    for old in builds[:-keep]:
+        if old.resolve() != current:
+            shutil.rmtree(old)

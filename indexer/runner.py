@@ -1,0 +1,161 @@
+"""The shard runner: every rank computes its shards (``s % world == rank``), skipping finished ones.
+
+``(rank, world)`` come from flags, torchrun (``RANK``/``WORLD_SIZE``) or a Slurm array
+(``SLURM_ARRAY_TASK_ID``/``SLURM_ARRAY_TASK_COUNT``); one process is the default.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attribution.encoder import Checkpoint, GradientEncoder
+from attribution.errors import ConfigError
+from attribution.models import load_model, load_tokenizer
+from attribution.normalizer import adam_scales
+from attribution.sketch import SketchConfig, Sketcher
+from indexer.config import IndexConfig, check_same
+from indexer.shards import ShardContents, metadata_table, shard_is_complete, shard_name, write_shard
+from indexer.sources import Source, open_source
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class Rank:
+    rank: int = 0
+    world: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world <= 0 or not 0 <= self.rank < self.world:
+            raise ConfigError(f"rank {self.rank} is not in 0..world-1 for world size {self.world}")
+
+
+def detect_rank(rank: int | None = None, world: int | None = None) -> Rank:
+    """Flags first, then torchrun's, then Slurm array's environment, else a single process."""
+    if rank is not None or world is not None:
+        return Rank(rank or 0, world or 1)
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Rank(int(env["RANK"]), int(env["WORLD_SIZE"]))
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return Rank(int(env["SLURM_ARRAY_TASK_ID"]) - first, int(env["SLURM_ARRAY_TASK_COUNT"]))
+    return Rank()
+
+
+def sketch_config(config: IndexConfig) -> SketchConfig:
+    return SketchConfig(k=config.k, seed=config.seed, include_head=config.include_head)
+
+
+def make_encoder(config: IndexConfig, device: str = "cpu", dtype: str = "float32") -> GradientEncoder:
+    """Load the model at every revision with its sketcher (same code as the query side)."""
+    tokenizer = load_tokenizer(config.tokenizer or config.model)
+    checkpoints = []
+    for revision in config.revisions:
+        model = load_model(config.model, revision=revision, dtype=dtype, device=device)
+        scales = adam_scales(config.normalizer, Sketcher(model, sketch_config(config)).modules) \
+            if config.normalizer else None
+        checkpoints.append(Checkpoint(model, Sketcher(model, sketch_config(config), scales), revision=revision))
+    return GradientEncoder(checkpoints, tokenizer, config.mode)
+
+
+def context_length(encoder: GradientEncoder, config: IndexConfig) -> int:
+    limit = encoder.max_length if config.max_tokens is None else min(config.max_tokens, encoder.max_length)
+    return limit + 1  # a training row holds context + 1 tokens (input row[:-1], labels row[1:])
+
+
+def fixed_windows(rows: list[list[int]], raw: torch.Tensor, windows: int) -> torch.Tensor:
+    """Pad the window axis to the index-wide count so every shard has the same shape."""
+    if raw.shape[1] >= windows:
+        return raw[:, :windows]
+    pad = torch.zeros(raw.shape[0], windows - raw.shape[1], raw.shape[2], dtype=raw.dtype)
+    return torch.cat([raw, pad], dim=1)
+
+
+class ShardRunner:
+    """Computes and writes the shards of one rank."""
+
+    def __init__(self, config: IndexConfig, out: Path, encoder: GradientEncoder, embedder,
+                 batch_size: int = 32, progress: Progress | None = None) -> None:
+        self.config, self.out, self.encoder, self.embedder = config, out, encoder, embedder
+        self.batch_size, self.progress = batch_size, progress
+        self.work = out / "work"
+        self.source: Source = open_source(config.data, config.steps, config.batch_rows)
+        self.max_len = context_length(encoder, config)
+        self.windows = -(-self.max_len // config.window) if config.window else None
+
+    def prepare_workdir(self, overwrite: bool = False) -> None:
+        """Create ``work/`` with the config, or check that an existing one matches."""
+        saved = self.work / "config.json"
+        if saved.is_file() and not overwrite:
+            check_same(IndexConfig.load(saved), self.config, self.out)
+        elif saved.is_file():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        if not saved.is_file():
+            self.config.save(saved)
+
+    def shard_count(self) -> int | None:
+        if self.source.count is None:
+            return None
+        return -(-self.source.count // self.config.shard_size)
+
+    def run(self, rank: Rank) -> list[int]:
+        """Compute every missing shard of this rank; returns the shards written."""
+        for tmp in self.work.glob(".tmp-shard-*"):
+            index = int(tmp.name.rsplit("-", 1)[1])
+            if index % rank.world == rank.rank:
+                shutil.rmtree(tmp)  # a killed run's partial shard: redo it
+        written = []
+        total = self.shard_count()
+        index = rank.rank
+        while total is None or index < total:
+            if shard_is_complete(self.work / shard_name(index)):
+                log.info("%s: complete, skipped", shard_name(index))
+            elif not self.compute(index):
+                break  # a stream ended before this shard
+            else:
+                written.append(index)
+            index += rank.world
+        return written
+
+    def compute(self, index: int) -> bool:
+        """Compute one shard; ``False`` if the source has no examples for it."""
+        start = index * self.config.shard_size
+        tokenizer = self.encoder.tokenizer
+        examples = list(self.source.read(start, start + self.config.shard_size, tokenizer))
+        if not examples:
+            return False
+        started = time.perf_counter()
+        eos = tokenizer.eos_token_id or 0
+        rows = [(e.token_ids.tolist()[: self.max_len] or [eos]) for e in examples]
+        texts = [e.text if e.text is not None else tokenizer.decode(r) for e, r in zip(examples, rows, strict=True)]
+        sketches: list[list[torch.Tensor]] = [[] for _ in self.encoder.checkpoints]
+        for b in range(0, len(rows), self.batch_size):
+            batch = rows[b : b + self.batch_size]
+            for c, raw in enumerate(self.encoder.raw_rows(batch, self.config.window)):
+                sketches[c].append(fixed_windows(batch, raw, self.windows) if self.windows else raw)
+            if self.progress:
+                self.progress("examples", len(batch))
+        embeddings = self.embedder.embed(texts).astype(np.float16)
+        contents = ShardContents(
+            ids=np.asarray([e.example_id for e in examples], dtype=np.int64),
+            sketches=[torch.cat(parts).numpy().astype(np.float32) for parts in sketches],
+            embeddings=embeddings,
+            meta=metadata_table(examples, texts),
+        )
+        write_shard(self.work, index, contents)
+        log.info("%s: %d examples in %.1fs", shard_name(index), len(examples), time.perf_counter() - started)
+        if self.progress:
+            self.progress("shards", 1)
+        return True
