@@ -89,8 +89,18 @@ class AttributionSession:
         self.retrievers: dict[Method, Retriever] = {Method.GRADIENT: gradient}
         self._builders = builders
 
+    manifest: dict | None = None
+    """The index manifest, when the session was opened from a stored index."""
+
     def __len__(self) -> int:
         return len(self.ids)
+
+    @classmethod
+    def from_index(cls, path: str | Path, device: str = "cpu") -> AttributionSession:
+        """Open a published index (see ``headwater index build``) read-only."""
+        from indexer.store import open_index
+
+        return open_index(path, device)
 
     def retriever(self, method: Method | str) -> Retriever:
         """The retriever for a method, built on first use."""

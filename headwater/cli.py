@@ -23,7 +23,9 @@ app = typer.Typer(help="headwater: which training examples drive this language m
 demo_app = typer.Typer(help="Build the embedded demo (corpus, tokenizer, data, mini-Pythia).", no_args_is_help=True)
 data_app = typer.Typer(help="Inspect training data.", no_args_is_help=True)
 app.add_typer(demo_app, name="demo")
+index_app = typer.Typer(help="Build, merge, inspect and verify attribution indices.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
 
 F = TypeVar("F", bound=Callable)
 
@@ -97,6 +99,124 @@ def data_show(
 
     for record in show_rows(prefix, rows=rows, step=step, batch_size=batch_size, tokenizer=tokenizer):
         typer.echo(json.dumps(record))
+
+
+@index_app.command("build")
+@clean_errors
+def index_build(
+    model: Annotated[str, typer.Option(help="Hub id (EleutherAI/pythia-70m-deduped) or local model dir.")],
+    data: Annotated[str, typer.Option(help="Megatron prefix, jsonl(.zst)/txt glob, or hf:DATASET.")],
+    out: Annotated[Path, typer.Option(help="Index directory (shards in work/, builds in builds/, current).")],
+    revision: Annotated[list[str] | None, typer.Option(help="Checkpoint(s); several = TracIn-CP sum.")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer dir or hub id (default: the model's).")] = None,
+    steps: Annotated[str | None, typer.Option(help="Training-step range A:B of Megatron data.")] = None,
+    k: Annotated[int, typer.Option(help="Projection dimension per side (k*k numbers per layer).")] = 16,
+    seed: Annotated[int, typer.Option(help="Projection seed.")] = 0,
+    window: Annotated[int | None, typer.Option(help="Sketch windows of this many tokens (0: whole rows).")] = None,
+    mode: Annotated[str, typer.Option(help="cosine or inner_product.")] = "cosine",
+    precondition: Annotated[str, typer.Option(help="inverse_sqrt, inverse or none.")] = "inverse_sqrt",
+    damping: Annotated[float, typer.Option(help="Damping as a multiple of the mean eigenvalue.")] = 0.1,
+    normalizer: Annotated[Path | None, typer.Option(help="Adam state (adam_state.safetensors) to divide by.")] = None,
+    embedding_model: Annotated[str | None, typer.Option(help="Sentence-transformers model (default MiniLM).")] = None,
+    faiss_factory: Annotated[str, typer.Option(help="FAISS index_factory string, e.g. Flat or IVF64,PQ16.")] = "Flat",
+    include_head: Annotated[bool, typer.Option(help="Also sketch the output head.")] = False,
+    max_tokens: Annotated[int | None, typer.Option(help="Truncate examples to this many tokens.")] = None,
+    shard_size: Annotated[int, typer.Option(help="Examples per shard (the unit of work and of resume).")] = 1024,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward/backward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or float64.")] = "float32",
+    rank: Annotated[int | None, typer.Option(help="This process's rank (default: torchrun/Slurm env, else 0).")] = None,
+    world: Annotated[int | None, typer.Option(help="Number of ranks (default: torchrun/Slurm env, else 1).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Rebuild even if --out holds an index with other settings.")] = False,
+    merge: Annotated[bool, typer.Option(help="Merge and publish when this process finishes the last shard.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Sketch, embed and index training data (resumable; sharded across ranks)."""
+    from tqdm import tqdm
+
+    from attribution.errors import ConfigError
+    from indexer.build import build_index
+    from indexer.config import IndexConfig
+    from indexer.runner import detect_rank
+
+    setup_logging(verbose)
+    if batch_size <= 0:
+        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+    if normalizer is not None and not normalizer.is_file():
+        raise ConfigError(f"--normalizer {normalizer}: no such file")
+    config = IndexConfig(
+        model=model, data=data, revisions=tuple(revision) if revision else (None,), tokenizer=tokenizer,
+        steps=steps, k=k, seed=seed, window=window or None, mode=mode, precondition=precondition, damping=damping,
+        normalizer=str(normalizer) if normalizer else None, embedding_model=embedding_model,
+        faiss_factory=faiss_factory, include_head=include_head, max_tokens=max_tokens, shard_size=shard_size,
+    )
+    who = detect_rank(rank, world)
+    with tqdm(desc=f"rank {who.rank}/{who.world}", unit="ex", disable=None) as bar:
+        def progress(kind: str, count: int) -> None:
+            if kind == "examples":
+                bar.update(count)
+
+        build = build_index(config, out, who, overwrite=overwrite, batch_size=batch_size, device=device,
+                            dtype=dtype, merge_after=merge, progress=progress)
+    if build is not None:
+        typer.echo(f"published {build} as {out / 'current'}")
+        _print_info(out)
+
+
+def _print_info(path: Path) -> None:
+    from indexer.manifest import read_manifest, resolve_build
+
+    build = resolve_build(path)
+    manifest = read_manifest(build)
+    counts = manifest["counts"]
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    typer.echo(f"index {build}")
+    typer.echo(f"  model {manifest['model']} revisions {manifest['revisions']}; data {manifest['data']}")
+    typer.echo(f"  {counts['examples']} examples in {counts['shards']} shards; ids {counts['first_id']}.."
+               f"{counts['last_id']}; vector dim {counts['dim']}, windows {counts['windows']}")
+    typer.echo(f"  projection k={manifest['projection']['k']} seed={manifest['projection']['seed']}; "
+               f"preconditioner {manifest['preconditioner']}; normalizer {manifest['normalizer']}")
+    typer.echo(f"  {len(manifest['files'])} files, {size / 1e6:.1f} MB; created {manifest['created']}")
+
+
+@index_app.command("merge")
+@clean_errors
+def index_merge(out: Annotated[Path, typer.Argument(help="Index directory whose shards are finished.")],
+                device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu") -> None:
+    """Merge finished shards into a new build and publish it as OUT/current."""
+    from indexer.build import merge_index
+
+    setup_logging(False)
+    build = merge_index(out, device)
+    typer.echo(f"published {build} as {out / 'current'}")
+
+
+@index_app.command("info")
+@clean_errors
+def index_info(path: Annotated[Path, typer.Argument(help="Index directory or build.")]) -> None:
+    """Print the manifest summary: model, data, counts, sizes."""
+    _print_info(path)
+
+
+@index_app.command("verify")
+@clean_errors
+def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or build.")]) -> None:
+    """Check every file of the published build (and finished shards) against its checksums."""
+    from indexer.manifest import resolve_build, verify_build
+    from indexer.shards import verify_shard
+
+    problems = verify_build(path)
+    work = Path(path) / "work"
+    for shard in sorted(work.glob("shard-*")) if work.is_dir() else []:
+        try:
+            verify_shard(shard)
+        except HeadwaterError as err:
+            problems.append(str(err))
+    if problems:
+        for problem in problems:
+            typer.echo(f"FAILED {problem}", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"OK {resolve_build(path)}: every file matches the manifest")
 
 
 def main() -> None:

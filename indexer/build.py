@@ -15,6 +15,7 @@ import torch.distributed as dist
 
 from attribution.embeddings import TextEmbedder
 from indexer.config import IndexConfig
+from indexer.errors import CorruptShardError
 from indexer.merge import merge
 from indexer.runner import Progress, Rank, ShardRunner, make_encoder
 
@@ -57,7 +58,10 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
 
 def merge_index(out: Path, device: str = "cpu") -> Path:
     """Merge the finished shards of ``out`` with the config they were built with."""
-    config = IndexConfig.load(out / "work" / "config.json")
+    saved = out / "work" / "config.json"
+    if not saved.is_file():
+        raise CorruptShardError(f"{out}: no index build to merge (no work/config.json); run 'headwater index build'")
+    config = IndexConfig.load(saved)
     encoder = make_encoder(config, device)
     runner = ShardRunner(config, out, encoder, embedder=None)
     return merge(out, encoder, config, runner.shard_count())

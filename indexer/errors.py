@@ -19,3 +19,7 @@ class StepRangeError(HeadwaterError, ValueError):
 
 class UnknownSourceError(HeadwaterError, ValueError):
     """A ``--data`` spec matches no reader (no such file, glob or dataset)."""
+
+
+class IndexWriteError(HeadwaterError):
+    """Writing index files failed (disk full, permissions); finished shards are kept for a rerun."""

@@ -62,7 +62,7 @@ def fit_preconditioners(encoder: GradientEncoder, shards: list[Path], config: In
         for array in arrays:
             flat = array.reshape(-1, array.shape[-1])
             first = (-offset) % stride
-            acc.add(torch.from_numpy(np.asarray(flat[first::stride])))
+            acc.add(torch.from_numpy(np.array(flat[first::stride])))
             offset += flat.shape[0]
         ckpt.preconditioner = Preconditioner.fit(acc, config.precondition, config.damping)
 
@@ -75,7 +75,7 @@ def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> 
     vectors = np.lib.format.open_memmap(build / "vectors.npy", mode="w+", dtype=np.float16, shape=shape)
     row = 0
     for shard in shards:
-        raws = [torch.from_numpy(np.asarray(load_shard_array(shard, f"sketch-{c}.npy")))
+        raws = [torch.from_numpy(np.array(load_shard_array(shard, f"sketch-{c}.npy")))
                 for c in range(len(encoder.checkpoints))]
         prepared = encoder.prepare_rows(raws).numpy()
         vectors[row : row + len(prepared)] = prepared

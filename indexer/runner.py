@@ -23,6 +23,7 @@ from attribution.models import load_model, load_tokenizer
 from attribution.normalizer import adam_scales
 from attribution.sketch import SketchConfig, Sketcher
 from indexer.config import IndexConfig, check_same
+from indexer.errors import IndexWriteError
 from indexer.shards import ShardContents, metadata_table, shard_is_complete, shard_name, write_shard
 from indexer.sources import Source, open_source
 
@@ -154,7 +155,11 @@ class ShardRunner:
             embeddings=embeddings,
             meta=metadata_table(examples, texts),
         )
-        write_shard(self.work, index, contents)
+        try:
+            write_shard(self.work, index, contents)
+        except OSError as err:
+            raise IndexWriteError(f"writing {shard_name(index)} under {self.work} failed: {err}. Finished shards "
+                                  "are kept: free space (or fix permissions) and rerun the same command") from err
         log.info("%s: %d examples in %.1fs", shard_name(index), len(examples), time.perf_counter() - started)
         if self.progress:
             self.progress("shards", 1)

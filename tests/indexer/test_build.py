@@ -1,0 +1,187 @@
+"""Index builds: resumable after SIGKILL, equal across ranks, refused on mismatch, verified on disk."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from attribution.session import AttributionSession
+from headwater.cli import app
+from indexer import shards as shards_module
+from indexer.build import build_index
+from indexer.config import IndexConfig, IndexMismatchError
+from indexer.errors import CorruptShardError, IndexWriteError
+from indexer.manifest import read_manifest
+from indexer.runner import Rank
+
+runner = CliRunner()
+FLAGS = ["--k", "4", "--window", "16", "--shard-size", "64", "--batch-size", "16"]
+
+
+def cli_args(demo: Path, out: Path) -> list[str]:
+    return ["index", "build", "--model", str(demo / "model"), "--data", str(demo / "data" / "document"),
+            "--out", str(out), *FLAGS]
+
+
+def config_for(demo: Path, **overrides) -> IndexConfig:
+    base = dict(model=str(demo / "model"), data=str(demo / "data" / "document"), k=4, window=16, shard_size=64)
+    return IndexConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_demo: Path, tmp_path_factory) -> Path:
+    """An uninterrupted single-process build."""
+    out = tmp_path_factory.mktemp("ref-index")
+    result = runner.invoke(app, cli_args(tiny_demo, out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def contents(index: Path) -> dict:
+    build = (index / "current").resolve()
+    con = duckdb.connect(str(build / "metadata.duckdb"), read_only=True)
+    table = con.execute("SELECT id, step, batch_pos, pile_set_name, token_count, text FROM examples ORDER BY id")
+    rows = table.fetchall()
+    con.close()
+    return {"vectors": np.load(build / "vectors.npy"), "rows": rows,
+            "shards": {p.name: (p / "sketch-0.npy").read_bytes() for p in sorted((index / "work").glob("shard-*"))}}
+
+
+def assert_same_index(a: Path, b: Path) -> None:
+    ca, cb = contents(a), contents(b)
+    assert ca["shards"] == cb["shards"]  # byte-for-byte raw sketches
+    np.testing.assert_array_equal(ca["vectors"], cb["vectors"])
+    assert ca["rows"] == cb["rows"]
+
+
+def test_reference_build_layout(reference: Path, tiny_demo: Path) -> None:
+    manifest = read_manifest(reference)
+    assert manifest["counts"]["examples"] == 192 and manifest["counts"]["shards"] == 3
+    assert manifest["projection"]["k"] == 4 and manifest["counts"]["windows"] == 5
+    rows = contents(reference)["rows"]
+    assert [r[0] for r in rows] == list(range(192))  # no gaps, no duplicates
+    assert {r[3] for r in rows} <= {"Gutenberg (PG-19)", "Bible (KJV)", "Python Docs", "Planted Facts"}
+    session = AttributionSession.from_index(reference)
+    hits = session.attribute("Ilse Varga was born in", " Tarnow", k=5, method="gradient")
+    assert len(hits) == 5 and hits[0]["score"] >= hits[-1]["score"]
+    result = runner.invoke(app, ["index", "verify", str(reference)])
+    assert result.exit_code == 0 and "OK" in result.output
+    result = runner.invoke(app, ["index", "info", str(reference)])
+    assert "192 examples in 3 shards" in result.output
+
+
+def test_killed_build_resumes_to_the_same_index(reference: Path, tiny_demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    cmd = [sys.executable, "-m", "headwater.cli", *cli_args(tiny_demo, out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not (out / "work" / "shard-00000" / "done.json").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "work" / "shard-00000").is_dir() and not (out / "current").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "shard-00000: complete, skipped" in done.stderr
+    assert_same_index(reference, out)
+
+
+def test_two_torchrun_ranks_build_the_same_index(reference: Path, tiny_demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
+           "-m", "headwater.cli", *cli_args(tiny_demo, out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_index(reference, out)
+
+
+def test_slurm_style_ranks_then_merge(reference: Path, tiny_demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    for task in ("1", "0"):
+        env = {**os.environ, "SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_COUNT": "2"}
+        done = subprocess.run([sys.executable, "-m", "headwater.cli", *cli_args(tiny_demo, out)],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert not (out / "current").exists()
+    result = runner.invoke(app, ["index", "merge", str(out)])
+    assert result.exit_code == 0, result.output
+    assert_same_index(reference, out)
+
+
+def test_other_settings_are_refused_unless_overwrite(reference: Path, tiny_demo: Path) -> None:
+    with pytest.raises(IndexMismatchError, match=r"k: index has 4, asked for 6.*seed: index has 0, asked for 3"):
+        build_index(config_for(tiny_demo, k=6, seed=3), reference, Rank())
+    result = runner.invoke(app, [*cli_args(tiny_demo, reference)[:-8], "--k", "6"])
+    assert result.exit_code == 2 and "use another --out, or --overwrite" in result.output
+
+
+def test_overwrite_rebuilds_and_publishes_atomically(tiny_demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    first = build_index(config_for(tiny_demo, window=None), out, Rank())
+    old = AttributionSession.from_index(out)
+    second = build_index(config_for(tiny_demo, window=None, k=3), out, Rank(), overwrite=True)
+    assert first != second and (out / "current").resolve() == second
+    assert first.is_dir()  # the previous build stays readable for open sessions
+    assert len(old.attribute("Ilse Varga was born in", " Tarnow", k=2)) == 2
+    assert read_manifest(out)["projection"]["k"] == 3
+
+
+def test_failing_writer_is_a_clear_error_and_resumable(tiny_demo: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "index"
+    real = shards_module.write_npy
+    calls = {"n": 0}
+
+    def flaky(path: Path, array: np.ndarray) -> None:
+        calls["n"] += 1
+        if calls["n"] == 5:  # inside the second shard
+            raise OSError(28, "No space left on device")
+        real(path, array)
+
+    monkeypatch.setattr(shards_module, "write_npy", flaky)
+    with pytest.raises(IndexWriteError, match="No space left on device.*rerun the same command"):
+        build_index(config_for(tiny_demo), out, Rank())
+    assert (out / "work" / "shard-00000" / "done.json").is_file() and not (out / "current").exists()
+    monkeypatch.setattr(shards_module, "write_npy", real)
+    build_index(config_for(tiny_demo), out, Rank())
+    assert read_manifest(out)["counts"]["examples"] == 192
+
+
+def test_corruption_is_detected(reference: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy, symlinks=True)
+    vectors = (copy / "current").resolve() / "vectors.npy"
+    blob = bytearray(vectors.read_bytes())
+    blob[-1] ^= 0xFF
+    vectors.write_bytes(bytes(blob))
+    shard = copy / "work" / "shard-00001" / "sketch-0.npy"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    result = runner.invoke(app, ["index", "verify", str(copy)])
+    assert result.exit_code == 1
+    assert "vectors.npy: checksum mismatch" in result.output and "sketch-0.npy" in result.output
+    with pytest.raises(CorruptShardError, match="truncated"):
+        shards_module.verify_shard(copy / "work" / "shard-00001")
+
+
+def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, [*cli_args(tiny_demo, tmp_path / "a"), "--steps", "40:99"])
+    assert result.exit_code == 2 and "outside the data" in result.output
+    result = runner.invoke(app, [*cli_args(tiny_demo, tmp_path / "b")[:7], str(tmp_path / "nothing.bin"),
+                                 *cli_args(tiny_demo, tmp_path / "b")[7:]])
+    assert result.exit_code == 2
+    result = runner.invoke(app, [*cli_args(tiny_demo, tmp_path / "c"), "--mode", "sideways"])
+    assert result.exit_code == 2 and "sideways" in result.output
+    result = runner.invoke(app, ["index", "merge", str(tmp_path / "nothing")])
+    assert result.exit_code == 2
+    with pytest.raises(CorruptShardError, match="no published index"):
+        AttributionSession.from_index(tmp_path / "nothing")
