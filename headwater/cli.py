@@ -153,7 +153,9 @@ def index_build(
     who = detect_rank(rank, world)
     with tqdm(desc=f"rank {who.rank}/{who.world}", unit="ex", disable=None) as bar:
         def progress(kind: str, count: int) -> None:
-            if kind == "examples":
+            if kind == "total":
+                bar.reset(total=count)
+            elif kind == "examples":
                 bar.update(count)
 
         build = build_index(config, out, who, overwrite=overwrite, batch_size=batch_size, device=device,

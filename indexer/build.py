@@ -7,6 +7,7 @@ merge DIR`` runs once afterwards (e.g. as a dependent job).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch.distributed as dist
 from attribution.embeddings import TextEmbedder
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
-from indexer.merge import merge
+from indexer.merge import merge, prune_builds
 from indexer.runner import Progress, Rank, ShardRunner, make_encoder
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,34 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
         dist.barrier()
     if rank.rank != 0:
         runner.prepare_workdir(False)
-    runner.run(rank)
+    written = runner.run(rank)
     if grouped:
-        dist.barrier()
+        written_anywhere = [None] * rank.world
+        dist.all_gather_object(written_anywhere, written)
+        written = [i for part in written_anywhere for i in part]
     if not merge_after or rank.rank != 0 or (rank.world > 1 and not grouped):
         log.info("rank %d/%d finished its shards; run 'headwater index merge %s' when all ranks are done",
                  rank.rank, rank.world, out)
         return None
-    return merge(out, encoder, config, runner.shard_count())
+    if not written and up_to_date(out):
+        log.info("index is up to date: every shard was already built and merged into %s", out / "current")
+        return (out / "current").resolve()
+    build = merge(out, encoder, config, runner.shard_count())
+    prune_builds(out)
+    return build
+
+
+def up_to_date(out: Path) -> bool:
+    """True when ``current`` is the build merged from exactly the shards now in ``work/``."""
+    record = out / "work" / "published.json"
+    if not record.is_file() or not (out / "current").exists():
+        return False
+    published = json.loads(record.read_text())
+    return published.get("build") == (out / "current").resolve().name and published.get("shards") == shard_names(out)
+
+
+def shard_names(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "work").glob("shard-*"))
 
 
 def merge_index(out: Path, device: str = "cpu") -> Path:

@@ -162,7 +162,8 @@ def publish(out: Path, build: Path) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(Path("builds") / build.name)
     os.replace(link, out / "current")
-    (out / "work" / "published.json").write_text(json.dumps({"build": build.name}))
+    shards = sorted(p.name for p in (out / "work").glob("shard-*"))
+    (out / "work" / "published.json").write_text(json.dumps({"build": build.name, "shards": shards}))
 
 
 def prune_builds(out: Path, keep: int = 2) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -75,7 +76,7 @@ def context_length(encoder: GradientEncoder, config: IndexConfig) -> int:
     return limit + 1  # a training row holds context + 1 tokens (input row[:-1], labels row[1:])
 
 
-def fixed_windows(rows: list[list[int]], raw: torch.Tensor, windows: int) -> torch.Tensor:
+def fixed_windows(raw: torch.Tensor, windows: int) -> torch.Tensor:
     """Pad the window axis to the index-wide count so every shard has the same shape."""
     if raw.shape[1] >= windows:
         return raw[:, :windows]
@@ -94,6 +95,8 @@ class ShardRunner:
         self.source: Source = open_source(config.data, config.steps, config.batch_rows)
         self.max_len = context_length(encoder, config)
         self.windows = -(-self.max_len // config.window) if config.window else None
+        self.timings = {"read": 0.0, "sketch": 0.0, "embed": 0.0, "write": 0.0}
+        self.examples_done = 0
 
     def prepare_workdir(self, overwrite: bool = False) -> None:
         """Create ``work/`` with the config, or check that an existing one matches."""
@@ -119,10 +122,17 @@ class ShardRunner:
                 shutil.rmtree(tmp)  # a killed run's partial shard: redo it
         written = []
         total = self.shard_count()
+        if total is not None and self.progress and self.source.count is not None:
+            mine = range(rank.rank, total, rank.world)
+            size = self.config.shard_size
+            self.progress("total", sum(min(size, self.source.count - s * size) for s in mine))
         index = rank.rank
         while total is None or index < total:
             if shard_is_complete(self.work / shard_name(index)):
                 log.info("%s: complete, skipped", shard_name(index))
+                if self.progress:
+                    done = json.loads((self.work / shard_name(index) / "done.json").read_text())
+                    self.progress("examples", done["count"])
             elif not self.compute(index):
                 break  # a stream ended before this shard
             else:
@@ -134,24 +144,21 @@ class ShardRunner:
         """Compute one shard; ``False`` if the source has no examples for it."""
         start = index * self.config.shard_size
         tokenizer = self.encoder.tokenizer
+        clock = time.perf_counter()
         examples = list(self.source.read(start, start + self.config.shard_size, tokenizer))
         if not examples:
             return False
-        started = time.perf_counter()
         eos = tokenizer.eos_token_id or 0
         rows = [(e.token_ids.tolist()[: self.max_len] or [eos]) for e in examples]
         texts = [e.text if e.text is not None else tokenizer.decode(r) for e, r in zip(examples, rows, strict=True)]
-        sketches: list[list[torch.Tensor]] = [[] for _ in self.encoder.checkpoints]
-        for b in range(0, len(rows), self.batch_size):
-            batch = rows[b : b + self.batch_size]
-            for c, raw in enumerate(self.encoder.raw_rows(batch, self.config.window)):
-                sketches[c].append(fixed_windows(batch, raw, self.windows) if self.windows else raw)
-            if self.progress:
-                self.progress("examples", len(batch))
+        clock = self._tick("read", clock)
+        sketches = self._sketch(rows)
+        clock = self._tick("sketch", clock)
         embeddings = self.embedder.embed(texts).astype(np.float16)
+        clock = self._tick("embed", clock)
         contents = ShardContents(
             ids=np.asarray([e.example_id for e in examples], dtype=np.int64),
-            sketches=[torch.cat(parts).numpy().astype(np.float32) for parts in sketches],
+            sketches=sketches,
             embeddings=embeddings,
             meta=metadata_table(examples, texts),
         )
@@ -160,7 +167,25 @@ class ShardRunner:
         except OSError as err:
             raise IndexWriteError(f"writing {shard_name(index)} under {self.work} failed: {err}. Finished shards "
                                   "are kept: free space (or fix permissions) and rerun the same command") from err
-        log.info("%s: %d examples in %.1fs", shard_name(index), len(examples), time.perf_counter() - started)
+        self._tick("write", clock)
+        self.examples_done += len(examples)
+        log.info("%s: %d examples", shard_name(index), len(examples))
         if self.progress:
             self.progress("shards", 1)
         return True
+
+    def _tick(self, stage: str, since: float) -> float:
+        now = time.perf_counter()
+        self.timings[stage] += now - since
+        return now
+
+    def _sketch(self, rows: list[list[int]]) -> list[np.ndarray]:
+        """Raw float32 sketches of every checkpoint, window axis padded to the index-wide count."""
+        parts: list[list[torch.Tensor]] = [[] for _ in self.encoder.checkpoints]
+        for b in range(0, len(rows), self.batch_size):
+            batch = rows[b : b + self.batch_size]
+            for c, raw in enumerate(self.encoder.raw_rows(batch, self.config.window)):
+                parts[c].append(fixed_windows(raw, self.windows) if self.windows else raw)
+            if self.progress:
+                self.progress("examples", len(batch))
+        return [torch.cat(p).numpy().astype(np.float32) for p in parts]

@@ -185,3 +185,11 @@ def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2
     with pytest.raises(CorruptShardError, match="no published index"):
         AttributionSession.from_index(tmp_path / "nothing")
+
+
+def test_rerun_of_a_finished_build_is_up_to_date(reference: Path, tiny_demo: Path) -> None:
+    before = (reference / "current").resolve()
+    result = runner.invoke(app, cli_args(tiny_demo, reference))
+    assert result.exit_code == 0, result.output
+    assert (reference / "current").resolve() == before
+    assert len(list((reference / "builds").iterdir())) == 1
