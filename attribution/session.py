@@ -60,6 +60,8 @@ class SessionConfig:
     batch_size: int = 32
     revisions: tuple[str | None, ...] = (None,)
     """Checkpoints to sum over (TracIn-CP); ``None`` is the final model."""
+    hybrid_fusion: str = "rerank"
+    """How ``hybrid`` combines: gradient re-rank of lexical+embedding candidates, or 'rrf' rank fusion."""
 
     def __post_init__(self) -> None:
         try:
@@ -84,8 +86,9 @@ class AttributionSession:
     """
 
     def __init__(self, encoder: GradientEncoder, ids: np.ndarray, metadata: list[dict], gradient: GradientRetriever,
-                 texts, builders: dict[Method, Callable[[], Retriever]]) -> None:
+                 texts, builders: dict[Method, Callable[[], Retriever]], hybrid_fusion: str = "rerank") -> None:
         self.encoder, self.ids, self.metadata, self.texts = encoder, ids, metadata, texts
+        self.hybrid_fusion = hybrid_fusion
         self.retrievers: dict[Method, Retriever] = {Method.GRADIENT: gradient}
         self._builders = builders
 
@@ -111,7 +114,8 @@ class AttributionSession:
         if method not in self.retrievers:
             if method is Method.HYBRID:
                 self.retrievers[method] = HybridRetriever(
-                    self.retrievers[Method.GRADIENT], self.retriever(Method.BM25), self.retriever(Method.EMBEDDING))
+                    self.retrievers[Method.GRADIENT], self.retriever(Method.BM25), self.retriever(Method.EMBEDDING),
+                    fusion=self.hybrid_fusion)
             else:
                 self.retrievers[method] = self._builders[method]()
         return self.retrievers[method]
@@ -168,7 +172,7 @@ class AttributionSession:
 
         builders = {Method.BM25: lambda: BM25Retriever(texts, metadata), Method.EMBEDDING: embedding}
         ids = np.asarray([ex.example_id for ex in examples], dtype=np.int64)
-        return cls(encoder, ids, metadata, gradient, texts, builders)
+        return cls(encoder, ids, metadata, gradient, texts, builders, config.hybrid_fusion)
 
     @classmethod
     def from_demo(cls, demo_dir: str | Path, config: SessionConfig = SessionConfig(), **kwargs) -> AttributionSession:

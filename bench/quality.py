@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="at most this many facts")
     parser.add_argument("--contrastive", action="store_true")
     parser.add_argument("--normalizer", action="store_true")
+    parser.add_argument("--fusion", default="rerank", choices=["rerank", "rrf"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     layout = load_layout(args.demo)
@@ -69,7 +70,8 @@ def main() -> None:
         start, stop = parse_range(args.steps, "steps")
         rows = rows_for_steps(layout["num_rows"], layout["batch_size"], start, stop)
     config = replace(SessionConfig(), sketch=SketchConfig(k=args.k), window=args.window,
-                     precondition=args.precondition, mode=args.mode, normalizer=args.normalizer)
+                     precondition=args.precondition, mode=args.mode, normalizer=args.normalizer,
+                     hybrid_fusion=args.fusion)
     started = time.perf_counter()
     session = AttributionSession.from_demo(args.demo, config, rows=rows)
     built = time.perf_counter() - started
@@ -77,7 +79,7 @@ def main() -> None:
     results = evaluate(session, facts, args.methods.split(","), limit=args.limit, contrastive=args.contrastive)
     print(f"\n{len(session)} rows indexed in {built:.0f}s; k={args.k} window={args.window} "
           f"precondition={args.precondition} mode={args.mode} normalizer={args.normalizer} "
-          f"contrastive={args.contrastive}; model accuracy (whole completion) {accuracy:.1%}; "
+          f"contrastive={args.contrastive} fusion={args.fusion}; model accuracy (whole completion) {accuracy:.1%}; "
           f"{len(facts)} known facts with gold rows indexed\n")
     print("| method | prompts | recall@1 | recall@10 | recall@100 | MRR | queries |")
     print("|---|---|---|---|---|---|---|")

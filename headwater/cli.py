@@ -221,6 +221,32 @@ def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or b
     typer.echo(f"OK {resolve_build(path)}: every file matches the manifest")
 
 
+@app.command("serve")
+@clean_errors
+def serve(
+    index: Annotated[Path, typer.Option(help="Index directory to serve (its 'current' build).")] = Path(
+        "demo-data/index"),
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="HEADWATER_API_KEY", help="Key for admin endpoints.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+) -> None:
+    """Serve the HTTP API and the web page for an index (uvicorn)."""
+    import uvicorn
+
+    from indexer.manifest import resolve_build
+    from service.main import create_app
+    from service.settings import Settings
+
+    setup_logging(False)
+    resolve_build(index)  # fail fast, with a clear message, before uvicorn starts
+    settings = Settings(index=index, host=host, port=port, api_key=api_key, device=device)
+    typer.echo(f"serving {index} at http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
+    typer.echo(f"try: curl -s http://{host}:{port}/v1/attribute -H 'Content-Type: application/json' "
+               "-d '{\"prompt\": \"Ilse Varga was born in\", \"completion\": \" Tarnow\", \"k\": 3}'")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+
 def main() -> None:
     app()
 

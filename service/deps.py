@@ -1,0 +1,40 @@
+"""FastAPI dependencies shared by the routers."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from attribution.session import AttributionSession
+from service.settings import Settings
+from service.state import ServedIndex
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_served(request: Request) -> ServedIndex:
+    return request.app.state.served
+
+
+def get_session(served: Annotated[ServedIndex, Depends(get_served)]) -> AttributionSession:
+    if served.session is None:
+        raise HTTPException(status_code=503, detail="the index is still loading; retry shortly")
+    return served.session
+
+
+def require_api_key(settings: Annotated[Settings, Depends(get_settings)],
+                    x_api_key: Annotated[str | None, Header()] = None) -> None:
+    if settings.api_key is None:
+        raise HTTPException(status_code=403, detail="admin endpoints are disabled: set HEADWATER_API_KEY")
+    if x_api_key is None or not hmac.compare_digest(x_api_key, settings.api_key):
+        raise HTTPException(status_code=401, detail="missing or wrong X-API-Key header")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ServedDep = Annotated[ServedIndex, Depends(get_served)]
+SessionDep = Annotated[AttributionSession, Depends(get_session)]
+AdminDep = Annotated[None, Depends(require_api_key)]

@@ -1,0 +1,26 @@
+"""``GET /v1/health`` and ``POST /v1/admin/reload`` (API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+
+from service.deps import AdminDep, ServedDep
+from service.routes.data import index_info
+from service.schemas import ErrorBody, Health, IndexInfo
+
+router = APIRouter(prefix="/v1", tags=["admin"])
+
+
+@router.get("/health", response_model=Health)
+def health(served: ServedDep) -> Health:
+    """Liveness (the process answers) and readiness (an index is loaded)."""
+    session = served.session
+    return Health(status="ok", ready=session is not None, examples=len(session) if session else None)
+
+
+@router.post("/admin/reload", response_model=IndexInfo, responses={401: {"model": ErrorBody}})
+async def reload(_: AdminDep, served: ServedDep) -> IndexInfo:
+    """Load the newly published build; requests keep being served by the old one until it is ready."""
+    session = await run_in_threadpool(served.load)
+    return index_info(session)

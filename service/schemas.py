@@ -1,0 +1,118 @@
+"""Request and response bodies of the HTTP API (pydantic; they are the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FilterSpec(Strict):
+    pile_set_name: str | None = Field(None, max_length=200, examples=["Planted Facts"])
+    step_min: int | None = Field(None, ge=0)
+    step_max: int | None = Field(None, ge=0)
+
+
+class AttributeRequest(Strict):
+    """One attribution query."""
+
+    prompt: str = Field(..., min_length=1, max_length=20_000, examples=["Ilse Varga was born in"])
+    completion: str | None = Field(None, min_length=1, max_length=5_000, examples=[" Tarnow"],
+                                   description="Omitted: the model's own greedy continuation is attributed.")
+    k: int = Field(10, ge=1, description="Number of examples to return (at most the server's max_k).")
+    method: Literal["gradient", "embedding", "bm25", "hybrid"] = "gradient"
+    filters: FilterSpec = Field(default_factory=FilterSpec)
+    controls: list[str] = Field(default_factory=list, description="Control prompts (same relation, other "
+                                "subjects) for a contrastive query; their completions are the model's own.")
+
+    @field_validator("prompt")
+    @classmethod
+    def prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must contain non-whitespace text")
+        return value
+
+    @field_validator("controls")
+    @classmethod
+    def controls_not_blank(cls, value: list[str]) -> list[str]:
+        if any(not c.strip() or len(c) > 20_000 for c in value):
+            raise ValueError("every control prompt must be non-blank and at most 20000 characters")
+        return value
+
+
+class Span(BaseModel):
+    start: int
+    end: int
+
+
+class Result(BaseModel):
+    rank: int
+    example_id: int
+    score: float
+    text: str
+    span: Span | None = Field(None, description="Character range of the matched window or overlap in text.")
+    source: str | None
+    row: int | None
+    step: int | None
+    batch_pos: int | None
+    pile_set_name: str | None
+    token_contributions: list[float] | None = None
+    completion_tokens: list[str] | None = None
+
+
+class AttributeResponse(BaseModel):
+    prompt: str
+    completion: str
+    method: str
+    results: list[Result]
+    timings_ms: dict[str, float]
+
+
+class Example(BaseModel):
+    example_id: int
+    text: str
+    source: str | None
+    row: int | None
+    step: int | None
+    batch_pos: int | None
+    pile_set_name: str | None
+    token_count: int
+
+
+class StepExample(BaseModel):
+    example_id: int
+    batch_pos: int | None
+    pile_set_name: str | None
+    token_count: int
+
+
+class StepResponse(BaseModel):
+    step: int
+    examples: list[StepExample]
+    subsets: dict[str, int]
+
+
+class IndexInfo(BaseModel):
+    build: str
+    model: str
+    revisions: list[str | None]
+    examples: int
+    data: dict
+    projection: dict
+    preconditioner: list
+    embedding_model: str
+    created: str
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    ready: bool
+    examples: int | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str

@@ -1,0 +1,23 @@
+"""Service settings from the environment (prefix ``HEADWATER_``), e.g. ``HEADWATER_INDEX=demo-data/index``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where the index is, where to listen, and the limits every request is held to."""
+
+    model_config = SettingsConfigDict(env_prefix="HEADWATER_")
+
+    index: Path = Field(Path("demo-data/index"), description="Index directory (its 'current' build is served).")
+    host: str = Field("127.0.0.1", description="Address to listen on; 127.0.0.1 keeps it local.")
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = Field(None, description="Key for admin and job endpoints (header X-API-Key).")
+    max_k: int = Field(100, ge=1, description="Largest k a query may ask for.")
+    max_body_bytes: int = Field(64_000, ge=1024, description="Larger request bodies are refused with 413.")
+    max_controls: int = Field(16, ge=0, description="Most control prompts in one contrastive query.")
+    device: str = Field("cpu", description="cpu, cuda or auto.")

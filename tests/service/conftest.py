@@ -1,0 +1,63 @@
+"""A real uvicorn server on a free local port, serving a small index built in the test session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from indexer.build import build_index
+from indexer.config import IndexConfig
+from indexer.runner import Rank
+
+API_KEY = "test-key-123"
+
+
+@pytest.fixture(scope="session")
+def served_index(tiny_demo: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("served") / "index"
+    config = IndexConfig(model=str(tiny_demo / "model"), data=str(tiny_demo / "data" / "document"), k=4, window=16,
+                         shard_size=64)
+    build_index(config, out, Rank())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(served_index: Path) -> str:
+    """Base URL of a uvicorn process serving ``served_index``; stopped at the end of the session."""
+    port = free_port()
+    env = {**os.environ, "HEADWATER_INDEX": str(served_index), "HEADWATER_API_KEY": API_KEY,
+           "HEADWATER_MAX_BODY_BYTES": "20000"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:app", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"uvicorn exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).json().get("ready"):
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("uvicorn did not become ready in 120 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
