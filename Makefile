@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo-data
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint browser clean
+.PHONY: install demo demo-index test lint browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,16 @@ install: $(STAMP)
 
 # The demo index uses 16-token windows at k=8: the best fact-tracing quality per byte measured on the
 # demo (see README); whole rows (the CLI default) are what scales to the Pile.
-demo: $(STAMP)
+demo-index: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/headwater demo build --out $(DEMO_DIR)
 	HF_HUB_OFFLINE=1 $(BIN)/headwater index build --model $(DEMO_DIR)/model --data $(DEMO_DIR)/data/document \
 		--out $(DEMO_DIR)/index --k 8 --window 16
 	$(BIN)/headwater index verify $(DEMO_DIR)/index
+
+# Ends with the service running on the demo index (Ctrl-C stops it); PORT=8000 by default.
+PORT ?= 8000
+demo: demo-index
+	HF_HUB_OFFLINE=1 $(BIN)/headwater serve --index $(DEMO_DIR)/index --port $(PORT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,93 @@
+"""Latency and throughput of ``POST /v1/attribute`` per method, on a real uvicorn server.
+
+    python -m bench.service [--index demo-data/index] [--requests 40] [--concurrency 1,8]
+
+Starts the server on a free local port, sends a bounded number of planted-fact queries
+per (method, concurrency), and prints p50/p95/p99 latency, requests/s and the server's
+own search time (the rest is HTTP, JSON and span formatting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+METHODS = ("gradient", "bm25", "embedding", "hybrid")
+
+
+def start_server(index: Path) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HEADWATER_INDEX": str(index), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:app", "--port", str(port),
+                             "--log-level", "warning"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).json().get("ready"):
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def queries(demo: Path, n: int) -> list[dict]:
+    facts = [json.loads(line) for line in (demo / "facts.jsonl").read_text().splitlines()]
+    return [{"prompt": f["prompt"], "completion": f["completion"], "k": 10} for f in facts[:n]]
+
+
+def measure(url: str, bodies: list[dict], method: str, concurrency: int) -> dict:
+    def one(body: dict) -> tuple[float, float]:
+        started = time.perf_counter()
+        response = httpx.post(f"{url}/v1/attribute", json={**body, "method": method}, timeout=300)
+        response.raise_for_status()
+        return time.perf_counter() - started, response.json()["timings_ms"]["search"]
+
+    one(bodies[0])  # warm-up
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        results = list(pool.map(one, bodies))
+    wall = time.perf_counter() - started
+    latency = np.array([r[0] for r in results]) * 1e3
+    return {"p50": np.percentile(latency, 50), "p95": np.percentile(latency, 95), "p99": np.percentile(latency, 99),
+            "rps": len(bodies) / wall, "search": float(np.median([r[1] for r in results]))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", type=Path, default=Path("demo-data/index"))
+    parser.add_argument("--demo", type=Path, default=Path("demo-data"))
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--concurrency", default="1,8")
+    args = parser.parse_args()
+    proc, url = start_server(args.index)
+    try:
+        bodies = queries(args.demo, args.requests)
+        info = httpx.get(f"{url}/v1/index").json()
+        print(f"\n/v1/attribute on {info['examples']} examples, {len(bodies)} requests per row, k=10\n")
+        print("| method | concurrency | p50 ms | p95 ms | p99 ms | requests/s | server search ms (median) |")
+        print("|---|---|---|---|---|---|---|")
+        for method in METHODS:
+            for concurrency in map(int, args.concurrency.split(",")):
+                r = measure(url, bodies, method, concurrency)
+                print(f"| {method} | {concurrency} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
+                      f"{r['rps']:.1f} | {r['search']:.0f} |")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
