@@ -39,7 +39,7 @@ def demo_build(demo: Path, steps: str | None, k: int, window: int | None) -> Non
         load_seconds = time.perf_counter() - started
         runner.run(Rank())
         merge_start = time.perf_counter()
-        build = merge(out, encoder, config, runner.shard_count())
+        build = merge(out, encoder, config)
         merge_seconds = time.perf_counter() - merge_start
         total = time.perf_counter() - started
         n = runner.examples_done

@@ -128,6 +128,7 @@ def index_build(
     rank: Annotated[int | None, typer.Option(help="This process's rank (default: torchrun/Slurm env, else 0).")] = None,
     world: Annotated[int | None, typer.Option(help="Number of ranks (default: torchrun/Slurm env, else 1).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Rebuild even if --out holds an index with other settings.")] = False,
+    append: Annotated[bool, typer.Option(help="Add --data/--steps to the existing index (same settings).")] = False,
     merge: Annotated[bool, typer.Option(help="Merge and publish when this process finishes the last shard.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -159,7 +160,7 @@ def index_build(
                 bar.update(count)
 
         build = build_index(config, out, who, overwrite=overwrite, batch_size=batch_size, device=device,
-                            dtype=dtype, merge_after=merge, progress=progress)
+                            dtype=dtype, merge_after=merge, append=append, progress=progress)
     if build is not None:
         typer.echo(f"published {build} as {out / 'current'}")
         _print_info(out)

@@ -15,9 +15,11 @@ from pathlib import Path
 import torch.distributed as dist
 
 from attribution.embeddings import TextEmbedder
+from attribution.errors import ConfigError
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
 from indexer.merge import merge, prune_builds
+from indexer.parts import part_dirs, plan_append
 from indexer.runner import Progress, Rank, ShardRunner, make_encoder
 
 log = logging.getLogger(__name__)
@@ -34,19 +36,33 @@ def process_group_ready() -> bool:
 
 
 def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool = False, batch_size: int = 32,
-                device: str = "cpu", dtype: str = "float32", merge_after: bool = True,
+                device: str = "cpu", dtype: str = "float32", merge_after: bool = True, append: bool = False,
                 progress: Progress | None = None) -> Path | None:
-    """Compute this rank's shards; merge and publish when this process can (returns the build)."""
+    """Compute this rank's shards; merge and publish when this process can (returns the build).
+
+    With ``append``, ``config.data``/``steps`` name new data for an existing index with the same
+    settings; it becomes a new part, merged after the data already indexed.
+    """
+    if append and overwrite:
+        raise ConfigError("--append adds to an existing index and --overwrite replaces it: choose one")
     encoder = make_encoder(config, device, dtype)
     embedder = TextEmbedder(config.embedding_model, device=device)
-    runner = ShardRunner(config, out, encoder, embedder, batch_size, progress)
-    if rank.rank == 0:
-        runner.prepare_workdir(overwrite)
     grouped = process_group_ready()
-    if grouped:
-        dist.barrier()
-    if rank.rank != 0:
-        runner.prepare_workdir(False)
+    if append:
+        if rank.rank == 0:
+            plan_append(out, config)
+        if grouped:
+            dist.barrier()
+        work, offset = plan_append(out, config)
+        runner = ShardRunner(config, out, encoder, embedder, batch_size, progress, work=work, id_offset=offset)
+    else:
+        runner = ShardRunner(config, out, encoder, embedder, batch_size, progress)
+        if rank.rank == 0:
+            runner.prepare_workdir(overwrite)
+        if grouped:
+            dist.barrier()
+        if rank.rank != 0:
+            runner.prepare_workdir(False)
     written = runner.run(rank)
     if grouped:
         written_anywhere = [None] * rank.world
@@ -59,7 +75,8 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
     if not written and up_to_date(out):
         log.info("index is up to date: every shard was already built and merged into %s", out / "current")
         return (out / "current").resolve()
-    build = merge(out, encoder, config, runner.shard_count())
+    base = IndexConfig.load(out / "work" / "config.json")
+    build = merge(out, encoder, base)
     prune_builds(out)
     return build
 
@@ -70,11 +87,8 @@ def up_to_date(out: Path) -> bool:
     if not record.is_file() or not (out / "current").exists():
         return False
     published = json.loads(record.read_text())
-    return published.get("build") == (out / "current").resolve().name and published.get("shards") == shard_names(out)
-
-
-def shard_names(out: Path) -> list[str]:
-    return sorted(p.name for p in (out / "work").glob("shard-*"))
+    shards = sorted(str(p.relative_to(out)) for part in part_dirs(out) for p in part.glob("shard-*"))
+    return published.get("build") == (out / "current").resolve().name and published.get("shards") == shards
 
 
 def merge_index(out: Path, device: str = "cpu") -> Path:
@@ -83,6 +97,4 @@ def merge_index(out: Path, device: str = "cpu") -> Path:
     if not saved.is_file():
         raise CorruptShardError(f"{out}: no index build to merge (no work/config.json); run 'headwater index build'")
     config = IndexConfig.load(saved)
-    encoder = make_encoder(config, device)
-    runner = ShardRunner(config, out, encoder, embedder=None)
-    return merge(out, encoder, config, runner.shard_count())
+    return merge(out, make_encoder(config, device), config)

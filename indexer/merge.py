@@ -29,6 +29,7 @@ from attribution.retrievers import BM25Retriever
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
 from indexer.manifest import write_manifest
+from indexer.parts import expected_shards, part_dirs
 from indexer.shards import load_shard_array, shard_name, verify_shard
 
 log = logging.getLogger(__name__)
@@ -118,10 +119,10 @@ def build_duckdb(shards: list[Path], path: Path) -> None:
         con.close()
 
 
-def merge(out: Path, encoder: GradientEncoder, config: IndexConfig, expected_shards: int | None) -> Path:
-    """Build and publish a new index build from the shards; returns the build directory."""
+def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
+    """Build and publish a new index build from the shards of every part; returns the build directory."""
     started = time.perf_counter()
-    shards = list_shards(out / "work", expected_shards)
+    shards = [shard for part in part_dirs(out) for shard in list_shards(part, expected_shards(part))]
     records = [verify_shard(s) for s in shards]
     ids = np.concatenate([np.asarray(load_shard_array(s, "ids.npy")) for s in shards])
     if len(np.unique(ids)) != len(ids) or not np.all(np.diff(ids) > 0):
@@ -146,7 +147,9 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig, expected_sha
     stats = {"examples": int(len(ids)), "shards": len(shards), "first_id": int(ids[0]), "last_id": int(ids[-1]),
              "windows": int(vectors.shape[1]) if vectors.ndim == 3 else None, "dim": int(vectors.shape[-1]),
              "faiss_recall_at_10": recall, "merge_seconds": round(time.perf_counter() - started, 2),
-             "shard_examples": [r["count"] for r in records]}
+             "shard_examples": [r["count"] for r in records],
+             "parts": [{"data": c.data, "steps": c.steps} for c in
+                       (IndexConfig.load(part / "config.json") for part in part_dirs(out))]}
     write_manifest(tmp, config, encoder, stats)
     final = out / "builds" / build_id
     os.replace(tmp, final)
@@ -162,7 +165,7 @@ def publish(out: Path, build: Path) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(Path("builds") / build.name)
     os.replace(link, out / "current")
-    shards = sorted(p.name for p in (out / "work").glob("shard-*"))
+    shards = sorted(str(p.relative_to(out)) for part in part_dirs(out) for p in part.glob("shard-*"))
     (out / "work" / "published.json").write_text(json.dumps({"build": build.name, "shards": shards}))
 
 

@@ -88,10 +88,14 @@ class ShardRunner:
     """Computes and writes the shards of one rank."""
 
     def __init__(self, config: IndexConfig, out: Path, encoder: GradientEncoder, embedder,
-                 batch_size: int = 32, progress: Progress | None = None) -> None:
+                 batch_size: int = 32, progress: Progress | None = None, work: Path | None = None,
+                 id_offset: int = 0) -> None:
+        """``work`` is the shard directory (``OUT/work``, or ``OUT/work/parts/NN`` for appended data);
+        ``id_offset`` shifts the ids of streamed text examples of appended parts past earlier ones."""
         self.config, self.out, self.encoder, self.embedder = config, out, encoder, embedder
         self.batch_size, self.progress = batch_size, progress
-        self.work = out / "work"
+        self.work = work or out / "work"
+        self.id_offset = id_offset
         self.source: Source = open_source(config.data, config.steps, config.batch_rows)
         self.max_len = context_length(encoder, config)
         self.windows = -(-self.max_len // config.window) if config.window else None
@@ -156,6 +160,9 @@ class ShardRunner:
         clock = self._tick("sketch", clock)
         embeddings = self.embedder.embed(texts).astype(np.float16)
         clock = self._tick("embed", clock)
+        offset = 0 if self.source.kind == "megatron" else self.id_offset
+        for example in examples:
+            example.example_id += offset
         contents = ShardContents(
             ids=np.asarray([e.example_id for e in examples], dtype=np.int64),
             sketches=sketches,

@@ -193,3 +193,18 @@ def test_rerun_of_a_finished_build_is_up_to_date(reference: Path, tiny_demo: Pat
     assert result.exit_code == 0, result.output
     assert (reference / "current").resolve() == before
     assert len(list((reference / "builds").iterdir())) == 1
+
+
+def test_append_later_steps_equals_one_build(tiny_demo: Path, tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    build_index(config_for(tiny_demo, steps="0:40"), whole, Rank())
+    parts = tmp_path / "parts"
+    build_index(config_for(tiny_demo, steps="0:24"), parts, Rank())
+    build_index(config_for(tiny_demo, steps="24:40"), parts, Rank(), append=True)
+    manifest = read_manifest(parts)
+    assert manifest["counts"]["examples"] == 160 and len(manifest["counts"]["parts"]) == 2
+    np.testing.assert_array_equal(contents(whole)["rows"], contents(parts)["rows"])
+    with pytest.raises(IndexMismatchError, match="append only later steps"):
+        build_index(config_for(tiny_demo, steps="10:30"), parts, Rank(), append=True)
+    with pytest.raises(IndexMismatchError, match="k: index has 4, asked for 5"):
+        build_index(config_for(tiny_demo, steps="40:48", k=5), parts, Rank(), append=True)
