@@ -51,6 +51,8 @@ def setup_logging(verbose: bool) -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
+    for noisy in ("bm25s", "sentence_transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 @demo_app.command("build")
