@@ -42,10 +42,17 @@ async def attribute(body: AttributeRequest, session: SessionDep, served: ServedD
     filters = Filters(**body.filters.model_dump())
     started = time.perf_counter()
 
+    def search() -> list[dict]:
+        return session.attribute(body.prompt, body.completion, k=body.k, method=body.method, filters=filters,
+                                 controls=[(c, None) for c in body.controls])
+
     def run() -> list[dict]:
-        with served.model_lock:
-            return session.attribute(body.prompt, body.completion, k=body.k, method=body.method, filters=filters,
-                                     controls=[(c, None) for c in body.controls])
+        # Gradient queries run the shared model with hooks attached: one at a time. Lexical and
+        # embedding queries never touch it (unless a greedy completion must be generated).
+        if body.method in ("gradient", "hybrid") or body.completion is None:
+            with served.model_lock:
+                return search()
+        return search()
 
     rows = await run_in_threadpool(run)
     searched = time.perf_counter()
