@@ -97,12 +97,13 @@ def test_admin_reload_needs_the_key(server: str) -> None:
     assert response.status_code == 200 and response.json()["examples"] == 192
 
 
-def test_concurrent_requests_match_serial_ones(server: str) -> None:
+@pytest.mark.parametrize("method", ["gradient", "bm25", "embedding"])
+def test_concurrent_requests_match_serial_ones(server: str, method: str) -> None:
     prompts = ["Ilse Varga was born in", "Marek Holloway works for", "Odile Strand studied at"]
-    serial = {p: [r["example_id"] for r in post(server, {"prompt": p, "completion": " X", "k": 4}).json()["results"]]
-              for p in prompts}
+    body = {"completion": " X", "k": 4, "method": method}
+    serial = {p: [r["example_id"] for r in post(server, {**body, "prompt": p}).json()["results"]] for p in prompts}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        futures = [(p, pool.submit(post, server, {"prompt": p, "completion": " X", "k": 4})) for p in prompts * 4]
+        futures = [(p, pool.submit(post, server, {**body, "prompt": p})) for p in prompts * 4]
         for prompt, future in futures:
             response = future.result()
             assert response.status_code == 200
