@@ -224,6 +224,60 @@ def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or b
     typer.echo(f"OK {resolve_build(path)}: every file matches the manifest")
 
 
+@app.command("ablate")
+@clean_errors
+def ablate(
+    index: Annotated[Path, typer.Option(help="Index directory to take selections from.")] = Path("demo-data/index"),
+    out: Annotated[Path, typer.Option(help="Report directory (report.json, report.md, PNG plots).")] = Path(
+        "ablation-report"),
+    targets: Annotated[Path | None, typer.Option(help="JSONL of {prompt, completion, paraphrases?, related?, "
+                                                      "gold_rows?}; default: the demo's planted facts.")] = None,
+    methods: Annotated[str, typer.Option(help="Comma-separated selection methods.")] = ",".join(
+        ("gradient", "gradient_contrastive", "bm25", "embedding", "bottom", "oracle", "random")),
+    budgets: Annotated[str, typer.Option(help="Comma-separated ‖Δθ‖ budgets.")] = "0.5,1,2",
+    k: Annotated[int, typer.Option(help="Rows per selection.")] = 10,
+    seeds: Annotated[int, typer.Option(help="Seeds (random draws and oracle samples).")] = 3,
+    random_draws: Annotated[int, typer.Option(help="Random selections per seed.")] = 19,
+    limit: Annotated[int, typer.Option(help="At most this many targets.")] = 20,
+) -> None:
+    """Unlearning ablation: ascend on each selection and measure target, related and general damage."""
+    from tqdm import tqdm
+
+    from attribution.ablation import AblationSettings, run_ablation
+    from attribution.ablation_report import write_report
+    from attribution.errors import ConfigError
+    from attribution.session import AttributionSession
+    from demo.groundtruth import load_facts
+
+    setup_logging(False)
+    try:
+        settings = AblationSettings(k=k, budgets=tuple(float(b) for b in budgets.split(",")), seeds=seeds,
+                                    random_draws=random_draws, methods=tuple(m.strip() for m in methods.split(",")))
+    except ValueError as err:
+        raise ConfigError(f"--budgets must be comma-separated numbers: {err}") from err
+    if limit <= 0:
+        raise ConfigError(f"--limit must be positive, got {limit}")
+    session = AttributionSession.from_index(index)
+    model_dir = Path(session.manifest["model"])
+    if targets is None:
+        if not (model_dir.parent / "facts.jsonl").is_file():
+            raise ConfigError("--targets is required: the index was not built from the demo")
+        chosen = [f for f in load_facts(model_dir.parent) if f.get("gold_rows")]
+    else:
+        if not targets.is_file():
+            raise ConfigError(f"--targets {targets}: no such file")
+        chosen = [json.loads(line) for line in targets.read_text().splitlines() if line.strip()]
+    chosen = chosen[:limit]
+    rows = list(range(0, len(session), max(1, len(session) // 16)))[:16]
+    tokenizer = session.encoder.tokenizer
+    general = [tokenizer.encode(session.texts[r], add_special_tokens=False) for r in rows]
+    with tqdm(total=len(chosen), desc="targets", disable=None) as bar:
+        report = run_ablation(session, chosen, settings, general, progress=lambda done: bar.update(1))
+    write_report(report, out)
+    typer.echo((out / "report.md").read_text())
+    typer.echo(f"report written to {out}/report.json, report.md and plots")
+
+
 @app.command("serve")
 @clean_errors
 def serve(

@@ -1,0 +1,124 @@
+"""Unlearning ablations: push the model away from a selection of training rows, measure who gets hurt.
+
+One trial: the summed NLL of the selected rows is differentiated once, the gradient is
+scaled to a fixed norm ``‖Δθ‖ = budget`` and *added* (ascent), losses are measured on
+the target, its paraphrases, related prompts, unrelated prompts and general held-out
+text, and the original weights are copied back bit for bit. Never a fresh Adam (its
+first step moves every weight by lr·sign(g)).
+
+Contrastive ascent removes from the ascent direction its components along the related
+prompts' gradients, so that what is shared with them is not ascended on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attribution.batching import collate, query_tokens, training_batch
+from attribution.errors import ConfigError
+
+
+class EmptySelectionError(ConfigError):
+    """An ablation was asked to ascend on no training rows."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A (prompt, completion) whose completion loss is measured."""
+
+    prompt: str
+    completion: str
+
+
+@contextlib.contextmanager
+def restored(model: nn.Module) -> Iterator[None]:
+    """Run a block that changes the weights, then put back the exact original values."""
+    saved = {name: p.detach().clone() for name, p in model.named_parameters()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                p.copy_(saved[name])
+
+
+def _loss(model: nn.Module, batch) -> torch.Tensor:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits[:, :-1].float()
+    nll = -torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    return (nll * batch.loss_mask[:, 1:]).sum()
+
+
+def flat_gradient(model: nn.Module, batch) -> torch.Tensor:
+    """∇θ of the summed loss of a batch, flattened over all parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(_loss(model, batch), params)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def ascent_direction(model: nn.Module, rows: Sequence[Sequence[int]], avoid: torch.Tensor | None = None,
+                     batch_size: int = 16) -> torch.Tensor:
+    """Unit ascent direction on the selection's summed loss, optionally orthogonal to ``avoid`` (r, P)."""
+    if not rows:
+        raise EmptySelectionError("the selection is empty: nothing to ascend on")
+    total = None
+    for start in range(0, len(rows), batch_size):
+        g = flat_gradient(model, training_batch(rows[start : start + batch_size]))
+        total = g if total is None else total + g
+    if avoid is not None and len(avoid):
+        basis, _ = torch.linalg.qr(avoid.T)
+        total = total - basis @ (basis.T @ total)
+    norm = total.norm()
+    if float(norm) == 0.0:
+        raise EmptySelectionError("the selection's gradient is zero: nothing to ascend on")
+    return total / norm
+
+
+def apply_step(model: nn.Module, direction: torch.Tensor, budget: float) -> None:
+    """θ ← θ + budget · direction (a move of exactly ``budget`` in parameter L2 norm)."""
+    if budget <= 0:
+        raise ConfigError(f"budgets must be positive, got {budget}")
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            p.add_(direction[offset : offset + n].view_as(p).to(p.dtype), alpha=budget)
+            offset += n
+
+
+class LossMeter:
+    """Completion losses of probes and mean per-token loss of held-out rows, batched."""
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int) -> None:
+        self.model, self.tokenizer, self.max_length = model, tokenizer, max_length
+
+    def probe_batch(self, probes: Sequence[Probe]):
+        rows, masks = [], []
+        for probe in probes:
+            ids, mask = query_tokens(self.tokenizer.encode(probe.prompt, add_special_tokens=False),
+                                     self.tokenizer.encode(probe.completion, add_special_tokens=False),
+                                     self.max_length)
+            rows.append(ids)
+            masks.append(mask)
+        return collate(rows, masks)
+
+    @torch.no_grad()
+    def probe_losses(self, batch) -> torch.Tensor:
+        """Per-probe summed completion NLL (nats)."""
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            position_ids=batch.position_ids).logits[:, :-1].float()
+        nll = -torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+        return (nll * batch.loss_mask[:, 1:]).sum(1)
+
+    @torch.no_grad()
+    def text_loss(self, batch) -> float:
+        """Mean per-token NLL of held-out rows (general language-modelling loss)."""
+        logits = self.model(input_ids=batch.input_ids).logits[:, :-1].float()
+        nll = -torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+        mask = batch.loss_mask[:, 1:]
+        return float((nll * mask).sum() / mask.sum())
