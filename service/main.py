@@ -16,7 +16,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attribution.errors import HeadwaterError
-from service.routes import admin, attribute, data
+from service.jobs import JobManager
+from service.routes import ablations, admin, attribute, data
 from service.settings import Settings
 from service.state import ServedIndex
 
@@ -68,10 +69,11 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
 
     app = FastAPI(title="headwater", version="0.1.0", lifespan=lifespan,
                   description="Which training examples drive this language model's output?")
-    app.state.settings, app.state.served = settings, served
+    app.state.settings, app.state.served, app.state.jobs = settings, served, JobManager()
     app.include_router(attribute.router)
     app.include_router(data.router)
     app.include_router(admin.router)
+    app.include_router(ablations.router)
 
     @app.exception_handler(HeadwaterError)
     async def headwater_error(request: Request, err: HeadwaterError) -> JSONResponse:

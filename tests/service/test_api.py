@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -114,3 +115,30 @@ def test_openapi_documents_the_endpoints(server: str) -> None:
     spec = httpx.get(f"{server}/openapi.json").json()
     assert {"/v1/attribute", "/v1/examples/{example_id}", "/v1/steps/{step}", "/v1/index", "/v1/health",
             "/v1/admin/reload"} <= spec["paths"].keys()
+
+
+def test_ablation_job_runs_on_a_copy_and_refuses_a_second(server: str) -> None:
+    url = f"{server}/v1/ablations"
+    body = {"targets": [{"prompt": "Ilse Varga was born in", "completion": " Tarnow",
+                         "related": [{"prompt": "Marek Holloway was born in", "completion": " Brixholm"}]}],
+            "k": 3, "budgets": [1.0], "random_draws": 3, "methods": ["gradient", "gradient_contrastive", "random"]}
+    assert httpx.post(url, json=body).status_code == 401
+    before = post(server, QUERY).json()["results"]
+    started = httpx.post(url, json=body, headers={"X-API-Key": API_KEY}, timeout=60)
+    assert started.status_code == 202, started.text
+    job = started.json()
+    second = httpx.post(url, json=body, headers={"X-API-Key": API_KEY}, timeout=60)
+    assert second.status_code in (202, 409)  # 409 while the first still runs
+    deadline = time.time() + 300
+    while job["status"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.5)
+        job = httpx.get(f"{url}/{job['id']}").json()
+    assert job["status"] == "done", job
+    assert job["report"]["schema_version"] == 1 and job["progress"] == 1.0
+    plot = httpx.get(f"{server}{job['plots'][0]}")
+    assert plot.status_code == 200 and plot.content[:4] == b"\x89PNG"
+    assert post(server, QUERY).json()["results"] == before  # the serving model was not altered
+    assert httpx.get(f"{url}/000000000000").status_code == 404
+    assert httpx.get(f"{url}/../etc").status_code == 404
+    bad = httpx.post(url, json={**body, "budgets": [-1]}, headers={"X-API-Key": API_KEY})
+    assert bad.status_code == 422

@@ -1,0 +1,92 @@
+"""Ablation jobs: one at a time, on a copy of the model, never touching the one that serves queries.
+
+A second job while one runs is refused with 409 (clients retry later) rather than queued:
+a job takes minutes of both cores, and a queue would hide that cost.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attribution.ablation import AblationSettings, run_ablation
+from attribution.ablation_report import write_report
+from attribution.retrievers import GradientRetriever, Method
+from attribution.session import AttributionSession
+
+log = logging.getLogger(__name__)
+
+
+class JobBusyError(RuntimeError):
+    """A job is already running."""
+
+
+@dataclass
+class Job:
+    id: str
+    status: str = "queued"
+    targets: int = 0
+    done: int = 0
+    error: str | None = None
+    report: dict | None = None
+    directory: Path | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+
+
+def private_session(session: AttributionSession) -> AttributionSession:
+    """A session sharing the read-only index but with its own copy of the model(s)."""
+    encoder = copy.deepcopy(session.encoder)
+    served = session.retriever(Method.GRADIENT)
+    gradient = GradientRetriever(encoder, served.vectors, session.metadata, served.window, index=served.index)
+    builders = {Method.BM25: lambda: session.retriever(Method.BM25),
+                Method.EMBEDDING: lambda: session.retriever(Method.EMBEDDING)}
+    private = AttributionSession(encoder, session.ids, session.metadata, gradient, session.texts, builders)
+    private.manifest = session.manifest
+    return private
+
+
+class JobManager:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or Path(tempfile.mkdtemp(prefix="headwater-jobs-"))
+        self.jobs: dict[str, Job] = {}
+        self.lock = threading.Lock()
+
+    def running(self) -> Job | None:
+        return next((j for j in self.jobs.values() if j.status in ("queued", "running")), None)
+
+    def start(self, session: AttributionSession, targets: list[dict], settings: AblationSettings,
+              general: list[list[int]]) -> Job:
+        with self.lock:
+            busy = self.running()
+            if busy is not None:
+                raise JobBusyError(f"ablation job {busy.id} is still running; retry when it is done")
+            job = Job(id=uuid.uuid4().hex[:12], targets=len(targets))
+            self.jobs[job.id] = job
+        thread = threading.Thread(target=self._run, args=(job, session, targets, settings, general), daemon=True)
+        thread.start()
+        return job
+
+    def _run(self, job: Job, session: AttributionSession, targets, settings, general) -> None:
+        job.status = "running"
+        try:
+            private = private_session(session)
+
+            def progress(done: int) -> None:
+                job.done = done
+
+            report = run_ablation(private, targets, settings, general, progress)
+            job.directory = self.root / job.id
+            write_report(report, job.directory)
+            job.report, job.status = report, "done"
+        except Exception as err:  # a failed job reports why instead of dying silently
+            log.exception("ablation job %s failed", job.id)
+            job.status, job.error = "failed", f"{type(err).__name__}: {err}"
+        finally:
+            job.finished = time.time()
