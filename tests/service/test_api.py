@@ -129,11 +129,17 @@ def test_ablation_job_runs_on_a_copy_and_refuses_a_second(server: str) -> None:
     job = started.json()
     second = httpx.post(url, json=body, headers={"X-API-Key": API_KEY}, timeout=60)
     assert second.status_code in (202, 409)  # 409 while the first still runs
+    if second.status_code == 409:
+        assert "still running" in second.json()["error"]
+    jobs = [job] + ([second.json()] if second.status_code == 202 else [])
     deadline = time.time() + 300
-    while job["status"] in ("queued", "running") and time.time() < deadline:
-        time.sleep(0.5)
-        job = httpx.get(f"{url}/{job['id']}").json()
-    assert job["status"] == "done", job
+    for index, pending in enumerate(jobs):  # wait for every job, so none runs on into later tests
+        while pending["status"] in ("queued", "running") and time.time() < deadline:
+            time.sleep(0.5)
+            pending = httpx.get(f"{url}/{pending['id']}").json()
+        jobs[index] = pending
+    job = jobs[0]
+    assert all(j["status"] == "done" for j in jobs), jobs
     assert job["report"]["schema_version"] == 1 and job["progress"] == 1.0
     plot = httpx.get(f"{server}{job['plots'][0]}")
     assert plot.status_code == 200 and plot.content[:4] == b"\x89PNG"
