@@ -125,6 +125,8 @@ class AttributionSession:
         """The top-k training examples for ``prompt`` → ``completion`` as JSON-ready rows."""
         if not prompt.strip():
             raise ConfigError("the prompt is empty")
+        if completion is None:  # every method attributes the model's own continuation
+            completion = self.encoder.greedy_completion(prompt)
         query = Query(prompt, completion, list(controls))
         hits = self.retriever(method).search(query, k, filters)
         return [

@@ -57,6 +57,7 @@ async def attribute(body: AttributeRequest, session: SessionDep, served: ServedD
     rows = await run_in_threadpool(run)
     searched = time.perf_counter()
     completion = rows[0]["completion"] if rows else (body.completion or "")
+    completion = completion or ""
     results = []
     for row in rows:
         meta = row["metadata"]

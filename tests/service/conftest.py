@@ -35,18 +35,22 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def server(served_index: Path) -> str:
-    """Base URL of a uvicorn process serving ``served_index``; stopped at the end of the session."""
+def server(served_index: Path, tmp_path_factory) -> str:
+    """Base URL of a uvicorn process serving ``served_index``; stopped at the end of the session.
+
+    Its log goes to a file (a pipe nobody reads would fill up and block the server)."""
     port = free_port()
+    log_path = tmp_path_factory.mktemp("server-log") / "uvicorn.log"
+    log = log_path.open("w")
     env = {**os.environ, "HEADWATER_INDEX": str(served_index), "HEADWATER_API_KEY": API_KEY,
            "HEADWATER_MAX_BODY_BYTES": "20000"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:app", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"uvicorn exited: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"uvicorn exited: {log_path.read_text()[-2000:]}")
         try:
             if httpx.get(f"{url}/v1/health", timeout=2).json().get("ready"):
                 break
@@ -56,6 +60,7 @@ def server(served_index: Path) -> str:
         proc.kill()
         raise RuntimeError("uvicorn did not become ready in 120 s")
     yield url
+    assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]  # no unhandled errors
     proc.terminate()
     try:
         proc.wait(timeout=10)

@@ -148,3 +148,10 @@ def test_ablation_job_runs_on_a_copy_and_refuses_a_second(server: str) -> None:
     assert httpx.get(f"{url}/../etc").status_code == 404
     bad = httpx.post(url, json={**body, "budgets": [-1]}, headers={"X-API-Key": API_KEY})
     assert bad.status_code == 422
+
+
+@pytest.mark.parametrize("method", ["bm25", "embedding", "hybrid"])
+def test_every_method_attributes_the_greedy_completion(server: str, method: str) -> None:
+    response = post(server, {"prompt": "Ilse Varga was born in", "k": 2, "method": method})
+    assert response.status_code == 200, response.text
+    assert response.json()["completion"]
