@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import duckdb
@@ -127,7 +128,7 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
     ids = np.concatenate([np.asarray(load_shard_array(s, "ids.npy")) for s in shards])
     if len(np.unique(ids)) != len(ids) or not np.all(np.diff(ids) > 0):
         raise CorruptShardError(f"{out}: example ids are duplicated or out of order across shards; rebuild")
-    build_id = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+    build_id = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"  # unique even within a second
     tmp = out / "builds" / f".tmp-{build_id}"
     tmp.mkdir(parents=True)
     fit_preconditioners(encoder, shards, config)
@@ -172,7 +173,8 @@ def publish(out: Path, build: Path) -> None:
 def prune_builds(out: Path, keep: int = 2) -> None:
     """Delete all but the newest ``keep`` builds (never the current one)."""
     current = (out / "current").resolve()
-    builds = sorted(p for p in (out / "builds").iterdir() if p.is_dir() and not p.name.startswith("."))
+    builds = sorted((p for p in (out / "builds").iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: (p.stat().st_mtime_ns, p.name))
     for old in builds[:-keep]:
         if old.resolve() != current:
             shutil.rmtree(old)
