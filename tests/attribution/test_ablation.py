@@ -38,7 +38,7 @@ def test_weights_are_bit_identical_after_a_trial(session: AttributionSession, ge
     assert float(direction.norm()) == pytest.approx(1.0)
     with restored(model):
         apply_step(model, direction, 2.0)
-        moved = torch.cat([(p - before[n]).flatten() for n, p in model.named_parameters()])
+        moved = torch.cat([(p.detach() - before[n]).flatten() for n, p in model.named_parameters()])
         assert float(moved.norm()) == pytest.approx(2.0, rel=1e-4)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 

@@ -53,7 +53,6 @@ def test_sketch_equals_projected_exact_gradient(tiny_model, include_head: bool) 
 
 
 def test_no_parameter_gradients_and_flags_restored(tiny_model) -> None:
-    tiny_model.lm_head_flag = None
     tiny_model.gpt_neox.embed_in.weight.requires_grad_(False)
     flags = {n: p.requires_grad for n, p in tiny_model.named_parameters()}
     Sketcher(tiny_model, SketchConfig(k=3)).sketch(training_batch(random_rows([6, 6])))
