@@ -47,11 +47,15 @@ def restored(model: nn.Module) -> Iterator[None]:
                 p.copy_(saved[name])
 
 
-def _loss(model: nn.Module, batch) -> torch.Tensor:
+def token_nll(model: nn.Module, batch) -> torch.Tensor:
+    """NLL of every target token ``(B, T - 1)``; multiply by ``batch.loss_mask[:, 1:]`` to select."""
     logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    position_ids=batch.position_ids).logits[:, :-1].float()
-    nll = -torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
-    return (nll * batch.loss_mask[:, 1:]).sum()
+    return -torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+
+
+def _loss(model: nn.Module, batch) -> torch.Tensor:
+    return (token_nll(model, batch) * batch.loss_mask[:, 1:]).sum()
 
 
 def flat_gradient(model: nn.Module, batch) -> torch.Tensor:
@@ -110,15 +114,10 @@ class LossMeter:
     @torch.no_grad()
     def probe_losses(self, batch) -> torch.Tensor:
         """Per-probe summed completion NLL (nats)."""
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            position_ids=batch.position_ids).logits[:, :-1].float()
-        nll = -torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
-        return (nll * batch.loss_mask[:, 1:]).sum(1)
+        return (token_nll(self.model, batch) * batch.loss_mask[:, 1:]).sum(1)
 
     @torch.no_grad()
     def text_loss(self, batch) -> float:
         """Mean per-token NLL of held-out rows (general language-modelling loss)."""
-        logits = self.model(input_ids=batch.input_ids).logits[:, :-1].float()
-        nll = -torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
         mask = batch.loss_mask[:, 1:]
-        return float((nll * mask).sum() / mask.sum())
+        return float((token_nll(self.model, batch) * mask).sum() / mask.sum())
