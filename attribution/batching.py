@@ -94,3 +94,11 @@ def query_tokens(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_l
             f"exceeds the model's context of {max_length}; shorten the prompt"
         )
     return list(prompt_ids) + list(completion_ids), [0] * len(prompt_ids) + [1] * len(completion_ids)
+
+
+def token_nll(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """NLL of every target token, ``(B, T - 1)``, in at least float32; weight by ``batch.loss_mask[:, 1:]``."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits[:, :-1]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return -torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attribution.batching import TokenBatch
+from attribution.batching import TokenBatch, token_nll
 from attribution.errors import ConfigError
 from attribution.modules import sketched_linears
 from attribution.projection import projection_matrix
@@ -98,12 +98,7 @@ class Sketcher:
         return nn.functional.one_hot(index, count).to(mask) * mask[:, :, None]
 
     def _loss(self, batch: TokenBatch) -> torch.Tensor:
-        logits = self.model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids
-        ).logits
-        logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
-        logp = torch.log_softmax(logits, dim=-1)
-        nll = -logp.gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+        nll = token_nll(self.model, batch)
         return (nll * batch.loss_mask[:, 1:].to(nll)).sum()
 
     @contextlib.contextmanager

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attribution.batching import collate, query_tokens, training_batch
+from attribution.batching import collate, query_tokens, token_nll, training_batch
 from attribution.errors import ConfigError
 
 
@@ -47,15 +47,9 @@ def restored(model: nn.Module) -> Iterator[None]:
                 p.copy_(saved[name])
 
 
-def token_nll(model: nn.Module, batch) -> torch.Tensor:
-    """NLL of every target token ``(B, T - 1)``; multiply by ``batch.loss_mask[:, 1:]`` to select."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids).logits[:, :-1].float()
-    return -torch.log_softmax(logits, -1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
-
-
 def _loss(model: nn.Module, batch) -> torch.Tensor:
-    return (token_nll(model, batch) * batch.loss_mask[:, 1:]).sum()
+    nll = token_nll(model, batch)
+    return (nll * batch.loss_mask[:, 1:].to(nll)).sum()
 
 
 def flat_gradient(model: nn.Module, batch) -> torch.Tensor:
@@ -114,10 +108,11 @@ class LossMeter:
     @torch.no_grad()
     def probe_losses(self, batch) -> torch.Tensor:
         """Per-probe summed completion NLL (nats)."""
-        return (token_nll(self.model, batch) * batch.loss_mask[:, 1:]).sum(1)
+        nll = token_nll(self.model, batch)
+        return (nll * batch.loss_mask[:, 1:].to(nll)).sum(1)
 
     @torch.no_grad()
     def text_loss(self, batch) -> float:
         """Mean per-token NLL of held-out rows (general language-modelling loss)."""
         mask = batch.loss_mask[:, 1:]
-        return float((token_nll(self.model, batch) * mask).sum() / mask.sum())
+        return float((token_nll(self.model, batch) * mask.to(torch.float32)).sum() / mask.sum())
