@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from attribution.batching import collate, query_tokens, training_batch
 from attribution.errors import ConfigError
+from attribution.models import load_model
+from attribution.modules import sketched_linears
+from attribution.normalizer import adam_scales
 from attribution.preconditioner import Preconditioner
 from attribution.scoring import ScoreMode, combine_checkpoints, prepare_query, prepare_train
-from attribution.sketch import Sketcher
+from attribution.sketch import SketchConfig, Sketcher
 
 
 @dataclass
@@ -41,6 +45,20 @@ class EncodedQuery:
     completion_tokens: list[str]
     controls_used: int = 0
     extras: dict = field(default_factory=dict)
+
+
+def load_checkpoints(model_path: str | Path, revisions: Sequence[str | None], sketch: SketchConfig,
+                     normalizer: str | Path | None = None, device: str = "cpu",
+                     dtype: str = "float32") -> list[Checkpoint]:
+    """The model at every revision with its sketcher; ``normalizer`` is an Adam state to divide by."""
+    checkpoints = []
+    for revision in revisions:
+        model = load_model(model_path, revision=revision, dtype=dtype, device=device)
+        scales = None
+        if normalizer is not None:
+            scales = adam_scales(normalizer, sketched_linears(model, sketch.include_head))
+        checkpoints.append(Checkpoint(model, Sketcher(model, sketch, scales), revision=revision))
+    return checkpoints
 
 
 class GradientEncoder:

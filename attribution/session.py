@@ -20,11 +20,10 @@ import numpy as np
 import torch
 
 from attribution.embeddings import TextEmbedder
-from attribution.encoder import Checkpoint, GradientEncoder
+from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.filters import Filters
-from attribution.models import load_model, load_tokenizer
-from attribution.normalizer import adam_scales
+from attribution.models import load_tokenizer
 from attribution.preconditioner import CovarianceAccumulator, Preconditioner, PreconditionMode
 from attribution.retrievers import (
     BM25Retriever,
@@ -36,7 +35,7 @@ from attribution.retrievers import (
     Retriever,
 )
 from attribution.scoring import ScoreMode
-from attribution.sketch import SketchConfig, Sketcher
+from attribution.sketch import SketchConfig
 from indexer.examples import Example
 
 log = logging.getLogger(__name__)
@@ -151,14 +150,8 @@ class AttributionSession:
         if not examples:
             raise ConfigError("no training examples to attribute to")
         tokenizer = load_tokenizer(tokenizer_path or model_path)
-        checkpoints = []
-        for revision in config.revisions:
-            model = load_model(model_path, revision=revision, device=device)
-            scales = None
-            if config.normalizer:
-                state = Path(adam_state or Path(model_path) / "adam_state.safetensors")
-                scales = adam_scales(state, Sketcher(model, config.sketch).modules)
-            checkpoints.append(Checkpoint(model, Sketcher(model, config.sketch, scales), revision=revision))
+        state = Path(adam_state or Path(model_path) / "adam_state.safetensors") if config.normalizer else None
+        checkpoints = load_checkpoints(model_path, config.revisions, config.sketch, state, device)
         encoder = GradientEncoder(checkpoints, tokenizer, config.mode)
         raw = sketch_all(encoder, [ex.token_ids.tolist() for ex in examples], config)
         if config.precondition is not PreconditionMode.NONE:

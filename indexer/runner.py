@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attribution.encoder import Checkpoint, GradientEncoder
+from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
-from attribution.models import load_model, load_tokenizer
-from attribution.normalizer import adam_scales
-from attribution.sketch import SketchConfig, Sketcher
+from attribution.models import load_tokenizer
+from attribution.sketch import SketchConfig
 from indexer.config import IndexConfig, check_same
 from indexer.errors import IndexWriteError
 from indexer.shards import ShardContents, metadata_table, shard_is_complete, shard_name, write_shard
@@ -62,12 +61,8 @@ def sketch_config(config: IndexConfig) -> SketchConfig:
 def make_encoder(config: IndexConfig, device: str = "cpu", dtype: str = "float32") -> GradientEncoder:
     """Load the model at every revision with its sketcher (same code as the query side)."""
     tokenizer = load_tokenizer(config.tokenizer or config.model)
-    checkpoints = []
-    for revision in config.revisions:
-        model = load_model(config.model, revision=revision, dtype=dtype, device=device)
-        scales = adam_scales(config.normalizer, Sketcher(model, sketch_config(config)).modules) \
-            if config.normalizer else None
-        checkpoints.append(Checkpoint(model, Sketcher(model, sketch_config(config), scales), revision=revision))
+    checkpoints = load_checkpoints(config.model, config.revisions, sketch_config(config), config.normalizer,
+                                   device, dtype)
     return GradientEncoder(checkpoints, tokenizer, config.mode)
 
 
