@@ -19,6 +19,7 @@ import torch
 
 from attribution.batching import training_batch
 from attribution.errors import ConfigError
+from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.unlearn import LossMeter, Probe, apply_step, ascent_direction, flat_gradient, restored
 
@@ -67,33 +68,32 @@ def gradient_scores(session: AttributionSession, prompt: str, completion: str) -
     return scores
 
 
-def selections(session: AttributionSession, target: dict, settings: AblationSettings, seed: int) -> dict:
-    """Row positions of every selection for one target (random: a list of draws)."""
+def ranked_selections(session: AttributionSession, target: dict, settings: AblationSettings) -> dict:
+    """Row positions of the selections that do not depend on a seed (top/bottom by score, lexical, embedding)."""
     k, n = settings.k, len(session)
     if k > n:
         raise ConfigError(f"k={k} is larger than the index ({n} examples)")
     prompt, completion = target["prompt"], target["completion"]
-    scores = gradient_scores(session, prompt, completion)
-    order = np.argsort(-scores, kind="stable")
-    position = {int(i): p for p, i in enumerate(session.ids)}
+    order = np.argsort(-gradient_scores(session, prompt, completion), kind="stable")
     chosen: dict = {"gradient": order[:k].tolist(), "gradient_contrastive": order[:k].tolist(),
                     "bottom": order[::-1][:k].tolist()}
     for method in ("bm25", "embedding"):
         if method in settings.methods:
-            hits = session.retriever(method).search(_query(prompt, completion), k)
-            chosen[method] = [h.row for h in hits]
+            chosen[method] = [h.row for h in session.retriever(method).search(Query(prompt, completion), k)]
+    return {m: v for m, v in chosen.items() if m in settings.methods}
+
+
+def seeded_selections(session: AttributionSession, target: dict, settings: AblationSettings, seed: int) -> dict:
+    """Row positions of the seeded selections: an oracle sample of gold rows and the random draws."""
+    k, n = settings.k, len(session)
+    position = {int(i): p for p, i in enumerate(session.ids)}
+    chosen: dict = {}
     gold = [position[g] for g in target.get("gold_rows", []) if g in position]
     if gold:
         chosen["oracle"] = random.Random(seed).sample(gold, min(k, len(gold)))
     rng = random.Random(seed * 7919 + 1)
     chosen["random"] = [rng.sample(range(n), k) for _ in range(settings.random_draws)]
     return {m: v for m, v in chosen.items() if m in settings.methods}
-
-
-def _query(prompt: str, completion: str):
-    from attribution.retrievers import Query
-
-    return Query(prompt, completion)
 
 
 class Ablator:
@@ -168,16 +168,21 @@ def run_ablation(session: AttributionSession, targets: list[dict], settings: Abl
         probes, slices = probe_groups(target, unrelated)
         batch = ablator.meter.probe_batch(probes)
         before = ablator.measure(batch)
+        ranked = ranked_selections(session, target, settings)
+        related = probes[slices["related"]]
+        avoid = ablator.control_gradients(related) if "gradient_contrastive" in ranked and related else None
+        trials: dict[tuple, dict] = {}  # seed-independent selections are ascended once, reported per seed
         for seed in range(settings.seeds):
-            chosen = selections(session, target, settings, seed)
+            chosen = {**ranked, **seeded_selections(session, target, settings, seed)}
             for method, picked in chosen.items():
                 draws = picked if method == "random" else [picked]
                 for draw, positions in enumerate(draws):
-                    avoid = None
-                    if method == "gradient_contrastive":
-                        avoid = ablator.control_gradients(probes[slices["related"]])
-                    direction = ascent_direction(ablator.model, ablator.rows_of(positions), avoid)
-                    for budget, deltas in ablator.trial(direction, batch, before).items():
+                    key = (method, tuple(positions))
+                    if key not in trials:
+                        contrast = avoid if method == "gradient_contrastive" else None
+                        direction = ascent_direction(ablator.model, ablator.rows_of(positions), contrast)
+                        trials[key] = ablator.trial(direction, batch, before)
+                    for budget, deltas in trials[key].items():
                         rows.append({"target": t_index, "prompt": target["prompt"], "method": method,
                                      "seed": seed, "draw": draw, "budget": budget,
                                      "example_ids": [int(session.ids[p]) for p in positions],
