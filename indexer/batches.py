@@ -13,7 +13,14 @@ from typing import Any
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
 from indexer.megatron import MegatronDataset
-from indexer.training_rows import PYTHIA_BATCH_SIZE, RowRange, check_rows, parse_range, rows_for_steps
+from indexer.training_rows import (
+    PYTHIA_BATCH_SIZE,
+    RowRange,
+    check_rows,
+    parse_range,
+    read_training_rows,
+    rows_for_steps,
+)
 
 
 def default_batch_size(prefix: Path) -> int:
@@ -46,11 +53,12 @@ def show_rows(
     size = default_batch_size(prefix) if batch_size is None else batch_size
     if size <= 0:
         raise ConfigError(f"--batch-size must be positive, got {size}")
-    data = MegatronDataset(prefix)
-    span = select_rows(len(data), rows, step, size)
+    span = select_rows(len(MegatronDataset(prefix)), rows, step, size)
     decoder = load_tokenizer(tokenizer) if tokenizer else None
-    for row, tokens in data.iter_items(span.start, span.stop):
-        record: dict[str, Any] = {"row": row, "step": row // size, "batch_pos": row % size, "tokens": tokens.tolist()}
-        if decoder is not None:
-            record["text"] = decoder.decode(tokens.tolist())
+    for example in read_training_rows(prefix, span, size, decoder):
+        meta = example.metadata
+        record: dict[str, Any] = {"row": meta["row"], "step": meta["step"], "batch_pos": meta["batch_pos"],
+                                  "tokens": example.token_ids.tolist()}
+        if example.text is not None:
+            record["text"] = example.text
         yield record
