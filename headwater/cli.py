@@ -7,16 +7,14 @@ code 2, so scripts can tell bad input from a crash.
 from __future__ import annotations
 
 import json
-import logging
-import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
 from attribution.errors import HeadwaterError
+from headwater.common import clean_errors, setup_logging
+from headwater.eval_cli import eval_app
 
 app = typer.Typer(help="headwater: which training examples drive this language model's output?",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,34 +24,7 @@ app.add_typer(demo_app, name="demo")
 index_app = typer.Typer(help="Build, merge, inspect and verify attribution indices.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
-
-F = TypeVar("F", bound=Callable)
-
-
-def clean_errors(func: F) -> F:
-    """Report headwater's typed errors as ``error: ...`` with exit code 2."""
-
-    @wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except HeadwaterError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(code=2) from err
-
-    return wrapper  # type: ignore[return-value]
-
-
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    for noisy in ("bm25s", "sentence_transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
+app.add_typer(eval_app, name="eval")
 
 @demo_app.command("build")
 @clean_errors
