@@ -3,8 +3,13 @@
 Selections of ``k`` rows per target (EVALUATION.md §3): ``gradient`` (the attribution's top-k),
 ``gradient_contrastive`` (the same rows, ascended with the related prompts' gradient
 directions projected out), ``bm25``, ``embedding``, ``bottom`` (lowest gradient scores),
-``oracle`` (rows that state the fact, where ground truth exists) and ``random`` draws.
+``oracle`` (rows that state the fact, where ground truth exists), ``given`` (the rows a client
+wants checked: a target's ``example_ids``, e.g. the result list on the web page) and ``random`` draws.
 Demo rows all have the same length, so sizes and token counts match.
+
+Every trial also measures every target's own prompt, so the report carries the cross-target
+matrix (row: whose selection was ascended on; column: whose loss changed): the diagonal should
+dominate (EVALUATION.md §3).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from attribution.session import AttributionSession
 from attribution.unlearn import LossMeter, Probe, apply_step, ascent_direction, flat_gradient, restored
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
-METHODS = ("gradient", "gradient_contrastive", "bm25", "embedding", "bottom", "oracle", "random")
+SCHEMA_VERSION = 2
+METHODS = ("gradient", "gradient_contrastive", "bm25", "embedding", "bottom", "oracle", "given", "random")
+MATRIX_METHODS = ("gradient", "gradient_contrastive", "bm25", "embedding", "oracle", "given")
+"""Selections whose cross-target rows are reported (random draws are summarized, not one matrix each)."""
 
 
 @dataclass(frozen=True)
@@ -36,14 +43,14 @@ class AblationSettings:
     random_draws: int = 19
     seeds: int = 3
     methods: tuple[str, ...] = METHODS
-    general_rows: int = 16
-    """Held-out-style rows whose mean token loss measures general damage."""
+    general_rows: int = 8
+    """Evenly spaced indexed rows whose mean token loss measures general damage (the costliest measurement)."""
 
     def __post_init__(self) -> None:
         if self.k <= 0 or not self.budgets or any(b <= 0 for b in self.budgets):
             raise ConfigError("k must be positive and every budget > 0")
-        if self.random_draws < 1 or self.seeds < 1:
-            raise ConfigError("random_draws and seeds must be at least 1")
+        if self.random_draws < 1 or self.seeds < 1 or self.general_rows < 1:
+            raise ConfigError("random_draws, seeds and general_rows must be at least 1")
         unknown = set(self.methods) - set(METHODS)
         if unknown:
             raise ConfigError(f"unknown ablation methods {sorted(unknown)}; choose from {list(METHODS)}")
@@ -70,9 +77,7 @@ def gradient_scores(session: AttributionSession, prompt: str, completion: str) -
 
 def ranked_selections(session: AttributionSession, target: dict, settings: AblationSettings) -> dict:
     """Row positions of the selections that do not depend on a seed (top/bottom by score, lexical, embedding)."""
-    k, n = settings.k, len(session)
-    if k > n:
-        raise ConfigError(f"k={k} is larger than the index ({n} examples)")
+    k = settings.k
     prompt, completion = target["prompt"], target["completion"]
     order = np.argsort(-gradient_scores(session, prompt, completion), kind="stable")
     chosen: dict = {"gradient": order[:k].tolist(), "gradient_contrastive": order[:k].tolist(),
@@ -80,13 +85,28 @@ def ranked_selections(session: AttributionSession, target: dict, settings: Ablat
     for method in ("bm25", "embedding"):
         if method in settings.methods:
             chosen[method] = [h.row for h in session.retriever(method).search(Query(prompt, completion), k)]
+    if target.get("example_ids"):
+        position = positions_by_id(session)
+        chosen["given"] = [position[int(i)] for i in target["example_ids"]]
     return {m: v for m, v in chosen.items() if m in settings.methods}
+
+
+def positions_by_id(session: AttributionSession) -> dict[int, int]:
+    """Example id → row position in the session."""
+    return {int(i): p for p, i in enumerate(session.ids)}
+
+
+def general_rows(session: AttributionSession, count: int) -> list[list[int]]:
+    """Token ids of ``count`` evenly spaced indexed rows: the general-loss probe."""
+    positions = list(range(0, len(session), max(1, len(session) // count)))[:count]
+    tokenizer = session.encoder.tokenizer
+    return [tokenizer.encode(session.texts[p], add_special_tokens=False) for p in positions]
 
 
 def seeded_selections(session: AttributionSession, target: dict, settings: AblationSettings, seed: int) -> dict:
     """Row positions of the seeded selections: an oracle sample of gold rows and the random draws."""
     k, n = settings.k, len(session)
-    position = {int(i): p for p, i in enumerate(session.ids)}
+    position = positions_by_id(session)
     chosen: dict = {}
     gold = [position[g] for g in target.get("gold_rows", []) if g in position]
     if gold:
@@ -129,11 +149,13 @@ class Ablator:
         return torch.stack([flat_gradient(self.model, self.meter.probe_batch([p])) for p in related])
 
 
-def probe_groups(target: dict, unrelated: list[dict]) -> tuple[list[Probe], dict[str, slice]]:
+def probe_groups(target: dict, unrelated: list[dict], targets: list[dict]) -> tuple[list[Probe], dict[str, slice]]:
+    """Probes of one target's trials, grouped; ``cross`` holds every target's own prompt (matrix row)."""
     groups = {"target": [Probe(target["prompt"], target["completion"])],
               "paraphrases": [Probe(p, target["completion"]) for p in target.get("paraphrases", [])],
               "related": [Probe(r["prompt"], r["completion"]) for r in target.get("related", [])],
-              "unrelated": [Probe(u["prompt"], u["completion"]) for u in unrelated]}
+              "unrelated": [Probe(u["prompt"], u["completion"]) for u in unrelated],
+              "cross": [Probe(t["prompt"], t["completion"]) for t in targets]}
     probes, slices, start = [], {}, 0
     for name, group in groups.items():
         probes += group
@@ -145,27 +167,69 @@ def probe_groups(target: dict, unrelated: list[dict]) -> tuple[list[Probe], dict
 def summarize_deltas(deltas: dict, slices: dict[str, slice]) -> dict:
     """Per-trial scores: group means, excess, specificity z, related ratio."""
     values = np.array(deltas["probes"])
-    mean = {name: float(values[s].mean()) if s.stop > s.start else float("nan") for name, s in slices.items()}
+    mean = {name: float(values[s].mean()) if s.stop > s.start else float("nan") for name, s in slices.items()
+            if name != "cross"}
     controls = np.concatenate([values[slices["related"]], values[slices["unrelated"]]])
     sd = float(controls.std(ddof=1)) if len(controls) > 1 else float("nan")
     target = mean["target"]
     return {**{f"d_{k}": v for k, v in mean.items()}, "d_general": deltas["general"],
             "excess": target - mean["unrelated"],
+            "paraphrase_excess": mean["paraphrases"] - mean["unrelated"],
             "specificity_z": (target - float(controls.mean())) / sd if sd and sd > 0 else float("nan"),
             "related_ratio": mean["related"] / target if target else float("nan")}
 
 
-def run_ablation(session: AttributionSession, targets: list[dict], settings: AblationSettings,
-                 general: list[list[int]], progress: Callable[[int], None] | None = None) -> dict:
-    """Every selection × budget × seed for every target; returns the versioned report."""
+def check_targets(session: AttributionSession, targets: list[dict]) -> None:
+    """Refuse targets that cannot be measured: missing fields, nothing to tokenize, too long for the model."""
     if not targets:
         raise ConfigError("no ablation targets")
+    tokenizer, limit = session.encoder.tokenizer, session.encoder.max_length
+    known = positions_by_id(session)
+    for number, target in enumerate(targets, 1):
+        prompt, completion = target.get("prompt"), target.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise ConfigError(f"target {number} needs string 'prompt' and 'completion' fields, got {sorted(target)}")
+        n_prompt = len(tokenizer.encode(prompt, add_special_tokens=False))
+        n_completion = len(tokenizer.encode(completion, add_special_tokens=False))
+        if n_prompt == 0 or n_completion == 0:
+            raise ConfigError(f"target {number} ({prompt!r} → {completion!r}): the prompt and the completion must "
+                              "each give at least one token")
+        if n_prompt + n_completion > limit:
+            raise ConfigError(f"target {number} is {n_prompt + n_completion} tokens; the model takes at most {limit}")
+        missing = [i for i in target.get("example_ids") or [] if int(i) not in known]
+        if missing:
+            raise ConfigError(f"target {number}: example_ids {missing[:5]} are not in the index")
+
+
+def unrelated_prompts(target: dict, pool: list[dict], count: int = 4) -> list[dict]:
+    """Up to ``count`` prompts of another relation (else any other prompt) from ``pool``, or the target's own."""
+    if target.get("unrelated"):
+        return list(target["unrelated"])[:count]
+    others = [t for t in pool if t["prompt"] != target["prompt"]]
+    other_relation = [t for t in others if t.get("attribute") is None or t.get("attribute") != target.get("attribute")]
+    return (other_relation or others)[:count]
+
+
+def run_ablation(session: AttributionSession, targets: list[dict], settings: AblationSettings,
+                 general: list[list[int]] | None = None, progress: Callable[[int], None] | None = None,
+                 controls: list[dict] | None = None) -> dict:
+    """Every selection × budget × seed for every target; returns the versioned report.
+
+    ``controls`` is a pool of (prompt, completion) facts to draw unrelated prompts from when a
+    target brings none (default: the other targets). ``general`` defaults to evenly spaced rows.
+    """
+    check_targets(session, targets)
+    if settings.k > len(session):
+        raise ConfigError(f"k={settings.k} is larger than the index ({len(session)} examples)")
+    general = general or general_rows(session, settings.general_rows)
     ablator = Ablator(session, settings, general)
-    rows = []
+    rows, matrix = [], {}
     for t_index, target in enumerate(targets):
-        unrelated = [t for t in targets if t.get("attribute") != target.get("attribute")][:4] or \
-            [t for t in targets if t is not target][:4]
-        probes, slices = probe_groups(target, unrelated)
+        unrelated = unrelated_prompts(target, controls or targets)
+        if not unrelated:
+            raise ConfigError(f"target {target['prompt']!r} has no unrelated prompts to compare with: "
+                              "give 'unrelated' prompts or more than one target")
+        probes, slices = probe_groups(target, unrelated, targets)
         batch = ablator.meter.probe_batch(probes)
         before = ablator.measure(batch)
         ranked = ranked_selections(session, target, settings)
@@ -183,13 +247,25 @@ def run_ablation(session: AttributionSession, targets: list[dict], settings: Abl
                         direction = ascent_direction(ablator.model, ablator.rows_of(positions), contrast)
                         trials[key] = ablator.trial(direction, batch, before)
                     for budget, deltas in trials[key].items():
+                        if seed == 0 and method in MATRIX_METHODS:
+                            cross = deltas["probes"][slices["cross"]]
+                            matrix.setdefault(method, {}).setdefault(str(budget), []).append(cross)
                         rows.append({"target": t_index, "prompt": target["prompt"], "method": method,
                                      "seed": seed, "draw": draw, "budget": budget,
                                      "example_ids": [int(session.ids[p]) for p in positions],
                                      **summarize_deltas(deltas, slices)})
         if progress:
             progress(t_index + 1)
-    from attribution.ablation_stats import summarize
+    from attribution.ablation_stats import calibration, cross_target_summary, evidence, summarize
 
-    return {"schema_version": SCHEMA_VERSION, "config": {**asdict(settings), "targets": len(targets),
-            "examples": len(session)}, "rows": rows, "summary": summarize(rows, settings)}
+    summary = summarize(rows, settings)
+    report = {"schema_version": SCHEMA_VERSION,
+              "config": {**asdict(settings), "targets": len(targets), "examples": len(session)},
+              "targets": [{"prompt": t["prompt"], "completion": t["completion"], "attribute": t.get("attribute")}
+                          for t in targets],
+              "rows": rows, "summary": summary, "calibration": calibration(summary, settings.budgets)}
+    report["evidence"] = evidence(summary, settings.budgets)
+    report["cross_target"] = {method: {budget: {"matrix": values, **cross_target_summary(values, targets)}
+                                       for budget, values in by_budget.items()}
+                              for method, by_budget in matrix.items() if len(targets) > 1}
+    return report

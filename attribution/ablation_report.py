@@ -33,7 +33,58 @@ def markdown(report: dict) -> str:
                 f"{fmt(entry['d_related']['mean'])} | {fmt(entry['d_unrelated']['mean'])} | "
                 f"{fmt(entry['d_general']['mean'])} | {fmt(entry['excess']['mean'])} [{fmt(ci[0])}, {fmt(ci[1])}] | "
                 f"{fmt(entry['specificity_z']['mean'])} | {fmt(entry['related_ratio']['mean'])} | {vs} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + calibration_lines(report) + evidence_lines(report) + cross_target_lines(report)) + "\n"
+
+
+def calibration_lines(report: dict) -> list[str]:
+    cal = report.get("calibration") or {}
+    if not cal.get("budgets"):
+        return ["", "## Budget calibration", "", cal.get("note", "not calibrated")]
+    low, high = cal["band"]
+    lines = ["", "## Budget calibration", "",
+             f"Random selections should cost {low}-{high} nats of general loss. Calibrated budget: "
+             f"**{cal['calibrated_budget']}** ({cal['note']}).", "",
+             "| budget | random Δgeneral [95% CI] | in band |", "|---|---|---|"]
+    for budget, entry in cal["budgets"].items():
+        ci = entry["ci95"]
+        lines.append(f"| {budget} | {fmt(entry['random_d_general'])} [{fmt(ci[0])}, {fmt(ci[1])}] | "
+                     f"{'yes' if entry['in_band'] else 'no'} |")
+    return lines
+
+
+def evidence_lines(report: dict) -> list[str]:
+    found = report.get("evidence") or {}
+    if not found:
+        return []
+    names = list(next(iter(next(iter(found.values()))["budgets"].values()))["checks"])
+    mark = {True: "pass", False: "FAIL", None: "—"}
+    lines = ["", "## Evidence checklist (EVALUATION.md §3)", "",
+             "An attribution counts as evidenced when every check passes at ≥ 2 budgets.", "",
+             "| method | budget | " + " | ".join(n.replace("_", " ") for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for method, entry in found.items():
+        for budget, result in entry["budgets"].items():
+            lines.append(f"| {method} | {budget} | " + " | ".join(mark[result["checks"][n]] for n in names) + " |")
+    lines.append("")
+    lines += [f"- {method}: passes at budgets {entry['passing_budgets'] or 'none'} → "
+              f"{'evidenced' if entry['evidence'] else 'not evidenced'}" for method, entry in found.items()]
+    return lines
+
+
+def cross_target_lines(report: dict) -> list[str]:
+    cross = report.get("cross_target") or {}
+    if not cross:
+        return []
+    lines = ["", "## Cross-target matrix", "",
+             "Row i ascends on target i's selection; column j is the Δ loss of target j. The diagonal should dominate.",
+             "", "| method | budget | diagonal mean | off-diagonal mean | same-relation off-diagonal | "
+             "own target hurt most | target hurt most by its own selection |", "|---|---|---|---|---|---|---|"]
+    for method, by_budget in cross.items():
+        for budget, entry in by_budget.items():
+            lines.append(f"| {method} | {budget} | {fmt(entry['diagonal_mean'])} | {fmt(entry['off_diagonal_mean'])} | "
+                         f"{fmt(entry['same_relation_off_diagonal_mean'])} | {fmt(entry['diagonal_is_row_max'])} | "
+                         f"{fmt(entry['diagonal_is_column_max'])} |")
+    return lines
 
 
 def plots(report: dict, out: Path) -> list[str]:
@@ -71,7 +122,33 @@ def plots(report: dict, out: Path) -> list[str]:
     fig.savefig(out / "target_vs_related.png", dpi=120)
     plt.close(fig)
     written.append("target_vs_related.png")
+    if report.get("cross_target"):
+        written.append(heat_map(report, out, plt))
     return written
+
+
+def heat_map(report: dict, out: Path, plt) -> str:
+    """Cross-target matrices at the calibrated budget (else the largest), one panel per method."""
+    cross = report["cross_target"]
+    budgets = next(iter(cross.values()))
+    budget = str((report.get("calibration") or {}).get("calibrated_budget") or max(report["config"]["budgets"]))
+    budget = budget if budget in budgets else max(budgets, key=float)
+    methods = [m for m in cross if budget in cross[m]]
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.6), squeeze=False)
+    for ax, method in zip(axes[0], methods, strict=True):
+        matrix = np.asarray(cross[method][budget]["matrix"])
+        limit = float(np.abs(matrix).max()) or 1.0
+        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit)
+        ax.set_title(f"{method}\ndiag {cross[method][budget]['diagonal_mean']:.2f} / "
+                     f"off {cross[method][budget]['off_diagonal_mean']:.2f}", fontsize=9)
+        ax.set_xlabel("Δ loss of target j")
+        ax.set_ylabel("selection of target i")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(f"Cross-target damage at budget {budget} (nats)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "cross_target.png", dpi=110)
+    plt.close(fig)
+    return "cross_target.png"
 
 
 def write_report(report: dict, out: Path) -> None:

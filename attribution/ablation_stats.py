@@ -1,5 +1,6 @@
 """Statistics of the unlearning report: per-method summaries with bootstrap intervals, paired
-Wilcoxon tests against each baseline with Holm correction, win rates, per-target p-values vs random."""
+Wilcoxon tests against each baseline with Holm correction, win rates, per-target p-values vs random,
+the budget calibration, the evidence checklist of EVALUATION.md §3 and the cross-target matrix summary."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from collections import defaultdict
 import numpy as np
 from scipy.stats import wilcoxon
 
-METRICS = ("d_target", "d_paraphrases", "d_related", "d_unrelated", "d_general", "excess", "specificity_z",
-           "related_ratio")
+METRICS = ("d_target", "d_paraphrases", "d_related", "d_unrelated", "d_general", "excess", "paraphrase_excess",
+           "specificity_z", "related_ratio")
 BASELINES = ("random", "bm25", "embedding", "bottom", "oracle")
+TESTED = ("gradient", "gradient_contrastive", "given")
+"""Selections under test: compared with every baseline and checked against the evidence criteria."""
+CALIBRATION_BAND = (0.01, 0.2)
+"""Δ general loss (nats) that random selections should cost at a well-chosen budget (EVALUATION.md §3)."""
 
 
 def bootstrap_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -64,7 +69,7 @@ def summarize(rows: list[dict], settings) -> dict:
             values = np.array(list(tables[metric][(method, budget)].values()), dtype=float)
             entry[metric] = {"mean": float(np.nanmean(values)) if len(values) else float("nan"),
                              "ci95": bootstrap_ci(values)}
-        if method.startswith("gradient"):
+        if method in TESTED:
             entry["vs"] = compare(tables["excess"], method, budget)
             entry["random_p_values"] = random_pvalues(rows, method, budget)
         summary.setdefault(method, {})[str(budget)] = entry
@@ -86,3 +91,96 @@ def compare(excess: dict, method: str, budget: float) -> dict:
         raw[baseline] = float(wilcoxon(diff, alternative="greater").pvalue) if np.any(diff != 0) else 1.0
     adjusted = holm(raw)
     return {b: {"win_rate": wins[b], "p_value": raw[b], "p_holm": adjusted[b]} for b in raw}
+
+
+def _mean(summary: dict, method: str, budget: str, metric: str) -> float | None:
+    entry = summary.get(method, {}).get(budget)
+    value = entry[metric]["mean"] if entry else None
+    return None if value is None or np.isnan(value) else value
+
+
+def calibration(summary: dict, budgets) -> dict:
+    """Random selections' Δ general loss per budget; the calibrated budget is the largest inside the band.
+
+    With no budget inside the band, the one closest to it (in log scale) is chosen and flagged.
+    """
+    low, high = CALIBRATION_BAND
+    per_budget = {}
+    for budget in budgets:
+        entry = summary.get("random", {}).get(str(budget))
+        if entry is None:
+            continue
+        cost = entry["d_general"]["mean"]
+        per_budget[str(budget)] = {"random_d_general": cost, "ci95": entry["d_general"]["ci95"],
+                                   "in_band": bool(low <= cost <= high)}
+    if not per_budget:
+        return {"band": [low, high], "budgets": {}, "calibrated_budget": None,
+                "note": "no random selections were run: the budgets are not calibrated"}
+    inside = [float(b) for b, v in per_budget.items() if v["in_band"]]
+
+    def distance(b: str) -> float:
+        cost = max(per_budget[b]["random_d_general"], 1e-9)
+        return 0.0 if low <= cost <= high else min(abs(np.log(cost / low)), abs(np.log(cost / high)))
+
+    chosen = max(inside) if inside else float(min(per_budget, key=distance))
+    note = ("largest budget whose random selections cost "
+            f"{low}-{high} nats of general loss" if inside else
+            f"no budget inside {low}-{high} nats: the closest was chosen; sweep other budgets")
+    return {"band": [low, high], "budgets": per_budget, "calibrated_budget": chosen, "note": note}
+
+
+def evidence(summary: dict, budgets) -> dict:
+    """EVALUATION.md §3's criteria per tested method and budget (None: not measurable here).
+
+    Beats random (Holm p < 0.01, win rate ≥ 0.75), specificity z ≥ 2, related ratio ≤ 0.5,
+    carries over to the paraphrases (paraphrase excess 95 % CI above 0), not worse than BM25 and
+    embedding (mean excess), and ``bottom`` no worse than random (mean Δtarget within random's CI).
+    """
+    out = {}
+    for method in TESTED:
+        if method not in summary:
+            continue
+        by_budget = {}
+        for budget in (str(b) for b in budgets):
+            entry = summary[method].get(budget)
+            if entry is None:
+                continue
+            versus = entry.get("vs", {}).get("random")
+            z, ratio = _mean(summary, method, budget, "specificity_z"), _mean(summary, method, budget, "related_ratio")
+            para_low = entry["paraphrase_excess"]["ci95"][0]
+            excess = _mean(summary, method, budget, "excess")
+            rivals = [_mean(summary, m, budget, "excess") for m in ("bm25", "embedding")]
+            rivals = [r for r in rivals if r is not None]
+            bottom = _mean(summary, "bottom", budget, "d_target")
+            random_ci = summary.get("random", {}).get(budget, {}).get("d_target", {}).get("ci95")
+            beats = None if versus is None else bool(versus["p_holm"] < 0.01 and versus["win_rate"] >= 0.75)
+            checks = {
+                "beats_random": beats,
+                "specificity_z_ge_2": None if z is None else bool(z >= 2),
+                "related_ratio_le_0_5": None if ratio is None else bool(ratio <= 0.5),
+                "carries_to_paraphrases": None if np.isnan(para_low) else bool(para_low > 0),
+                "not_worse_than_bm25_embedding": None if excess is None or not rivals else bool(
+                    excess >= max(rivals)),
+                "bottom_no_worse_than_random": None if bottom is None or random_ci is None or np.isnan(random_ci[1])
+                else bool(bottom <= random_ci[1]),
+            }
+            by_budget[budget] = {"checks": checks,
+                                 "passed": all(v is not False for v in checks.values())}
+        passing = [b for b, v in by_budget.items() if v["passed"]]
+        out[method] = {"budgets": by_budget, "passing_budgets": passing, "evidence": len(passing) >= 2}
+    return out
+
+
+def cross_target_summary(matrix: list[list[float]], targets: list[dict]) -> dict:
+    """How much the diagonal dominates: row i ascends on target i's selection, column j is Δ on target j."""
+    m = np.asarray(matrix, dtype=float)
+    n = len(m)
+    off = ~np.eye(n, dtype=bool)
+    same = np.array([[targets[i].get("attribute") is not None and
+                      targets[i].get("attribute") == targets[j].get("attribute") for j in range(n)]
+                     for i in range(n)]) & off
+    return {"diagonal_mean": float(np.diag(m).mean()),
+            "off_diagonal_mean": float(m[off].mean()),
+            "same_relation_off_diagonal_mean": float(m[same].mean()) if same.any() else float("nan"),
+            "diagonal_is_row_max": float((m.argmax(axis=1) == np.arange(n)).mean()),
+            "diagonal_is_column_max": float((m.argmax(axis=0) == np.arange(n)).mean())}

@@ -7,6 +7,7 @@ code 2, so scripts can tell bad input from a crash.
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Annotated
 
@@ -202,9 +203,10 @@ def ablate(
     out: Annotated[Path, typer.Option(help="Report directory (report.json, report.md, PNG plots).")] = Path(
         "ablation-report"),
     targets: Annotated[Path | None, typer.Option(help="JSONL of {prompt, completion, paraphrases?, related?, "
-                                                      "gold_rows?}; default: the demo's planted facts.")] = None,
+                                                      "unrelated?, gold_rows?, example_ids?}; default: the demo's "
+                                                      "planted facts.")] = None,
     methods: Annotated[str, typer.Option(help="Comma-separated selection methods.")] = ",".join(
-        ("gradient", "gradient_contrastive", "bm25", "embedding", "bottom", "oracle", "random")),
+        ("gradient", "gradient_contrastive", "bm25", "embedding", "bottom", "oracle", "given", "random")),
     budgets: Annotated[str, typer.Option(help="Comma-separated ‖Δθ‖ budgets.")] = "0.5,1,2",
     k: Annotated[int, typer.Option(help="Rows per selection.")] = 10,
     seeds: Annotated[int, typer.Option(help="Seeds (random draws and oracle samples).")] = 3,
@@ -237,13 +239,15 @@ def ablate(
     else:
         if not targets.is_file():
             raise ConfigError(f"--targets {targets}: no such file")
-        chosen = [json.loads(line) for line in targets.read_text().splitlines() if line.strip()]
+        try:
+            chosen = [json.loads(line) for line in targets.read_text().splitlines() if line.strip()]
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--targets {targets}: not JSON lines ({err})") from err
+        if not all(isinstance(t, dict) for t in chosen):
+            raise ConfigError(f"--targets {targets}: every line must be a JSON object")
     chosen = chosen[:limit]
-    rows = list(range(0, len(session), max(1, len(session) // 16)))[:16]
-    tokenizer = session.encoder.tokenizer
-    general = [tokenizer.encode(session.texts[r], add_special_tokens=False) for r in rows]
     with tqdm(total=len(chosen), desc="targets", disable=None) as bar:
-        report = run_ablation(session, chosen, settings, general, progress=lambda done: bar.update(1))
+        report = run_ablation(session, chosen, settings, progress=lambda done: bar.update(1))
     write_report(report, out)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"report written to {out}/report.json, report.md and plots")
@@ -268,6 +272,9 @@ def serve(
 
     setup_logging(False)
     resolve_build(index)  # fail fast, with a clear message, before uvicorn starts
+    if api_key is None:
+        api_key = secrets.token_urlsafe(12)
+        typer.echo(f"admin/ablation API key for this run (set HEADWATER_API_KEY to choose one): {api_key}")
     settings = Settings(index=index, host=host, port=port, api_key=api_key, device=device)
     typer.echo(f"serving {index} at http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
     typer.echo(f"try: curl -s http://{host}:{port}/v1/attribute -H 'Content-Type: application/json' "

@@ -62,18 +62,18 @@ class JobManager:
         return next((j for j in self.jobs.values() if j.status in ("queued", "running")), None)
 
     def start(self, session: AttributionSession, targets: list[dict], settings: AblationSettings,
-              general: list[list[int]]) -> Job:
+              controls: list[dict] | None = None) -> Job:
         with self.lock:
             busy = self.running()
             if busy is not None:
                 raise JobBusyError(f"ablation job {busy.id} is still running; retry when it is done")
             job = Job(id=uuid.uuid4().hex[:12], targets=len(targets))
             self.jobs[job.id] = job
-        thread = threading.Thread(target=self._run, args=(job, session, targets, settings, general), daemon=True)
+        thread = threading.Thread(target=self._run, args=(job, session, targets, settings, controls), daemon=True)
         thread.start()
         return job
 
-    def _run(self, job: Job, session: AttributionSession, targets, settings, general) -> None:
+    def _run(self, job: Job, session: AttributionSession, targets, settings, controls) -> None:
         job.status = "running"
         try:
             private = private_session(session)
@@ -81,7 +81,7 @@ class JobManager:
             def progress(done: int) -> None:
                 job.done = done
 
-            report = run_ablation(private, targets, settings, general, progress)
+            report = run_ablation(private, targets, settings, progress=progress, controls=controls)
             job.directory = self.root / job.id
             write_report(report, job.directory)
             job.report, job.status = report, "done"

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from attribution.ablation import METHODS, AblationSettings
+from attribution.ablation import METHODS, AblationSettings, check_targets
 from service.deps import AdminDep, SessionDep
 from service.jobs import JobBusyError, JobManager
 from service.schemas import ErrorBody, Strict
@@ -18,12 +18,19 @@ router = APIRouter(prefix="/v1", tags=["ablations"])
 JOB_ID = r"^[0-9a-f]{12}$"
 
 
-class TargetSpec(Strict):
+class PromptPair(Strict):
     prompt: str = Field(..., min_length=1, max_length=2000)
     completion: str = Field(..., min_length=1, max_length=500)
+
+
+class TargetSpec(PromptPair):
     paraphrases: list[str] = Field(default_factory=list, max_length=8)
-    related: list[dict[str, str]] = Field(default_factory=list, max_length=8,
-                                          description="[{prompt, completion}] with the same relation")
+    related: list[PromptPair] = Field(default_factory=list, max_length=8,
+                                      description="Prompts of the same relation, other subjects (specificity).")
+    unrelated: list[PromptPair] = Field(default_factory=list, max_length=8,
+                                        description="Prompts of other relations (default: other demo facts).")
+    example_ids: list[int] = Field(default_factory=list, max_length=100,
+                                   description="Rows to check as the 'given' selection, e.g. a result list.")
 
 
 class AblationRequest(Strict):
@@ -34,7 +41,8 @@ class AblationRequest(Strict):
     budgets: list[float] = Field([0.5, 1.0, 2.0], min_length=1, max_length=6)
     seeds: int = Field(1, ge=1, le=5)
     random_draws: int = Field(19, ge=1, le=50)
-    methods: list[str] = Field(list(METHODS), min_length=1)
+    methods: list[str] = Field([m for m in METHODS if m != "given"], min_length=1,
+                               description=f"Selections among {list(METHODS)}; 'given' needs example_ids.")
 
 
 class JobStatus(BaseModel):
@@ -57,13 +65,24 @@ def status_of(job) -> JobStatus:
                      targets=job.targets, error=job.error, report=job.report, plots=plots)
 
 
-def default_targets(session) -> list[dict]:
+def demo_facts(session) -> list[dict] | None:
+    """The demo's planted facts (with gold rows) when the index was built from the demo, else None."""
     from demo.groundtruth import load_facts
 
     demo = FsPath(session.manifest["model"]).parent
     if not (demo / "facts.jsonl").is_file():
-        raise HTTPException(status_code=422, detail="give targets: this index was not built from the demo")
+        return None
     return [f for f in load_facts(demo) if f.get("gold_rows")]
+
+
+def with_ground_truth(target: dict, facts: list[dict]) -> dict:
+    """A client's target, completed from the planted fact it names (paraphrases, related, gold rows)."""
+    known = next((f for f in facts if f["prompt"] == target["prompt"] and f["completion"] == target["completion"]),
+                 None)
+    if known is None:
+        return target
+    extra = {key: known[key] for key in ("paraphrases", "related", "gold_rows", "attribute") if known.get(key)}
+    return {**extra, **{key: value for key, value in target.items() if value}}
 
 
 @router.post("/ablations", response_model=JobStatus, status_code=202,
@@ -79,12 +98,21 @@ def start_ablation(body: AblationRequest, _: AdminDep, session: SessionDep, requ
                                     random_draws=body.random_draws, methods=tuple(body.methods))
     except ValueError as err:
         raise HTTPException(status_code=422, detail=str(err)) from err
-    targets = [t.model_dump() for t in body.targets] if body.targets else default_targets(session)
-    tokenizer = session.encoder.tokenizer
-    rows = list(range(0, len(session), max(1, len(session) // 16)))[:16]
-    general = [tokenizer.encode(session.texts[r], add_special_tokens=False) for r in rows]
+    facts = demo_facts(session)
+    if body.targets:
+        targets = [with_ground_truth(t.model_dump(), facts or []) for t in body.targets]
+    elif facts is None:
+        raise HTTPException(status_code=422, detail="give targets: this index was not built from the demo")
+    else:
+        targets = facts
+    targets = targets[: body.limit]
+    if "given" in settings.methods and not any(t.get("example_ids") for t in targets):
+        raise HTTPException(status_code=422, detail="method 'given' needs example_ids on a target")
+    if len(targets) == 1 and not targets[0].get("unrelated") and not facts:
+        raise HTTPException(status_code=422, detail="one target needs 'unrelated' prompts to compare with")
+    check_targets(session, targets)  # bad targets fail now (422), not minutes later inside the job
     try:
-        job = manager(request).start(session, targets[: body.limit], settings, general)
+        job = manager(request).start(session, targets, settings, controls=facts)
     except JobBusyError as err:
         raise HTTPException(status_code=409, detail=str(err)) from err
     return status_of(job)

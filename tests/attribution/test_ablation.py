@@ -57,6 +57,16 @@ def test_bad_ablation_input(session: AttributionSession, tiny_demo: Path) -> Non
         run_ablation(session, load_facts(tiny_demo)[:1], AblationSettings(k=10**6), [[1, 2, 3]])
     with pytest.raises(ConfigError, match="no ablation targets"):
         run_ablation(session, [], AblationSettings(), [[1, 2, 3]])
+    fact = load_facts(tiny_demo)[0]
+    bad_targets = {"needs string 'prompt'": {"prompt": fact["prompt"]},
+                   "at least one token": {"prompt": fact["prompt"], "completion": ""},
+                   "takes at most": {"prompt": fact["prompt"] * 40, "completion": fact["completion"]},
+                   "not in the index": {**fact, "example_ids": [10**9]}}
+    for message, target in bad_targets.items():
+        with pytest.raises(ConfigError, match=message):
+            run_ablation(session, [target], AblationSettings(k=2, random_draws=1, seeds=1), [[1, 2, 3]])
+    with pytest.raises(ConfigError, match="no unrelated prompts"):
+        run_ablation(session, [fact], AblationSettings(k=2, random_draws=1, seeds=1, methods=("random",)), [[1, 2]])
 
 
 def test_reduced_report(session: AttributionSession, general, tiny_demo: Path, tmp_path: Path) -> None:
@@ -64,7 +74,7 @@ def test_reduced_report(session: AttributionSession, general, tiny_demo: Path, t
     settings = AblationSettings(k=4, budgets=(2.0,), random_draws=4, seeds=1,
                                 methods=("gradient", "gradient_contrastive", "bm25", "oracle", "random", "bottom"))
     report = run_ablation(session, targets, settings, general)
-    assert report["schema_version"] == 1 and report["config"]["targets"] == len(targets)
+    assert report["schema_version"] == 2 and report["config"]["targets"] == len(targets)
     assert {r["method"] for r in report["rows"]} == set(settings.methods)
     summary = report["summary"]
     assert set(summary) == set(settings.methods)
@@ -72,7 +82,33 @@ def test_reduced_report(session: AttributionSession, general, tiny_demo: Path, t
     oracle = summary["oracle"]["2.0"]["d_target"]["mean"]
     random_mean = summary["random"]["2.0"]["d_target"]["mean"]
     assert oracle > random_mean  # the protocol's own sanity check
+    cross = report["cross_target"]["gradient"]["2.0"]
+    matrix = np.array(cross["matrix"])
+    assert matrix.shape == (len(targets), len(targets)) and np.isfinite(matrix).all()
+    assert cross["diagonal_mean"] == pytest.approx(float(np.diag(matrix).mean()))
+    # the matrix diagonal is each target's own Δtarget under its gradient selection
+    own = {r["target"]: r["d_target"] for r in report["rows"] if r["method"] == "gradient"}
+    assert np.allclose(np.diag(matrix), [own[t] for t in range(len(targets))])
+    assert report["calibration"]["calibrated_budget"] == 2.0
+    assert set(report["evidence"]) == {"gradient", "gradient_contrastive"}
+    assert set(report["evidence"]["gradient"]["budgets"]["2.0"]["checks"]) >= {"beats_random", "specificity_z_ge_2"}
     write_report(report, tmp_path)
     assert (tmp_path / "report.json").is_file() and (tmp_path / "dose_response.png").stat().st_size > 1000
-    assert "| oracle | 2.0 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "cross_target.png").stat().st_size > 1000 and "cross_target.png" in report["plots"]
+    markdown = (tmp_path / "report.md").read_text()
+    assert "| oracle | 2.0 |" in markdown and "## Cross-target matrix" in markdown and "Calibrated budget" in markdown
     assert np.isfinite(summary["gradient"]["2.0"]["excess"]["mean"])
+
+
+def test_given_selection_checks_exactly_the_rows_asked_for(session: AttributionSession, general,
+                                                          tiny_demo: Path) -> None:
+    facts = [f for f in load_facts(tiny_demo) if f["gold_rows"]]
+    target = {**facts[0], "example_ids": facts[0]["gold_rows"][:2]}
+    settings = AblationSettings(k=2, budgets=(1.0,), random_draws=3, seeds=1, methods=("given", "random"))
+    report = run_ablation(session, [target], settings, general, controls=facts)
+    given = [r for r in report["rows"] if r["method"] == "given"]
+    assert len(given) == 1 and given[0]["example_ids"] == facts[0]["gold_rows"][:2]
+    # one target: no paired test across targets, but a p-value against its own random draws
+    (p_value,) = report["summary"]["given"]["1.0"]["random_p_values"]
+    assert 1 / 4 <= p_value <= 1
+    assert report["cross_target"] == {}  # one target: no matrix

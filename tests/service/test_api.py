@@ -140,7 +140,7 @@ def test_ablation_job_runs_on_a_copy_and_refuses_a_second(server: str) -> None:
         jobs[index] = pending
     job = jobs[0]
     assert all(j["status"] == "done" for j in jobs), jobs
-    assert job["report"]["schema_version"] == 1 and job["progress"] == 1.0
+    assert job["report"]["schema_version"] == 2 and job["progress"] == 1.0
     plot = httpx.get(f"{server}{job['plots'][0]}")
     assert plot.status_code == 200 and plot.content[:4] == b"\x89PNG"
     assert post(server, QUERY).json()["results"] == before  # the serving model was not altered
@@ -148,6 +148,15 @@ def test_ablation_job_runs_on_a_copy_and_refuses_a_second(server: str) -> None:
     assert httpx.get(f"{url}/../etc").status_code == 404
     bad = httpx.post(url, json={**body, "budgets": [-1]}, headers={"X-API-Key": API_KEY})
     assert bad.status_code == 422
+    given = {**body, "methods": ["given", "random"]}
+    bad = httpx.post(url, json=given, headers={"X-API-Key": API_KEY})
+    assert bad.status_code == 422 and "example_ids" in bad.json()["error"]
+    given["targets"] = [{**body["targets"][0], "example_ids": [10**9]}]
+    bad = httpx.post(url, json=given, headers={"X-API-Key": API_KEY})
+    assert bad.status_code == 400 and "not in the index" in bad.json()["error"]
+    long = {**body, "targets": [{"prompt": "Ilse Varga was born in " * 60, "completion": " Tarnow"}]}
+    refused = httpx.post(url, json=long, headers={"X-API-Key": API_KEY})
+    assert refused.status_code == 400 and "the model takes at most" in refused.json()["error"]
 
 
 @pytest.mark.parametrize("method", ["bm25", "embedding", "hybrid"])

@@ -10,14 +10,17 @@ from urllib.parse import urlencode
 
 import pytest
 
+from tests.service.conftest import API_KEY
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
 
 
-def chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+def chromium(args: list[str], tmp_path: Path, virtual_ms: int = 30_000) -> subprocess.CompletedProcess:
+    """Headless Chromium; virtual time runs only while no fetch is pending, so polling pages need a large budget."""
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000", "--window-size=1200,1400"]
+            f"--user-data-dir={tmp_path / 'profile'}", f"--virtual-time-budget={virtual_ms}", "--window-size=1200,1400"]
     return subprocess.run(base + args, capture_output=True, text=True, timeout=180)
 
 
@@ -41,3 +44,21 @@ def test_page_shows_errors_from_the_api(server: str, tmp_path: Path) -> None:
     query = urlencode({"prompt": "Ilse Varga was born in", "completion": " word" * 400, "run": "1"})
     html = chromium(["--dump-dom", f"{server}/?{query}"], tmp_path).stdout
     assert "Error:" in html and "context" in html
+
+
+def test_check_this_attribution_runs_an_ablation_and_shows_the_verdict(server: str, tmp_path: Path) -> None:
+    query = urlencode({"prompt": "Ilse Varga was born in", "completion": " Tarnow", "k": "3", "run": "1", "check": "1"})
+    dom = chromium(["--dump-dom", f"{server}/?{query}#api_key={API_KEY}"], tmp_path, virtual_ms=20_000_000)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    html = dom.stdout
+    assert re.search(r"Job [0-9a-f]{12} done\.", html), html[-3000:]
+    assert re.search(r'<div class="verdict (yes|no)">(Supported|Not supported): ', html)
+    assert "<td>these examples</td>" in html and "<td>random (mean of 19)</td>" in html
+    plot = r'<img alt="target vs related damage" src="/v1/ablations/[0-9a-f]{12}/plots/target_vs_related.png">'
+    assert re.search(plot, html)
+
+
+def test_check_without_a_key_says_why(server: str, tmp_path: Path) -> None:
+    query = urlencode({"prompt": "Ilse Varga was born in", "completion": " Tarnow", "k": "3", "run": "1", "check": "1"})
+    html = chromium(["--dump-dom", f"{server}/?{query}"], tmp_path).stdout
+    assert "Check failed: missing or wrong X-API-Key header" in html
