@@ -111,7 +111,7 @@ def seeded_selections(session: AttributionSession, target: dict, settings: Ablat
     gold = [position[g] for g in target.get("gold_rows", []) if g in position]
     if gold:
         chosen["oracle"] = random.Random(seed).sample(gold, min(k, len(gold)))
-    rng = random.Random(seed * 7919 + 1)
+    rng = random.Random(f"random draws {seed} {target['prompt']}")  # fresh draws per target, order-independent
     chosen["random"] = [rng.sample(range(n), k) for _ in range(settings.random_draws)]
     return {m: v for m, v in chosen.items() if m in settings.methods}
 
