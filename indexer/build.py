@@ -45,6 +45,7 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
     """
     if append and overwrite:
         raise ConfigError("--append adds to an existing index and --overwrite replaces it: choose one")
+    config = config.with_absolute_paths()
     encoder = make_encoder(config, device, dtype)
     embedder = TextEmbedder(config.embedding_model, device=device)
     grouped = process_group_ready()

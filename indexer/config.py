@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from attribution.errors import ConfigError
@@ -67,6 +67,13 @@ class IndexConfig:
     def to_json(self) -> dict:
         return asdict(self)
 
+    def with_absolute_paths(self) -> IndexConfig:
+        """Local model, tokenizer, normalizer, embedding-model and data paths made absolute (hub ids untouched),
+        so the saved index opens from any working directory."""
+        return replace(self, model=_absolute(self.model), tokenizer=_absolute(self.tokenizer),
+                       normalizer=_absolute(self.normalizer), embedding_model=_absolute(self.embedding_model),
+                       data=self.data if self.data.startswith("hf:") else _absolute(self.data, prefix=True))
+
     @classmethod
     def from_json(cls, data: dict) -> IndexConfig:
         known = {f.name for f in fields(cls)}
@@ -82,9 +89,20 @@ class IndexConfig:
         return cls.from_json(json.loads(path.read_text()))
 
 
+def _absolute(value: str | None, prefix: bool = False) -> str | None:
+    """``value`` as an absolute path when it names something local (a path, or a data prefix/glob whose folder
+    exists), else unchanged (a hub id such as EleutherAI/pythia-70m-deduped)."""
+    if value is None or Path(value).is_absolute():
+        return value
+    path = Path(value)
+    if path.exists() or (prefix and path.parent != Path(".") and path.parent.is_dir()):
+        return str(path.absolute())
+    return value
+
+
 def differing_fields(old: IndexConfig, new: IndexConfig) -> dict[str, tuple]:
-    """Fields whose values differ, as ``{name: (old, new)}``."""
-    a, b = old.to_json(), new.to_json()
+    """Fields whose values differ, as ``{name: (old, new)}`` (paths compared as absolute paths)."""
+    a, b = old.with_absolute_paths().to_json(), new.with_absolute_paths().to_json()
     return {name: (a[name], b[name]) for name in a if a[name] != b[name]}
 
 
