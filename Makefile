@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= demo-data
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-index test lint browser clean
+.PHONY: install demo demo-index test lint browser bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,5 +45,14 @@ browser:
 test: $(STAMP) lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
+# Every benchmark and evaluation, written to bench/RESULTS.md (hours on 2 CPU cores: the LDS retrains dominate;
+# LDS_SUBSETS=4 for a quick pass). bergson runs in its own environment, .venv-bench/ (bench/bergson_env.sh).
+BENCH_OUT ?= bench-out
+LDS_SUBSETS ?=
+bench: demo-index
+	bash bench/bergson_env.sh
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.results --demo $(DEMO_DIR) --out $(BENCH_OUT) \
+		$(if $(LDS_SUBSETS),--lds-subsets $(LDS_SUBSETS))
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-bench $(DEMO_DIR) $(BENCH_OUT) .pytest_cache .ruff_cache

@@ -2,8 +2,10 @@
 
     python -m bench.quality --demo demo-data [--steps 0:300] [--k 16] [--window 16]
 
-Only facts the model gets right (whole completion, teacher-forced top-1) are queried;
-the table reports that accuracy too. Prints a markdown table.
+Builds sessions in memory at the sketch settings given (to compare settings without an index);
+the metrics are those of ``headwater eval facts`` (evaluation/facts.py): only facts the model gets
+right (whole completion, teacher-forced top-1) are queried; the table reports that accuracy too.
+Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -14,39 +16,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from attribution.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from attribution.session import AttributionSession, SessionConfig
 from attribution.sketch import SketchConfig
 from demo.groundtruth import load_facts, load_layout
-from demo.training import completion_hits
+from evaluation.facts import evaluate, known_facts
 from indexer.training_rows import parse_range, rows_for_steps
 
+__all__ = ["METHODS", "evaluate", "known_facts", "main"]  # evaluate and known_facts live in evaluation.facts
+
 METHODS = ("gradient", "embedding", "bm25", "hybrid")
-
-
-def known_facts(session: AttributionSession, facts: list[dict], rows: set[int]) -> tuple[list[dict], float]:
-    model = session.encoder.checkpoints[-1].model
-    right = [f for f in facts if completion_hits(model, session.encoder.tokenizer, f["prompt"], f["completion"])[1]]
-    usable = [f for f in right if rows.intersection(f["gold_rows"])]
-    return usable, len(right) / len(facts)
-
-
-def evaluate(session: AttributionSession, facts: list[dict], methods, depth: int = 100, limit: int | None = None,
-             contrastive: bool = False) -> dict:
-    results = {}
-    for method in methods:
-        for split in ("train", "heldout"):
-            ranks = []
-            for fact in facts[:limit]:
-                prompts = [fact["prompt"]] if split == "train" else fact["paraphrases"]
-                controls = [(r["prompt"], r["completion"]) for r in fact["related"]] if contrastive else []
-                for prompt in prompts:
-                    rows = session.attribute(prompt, fact["completion"], k=depth, method=method, controls=controls)
-                    ranks.append(first_gold_rank([r["example_id"] for r in rows], fact["gold_rows"]))
-            results[(method, split)] = {"recall@1": recall_at(ranks, 1), "recall@10": recall_at(ranks, 10),
-                                        "recall@100": recall_at(ranks, 100), "mrr": mean_reciprocal_rank(ranks),
-                                        "queries": len(ranks)}
-    return results
 
 
 def main() -> None:

@@ -1,0 +1,165 @@
+"""Regenerate ``bench/RESULTS.md``: every benchmark and evaluation, with the machine, versions and date.
+
+    python -m bench.results [--demo demo-data] [--out bench-out] [--only a,b] [--reuse] [--lds-subsets M]
+
+Each section runs as its own process (so timings and peak memory are its own) and leaves its
+markdown (and JSON where it has one) in ``--out``; ``--reuse`` keeps sections already there
+(resume after an interruption), ``--only`` reruns some. ``make bench`` runs everything.
+The bergson section needs the bench-only environment (``bench/bergson_env.sh``); without it
+the section says so instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("bench.results")
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    title: str
+    about: str
+    argv: list[str]
+    python: Path | None = None
+    """Interpreter to run with (default: this one)."""
+
+
+def sections(demo: Path, out: Path, lds_subsets: int | None) -> list[Section]:
+    index = demo / "index"
+    headwater = [sys.executable, "-m", "headwater.cli"]
+    lds = ["--subsets", str(lds_subsets)] if lds_subsets else []
+    return [
+        Section("facts", "Fact tracing (attribution)",
+                "Recall and MRR of the first gold row (a training row stating the fact whole), known facts only.",
+                headwater + ["eval", "facts", "--index", str(index), "--contrastive", "--out", str(out / "facts")]),
+        Section("tailpatch", "Tail-patch (influence)",
+                "One training step on each top-k row from the final checkpoint; increase in completion log-prob.",
+                headwater + ["eval", "tailpatch", "--index", str(index), "--out", str(out / "tailpatch")]),
+        Section("ablation", "Unlearning ablation (influence)",
+                "Gradient ascent on each selection to a fixed ‖Δθ‖; 20 targets, 3 seeds, 19 random draws per seed.",
+                [sys.executable, "-m", "bench.ablation", "--index", str(index), "--out", str(out / "ablation"),
+                 "--json", str(out / "ablation.json")]),
+        Section("lds", "Linear datamodeling score (influence)",
+                "Retrain on random halves of the training rows; Spearman of predicted vs actual completion loss.",
+                headwater + ["eval", "lds", "--demo", str(demo), "--index", str(index), "--out", str(out / "lds")]
+                + lds),
+        Section("bergson", "Side by side with bergson",
+                "Same model, data and projection size: throughput, bytes per example, fact-tracing quality.",
+                ["-m", "bench.compare_bergson", "--demo", str(demo), "--steps", "0:150",
+                 "--json", str(out / "bergson.json")], python=BENCH_PYTHON),
+        Section("sketch", "Sketch throughput", "Per-example gradient sketches vs a plain forward+backward pass.",
+                [sys.executable, "-m", "bench.sketch", "--demo", str(demo)]),
+        Section("index", "Index build and search at scale",
+                "Demo build per stage; FAISS and DuckDB on synthetic sketches at 1e5 and 1e6 rows.",
+                [sys.executable, "-m", "bench.index", "--demo", str(demo)]),
+        Section("service", "Service latency", "POST /v1/attribute on a real uvicorn server.",
+                [sys.executable, "-m", "bench.service", "--index", str(index), "--demo", str(demo)]),
+    ]
+
+
+def run_section(section: Section, out: Path) -> dict:
+    """Run one section; its stdout is the markdown. Returns {seconds, ok, markdown}."""
+    python = section.python
+    if python is not None and not python.exists():
+        text = (f"_Not run: the bench-only environment {python.parent.parent.name}/ is missing; "
+                "create it with `bench/bergson_env.sh`._\n")
+        return {"seconds": 0.0, "ok": False, "markdown": text}
+    argv = ([str(python)] + section.argv) if python is not None else section.argv
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
+    log.info("running %s: %s", section.name, " ".join(argv))
+    start = time.perf_counter()
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    (out / f"{section.name}.log").write_text(done.stderr)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        text = f"_Failed (exit {done.returncode}) after {seconds:.0f} s:_\n\n```\n{tail}\n```\n"
+        return {"seconds": seconds, "ok": False, "markdown": text}
+    return {"seconds": seconds, "ok": True, "markdown": done.stdout}
+
+
+def versions() -> str:
+    import duckdb
+    import faiss
+    import torch
+    import transformers
+
+    def git(*args: str) -> str:
+        found = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return found.stdout.strip() or "unknown"
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
+    memory = next((int(line.split()[1]) / 2**20 for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal")), 0.0) if Path("/proc/meminfo").exists() else 0.0
+    return (f"- date: {datetime.date.today().isoformat()}; commit {git('rev-parse', '--short', 'HEAD')}\n"
+            f"- machine: {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, no GPU used\n"
+            f"- Python {platform.python_version()}, torch {torch.__version__}, transformers "
+            f"{transformers.__version__}, faiss {faiss.__version__}, duckdb {duckdb.__version__}\n")
+
+
+def compose(chosen: list[Section], results: dict[str, dict], out: Path, summary: str) -> str:
+    parts = ["# headwater benchmark and evaluation results", "",
+             "Regenerated by `make bench` (`python -m bench.results`); every number below was measured in the run "
+             "that wrote this file, on this machine. Shared machines are noisy: compare ratios within a table, "
+             "not absolute times across runs.", "", versions(), summary]
+    for section in chosen:
+        result = results[section.name]
+        parts += [f"## {section.title}", "", f"{section.about} ({result['seconds']:.0f} s)", "",
+                  result["markdown"].strip(), ""]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, default=Path("demo-data"))
+    parser.add_argument("--out", type=Path, default=Path("bench-out"), help="where each section's output goes")
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--only", default=None, help="comma-separated sections to (re)run")
+    parser.add_argument("--reuse", action="store_true", help="keep sections already in --out")
+    parser.add_argument("--lds-subsets", type=int, default=None, help="LDS retrains (default: the command's)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    demo, out = args.demo.absolute(), args.out.absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    every = sections(demo, out, args.lds_subsets)
+    only = set(args.only.split(",")) if args.only else {s.name for s in every}
+    unknown = only - {s.name for s in every}
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {[s.name for s in every]}")
+    results: dict[str, dict] = {}
+    for section in every:
+        saved = out / f"{section.name}.result.json"
+        if section.name not in only or (args.reuse and saved.exists()):
+            if saved.exists():
+                results[section.name] = json.loads(saved.read_text())
+            else:
+                results[section.name] = {"seconds": 0.0, "ok": False, "markdown": "_Not run in this pass._\n"}
+            continue
+        results[section.name] = run_section(section, out)
+        saved.write_text(json.dumps(results[section.name]))
+        log.info("%s: %s in %.0f s", section.name, "ok" if results[section.name]["ok"] else "FAILED",
+                 results[section.name]["seconds"])
+    from bench.summary import attribution_vs_influence
+
+    args.results.write_text(compose(every, results, out, attribution_vs_influence(out)))
+    log.info("wrote %s", args.results)
+
+
+if __name__ == "__main__":
+    main()
