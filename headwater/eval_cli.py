@@ -5,12 +5,127 @@ Each command is a thin wrapper over a module of ``evaluation/`` and writes a mar
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from attribution.errors import ConfigError
+from headwater.common import clean_errors, setup_logging
 
 eval_app = typer.Typer(help="Evaluate attributions: fact tracing, LDS, tail-patch.", no_args_is_help=True)
 
 # --- eval facts ---
+@eval_app.command("facts")
+@clean_errors
+def eval_facts(
+    index: Annotated[Path, typer.Option(help="Index directory to query.")] = Path("demo-data/index"),
+    methods: Annotated[str, typer.Option(help="Comma-separated retrievers.")] = "gradient,embedding,bm25,hybrid",
+    contrastive: Annotated[bool, typer.Option(help="Also 'gradient+contrastive': the fact's related prompts as "
+                                                   "controls.")] = True,
+    limit: Annotated[int | None, typer.Option(help="At most this many facts (default: every usable one).")] = None,
+    out: Annotated[Path, typer.Option(help="Report directory (facts.json, facts.md).")] = Path("eval-report"),
+    demo: Annotated[Path | None, typer.Option(help="Demo directory with facts.jsonl (default: the one the index's "
+                                                   "model was built in).")] = None,
+    all_facts: Annotated[bool, typer.Option("--all-facts", help="Also query facts the model gets wrong.")] = False,
+) -> None:
+    """Fact tracing: recall@1/10/100 and MRR per retriever on the demo's planted facts (training prompts and
+    held-out paraphrases)."""
+    from attribution.session import AttributionSession
+    from evaluation.facts import check_methods, load_demo_facts, markdown, select_facts, trace_facts, write_report
+
+    setup_logging(False)
+    chosen = check_methods(methods.split(","))
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"--limit must be positive, got {limit}")
+    session = AttributionSession.from_index(index)
+    selection = select_facts(session, load_demo_facts(session, demo), known_only=not all_facts)
+    report = trace_facts(session, selection, chosen, contrastive=contrastive, limit=limit)
+    write_report(report, out)
+    typer.echo(markdown(report))
+    typer.echo(f"report written to {out}/facts.json and facts.md")
+
 
 # --- eval lds ---
+@eval_app.command("lds")
+@clean_errors
+def eval_lds(
+    demo: Annotated[Path, typer.Option(help="Built demo directory (headwater demo build).")] = Path("demo-data"),
+    subsets: Annotated[int | None, typer.Option(help="Models retrained on random halves of the training rows (default "
+                                                     "16: about an hour for the default demo on 2 CPU cores, "
+                                                     "~TODO s a subset).")] = None,
+    index: Annotated[Path | None, typer.Option(help="Index whose gradient settings (sketch, windows, "
+                                                    "preconditioner) score every row (default: DEMO/index).")] = None,
+    out: Annotated[Path, typer.Option(help="Report directory (lds.json, lds.md, scores/, subsets/); rerun the same "
+                                           "command to resume.")] = Path("eval-report/lds"),
+    workers: Annotated[int, typer.Option(help="Subsets retrained at once, one torch thread each when > 1.")] = 1,
+    queries: Annotated[int, typer.Option(help="At most this many planted facts as queries.")] = 40,
+    seed: Annotated[int, typer.Option(help="Seed of the subsets, the shuffled control and the bootstrap.")] = 0,
+    shuffles: Annotated[int, typer.Option(help="Row permutations of each method's scores (permutation p).")] = 500,
+    all_facts: Annotated[bool, typer.Option("--all-facts", help="Also query facts the model gets wrong.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Linear datamodeling score: retrain on random halves of the rows; does the summed attribution score of a
+    half predict (Spearman) the query's loss under the model trained on it? gradient, bm25, embedding and a
+    shuffled-score control."""
+    from tqdm import tqdm
+
+    from evaluation.lds import LDSSettings, markdown, run_lds
+
+    setup_logging(verbose)
+    settings = LDSSettings(queries=queries, all_facts=all_facts, seed=seed, workers=workers, shuffles=shuffles,
+                           **({"subsets": subsets} if subsets is not None else {}))
+    with tqdm(total=settings.subsets, desc="subset models", unit="model", disable=None) as bar:
+        report = run_lds(demo, index or demo / "index", out, settings, on_subset=lambda _: bar.update(1))
+    typer.echo(markdown(report))
+    typer.echo(f"report written to {out}/lds.json and lds.md")
+
 
 # --- eval tailpatch ---
+@eval_app.command("tailpatch")
+@clean_errors
+def eval_tailpatch(
+    index: Annotated[Path, typer.Option(help="Index directory to take rows from.")] = Path("demo-data/index"),
+    k: Annotated[int, typer.Option(help="Rows per method and query.")] = 10,
+    methods: Annotated[str, typer.Option(help="Comma-separated selections (gradient, gradient_contrastive, bm25, "
+                                              "embedding, oracle, random).")] = ",".join(
+        ("gradient", "gradient_contrastive", "bm25", "embedding", "oracle", "random")),
+    limit: Annotated[int, typer.Option(help="At most this many queries (known demo facts).")] = 40,
+    random_draws: Annotated[int, typer.Option(help="Random selections of k rows per query.")] = 3,
+    lr: Annotated[float | None, typer.Option(help="Step size (default: the demo's final training learning "
+                                                  "rate; required for other models).")] = None,
+    clip: Annotated[float, typer.Option(help="Clip each row's gradient to this norm, as training did (0: off).")] = 1.0,
+    out: Annotated[Path, typer.Option(help="Report directory (tailpatch.json, tailpatch.md).")] = Path("eval-report"),
+    demo: Annotated[Path | None, typer.Option(help="Demo directory with facts.jsonl (default: the one the index's "
+                                                   "model was built in).")] = None,
+    all_facts: Annotated[bool, typer.Option("--all-facts", help="Also query facts the model gets wrong.")] = False,
+) -> None:
+    """Tail-patch (TrackStar): one SGD step on each retrieved row; how much does the query's log-probability rise?"""
+    from tqdm import tqdm
+
+    from attribution.session import AttributionSession
+    from evaluation.facts import load_demo_facts, select_facts
+    from evaluation.tailpatch import TailPatchSettings, final_learning_rate, markdown, run_tailpatch, write_report
+
+    setup_logging(False)
+    if limit <= 0 or clip < 0:
+        raise ConfigError(f"--limit must be positive and --clip non-negative, got {limit} and {clip}")
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    TailPatchSettings(lr=lr or 1.0, k=k, methods=names, random_draws=random_draws)  # bad input fails before loading
+    session = AttributionSession.from_index(index)
+    if lr is None:
+        lr = final_learning_rate(Path(session.manifest["model"]), session.encoder.checkpoints[-1].revision)
+    settings = TailPatchSettings(lr=lr, k=k, methods=names, random_draws=random_draws, max_grad_norm=clip or None)
+    queries = select_facts(session, load_demo_facts(session, demo), known_only=not all_facts).facts[:limit]
+    if not queries:
+        raise ConfigError("no usable facts to tail-patch (none the model gets right has a gold row in the index); "
+                          "try --all-facts")
+    with tqdm(desc="rows stepped on", unit="row", disable=None) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        report = run_tailpatch(session, queries, settings, progress)
+    write_report(report, out)
+    typer.echo(markdown(report))
+    typer.echo(f"report written to {out}/tailpatch.json and tailpatch.md")
