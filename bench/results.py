@@ -119,7 +119,8 @@ def compose(chosen: list[Section], results: dict[str, dict], out: Path, summary:
              "not absolute times across runs.", "", versions(), summary]
     for section in chosen:
         result = results[section.name]
-        parts += [f"## {section.title}", "", f"{section.about} ({result['seconds']:.0f} s)", "",
+        took = f" ({result['seconds']:.0f} s)" if result["seconds"] else ""
+        parts += [f"## {section.title}", "", f"{section.about}{took}", "",
                   result["markdown"].strip(), ""]
     return "\n".join(parts) + "\n"
 
