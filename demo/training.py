@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
+from attribution.errors import ConfigError
+from demo.config import DemoConfig
 from indexer.megatron import MegatronDataset
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,16 @@ class TrainSettings:
     weight_decay: float
     seed: int
     bf16: bool
+
+
+def settings_for(config: DemoConfig, vocab_size: int, steps: int | None = None) -> TrainSettings:
+    """The training settings of a demo config (``steps`` overrides its step count, e.g. for a row subset)."""
+    return TrainSettings(
+        hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads,
+        vocab_size=vocab_size, seq_len=config.seq_len, batch_size=config.batch_size,
+        steps=config.steps if steps is None else steps, learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_steps, weight_decay=config.weight_decay, seed=config.seed, bf16=config.bf16,
+    )
 
 
 def pythia_checkpoint_steps(final_step: int) -> list[int]:
@@ -77,10 +89,13 @@ def learning_rate(step: int, settings: TrainSettings) -> float:
     return settings.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_for_step(data: MegatronDataset, step: int, batch_size: int) -> torch.Tensor:
-    """The rows ``[B·step, B·(step+1))`` as a (B, seq_len + 1) tensor."""
-    rows = [torch.from_numpy(data[i].astype("int64")) for i in range(batch_size * step, batch_size * (step + 1))]
-    return torch.stack(rows)
+def batch_for_step(data: MegatronDataset, step: int, batch_size: int,
+                   rows: Sequence[int] | None = None) -> torch.Tensor:
+    """Rows ``[B·step, B·(step+1))`` as a (B, seq_len + 1) tensor: of ``rows`` (row ids, in order) when given,
+    else of the data itself."""
+    positions = range(batch_size * step, batch_size * (step + 1))
+    ids = positions if rows is None else [rows[p] for p in positions]
+    return torch.stack([torch.from_numpy(data[i].astype("int64")) for i in ids])
 
 
 def save_adam_state(optimizer: torch.optim.AdamW, model: torch.nn.Module, path: Path) -> None:
@@ -103,18 +118,27 @@ def train(
     vocab_size: int,
     out_dir: Path,
     on_step: Callable[[int, float], None] | None = None,
+    rows: Sequence[int] | None = None,
+    save_revisions: bool = True,
 ) -> tuple[GPTNeoXForCausalLM, list[float]]:
     """Train from scratch on the rows in order; save checkpoints under ``out_dir``.
 
     Returns the final model and the loss of every step. The final weights go in
     ``out_dir`` itself, earlier checkpoints in ``out_dir/revisions/stepN``.
+    ``rows`` (row ids, trained on in the given order) restricts training to a subset of
+    the data: it must hold ``settings.steps × settings.batch_size`` rows, so the learning-rate
+    schedule runs over the subset's own step count. ``save_revisions=False`` skips the
+    intermediate checkpoints and the Adam state (only the final weights are written).
     """
     data = MegatronDataset(data_prefix)
+    if rows is not None and len(rows) != settings.steps * settings.batch_size:
+        raise ConfigError(f"{len(rows)} training rows given, but {settings.steps} steps of "
+                          f"{settings.batch_size} rows need {settings.steps * settings.batch_size}")
     model = make_model(settings, vocab_size)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95), weight_decay=settings.weight_decay
     )
-    checkpoints = set(pythia_checkpoint_steps(settings.steps))
+    checkpoints = set(pythia_checkpoint_steps(settings.steps)) if save_revisions else set()
     losses: list[float] = []
     model.train()
     for step in range(settings.steps):
@@ -122,7 +146,7 @@ def train(
             model.save_pretrained(str(out_dir / "revisions" / f"step{step}"))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
-        batch = batch_for_step(data, step, settings.batch_size)
+        batch = batch_for_step(data, step, settings.batch_size, rows)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
             logits = model(input_ids=batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
@@ -135,7 +159,8 @@ def train(
             on_step(step, losses[-1])
     model.eval()
     model.save_pretrained(str(out_dir))
-    save_adam_state(optimizer, model, out_dir / "adam_state.safetensors")
+    if save_revisions:
+        save_adam_state(optimizer, model, out_dir / "adam_state.safetensors")
     return model, losses
 
 

@@ -1,0 +1,77 @@
+"""The statistics of LDS: Spearman over subsets, bootstrap intervals over queries, a score-permutation null.
+
+Predicted loss change: subset ``j`` keeps rows ``S_j``, so the attribution predicts
+``g_j(z) = Σ_{i∈S_j} score_i(z)``; a higher score must mean a *lower* loss, hence
+``LDS(z) = Spearman(f_j(z), −g_j(z))`` over subsets ``j``.
+
+The null: permuting one query's scores across rows keeps their distribution and breaks any
+link to the rows; because every subset has the same size, ``g_j`` and ``g_k`` are then exchangeable,
+so the expected Spearman is exactly 0. Repeating it gives a null distribution of the mean LDS and a
+one-sided permutation p-value for a method.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation along the last axis (ties get average ranks); NaN where either side is constant."""
+    ra, rb = rankdata(a, axis=-1), rankdata(b, axis=-1)
+    ra, rb = np.broadcast_arrays(ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True))
+    den = np.sqrt((ra**2).sum(-1) * (rb**2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(-1) / den, np.nan)
+
+
+def predicted(scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """``g`` ``(..., subsets)``: each subset's summed row scores (scores ``(..., rows)``, masks ``(subsets, rows)``)."""
+    return scores.astype(np.float64) @ masks.T.astype(np.float64)
+
+
+def lds_per_query(losses: np.ndarray, scores: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """LDS of each query from losses ``(queries, subsets)`` and scores ``(queries, rows)``."""
+    return spearman(losses, -predicted(scores, masks))
+
+
+def shuffle_rows(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each query's scores randomly permuted across rows (the shuffled-score control)."""
+    return rng.permuted(scores, axis=-1)
+
+
+def permutation_null(losses: np.ndarray, scores: np.ndarray, masks: np.ndarray, shuffles: int,
+                     rng: np.random.Generator, block: int = 100) -> np.ndarray:
+    """Mean LDS over queries under ``shuffles`` independent row permutations of every query's scores."""
+    per_query = np.empty((len(losses), shuffles))
+    for q in range(len(losses)):
+        for start in range(0, shuffles, block):
+            n = min(block, shuffles - start)
+            permuted = rng.permuted(np.tile(scores[q], (n, 1)), axis=1)
+            per_query[q, start : start + n] = spearman(losses[q][None], -predicted(permuted, masks))
+    return np.nanmean(per_query, axis=0)
+
+
+def bootstrap_ci(values: np.ndarray, draws: int, rng: np.random.Generator, level: float = 0.95) -> list[float]:
+    """Percentile interval of the mean over queries (NaN-valued queries left out)."""
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
+    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
+def summarize(values: np.ndarray, null: np.ndarray, draws: int, rng: np.random.Generator) -> dict:
+    """Mean LDS, its bootstrap interval, the null's mean and sd, and the one-sided permutation p-value."""
+    finite = values[np.isfinite(values)]
+    mean = float(finite.mean()) if len(finite) else float("nan")
+    return {
+        "mean": mean,
+        "ci95": bootstrap_ci(values, draws, rng),
+        "queries": int(len(finite)),
+        "null_mean": float(null.mean()),
+        "null_sd": float(null.std(ddof=1)),
+        "p_value": float((1 + np.sum(null >= mean)) / (1 + len(null))),
+        "per_query": [float(v) for v in values],
+    }
