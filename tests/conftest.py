@@ -24,3 +24,17 @@ def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny-demo")
     build_demo(out, TINY)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A published index of every tiny-demo row (k=4, 16-token windows); read-only for the tests sharing it."""
+    from indexer.build import build_index
+    from indexer.config import IndexConfig
+    from indexer.runner import Rank
+
+    out = tmp_path_factory.mktemp("tiny-index") / "index"
+    config = IndexConfig(model=str(tiny_demo / "model"), data=str(tiny_demo / "data" / "document"), k=4, window=16,
+                         shard_size=64)
+    build_index(config, out, Rank())
+    return out

@@ -14,20 +14,13 @@ from attribution.metrics import first_gold_rank
 from attribution.session import AttributionSession
 from evaluation.facts import FactSelection, demo_dir, known_facts, load_demo_facts, select_facts, trace_facts
 from headwater.cli import app
-from indexer.build import build_index
-from indexer.config import IndexConfig
-from indexer.runner import Rank
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def index(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("facts") / "index"
-    config = IndexConfig(model=str(tiny_demo / "model"), data=str(tiny_demo / "data" / "document"), k=4, window=16,
-                         shard_size=64)
-    build_index(config, out, Rank())
-    return out
+def index(tiny_index: Path) -> Path:
+    return tiny_index
 
 
 @pytest.fixture(scope="module")

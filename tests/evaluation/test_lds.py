@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -17,21 +16,11 @@ from demo.training import settings_for, train
 from evaluation.lds_stats import spearman
 from evaluation.retrain import draw_subset, retrain_subsets, subset_dir
 from headwater.cli import app
-from indexer.build import build_index
-from indexer.config import IndexConfig
-from indexer.runner import Rank
 
 runner = CliRunner()
 METHODS = {"gradient", "bm25", "embedding", "shuffled"}
 
 
-@pytest.fixture(scope="module")
-def tiny_index(tiny_demo: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("lds-index") / "index"
-    config = IndexConfig(model=str(tiny_demo / "model"), data=str(tiny_demo / "data" / "document"), k=4, window=16,
-                         shard_size=64)
-    build_index(config, out, Rank())
-    return out
 
 
 def test_training_on_every_row_in_order_is_the_demo_model(tiny_demo: Path, tmp_path: Path) -> None:

@@ -17,21 +17,14 @@ from demo.training import TrainSettings, learning_rate
 from evaluation.facts import load_demo_facts, select_facts
 from evaluation.tailpatch import TailPatcher, TailPatchSettings, final_learning_rate, row_tokens, run_tailpatch
 from headwater.cli import app
-from indexer.build import build_index
-from indexer.config import IndexConfig
 from indexer.megatron import MegatronDataset
-from indexer.runner import Rank
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def index(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tailpatch") / "index"
-    config = IndexConfig(model=str(tiny_demo / "model"), data=str(tiny_demo / "data" / "document"), k=4, window=16,
-                         shard_size=64)
-    build_index(config, out, Rank())
-    return out
+def index(tiny_index: Path) -> Path:
+    return tiny_index
 
 
 @pytest.fixture(scope="module")

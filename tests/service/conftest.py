@@ -12,20 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from indexer.build import build_index
-from indexer.config import IndexConfig
-from indexer.runner import Rank
-
 API_KEY = "test-key-123"
 
 
 @pytest.fixture(scope="session")
-def served_index(tiny_demo: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("served") / "index"
-    config = IndexConfig(model=str(tiny_demo / "model"), data=str(tiny_demo / "data" / "document"), k=4, window=16,
-                         shard_size=64)
-    build_index(config, out, Rank())
-    return out
+def served_index(tiny_index: Path) -> Path:
+    return tiny_index
 
 
 def free_port() -> int:
