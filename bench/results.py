@@ -81,15 +81,16 @@ def run_section(section: Section, out: Path) -> dict:
     argv = ([str(python)] + section.argv) if python is not None else section.argv
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     log.info("running %s: %s", section.name, " ".join(argv))
-    start = time.perf_counter()
+    start, load_before = time.perf_counter(), os.getloadavg()[0]
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - start
+    load = f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end ({os.cpu_count()} cores)"
     (out / f"{section.name}.log").write_text(done.stderr)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         text = f"_Failed (exit {done.returncode}) after {seconds:.0f} s:_\n\n```\n{tail}\n```\n"
-        return {"seconds": seconds, "ok": False, "markdown": text}
-    return {"seconds": seconds, "ok": True, "markdown": done.stdout}
+        return {"seconds": seconds, "ok": False, "markdown": text, "load": load}
+    return {"seconds": seconds, "ok": True, "markdown": done.stdout, "load": load}
 
 
 def versions() -> str:
@@ -119,7 +120,7 @@ def compose(chosen: list[Section], results: dict[str, dict], out: Path, summary:
              "not absolute times across runs.", "", versions(), summary]
     for section in chosen:
         result = results[section.name]
-        took = f" ({result['seconds']:.0f} s)" if result["seconds"] else ""
+        took = f" ({result['seconds']:.0f} s; {result['load']})" if result.get("load") else ""
         parts += [f"## {section.title}", "", f"{section.about}{took}", "",
                   result["markdown"].strip(), ""]
     return "\n".join(parts) + "\n"

@@ -81,6 +81,10 @@ def attribution_vs_influence(out: Path) -> str:
             continue
         lines.append(f"| {NAMES.get(method, method)} | " + " | ".join("—" if v is None else f"{v:.3f}" for v in values)
                      + " |")
+    control = _num(lds.get("random"))
+    if control is not None and any(_num(v) is not None and _num(v) <= control for m, v in lds.items() if m != "random"):
+        lines += ["", f"**LDS caveat**: the shuffled-score control scores {control:.3f}, as high as or higher than a "
+                  "real method: with this few retrained subsets LDS cannot rank the methods (see the LDS section)."]
     lines += ["", "Leaders (among retrieval methods, not the oracle):", ""]
     contenders = [m for m in ROWS if m not in ("oracle", "random", "bottom")]
     for title, get, higher in columns:
