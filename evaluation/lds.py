@@ -10,8 +10,9 @@ control whose LDS must be ≈ 0). Each method also gets a permutation p-value ag
 ``shuffles`` row permutations of its own scores.
 
 Cost on the 2-core development machine, default demo (19,200 rows, a half is 600 steps):
-one subset model trains in ~TODO s, so the default of 16 subsets is about an hour; scoring every
-row once (cached) takes ~TODO s. Published LM figures use 50-100 subsets.
+one subset model should train in ~190 s on a quiet machine (half of the full demo's 375 s), so the default
+of 16 subsets is about an hour; measured only under heavy contention so far (3,053 s per subset, and
+gradient / embedding scores of all rows 3,072 s / 1,854 s, cached). Published LM figures use 50-100 subsets.
 
 Outputs: ``OUT/lds.json`` (config, per-method summaries and per-query values, subset losses,
 timings), ``OUT/lds.md`` (a table), ``OUT/scores/`` (cached row scores), ``OUT/subsets/NNN/`` (models).
