@@ -5,14 +5,17 @@ for each query z (a planted fact the full model gets right, phrased as in traini
 S_j: f_j(z) = the completion's summed NLL under model j, g_j(z) = Σ_{i∈S_j} score_i(z) over all
 training rows (``evaluation.row_scores``), and LDS(z) = Spearman(f_j, −g_j) over j, averaged
 over queries with a bootstrap 95 % interval. Methods: ``gradient`` (the index's sketches),
-``bm25``, ``embedding`` and ``shuffled`` (gradient scores randomly permuted across rows: a
-control whose LDS must be ≈ 0). Each method also gets a permutation p-value against
-``shuffles`` row permutations of its own scores.
+``bm25``, ``embedding``, ``oracle`` (1 on the rows that state the fact whole, the demo's ground
+truth, 0 elsewhere: what a perfect fact tracer would score) and ``shuffled`` (gradient scores
+randomly permuted across rows: a control whose LDS must be ≈ 0). Each method also gets a
+permutation p-value against ``shuffles`` row permutations of its own scores.
 
-Cost on the 2-core development machine, default demo (19,200 rows, a half is 600 steps):
-one subset model should train in ~190 s on a quiet machine (half of the full demo's 375 s), so the default
-of 16 subsets is about an hour; measured only under heavy contention so far (3,053 s per subset, and
-gradient / embedding scores of all rows 3,072 s / 1,854 s, cached). Published LM figures use 50-100 subsets.
+Cost on the 2-core development machine (quiet), default demo (19,200 rows; a half is 600 steps):
+one subset model trains in 172-182 s (measured twice), so the default of 20 subsets is about an
+hour (``--workers 2``, one thread each, was ~13 % faster: 2 subsets in 317 s). Scoring every row
+once (cached, so reruns and extra subsets skip it) adds ~6 min for gradient sketches and ~15 min
+for sentence embeddings (BM25: seconds). On the shared machine all of this ran 5-17× slower.
+Published LM figures use 50-100 subsets; a handful only checks the pipeline.
 
 Outputs: ``OUT/lds.json`` (config, per-method summaries and per-query values, subset losses,
 timings), ``OUT/lds.md`` (a table), ``OUT/scores/`` (cached row scores), ``OUT/subsets/NNN/`` (models).
@@ -41,8 +44,8 @@ from evaluation.row_scores import all_row_scores
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-DEFAULT_SUBSETS = 16
-METHODS = ("gradient", "bm25", "embedding", "shuffled")
+DEFAULT_SUBSETS = 20
+METHODS = ("gradient", "bm25", "embedding", "oracle", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ def select_queries(demo_dir: Path, model: torch.nn.Module, tokenizer, limit: int
     chosen = []
     for fact in load_facts(demo_dir):
         if all_facts or completion_hits(model, tokenizer, fact["prompt"], fact["completion"])[1]:
-            chosen.append({"fact_id": fact["fact_id"], "prompt": fact["prompt"], "completion": fact["completion"]})
+            chosen.append({"fact_id": fact["fact_id"], "prompt": fact["prompt"], "completion": fact["completion"],
+                           "gold_rows": fact.get("gold_rows", [])})
         if len(chosen) == limit:
             break
     if len(chosen) < 2:
@@ -109,9 +113,17 @@ def completion_losses(model: torch.nn.Module, tokenizer, queries: list[dict]) ->
     return (token_nll(model, batch) * batch.loss_mask[:, 1:]).sum(1).double().numpy()
 
 
+def oracle_scores(queries: list[dict], n_rows: int) -> np.ndarray:
+    """1 on the rows that state each query's fact whole (the demo's ground truth), 0 elsewhere."""
+    scores = np.zeros((len(queries), n_rows), dtype=np.float32)
+    for q, z in enumerate(queries):
+        scores[q, z["gold_rows"]] = 1.0
+    return scores
+
+
 def method_summaries(losses: np.ndarray, scores: dict[str, np.ndarray], masks: np.ndarray,
                      settings: LDSSettings) -> dict:
-    """Per-method LDS summaries; ``shuffled`` is the gradient scores permuted across rows."""
+    """Per-method LDS summaries; adds ``shuffled`` (the gradient scores permuted across rows)."""
     scores = {**scores, "shuffled": shuffle_rows(scores["gradient"], np.random.default_rng([settings.seed, 1]))}
     summaries = {}
     for m, method in enumerate(METHODS):
@@ -139,6 +151,7 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
     n_rows = training_rows(demo_dir)
     masks = subset_masks(n_rows, settings.subsets, settings.seed)
     full_losses = completion_losses(full, tokenizer, queries)
+    scores["oracle"] = oracle_scores(queries, n_rows)
     report = {
         "schema_version": SCHEMA_VERSION,
         "config": {**asdict(settings), "demo": str(demo_dir), "index": str(index),
@@ -146,7 +159,7 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
                    "subset_rows": n_rows // 2, "subset_steps": markers[0]["steps"], "full_steps": config.steps,
                    "schedule": "each subset runs the demo's warm-up + cosine schedule over its own step count"},
         "methods": method_summaries(losses, scores, masks, settings),
-        "queries": [{**z, "full_model_loss": float(f), "subset_losses": row.tolist()}
+        "queries": [{**z, "gold_rows": len(z["gold_rows"]), "full_model_loss": float(f), "subset_losses": row.tolist()}
                     for z, f, row in zip(queries, full_losses, losses, strict=True)],
         "timings": {"score_seconds": score_seconds, "subset_seconds": [m["seconds"] for m in markers]},
     }

@@ -73,5 +73,5 @@ def summarize(values: np.ndarray, null: np.ndarray, draws: int, rng: np.random.G
         "null_mean": float(null.mean()),
         "null_sd": float(null.std(ddof=1)),
         "p_value": float((1 + np.sum(null >= mean)) / (1 + len(null))),
-        "per_query": [float(v) for v in values],
+        "per_query": [float(v) if np.isfinite(v) else None for v in values],  # None: constant over subsets
     }

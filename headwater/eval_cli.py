@@ -51,9 +51,9 @@ def eval_facts(
 @clean_errors
 def eval_lds(
     demo: Annotated[Path, typer.Option(help="Built demo directory (headwater demo build).")] = Path("demo-data"),
-    subsets: Annotated[int | None, typer.Option(help="Models retrained on random halves of the training rows (default "
-                                                     "16: about an hour for the default demo on 2 CPU cores, "
-                                                     "~190 s a subset when quiet).")] = None,
+    subsets: Annotated[int | None, typer.Option(help="Models retrained on random halves of the rows (default 20: "
+                                                     "about an hour for the default demo on 2 quiet CPU cores, ~180 s "
+                                                     "each, plus ~20 min once to score every row).")] = None,
     index: Annotated[Path | None, typer.Option(help="Index whose gradient settings (sketch, windows, "
                                                     "preconditioner) score every row (default: DEMO/index).")] = None,
     out: Annotated[Path, typer.Option(help="Report directory (lds.json, lds.md, scores/, subsets/); rerun the same "
