@@ -75,8 +75,10 @@ def gradient_scores(session: AttributionSession, prompt: str, completion: str) -
     return scores
 
 
-def ranked_selections(session: AttributionSession, target: dict, settings: AblationSettings) -> dict:
-    """Row positions of the selections that do not depend on a seed (top/bottom by score, lexical, embedding)."""
+def ranked_selections(session: AttributionSession, target: dict, settings: AblationSettings,
+                      position: dict[int, int]) -> dict:
+    """Row positions of the selections that do not depend on a seed (top/bottom by score, lexical, embedding,
+    the target's own ``example_ids``); ``position`` maps example ids to rows (``positions_by_id``)."""
     k = settings.k
     prompt, completion = target["prompt"], target["completion"]
     order = np.argsort(-gradient_scores(session, prompt, completion), kind="stable")
@@ -86,7 +88,6 @@ def ranked_selections(session: AttributionSession, target: dict, settings: Ablat
         if method in settings.methods:
             chosen[method] = [h.row for h in session.retriever(method).search(Query(prompt, completion), k)]
     if target.get("example_ids"):
-        position = positions_by_id(session)
         chosen["given"] = [position[int(i)] for i in target["example_ids"]]
     return {m: v for m, v in chosen.items() if m in settings.methods}
 
@@ -103,10 +104,10 @@ def general_rows(session: AttributionSession, count: int) -> list[list[int]]:
     return [tokenizer.encode(session.texts[p], add_special_tokens=False) for p in positions]
 
 
-def seeded_selections(session: AttributionSession, target: dict, settings: AblationSettings, seed: int) -> dict:
+def seeded_selections(session: AttributionSession, target: dict, settings: AblationSettings, seed: int,
+                      position: dict[int, int]) -> dict:
     """Row positions of the seeded selections: an oracle sample of gold rows and the random draws."""
     k, n = settings.k, len(session)
-    position = positions_by_id(session)
     chosen: dict = {}
     gold = [position[g] for g in target.get("gold_rows", []) if g in position]
     if gold:
@@ -223,6 +224,7 @@ def run_ablation(session: AttributionSession, targets: list[dict], settings: Abl
         raise ConfigError(f"k={settings.k} is larger than the index ({len(session)} examples)")
     general = general or general_rows(session, settings.general_rows)
     ablator = Ablator(session, settings, general)
+    position = positions_by_id(session)
     rows, matrix = [], {}
     for t_index, target in enumerate(targets):
         unrelated = unrelated_prompts(target, controls or targets)
@@ -232,12 +234,12 @@ def run_ablation(session: AttributionSession, targets: list[dict], settings: Abl
         probes, slices = probe_groups(target, unrelated, targets)
         batch = ablator.meter.probe_batch(probes)
         before = ablator.measure(batch)
-        ranked = ranked_selections(session, target, settings)
+        ranked = ranked_selections(session, target, settings, position)
         related = probes[slices["related"]]
         avoid = ablator.control_gradients(related) if "gradient_contrastive" in ranked and related else None
         trials: dict[tuple, dict] = {}  # seed-independent selections are ascended once, reported per seed
         for seed in range(settings.seeds):
-            chosen = {**ranked, **seeded_selections(session, target, settings, seed)}
+            chosen = {**ranked, **seeded_selections(session, target, settings, seed, position)}
             for method, picked in chosen.items():
                 draws = picked if method == "random" else [picked]
                 for draw, positions in enumerate(draws):

@@ -34,7 +34,7 @@ from demo.facts import plant_facts
 from demo.groundtruth import load_facts
 from demo.packing import TokenizedDoc, pack_rows
 from demo.tokenizer import train_tokenizer
-from demo.training import TrainSettings, fact_accuracy, pythia_checkpoint_steps, train
+from demo.training import fact_accuracy, pythia_checkpoint_steps, settings_for, train
 from indexer.megatron import write_dataset
 from indexer.textfiles import expand_paths, read_jsonl, write_jsonl_zst
 
@@ -119,12 +119,7 @@ def build_model(config: DemoConfig, out: Path, staging: Path, on_step: StepCallb
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))
-    settings = TrainSettings(
-        hidden_size=config.hidden_size, num_layers=config.num_layers, num_heads=config.num_heads,
-        vocab_size=len(tokenizer), seq_len=config.seq_len, batch_size=config.batch_size, steps=config.steps,
-        learning_rate=config.learning_rate, warmup_steps=config.warmup_steps, weight_decay=config.weight_decay,
-        seed=config.seed, bf16=config.bf16,
-    )
+    settings = settings_for(config, len(tokenizer))
     model_dir = staging / "model"
     started = time.perf_counter()
     model, losses = train(settings, out / "data" / "document", len(tokenizer), model_dir, on_step)

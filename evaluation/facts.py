@@ -10,7 +10,6 @@ retriever with the fact's related prompts (same attribute, other people) as cont
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from demo.groundtruth import load_facts
 from demo.training import completion_hits
+from evaluation.report_files import write_report_files
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -162,9 +162,7 @@ def markdown(report: dict) -> str:
 
 def write_report(report: dict, out: Path) -> None:
     """``OUT/facts.json`` and ``OUT/facts.md``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "facts.json").write_text(json.dumps(report, indent=2))
-    (out / "facts.md").write_text(markdown(report))
+    write_report_files(report, out, "facts", markdown)
 
 
 def load_demo_facts(session: AttributionSession, demo: Path | None = None) -> list[dict]:

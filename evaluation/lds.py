@@ -23,7 +23,6 @@ timings), ``OUT/lds.md`` (a table), ``OUT/scores/`` (cached row scores), ``OUT/s
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ from attribution.session import AttributionSession
 from demo.groundtruth import load_facts
 from demo.training import completion_hits
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
+from evaluation.report_files import write_report_files
 from evaluation.retrain import demo_config, retrain_subsets, subset_dir, subset_masks, training_rows
 from evaluation.row_scores import all_row_scores
 
@@ -163,8 +163,7 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
                     for z, f, row in zip(queries, full_losses, losses, strict=True)],
         "timings": {"score_seconds": score_seconds, "subset_seconds": [m["seconds"] for m in markers]},
     }
-    (out / "lds.json").write_text(json.dumps(report, indent=2))
-    (out / "lds.md").write_text(markdown(report))
+    write_report_files(report, out, "lds", markdown)
     return report
 
 

@@ -40,6 +40,7 @@ from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.unlearn import LossMeter, Probe, restored
 from demo.training import TrainSettings, learning_rate
+from evaluation.report_files import write_report_files
 from indexer.megatron import MegatronDataset
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,4 @@ def markdown(report: dict) -> str:
 
 def write_report(report: dict, out: Path) -> None:
     """``OUT/tailpatch.json`` and ``OUT/tailpatch.md``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "tailpatch.json").write_text(json.dumps(report, indent=2))
-    (out / "tailpatch.md").write_text(markdown(report))
+    write_report_files(report, out, "tailpatch", markdown)

@@ -12,26 +12,10 @@ from typer.testing import CliRunner
 from attribution.errors import ConfigError
 from attribution.metrics import first_gold_rank
 from attribution.session import AttributionSession
-from evaluation.facts import FactSelection, demo_dir, known_facts, load_demo_facts, select_facts, trace_facts
+from evaluation.facts import FactSelection, demo_dir, known_facts, load_demo_facts, trace_facts
 from headwater.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def index(tiny_index: Path) -> Path:
-    return tiny_index
-
-
-@pytest.fixture(scope="module")
-def session(index: Path) -> AttributionSession:
-    return AttributionSession.from_index(index)
-
-
-@pytest.fixture(scope="module")
-def selection(session: AttributionSession) -> FactSelection:
-    """Facts with a gold row in the index (the tiny model gets none whole, so not only known ones)."""
-    return select_facts(session, load_demo_facts(session), known_only=False)
 
 
 def test_bench_quality_reexports_the_moved_functions() -> None:

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from demo.config import TINY
-from demo.training import TrainSettings, learning_rate
-from evaluation.facts import load_demo_facts, select_facts
+from demo.training import learning_rate, settings_for
+from evaluation.facts import FactSelection
 from evaluation.tailpatch import TailPatcher, TailPatchSettings, final_learning_rate, row_tokens, run_tailpatch
 from headwater.cli import app
 from indexer.megatron import MegatronDataset
@@ -23,26 +23,12 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def index(tiny_index: Path) -> Path:
-    return tiny_index
-
-
-@pytest.fixture(scope="module")
-def session(index: Path) -> AttributionSession:
-    return AttributionSession.from_index(index)
-
-
-@pytest.fixture(scope="module")
-def facts(session: AttributionSession) -> list[dict]:
-    """Facts with a gold row in the index (the tiny model gets none whole, so not only known ones)."""
-    return select_facts(session, load_demo_facts(session), known_only=False).facts
+def facts(selection: FactSelection) -> list[dict]:
+    return selection.facts
 
 
 def test_learning_rate_is_the_last_step_of_training(tiny_demo: Path, tmp_path: Path) -> None:
-    settings = TrainSettings(hidden_size=TINY.hidden_size, num_layers=TINY.num_layers, num_heads=TINY.num_heads,
-                             vocab_size=TINY.vocab_size, seq_len=TINY.seq_len, batch_size=TINY.batch_size,
-                             steps=TINY.steps, learning_rate=TINY.learning_rate, warmup_steps=TINY.warmup_steps,
-                             weight_decay=TINY.weight_decay, seed=TINY.seed, bf16=TINY.bf16)
+    settings = settings_for(TINY, TINY.vocab_size)
     assert final_learning_rate(tiny_demo / "model") == pytest.approx(learning_rate(TINY.steps - 1, settings))
     assert final_learning_rate(tiny_demo / "model", "step8") == pytest.approx(learning_rate(8, settings))
     assert final_learning_rate(tiny_demo / "model") < TINY.learning_rate  # cosine-decayed, not the peak
