@@ -36,8 +36,9 @@ def fact_columns(facts: dict | None) -> dict[str, dict[str, float]]:
     return out
 
 
-def lds_column(lds: dict | None) -> dict[str, float]:
-    methods = (lds or {}).get("methods", {})
+def lds_column(lds: dict | None, key: str = "methods") -> dict[str, float]:
+    """Mean LDS per method: every row's score (``methods``) or only the top-k rows' (``methods_top_k``)."""
+    methods = (lds or {}).get(key, {})
     out = {}
     for name, entry in methods.items():
         method = next((m for m, alias in LDS_NAMES.items() if alias == name), name)
@@ -60,13 +61,16 @@ def ablation_columns(report: dict | None) -> tuple[dict[str, dict[str, float]], 
 
 def attribution_vs_influence(out: Path) -> str:
     facts = fact_columns(_load(out / "facts" / "facts.json"))
-    lds = lds_column(_load(out / "lds" / "lds.json"))
+    lds_report = _load(out / "lds" / "lds.json")
+    lds, lds_top = lds_column(lds_report), lds_column(lds_report, "methods_top_k")
+    top_k = (lds_report or {}).get("config", {}).get("top_k")
     tail = tailpatch_column(_load(out / "tailpatch" / "tailpatch.json"))
     ablation, budget = ablation_columns(_load(out / "ablation" / "report.json"))
     columns = [("fact R@10 train", lambda m: facts.get(m, {}).get("r10_train"), True),
                ("fact MRR train", lambda m: facts.get(m, {}).get("mrr_train"), True),
                ("fact R@10 held-out", lambda m: facts.get(m, {}).get("r10_heldout"), True),
                ("LDS", lambda m: lds.get(m), True),
+               *([(f"LDS top {top_k}", lambda m: lds_top.get(m), True)] if lds_top else []),
                ("tail-patch Δlog p (×1e-4)", lambda m: None if tail.get(m) is None else tail[m] * 1e4, True),
                (f"ablation excess (budget {budget})", lambda m: ablation.get(m, {}).get("excess"), True),
                ("ablation related ratio", lambda m: ablation.get(m, {}).get("related_ratio"), False)]
@@ -81,10 +85,13 @@ def attribution_vs_influence(out: Path) -> str:
             continue
         lines.append(f"| {NAMES.get(method, method)} | " + " | ".join("—" if v is None else f"{v:.3f}" for v in values)
                      + " |")
-    control = _num(lds.get("random"))
-    if control is not None and any(_num(v) is not None and _num(v) <= control for m, v in lds.items() if m != "random"):
-        lines += ["", f"**LDS caveat**: the shuffled-score control scores {control:.3f}, as high as or higher than a "
-                  "real method: with this few retrained subsets LDS cannot rank the methods (see the LDS section)."]
+    for name, values in (("LDS", lds), (f"top-{top_k} LDS", lds_top)):
+        control = _num(values.get("random"))
+        if control is not None and any(_num(v) is not None and _num(v) <= control
+                                       for m, v in values.items() if m != "random"):
+            lines += ["", f"**{name} caveat**: the shuffled-score control scores {control:.3f}, as high as or higher "
+                      "than a real method: with this few retrained subsets it cannot rank the methods (see the LDS "
+                      "section)."]
     lines += ["", "Leaders (among retrieval methods, not the oracle):", ""]
     contenders = [m for m in ROWS if m not in ("oracle", "random", "bottom")]
     for title, get, higher in columns:

@@ -4,7 +4,8 @@ Retrain the demo model on M random halves of its training rows (``evaluation.ret
 for each query z (a planted fact the full model gets right, phrased as in training) and subset
 S_j: f_j(z) = the completion's summed NLL under model j, g_j(z) = Σ_{i∈S_j} score_i(z) over all
 training rows (``evaluation.row_scores``), and LDS(z) = Spearman(f_j, −g_j) over j, averaged
-over queries with a bootstrap 95 % interval. Methods: ``gradient`` (the index's sketches),
+over queries with a bootstrap 95 % interval; a second table sums only each method's ``top_k``
+highest-scored rows (``lds_stats.top_k_only``: the rows a user is shown). Methods: ``gradient`` (the index's sketches),
 ``bm25``, ``embedding``, ``oracle`` (1 on the rows that state the fact whole, the demo's ground
 truth, 0 elsewhere: what a perfect fact tracer would score) and ``shuffled`` (gradient scores
 randomly permuted across rows: a control whose LDS must be ≈ 0). Each method also gets a
@@ -37,13 +38,13 @@ from attribution.models import load_model, load_tokenizer
 from attribution.session import AttributionSession
 from demo.groundtruth import load_facts
 from demo.training import completion_hits
-from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
+from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize, top_k_only
 from evaluation.report_files import write_report_files
 from evaluation.retrain import demo_config, retrain_subsets, subset_dir, subset_masks, training_rows
 from evaluation.row_scores import all_row_scores
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: methods_top_k
 DEFAULT_SUBSETS = 20
 METHODS = ("gradient", "bm25", "embedding", "oracle", "shuffled")
 
@@ -63,9 +64,11 @@ class LDSSettings:
     shuffles: int = 500
     """Row permutations of each method's scores for its permutation p-value."""
     bootstrap: int = 2000
+    top_k: int = 100
+    """The top-k table sums only each method's this many highest-scored rows per query."""
 
     def __post_init__(self) -> None:
-        for name in ("subsets", "queries", "workers", "shuffles", "bootstrap"):
+        for name in ("subsets", "queries", "workers", "shuffles", "bootstrap", "top_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.subsets < 3:
@@ -122,14 +125,15 @@ def oracle_scores(queries: list[dict], n_rows: int) -> np.ndarray:
 
 
 def method_summaries(losses: np.ndarray, scores: dict[str, np.ndarray], masks: np.ndarray,
-                     settings: LDSSettings) -> dict:
-    """Per-method LDS summaries; adds ``shuffled`` (the gradient scores permuted across rows)."""
+                     settings: LDSSettings, top_k: int | None = None) -> dict:
+    """Per-method LDS summaries; adds ``shuffled`` (the gradient scores permuted across rows). With ``top_k``,
+    each method's scores are first cut to its ``top_k`` highest rows per query."""
     scores = {**scores, "shuffled": shuffle_rows(scores["gradient"], np.random.default_rng([settings.seed, 1]))}
     summaries = {}
     for m, method in enumerate(METHODS):
-        values = lds_per_query(losses, scores[method], masks)
-        null = permutation_null(losses, scores[method], masks, settings.shuffles,
-                                np.random.default_rng([settings.seed, 2, m]))
+        kept = scores[method] if top_k is None else top_k_only(scores[method], top_k)
+        values = lds_per_query(losses, kept, masks)
+        null = permutation_null(losses, kept, masks, settings.shuffles, np.random.default_rng([settings.seed, 2, m]))
         summaries[method] = summarize(values, null, settings.bootstrap, np.random.default_rng([settings.seed, 3, m]))
     return summaries
 
@@ -159,6 +163,7 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
                    "subset_rows": n_rows // 2, "subset_steps": markers[0]["steps"], "full_steps": config.steps,
                    "schedule": "each subset runs the demo's warm-up + cosine schedule over its own step count"},
         "methods": method_summaries(losses, scores, masks, settings),
+        "methods_top_k": method_summaries(losses, scores, masks, settings, top_k=settings.top_k),
         "queries": [{**z, "gold_rows": len(z["gold_rows"]), "full_model_loss": float(f), "subset_losses": row.tolist()}
                     for z, f, row in zip(queries, full_losses, losses, strict=True)],
         "timings": {"score_seconds": score_seconds, "subset_seconds": [m["seconds"] for m in markers]},
@@ -168,22 +173,30 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
 
 
 def markdown(report: dict) -> str:
-    """The per-method table with a one-paragraph legend."""
+    """The per-method table (all rows, then the top-k rows) with a one-paragraph legend."""
     c = report["config"]
     which = "all planted facts" if c["all_facts"] else "planted facts the model gets right"
+    k = c["top_k"]
     lines = [
         "# Linear datamodeling score (LDS)", "",
         f"{c['subsets']} models retrained on random halves ({c['subset_rows']} of {c['training_rows']} rows, "
         f"{c['subset_steps']} steps); {len(report['queries'])} queries ({which}, phrased as in training). "
         "LDS(z) = Spearman over subsets of the completion loss and −Σ scores of the subset's rows; mean over "
         f"queries, bootstrap 95 % interval; p: share of {c['shuffles']} row permutations of the method's own "
-        "scores with a mean LDS at least as high. Random ≈ 0; published LM figures: TrackStar-style 0.18-0.28, "
-        "EK-FAC 0.26-0.47 (50-100 subsets).", "",
-        "| method | LDS | 95 % CI | queries | null mean ± sd | p |",
-        "|---|---|---|---|---|---|",
+        "scores with a mean LDS at least as high (null sd: their spread). Random ≈ 0; published LM figures: "
+        "TrackStar-style 0.18-0.28, EK-FAC 0.26-0.47 (50-100 subsets). *All rows* sums every row's score, the "
+        f"standard definition; *top {k}* sums only each method's {k} highest-scored rows per query (the rows a "
+        "user is shown), so thousands of small scores on rows that do not matter cannot drown the few that do.", "",
+        f"| method | all rows: LDS | 95 % CI | null sd | p | top {k}: LDS | 95 % CI | null sd | p | queries |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    top = report.get("methods_top_k", {})
     for method, s in report["methods"].items():
-        lo, hi = s["ci95"]
-        lines.append(f"| {method} | {s['mean']:.3f} | [{lo:.3f}, {hi:.3f}] | {s['queries']} | "
-                     f"{s['null_mean']:.3f} ± {s['null_sd']:.3f} | {s['p_value']:.3f} |")
+        cells = [_cells(s)] + ([_cells(top[method])] if method in top else [])
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {s['queries']} |")
     return "\n".join(lines) + "\n"
+
+
+def _cells(s: dict) -> str:
+    lo, hi = s["ci95"]
+    return f"{s['mean']:.3f} | [{lo:.3f}, {hi:.3f}] | {s['null_sd']:.3f} | {s['p_value']:.3f}"

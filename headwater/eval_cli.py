@@ -62,6 +62,7 @@ def eval_lds(
     queries: Annotated[int, typer.Option(help="At most this many planted facts as queries.")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the subsets, the shuffled control and the bootstrap.")] = 0,
     shuffles: Annotated[int, typer.Option(help="Row permutations of each method's scores (permutation p).")] = 500,
+    top_k: Annotated[int, typer.Option(help="The second table sums only each method's this many top rows.")] = 100,
     all_facts: Annotated[bool, typer.Option("--all-facts", help="Also query facts the model gets wrong.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -74,7 +75,7 @@ def eval_lds(
 
     setup_logging(verbose)
     settings = LDSSettings(queries=queries, all_facts=all_facts, seed=seed, workers=workers, shuffles=shuffles,
-                           **({"subsets": subsets} if subsets is not None else {}))
+                           top_k=top_k, **({"subsets": subsets} if subsets is not None else {}))
     with tqdm(total=settings.subsets, desc="subset models", unit="model", disable=None) as bar:
         report = run_lds(demo, index or demo / "index", out, settings, on_subset=lambda _: bar.update(1))
     typer.echo(markdown(report))

@@ -7,14 +7,16 @@ import math
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from attribution.models import load_tokenizer
 from demo.config import TINY
 from demo.training import settings_for, train
-from evaluation.lds_stats import spearman
-from evaluation.retrain import draw_subset, retrain_subsets, subset_dir
+from evaluation.lds_stats import lds_per_query, spearman, top_k_only
+from evaluation.retrain import draw_subset, retrain_subsets, subset_dir, subset_masks
 from headwater.cli import app
 
 runner = CliRunner()
@@ -62,6 +64,38 @@ def test_spearman_matches_scipy() -> None:
     assert math.isnan(spearman(np.ones(4), np.arange(4.0)))
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 30), st.integers(1, 40))
+def test_top_k_keeps_each_querys_k_highest_scores(seed: int, rows: int, k: int) -> None:
+    scores = np.random.default_rng(seed).normal(size=(3, rows)).astype(np.float32)
+    kept = top_k_only(scores, k)
+    assert kept.shape == scores.shape
+    for q in range(3):
+        nonzero = np.flatnonzero(kept[q])
+        assert len(nonzero) == min(k, rows)  # normal draws are never exactly 0
+        np.testing.assert_array_equal(kept[q, nonzero], scores[q, nonzero])
+        threshold = np.sort(scores[q])[::-1][min(k, rows) - 1]
+        assert (scores[q, nonzero] >= threshold).all()
+
+
+def test_top_k_finds_a_sparse_influence_that_summing_every_row_drowns() -> None:
+    """The demo's situation in miniature: a query's loss depends only on how many of its 30 gold rows a
+    half keeps; a method scores those rows high, and gives every other row a small, noisy score. Summing
+    all 5,000 rows buries the gold rows under the noise; the top 30 rows recover them."""
+    rng = np.random.default_rng(0)
+    rows, queries, subsets = 5000, 40, 20
+    masks = subset_masks(rows, subsets, seed=0).astype(np.float64)
+    gold = np.stack([rng.choice(rows, 30, replace=False) for _ in range(queries)])
+    kept_gold = np.stack([masks[:, g].sum(1) for g in gold])  # (queries, subsets)
+    losses = -kept_gold + rng.normal(scale=0.5, size=kept_gold.shape)
+    scores = np.abs(rng.normal(scale=0.5, size=(queries, rows)))
+    for q in range(queries):
+        scores[q, gold[q]] = 3.0
+    every_row = np.nanmean(lds_per_query(losses, scores, masks))
+    top = np.nanmean(lds_per_query(losses, top_k_only(scores, 30), masks))
+    assert top > 0.9 and every_row < 0.6 and top > every_row + 0.3  # measured: 0.97 and 0.45
+
+
 def test_lds_end_to_end_with_resume(tiny_demo: Path, tiny_index: Path, tmp_path: Path) -> None:
     out = tmp_path / "lds"
     # A first run that stopped after two subsets, and a third subset killed half-written.
@@ -92,8 +126,9 @@ def test_lds_end_to_end_with_resume(tiny_demo: Path, tiny_index: Path, tmp_path:
     assert len(queries) == 32  # every planted fact of the tiny demo (--all-facts)
     assert all(len(z["subset_losses"]) == 4 and all(math.isfinite(v) and v > 0 for v in z["subset_losses"])
                for z in queries)
-    assert set(report["methods"]) == METHODS
-    for name, summary in report["methods"].items():
+    assert set(report["methods"]) == set(report["methods_top_k"]) == METHODS
+    assert report["config"]["top_k"] == 100 and "| top 100: LDS |" in result.output
+    for name, summary in [*report["methods"].items(), *report["methods_top_k"].items()]:
         lo, hi = summary["ci95"]
         values = [v for v in summary["per_query"] if v is not None]  # None: the oracle's gold-row count tied
         assert len(summary["per_query"]) == 32 and summary["queries"] == len(values) >= 16, name
@@ -125,7 +160,8 @@ def test_lds_end_to_end_with_resume(tiny_demo: Path, tiny_index: Path, tmp_path:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert {m: (out / "scores" / f"{m}.npy").stat().st_mtime_ns for m in cached} == cached
-    assert json.loads((out / "lds.json").read_text())["methods"] == report["methods"]
+    rerun = json.loads((out / "lds.json").read_text())
+    assert rerun["methods"] == report["methods"] and rerun["methods_top_k"] == report["methods_top_k"]
 
 
 def test_missing_index_says_how_to_build_one(tiny_demo: Path, tmp_path: Path) -> None:
