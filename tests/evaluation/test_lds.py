@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -169,3 +170,14 @@ def test_missing_index_says_how_to_build_one(tiny_demo: Path, tmp_path: Path) ->
                                  "--out", str(tmp_path / "out"), "--subsets", "4"])
     assert result.exit_code == 2
     assert "no index at" in result.output and "headwater index build" in result.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--top-k", "0"], "top_k must be at least 1"),
+    (["--subsets", "2"], "needs at least 3 subsets"),
+    (["--workers", "0"], "workers must be at least 1"),
+])
+def test_cli_bad_settings(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["eval", "lds", "--demo", str(tmp_path), "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
