@@ -87,11 +87,12 @@ def attribution_vs_influence(out: Path) -> str:
                      + " |")
     for name, values in (("LDS", lds), (f"top-{top_k} LDS", lds_top)):
         control = _num(values.get("random"))
-        if control is not None and any(_num(v) is not None and _num(v) <= control
-                                       for m, v in values.items() if m != "random"):
+        beaten = [NAMES.get(m, m) for m in ROWS
+                  if m != "random" and control is not None and (v := _num(values.get(m))) is not None and v <= control]
+        if beaten:
             lines += ["", f"**{name} caveat**: the shuffled-score control scores {control:.3f}, as high as or higher "
-                      "than a real method: with this few retrained subsets it cannot rank the methods (see the LDS "
-                      "section)."]
+                      f"than {', '.join(beaten)}: on this measure those are indistinguishable from noise (see the "
+                      "permutation p-values in the LDS section)."]
     lines += ["", "Leaders (among retrieval methods, not the oracle):", ""]
     contenders = [m for m in ROWS if m not in ("oracle", "random", "bottom")]
     for title, get, higher in columns:
@@ -99,6 +100,7 @@ def attribution_vs_influence(out: Path) -> str:
         if not scored:
             continue
         best = max(scored) if higher else min(scored)
-        lines.append(f"- {title}: **{NAMES.get(best[1], best[1])}** ({best[0]:.3f}); gradient "
-                     f"{next((f'{v:.3f}' for v, m in scored if m == 'gradient'), '—')}")
+        ours = "" if best[1] == "gradient" else \
+            f"; gradient {next((f'{v:.3f}' for v, m in scored if m == 'gradient'), '—')}"
+        lines.append(f"- {title}: **{NAMES.get(best[1], best[1])}** ({best[0]:.3f}){ours}")
     return "\n".join(lines) + "\n"

@@ -12,10 +12,11 @@ randomly permuted across rows: a control whose LDS must be ≈ 0). Each method a
 permutation p-value against ``shuffles`` row permutations of its own scores.
 
 Cost on the 2-core development machine (quiet), default demo (19,200 rows; a half is 600 steps):
-one subset model trains in 172-182 s (measured twice), so the default of 20 subsets is about an
-hour (``--workers 2``, one thread each, was ~13 % faster: 2 subsets in 317 s). Scoring every row
-once (cached, so reruns and extra subsets skip it) adds ~6 min for gradient sketches and ~15 min
-for sentence embeddings (BM25: seconds). On the shared machine all of this ran 5-17× slower.
+one subset model trains in 172-182 s alone with 2 threads, or in ~200 s with one thread while a
+second trains beside it (``workers``, default: one per usable core), so the default 20 subsets took
+29 min in ``make bench`` (2026-12-01). Scoring every row once (cached, so reruns and extra subsets
+skip it) adds 230 s for gradient sketches and 607 s for sentence embeddings (BM25: 1 s): 49 min in
+all. On the shared machine all of this ran 5-17× slower.
 Published LM figures use 50-100 subsets; a handful only checks the pipeline.
 
 Outputs: ``OUT/lds.json`` (config, per-method summaries and per-query values, subset losses,
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from demo.groundtruth import load_facts
 from demo.training import completion_hits
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize, top_k_only
 from evaluation.report_files import write_report_files
-from evaluation.retrain import demo_config, retrain_subsets, subset_dir, subset_masks, training_rows
+from evaluation.retrain import demo_config, retrain_subsets, subset_dir, subset_masks, training_rows, usable_cores
 from evaluation.row_scores import all_row_scores
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class LDSSettings:
     """Also use facts the full model gets wrong (by default only those it completes right, teacher-forced)."""
     seed: int = 0
     """Draws the subsets, the shuffled control, the null and the bootstrap."""
-    workers: int = 1
+    workers: int = field(default_factory=usable_cores)
     """Processes that retrain subsets at once (one torch thread each when more than one)."""
     shuffles: int = 500
     """Row permutations of each method's scores for its permutation p-value."""

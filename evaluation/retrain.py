@@ -111,6 +111,12 @@ def train_subset(demo_dir: Path, directory: Path, index: int, rows: list[int], k
     return seconds
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count): the default number of
+    subsets retrained at once, one torch thread each."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def retrain_subsets(demo_dir: Path, out: Path, count: int, seed: int, workers: int = 1,
                     on_done: Callable[[int], None] | None = None) -> list[dict]:
     """Train every missing subset model (``workers`` processes of one thread each when > 1); return the markers."""

@@ -52,13 +52,14 @@ def eval_facts(
 def eval_lds(
     demo: Annotated[Path, typer.Option(help="Built demo directory (headwater demo build).")] = Path("demo-data"),
     subsets: Annotated[int | None, typer.Option(help="Models retrained on random halves of the rows (default 20: "
-                                                     "about an hour for the default demo on 2 quiet CPU cores, ~180 s "
-                                                     "each, plus ~20 min once to score every row).")] = None,
+                                                     "about 30 min for the default demo on 2 quiet CPU cores, plus "
+                                                     "~15 min once to score every row).")] = None,
     index: Annotated[Path | None, typer.Option(help="Index whose gradient settings (sketch, windows, "
                                                     "preconditioner) score every row (default: DEMO/index).")] = None,
     out: Annotated[Path, typer.Option(help="Report directory (lds.json, lds.md, scores/, subsets/); rerun the same "
                                            "command to resume.")] = Path("eval-report/lds"),
-    workers: Annotated[int, typer.Option(help="Subsets retrained at once, one torch thread each when > 1.")] = 1,
+    workers: Annotated[int | None, typer.Option(help="Subsets retrained at once, one torch thread each when > 1 "
+                                                     "(default: one per usable CPU core).")] = None,
     queries: Annotated[int, typer.Option(help="At most this many planted facts as queries.")] = 40,
     seed: Annotated[int, typer.Option(help="Seed of the subsets, the shuffled control and the bootstrap.")] = 0,
     shuffles: Annotated[int, typer.Option(help="Row permutations of each method's scores (permutation p).")] = 500,
@@ -74,8 +75,9 @@ def eval_lds(
     from evaluation.lds import LDSSettings, markdown, run_lds
 
     setup_logging(verbose)
-    settings = LDSSettings(queries=queries, all_facts=all_facts, seed=seed, workers=workers, shuffles=shuffles,
-                           top_k=top_k, **({"subsets": subsets} if subsets is not None else {}))
+    settings = LDSSettings(queries=queries, all_facts=all_facts, seed=seed, shuffles=shuffles, top_k=top_k,
+                           **({"subsets": subsets} if subsets is not None else {}),
+                           **({"workers": workers} if workers is not None else {}))
     with tqdm(total=settings.subsets, desc="subset models", unit="model", disable=None) as bar:
         report = run_lds(demo, index or demo / "index", out, settings, on_subset=lambda _: bar.update(1))
     typer.echo(markdown(report))

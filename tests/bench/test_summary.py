@@ -30,9 +30,11 @@ def test_lds_columns_and_the_shuffled_control_caveat(tmp_path: Path) -> None:
     assert "| gradient | — | — | — | 0.030 | 0.210 | 5.000 | — | — |" in table
     assert "| random rows | — | — | — | 0.160 | 0.010 |" in table
     # The all-row control ties the oracle and beats gradient: flagged; the top-100 control is beaten: not flagged.
-    assert "**LDS caveat**: the shuffled-score control scores 0.160" in table
+    assert ("**LDS caveat**: the shuffled-score control scores 0.160, as high as or higher than gradient, bm25, "
+            "oracle (gold rows):") in table
     assert "top-100 LDS caveat" not in table
     assert "- LDS top 100: **bm25** (0.330); gradient 0.210" in table
+    assert "- tail-patch Δlog p (×1e-4): **gradient** (5.000)\n" in table  # gradient leads: not named twice
 
 
 def test_reports_without_top_k_show_no_top_k_column(tmp_path: Path) -> None:
