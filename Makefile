@@ -45,7 +45,7 @@ browser:
 test: $(STAMP) lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
-# Every benchmark and evaluation, written to bench/RESULTS.md (hours on 2 CPU cores: the LDS retrains dominate;
+# Every benchmark and evaluation, written to bench/RESULTS.md (80 min on 2 quiet CPU cores, 49 of them LDS;
 # LDS_SUBSETS=4 for a quick pass). bergson runs in its own environment, .venv-bench/ (bench/bergson_env.sh).
 BENCH_OUT ?= bench-out
 LDS_SUBSETS ?=
