@@ -10,7 +10,7 @@ query side stays a plain inner product. ``λ`` is relative to the spectrum:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -54,6 +54,16 @@ class Preconditioner:
     lam: float
     """The absolute λ used."""
     matrix: torch.Tensor
+    _cast: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    """``matrix`` converted to each (dtype, device) asked for: converting the float64 D×D matrix took ~26 ms of
+    a ~31 ms query at D = 4,096 when done per call."""
+
+    def matrix_like(self, sketches: torch.Tensor) -> torch.Tensor:
+        """``matrix`` in the dtype and on the device of ``sketches``, converted once and kept."""
+        key = (sketches.dtype, sketches.device)
+        if key not in self._cast:
+            self._cast[key] = self.matrix.to(sketches)
+        return self._cast[key]
 
     @classmethod
     def fit(cls, acc: CovarianceAccumulator, mode: PreconditionMode | str, damping: float = 0.1) -> Preconditioner:
@@ -73,12 +83,12 @@ class Preconditioner:
         return cls(mode, damping, lam, matrix)
 
     def apply_train(self, sketches: torch.Tensor) -> torch.Tensor:
-        return sketches @ self.matrix.to(sketches)
+        return sketches @ self.matrix_like(sketches)
 
     def apply_query(self, sketches: torch.Tensor) -> torch.Tensor:
         if self.mode is PreconditionMode.INVERSE:
             return sketches
-        return sketches @ self.matrix.to(sketches)
+        return sketches @ self.matrix_like(sketches)
 
     def save(self, path: str | Path) -> None:
         meta = {"mode": self.mode.value, "damping": repr(self.damping), "lam": repr(self.lam)}

@@ -47,6 +47,19 @@ def test_save_and_load(tmp_path: Path) -> None:
     assert torch.equal(back.matrix, pre.matrix)
 
 
+def test_the_matrix_is_converted_once_per_dtype() -> None:
+    acc = CovarianceAccumulator(12)
+    acc.add(data(3))
+    pre = Preconditioner.fit(acc, "inverse_sqrt", 0.1)
+    query32, query64 = data(4, n=2).float(), data(4, n=2)
+    first = pre.apply_query(query32)
+    assert first.dtype == torch.float32
+    torch.testing.assert_close(first, query32 @ pre.matrix.float())
+    assert pre.matrix_like(query32) is pre.matrix_like(query32)  # kept, not converted again
+    assert pre.apply_train(query64).dtype == torch.float64
+    torch.testing.assert_close(pre.apply_train(query64), query64 @ pre.matrix)
+
+
 def test_bad_preconditioner_settings() -> None:
     acc = CovarianceAccumulator(3)
     with pytest.raises(ConfigError, match="zero sketches"):
