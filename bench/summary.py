@@ -87,8 +87,10 @@ def attribution_vs_influence(out: Path) -> str:
                      + " |")
     for name, values in (("LDS", lds), (f"top-{top_k} LDS", lds_top)):
         control = _num(values.get("random"))
-        beaten = [NAMES.get(m, m) for m in ROWS
-                  if m != "random" and control is not None and (v := _num(values.get(m))) is not None and v <= control]
+        if control is None:
+            continue
+        beaten = [NAMES.get(m, m) for m in ROWS if m != "random" and (v := _num(values.get(m))) is not None
+                  and v <= control]
         if beaten:
             lines += ["", f"**{name} caveat**: the shuffled-score control scores {control:.3f}, as high as or higher "
                       f"than {', '.join(beaten)}: on this measure those are indistinguishable from noise (see the "

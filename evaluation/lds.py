@@ -5,9 +5,9 @@ for each query z (a planted fact the full model gets right, phrased as in traini
 S_j: f_j(z) = the completion's summed NLL under model j, g_j(z) = Σ_{i∈S_j} score_i(z) over all
 training rows (``evaluation.row_scores``), and LDS(z) = Spearman(f_j, −g_j) over j, averaged
 over queries with a bootstrap 95 % interval; a second table sums only each method's ``top_k``
-highest-scored rows (``lds_stats.top_k_only``: the rows a user is shown). Methods: ``gradient`` (the index's sketches),
-``bm25``, ``embedding``, ``oracle`` (1 on the rows that state the fact whole, the demo's ground
-truth, 0 elsewhere: what a perfect fact tracer would score) and ``shuffled`` (gradient scores
+highest-scored rows (``lds_stats.top_k_only``: the rows a user is shown). Methods: ``gradient``
+(the index's sketches), ``bm25``, ``embedding``, ``oracle`` (1 on the rows that state the fact
+whole, the demo's ground truth, 0 elsewhere: what a perfect fact tracer would score) and ``shuffled`` (gradient scores
 randomly permuted across rows: a control whose LDS must be ≈ 0). Each method also gets a
 permutation p-value against ``shuffles`` row permutations of its own scores.
 
@@ -127,9 +127,8 @@ def oracle_scores(queries: list[dict], n_rows: int) -> np.ndarray:
 
 def method_summaries(losses: np.ndarray, scores: dict[str, np.ndarray], masks: np.ndarray,
                      settings: LDSSettings, top_k: int | None = None) -> dict:
-    """Per-method LDS summaries; adds ``shuffled`` (the gradient scores permuted across rows). With ``top_k``,
-    each method's scores are first cut to its ``top_k`` highest rows per query."""
-    scores = {**scores, "shuffled": shuffle_rows(scores["gradient"], np.random.default_rng([settings.seed, 1]))}
+    """Per-method LDS summaries (``scores`` holds every method of ``METHODS``). With ``top_k``, each method's
+    scores are first cut to its ``top_k`` highest rows per query."""
     summaries = {}
     for m, method in enumerate(METHODS):
         kept = scores[method] if top_k is None else top_k_only(scores[method], top_k)
@@ -157,6 +156,7 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
     masks = subset_masks(n_rows, settings.subsets, settings.seed)
     full_losses = completion_losses(full, tokenizer, queries)
     scores["oracle"] = oracle_scores(queries, n_rows)
+    scores["shuffled"] = shuffle_rows(scores["gradient"], np.random.default_rng([settings.seed, 1]))  # the control
     report = {
         "schema_version": SCHEMA_VERSION,
         "config": {**asdict(settings), "demo": str(demo_dir), "index": str(index),
