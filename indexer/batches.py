@@ -5,7 +5,6 @@ Pythia ships a similar tool; ours reads the same Megatron files (single or split
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from indexer.training_rows import (
     PYTHIA_BATCH_SIZE,
     RowRange,
     check_rows,
+    layout_batch_size,
     parse_range,
     read_training_rows,
     rows_for_steps,
@@ -25,10 +25,7 @@ from indexer.training_rows import (
 
 def default_batch_size(prefix: Path) -> int:
     """The batch size recorded in ``layout.json`` beside the data, else Pythia's 1024."""
-    layout = prefix.parent / "layout.json"
-    if layout.is_file():
-        return int(json.loads(layout.read_text())["batch_size"])
-    return PYTHIA_BATCH_SIZE
+    return layout_batch_size(prefix, PYTHIA_BATCH_SIZE)
 
 
 def select_rows(num_rows: int, rows: str | None, step: int | None, batch_size: int) -> RowRange:

@@ -3,6 +3,7 @@
 ``load_dataset(..., streaming=True)`` reads a hub id (e.g. ``monology/pile-uncopyrighted``)
 and local ``json``/``jsonl.zst`` files the same way, so the code path tested here on local
 files is the one that streams the hub on a machine with internet.
+:class:`HFSource` is its data source (``--data hf:NAME``, see :mod:`indexer.sources`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import datasets
 
+from attribution.records import Example
 from indexer.errors import MissingFieldError, UnknownSourceError
-from indexer.examples import Example
+from indexer.metadata import Column
 from indexer.textfiles import Tokenizer, encode_text, expand_paths
 
 log = logging.getLogger(__name__)
@@ -52,3 +56,28 @@ def read_hf(
         meta = record.get("meta") or {}
         metadata = {"source": name, "row": row, "pile_set_name": meta.get("pile_set_name")}
         yield Example(row, encode_text(tokenizer, text), text, metadata)
+
+
+@dataclass(frozen=True)
+class HFSource:
+    """``hf:NAME``: a hub dataset or local json/jsonl(.zst) files, streamed; ids count rows from 0."""
+
+    kind: ClassVar[str] = "hf"
+    columns: ClassVar[frozenset[Column]] = frozenset({Column.SOURCE, Column.ROW, Column.PILE_SET_NAME})
+    takes_steps: ClassVar[bool] = True  # accepted but ignored, as it always was: a stream has no step layout
+    global_ids: ClassVar[bool] = False
+    first_row: ClassVar[int] = 0
+    count: ClassVar[None] = None
+    prefix: ClassVar[str] = "hf:"
+    spec: str
+
+    @classmethod
+    def matches(cls, spec: str) -> bool:
+        return spec.startswith(cls.prefix)
+
+    @classmethod
+    def open(cls, spec: str, steps: str | None, batch_rows: int) -> HFSource:
+        return cls(spec)
+
+    def read(self, start: int, stop: int, tokenizer: Tokenizer) -> Iterator[Example]:
+        return itertools.islice(read_hf(self.spec[len(self.prefix):], tokenizer=tokenizer), start, stop)

@@ -9,14 +9,22 @@ pointers into ``.bin``; int64[M] ``doc_idx``.
 ``.bin``: the items' tokens back to back, no header. Pythia ships it split into
 ``document-00000-of-00020.bin`` … ``document-00020-of-00020.bin``; those pieces
 are read in place as if concatenated.
+
+Optional sidecar ``PREFIX.labels.json`` (ours, not Megatron's): per-row labels as one JSON
+object mapping a metadata name to a list with one value (string or null) per item, e.g.
+``{"pile_set_name": ["Pile-CC", "ArXiv", ...]}``. Pre-tokenized rows carry no provenance;
+a writer that knows it (the demo knows each row's main document) records it here, and the
+Megatron reader copies it into every row's metadata. Written with :func:`write_row_labels`,
+read with :func:`read_row_labels`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,3 +225,37 @@ def write_dataset(
     os.replace(tmp_bin, bin_path)
     os.replace(tmp_idx, idx_path)
     return len(sizes)
+
+
+def labels_path(prefix: str | Path) -> Path:
+    """Where the per-row labels sidecar of a dataset lives: ``PREFIX.labels.json``."""
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + ".labels.json")
+
+
+def write_row_labels(prefix: str | Path, labels: Mapping[str, Sequence[str | None]]) -> Path:
+    """Write per-row labels (name → one value per item) beside an existing dataset, atomically."""
+    count = len(read_index(Path(prefix).with_name(Path(prefix).name + ".idx")))
+    for name, values in labels.items():
+        if len(values) != count:
+            raise ValueError(f"{len(values)} {name!r} labels for {count} items of {prefix}; give one per item")
+    path = labels_path(prefix)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({name: list(values) for name, values in labels.items()}))
+    os.replace(tmp, path)
+    return path
+
+
+def read_row_labels(prefix: str | Path, count: int) -> dict[str, list[str | None]]:
+    """The per-row labels of a dataset of ``count`` items (``{}`` when it has no sidecar)."""
+    path = labels_path(prefix)
+    if not path.is_file():
+        return {}
+    try:
+        labels = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptShardError(f"{path}: not a JSON labels file ({err}); rewrite it or delete it") from err
+    if not isinstance(labels, dict) or any(not isinstance(v, list) or len(v) != count for v in labels.values()):
+        raise CorruptShardError(f"{path}: expected {{name: [one label per item]}} for {count} items; "
+                                "rewrite it with write_row_labels or delete it")
+    return labels

@@ -53,8 +53,6 @@ FROM_METADATA = (Column.SOURCE, Column.ROW, Column.STEP, Column.BATCH_POS, Colum
 """Columns read from ``Example.metadata`` under their own names; any other key is extra."""
 LISTED = tuple(c for c in Column if c is not Column.TEXT)
 """Columns of the in-memory metadata (everything but the text, which stays in DuckDB)."""
-
-
 NAMES = frozenset(c.value for c in Column)
 
 

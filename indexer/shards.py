@@ -3,7 +3,8 @@
 A shard lives in ``work/shard-NNNNN/`` with:
 
 - ``ids.npy`` (int64), ``sketch-C.npy`` (float32 raw sketches of checkpoint C: ``(n, D)``
-  or ``(n, W, D)``), ``embeddings.npy`` (float16, unit norm), ``meta.parquet`` (metadata + text);
+  or ``(n, W, D)``), ``embeddings.npy`` (float16, unit norm), ``meta.parquet`` (metadata + text, the schema
+  of :mod:`indexer.metadata`);
 - ``done.json``: count, first/last id and each file's size and sha256, written last.
 
 It is written under ``work/.tmp-shard-NNNNN/`` and renamed when complete, so a killed
@@ -26,9 +27,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.errors import CorruptShardError
-from indexer.examples import Example
-
-META_COLUMNS = ("id", "source", "row", "step", "batch_pos", "pile_set_name", "token_count", "text")
 
 
 def shard_name(index: int) -> str:
@@ -48,20 +46,6 @@ def write_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
-
-
-def metadata_table(examples: list[Example], texts: list[str]) -> pa.Table:
-    columns = {
-        "id": pa.array([e.example_id for e in examples], pa.int64()),
-        "source": pa.array([str(e.metadata.get("source")) for e in examples], pa.string()),
-        "row": pa.array([e.metadata.get("row") for e in examples], pa.int64()),
-        "step": pa.array([e.metadata.get("step") for e in examples], pa.int64()),
-        "batch_pos": pa.array([e.metadata.get("batch_pos") for e in examples], pa.int64()),
-        "pile_set_name": pa.array([e.metadata.get("pile_set_name") for e in examples], pa.string()),
-        "token_count": pa.array([len(e.token_ids) for e in examples], pa.int64()),
-        "text": pa.array(texts, pa.string()),
-    }
-    return pa.table(columns)
 
 
 @dataclass

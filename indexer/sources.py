@@ -1,4 +1,4 @@
-"""Resolve a ``--data`` spec into a source that yields examples by global position.
+"""Resolve a ``--data`` spec into a data source that yields examples by position.
 
 Specs: a Megatron prefix (``PREFIX.idx`` exists; Pythia's split ``.bin`` pieces too),
 a ``jsonl``/``jsonl.zst`` file or glob (Pile format), a ``txt`` file or glob, or
@@ -7,78 +7,80 @@ a ``jsonl``/``jsonl.zst`` file or glob (Pile format), a ``txt`` file or glob, or
 The unit of work is a shard: examples ``[start, stop)`` in source order. Megatron
 sources know their size; streamed sources are read up to the shard and end when
 the stream does.
+
+Each format is one class (in its reader's module) that has the :class:`DataSource`
+members; :data:`READERS` lists them in the order a spec is tried. To add a format, write
+its module with such a class and add the class to :data:`READERS`.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar, Protocol
 
+from attribution.records import Example
 from indexer.errors import UnknownSourceError
-from indexer.examples import Example
-from indexer.hf_stream import read_hf
-from indexer.megatron import MegatronDataset
-from indexer.textfiles import Tokenizer, read_jsonl, read_txt
-from indexer.training_rows import RowRange, parse_range, read_training_rows, rows_for_steps
+from indexer.hf_stream import HFSource
+from indexer.metadata import Column
+from indexer.textfiles import JsonlSource, Tokenizer, TxtSource
+from indexer.training_rows import MegatronSource
 
 
-@dataclass
-class Source:
+class DataSource(Protocol):
     """A data source: ``count`` examples (``None`` until a stream is exhausted) read by position."""
 
-    spec: str
-    kind: str
-    count: int | None
-    rows: RowRange | None = None
-    batch_rows: int = 1024
+    kind: ClassVar[str]
+    """The format's name (``megatron``, ``jsonl`` …)."""
+    columns: ClassVar[frozenset[Column]]
+    """The metadata columns its examples fill (``id``, ``token_count`` and ``text`` are always filled)."""
+    takes_steps: ClassVar[bool]
+    """Whether ``--steps`` may be given with this format."""
+
+    @property
+    def count(self) -> int | None: ...
+
+    @property
+    def global_ids(self) -> bool:
+        """Ids are global (Megatron rows): an appended part keeps them instead of offsetting them."""
+        ...
+
+    @property
+    def first_row(self) -> int:
+        """The id of the first example (global ids) or 0."""
+        ...
+
+    @classmethod
+    def matches(cls, spec: str) -> bool:
+        """Whether ``spec`` names data of this format."""
+        ...
+
+    @classmethod
+    def open(cls, spec: str, steps: str | None, batch_rows: int) -> DataSource:
+        """The source for ``spec`` (``steps``: a training-step range, for formats that take one)."""
+        ...
 
     def read(self, start: int, stop: int, tokenizer: Tokenizer) -> Iterator[Example]:
         """Examples ``[start, stop)`` of this source, with token ids."""
-        if self.kind == "megatron":
-            assert self.rows is not None
-            lo, hi = self.rows.start + start, min(self.rows.start + stop, self.rows.stop)
-            if lo >= hi:
-                return iter(())
-            return _labelled(Path(self.spec), read_training_rows(self.spec, RowRange(lo, hi), self.batch_rows,
-                                                                 tokenizer))
-        stream = {"jsonl": read_jsonl, "txt": read_txt}.get(self.kind)
-        examples = stream(self.spec, tokenizer) if stream else read_hf(self.spec[3:], tokenizer=tokenizer)
-        return itertools.islice(examples, start, stop)
+        ...
 
 
-def _labelled(prefix: Path, examples: Iterator[Example]) -> Iterator[Example]:
-    """Add each row's ``pile_set_name`` from a ``row_docs.json`` sidecar (the demo writes one)."""
-    sidecar = prefix.parent / "row_docs.json"
-    labels = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-    for example in examples:
-        if labels is not None and example.example_id < len(labels):
-            example.metadata["pile_set_name"] = labels[example.example_id].get("pile_set_name")
-        yield example
+READERS: tuple[type[DataSource], ...] = (HFSource, MegatronSource, JsonlSource, TxtSource)
+"""Every format, in the order a spec is tried."""
 
 
-def open_source(spec: str, steps: str | None = None, batch_rows: int = 1024) -> Source:
-    """Recognize the kind of a data spec and, for Megatron data, the rows to index."""
-    if spec.startswith("hf:"):
-        return Source(spec, "hf", None)
-    prefix = Path(spec)
-    if prefix.with_name(prefix.name + ".idx").is_file():
-        layout = prefix.parent / "layout.json"
-        if layout.is_file():
-            batch_rows = int(json.loads(layout.read_text())["batch_size"])
-        size = len(MegatronDataset(prefix))
-        start, stop = parse_range(steps, "steps") if steps else (None, None)
-        rows = rows_for_steps(size, batch_rows, start, stop)
-        return Source(spec, "megatron", rows.stop - rows.start, rows, batch_rows)
+def _no_steps(spec: str) -> UnknownSourceError:
+    return UnknownSourceError(f"--steps applies to Megatron data only; {spec!r} is not a Megatron prefix")
+
+
+def open_source(spec: str, steps: str | None = None, batch_rows: int = 1024) -> DataSource:
+    """Recognize the format of a data spec and open it (for Megatron data, at the rows of ``steps``)."""
+    for reader in READERS:
+        if reader.matches(spec):
+            if steps and not reader.takes_steps:
+                raise _no_steps(spec)
+            return reader.open(spec, steps, batch_rows)
     if steps:
-        raise UnknownSourceError(f"--steps applies to Megatron data only; {spec!r} is not a Megatron prefix")
-    name = prefix.name
-    if name.endswith((".jsonl", ".jsonl.zst", ".json", ".json.zst")):
-        return Source(spec, "jsonl", None)
-    if name.endswith((".txt", ".txt.zst")):
-        return Source(spec, "txt", None)
+        raise _no_steps(spec)
     raise UnknownSourceError(
         f"cannot tell what {spec!r} is: expected a Megatron prefix (PREFIX.idx), a .jsonl/.jsonl.zst or .txt "
         "file or glob, or hf:DATASET"

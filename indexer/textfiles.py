@@ -2,22 +2,26 @@
 
 Files are streamed line by line (a zstd stream is never decompressed whole), in
 sorted path order, so example ids are stable for a given set of files.
+:class:`JsonlSource` and :class:`TxtSource` are their data sources (see :mod:`indexer.sources`).
 """
 
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 import zstandard
 
+from attribution.records import Example
 from indexer.errors import CorruptShardError, DataFormatError, MissingFieldError, UnknownSourceError
-from indexer.examples import Example
+from indexer.metadata import Column
 
 
 class Tokenizer(Protocol):
@@ -139,6 +143,48 @@ def read_txt(
             metadata = {"source": path.name, "row": line_no, "pile_set_name": None}
             yield Example(example_id, encode_text(tokenizer, text), text, metadata)
             example_id += 1
+
+
+@dataclass(frozen=True)
+class _FileSource:
+    """What the line-file sources share: a path or glob, streamed from its first line, ids from 0."""
+
+    takes_steps: ClassVar[bool] = False
+    global_ids: ClassVar[bool] = False
+    first_row: ClassVar[int] = 0
+    count: ClassVar[None] = None
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    spec: str
+
+    @classmethod
+    def matches(cls, spec: str) -> bool:
+        return Path(spec).name.endswith(cls.suffixes)
+
+    @classmethod
+    def open(cls, spec: str, steps: str | None, batch_rows: int) -> Self:
+        return cls(spec)
+
+
+class JsonlSource(_FileSource):
+    """Pile-format ``jsonl``/``jsonl.zst`` files or a glob of them; every ``meta`` key is kept."""
+
+    kind: ClassVar[str] = "jsonl"
+    columns: ClassVar[frozenset[Column]] = frozenset({Column.SOURCE, Column.ROW, Column.PILE_SET_NAME, Column.EXTRA})
+    suffixes: ClassVar[tuple[str, ...]] = (".jsonl", ".jsonl.zst", ".json", ".json.zst")
+
+    def read(self, start: int, stop: int, tokenizer: Tokenizer) -> Iterator[Example]:
+        return itertools.islice(read_jsonl(self.spec, tokenizer), start, stop)
+
+
+class TxtSource(_FileSource):
+    """Plain ``txt``/``txt.zst`` files or a glob of them, one example per non-empty line."""
+
+    kind: ClassVar[str] = "txt"
+    columns: ClassVar[frozenset[Column]] = frozenset({Column.SOURCE, Column.ROW})
+    suffixes: ClassVar[tuple[str, ...]] = (".txt", ".txt.zst")
+
+    def read(self, start: int, stop: int, tokenizer: Tokenizer) -> Iterator[Example]:
+        return itertools.islice(read_txt(self.spec, tokenizer), start, stop)
 
 
 def write_jsonl_zst(path: str | Path, records: Iterable[dict[str, Any]], level: int = 10) -> int:

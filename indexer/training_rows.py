@@ -1,18 +1,25 @@
 """Pythia-style training rows: Megatron items addressed by training step.
 
 Training step ``s`` consumed rows ``[B·s, B·(s+1))`` with ``B`` the batch size
-(1024 for Pythia); checkpoint ``stepK`` has seen rows ``[0, B·K)``.
+(1024 for Pythia); checkpoint ``stepK`` has seen rows ``[0, B·K)``. A ``layout.json``
+beside the data may record ``batch_size`` (the demo's does); ``PREFIX.labels.json`` may
+label each row (see :mod:`indexer.megatron`).
+
+:class:`MegatronSource` is the data source (see :mod:`indexer.sources`) for such data.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
+from attribution.records import Example
 from indexer.errors import StepRangeError
-from indexer.examples import Example
-from indexer.megatron import MegatronDataset
+from indexer.megatron import MegatronDataset, read_row_labels
+from indexer.metadata import Column
 from indexer.textfiles import Tokenizer
 
 PYTHIA_BATCH_SIZE = 1024
@@ -71,12 +78,14 @@ def read_training_rows(
     """Stream rows of a Megatron dataset with their step and position in the batch.
 
     ``example_id`` is the row number, so ids agree across step ranges and machines.
-    Text is decoded only when a tokenizer with ``decode`` is given.
+    Text is decoded only when a tokenizer with ``decode`` is given; labels from the
+    ``PREFIX.labels.json`` sidecar, when there is one, are added to each row's metadata.
     """
     data = MegatronDataset(prefix)
     span = rows or RowRange(0, len(data))
     check_rows(len(data), span.start, span.stop)
     source = Path(prefix).name
+    labels = read_row_labels(prefix, len(data))
     for row, tokens in data.iter_items(span.start, span.stop):
         text = tokenizer.decode(tokens.tolist()) if tokenizer is not None else None
         metadata = {
@@ -85,5 +94,53 @@ def read_training_rows(
             "step": row // batch_size,
             "batch_pos": row % batch_size,
             "pile_set_name": None,
+            **{name: values[row] for name, values in labels.items()},
         }
         yield Example(row, tokens.astype("int64"), text, metadata)
+
+
+def layout_batch_size(prefix: str | Path, default: int = PYTHIA_BATCH_SIZE) -> int:
+    """The batch size recorded in ``layout.json`` beside the data, else ``default``."""
+    layout = Path(prefix).parent / "layout.json"
+    return int(json.loads(layout.read_text())["batch_size"]) if layout.is_file() else default
+
+
+@dataclass(frozen=True)
+class MegatronSource:
+    """Rows ``rows`` of the Megatron data at ``spec``, addressed by training step; ids are global rows."""
+
+    kind: ClassVar[str] = "megatron"
+    columns: ClassVar[frozenset[Column]] = frozenset(  # pile_set_name and extra: from PREFIX.labels.json
+        {Column.SOURCE, Column.ROW, Column.STEP, Column.BATCH_POS, Column.PILE_SET_NAME, Column.EXTRA})
+    takes_steps: ClassVar[bool] = True
+    global_ids: ClassVar[bool] = True
+    spec: str
+    rows: RowRange
+    batch_rows: int
+
+    @classmethod
+    def matches(cls, spec: str) -> bool:
+        prefix = Path(spec)
+        return prefix.with_name(prefix.name + ".idx").is_file()
+
+    @classmethod
+    def open(cls, spec: str, steps: str | None, batch_rows: int) -> MegatronSource:
+        """The rows of ``steps`` (all when ``None``) at the batch size in ``layout.json``, else ``batch_rows``."""
+        batch_rows = layout_batch_size(spec, batch_rows)
+        start, stop = parse_range(steps, "steps") if steps else (None, None)
+        return cls(spec, rows_for_steps(len(MegatronDataset(spec)), batch_rows, start, stop), batch_rows)
+
+    @property
+    def count(self) -> int:
+        return self.rows.stop - self.rows.start
+
+    @property
+    def first_row(self) -> int:
+        return self.rows.start
+
+    def read(self, start: int, stop: int, tokenizer: Tokenizer) -> Iterator[Example]:
+        """Rows ``[start, stop)`` of the selected range (fewer past its end)."""
+        lo, hi = self.rows.start + start, min(self.rows.start + stop, self.rows.stop)
+        if lo >= hi:
+            return iter(())
+        return read_training_rows(self.spec, RowRange(lo, hi), self.batch_rows, tokenizer)
