@@ -5,7 +5,8 @@ Layout of ``OUT``::
     corpus/NN.jsonl.zst      Pile-format shards (real text + planted facts)
     facts.jsonl              ground truth, one planted fact a line
     tokenizer/               Hugging Face tokenizer (byte-level BPE)
-    data/document.bin, .idx  Megatron rows; data/layout.json; data/row_docs.json
+    data/document.bin, .idx  Megatron rows; data/layout.json; data/row_docs.json;
+                             data/document.labels.json (each row's pile_set_name)
     model/                   final checkpoint, adam_state.safetensors, training.json
     model/revisions/stepN/   earlier checkpoints
 
@@ -35,7 +36,7 @@ from demo.groundtruth import load_facts
 from demo.packing import TokenizedDoc, pack_rows
 from demo.tokenizer import train_tokenizer
 from demo.training import fact_accuracy, pythia_checkpoint_steps, settings_for, train
-from indexer.megatron import write_dataset
+from indexer.megatron import write_dataset, write_row_labels
 from indexer.textfiles import expand_paths, read_jsonl, write_jsonl_zst
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def build_data(config: DemoConfig, out: Path, staging: Path) -> None:
         "tokens_per_epoch": sum(len(d.ids) + 1 for d in docs),
     }
     (staging / "data" / "layout.json").write_text(json.dumps(layout, indent=2))
-    (staging / "data" / "row_docs.json").write_text(json.dumps(packed.row_docs))
+    (staging / "data" / "row_docs.json").write_text(json.dumps(packed.row_docs))  # gold rows of the facts
+    write_row_labels(staging / "data" / "document", {"pile_set_name": [r["pile_set_name"] for r in packed.row_docs]})
     log.info("data: %d rows of %d tokens, %d epochs over %d corpus tokens", layout["num_rows"],
              config.seq_len + 1, packed.epochs, layout["tokens_per_epoch"])
 

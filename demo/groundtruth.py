@@ -33,9 +33,6 @@ def load_layout(out: Path) -> dict:
 
 
 def demo_examples(out: Path, rows: RowRange | None = None, tokenizer=None) -> Iterator[Example]:
-    """Training rows of the demo with step, batch position, text and the row's main ``pile_set_name``."""
-    row_docs = load_row_docs(out)
-    batch_size = load_layout(out)["batch_size"]
-    for example in read_training_rows(out / "data" / "document", rows, batch_size, tokenizer):
-        example.metadata["pile_set_name"] = row_docs[example.example_id]["pile_set_name"]
-        yield example
+    """Training rows of the demo with step, batch position, text and the row's main ``pile_set_name``
+    (from the data's ``document.labels.json``, which the Megatron reader applies)."""
+    return read_training_rows(out / "data" / "document", rows, load_layout(out)["batch_size"], tokenizer)

@@ -45,8 +45,8 @@ def plan_append(out: Path, config: IndexConfig) -> tuple[Path, int]:
             return part, json.loads((part / "part.json").read_text())["id_offset"] if part != out / "work" else 0
     offset = last_indexed_id(out) + 1
     source = open_source(config.data, config.steps, config.batch_rows)
-    if source.kind == "megatron" and source.rows.start < offset:
-        raise IndexMismatchError(f"{out}: appended rows start at {source.rows.start} but rows up to {offset - 1} "
+    if source.global_ids and source.first_row < offset:
+        raise IndexMismatchError(f"{out}: appended rows start at {source.first_row} but rows up to {offset - 1} "
                                  "are indexed already; append only later steps")
     part = out / "work" / "parts" / f"{len(part_dirs(out)):02d}"
     part.mkdir(parents=True)

@@ -24,8 +24,9 @@ from attribution.models import load_tokenizer
 from attribution.sketch import SketchConfig
 from indexer.config import IndexConfig, check_same
 from indexer.errors import IndexWriteError
-from indexer.shards import ShardContents, metadata_table, shard_is_complete, shard_name, write_shard
-from indexer.sources import Source, open_source
+from indexer.metadata import metadata_table
+from indexer.shards import ShardContents, shard_is_complete, shard_name, write_shard
+from indexer.sources import DataSource, open_source
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int], None]
@@ -91,7 +92,7 @@ class ShardRunner:
         self.batch_size, self.progress = batch_size, progress
         self.work = work or out / "work"
         self.id_offset = id_offset
-        self.source: Source = open_source(config.data, config.steps, config.batch_rows)
+        self.source: DataSource = open_source(config.data, config.steps, config.batch_rows)
         self.max_len = context_length(encoder, config)
         self.windows = -(-self.max_len // config.window) if config.window else None
         self.timings = {"read": 0.0, "sketch": 0.0, "embed": 0.0, "write": 0.0}
@@ -155,7 +156,7 @@ class ShardRunner:
         clock = self._tick("sketch", clock)
         embeddings = self.embedder.embed(texts).astype(np.float16)
         clock = self._tick("embed", clock)
-        offset = 0 if self.source.kind == "megatron" else self.id_offset
+        offset = 0 if self.source.global_ids else self.id_offset
         for example in examples:
             example.example_id += offset
         contents = ShardContents(
