@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from attribution.batching import collate, query_tokens, training_batch
+from attribution.curvature import Curvature
 from attribution.errors import ConfigError
 from attribution.models import load_model
 from attribution.modules import sketched_linears
 from attribution.normalizer import adam_scales
-from attribution.preconditioner import Preconditioner
 from attribution.scoring import ScoreMode, combine_checkpoints, prepare_query, prepare_train
 from attribution.sketch import SketchConfig, Sketcher
 
@@ -31,7 +31,7 @@ class Checkpoint:
 
     model: nn.Module
     sketcher: Sketcher
-    preconditioner: Preconditioner | None = None
+    preconditioner: Curvature | None = None
     revision: str | None = None
 
 

@@ -90,8 +90,11 @@ class Preconditioner:
             return sketches
         return sketches @ self.matrix_like(sketches)
 
+    def describe(self) -> dict:
+        return {"mode": self.mode.value, "damping": self.damping, "lam": self.lam}
+
     def save(self, path: str | Path) -> None:
-        meta = {"mode": self.mode.value, "damping": repr(self.damping), "lam": repr(self.lam)}
+        meta = {"kind": self.mode.value, "mode": self.mode.value, "damping": repr(self.damping), "lam": repr(self.lam)}
         save_file({"matrix": self.matrix.contiguous()}, str(path), metadata=meta)
 
     @classmethod

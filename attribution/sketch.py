@@ -11,8 +11,9 @@ require grad during the pass, so no ``.grad`` is computed for the sketch.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -39,6 +40,21 @@ class SketchConfig:
             raise ConfigError(f"projection dimension k must be positive, got {self.k}")
 
 
+class ModuleStatistics(Protocol):
+    """Extra per-module statistics gathered during a sketch pass (e.g. the Kronecker factors of K-FAC)."""
+
+    def observe(self, name: str, inputs: torch.Tensor, output_grads: torch.Tensor, mask: torch.Tensor) -> None:
+        """One batch of module ``name``: its inputs ``(B, T, d_in)``, the loss gradients of its outputs
+        ``(B, T, d_out)`` and which positions are real tokens ``(B, T)``."""
+        ...
+
+
+ProjectionFold = Callable[[str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``(module name, P_in, P_out) -> (P_in', P_out')``: a transform folded into the projections, so that
+``P_out'ᵀ dW P_in'`` is, e.g., the projection of a curvature-preconditioned gradient ``G⁻¹ dW A⁻¹`` when
+``P_in' = A⁻¹ P_in`` and ``P_out' = G⁻¹ P_out``."""
+
+
 class Sketcher:
     """Computes gradient sketches of a model's per-example (or per-window) losses."""
 
@@ -59,6 +75,14 @@ class Sketcher:
                 p_out = out_scale.to(p_out)[:, None] * p_out
             self.projections[name] = (p_in, p_out)
 
+    def folded(self, fold: ProjectionFold) -> Sketcher:
+        """A sketcher of the same model whose projections are transformed by ``fold`` (e.g. the query side
+        of a full-space curvature); this one is unchanged."""
+        other = object.__new__(Sketcher)
+        other.model, other.config, other.modules = self.model, self.config, self.modules
+        other.projections = {name: fold(name, p_in, p_out) for name, (p_in, p_out) in self.projections.items()}
+        return other
+
     @property
     def dim(self) -> int:
         """Length of one sketch: modules × k²."""
@@ -68,7 +92,8 @@ class Sketcher:
     def module_names(self) -> list[str]:
         return list(self.modules)
 
-    def sketch(self, batch: TokenBatch, window: int | None = None) -> torch.Tensor:
+    def sketch(self, batch: TokenBatch, window: int | None = None,
+               statistics: Sequence[ModuleStatistics] = ()) -> torch.Tensor:
         """Sketches ``(B, D)``; with ``window=w``, per window of w real tokens: ``(B, n_windows, D)``.
 
         Window ``i`` holds the targets at positions ``[i·w, (i+1)·w)`` of each example's own
@@ -80,7 +105,7 @@ class Sketcher:
         batch = batch.right_aligned().to(device)
         assign = self._window_assignment(batch, window)  # (B, T, n_windows)
         results: dict[str, torch.Tensor] = {}
-        with self._hooks(assign, results):
+        with self._hooks(assign, results, statistics, batch.attention_mask):
             loss = self._loss(batch)
             loss.backward()
         sketches = torch.cat([results[name].flatten(2) for name in self.modules], dim=2)  # (B, n, D)
@@ -102,7 +127,8 @@ class Sketcher:
         return (nll * batch.loss_mask[:, 1:].to(nll)).sum()
 
     @contextlib.contextmanager
-    def _hooks(self, assign: torch.Tensor, results: dict[str, torch.Tensor]) -> Iterator[None]:
+    def _hooks(self, assign: torch.Tensor, results: dict[str, torch.Tensor],
+               statistics: Sequence[ModuleStatistics] = (), mask: torch.Tensor | None = None) -> Iterator[None]:
         handles = []
         saved = {p: p.requires_grad for p in self.model.parameters()}
         embed = self.model.get_input_embeddings()
@@ -114,11 +140,14 @@ class Sketcher:
             p_in, p_out = self.projections[name]
 
             def forward_hook(module, args, output):
-                x_proj = args[0].detach() @ p_in  # (B, T, k)
+                x = args[0].detach()
+                x_proj = x @ p_in  # (B, T, k)
 
                 def grad_hook(grad: torch.Tensor) -> None:
                     g_proj = grad @ p_out  # (B, T, k)
                     results[name] = torch.einsum("btn,btk,btl->bnkl", assign, g_proj, x_proj)
+                    for stats in statistics:
+                        stats.observe(name, x, grad, mask)
 
                 output.register_hook(grad_hook)
 

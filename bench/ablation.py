@@ -20,12 +20,16 @@ from pathlib import Path
 
 import torch
 
-from attribution.ablation import AblationSettings, run_ablation
-from attribution.ablation_report import fmt, write_report
-from attribution.session import AttributionSession
 from demo.groundtruth import load_facts
+from evaluation.ablation import AblationSettings, run_ablation
+from evaluation.ablation_report import fmt, write_report
+from evaluation.selections import Selection
+from evaluation.targets import Target
+from indexer.store import open_index
 
-HEADLINE = ("gradient", "gradient_contrastive", "bm25", "embedding", "oracle", "random", "bottom")
+HEADLINE = (Selection.GRADIENT, Selection.GRADIENT_CONTRASTIVE, Selection.BM25, Selection.EMBEDDING, Selection.ORACLE,
+            Selection.RANDOM, Selection.BOTTOM)
+"""The selections the issue asks about, in the table's order."""
 
 
 def headline(report: dict, budget: str) -> list[str]:
@@ -36,7 +40,7 @@ def headline(report: dict, budget: str) -> list[str]:
         if entry is None:
             continue
         ci = entry["excess"]["ci95"]
-        versus = entry.get("vs", {}).get("random")
+        versus = entry.get("vs", {}).get(Selection.RANDOM)
         vs = f"{versus['win_rate']:.2f}, {versus['p_holm']:.2g}" if versus else "—"
         lines.append(f"| {method} | {fmt(entry['d_target']['mean'])} | {fmt(entry['d_paraphrases']['mean'])} | "
                      f"{fmt(entry['d_related']['mean'])} | {fmt(entry['d_unrelated']['mean'])} | "
@@ -58,8 +62,9 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.perf_counter()
-    session = AttributionSession.from_index(args.index)
-    facts = [f for f in load_facts(Path(session.manifest["model"]).parent) if f.get("gold_rows")][: args.targets]
+    session = open_index(args.index)
+    facts = [Target.from_fact(f) for f in load_facts(Path(session.manifest["model"]).parent) if f.gold_rows]
+    facts = facts[: args.targets]
     loaded = time.perf_counter()
     settings = AblationSettings(k=args.k, budgets=tuple(float(b) for b in args.budgets.split(",")), seeds=args.seeds,
                                 random_draws=args.random_draws)
@@ -84,7 +89,7 @@ def main() -> None:
     lines += ["", "| method | evidence checklist passes at budgets | evidenced |", "|---|---|---|"]
     lines += [f"| {m} | {', '.join(e['passing_budgets']) or 'none'} | {'yes' if e['evidence'] else 'no'} |"
               for m, e in report["evidence"].items()]
-    cross = report["cross_target"].get("gradient", {}).get(budget)
+    cross = report["cross_target"].get(Selection.GRADIENT, {}).get(budget)
     if cross:
         lines += ["", f"Cross-target (gradient, budget {budget}): diagonal {fmt(cross['diagonal_mean'])}, "
                   f"off-diagonal {fmt(cross['off_diagonal_mean'])}, same relation "

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -37,17 +38,29 @@ from attribution.batching import collate, query_tokens, token_nll
 from attribution.errors import ConfigError
 from attribution.models import load_model, load_tokenizer
 from attribution.session import AttributionSession
-from demo.groundtruth import load_facts
+from demo.groundtruth import Fact, load_facts
 from demo.training import completion_hits
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize, top_k_only
 from evaluation.report_files import write_report_files
 from evaluation.retrain import demo_config, retrain_subsets, subset_dir, subset_masks, training_rows, usable_cores
 from evaluation.row_scores import all_row_scores
+from indexer.store import open_index
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2  # 2: methods_top_k
 DEFAULT_SUBSETS = 20
-METHODS = ("gradient", "bm25", "embedding", "oracle", "shuffled")
+
+
+class LDSMethod(StrEnum):
+    """The scores LDS is measured for, in the order the report lists them (and its seeds are drawn)."""
+
+    GRADIENT = "gradient"
+    BM25 = "bm25"
+    EMBEDDING = "embedding"
+    ORACLE = "oracle"
+    """1 on the rows that state the fact whole, 0 elsewhere."""
+    SHUFFLED = "shuffled"
+    """Gradient scores permuted across rows: the control."""
 
 
 @dataclass(frozen=True)
@@ -76,29 +89,28 @@ class LDSSettings:
             raise ConfigError(f"a Spearman correlation over subsets needs at least 3 subsets, got {self.subsets}")
 
 
-def open_index(demo_dir: Path, index: Path) -> AttributionSession:
+def open_demo_index(demo_dir: Path, index: Path) -> AttributionSession:
     """The demo's index, refused when missing or built on another model."""
     if not (index / "manifest.json").is_file() and not (index / "current" / "manifest.json").is_file():
         raise ConfigError(f"no index at {index}: LDS scores rows with the index's gradient settings; build one "
                           f"with 'headwater index build --model {demo_dir / 'model'} --data "
                           f"{demo_dir / 'data' / 'document'} --out {index} --k 8 --window 16' ('make demo' builds "
                           "one for steps 0:400), or pass --index")
-    session = AttributionSession.from_index(index)
-    model = Path(session.manifest["config"]["model"])  # as given at build time: relative to the working directory
+    session = open_index(index)
+    model = Path(session.manifest.config.model)  # as given at build time: relative to the working directory
     if model.resolve() != (demo_dir / "model").resolve():
         raise ConfigError(f"{index} was built on {model}, not on the demo's model {demo_dir / 'model'}; "
                           "pass the demo's own index with --index")
     return session
 
 
-def select_queries(demo_dir: Path, model: torch.nn.Module, tokenizer, limit: int, all_facts: bool) -> list[dict]:
+def select_queries(demo_dir: Path, model: torch.nn.Module, tokenizer, limit: int, all_facts: bool) -> list[Fact]:
     """Training-phrased planted facts the full model completes right (every one with ``all_facts``), at most
     ``limit``, in the order of facts.jsonl."""
     chosen = []
     for fact in load_facts(demo_dir):
-        if all_facts or completion_hits(model, tokenizer, fact["prompt"], fact["completion"])[1]:
-            chosen.append({"fact_id": fact["fact_id"], "prompt": fact["prompt"], "completion": fact["completion"],
-                           "gold_rows": fact.get("gold_rows", [])})
+        if all_facts or completion_hits(model, tokenizer, fact.prompt, fact.completion)[1]:
+            chosen.append(fact)
         if len(chosen) == limit:
             break
     if len(chosen) < 2:
@@ -108,29 +120,29 @@ def select_queries(demo_dir: Path, model: torch.nn.Module, tokenizer, limit: int
 
 
 @torch.no_grad()
-def completion_losses(model: torch.nn.Module, tokenizer, queries: list[dict]) -> np.ndarray:
+def completion_losses(model: torch.nn.Module, tokenizer, queries: list[Fact]) -> np.ndarray:
     """f(z): the summed NLL of each query's completion tokens given its prompt."""
     max_length = int(model.config.max_position_embeddings)
-    pairs = [query_tokens(tokenizer.encode(z["prompt"], add_special_tokens=False),
-                          tokenizer.encode(z["completion"], add_special_tokens=False), max_length) for z in queries]
+    pairs = [query_tokens(tokenizer.encode(z.prompt, add_special_tokens=False),
+                          tokenizer.encode(z.completion, add_special_tokens=False), max_length) for z in queries]
     batch = collate([ids for ids, _ in pairs], [mask for _, mask in pairs])
     return (token_nll(model, batch) * batch.loss_mask[:, 1:]).sum(1).double().numpy()
 
 
-def oracle_scores(queries: list[dict], n_rows: int) -> np.ndarray:
+def oracle_scores(queries: list[Fact], n_rows: int) -> np.ndarray:
     """1 on the rows that state each query's fact whole (the demo's ground truth), 0 elsewhere."""
     scores = np.zeros((len(queries), n_rows), dtype=np.float32)
     for q, z in enumerate(queries):
-        scores[q, z["gold_rows"]] = 1.0
+        scores[q, z.gold_rows] = 1.0
     return scores
 
 
 def method_summaries(losses: np.ndarray, scores: dict[str, np.ndarray], masks: np.ndarray,
                      settings: LDSSettings, top_k: int | None = None) -> dict:
-    """Per-method LDS summaries (``scores`` holds every method of ``METHODS``). With ``top_k``, each method's
+    """Per-method LDS summaries (``scores`` holds every ``LDSMethod``). With ``top_k``, each method's
     scores are first cut to its ``top_k`` highest rows per query."""
     summaries = {}
-    for m, method in enumerate(METHODS):
+    for m, method in enumerate(LDSMethod):
         kept = scores[method] if top_k is None else top_k_only(scores[method], top_k)
         values = lds_per_query(losses, kept, masks)
         null = permutation_null(losses, kept, masks, settings.shuffles, np.random.default_rng([settings.seed, 2, m]))
@@ -142,7 +154,7 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
             on_subset: Callable[[int], None] | None = None) -> dict:
     """Scores, subset models, losses and LDS per method; writes ``lds.json`` and ``lds.md`` and returns the report."""
     config = demo_config(demo_dir)
-    session = open_index(demo_dir, index)
+    session = open_demo_index(demo_dir, index)
     tokenizer = load_tokenizer(demo_dir / "tokenizer")
     full = load_model(demo_dir / "model")
     queries = select_queries(demo_dir, full, tokenizer, settings.queries, settings.all_facts)
@@ -155,8 +167,9 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
     n_rows = training_rows(demo_dir)
     masks = subset_masks(n_rows, settings.subsets, settings.seed)
     full_losses = completion_losses(full, tokenizer, queries)
-    scores["oracle"] = oracle_scores(queries, n_rows)
-    scores["shuffled"] = shuffle_rows(scores["gradient"], np.random.default_rng([settings.seed, 1]))  # the control
+    scores[LDSMethod.ORACLE] = oracle_scores(queries, n_rows)
+    scores[LDSMethod.SHUFFLED] = shuffle_rows(scores[LDSMethod.GRADIENT],
+                                              np.random.default_rng([settings.seed, 1]))  # the control
     report = {
         "schema_version": SCHEMA_VERSION,
         "config": {**asdict(settings), "demo": str(demo_dir), "index": str(index),
@@ -165,7 +178,8 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
                    "schedule": "each subset runs the demo's warm-up + cosine schedule over its own step count"},
         "methods": method_summaries(losses, scores, masks, settings),
         "methods_top_k": method_summaries(losses, scores, masks, settings, top_k=settings.top_k),
-        "queries": [{**z, "gold_rows": len(z["gold_rows"]), "full_model_loss": float(f), "subset_losses": row.tolist()}
+        "queries": [{"fact_id": z.fact_id, "prompt": z.prompt, "completion": z.completion,
+                     "gold_rows": len(z.gold_rows), "full_model_loss": float(f), "subset_losses": row.tolist()}
                     for z, f, row in zip(queries, full_losses, losses, strict=True)],
         "timings": {"score_seconds": score_seconds, "subset_seconds": [m["seconds"] for m in markers]},
     }

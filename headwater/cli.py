@@ -13,9 +13,13 @@ from typing import Annotated
 
 import typer
 
+from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, field_help
 from attribution.errors import HeadwaterError
+from attribution.sketch import SketchConfig
+from evaluation.selections import Selection
 from headwater.common import clean_errors, setup_logging
 from headwater.eval_cli import eval_app
+from indexer.config import IndexConfig, StorageConfig
 
 app = typer.Typer(help="headwater: which training examples drive this language model's output?",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -75,27 +79,32 @@ def data_show(
         typer.echo(json.dumps(record))
 
 
+S, C, R, A, X, ST = SketchConfig, CurvatureConfig, ScoringConfig, AttributionConfig, IndexConfig, StorageConfig
+"""The records whose fields (defaults and docstrings) are the index-build flags."""
+
+
 @index_app.command("build")
 @clean_errors
 def index_build(
-    model: Annotated[str, typer.Option(help="Hub id (EleutherAI/pythia-70m-deduped) or local model dir.")],
-    data: Annotated[str, typer.Option(help="Megatron prefix, jsonl(.zst)/txt glob, or hf:DATASET.")],
+    model: Annotated[str, typer.Option(help=field_help(X, "model"))],
+    data: Annotated[str, typer.Option(help=field_help(X, "data"))],
     out: Annotated[Path, typer.Option(help="Index directory (shards in work/, builds in builds/, current).")],
-    revision: Annotated[list[str] | None, typer.Option(help="Checkpoint(s); several = TracIn-CP sum.")] = None,
-    tokenizer: Annotated[str | None, typer.Option(help="Tokenizer dir or hub id (default: the model's).")] = None,
-    steps: Annotated[str | None, typer.Option(help="Training-step range A:B of Megatron data.")] = None,
-    k: Annotated[int, typer.Option(help="Projection dimension per side (k*k numbers per layer).")] = 16,
-    seed: Annotated[int, typer.Option(help="Projection seed.")] = 0,
-    window: Annotated[int | None, typer.Option(help="Sketch windows of this many tokens (0: whole rows).")] = None,
-    mode: Annotated[str, typer.Option(help="cosine or inner_product.")] = "cosine",
-    precondition: Annotated[str, typer.Option(help="inverse_sqrt, inverse or none.")] = "inverse_sqrt",
-    damping: Annotated[float, typer.Option(help="Damping as a multiple of the mean eigenvalue.")] = 0.1,
-    normalizer: Annotated[Path | None, typer.Option(help="Adam state (adam_state.safetensors) to divide by.")] = None,
-    embedding_model: Annotated[str | None, typer.Option(help="Sentence-transformers model (default MiniLM).")] = None,
-    faiss_factory: Annotated[str, typer.Option(help="FAISS index_factory string, e.g. Flat or IVF64,PQ16.")] = "Flat",
-    include_head: Annotated[bool, typer.Option(help="Also sketch the output head.")] = False,
-    max_tokens: Annotated[int | None, typer.Option(help="Truncate examples to this many tokens.")] = None,
-    shard_size: Annotated[int, typer.Option(help="Examples per shard (the unit of work and of resume).")] = 1024,
+    revision: Annotated[list[str] | None, typer.Option(help=field_help(A, "revisions"))] = None,
+    tokenizer: Annotated[str | None, typer.Option(help=field_help(X, "tokenizer"))] = X.tokenizer,
+    steps: Annotated[str | None, typer.Option(help=field_help(X, "steps"))] = X.steps,
+    k: Annotated[int, typer.Option(help=field_help(S, "k"))] = S.k,
+    seed: Annotated[int, typer.Option(help=field_help(S, "seed"))] = S.seed,
+    window: Annotated[int | None, typer.Option(help=field_help(A, "window") + " 0: whole rows.")] = A.window,
+    mode: Annotated[str, typer.Option(help=field_help(R, "mode"))] = R.mode.value,
+    precondition: Annotated[str, typer.Option(help=field_help(C, "kind"))] = C.kind.value,
+    damping: Annotated[float, typer.Option(help=field_help(C, "damping"))] = C.damping,
+    precondition_sample: Annotated[int, typer.Option(help=field_help(C, "sample"))] = C.sample,
+    normalizer: Annotated[Path | None, typer.Option(help=field_help(A, "normalizer"))] = None,
+    embedding_model: Annotated[str | None, typer.Option(help=field_help(X, "embedding_model"))] = X.embedding_model,
+    faiss_factory: Annotated[str, typer.Option(help=field_help(ST, "faiss_factory"))] = ST.faiss_factory,
+    include_head: Annotated[bool, typer.Option(help=field_help(S, "include_head"))] = S.include_head,
+    max_tokens: Annotated[int | None, typer.Option(help=field_help(X, "max_tokens"))] = X.max_tokens,
+    shard_size: Annotated[int, typer.Option(help=field_help(ST, "shard_size"))] = ST.shard_size,
     batch_size: Annotated[int, typer.Option(help="Examples per forward/backward pass.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or float64.")] = "float32",
@@ -111,7 +120,6 @@ def index_build(
 
     from attribution.errors import ConfigError
     from indexer.build import build_index
-    from indexer.config import IndexConfig
     from indexer.runner import detect_rank
 
     setup_logging(verbose)
@@ -119,11 +127,12 @@ def index_build(
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
     if normalizer is not None and not normalizer.is_file():
         raise ConfigError(f"--normalizer {normalizer}: no such file")
-    config = IndexConfig(
-        model=model, data=data, revisions=tuple(revision) if revision else (None,), tokenizer=tokenizer,
+    config = IndexConfig.create(
+        model, data, revisions=tuple(revision) if revision else (None,), tokenizer=tokenizer,
         steps=steps, k=k, seed=seed, window=window or None, mode=mode, precondition=precondition, damping=damping,
-        normalizer=str(normalizer) if normalizer else None, embedding_model=embedding_model,
-        faiss_factory=faiss_factory, include_head=include_head, max_tokens=max_tokens, shard_size=shard_size,
+        precondition_sample=precondition_sample, normalizer=str(normalizer) if normalizer else None,
+        embedding_model=embedding_model, faiss_factory=faiss_factory, include_head=include_head,
+        max_tokens=max_tokens, shard_size=shard_size,
     )
     who = detect_rank(rank, world)
     with tqdm(desc=f"rank {who.rank}/{who.world}", unit="ex", disable=None) as bar:
@@ -145,15 +154,16 @@ def _print_info(path: Path) -> None:
 
     build = resolve_build(path)
     manifest = read_manifest(build)
-    counts = manifest["counts"]
-    size = sum(f["bytes"] for f in manifest["files"].values())
+    counts, config = manifest.counts, manifest.config
+    size = sum(f["bytes"] for f in manifest.files.values())
     typer.echo(f"index {build}")
-    typer.echo(f"  model {manifest['model']} revisions {manifest['revisions']}; data {manifest['data']}")
-    typer.echo(f"  {counts['examples']} examples in {counts['shards']} shards; ids {counts['first_id']}.."
-               f"{counts['last_id']}; vector dim {counts['dim']}, windows {counts['windows']}")
-    typer.echo(f"  projection k={manifest['projection']['k']} seed={manifest['projection']['seed']}; "
-               f"preconditioner {manifest['preconditioner']}; normalizer {manifest['normalizer']}")
-    typer.echo(f"  {len(manifest['files'])} files, {size / 1e6:.1f} MB; created {manifest['created']}")
+    typer.echo(f"  model {config.model} revisions {list(config.attribution.revisions)}; "
+               f"data {{'spec': {config.data!r}, 'steps': {config.steps!r}}}")
+    typer.echo(f"  {counts.examples} examples in {counts.shards} shards; ids {counts.first_id}.."
+               f"{counts.last_id}; vector dim {counts.dim}, windows {counts.windows}")
+    typer.echo(f"  projection k={manifest.projection.k} seed={manifest.projection.seed}; "
+               f"preconditioner {manifest.preconditioner}; normalizer {config.attribution.normalizer}")
+    typer.echo(f"  {len(manifest.files)} files, {size / 1e6:.1f} MB; created {manifest.created}")
 
 
 @index_app.command("merge")
@@ -205,8 +215,7 @@ def ablate(
     targets: Annotated[Path | None, typer.Option(help="JSONL of {prompt, completion, paraphrases?, related?, "
                                                       "unrelated?, gold_rows?, example_ids?}; default: the demo's "
                                                       "planted facts.")] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated selection methods.")] = ",".join(
-        ("gradient", "gradient_contrastive", "bm25", "embedding", "bottom", "oracle", "given", "random")),
+    methods: Annotated[str, typer.Option(help="Comma-separated selection methods.")] = ",".join(Selection),
     budgets: Annotated[str, typer.Option(help="Comma-separated ‖Δθ‖ budgets.")] = "0.5,1,2",
     k: Annotated[int, typer.Option(help="Rows per selection.")] = 10,
     seeds: Annotated[int, typer.Option(help="Seeds (random draws and oracle samples).")] = 3,
@@ -216,11 +225,12 @@ def ablate(
     """Unlearning ablation: ascend on each selection and measure target, related and general damage."""
     from tqdm import tqdm
 
-    from attribution.ablation import AblationSettings, run_ablation
-    from attribution.ablation_report import write_report
     from attribution.errors import ConfigError
-    from attribution.session import AttributionSession
     from demo.groundtruth import load_facts
+    from evaluation.ablation import AblationSettings, run_ablation
+    from evaluation.ablation_report import write_report
+    from evaluation.targets import Target
+    from indexer.store import open_index
 
     setup_logging(False)
     try:
@@ -230,21 +240,22 @@ def ablate(
         raise ConfigError(f"--budgets must be comma-separated numbers: {err}") from err
     if limit <= 0:
         raise ConfigError(f"--limit must be positive, got {limit}")
-    session = AttributionSession.from_index(index)
+    session = open_index(index)
     model_dir = Path(session.manifest["model"])
     if targets is None:
         if not (model_dir.parent / "facts.jsonl").is_file():
             raise ConfigError("--targets is required: the index was not built from the demo")
-        chosen = [f for f in load_facts(model_dir.parent) if f.get("gold_rows")]
+        chosen = [Target.from_fact(f) for f in load_facts(model_dir.parent) if f.gold_rows]
     else:
         if not targets.is_file():
             raise ConfigError(f"--targets {targets}: no such file")
         try:
-            chosen = [json.loads(line) for line in targets.read_text().splitlines() if line.strip()]
+            lines = [json.loads(line) for line in targets.read_text().splitlines() if line.strip()]
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ConfigError(f"--targets {targets}: not JSON lines ({err})") from err
-        if not all(isinstance(t, dict) for t in chosen):
+        if not all(isinstance(t, dict) for t in lines):
             raise ConfigError(f"--targets {targets}: every line must be a JSON object")
+        chosen = [Target.from_dict(t, number) for number, t in enumerate(lines, 1)]
     chosen = chosen[:limit]
     with tqdm(total=len(chosen), desc="targets", disable=None) as bar:
         report = run_ablation(session, chosen, settings, progress=lambda done: bar.update(1))

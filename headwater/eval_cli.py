@@ -31,14 +31,14 @@ def eval_facts(
 ) -> None:
     """Fact tracing: recall@1/10/100 and MRR per retriever on the demo's planted facts (training prompts and
     held-out paraphrases)."""
-    from attribution.session import AttributionSession
     from evaluation.facts import check_methods, load_demo_facts, markdown, select_facts, trace_facts, write_report
+    from indexer.store import open_index
 
     setup_logging(False)
     chosen = check_methods(methods.split(","))
     if limit is not None and limit <= 0:
         raise ConfigError(f"--limit must be positive, got {limit}")
-    session = AttributionSession.from_index(index)
+    session = open_index(index)
     selection = select_facts(session, load_demo_facts(session, demo), known_only=not all_facts)
     report = trace_facts(session, selection, chosen, contrastive=contrastive, limit=limit)
     write_report(report, out)
@@ -106,16 +106,16 @@ def eval_tailpatch(
     """Tail-patch (TrackStar): one SGD step on each retrieved row; how much does the query's log-probability rise?"""
     from tqdm import tqdm
 
-    from attribution.session import AttributionSession
     from evaluation.facts import load_demo_facts, select_facts
     from evaluation.tailpatch import TailPatchSettings, final_learning_rate, markdown, run_tailpatch, write_report
+    from indexer.store import open_index
 
     setup_logging(False)
     if limit <= 0 or clip < 0:
         raise ConfigError(f"--limit must be positive and --clip non-negative, got {limit} and {clip}")
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     TailPatchSettings(lr=lr or 1.0, k=k, methods=names, random_draws=random_draws)  # bad input fails before loading
-    session = AttributionSession.from_index(index)
+    session = open_index(index)
     if lr is None:
         lr = final_learning_rate(Path(session.manifest["model"]), session.encoder.checkpoints[-1].revision)
     settings = TailPatchSettings(lr=lr, k=k, methods=names, random_draws=random_draws, max_grad_norm=clip or None)

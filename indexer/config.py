@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, from_json, to_json
 from attribution.errors import ConfigError
-from attribution.preconditioner import PreconditionMode
-from attribution.scoring import ScoreMode
+from attribution.sketch import SketchConfig
 
 
 class IndexMismatchError(ConfigError):
@@ -16,68 +16,106 @@ class IndexMismatchError(ConfigError):
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """How an index is stored."""
+
+    faiss_factory: str = "Flat"
+    """FAISS index_factory string, e.g. Flat or IVF64,PQ16; anything but Flat is re-ranked exactly from stored
+    vectors."""
+    shard_size: int = 1024
+    """Examples per shard (the unit of work and of resume)."""
+
+    def __post_init__(self) -> None:
+        if self.shard_size <= 0:
+            raise ConfigError(f"shard_size must be positive, got {self.shard_size}")
+
+
+FLAT_NAMES: dict[str, tuple[str, ...]] = {
+    "k": ("attribution", "sketch", "k"),
+    "seed": ("attribution", "sketch", "seed"),
+    "include_head": ("attribution", "sketch", "include_head"),
+    "precondition": ("attribution", "curvature", "kind"),
+    "damping": ("attribution", "curvature", "damping"),
+    "precondition_sample": ("attribution", "curvature", "sample"),
+    "mode": ("attribution", "scoring", "mode"),
+    "hybrid_fusion": ("attribution", "scoring", "hybrid_fusion"),
+    "hybrid_candidates": ("attribution", "scoring", "hybrid_candidates"),
+    "revisions": ("attribution", "revisions"),
+    "window": ("attribution", "window"),
+    "normalizer": ("attribution", "normalizer"),
+    "faiss_factory": ("storage", "faiss_factory"),
+    "shard_size": ("storage", "shard_size"),
+}
+"""Flat setting names (the CLI's flags, and the flat config.json of indices built before the nested record)
+and where each lives in the record."""
+
+
+@dataclass(frozen=True)
 class IndexConfig:
-    """Everything that determines the contents of an index (saved as ``config.json``)."""
+    """Everything that determines the contents of an index (saved as ``config.json``, checked on reopen)."""
 
     model: str
     """Hub id (e.g. EleutherAI/pythia-70m-deduped) or local model directory."""
     data: str
     """Data spec: Megatron prefix, jsonl(.zst) glob, txt glob, or 'hf:NAME' for a HF dataset."""
-    revisions: tuple[str | None, ...] = (None,)
-    """Checkpoints summed over (TracIn-CP); None is the final/main revision."""
     tokenizer: str | None = None
     """Tokenizer dir or hub id (default: the model's)."""
     steps: str | None = None
     """Training-step range A:B of Megatron data to index (default: all)."""
     batch_rows: int = 1024
     """Rows per training step of the Megatron data (Pythia: 1024); read from layout.json if present."""
-    k: int = 16
-    seed: int = 0
-    include_head: bool = False
-    window: int | None = None
-    mode: str = ScoreMode.COSINE.value
-    precondition: str = PreconditionMode.INVERSE_SQRT.value
-    damping: float = 0.1
-    normalizer: str | None = None
-    """Path of an Adam state (adam_state.safetensors) to normalize gradients by, or None."""
+    max_tokens: int | None = None
+    """Truncate examples to this many tokens (default: the model's context)."""
     embedding_model: str | None = None
     """Sentence-transformers model dir or id (default: the packaged all-MiniLM-L6-v2)."""
-    faiss_factory: str = "Flat"
-    """FAISS index_factory string; anything but Flat is re-ranked exactly from stored vectors."""
-    shard_size: int = 1024
-    max_tokens: int | None = None
-    """Truncate text examples to this many tokens (default: the model's context)."""
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("k", "shard_size", "batch_rows"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.window is not None and self.window <= 0:
-            raise ConfigError(f"window must be positive, got {self.window}")
-        if self.damping <= 0:
-            raise ConfigError(f"damping must be positive, got {self.damping}")
-        try:
-            ScoreMode(self.mode)
-            PreconditionMode(self.precondition)
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-        object.__setattr__(self, "revisions", tuple(self.revisions))
+        if self.batch_rows <= 0:
+            raise ConfigError(f"batch_rows must be positive, got {self.batch_rows}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise ConfigError(f"max_tokens must be positive, got {self.max_tokens}")
+
+    @classmethod
+    def create(cls, model: str, data: str, **settings) -> IndexConfig:
+        """A config from flat setting names (``k=8, window=16, precondition="none"``, see ``FLAT_NAMES``)."""
+        nested: dict = {"model": model, "data": data}
+        for name, value in settings.items():
+            path = FLAT_NAMES.get(name, (name,))
+            node = nested
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+        attribution = nested.pop("attribution", {})
+        sketch = SketchConfig(**attribution.pop("sketch", {}))
+        curvature = CurvatureConfig(**attribution.pop("curvature", {}))
+        scoring = ScoringConfig(**attribution.pop("scoring", {}))
+        storage = StorageConfig(**nested.pop("storage", {}))
+        return cls(**nested, attribution=AttributionConfig(sketch, curvature, scoring, **attribution), storage=storage)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return to_json(self)
 
     def with_absolute_paths(self) -> IndexConfig:
         """Local model, tokenizer, normalizer, embedding-model and data paths made absolute (hub ids untouched),
         so the saved index opens from any working directory."""
+        attribution = replace(self.attribution, normalizer=_absolute(self.attribution.normalizer))
         return replace(self, model=_absolute(self.model), tokenizer=_absolute(self.tokenizer),
-                       normalizer=_absolute(self.normalizer), embedding_model=_absolute(self.embedding_model),
+                       attribution=attribution, embedding_model=_absolute(self.embedding_model),
                        data=self.data if self.data.startswith("hf:") else _absolute(self.data, prefix=True))
 
     @classmethod
     def from_json(cls, data: dict) -> IndexConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """The saved record; a flat ``config.json`` of an older index is read through ``FLAT_NAMES``."""
+        if "attribution" in data:
+            return from_json(cls, data)
+        known = {f.name for f in fields(cls)} | set(FLAT_NAMES)
+        flat = {k: v for k, v in data.items() if k in known}
+        if flat.get("revisions") is not None:
+            flat["revisions"] = tuple(flat["revisions"])
+        return cls.create(**flat)
 
     def save(self, path: Path) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -100,10 +138,21 @@ def _absolute(value: str | None, prefix: bool = False) -> str | None:
     return value
 
 
+def _flatten(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for name, value in record.items():
+        if isinstance(value, dict) and name != "extra":
+            out.update(_flatten(value, f"{prefix}{name}."))
+        else:
+            out[prefix + name] = value
+    return out
+
+
 def differing_fields(old: IndexConfig, new: IndexConfig) -> dict[str, tuple]:
-    """Fields whose values differ, as ``{name: (old, new)}`` (paths compared as absolute paths)."""
-    a, b = old.with_absolute_paths().to_json(), new.with_absolute_paths().to_json()
-    return {name: (a[name], b[name]) for name in a if a[name] != b[name]}
+    """Settings whose values differ, as ``{dotted.name: (old, new)}`` (paths compared as absolute paths)."""
+    a, b = _flatten(old.with_absolute_paths().to_json()), _flatten(new.with_absolute_paths().to_json())
+    names = [*a, *(name for name in b if name not in a)]
+    return {name: (a.get(name), b.get(name)) for name in names if a.get(name) != b.get(name)}
 
 
 def check_same(old: IndexConfig, new: IndexConfig, where: Path, allow: tuple[str, ...] = ()) -> None:

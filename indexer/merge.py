@@ -19,22 +19,30 @@ import uuid
 from pathlib import Path
 
 import duckdb
-import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from attribution.curvature import fit_curvature
 from attribution.encoder import GradientEncoder
-from attribution.preconditioner import CovarianceAccumulator, Preconditioner, PreconditionMode
 from attribution.retrievers import BM25Retriever
+from attribution.vectors import FaissStore, build_faiss_index
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
-from indexer.manifest import write_manifest
+from indexer.manifest import (
+    BM25_DIR,
+    EMBEDDING_INDEX,
+    GRADIENT_INDEX,
+    METADATA_DB,
+    VECTORS,
+    Counts,
+    curvature_file,
+    write_manifest,
+)
 from indexer.parts import expected_shards, part_dirs
 from indexer.shards import load_shard_array, shard_name, verify_shard
 
 log = logging.getLogger(__name__)
-PRECONDITION_SAMPLE = 4096
 
 
 def list_shards(work: Path, expected: int | None) -> list[Path]:
@@ -52,21 +60,10 @@ def list_shards(work: Path, expected: int | None) -> list[Path]:
 
 
 def fit_preconditioners(encoder: GradientEncoder, shards: list[Path], config: IndexConfig) -> None:
-    """Fit each checkpoint's preconditioner on an evenly spaced sample of stored raw sketches."""
-    if PreconditionMode(config.precondition) is PreconditionMode.NONE:
-        return
+    """Fit each checkpoint's curvature on an evenly spaced sample of the stored raw sketches."""
     for c, ckpt in enumerate(encoder.checkpoints):
         arrays = [load_shard_array(s, f"sketch-{c}.npy") for s in shards]
-        total = sum(a.shape[0] * (a.shape[1] if a.ndim == 3 else 1) for a in arrays)
-        stride = max(1, total // PRECONDITION_SAMPLE)
-        acc = CovarianceAccumulator(ckpt.sketcher.dim)
-        offset = 0
-        for array in arrays:
-            flat = array.reshape(-1, array.shape[-1])
-            first = (-offset) % stride
-            acc.add(torch.from_numpy(np.array(flat[first::stride])))
-            offset += flat.shape[0]
-        ckpt.preconditioner = Preconditioner.fit(acc, config.precondition, config.damping)
+        ckpt.preconditioner = fit_curvature(arrays, ckpt.sketcher.dim, config.attribution.curvature)
 
 
 def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> np.ndarray:
@@ -74,7 +71,7 @@ def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> 
     first = [load_shard_array(shards[0], f"sketch-{c}.npy") for c in range(len(encoder.checkpoints))]
     total = sum(load_shard_array(s, "ids.npy").shape[0] for s in shards)
     shape = (total, *first[0].shape[1:-1], encoder.dim)
-    vectors = np.lib.format.open_memmap(build / "vectors.npy", mode="w+", dtype=np.float16, shape=shape)
+    vectors = np.lib.format.open_memmap(build / VECTORS, mode="w+", dtype=np.float16, shape=shape)
     row = 0
     for shard in shards:
         raws = [torch.from_numpy(np.array(load_shard_array(shard, f"sketch-{c}.npy")))
@@ -83,27 +80,7 @@ def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> 
         vectors[row : row + len(prepared)] = prepared
         row += len(prepared)
     vectors.flush()
-    return np.load(build / "vectors.npy", mmap_mode="r")
-
-
-def build_faiss(vectors: np.ndarray, factory: str, sample_queries: int = 100) -> tuple[faiss.Index, float | None]:
-    """FAISS inner-product index over (window) vectors; recall@10 against exact search for non-flat ones."""
-    dim = vectors.shape[-1]
-    flat = np.ascontiguousarray(vectors.reshape(-1, dim), dtype=np.float32)
-    if factory == "Flat":
-        index = faiss.IndexFlatIP(dim)
-        index.add(flat)
-        return index, None
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    index.train(flat)
-    index.add(flat)
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(flat)
-    queries = flat[:: max(1, len(flat) // sample_queries)][:sample_queries]
-    _, truth = exact.search(queries, 10)
-    _, approx = index.search(queries, 10)
-    recall = float(np.mean([len(set(t) & set(a)) / 10 for t, a in zip(truth, approx, strict=True)]))
-    return index, recall
+    return np.load(build / VECTORS, mmap_mode="r")
 
 
 def build_duckdb(shards: list[Path], path: Path) -> None:
@@ -134,29 +111,29 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
     fit_preconditioners(encoder, shards, config)
     for c, ckpt in enumerate(encoder.checkpoints):
         if ckpt.preconditioner is not None:
-            ckpt.preconditioner.save(tmp / f"preconditioner-{c}.safetensors")
+            ckpt.preconditioner.save(tmp / curvature_file(c))
     vectors = write_vectors(encoder, shards, tmp)
-    gradient_index, recall = build_faiss(vectors, config.faiss_factory)
-    faiss.write_index(gradient_index, str(tmp / "gradient.faiss"))
+    gradient_index, recall = build_faiss_index(vectors, config.storage.faiss_factory)
+    FaissStore(vectors, gradient_index).save_index(tmp / GRADIENT_INDEX)
     embeddings = np.concatenate([np.asarray(load_shard_array(s, "embeddings.npy"), np.float32) for s in shards])
-    embedding_index = faiss.IndexFlatIP(embeddings.shape[1])
-    embedding_index.add(embeddings)
-    faiss.write_index(embedding_index, str(tmp / "embedding.faiss"))
+    FaissStore.index_only(embeddings).save_index(tmp / EMBEDDING_INDEX)
     texts = [t for s in shards for t in pq.read_table(s / "meta.parquet", columns=["text"])["text"].to_pylist()]
-    BM25Retriever(texts, [{}] * len(texts)).save(tmp / "bm25")
-    build_duckdb(shards, tmp / "metadata.duckdb")
-    stats = {"examples": int(len(ids)), "shards": len(shards), "first_id": int(ids[0]), "last_id": int(ids[-1]),
-             "windows": int(vectors.shape[1]) if vectors.ndim == 3 else None, "dim": int(vectors.shape[-1]),
-             "faiss_recall_at_10": recall, "merge_seconds": round(time.perf_counter() - started, 2),
-             "shard_examples": [r["count"] for r in records],
-             "parts": [{"data": c.data, "steps": c.steps} for c in
-                       (IndexConfig.load(part / "config.json") for part in part_dirs(out))]}
-    write_manifest(tmp, config, encoder, stats)
+    BM25Retriever(texts, [{}] * len(texts)).save(tmp / BM25_DIR)
+    build_duckdb(shards, tmp / METADATA_DB)
+    counts = Counts(
+        examples=int(len(ids)), shards=len(shards), first_id=int(ids[0]), last_id=int(ids[-1]),
+        windows=int(vectors.shape[1]) if vectors.ndim == 3 else None, dim=int(vectors.shape[-1]),
+        faiss_recall_at_10=recall, merge_seconds=round(time.perf_counter() - started, 2),
+        shard_examples=[r["count"] for r in records],
+        parts=[{"data": c.data, "steps": c.steps} for c in
+               (IndexConfig.load(part / "config.json") for part in part_dirs(out))])
+    write_manifest(tmp, config, encoder, counts)
     final = out / "builds" / build_id
     os.replace(tmp, final)
     publish(out, final)
     if recall is not None:
-        log.info("FAISS %s recall@10 vs exact: %.3f (results are re-ranked exactly)", config.faiss_factory, recall)
+        log.info("FAISS %s recall@10 vs exact: %.3f (results are re-ranked exactly)",
+                 config.storage.faiss_factory, recall)
     return final
 
 

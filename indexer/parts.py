@@ -59,4 +59,4 @@ def expected_shards(part: Path) -> int | None:
     """Shard count of a part whose source knows its size (None for streams)."""
     config = IndexConfig.load(part / "config.json")
     source = open_source(config.data, config.steps, config.batch_rows)
-    return None if source.count is None else -(-source.count // config.shard_size)
+    return None if source.count is None else -(-source.count // config.storage.shard_size)

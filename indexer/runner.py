@@ -21,7 +21,6 @@ import torch
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
-from attribution.sketch import SketchConfig
 from indexer.config import IndexConfig, check_same
 from indexer.errors import IndexWriteError
 from indexer.metadata import metadata_table
@@ -55,21 +54,26 @@ def detect_rank(rank: int | None = None, world: int | None = None) -> Rank:
     return Rank()
 
 
-def sketch_config(config: IndexConfig) -> SketchConfig:
-    return SketchConfig(k=config.k, seed=config.seed, include_head=config.include_head)
-
-
 def make_encoder(config: IndexConfig, device: str = "cpu", dtype: str = "float32") -> GradientEncoder:
     """Load the model at every revision with its sketcher (same code as the query side)."""
     tokenizer = load_tokenizer(config.tokenizer or config.model)
-    checkpoints = load_checkpoints(config.model, config.revisions, sketch_config(config), config.normalizer,
+    settings = config.attribution
+    checkpoints = load_checkpoints(config.model, settings.revisions, settings.sketch, settings.normalizer,
                                    device, dtype)
-    return GradientEncoder(checkpoints, tokenizer, config.mode)
+    return GradientEncoder(checkpoints, tokenizer, settings.scoring.mode)
 
 
 def context_length(encoder: GradientEncoder, config: IndexConfig) -> int:
+    """Tokens kept per training row: the model's context (or ``max_tokens``) plus one (input row[:-1],
+    labels row[1:])."""
     limit = encoder.max_length if config.max_tokens is None else min(config.max_tokens, encoder.max_length)
-    return limit + 1  # a training row holds context + 1 tokens (input row[:-1], labels row[1:])
+    return limit + 1
+
+
+def window_count(encoder: GradientEncoder, config: IndexConfig) -> int | None:
+    """Windows per row of the index (None without windows): every shard pads to this count."""
+    window = config.attribution.window
+    return -(-context_length(encoder, config) // window) if window else None
 
 
 def fixed_windows(raw: torch.Tensor, windows: int) -> torch.Tensor:
@@ -94,7 +98,7 @@ class ShardRunner:
         self.id_offset = id_offset
         self.source: DataSource = open_source(config.data, config.steps, config.batch_rows)
         self.max_len = context_length(encoder, config)
-        self.windows = -(-self.max_len // config.window) if config.window else None
+        self.windows = window_count(encoder, config)
         self.timings = {"read": 0.0, "sketch": 0.0, "embed": 0.0, "write": 0.0}
         self.examples_done = 0
 
@@ -112,7 +116,7 @@ class ShardRunner:
     def shard_count(self) -> int | None:
         if self.source.count is None:
             return None
-        return -(-self.source.count // self.config.shard_size)
+        return -(-self.source.count // self.config.storage.shard_size)
 
     def run(self, rank: Rank) -> list[int]:
         """Compute every missing shard of this rank; returns the shards written."""
@@ -124,7 +128,7 @@ class ShardRunner:
         total = self.shard_count()
         if total is not None and self.progress and self.source.count is not None:
             mine = range(rank.rank, total, rank.world)
-            size = self.config.shard_size
+            size = self.config.storage.shard_size
             self.progress("total", sum(min(size, self.source.count - s * size) for s in mine))
         index = rank.rank
         while total is None or index < total:
@@ -142,10 +146,10 @@ class ShardRunner:
 
     def compute(self, index: int) -> bool:
         """Compute one shard; ``False`` if the source has no examples for it."""
-        start = index * self.config.shard_size
+        start = index * self.config.storage.shard_size
         tokenizer = self.encoder.tokenizer
         clock = time.perf_counter()
-        examples = list(self.source.read(start, start + self.config.shard_size, tokenizer))
+        examples = list(self.source.read(start, start + self.config.storage.shard_size, tokenizer))
         if not examples:
             return False
         eos = tokenizer.eos_token_id or 0
@@ -187,7 +191,7 @@ class ShardRunner:
         parts: list[list[torch.Tensor]] = [[] for _ in self.encoder.checkpoints]
         for b in range(0, len(rows), self.batch_size):
             batch = rows[b : b + self.batch_size]
-            for c, raw in enumerate(self.encoder.raw_rows(batch, self.config.window)):
+            for c, raw in enumerate(self.encoder.raw_rows(batch, self.config.attribution.window)):
                 parts[c].append(fixed_windows(raw, self.windows) if self.windows else raw)
             if self.progress:
                 self.progress("examples", len(batch))

@@ -1,7 +1,7 @@
 """Open a published index read-only and serve attribution queries from it.
 
 The gradient side is rebuilt from the manifest's config (same model, revisions,
-projection seed and dims, normalizer) with the stored preconditioners, and the
+projection seed and dims, normalizer) with the stored curvatures, and the
 tokenizer is checked against the one the index was built with.
 """
 
@@ -9,43 +9,50 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import faiss
-import numpy as np
-
+from attribution.curvature import load_curvature
 from attribution.embeddings import TextEmbedder
-from attribution.preconditioner import Preconditioner
 from attribution.retrievers import BM25Retriever, EmbeddingRetriever, GradientRetriever, Method
 from attribution.session import AttributionSession
-from indexer.config import IndexConfig, IndexMismatchError
-from indexer.manifest import read_manifest, resolve_build, tokenizer_hash
+from attribution.vectors import FaissStore
+from indexer.config import IndexMismatchError
+from indexer.manifest import (
+    BM25_DIR,
+    EMBEDDING_INDEX,
+    GRADIENT_INDEX,
+    METADATA_DB,
+    VECTORS,
+    curvature_file,
+    read_manifest,
+    resolve_build,
+    tokenizer_hash,
+)
 from indexer.metadata import DuckTexts, load_metadata
 from indexer.runner import make_encoder
 
 
 def open_index(path: str | Path, device: str = "cpu") -> AttributionSession:
-    """An :class:`AttributionSession` over a published index directory (or one build)."""
+    """An :class:`AttributionSession` over a published index directory (or one build); ``session.manifest``
+    is its :class:`~indexer.manifest.Manifest`."""
     build = resolve_build(Path(path))
     manifest = read_manifest(build)
-    config = IndexConfig.from_json(manifest["config"])
+    config = manifest.config
     encoder = make_encoder(config, device)
     found = tokenizer_hash(encoder.tokenizer)
-    if found != manifest["tokenizer_hash"]:
-        raise IndexMismatchError(f"{build}: built with tokenizer {manifest['tokenizer_hash']}, but "
+    if found != manifest.tokenizer_hash:
+        raise IndexMismatchError(f"{build}: built with tokenizer {manifest.tokenizer_hash}, but "
                                  f"{config.tokenizer or config.model} now has {found}; rebuild the index")
     for c, ckpt in enumerate(encoder.checkpoints):
-        stored = build / f"preconditioner-{c}.safetensors"
-        ckpt.preconditioner = Preconditioner.load(stored) if stored.is_file() else None
-    texts = DuckTexts(build / "metadata.duckdb")
+        ckpt.preconditioner = load_curvature(build / curvature_file(c))
+    texts = DuckTexts(build / METADATA_DB)
     ids, metadata = load_metadata(texts.cursor())
-    vectors = np.load(build / "vectors.npy", mmap_mode="r")
-    gradient = GradientRetriever(encoder, vectors, metadata, config.window,
-                                 index=faiss.read_index(str(build / "gradient.faiss")))
+    store = FaissStore.open(build / GRADIENT_INDEX, build / VECTORS)
+    gradient = GradientRetriever(encoder, store, metadata, config.attribution.window)
 
     def embedding() -> EmbeddingRetriever:
-        index = faiss.read_index(str(build / "embedding.faiss"))
-        return EmbeddingRetriever(TextEmbedder(config.embedding_model, device=device), None, metadata, index)
+        embedder = TextEmbedder(config.embedding_model, device=device)
+        return EmbeddingRetriever(embedder, FaissStore.open(build / EMBEDDING_INDEX), metadata)
 
-    builders = {Method.BM25: lambda: BM25Retriever.load(build / "bm25", metadata), Method.EMBEDDING: embedding}
-    session = AttributionSession(encoder, ids, metadata, gradient, texts, builders)
+    builders = {Method.BM25: lambda: BM25Retriever.load(build / BM25_DIR, metadata), Method.EMBEDDING: embedding}
+    session = AttributionSession(encoder, ids, metadata, gradient, texts, builders, config.attribution)
     session.manifest = manifest
     return session

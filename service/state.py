@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from attribution.session import AttributionSession
+from indexer.store import open_index
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ class ServedIndex:
 
     def load(self) -> AttributionSession:
         with self.reload_lock:
-            fresh = AttributionSession.from_index(self.path, self.device)
+            fresh = open_index(self.path, self.device)
             fresh.retriever("bm25")  # build lazily-made retrievers now, not on the first request
             fresh.retriever("embedding")
             self.session = fresh

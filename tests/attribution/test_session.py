@@ -2,72 +2,75 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from attribution.batching import ContextLengthError, EmptyCompletionError
+from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig
 from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.metrics import first_gold_rank, recall_at
-from attribution.session import AttributionSession, SessionConfig
+from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from demo.groundtruth import load_facts
+from demo.groundtruth import Fact, load_facts
+from demo.session import demo_session
 
 METHODS = ["gradient", "embedding", "bm25", "hybrid"]
 
 
 @pytest.fixture(scope="module")
 def session(tiny_demo: Path) -> AttributionSession:
-    return AttributionSession.from_demo(tiny_demo, SessionConfig(sketch=SketchConfig(k=6), precondition_sample=64))
+    return demo_session(tiny_demo, AttributionConfig(sketch=SketchConfig(k=6), curvature=CurvatureConfig(sample=64)))
 
 
 @pytest.fixture(scope="module")
-def fact(tiny_demo: Path) -> dict:
-    return next(f for f in load_facts(tiny_demo) if f["gold_rows"])
+def fact(tiny_demo: Path) -> Fact:
+    return next(f for f in load_facts(tiny_demo) if f.gold_rows)
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_ranks_k_distinct_examples(session: AttributionSession, fact: dict, method: str) -> None:
-    rows = session.attribute(fact["prompt"], fact["completion"], k=7, method=method)
-    assert [r["rank"] for r in rows] == list(range(1, 8))
-    assert len({r["example_id"] for r in rows}) == 7
-    scores = [r["score"] for r in rows]
+def test_every_method_ranks_k_distinct_examples(session: AttributionSession, fact: Fact, method: str) -> None:
+    rows = session.attribute(fact.prompt, fact.completion, k=7, method=method)
+    assert [r.rank for r in rows] == list(range(1, 8))
+    assert len({r.example_id for r in rows}) == 7
+    scores = [r.score for r in rows]
     assert scores == sorted(scores, reverse=True)
-    assert all({"step", "batch_pos", "pile_set_name", "source"} <= r["metadata"].keys() for r in rows)
+    assert all({"step", "batch_pos", "pile_set_name", "source"} <= r.metadata.keys() for r in rows)
 
 
-def test_gradient_evidence_sums_to_the_score(session: AttributionSession, fact: dict) -> None:
-    rows = session.attribute(fact["prompt"], fact["completion"], k=3)
+def test_gradient_evidence_sums_to_the_score(session: AttributionSession, fact: Fact) -> None:
+    rows = session.attribute(fact.prompt, fact.completion, k=3)
     for row in rows:
-        assert len(row["token_contributions"]) == len(row["completion_tokens"]) >= 1
-        assert sum(row["token_contributions"]) == pytest.approx(row["score"], rel=1e-4, abs=1e-6)
+        assert len(row.token_contributions) == len(row.completion_tokens) >= 1
+        assert sum(row.token_contributions) == pytest.approx(row.score, rel=1e-4, abs=1e-6)
 
 
-def test_filters_restrict_results(session: AttributionSession, fact: dict) -> None:
+def test_filters_restrict_results(session: AttributionSession, fact: Fact) -> None:
     for method in METHODS:
-        rows = session.attribute(fact["prompt"], fact["completion"], k=5, method=method,
+        rows = session.attribute(fact.prompt, fact.completion, k=5, method=method,
                                  filters=Filters(pile_set_name="Planted Facts"))
-        assert rows and all(r["metadata"]["pile_set_name"] == "Planted Facts" for r in rows)
-        rows = session.attribute(fact["prompt"], fact["completion"], k=5, method=method,
+        assert rows and all(r.metadata["pile_set_name"] == "Planted Facts" for r in rows)
+        rows = session.attribute(fact.prompt, fact.completion, k=5, method=method,
                                  filters=Filters(step_min=3, step_max=5))
-        assert rows and all(3 <= r["metadata"]["step"] <= 5 for r in rows)
+        assert rows and all(3 <= r.metadata["step"] <= 5 for r in rows)
 
 
-def test_contrastive_and_greedy_queries(session: AttributionSession, fact: dict) -> None:
-    controls = [(r["prompt"], r["completion"]) for r in fact["related"]] + [(fact["related"][0]["prompt"], None)]
-    rows = session.attribute(fact["prompt"], fact["completion"], k=4, controls=controls)
+def test_contrastive_and_greedy_queries(session: AttributionSession, fact: Fact) -> None:
+    controls = [(r.prompt, r.completion) for r in fact.related] + [(fact.related[0].prompt, None)]
+    rows = session.attribute(fact.prompt, fact.completion, k=4, controls=controls)
     assert len(rows) == 4
-    own = session.attribute(fact["prompt"], None, k=2)
-    assert own[0]["completion"] and own[0]["completion"] == own[1]["completion"]
+    own = session.attribute(fact.prompt, None, k=2)
+    assert own[0].completion and own[0].completion == own[1].completion
 
 
 def test_gradient_finds_planted_facts_well_above_random(session: AttributionSession, tiny_demo: Path) -> None:
-    facts = [f for f in load_facts(tiny_demo) if f["gold_rows"]]
-    ranks = [first_gold_rank([r["example_id"] for r in session.attribute(f["prompt"], f["completion"], k=10)],
-                             f["gold_rows"]) for f in facts]
+    facts = [f for f in load_facts(tiny_demo) if f.gold_rows]
+    ranks = [first_gold_rank([r.example_id for r in session.attribute(f.prompt, f.completion, k=10)],
+                             f.gold_rows) for f in facts]
     n = len(session)
-    random_recall = sum(min(1.0, 10 * len(f["gold_rows"]) / n) for f in facts) / len(facts)  # union bound
+    random_recall = sum(min(1.0, 10 * len(f.gold_rows) / n) for f in facts) / len(facts)  # union bound
     assert recall_at(ranks, 10) >= max(0.5, 2 * random_recall)
 
 
@@ -82,30 +85,31 @@ def test_gradient_finds_planted_facts_well_above_random(session: AttributionSess
         ({"completion": " word" * 500}, ContextLengthError, "exceeds the model's context"),
     ],
 )
-def test_bad_queries(session: AttributionSession, fact: dict, kwargs: dict, error: type, message: str) -> None:
-    args = {"prompt": fact["prompt"], "completion": fact["completion"], **kwargs}
+def test_bad_queries(session: AttributionSession, fact: Fact, kwargs: dict, error: type, message: str) -> None:
+    args = {"prompt": fact.prompt, "completion": fact.completion, **kwargs}
     with pytest.raises(error, match=message):
         session.attribute(**args)
 
 
-def test_windowed_session_returns_spans(tiny_demo: Path, fact: dict) -> None:
-    config = SessionConfig(sketch=SketchConfig(k=4), window=16, precondition="none")
-    session = AttributionSession.from_demo(tiny_demo, config)
-    rows = session.attribute(fact["prompt"], fact["completion"], k=3)
+def test_windowed_session_returns_spans(tiny_demo: Path, fact: Fact) -> None:
+    config = AttributionConfig(sketch=SketchConfig(k=4), window=16, curvature=CurvatureConfig(kind="none"))
+    session = demo_session(tiny_demo, config)
+    rows = session.attribute(fact.prompt, fact.completion, k=3)
     for row in rows:
-        start, end = row["token_span"]
+        start, end = row.token_span
         assert end - start == 16 and start % 16 == 0
-        assert sum(row["token_contributions"]) == pytest.approx(row["score"], rel=1e-4, abs=1e-6)
+        assert sum(row.token_contributions) == pytest.approx(row.score, rel=1e-4, abs=1e-6)
 
 
-def test_multi_checkpoint_session_sums_over_revisions(tiny_demo: Path, fact: dict) -> None:
-    base = SessionConfig(sketch=SketchConfig(k=4), precondition="none", mode="inner_product")
-    final = AttributionSession.from_demo(tiny_demo, base)
-    early = AttributionSession.from_demo(tiny_demo, SessionConfig(**{**base.__dict__, "revisions": ("step8",)}))
-    both = AttributionSession.from_demo(tiny_demo, SessionConfig(**{**base.__dict__, "revisions": ("step8", None)}))
+def test_multi_checkpoint_session_sums_over_revisions(tiny_demo: Path, fact: Fact) -> None:
+    base = AttributionConfig(sketch=SketchConfig(k=4), curvature=CurvatureConfig(kind="none"),
+                             scoring=ScoringConfig(mode="inner_product"))
+    final = demo_session(tiny_demo, base)
+    early = demo_session(tiny_demo, replace(base, revisions=("step8",)))
+    both = demo_session(tiny_demo, replace(base, revisions=("step8", None)))
     scores = {}
     for name, s in (("final", final), ("early", early), ("both", both)):
-        rows = s.attribute(fact["prompt"], fact["completion"], k=len(s))
-        scores[name] = {r["example_id"]: r["score"] for r in rows}
+        rows = s.attribute(fact.prompt, fact.completion, k=len(s))
+        scores[name] = {r.example_id: r.score for r in rows}
     for example_id, score in scores["both"].items():
         assert score == pytest.approx(scores["final"][example_id] + scores["early"][example_id], rel=1e-4, abs=1e-4)

@@ -8,6 +8,7 @@ import pytest
 
 from attribution.session import AttributionSession
 from evaluation.facts import FactSelection, load_demo_facts, select_facts
+from indexer.store import open_index
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def index(tiny_index: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def session(index: Path) -> AttributionSession:
-    return AttributionSession.from_index(index)
+    return open_index(index)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from attribution.session import AttributionSession
 from headwater.cli import app
 from indexer import shards as shards_module
 from indexer.build import build_index
@@ -22,6 +21,7 @@ from indexer.config import IndexConfig, IndexMismatchError
 from indexer.errors import CorruptShardError, IndexWriteError
 from indexer.manifest import read_manifest
 from indexer.runner import Rank
+from indexer.store import open_index
 
 runner = CliRunner()
 FLAGS = ["--k", "4", "--window", "16", "--shard-size", "64", "--batch-size", "16"]
@@ -34,7 +34,7 @@ def cli_args(demo: Path, out: Path) -> list[str]:
 
 def config_for(demo: Path, **overrides) -> IndexConfig:
     base = dict(model=str(demo / "model"), data=str(demo / "data" / "document"), k=4, window=16, shard_size=64)
-    return IndexConfig(**{**base, **overrides})
+    return IndexConfig.create(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +65,14 @@ def assert_same_index(a: Path, b: Path) -> None:
 
 def test_reference_build_layout(reference: Path, tiny_demo: Path) -> None:
     manifest = read_manifest(reference)
-    assert manifest["counts"]["examples"] == 192 and manifest["counts"]["shards"] == 3
-    assert manifest["projection"]["k"] == 4 and manifest["counts"]["windows"] == 5
+    assert manifest.counts.examples == 192 and manifest.counts.shards == 3
+    assert manifest.projection.k == 4 and manifest.counts.windows == 5
     rows = contents(reference)["rows"]
     assert [r[0] for r in rows] == list(range(192))  # no gaps, no duplicates
     assert {r[3] for r in rows} <= {"Gutenberg (PG-19)", "Bible (KJV)", "Python Docs", "Planted Facts"}
-    session = AttributionSession.from_index(reference)
+    session = open_index(reference)
     hits = session.attribute("Ilse Varga was born in", " Tarnow", k=5, method="gradient")
-    assert len(hits) == 5 and hits[0]["score"] >= hits[-1]["score"]
+    assert len(hits) == 5 and hits[0].score >= hits[-1].score
     result = runner.invoke(app, ["index", "verify", str(reference)])
     assert result.exit_code == 0 and "OK" in result.output
     result = runner.invoke(app, ["index", "info", str(reference)])
@@ -127,12 +127,12 @@ def test_other_settings_are_refused_unless_overwrite(reference: Path, tiny_demo:
 def test_overwrite_rebuilds_and_publishes_atomically(tiny_demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "index"
     first = build_index(config_for(tiny_demo, window=None), out, Rank())
-    old = AttributionSession.from_index(out)
+    old = open_index(out)
     second = build_index(config_for(tiny_demo, window=None, k=3), out, Rank(), overwrite=True)
     assert first != second and (out / "current").resolve() == second
     assert first.is_dir()  # the previous build stays readable for open sessions
     assert len(old.attribute("Ilse Varga was born in", " Tarnow", k=2)) == 2
-    assert read_manifest(out)["projection"]["k"] == 3
+    assert read_manifest(out).projection.k == 3
 
 
 def test_failing_writer_is_a_clear_error_and_resumable(tiny_demo: Path, tmp_path: Path, monkeypatch) -> None:
@@ -152,7 +152,7 @@ def test_failing_writer_is_a_clear_error_and_resumable(tiny_demo: Path, tmp_path
     assert (out / "work" / "shard-00000" / "done.json").is_file() and not (out / "current").exists()
     monkeypatch.setattr(shards_module, "write_npy", real)
     build_index(config_for(tiny_demo), out, Rank())
-    assert read_manifest(out)["counts"]["examples"] == 192
+    assert read_manifest(out).counts.examples == 192
 
 
 def test_corruption_is_detected(reference: Path, tmp_path: Path) -> None:
@@ -184,7 +184,7 @@ def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["index", "merge", str(tmp_path / "nothing")])
     assert result.exit_code == 2
     with pytest.raises(CorruptShardError, match="no published index"):
-        AttributionSession.from_index(tmp_path / "nothing")
+        open_index(tmp_path / "nothing")
 
 
 def test_rerun_of_a_finished_build_is_up_to_date(reference: Path, tiny_demo: Path) -> None:
@@ -202,7 +202,7 @@ def test_append_later_steps_equals_one_build(tiny_demo: Path, tmp_path: Path) ->
     build_index(config_for(tiny_demo, steps="0:24"), parts, Rank())
     build_index(config_for(tiny_demo, steps="24:40"), parts, Rank(), append=True)
     manifest = read_manifest(parts)
-    assert manifest["counts"]["examples"] == 160 and len(manifest["counts"]["parts"]) == 2
+    assert manifest.counts.examples == 160 and len(manifest.counts.parts) == 2
     np.testing.assert_array_equal(contents(whole)["rows"], contents(parts)["rows"])
     with pytest.raises(IndexMismatchError, match="append only later steps"):
         build_index(config_for(tiny_demo, steps="10:30"), parts, Rank(), append=True)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from indexer.config import IndexConfig, IndexMismatchError, check_same
+from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, field_docs
+from attribution.errors import ConfigError
+from attribution.sketch import SketchConfig
+from indexer.config import IndexConfig, IndexMismatchError, StorageConfig, check_same
 
 
 def test_local_paths_become_absolute_and_hub_ids_stay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
-    local = IndexConfig(model="model", data="data/document", normalizer=None).with_absolute_paths()
+    local = IndexConfig.create("model", "data/document", normalizer=None).with_absolute_paths()
     assert local.model == str(tmp_path / "model") and local.data == str(tmp_path / "data" / "document")
     hub = IndexConfig(model="EleutherAI/pythia-70m-deduped", data="hf:monology/pile-uncopyrighted")
     assert hub.with_absolute_paths() == hub
@@ -21,3 +26,33 @@ def test_local_paths_become_absolute_and_hub_ids_stay(tmp_path: Path, monkeypatc
     check_same(IndexConfig(model="model", data="data/document"), local, tmp_path)
     with pytest.raises(IndexMismatchError, match="model"):
         check_same(IndexConfig(model="other", data="data/document"), local, tmp_path)
+
+
+def test_nested_record_round_trips_and_old_flat_configs_still_load() -> None:
+    config = IndexConfig.create("m", "d", k=8, window=16, precondition="none", precondition_sample=64,
+                                faiss_factory="IVF4,Flat", revisions=("step8", None))
+    assert config.attribution.sketch.k == 8 and config.attribution.window == 16
+    assert config.attribution.curvature.kind == "none" and config.attribution.curvature.sample == 64
+    assert config.storage.faiss_factory == "IVF4,Flat" and config.attribution.revisions == ("step8", None)
+    assert IndexConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    flat = {"model": "m", "data": "d", "revisions": ["step8", None], "k": 8, "seed": 0, "include_head": False,
+            "window": 16, "mode": "cosine", "precondition": "none", "damping": 0.1, "normalizer": None,
+            "faiss_factory": "IVF4,Flat", "shard_size": 1024, "precondition_sample": 64}
+    assert IndexConfig.from_json(flat) == config  # config.json of an index built before the nested record
+
+
+def test_unknown_or_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown settings"):
+        IndexConfig.from_json({"model": "m", "data": "d", "attribution": {"sketch": {"kk": 3}}})
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        IndexConfig.create("m", "d", precondition="kfac-ish")
+    with pytest.raises(ConfigError, match="shard_size must be positive"):
+        IndexConfig.create("m", "d", shard_size=0)
+
+
+def test_every_cli_setting_has_help_from_its_record() -> None:
+    for record in (IndexConfig, StorageConfig, AttributionConfig, CurvatureConfig, ScoringConfig, SketchConfig):
+        documented = set(field_docs(record))
+        settings = {f.name for f in fields(record)} - {"sketch", "curvature", "scoring", "attribution", "storage",
+                                                       "extra"}
+        assert settings <= documented, f"{record.__name__}: fields without a docstring: {settings - documented}"

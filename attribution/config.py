@@ -1,0 +1,157 @@
+"""One typed record of every setting that changes an attribution result.
+
+The tree is ``AttributionConfig`` → ``SketchConfig`` (projection), ``CurvatureConfig``
+(preconditioner), ``ScoringConfig`` (cosine or inner product, hybrid fusion) plus the
+checkpoints, windows and normalizer. The in-memory session, the indexer (which wraps it
+in ``indexer.config.IndexConfig`` with the data and storage settings) and the CLI all use
+it; the CLI's defaults and help strings come from the fields and their docstrings
+(:func:`field_help`), and the whole record is saved with every index and checked on reopen.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import StrEnum
+from functools import cache
+from typing import Any
+
+from attribution.errors import ConfigError
+from attribution.preconditioner import PreconditionMode
+from attribution.scoring import ScoreMode
+from attribution.sketch import SketchConfig
+
+
+class Fusion(StrEnum):
+    """How the ``hybrid`` retriever combines lexical and embedding candidates."""
+
+    RERANK = "rerank"
+    RRF = "rrf"
+
+
+@dataclass(frozen=True)
+class CurvatureConfig:
+    """The preconditioner fitted on a sample of training sketches."""
+
+    kind: PreconditionMode = PreconditionMode.INVERSE_SQRT
+    """inverse_sqrt (both sides), inverse (training side only) or none."""
+    damping: float = 0.1
+    """Damping λ as a multiple of the mean eigenvalue of the sketch covariance."""
+    sample: int = 4096
+    """Raw sketches (windows count as sketches), evenly spaced over the data, the covariance is estimated on."""
+
+    def __post_init__(self) -> None:
+        _coerce(self, "kind", PreconditionMode)
+        if self.damping <= 0:
+            raise ConfigError(f"damping must be positive (a multiple of the mean eigenvalue), got {self.damping}")
+        if self.sample <= 0:
+            raise ConfigError(f"the curvature sample must be positive, got {self.sample}")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How sketches become scores."""
+
+    mode: ScoreMode = ScoreMode.COSINE
+    """cosine (unit-normed vectors) or inner_product."""
+    hybrid_fusion: Fusion = Fusion.RERANK
+    """hybrid: gradient re-rank of lexical+embedding candidates (rerank), or reciprocal rank fusion (rrf)."""
+    hybrid_candidates: int = 100
+    """hybrid: candidates taken from each of BM25 and the embedding retriever."""
+
+    def __post_init__(self) -> None:
+        _coerce(self, "mode", ScoreMode)
+        _coerce(self, "hybrid_fusion", Fusion)
+        if self.hybrid_candidates <= 0:
+            raise ConfigError(f"hybrid_candidates must be positive, got {self.hybrid_candidates}")
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Everything that turns a model and training rows into comparable vectors and scores."""
+
+    sketch: SketchConfig = field(default_factory=SketchConfig)
+    curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    revisions: tuple[str | None, ...] = (None,)
+    """Checkpoints summed over (TracIn-CP); None is the final model."""
+    window: int | None = None
+    """Sketch windows of this many tokens; an example scores by its best window (None: whole rows)."""
+    normalizer: str | None = None
+    """Adam state (adam_state.safetensors) whose factored √v divides the gradients (None: no normalizer)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "revisions", tuple(self.revisions))
+        if not self.revisions:
+            raise ConfigError("give at least one revision (None is the final model)")
+        if self.window is not None and self.window <= 0:
+            raise ConfigError(f"window must be a positive number of tokens, got {self.window}")
+
+    def to_json(self) -> dict:
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> AttributionConfig:
+        return from_json(cls, data)
+
+
+def _coerce(record: Any, name: str, kind: type[StrEnum]) -> None:
+    """Turn a string field into its enum (frozen dataclass), or a ConfigError listing the choices."""
+    value = getattr(record, name)
+    try:
+        object.__setattr__(record, name, kind(value))
+    except ValueError as err:
+        raise ConfigError(f"{name} must be one of {[m.value for m in kind]}, got {value!r}") from err
+
+
+def to_json(record: Any) -> dict:
+    """A (nested) config dataclass as plain JSON values: enums as strings, tuples as lists."""
+    out: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if hasattr(value, "__dataclass_fields__"):
+            value = to_json(value)
+        elif isinstance(value, StrEnum):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def from_json(cls: type, data: dict) -> Any:
+    """Rebuild a (nested) config dataclass from :func:`to_json` output; unknown keys are refused."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown settings {unknown}; known: {sorted(known)}")
+    values = {}
+    for name, value in data.items():
+        factory = known[name].default_factory
+        nested = isinstance(factory, type) and is_dataclass(factory)
+        values[name] = from_json(factory, value) if nested else value
+    return cls(**values)
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a dataclass (what the CLI shows as help)."""
+    tree = ast.parse(inspect.getsource(cls)).body[0]
+    docs: dict[str, str] = {}
+    body = tree.body if isinstance(tree, ast.ClassDef) else []
+    for node, after in zip(body, body[1:], strict=False):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def field_help(cls: type, name: str) -> str:
+    """The help text of one field; a missing docstring is a programming error, caught by the tests."""
+    try:
+        return field_docs(cls)[name]
+    except KeyError as err:
+        raise KeyError(f"{cls.__name__}.{name} has no docstring to use as help") from err

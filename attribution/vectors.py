@@ -1,0 +1,150 @@
+"""The vector store: where prepared vectors live and how the best rows for a query are found.
+
+Retrievers talk to a :class:`VectorStore` and never to FAISS or to the raw vector array, so
+a compressed store (IVF-PQ candidates with exact re-rank, say) is one new class here.
+Today's :class:`FaissStore` keeps the vectors (a float16 memmap for a published index) next
+to a FAISS inner-product index over them: exact ``IndexFlatIP`` by default; any other
+``index_factory`` string proposes candidates that are re-scored exactly from the vectors.
+
+Vectors are ``(n, D)`` or, for windowed sketches, ``(n, W, D)``: a row scores by its best window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import faiss
+import numpy as np
+
+BLOCK_ROWS = 4096
+"""Rows scored per block when every row is scored (bounded memory on a memmap)."""
+
+
+@dataclass
+class Found:
+    """Rows found for one query, best first: row positions, exact scores and each row's best window."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    windows: np.ndarray
+
+
+class VectorStore(Protocol):
+    rows: int
+    """Number of stored rows (examples)."""
+    windows: int
+    """Vectors per row (1 without windows)."""
+    dim: int
+
+    def search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Found:
+        """The ``k`` best rows by inner product (best window), restricted to ``allowed`` row positions."""
+        ...
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Exact float32 vectors ``(len(rows), windows, dim)`` of the given rows (for re-ranking and evidence)."""
+        ...
+
+    def score_all(self, vector: np.ndarray) -> np.ndarray:
+        """Exact best-window score of every row, ``(rows,)``."""
+        ...
+
+
+def build_faiss_index(vectors: np.ndarray, factory: str = "Flat",
+                      sample_queries: int = 100) -> tuple[faiss.Index, float | None]:
+    """A FAISS inner-product index over (window) vectors; recall@10 against exact search for non-flat ones."""
+    dim = vectors.shape[-1]
+    flat = np.ascontiguousarray(vectors.reshape(-1, dim), dtype=np.float32)
+    if factory == "Flat":
+        index = faiss.IndexFlatIP(dim)
+        index.add(flat)
+        return index, None
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(flat)
+    index.add(flat)
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(flat)
+    queries = flat[:: max(1, len(flat) // sample_queries)][:sample_queries]
+    _, truth = exact.search(queries, 10)
+    _, approx = index.search(queries, 10)
+    recall = float(np.mean([len(set(t) & set(a)) / 10 for t, a in zip(truth, approx, strict=True)]))
+    return index, recall
+
+
+def faiss_search(index: faiss.Index, vector: np.ndarray, fetch: int,
+                 allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Inner-product search of one vector, restricted to ``allowed`` FAISS ids when given."""
+    params = None
+    if allowed is not None:
+        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype("int64")))
+        fetch = min(fetch, len(allowed))
+    scores, rows = index.search(np.ascontiguousarray(vector[None], dtype="float32"), max(fetch, 1), params=params)
+    keep = rows[0] >= 0
+    return scores[0][keep], rows[0][keep]
+
+
+class FaissStore:
+    """Vectors plus a FAISS index over them; exact scores come from the vectors when they are kept.
+
+    ``vectors=None`` keeps only the index (it must then be exact, e.g. the embedding index's
+    ``IndexFlatIP``): scores are FAISS's own.
+    """
+
+    def __init__(self, vectors: np.ndarray | None, index: faiss.Index | None = None) -> None:
+        if vectors is None and index is None:
+            raise ValueError("a FaissStore needs vectors, an index, or both")
+        self._vectors = None if vectors is None else (vectors if vectors.ndim == 3 else vectors[:, None, :])
+        if index is None:
+            index, _ = build_faiss_index(self._vectors)
+        self.index = index
+        if self._vectors is not None:
+            self.rows, self.windows, self.dim = self._vectors.shape
+        else:
+            self.rows, self.windows, self.dim = index.ntotal, 1, index.d
+
+    @classmethod
+    def index_only(cls, vectors: np.ndarray) -> FaissStore:
+        """An exact FAISS index over ``vectors`` without keeping them (scores are FAISS's own)."""
+        return cls(None, build_faiss_index(vectors)[0])
+
+    @classmethod
+    def open(cls, index_path: Path, vectors_path: Path | None = None) -> FaissStore:
+        """A stored index (and its vectors, memory-mapped read-only)."""
+        vectors = np.load(vectors_path, mmap_mode="r") if vectors_path is not None else None
+        return cls(vectors, faiss.read_index(str(index_path)))
+
+    def save_index(self, path: Path) -> None:
+        faiss.write_index(self.index, str(path))
+
+    @property
+    def exact(self) -> bool:
+        return isinstance(self.index, faiss.IndexFlat)
+
+    def search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> Found:
+        if self._vectors is None:
+            scores, rows = faiss_search(self.index, vector, k, allowed)
+            return Found(rows.astype(np.int64), scores, np.zeros(len(rows), dtype=np.int64))
+        windowed = None if allowed is None else (allowed[:, None] * self.windows + np.arange(self.windows)).ravel()
+        # Candidates from FAISS (k·W windows hold at least k rows; approximate indices fetch more),
+        # then exact scores of each candidate's best window from the stored vectors.
+        fetch = k * self.windows * (1 if self.exact else 4)
+        _, flat = faiss_search(self.index, vector, fetch, windowed)
+        rows = np.unique(flat // self.windows)
+        window_scores = self.vectors(rows) @ vector  # (r, W)
+        best_window = window_scores.argmax(axis=1)
+        best = window_scores[np.arange(len(rows)), best_window]
+        order = np.argsort(-best, kind="stable")[:k]
+        return Found(rows[order], best[order], best_window[order])
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        if self._vectors is None:
+            return np.stack([self.index.reconstruct(int(r)) for r in rows])[:, None, :]
+        return np.asarray(self._vectors[rows], dtype=np.float32)
+
+    def score_all(self, vector: np.ndarray) -> np.ndarray:
+        scores = np.empty(self.rows, dtype=np.float32)
+        for start in range(0, self.rows, BLOCK_ROWS):
+            block = self.vectors(np.arange(start, min(start + BLOCK_ROWS, self.rows)))
+            scores[start : start + BLOCK_ROWS] = (block @ vector).max(axis=1)
+        return scores
