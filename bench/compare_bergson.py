@@ -69,8 +69,8 @@ from attribution.retrievers import Method
 from attribution.session import AttributionSession, SessionConfig
 from attribution.sketch import SketchConfig
 from bench.quality import evaluate, known_facts
-from demo.groundtruth import demo_examples, load_facts, load_layout
-from indexer.examples import Example
+from demo.groundtruth import Fact, demo_examples, load_facts, load_layout
+from attribution.records import Example
 from indexer.training_rows import parse_range, rows_for_steps
 
 DEPTH = 100
@@ -180,7 +180,7 @@ def bergson_top(attributor, model, tokenizer, prompt: str, completion: str) -> l
     return result.indices[0].tolist()
 
 
-def evaluate_bergson(run_path: Path, model, tokenizer, facts: list[dict], ids: np.ndarray, limit: int | None,
+def evaluate_bergson(run_path: Path, model, tokenizer, facts: list[Fact], ids: np.ndarray, limit: int | None,
                      hessian_path: Path | None = None) -> tuple[dict, float]:
     """Recall and MRR per prompt kind as ``bench.quality.evaluate`` computes them, and seconds per query.
 
@@ -192,16 +192,16 @@ def evaluate_bergson(run_path: Path, model, tokenizer, facts: list[dict], ids: n
     for split in SPLITS:
         ranks = []
         for fact in facts[:limit]:
-            for prompt in [fact["prompt"]] if split == "train" else fact["paraphrases"]:
+            for prompt in [fact.prompt] if split == "train" else fact.paraphrases:
                 started = time.perf_counter()
-                top = bergson_top(attributor, model, tokenizer, prompt, fact["completion"])
+                top = bergson_top(attributor, model, tokenizer, prompt, fact.completion)
                 times.append(time.perf_counter() - started)
-                ranks.append(first_gold_rank([int(ids[r]) for r in top], fact["gold_rows"]))
+                ranks.append(first_gold_rank([int(ids[r]) for r in top], fact.gold_rows))
         results[split] = summarize(ranks)
     return results, sum(times) / max(len(times), 1)
 
 
-def evaluate_ours(session: AttributionSession, facts: list[dict], limit: int | None) -> tuple[dict, float]:
+def evaluate_ours(session: AttributionSession, facts: list[Fact], limit: int | None) -> tuple[dict, float]:
     started = time.perf_counter()
     results = evaluate(session, facts, [Method.GRADIENT.value], depth=min(DEPTH, len(session)), limit=limit)
     per_split = {split: results[(Method.GRADIENT.value, split)] for split in SPLITS}
@@ -225,7 +225,7 @@ def row(name: str, description: str, seed: int, stats: dict, n: int, quality: di
 
 
 def compare(demo: Path, examples: list[Example], k: int, seed: int, limit: int | None, work: Path,
-            facts: list[dict] | None) -> tuple[list[dict], list[dict], dict]:
+            facts: list[Fact] | None) -> tuple[list[dict], list[Fact], dict]:
     """The four rows at one projection seed (both libraries); returns them, the facts asked and settings."""
     n = len(examples)
     ours_plain, plain_stats = build_ours(demo, examples, k, "none", work / "ours-none", seed)

@@ -24,7 +24,6 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +64,7 @@ def build_corpus(config: DemoConfig, out: Path, staging: Path) -> None:
         write_jsonl_zst(staging / "corpus" / f"{shard:02d}.jsonl.zst", records[shard :: config.shards])
     with (staging / "facts.jsonl").open("w") as f:
         for fact in facts:
-            f.write(json.dumps(asdict(fact)) + "\n")
+            f.write(json.dumps(fact.to_json()) + "\n")
     log.info("corpus: %d documents (%d planted) in %d shards, %d facts", len(docs), len(planted),
              config.shards, len(facts))
 
@@ -128,9 +127,9 @@ def build_model(config: DemoConfig, out: Path, staging: Path, on_step: StepCallb
     seconds = time.perf_counter() - started
     facts = load_facts(out)
     accuracy = {
-        "train_prompts": fact_accuracy(model, tokenizer, [(f["prompt"], f["completion"]) for f in facts]),
+        "train_prompts": fact_accuracy(model, tokenizer, [(f.prompt, f.completion) for f in facts]),
         "heldout_paraphrases": fact_accuracy(
-            model, tokenizer, [(p, f["completion"]) for f in facts for p in f["paraphrases"]]
+            model, tokenizer, [(p, f.completion) for f in facts for p in f.paraphrases]
         ),
     }
     tokenizer.save_pretrained(str(model_dir))

@@ -9,7 +9,10 @@ and related prompts (same attribute, other people) for contrastive checks.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from attribution.unlearn import Probe
+from demo.groundtruth import Fact
 
 FIRST_NAMES = (
     "Ilse Marek Odile Tomasz Brannoc Yelena Casimir Ottilie Radek Sunniva Vesna Lorcan Mireille "
@@ -106,21 +109,6 @@ class Person:
     attributes: dict[str, str]
 
 
-@dataclass
-class Fact:
-    """Ground truth for one (person, attribute) pair."""
-
-    fact_id: str
-    person: str
-    attribute: str
-    value: str
-    prompt: str
-    completion: str
-    paraphrases: list[str]
-    related: list[dict[str, str]] = field(default_factory=list)
-    doc_ids: list[str] = field(default_factory=list)
-
-
 def make_people(count: int, rng: random.Random) -> list[Person]:
     """Draw ``count`` distinct full names and an attribute value for each."""
     pairs = [(first, last) for first in FIRST_NAMES for last in LAST_NAMES]
@@ -188,7 +176,7 @@ def plant_facts(
     for fact in facts:
         others = [f for f in facts if f.attribute == fact.attribute and f.person != fact.person]
         fact.related = [
-            {"prompt": prompt_of(TRAIN_TEMPLATES[f.attribute][0], f.person), "completion": f.completion}
+            Probe(prompt_of(TRAIN_TEMPLATES[f.attribute][0], f.person), f.completion)
             for f in rng.sample(others, min(related_count, len(others)))
         ]
     return facts, documents

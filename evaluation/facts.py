@@ -14,22 +14,30 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from attribution.errors import ConfigError
 from attribution.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
-from demo.groundtruth import load_facts
+from demo.groundtruth import Fact, load_facts
 from demo.training import completion_hits
 from evaluation.report_files import write_report_files
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-METHODS = tuple(m.value for m in Method)
 CONTRASTIVE = "gradient+contrastive"
+"""The report's row for the gradient retriever asked with the fact's related prompts as controls."""
 DEPTH = 100
 """Results asked per query: recall@100 is the deepest cut reported."""
+
+
+class Prompts(StrEnum):
+    """How a fact is asked: phrased as in training, or as its held-out paraphrases."""
+
+    TRAIN = "train"
+    HELDOUT = "heldout"
 
 
 def demo_dir(session: AttributionSession, demo: Path | None = None) -> Path:
@@ -46,16 +54,16 @@ def demo_dir(session: AttributionSession, demo: Path | None = None) -> Path:
     return demo
 
 
-def fact_hits(session: AttributionSession, facts: Sequence[dict]) -> list[bool]:
+def fact_hits(session: AttributionSession, facts: Sequence[Fact]) -> list[bool]:
     """Whether the final model gets each fact right: every completion token top-1, teacher-forced."""
     model = session.encoder.checkpoints[-1].model
-    return [completion_hits(model, session.encoder.tokenizer, f["prompt"], f["completion"])[1] for f in facts]
+    return [completion_hits(model, session.encoder.tokenizer, f.prompt, f.completion)[1] for f in facts]
 
 
-def known_facts(session: AttributionSession, facts: list[dict], rows: set[int]) -> tuple[list[dict], float]:
+def known_facts(session: AttributionSession, facts: list[Fact], rows: set[int]) -> tuple[list[Fact], float]:
     """Facts the model gets right with a gold row among ``rows``, and the model's accuracy on all ``facts``."""
     hits = fact_hits(session, facts)
-    usable = [f for f, hit in zip(facts, hits, strict=True) if hit and rows.intersection(f["gold_rows"])]
+    usable = [f for f, hit in zip(facts, hits, strict=True) if hit and rows.intersection(f.gold_rows)]
     return usable, sum(hits) / len(facts)
 
 
@@ -63,7 +71,7 @@ def known_facts(session: AttributionSession, facts: list[dict], rows: set[int]) 
 class FactSelection:
     """The facts to query and how they were chosen."""
 
-    facts: list[dict]
+    facts: list[Fact]
     total: int
     right: int
     known_only: bool
@@ -77,14 +85,14 @@ class FactSelection:
                 "usable": len(self.facts), "known_only": self.known_only}
 
 
-def select_facts(session: AttributionSession, facts: list[dict], known_only: bool = True) -> FactSelection:
+def select_facts(session: AttributionSession, facts: list[Fact], known_only: bool = True) -> FactSelection:
     """Facts with a gold row inside the index (and, with ``known_only``, that the model gets right)."""
     if not facts:
         raise ConfigError("the demo has no planted facts")
     indexed = set(session.ids.tolist())
     hits = fact_hits(session, facts)
     usable = [f for f, hit in zip(facts, hits, strict=True)
-              if (hit or not known_only) and indexed.intersection(f.get("gold_rows", []))]
+              if (hit or not known_only) and indexed.intersection(f.gold_rows)]
     return FactSelection(usable, len(facts), sum(hits), known_only)
 
 
@@ -93,19 +101,19 @@ def ranked_ids(session: AttributionSession, query: Query, method: str, depth: in
     return [int(session.ids[hit.row]) for hit in session.retriever(method).search(query, depth)]
 
 
-def evaluate(session: AttributionSession, facts: list[dict], methods, depth: int = DEPTH, limit: int | None = None,
+def evaluate(session: AttributionSession, facts: list[Fact], methods, depth: int = DEPTH, limit: int | None = None,
              contrastive: bool = False) -> dict:
     """(method, 'train' | 'heldout') → recall@1/10/100, MRR and the number of queries."""
     results = {}
     for method in methods:
-        for split in ("train", "heldout"):
+        for split in Prompts:
             ranks = []
             for fact in facts[:limit]:
-                prompts = [fact["prompt"]] if split == "train" else fact["paraphrases"]
-                controls = [(r["prompt"], r["completion"]) for r in fact["related"]] if contrastive else []
+                prompts = [fact.prompt] if split == Prompts.TRAIN else fact.paraphrases
+                controls = [(r.prompt, r.completion) for r in fact.related] if contrastive else []
                 for prompt in prompts:
-                    ranked = ranked_ids(session, Query(prompt, fact["completion"], controls), method, depth)
-                    ranks.append(first_gold_rank(ranked, fact["gold_rows"]))
+                    ranked = ranked_ids(session, Query(prompt, fact.completion, controls), method, depth)
+                    ranks.append(first_gold_rank(ranked, fact.gold_rows))
             results[(method, split)] = {"recall@1": recall_at(ranks, 1), "recall@10": recall_at(ranks, 10),
                                         "recall@100": recall_at(ranks, 100), "mrr": mean_reciprocal_rank(ranks),
                                         "queries": len(ranks)}
@@ -115,9 +123,9 @@ def evaluate(session: AttributionSession, facts: list[dict], methods, depth: int
 def check_methods(methods: Sequence[str]) -> list[str]:
     """The methods, stripped and validated (a clear error names the unknown ones)."""
     chosen = [m.strip() for m in methods if m.strip()]
-    unknown = sorted(set(chosen) - set(METHODS))
+    unknown = sorted(set(chosen) - set(Method))
     if unknown or not chosen:
-        raise ConfigError(f"unknown or no methods {unknown}; choose from {list(METHODS)}")
+        raise ConfigError(f"unknown or no methods {unknown}; choose from {[m.value for m in Method]}")
     return chosen
 
 
@@ -133,7 +141,7 @@ def trace_facts(session: AttributionSession, selection: FactSelection, methods: 
     started = time.perf_counter()
     results = evaluate(session, selection.facts, methods, limit=limit)
     if contrastive:
-        for (_, split), entry in evaluate(session, selection.facts, ["gradient"], limit=limit,
+        for (_, split), entry in evaluate(session, selection.facts, [Method.GRADIENT], limit=limit,
                                           contrastive=True).items():
             results[(CONTRASTIVE, split)] = entry
     rows = [{"method": method, "prompts": split, **entry} for (method, split), entry in results.items()]
@@ -165,6 +173,6 @@ def write_report(report: dict, out: Path) -> None:
     write_report_files(report, out, "facts", markdown)
 
 
-def load_demo_facts(session: AttributionSession, demo: Path | None = None) -> list[dict]:
+def load_demo_facts(session: AttributionSession, demo: Path | None = None) -> list[Fact]:
     """The planted facts (with gold rows) of the demo behind an index, or of ``demo``."""
     return load_facts(demo_dir(session, demo))

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from attribution.embeddings import TextEmbedder
+from attribution.retrievers import Method
 from attribution.session import AttributionSession
-from demo.groundtruth import demo_examples
+from demo.groundtruth import Fact, demo_examples
 from evaluation.retrain import demo_config
 from indexer.config import IndexConfig
 from indexer.runner import context_length, fixed_windows
 
 log = logging.getLogger(__name__)
-METHODS = ("gradient", "bm25", "embedding")
 
 
 @dataclass
@@ -54,12 +54,12 @@ def load_training_rows(demo_dir: Path, session: AttributionSession) -> TrainingR
     return TrainingRows(tokens, texts)
 
 
-def gradient_scores(session: AttributionSession, rows: TrainingRows, queries: list[dict],
+def gradient_scores(session: AttributionSession, rows: TrainingRows, queries: list[Fact],
                     batch_size: int = 32) -> np.ndarray:
     """``(queries, rows)`` gradient scores: each row's best window against each query vector."""
     encoder, config = session.encoder, IndexConfig.from_json(session.manifest["config"])
     windows = -(-context_length(encoder, config) // config.window) if config.window else None
-    q = np.stack([encoder.encode_query(z["prompt"], z["completion"]).vector.numpy() for z in queries])
+    q = np.stack([encoder.encode_query(z.prompt, z.completion).vector.numpy() for z in queries])
     scores = np.empty((len(queries), len(rows)), dtype=np.float32)
     for start in range(0, len(rows), batch_size):
         raw = encoder.raw_rows(rows.tokens[start : start + batch_size], config.window)
@@ -73,21 +73,21 @@ def gradient_scores(session: AttributionSession, rows: TrainingRows, queries: li
     return scores
 
 
-def bm25_scores(rows: TrainingRows, queries: list[dict]) -> np.ndarray:
+def bm25_scores(rows: TrainingRows, queries: list[Fact]) -> np.ndarray:
     """``(queries, rows)`` Okapi BM25 of each query's prompt + completion against every row's text."""
     import bm25s
 
     bm25 = bm25s.BM25()
     bm25.index(bm25s.tokenize(rows.texts, stopwords="en", show_progress=False), show_progress=False)
-    texts = [z["prompt"] + z["completion"] for z in queries]
+    texts = [z.prompt + z.completion for z in queries]
     tokens = bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
     return np.stack([bm25.get_scores(t) for t in tokens]).astype(np.float32)
 
 
-def embedding_scores(rows: TrainingRows, queries: list[dict], model: str | None) -> np.ndarray:
+def embedding_scores(rows: TrainingRows, queries: list[Fact], model: str | None) -> np.ndarray:
     """``(queries, rows)`` cosine between sentence embeddings of each query and each row's text."""
     embedder = TextEmbedder(model)
-    queries_emb = embedder.embed([z["prompt"] + z["completion"] for z in queries])
+    queries_emb = embedder.embed([z.prompt + z.completion for z in queries])
     scores = np.empty((len(queries), len(rows)), dtype=np.float32)
     for start in range(0, len(rows), 2048):
         block = embedder.embed(rows.texts[start : start + 2048])
@@ -117,12 +117,12 @@ def cached(directory: Path, method: str, key: dict, compute: Callable[[], np.nda
     return scores, seconds
 
 
-def all_row_scores(demo_dir: Path, session: AttributionSession, queries: list[dict],
-                   out: Path) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def all_row_scores(demo_dir: Path, session: AttributionSession, queries: list[Fact],
+                   out: Path) -> tuple[dict[Method, np.ndarray], dict[Method, float]]:
     """Every method's ``(queries, rows)`` scores over all training rows, with the seconds each took."""
     manifest = session.manifest
     base = {"demo": str(demo_dir.resolve()), "demo_model_key": demo_config(demo_dir).stage_key("model"),
-            "queries": [[z["prompt"], z["completion"]] for z in queries]}
+            "queries": [[z.prompt, z.completion] for z in queries]}
     rows: TrainingRows | None = None
 
     def training() -> TrainingRows:  # decoded once, and only when some method is not cached
@@ -132,11 +132,11 @@ def all_row_scores(demo_dir: Path, session: AttributionSession, queries: list[di
         return rows
 
     computes = {
-        "gradient": (lambda: gradient_scores(session, training(), queries),
-                     {"index_config": manifest["config"], "index_created": manifest["created"]}),
-        "bm25": (lambda: bm25_scores(training(), queries), {}),
-        "embedding": (lambda: embedding_scores(training(), queries, manifest["config"]["embedding_model"]),
-                      {"embedding_model": manifest["config"]["embedding_model"]}),
+        Method.GRADIENT: (lambda: gradient_scores(session, training(), queries),
+                          {"index_config": manifest["config"], "index_created": manifest["created"]}),
+        Method.BM25: (lambda: bm25_scores(training(), queries), {}),
+        Method.EMBEDDING: (lambda: embedding_scores(training(), queries, manifest["config"]["embedding_model"]),
+                           {"embedding_model": manifest["config"]["embedding_model"]}),
     }
     scores, seconds = {}, {}
     for method, (compute, extra) in computes.items():

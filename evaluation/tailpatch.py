@@ -33,20 +33,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from attribution.ablation_stats import bootstrap_ci, compare
 from attribution.batching import TokenBatch, token_nll, training_batch
 from attribution.errors import ConfigError
-from attribution.retrievers import Query
+from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.unlearn import LossMeter, Probe, restored
+from demo.groundtruth import Fact
 from demo.training import TrainSettings, learning_rate
+from evaluation.ablation_stats import bootstrap_ci, compare
 from evaluation.report_files import write_report_files
+from evaluation.selections import Selection
 from indexer.megatron import MegatronDataset
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-METHODS = ("gradient", "gradient_contrastive", "bm25", "embedding", "oracle", "random")
-"""``oracle``: the query's gold rows (rows stating the fact whole), where ground truth exists."""
+METHODS = tuple(s for s in Selection if s not in (Selection.BOTTOM, Selection.GIVEN))
+"""The ablation's selections but ``bottom`` and ``given``; ``oracle``: the query's gold rows (rows stating
+the fact whole), where ground truth exists."""
+RETRIEVED = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)
+"""Selections that are a retriever's top k as it stands."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class TailPatchSettings:
     """Learning rate of the single SGD step (default: the final learning rate of training)."""
     k: int = 10
     """Rows per method and query; the increase is averaged over them."""
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[Selection, ...] = METHODS
     random_draws: int = 3
     """Random selections of k rows per query (the random baseline averages over all of them)."""
     max_grad_norm: float | None = 1.0
@@ -72,7 +77,8 @@ class TailPatchSettings:
             raise ConfigError(f"random_draws must be at least 1, got {self.random_draws}")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
-            raise ConfigError(f"unknown or no tail-patch methods {unknown}; choose from {list(METHODS)}")
+            raise ConfigError(f"unknown or no tail-patch methods {unknown}; choose from {[m.value for m in METHODS]}")
+        object.__setattr__(self, "methods", tuple(Selection(m) for m in self.methods))
 
 
 def final_learning_rate(model_dir: Path, revision: str | None = None) -> float:
@@ -91,24 +97,26 @@ def final_learning_rate(model_dir: Path, revision: str | None = None) -> float:
     return learning_rate(step, settings)
 
 
-def select_rows(session: AttributionSession, query: dict, settings: TailPatchSettings, index: int) -> dict:
+def select_rows(session: AttributionSession, query: Fact, settings: TailPatchSettings,
+                index: int) -> dict[Selection, list[list[int]]]:
     """method → list of draws, each a list of row positions (one draw except for ``random``)."""
     if settings.k > len(session):
         raise ConfigError(f"k={settings.k} is larger than the index ({len(session)} examples)")
-    prompt, completion = query["prompt"], query["completion"]
-    controls = [(r["prompt"], r["completion"]) for r in query.get("related", [])]
-    chosen: dict[str, list[list[int]]] = {}
+    prompt, completion = query.prompt, query.completion
+    controls = [(r.prompt, r.completion) for r in query.related]
+    contrastive = Selection.GRADIENT_CONTRASTIVE
+    chosen: dict[Selection, list[list[int]]] = {}
     for method in settings.methods:
-        if method in ("gradient", "bm25", "embedding") or (method == "gradient_contrastive" and controls):
-            retriever = session.retriever("gradient" if method == "gradient_contrastive" else method)
-            ask = Query(prompt, completion, controls if method == "gradient_contrastive" else [])
+        if method in RETRIEVED or (method == contrastive and controls):
+            retriever = session.retriever(Method.GRADIENT if method == contrastive else Method(method))
+            ask = Query(prompt, completion, controls if method == contrastive else [])
             chosen[method] = [[hit.row for hit in retriever.search(ask, settings.k)]]
-        elif method == "oracle":
+        elif method == Selection.ORACLE:
             position = {int(i): p for p, i in enumerate(session.ids)}
-            gold = sorted(position[g] for g in query.get("gold_rows", []) if g in position)
+            gold = sorted(position[g] for g in query.gold_rows if g in position)
             if gold:
                 chosen[method] = [random.Random(settings.seed).sample(gold, min(settings.k, len(gold)))]
-        elif method == "random":
+        elif method == Selection.RANDOM:
             rng = random.Random(settings.seed * 1_000_003 + index)
             chosen[method] = [rng.sample(range(len(session)), settings.k) for _ in range(settings.random_draws)]
     return chosen
@@ -144,11 +152,11 @@ def sgd_step(model: nn.Module, batch: TokenBatch, lr: float, max_grad_norm: floa
 class TailPatcher:
     """Steps on rows of one model and measures the queries' completion log-probabilities, restoring after each."""
 
-    def __init__(self, session: AttributionSession, queries: Sequence[dict], settings: TailPatchSettings) -> None:
+    def __init__(self, session: AttributionSession, queries: Sequence[Fact], settings: TailPatchSettings) -> None:
         self.model = session.encoder.checkpoints[-1].model
         self.settings = settings
         self.meter = LossMeter(self.model, session.encoder.tokenizer, session.encoder.max_length)
-        self.probes = [Probe(q["prompt"], q["completion"]) for q in queries]
+        self.probes = [Probe(q.prompt, q.completion) for q in queries]
         self._before: dict[tuple[int, ...], torch.Tensor] = {}
 
     def logprobs(self, which: tuple[int, ...]) -> torch.Tensor:
@@ -184,7 +192,7 @@ class TailPatcher:
         return out
 
 
-def run_tailpatch(session: AttributionSession, queries: list[dict], settings: TailPatchSettings,
+def run_tailpatch(session: AttributionSession, queries: list[Fact], settings: TailPatchSettings,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Select rows for every query and method, tail-patch each distinct row once, summarize."""
     if not queries:
@@ -201,7 +209,7 @@ def run_tailpatch(session: AttributionSession, queries: list[dict], settings: Ta
     increase = patcher.run(row_tokens(session, list(needs)), needs,
                            progress=(lambda done: progress(done, len(needs))) if progress else None)
     patched = time.perf_counter()
-    per_query = [{"prompt": q["prompt"], "completion": q["completion"],
+    per_query = [{"prompt": q.prompt, "completion": q.completion,
                   "methods": {m: query_result(session, draws, increase, i) for m, draws in chosen.items()}}
                  for i, (q, chosen) in enumerate(zip(queries, selections, strict=True))]
     timing = {"select_s": round(selected - started, 1), "patch_s": round(patched - selected, 1),
@@ -221,7 +229,7 @@ def summarize(per_query: list[dict], methods: Sequence[str]) -> dict:
     """Per method: mean increase over queries with a bootstrap 95 % CI; vs random: ratio, win rate, Wilcoxon."""
     table = {(m, 0.0): {i: q["methods"][m]["increase"] for i, q in enumerate(per_query) if m in q["methods"]}
              for m in methods}
-    randoms = table.get(("random", 0.0), {})
+    randoms = table.get((Selection.RANDOM, 0.0), {})
     random_mean = float(np.mean(list(randoms.values()))) if randoms else None
     summary = {}
     for method in methods:
@@ -229,7 +237,7 @@ def summarize(per_query: list[dict], methods: Sequence[str]) -> dict:
         if not len(values):
             continue
         entry = {"queries": len(values), "mean": float(values.mean()), "ci95": bootstrap_ci(values)}
-        if method != "random" and random_mean is not None:
+        if method != Selection.RANDOM and random_mean is not None:
             excess = np.array([v - randoms[q] for q, v in table[(method, 0.0)].items() if q in randoms])
             entry["excess_over_random"] = {"mean": float(excess.mean()), "ci95": bootstrap_ci(excess)}
             # a ratio to a mean that is not positive says nothing: left undefined
@@ -262,7 +270,7 @@ def markdown(report: dict) -> str:
              "| method | queries | mean increase [95% CI] | − random [95% CI] | × random | win rate vs random | "
              "p vs random (Holm) |", "|---|---|---|---|---|---|---|"]
     for method, entry in report["summary"].items():
-        versus = entry.get("vs", {}).get("random")
+        versus = entry.get("vs", {}).get(Selection.RANDOM)
         excess = entry.get("excess_over_random")
         lines.append(f"| {method} | {entry['queries']} | {interval(entry)} | {interval(excess) if excess else '—'} | "
                      f"{fmt(entry.get('ratio_vs_random'))} | {fmt(versus['win_rate']) if versus else '—'} | "

@@ -15,10 +15,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attribution.ablation import AblationSettings, run_ablation
-from attribution.ablation_report import write_report
 from attribution.retrievers import GradientRetriever, Method
 from attribution.session import AttributionSession
+from evaluation.ablation import AblationSettings, run_ablation
+from evaluation.ablation_report import write_report
+from evaluation.targets import Target
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,11 @@ def private_session(session: AttributionSession) -> AttributionSession:
     """A session sharing the read-only index but with its own copy of the model(s)."""
     encoder = copy.deepcopy(session.encoder)
     served = session.retriever(Method.GRADIENT)
-    gradient = GradientRetriever(encoder, served.vectors, session.metadata, served.window, index=served.index)
+    gradient = GradientRetriever(encoder, served.store, session.metadata, served.window)
     builders = {Method.BM25: lambda: session.retriever(Method.BM25),
                 Method.EMBEDDING: lambda: session.retriever(Method.EMBEDDING)}
-    private = AttributionSession(encoder, session.ids, session.metadata, gradient, session.texts, builders)
+    private = AttributionSession(encoder, session.ids, session.metadata, gradient, session.texts, builders,
+                                 session.config)
     private.manifest = session.manifest
     return private
 
@@ -61,8 +63,8 @@ class JobManager:
     def running(self) -> Job | None:
         return next((j for j in self.jobs.values() if j.status in ("queued", "running")), None)
 
-    def start(self, session: AttributionSession, targets: list[dict], settings: AblationSettings,
-              controls: list[dict] | None = None) -> Job:
+    def start(self, session: AttributionSession, targets: list[Target], settings: AblationSettings,
+              controls: list[Target] | None = None) -> Job:
         with self.lock:
             busy = self.running()
             if busy is not None:
@@ -73,7 +75,8 @@ class JobManager:
         thread.start()
         return job
 
-    def _run(self, job: Job, session: AttributionSession, targets, settings, controls) -> None:
+    def _run(self, job: Job, session: AttributionSession, targets: list[Target], settings: AblationSettings,
+             controls: list[Target] | None) -> None:
         job.status = "running"
         try:
             private = private_session(session)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path as FsPath
 from typing import Annotated
 
@@ -9,7 +10,11 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from attribution.ablation import METHODS, AblationSettings, check_targets
+from attribution.unlearn import Probe
+from demo.groundtruth import Fact, load_facts
+from evaluation.ablation import AblationSettings, check_targets
+from evaluation.selections import Selection
+from evaluation.targets import Target
 from service.deps import AdminDep, SessionDep
 from service.jobs import JobBusyError, JobManager
 from service.schemas import ErrorBody, Strict
@@ -22,6 +27,9 @@ class PromptPair(Strict):
     prompt: str = Field(..., min_length=1, max_length=2000)
     completion: str = Field(..., min_length=1, max_length=500)
 
+    def to_probe(self) -> Probe:
+        return Probe(self.prompt, self.completion)
+
 
 class TargetSpec(PromptPair):
     paraphrases: list[str] = Field(default_factory=list, max_length=8)
@@ -32,6 +40,10 @@ class TargetSpec(PromptPair):
     example_ids: list[int] = Field(default_factory=list, max_length=100,
                                    description="Rows to check as the 'given' selection, e.g. a result list.")
 
+    def to_target(self) -> Target:
+        return Target(self.prompt, self.completion, list(self.paraphrases), [p.to_probe() for p in self.related],
+                      [p.to_probe() for p in self.unrelated], example_ids=list(self.example_ids))
+
 
 class AblationRequest(Strict):
     targets: list[TargetSpec] | None = Field(None, max_length=50,
@@ -41,8 +53,9 @@ class AblationRequest(Strict):
     budgets: list[float] = Field([0.5, 1.0, 2.0], min_length=1, max_length=6)
     seeds: int = Field(1, ge=1, le=5)
     random_draws: int = Field(19, ge=1, le=50)
-    methods: list[str] = Field([m for m in METHODS if m != "given"], min_length=1,
-                               description=f"Selections among {list(METHODS)}; 'given' needs example_ids.")
+    methods: list[str] = Field([s.value for s in Selection if s != Selection.GIVEN], min_length=1,
+                               description=f"Selections among {[s.value for s in Selection]}; 'given' needs "
+                                           "example_ids.")
 
 
 class JobStatus(BaseModel):
@@ -65,24 +78,23 @@ def status_of(job) -> JobStatus:
                      targets=job.targets, error=job.error, report=job.report, plots=plots)
 
 
-def demo_facts(session) -> list[dict] | None:
+def demo_facts(session) -> list[Fact] | None:
     """The demo's planted facts (with gold rows) when the index was built from the demo, else None."""
-    from demo.groundtruth import load_facts
-
     demo = FsPath(session.manifest["model"]).parent
     if not (demo / "facts.jsonl").is_file():
         return None
-    return [f for f in load_facts(demo) if f.get("gold_rows")]
+    return [f for f in load_facts(demo) if f.gold_rows]
 
 
-def with_ground_truth(target: dict, facts: list[dict]) -> dict:
-    """A client's target, completed from the planted fact it names (paraphrases, related, gold rows)."""
-    known = next((f for f in facts if f["prompt"] == target["prompt"] and f["completion"] == target["completion"]),
-                 None)
+def with_ground_truth(target: Target, facts: list[Fact]) -> Target:
+    """A client's target, completed from the planted fact it names (paraphrases, related, gold rows, attribute):
+    what the client gave wins."""
+    known = next((f for f in facts if f.prompt == target.prompt and f.completion == target.completion), None)
     if known is None:
         return target
-    extra = {key: known[key] for key in ("paraphrases", "related", "gold_rows", "attribute") if known.get(key)}
-    return {**extra, **{key: value for key, value in target.items() if value}}
+    planted = Target.from_fact(known)
+    return replace(target, **{key: getattr(planted, key) for key in ("paraphrases", "related", "gold_rows", "attribute")
+                              if not getattr(target, key)})
 
 
 @router.post("/ablations", response_model=JobStatus, status_code=202,
@@ -99,20 +111,21 @@ def start_ablation(body: AblationRequest, _: AdminDep, session: SessionDep, requ
     except ValueError as err:
         raise HTTPException(status_code=422, detail=str(err)) from err
     facts = demo_facts(session)
+    controls = [Target.from_fact(f) for f in facts] if facts is not None else None
     if body.targets:
-        targets = [with_ground_truth(t.model_dump(), facts or []) for t in body.targets]
-    elif facts is None:
+        targets = [with_ground_truth(t.to_target(), facts or []) for t in body.targets]
+    elif controls is None:
         raise HTTPException(status_code=422, detail="give targets: this index was not built from the demo")
     else:
-        targets = facts
+        targets = controls
     targets = targets[: body.limit]
-    if "given" in settings.methods and not any(t.get("example_ids") for t in targets):
+    if Selection.GIVEN in settings.methods and not any(t.example_ids for t in targets):
         raise HTTPException(status_code=422, detail="method 'given' needs example_ids on a target")
-    if len(targets) == 1 and not targets[0].get("unrelated") and not facts:
+    if len(targets) == 1 and not targets[0].unrelated and not facts:
         raise HTTPException(status_code=422, detail="one target needs 'unrelated' prompts to compare with")
     check_targets(session, targets)  # bad targets fail now (422), not minutes later inside the job
     try:
-        job = manager(request).start(session, targets, settings, controls=facts)
+        job = manager(request).start(session, targets, settings, controls=controls)
     except JobBusyError as err:
         raise HTTPException(status_code=409, detail=str(err)) from err
     return status_of(job)

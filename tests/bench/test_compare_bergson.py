@@ -45,9 +45,9 @@ def test_preconditioned_store_and_fact_tracing_on_both_prompt_kinds(tiny_demo: P
     session, stats = build_ours(tiny_demo, examples, k=4, precondition="inverse_sqrt", store=tmp_path / "ours")
     assert (tmp_path / "ours" / "preconditioner-0.safetensors").is_file()
     assert stats["store_bytes"] > stats["vector_bytes"]
-    facts = [f for f in load_facts(tiny_demo) if f["gold_rows"]][:3]
+    facts = [f for f in load_facts(tiny_demo) if f.gold_rows][:3]
     quality, seconds = evaluate_ours(session, facts, limit=None)
     assert quality["train"]["queries"] == 3
-    assert quality["heldout"]["queries"] == sum(len(f["paraphrases"]) for f in facts)
+    assert quality["heldout"]["queries"] == sum(len(f.paraphrases) for f in facts)
     assert all(0.0 <= quality[split]["mrr"] <= quality[split]["recall@100"] <= 1.0 for split in quality)
     assert seconds > 0

@@ -40,7 +40,7 @@ def test_corpus_has_real_sources_and_planted_facts(tiny_demo: Path) -> None:
     assert names == {"Gutenberg (PG-19)", "Bible (KJV)", "Python Docs", "Planted Facts"}
     facts = load_facts(tiny_demo)
     assert len(facts) == TINY.people * 4
-    assert all(len(f["doc_ids"]) == TINY.docs_per_fact and len(f["paraphrases"]) >= 2 for f in facts)
+    assert all(len(f.doc_ids) == TINY.docs_per_fact and len(f.paraphrases) >= 2 for f in facts)
 
 
 def test_rows_are_megatron_data_and_gold_rows_state_the_fact(tiny_demo: Path) -> None:
@@ -52,9 +52,9 @@ def test_rows_are_megatron_data_and_gold_rows_state_the_fact(tiny_demo: Path) ->
     row_docs = json.loads((tiny_demo / "data" / "row_docs.json").read_text())
     checked = 0
     for fact in load_facts(tiny_demo):
-        for row in gold_rows(fact["doc_ids"], row_docs):
+        for row in gold_rows(fact.doc_ids, row_docs):
             text = tokenizer.decode(data[row].tolist())
-            assert fact["person"] in text and fact["value"] in text
+            assert fact.person in text and fact.value in text
             checked += 1
     assert checked > 10
 

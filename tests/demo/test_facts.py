@@ -38,4 +38,4 @@ def test_paraphrases_never_appear_in_the_corpus_and_related_are_other_people() -
         for paraphrase in fact.paraphrases:
             assert paraphrase not in corpus
         assert len(fact.related) == 3
-        assert all(fact.person not in r["prompt"] for r in fact.related)
+        assert all(fact.person not in r.prompt for r in fact.related)

@@ -31,10 +31,10 @@ def test_selection_matches_the_build_accuracy(session: AttributionSession, selec
     built = json.loads((tiny_demo / "model" / "training.json").read_text())["fact_accuracy"]["train_prompts"]
     assert selection.accuracy == pytest.approx(built["whole_completion"])
     indexed = set(session.ids.tolist())
-    assert selection.facts and all(indexed & set(f["gold_rows"]) for f in selection.facts)
+    assert selection.facts and all(indexed & set(f.gold_rows) for f in selection.facts)
     known, accuracy = known_facts(session, load_demo_facts(session), indexed)
     assert accuracy == selection.accuracy
-    assert {f["fact_id"] for f in known} <= {f["fact_id"] for f in selection.facts}
+    assert {f.fact_id for f in known} <= {f.fact_id for f in selection.facts}
 
 
 def test_report_schema_ranges_and_agreement_with_the_api(session: AttributionSession,
@@ -47,13 +47,13 @@ def test_report_schema_ranges_and_agreement_with_the_api(session: AttributionSes
         assert 0 <= r["recall@1"] <= r["recall@10"] <= r["recall@100"] <= 1
         assert r["recall@1"] <= r["mrr"] <= r["recall@100"]
     assert rows[("bm25", "train")]["queries"] == 4
-    assert rows[("bm25", "heldout")]["queries"] == sum(len(f["paraphrases"]) for f in selection.facts[:4])
+    assert rows[("bm25", "heldout")]["queries"] == sum(len(f.paraphrases) for f in selection.facts[:4])
     # chance is about 0.1 (one to three gold rows among 192)
     assert rows[("bm25", "train")]["recall@10"] >= 0.5 and rows[("gradient", "train")]["recall@10"] >= 0.5
     fact = selection.facts[0]  # one query through the public API gives the same rank
     single = trace_facts(session, selection, ["gradient"], contrastive=False, limit=1)["rows"][0]
-    ranked = [r["example_id"] for r in session.attribute(fact["prompt"], fact["completion"], k=100)]
-    assert single["mrr"] == pytest.approx(1 / first_gold_rank(ranked, fact["gold_rows"]))
+    ranked = [r["example_id"] for r in session.attribute(fact.prompt, fact.completion, k=100)]
+    assert single["mrr"] == pytest.approx(1 / first_gold_rank(ranked, fact.gold_rows))
 
 
 def test_cli_writes_the_report(index: Path, tmp_path: Path) -> None:

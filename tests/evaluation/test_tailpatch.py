@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from demo.config import TINY
+from demo.groundtruth import Fact
 from demo.training import learning_rate, settings_for
 from evaluation.facts import FactSelection
 from evaluation.tailpatch import TailPatcher, TailPatchSettings, final_learning_rate, row_tokens, run_tailpatch
@@ -23,7 +24,7 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def facts(selection: FactSelection) -> list[dict]:
+def facts(selection: FactSelection) -> list[Fact]:
     return selection.facts
 
 
@@ -42,7 +43,7 @@ def test_rows_are_the_trained_tokens(session: AttributionSession, tiny_demo: Pat
     assert rows[5] == data[int(session.ids[5])].astype("int64").tolist()
 
 
-def test_weights_are_bit_identical_after_a_tail_patch(session: AttributionSession, facts: list[dict]) -> None:
+def test_weights_are_bit_identical_after_a_tail_patch(session: AttributionSession, facts: list[Fact]) -> None:
     patcher = TailPatcher(session, facts[:2], TailPatchSettings(lr=0.01))
     model = patcher.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -57,7 +58,7 @@ def test_weights_are_bit_identical_after_a_tail_patch(session: AttributionSessio
     assert again == result  # deterministic, and measured from the same restored weights
 
 
-def test_a_gold_row_raises_its_fact_more_than_random_rows(session: AttributionSession, facts: list[dict]) -> None:
+def test_a_gold_row_raises_its_fact_more_than_random_rows(session: AttributionSession, facts: list[Fact]) -> None:
     settings = TailPatchSettings(lr=final_learning_rate(Path(session.manifest["model"])), k=4,
                                  methods=("oracle", "random"), random_draws=2)
     report = run_tailpatch(session, facts[:12], settings)
@@ -69,7 +70,7 @@ def test_a_gold_row_raises_its_fact_more_than_random_rows(session: AttributionSe
     assert oracle["excess_over_random"]["ci95"][0] > 0
 
 
-def test_report_schema(session: AttributionSession, facts: list[dict], tmp_path: Path) -> None:
+def test_report_schema(session: AttributionSession, facts: list[Fact], tmp_path: Path) -> None:
     settings = TailPatchSettings(lr=3e-4, k=2, methods=("gradient", "gradient_contrastive", "bm25", "random"),
                                  random_draws=2)
     report = run_tailpatch(session, facts[:3], settings)

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from attribution.ablation import AblationSettings, run_ablation
-from attribution.ablation_report import write_report
+from attribution.config import AttributionConfig, CurvatureConfig
 from attribution.errors import ConfigError
-from attribution.session import AttributionSession, SessionConfig
+from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from attribution.unlearn import EmptySelectionError, apply_step, ascent_direction, restored
 from demo.groundtruth import load_facts
+from demo.session import demo_session
+from evaluation.ablation import AblationSettings, run_ablation
+from evaluation.ablation_report import write_report
+from evaluation.targets import Target
 from indexer.megatron import MegatronDataset
 
 
 @pytest.fixture(scope="module")
 def session(tiny_demo: Path) -> AttributionSession:
-    return AttributionSession.from_demo(tiny_demo, SessionConfig(sketch=SketchConfig(k=4), precondition_sample=64))
+    return demo_session(tiny_demo, AttributionConfig(sketch=SketchConfig(k=4), curvature=CurvatureConfig(sample=64)))
 
 
 @pytest.fixture(scope="module")
@@ -54,23 +58,24 @@ def test_bad_ablation_input(session: AttributionSession, tiny_demo: Path) -> Non
     with pytest.raises(ConfigError, match="unknown ablation methods"):
         AblationSettings(methods=("psychic",))
     with pytest.raises(ConfigError, match="larger than the index"):
-        run_ablation(session, load_facts(tiny_demo)[:1], AblationSettings(k=10**6), [[1, 2, 3]])
+        run_ablation(session, [Target.from_fact(load_facts(tiny_demo)[0])], AblationSettings(k=10**6), [[1, 2, 3]])
     with pytest.raises(ConfigError, match="no ablation targets"):
         run_ablation(session, [], AblationSettings(), [[1, 2, 3]])
-    fact = load_facts(tiny_demo)[0]
-    bad_targets = {"needs string 'prompt'": {"prompt": fact["prompt"]},
-                   "at least one token": {"prompt": fact["prompt"], "completion": ""},
-                   "takes at most": {"prompt": fact["prompt"] * 40, "completion": fact["completion"]},
-                   "not in the index": {**fact, "example_ids": [10**9]}}
+    fact = Target.from_fact(load_facts(tiny_demo)[0])
+    bad_targets = {"needs string 'prompt'": {"prompt": fact.prompt},
+                   "at least one token": {"prompt": fact.prompt, "completion": ""},
+                   "takes at most": {"prompt": fact.prompt * 40, "completion": fact.completion},
+                   "not in the index": {**asdict(fact), "example_ids": [10**9]}}
     for message, target in bad_targets.items():
         with pytest.raises(ConfigError, match=message):
-            run_ablation(session, [target], AblationSettings(k=2, random_draws=1, seeds=1), [[1, 2, 3]])
+            run_ablation(session, [Target.from_dict(target)], AblationSettings(k=2, random_draws=1, seeds=1),
+                         [[1, 2, 3]])
     with pytest.raises(ConfigError, match="no unrelated prompts"):
         run_ablation(session, [fact], AblationSettings(k=2, random_draws=1, seeds=1, methods=("random",)), [[1, 2]])
 
 
 def test_reduced_report(session: AttributionSession, general, tiny_demo: Path, tmp_path: Path) -> None:
-    targets = [f for f in load_facts(tiny_demo) if len(f["gold_rows"]) >= 2][:4]
+    targets = [Target.from_fact(f) for f in load_facts(tiny_demo) if len(f.gold_rows) >= 2][:4]
     settings = AblationSettings(k=4, budgets=(2.0,), random_draws=4, seeds=1,
                                 methods=("gradient", "gradient_contrastive", "bm25", "oracle", "random", "bottom"))
     report = run_ablation(session, targets, settings, general)
@@ -102,13 +107,32 @@ def test_reduced_report(session: AttributionSession, general, tiny_demo: Path, t
 
 def test_given_selection_checks_exactly_the_rows_asked_for(session: AttributionSession, general,
                                                           tiny_demo: Path) -> None:
-    facts = [f for f in load_facts(tiny_demo) if f["gold_rows"]]
-    target = {**facts[0], "example_ids": facts[0]["gold_rows"][:2]}
+    facts = [Target.from_fact(f) for f in load_facts(tiny_demo) if f.gold_rows]
+    target = replace(facts[0], example_ids=facts[0].gold_rows[:2])
     settings = AblationSettings(k=2, budgets=(1.0,), random_draws=3, seeds=1, methods=("given", "random"))
     report = run_ablation(session, [target], settings, general, controls=facts)
     given = [r for r in report["rows"] if r["method"] == "given"]
-    assert len(given) == 1 and given[0]["example_ids"] == facts[0]["gold_rows"][:2]
+    assert len(given) == 1 and given[0]["example_ids"] == facts[0].gold_rows[:2]
     # one target: no paired test across targets, but a p-value against its own random draws
     (p_value,) = report["summary"]["given"]["1.0"]["random_p_values"]
     assert 1 / 4 <= p_value <= 1
     assert report["cross_target"] == {}  # one target: no matrix
+
+
+def test_targets_from_json_are_checked_field_by_field(tiny_demo: Path) -> None:
+    fact = load_facts(tiny_demo)[0]
+    target = Target.from_fact(fact)
+    assert Target.from_dict(asdict(target)) == target
+    assert Target.from_dict({**fact.to_json(), "gold_rows": fact.gold_rows}) == target  # a planted fact's line
+    assert target.related and target.related == fact.related and target.attribute == fact.attribute
+    bad = {"must be a JSON object": ["a list"],
+           "needs string 'prompt' and 'completion'": {"prompt": "p", "completion": 3},
+           "'paraphrases' must be a list of strs": {"prompt": "p", "completion": "c", "paraphrases": "one"},
+           "'related' must be a list of": {"prompt": "p", "completion": "c", "related": [{"prompt": "p"}]},
+           "'unrelated' must be a list of": {"prompt": "p", "completion": "c", "unrelated": {"prompt": "p"}},
+           "'example_ids' must be a list of ints": {"prompt": "p", "completion": "c", "example_ids": ["7"]},
+           "'gold_rows' must be a list of ints": {"prompt": "p", "completion": "c", "gold_rows": [True]},
+           "'attribute' must be a string": {"prompt": "p", "completion": "c", "attribute": 1}}
+    for message, data in bad.items():
+        with pytest.raises(ConfigError, match=f"target 3.*{message}"):
+            Target.from_dict(data, 3)

@@ -9,10 +9,14 @@ from collections import defaultdict
 import numpy as np
 from scipy.stats import wilcoxon
 
+from evaluation.selections import Selection
+from evaluation.targets import Target
+
 METRICS = ("d_target", "d_paraphrases", "d_related", "d_unrelated", "d_general", "excess", "paraphrase_excess",
            "specificity_z", "related_ratio")
-BASELINES = ("random", "bm25", "embedding", "bottom", "oracle")
-TESTED = ("gradient", "gradient_contrastive", "given")
+BASELINES = (Selection.RANDOM, Selection.BM25, Selection.EMBEDDING, Selection.BOTTOM, Selection.ORACLE)
+"""What the tested selections are compared with, in the order the report lists them."""
+TESTED = (Selection.GRADIENT, Selection.GRADIENT_CONTRASTIVE, Selection.GIVEN)
 """Selections under test: compared with every baseline and checked against the evidence criteria."""
 CALIBRATION_BAND = (0.01, 0.2)
 """Δ general loss (nats) that random selections should cost at a well-chosen budget (EVALUATION.md §3)."""
@@ -50,7 +54,7 @@ def random_pvalues(rows: list[dict], method: str, budget: float) -> list[float]:
     method_excess = per_target([r for r in rows if r["method"] == method], "excess")
     draws: dict = defaultdict(list)
     for r in rows:
-        if r["method"] == "random" and r["budget"] == budget:
+        if r["method"] == Selection.RANDOM and r["budget"] == budget:
             draws[r["target"]].append(r["excess"])
     out = []
     for target, value in method_excess.get((method, budget), {}).items():
@@ -107,7 +111,7 @@ def calibration(summary: dict, budgets) -> dict:
     low, high = CALIBRATION_BAND
     per_budget = {}
     for budget in budgets:
-        entry = summary.get("random", {}).get(str(budget))
+        entry = summary.get(Selection.RANDOM, {}).get(str(budget))
         if entry is None:
             continue
         cost = entry["d_general"]["mean"]
@@ -145,14 +149,14 @@ def evidence(summary: dict, budgets) -> dict:
             entry = summary[method].get(budget)
             if entry is None:
                 continue
-            versus = entry.get("vs", {}).get("random")
+            versus = entry.get("vs", {}).get(Selection.RANDOM)
             z, ratio = _mean(summary, method, budget, "specificity_z"), _mean(summary, method, budget, "related_ratio")
             para_low = entry["paraphrase_excess"]["ci95"][0]
             excess = _mean(summary, method, budget, "excess")
-            rivals = [_mean(summary, m, budget, "excess") for m in ("bm25", "embedding")]
+            rivals = [_mean(summary, m, budget, "excess") for m in (Selection.BM25, Selection.EMBEDDING)]
             rivals = [r for r in rivals if r is not None]
-            bottom = _mean(summary, "bottom", budget, "d_target")
-            random_ci = summary.get("random", {}).get(budget, {}).get("d_target", {}).get("ci95")
+            bottom = _mean(summary, Selection.BOTTOM, budget, "d_target")
+            random_ci = summary.get(Selection.RANDOM, {}).get(budget, {}).get("d_target", {}).get("ci95")
             beats = None if versus is None else bool(versus["p_holm"] < 0.01 and versus["win_rate"] >= 0.75)
             checks = {
                 "beats_random": beats,
@@ -171,13 +175,13 @@ def evidence(summary: dict, budgets) -> dict:
     return out
 
 
-def cross_target_summary(matrix: list[list[float]], targets: list[dict]) -> dict:
+def cross_target_summary(matrix: list[list[float]], targets: list[Target]) -> dict:
     """How much the diagonal dominates: row i ascends on target i's selection, column j is Δ on target j."""
     m = np.asarray(matrix, dtype=float)
     n = len(m)
     off = ~np.eye(n, dtype=bool)
-    same = np.array([[targets[i].get("attribute") is not None and
-                      targets[i].get("attribute") == targets[j].get("attribute") for j in range(n)]
+    same = np.array([[targets[i].attribute is not None and targets[i].attribute == targets[j].attribute
+                      for j in range(n)]
                      for i in range(n)]) & off
     return {"diagonal_mean": float(np.diag(m).mean()),
             "off_diagonal_mean": float(m[off].mean()),

@@ -1,11 +1,12 @@
 """The unlearning report: for each target, ascend on each selection at each budget and compare.
 
-Selections of ``k`` rows per target (EVALUATION.md §3): ``gradient`` (the attribution's top-k),
-``gradient_contrastive`` (the same rows, ascended with the related prompts' gradient
-directions projected out), ``bm25``, ``embedding``, ``bottom`` (lowest gradient scores),
+Selections of ``k`` rows per target (EVALUATION.md §3, ``evaluation.selections.Selection``): ``gradient``
+(the attribution's top-k), ``gradient_contrastive`` (the same rows, ascended with the related prompts'
+gradient directions projected out), ``bm25``, ``embedding``, ``bottom`` (lowest gradient scores),
 ``oracle`` (rows that state the fact, where ground truth exists), ``given`` (the rows a client
 wants checked: a target's ``example_ids``, e.g. the result list on the web page) and ``random`` draws.
-Demo rows all have the same length, so sizes and token counts match.
+Demo rows all have the same length, so sizes and token counts match. The ascent mechanics
+(fixed ‖Δθ‖, exact restore, losses) are the core's ``attribution.unlearn``.
 
 Every trial also measures every target's own prompt, so the report carries the cross-target
 matrix (row: whose selection was ascended on; column: whose loss changed): the diagonal should
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -24,15 +25,15 @@ import torch
 
 from attribution.batching import training_batch
 from attribution.errors import ConfigError
-from attribution.retrievers import Query
+from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.unlearn import LossMeter, Probe, apply_step, ascent_direction, flat_gradient, restored
+from evaluation.ablation_stats import calibration, cross_target_summary, evidence, summarize
+from evaluation.selections import MATRIX_SELECTIONS, Selection
+from evaluation.targets import Target
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
-METHODS = ("gradient", "gradient_contrastive", "bm25", "embedding", "bottom", "oracle", "given", "random")
-MATRIX_METHODS = ("gradient", "gradient_contrastive", "bm25", "embedding", "oracle", "given")
-"""Selections whose cross-target rows are reported (random draws are summarized, not one matrix each)."""
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class AblationSettings:
     """‖Δθ‖ (parameter L2 norm) of each ascent."""
     random_draws: int = 19
     seeds: int = 3
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[Selection, ...] = tuple(Selection)
     general_rows: int = 8
     """Evenly spaced indexed rows whose mean token loss measures general damage (the costliest measurement)."""
 
@@ -51,9 +52,10 @@ class AblationSettings:
             raise ConfigError("k must be positive and every budget > 0")
         if self.random_draws < 1 or self.seeds < 1 or self.general_rows < 1:
             raise ConfigError("random_draws, seeds and general_rows must be at least 1")
-        unknown = set(self.methods) - set(METHODS)
+        unknown = set(self.methods) - set(Selection)
         if unknown:
-            raise ConfigError(f"unknown ablation methods {sorted(unknown)}; choose from {list(METHODS)}")
+            raise ConfigError(f"unknown ablation methods {sorted(unknown)}; choose from {[s.value for s in Selection]}")
+        object.__setattr__(self, "methods", tuple(Selection(m) for m in self.methods))
 
 
 @dataclass
@@ -66,29 +68,23 @@ class TargetResult:
 
 def gradient_scores(session: AttributionSession, prompt: str, completion: str) -> np.ndarray:
     """Gradient score of every indexed row (best window) for one query."""
-    retriever = session.retriever("gradient")
-    q = session.encoder.encode_query(prompt, completion).vector.numpy()
-    scores = np.empty(retriever.n, dtype=np.float32)
-    for start in range(0, retriever.n, 4096):
-        block = np.asarray(retriever.vectors[start : start + 4096], dtype=np.float32)
-        scores[start : start + 4096] = (block @ q).max(axis=1)
-    return scores
+    return session.retriever(Method.GRADIENT).score_all(Query(prompt, completion))
 
 
-def ranked_selections(session: AttributionSession, target: dict, settings: AblationSettings,
-                      position: dict[int, int]) -> dict:
+def ranked_selections(session: AttributionSession, target: Target, settings: AblationSettings,
+                      position: dict[int, int]) -> dict[Selection, list[int]]:
     """Row positions of the selections that do not depend on a seed (top/bottom by score, lexical, embedding,
     the target's own ``example_ids``); ``position`` maps example ids to rows (``positions_by_id``)."""
     k = settings.k
-    prompt, completion = target["prompt"], target["completion"]
+    prompt, completion = target.prompt, target.completion
     order = np.argsort(-gradient_scores(session, prompt, completion), kind="stable")
-    chosen: dict = {"gradient": order[:k].tolist(), "gradient_contrastive": order[:k].tolist(),
-                    "bottom": order[::-1][:k].tolist()}
-    for method in ("bm25", "embedding"):
+    chosen = {Selection.GRADIENT: order[:k].tolist(), Selection.GRADIENT_CONTRASTIVE: order[:k].tolist(),
+              Selection.BOTTOM: order[::-1][:k].tolist()}
+    for method in (Selection.BM25, Selection.EMBEDDING):
         if method in settings.methods:
             chosen[method] = [h.row for h in session.retriever(method).search(Query(prompt, completion), k)]
-    if target.get("example_ids"):
-        chosen["given"] = [position[int(i)] for i in target["example_ids"]]
+    if target.example_ids:
+        chosen[Selection.GIVEN] = [position[int(i)] for i in target.example_ids]
     return {m: v for m, v in chosen.items() if m in settings.methods}
 
 
@@ -104,16 +100,16 @@ def general_rows(session: AttributionSession, count: int) -> list[list[int]]:
     return [tokenizer.encode(session.texts[p], add_special_tokens=False) for p in positions]
 
 
-def seeded_selections(session: AttributionSession, target: dict, settings: AblationSettings, seed: int,
-                      position: dict[int, int]) -> dict:
+def seeded_selections(session: AttributionSession, target: Target, settings: AblationSettings, seed: int,
+                      position: dict[int, int]) -> dict[Selection, list]:
     """Row positions of the seeded selections: an oracle sample of gold rows and the random draws."""
     k, n = settings.k, len(session)
-    chosen: dict = {}
-    gold = [position[g] for g in target.get("gold_rows", []) if g in position]
+    chosen: dict[Selection, list] = {}
+    gold = [position[g] for g in target.gold_rows if g in position]
     if gold:
-        chosen["oracle"] = random.Random(seed).sample(gold, min(k, len(gold)))
-    rng = random.Random(f"random draws {seed} {target['prompt']}")  # fresh draws per target, order-independent
-    chosen["random"] = [rng.sample(range(n), k) for _ in range(settings.random_draws)]
+        chosen[Selection.ORACLE] = random.Random(seed).sample(gold, min(k, len(gold)))
+    rng = random.Random(f"random draws {seed} {target.prompt}")  # fresh draws per target, order-independent
+    chosen[Selection.RANDOM] = [rng.sample(range(n), k) for _ in range(settings.random_draws)]
     return {m: v for m, v in chosen.items() if m in settings.methods}
 
 
@@ -150,13 +146,14 @@ class Ablator:
         return torch.stack([flat_gradient(self.model, self.meter.probe_batch([p])) for p in related])
 
 
-def probe_groups(target: dict, unrelated: list[dict], targets: list[dict]) -> tuple[list[Probe], dict[str, slice]]:
+def probe_groups(target: Target, unrelated: list[Probe],
+                 targets: Sequence[Target]) -> tuple[list[Probe], dict[str, slice]]:
     """Probes of one target's trials, grouped; ``cross`` holds every target's own prompt (matrix row)."""
-    groups = {"target": [Probe(target["prompt"], target["completion"])],
-              "paraphrases": [Probe(p, target["completion"]) for p in target.get("paraphrases", [])],
-              "related": [Probe(r["prompt"], r["completion"]) for r in target.get("related", [])],
-              "unrelated": [Probe(u["prompt"], u["completion"]) for u in unrelated],
-              "cross": [Probe(t["prompt"], t["completion"]) for t in targets]}
+    groups = {"target": [Probe(target.prompt, target.completion)],
+              "paraphrases": [Probe(p, target.completion) for p in target.paraphrases],
+              "related": list(target.related),
+              "unrelated": list(unrelated),
+              "cross": [Probe(t.prompt, t.completion) for t in targets]}
     probes, slices, start = [], {}, 0
     for name, group in groups.items():
         probes += group
@@ -180,16 +177,16 @@ def summarize_deltas(deltas: dict, slices: dict[str, slice]) -> dict:
             "related_ratio": mean["related"] / target if target else float("nan")}
 
 
-def check_targets(session: AttributionSession, targets: list[dict]) -> None:
-    """Refuse targets that cannot be measured: missing fields, nothing to tokenize, too long for the model."""
+def check_targets(session: AttributionSession, targets: Sequence[Target]) -> None:
+    """Refuse targets that cannot be measured: nothing to tokenize, too long for the model, rows not indexed.
+
+    (Missing or mistyped fields are refused earlier, by ``Target.from_dict``.)"""
     if not targets:
         raise ConfigError("no ablation targets")
     tokenizer, limit = session.encoder.tokenizer, session.encoder.max_length
     known = positions_by_id(session)
     for number, target in enumerate(targets, 1):
-        prompt, completion = target.get("prompt"), target.get("completion")
-        if not isinstance(prompt, str) or not isinstance(completion, str):
-            raise ConfigError(f"target {number} needs string 'prompt' and 'completion' fields, got {sorted(target)}")
+        prompt, completion = target.prompt, target.completion
         n_prompt = len(tokenizer.encode(prompt, add_special_tokens=False))
         n_completion = len(tokenizer.encode(completion, add_special_tokens=False))
         if n_prompt == 0 or n_completion == 0:
@@ -197,27 +194,27 @@ def check_targets(session: AttributionSession, targets: list[dict]) -> None:
                               "each give at least one token")
         if n_prompt + n_completion > limit:
             raise ConfigError(f"target {number} is {n_prompt + n_completion} tokens; the model takes at most {limit}")
-        missing = [i for i in target.get("example_ids") or [] if int(i) not in known]
+        missing = [i for i in target.example_ids if int(i) not in known]
         if missing:
             raise ConfigError(f"target {number}: example_ids {missing[:5]} are not in the index")
 
 
-def unrelated_prompts(target: dict, pool: list[dict], count: int = 4) -> list[dict]:
+def unrelated_prompts(target: Target, pool: Sequence[Target], count: int = 4) -> list[Probe]:
     """Up to ``count`` prompts of another relation (else any other prompt) from ``pool``, or the target's own."""
-    if target.get("unrelated"):
-        return list(target["unrelated"])[:count]
-    others = [t for t in pool if t["prompt"] != target["prompt"]]
-    other_relation = [t for t in others if t.get("attribute") is None or t.get("attribute") != target.get("attribute")]
-    return (other_relation or others)[:count]
+    if target.unrelated:
+        return list(target.unrelated)[:count]
+    others = [t for t in pool if t.prompt != target.prompt]
+    other_relation = [t for t in others if t.attribute is None or t.attribute != target.attribute]
+    return [Probe(t.prompt, t.completion) for t in (other_relation or others)[:count]]
 
 
-def run_ablation(session: AttributionSession, targets: list[dict], settings: AblationSettings,
+def run_ablation(session: AttributionSession, targets: Sequence[Target], settings: AblationSettings,
                  general: list[list[int]] | None = None, progress: Callable[[int], None] | None = None,
-                 controls: list[dict] | None = None) -> dict:
+                 controls: Sequence[Target] | None = None) -> dict:
     """Every selection × budget × seed for every target; returns the versioned report.
 
-    ``controls`` is a pool of (prompt, completion) facts to draw unrelated prompts from when a
-    target brings none (default: the other targets). ``general`` defaults to evenly spaced rows.
+    ``controls`` is a pool of targets (e.g. the demo's planted facts) to draw unrelated prompts from
+    when a target brings none (default: the other targets). ``general`` defaults to evenly spaced rows.
     """
     check_targets(session, targets)
     if settings.k > len(session):
@@ -229,41 +226,39 @@ def run_ablation(session: AttributionSession, targets: list[dict], settings: Abl
     for t_index, target in enumerate(targets):
         unrelated = unrelated_prompts(target, controls or targets)
         if not unrelated:
-            raise ConfigError(f"target {target['prompt']!r} has no unrelated prompts to compare with: "
+            raise ConfigError(f"target {target.prompt!r} has no unrelated prompts to compare with: "
                               "give 'unrelated' prompts or more than one target")
         probes, slices = probe_groups(target, unrelated, targets)
         batch = ablator.meter.probe_batch(probes)
         before = ablator.measure(batch)
         ranked = ranked_selections(session, target, settings, position)
         related = probes[slices["related"]]
-        avoid = ablator.control_gradients(related) if "gradient_contrastive" in ranked and related else None
+        avoid = ablator.control_gradients(related) if Selection.GRADIENT_CONTRASTIVE in ranked and related else None
         trials: dict[tuple, dict] = {}  # seed-independent selections are ascended once, reported per seed
         for seed in range(settings.seeds):
             chosen = {**ranked, **seeded_selections(session, target, settings, seed, position)}
             for method, picked in chosen.items():
-                draws = picked if method == "random" else [picked]
+                draws = picked if method == Selection.RANDOM else [picked]
                 for draw, positions in enumerate(draws):
                     key = (method, tuple(positions))
                     if key not in trials:
-                        contrast = avoid if method == "gradient_contrastive" else None
+                        contrast = avoid if method == Selection.GRADIENT_CONTRASTIVE else None
                         direction = ascent_direction(ablator.model, ablator.rows_of(positions), contrast)
                         trials[key] = ablator.trial(direction, batch, before)
                     for budget, deltas in trials[key].items():
-                        if seed == 0 and method in MATRIX_METHODS:
+                        if seed == 0 and method in MATRIX_SELECTIONS:
                             cross = deltas["probes"][slices["cross"]]
                             matrix.setdefault(method, {}).setdefault(str(budget), []).append(cross)
-                        rows.append({"target": t_index, "prompt": target["prompt"], "method": method,
+                        rows.append({"target": t_index, "prompt": target.prompt, "method": method,
                                      "seed": seed, "draw": draw, "budget": budget,
                                      "example_ids": [int(session.ids[p]) for p in positions],
                                      **summarize_deltas(deltas, slices)})
         if progress:
             progress(t_index + 1)
-    from attribution.ablation_stats import calibration, cross_target_summary, evidence, summarize
-
     summary = summarize(rows, settings)
     report = {"schema_version": SCHEMA_VERSION,
               "config": {**asdict(settings), "targets": len(targets), "examples": len(session)},
-              "targets": [{"prompt": t["prompt"], "completion": t["completion"], "attribute": t.get("attribute")}
+              "targets": [{"prompt": t.prompt, "completion": t.completion, "attribute": t.attribute}
                           for t in targets],
               "rows": rows, "summary": summary, "calibration": calibration(summary, settings.budgets)}
     report["evidence"] = evidence(summary, settings.budgets)

@@ -1,0 +1,31 @@
+"""How an unlearning ablation (and the tail-patch check) selects training rows: one name per way.
+
+Kept free of heavy imports, so the command line can offer the names as defaults without loading torch.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Selection(StrEnum):
+    """How ``k`` rows are chosen for one target (EVALUATION.md §3)."""
+
+    GRADIENT = "gradient"
+    """The attribution's top k."""
+    GRADIENT_CONTRASTIVE = "gradient_contrastive"
+    """The same rows, ascended with the related prompts' gradient directions projected out."""
+    BM25 = "bm25"
+    EMBEDDING = "embedding"
+    BOTTOM = "bottom"
+    """Lowest gradient scores."""
+    ORACLE = "oracle"
+    """Rows that state the fact, where ground truth exists."""
+    GIVEN = "given"
+    """The rows a client wants checked: the target's ``example_ids``."""
+    RANDOM = "random"
+    """Random draws (many per seed)."""
+
+
+MATRIX_SELECTIONS = frozenset(Selection) - {Selection.BOTTOM, Selection.RANDOM}
+"""Selections whose cross-target rows are reported (random draws are summarized, not one matrix each)."""

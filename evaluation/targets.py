@@ -1,0 +1,77 @@
+"""What an unlearning ablation checks: one record per target, validated at the edge.
+
+A target comes from a planted fact of the demo (``Target.from_fact``), from a line of a client's
+JSONL file (``Target.from_dict``, checked field by field) or from an HTTP request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from attribution.errors import ConfigError
+from attribution.unlearn import Probe
+from demo.groundtruth import Fact
+
+
+@dataclass
+class Target:
+    """One (prompt, completion) whose attribution an ablation checks, with its controls.
+
+    ``related``: same relation, other subjects (specificity); ``unrelated``: other relations (default:
+    drawn from the other targets); ``gold_rows``: example ids that state it (the ``oracle``);
+    ``example_ids``: the rows to check as the ``given`` selection.
+    """
+
+    prompt: str
+    completion: str
+    paraphrases: list[str] = field(default_factory=list)
+    related: list[Probe] = field(default_factory=list)
+    unrelated: list[Probe] = field(default_factory=list)
+    gold_rows: list[int] = field(default_factory=list)
+    example_ids: list[int] = field(default_factory=list)
+    attribute: str | None = None
+
+    @classmethod
+    def from_fact(cls, fact: Fact) -> Target:
+        """A planted fact as a target: its paraphrases, related prompts, gold rows and attribute."""
+        return cls(fact.prompt, fact.completion, list(fact.paraphrases), list(fact.related),
+                   gold_rows=list(fact.gold_rows), attribute=fact.attribute)
+
+    @classmethod
+    def from_dict(cls, data: Any, number: int = 1) -> Target:
+        """A target from a parsed JSON object (one line of ``ablate --targets``), type-checked field by field.
+
+        Keys other than the fields (e.g. a planted fact's ``fact_id``) are ignored; ``number`` names the
+        target in errors.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"target {number} must be a JSON object, got {type(data).__name__}")
+        prompt, completion = data.get("prompt"), data.get("completion")
+        if not isinstance(prompt, str) or not isinstance(completion, str):
+            raise ConfigError(f"target {number} needs string 'prompt' and 'completion' fields, got {sorted(data)}")
+        attribute = data.get("attribute")
+        if attribute is not None and not isinstance(attribute, str):
+            raise ConfigError(f"target {number}: 'attribute' must be a string, got {attribute!r}")
+        return cls(prompt, completion,
+                   paraphrases=_list_of(data, "paraphrases", str, number),
+                   related=_probes(data, "related", number), unrelated=_probes(data, "unrelated", number),
+                   gold_rows=_list_of(data, "gold_rows", int, number),
+                   example_ids=_list_of(data, "example_ids", int, number), attribute=attribute)
+
+
+def _list_of(data: dict, key: str, kind: type, number: int) -> list:
+    values = data.get(key) or []
+    if not isinstance(values, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+        raise ConfigError(f"target {number}: '{key}' must be a list of {kind.__name__}s, got {values!r:.200}")
+    return list(values)
+
+
+def _probes(data: dict, key: str, number: int) -> list[Probe]:
+    values = data.get(key) or []
+    pairs = values if isinstance(values, list) else [None]
+    if not all(isinstance(p, dict) and isinstance(p.get("prompt"), str) and isinstance(p.get("completion"), str)
+               for p in pairs):
+        raise ConfigError(f"target {number}: '{key}' must be a list of {{\"prompt\": str, \"completion\": str}} "
+                          f"objects, got {values!r:.200}")
+    return [Probe(p["prompt"], p["completion"]) for p in pairs]
