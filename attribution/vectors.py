@@ -77,7 +77,10 @@ def faiss_search(index: faiss.Index, vector: np.ndarray, fetch: int,
     """Inner-product search of one vector, restricted to ``allowed`` FAISS ids when given."""
     params = None
     if allowed is not None:
-        params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed.astype("int64")))
+        selector = faiss.IDSelectorBatch(allowed.astype("int64"))
+        # an IVF index refuses plain SearchParameters: it takes its own, which also carry its nprobe
+        params = (faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe) if isinstance(index, faiss.IndexIVF)
+                  else faiss.SearchParameters(sel=selector))
         fetch = min(fetch, len(allowed))
     scores, rows = index.search(np.ascontiguousarray(vector[None], dtype="float32"), max(fetch, 1), params=params)
     keep = rows[0] >= 0

@@ -115,3 +115,45 @@ def test_model_without_linear_blocks() -> None:
 
     with pytest.raises(NoLinearModulesError, match="no nn.Linear layers inside its blocks"):
         Sketcher(Bag(), SketchConfig(k=2))
+
+
+class GradientOuterProducts:
+    """A ModuleStatistics that rebuilds each example's exact weight gradient Σ_t g_t x_tᵀ from what it sees."""
+
+    def __init__(self) -> None:
+        self.grads: dict[str, torch.Tensor] = {}
+
+    def observe(self, name: str, inputs: torch.Tensor, output_grads: torch.Tensor, mask: torch.Tensor) -> None:
+        assert mask.shape == inputs.shape[:2] == output_grads.shape[:2]
+        self.grads[name] = torch.einsum("bt,bto,bti->boi", mask.to(inputs), output_grads, inputs)
+
+
+def test_statistics_hook_sees_each_modules_inputs_and_output_gradients(tiny_model) -> None:
+    sketcher = Sketcher(tiny_model, SketchConfig(k=4))
+    rows = random_rows([9, 5, 9])
+    batch = training_batch(rows)
+    stats = GradientOuterProducts()
+    plain = sketcher.sketch(batch)
+    torch.testing.assert_close(sketcher.sketch(batch, statistics=[stats]), plain)  # the hook changes nothing
+    assert set(stats.grads) == set(sketcher.modules)
+    for b, exact in enumerate(exact_gradients(tiny_model, sketcher, batch)):
+        for name in sketcher.modules:
+            torch.testing.assert_close(stats.grads[name][b], exact[name], rtol=1e-8, atol=1e-12)
+
+
+def test_folded_projections_sketch_the_transformed_gradient(tiny_model) -> None:
+    """Folding A into P_in and G into P_out sketches P_outᵀ Gᵀ dW A P_in: the query-side route of a full-space
+    curvature equals preconditioning the gradient, then projecting."""
+    sketcher = Sketcher(tiny_model, SketchConfig(k=3, seed=1))
+    generator = torch.Generator().manual_seed(5)
+    mats = {name: (torch.randn(m.in_features, m.in_features, generator=generator, dtype=torch.float64),
+                   torch.randn(m.out_features, m.out_features, generator=generator, dtype=torch.float64))
+            for name, m in sketcher.modules.items()}
+    folded = sketcher.folded(lambda name, p_in, p_out: (mats[name][0] @ p_in, mats[name][1] @ p_out))
+    batch = training_batch(random_rows([8, 6]))
+    sketches = folded.sketch(batch)
+    for b, exact in enumerate(exact_gradients(tiny_model, sketcher, batch)):
+        transformed = {name: mats[name][1].T @ exact[name] @ mats[name][0] for name in exact}
+        reference = projected(sketcher, transformed)
+        assert float((sketches[b] - reference).norm() / reference.norm()) < 1e-8
+    torch.testing.assert_close(sketcher.sketch(batch), Sketcher(tiny_model, SketchConfig(k=3, seed=1)).sketch(batch))

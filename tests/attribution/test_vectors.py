@@ -1,0 +1,62 @@
+"""The vector store finds the rows brute force would, with filters, windows and approximate FAISS indices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attribution.vectors import FaissStore, build_faiss_index
+
+
+def brute_force(vectors: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray | None) -> list[int]:
+    scores = (vectors.reshape(len(vectors), -1, vectors.shape[-1]) @ query).max(axis=1)
+    rows = np.arange(len(vectors)) if allowed is None else np.sort(allowed)
+    return rows[np.argsort(-scores[rows], kind="stable")][:k].tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 60), windows=st.sampled_from([None, 1, 3]), k=st.integers(1, 10),
+       filtered=st.booleans(), seed=st.integers(0, 10_000))
+def test_exact_store_matches_brute_force(n: int, windows: int | None, k: int, filtered: bool, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (n, 8) if windows is None else (n, windows, 8)
+    vectors = rng.standard_normal(shape).astype(np.float32)
+    query = rng.standard_normal(8).astype(np.float32)
+    allowed = np.sort(rng.choice(n, size=max(1, n // 2), replace=False)) if filtered else None
+    found = FaissStore(vectors).search(query, k, allowed)
+    assert found.rows.tolist() == brute_force(vectors, query, k, allowed)
+    exact = FaissStore(vectors).vectors(found.rows) @ query
+    np.testing.assert_allclose(found.scores, exact[np.arange(len(found.rows)), found.windows], rtol=1e-5)
+    np.testing.assert_allclose(FaissStore(vectors).score_all(query), exact_all := (
+        vectors.reshape(n, -1, 8) @ query).max(axis=1), rtol=1e-5)
+    assert exact_all.shape == (n,)
+
+
+def test_approximate_index_is_reranked_exactly_and_filters_work() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((400, 16)).astype(np.float32)
+    index, recall = build_faiss_index(vectors, "IVF4,Flat")
+    assert recall is not None and 0 <= recall <= 1
+    store = FaissStore(vectors, index)
+    store.index.nprobe = 4  # every list: candidates are exact, and the re-rank must keep them exact
+    query = vectors[7]
+    found = store.search(query, 5)
+    assert found.rows.tolist() == brute_force(vectors, query, 5, None)
+    allowed = np.arange(100, 200)
+    assert set(store.search(query, 5, allowed).rows.tolist()) <= set(allowed.tolist())
+
+
+def test_index_only_store_keeps_faiss_scores_and_reconstructs(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((30, 6)).astype(np.float32)
+    store = FaissStore.index_only(vectors)
+    store.save_index(tmp_path / "e.faiss")
+    reopened = FaissStore.open(tmp_path / "e.faiss")
+    assert (reopened.rows, reopened.windows, reopened.dim) == (30, 1, 6)
+    found = reopened.search(vectors[3], 4)
+    assert found.rows.tolist() == brute_force(vectors, vectors[3], 4, None)
+    np.testing.assert_allclose(reopened.vectors(np.array([3, 5]))[:, 0], vectors[[3, 5]])
+    with pytest.raises(ValueError, match="needs vectors"):
+        FaissStore(None, None)
