@@ -63,7 +63,7 @@ def main() -> None:
 
     start = time.perf_counter()
     session = open_index(args.index)
-    facts = [Target.from_fact(f) for f in load_facts(Path(session.manifest["model"]).parent) if f.gold_rows]
+    facts = [Target.from_fact(f) for f in load_facts(Path(session.manifest.config.model).parent) if f.gold_rows]
     facts = facts[: args.targets]
     loaded = time.perf_counter()
     settings = AblationSettings(k=args.k, budgets=tuple(float(b) for b in args.budgets.split(",")), seeds=args.seeds,

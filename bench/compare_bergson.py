@@ -33,7 +33,7 @@ same store, plus bergson's autocorrelation Hessian (a second gradient pass accum
 Gram) applied as H^-1/2 to both sides before the cosine (bergson's two-sided mode, damped inverse with
 0.1 × the mean eigenvalue); this is TrackStar without the optimizer normaliser or query-Hessian mixing.
 ``headwater cosine, no preconditioner``: the same method as the first row on our side
-(``SessionConfig(precondition="none")``, whole rows). ``headwater default``: our default whole-row retriever,
+(``CurvatureConfig(kind="none")``, whole rows). ``headwater default``: our default whole-row retriever,
 cosine after one damped inverse-square-root preconditioner over all D = 16·k² sketch coordinates, fitted on
 the stored sketches (λ = 0.1 × mean eigenvalue), no second pass.
 
@@ -53,7 +53,6 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -62,15 +61,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attribution.config import AttributionConfig, CurvatureConfig
 from attribution.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from attribution.models import load_tokenizer
 from attribution.modules import sketched_linears
+from attribution.records import Example
 from attribution.retrievers import Method
-from attribution.session import AttributionSession, SessionConfig
+from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from bench.quality import evaluate, known_facts
 from demo.groundtruth import Fact, demo_examples, load_facts, load_layout
-from attribution.records import Example
 from indexer.training_rows import parse_range, rows_for_steps
 
 DEPTH = 100
@@ -89,14 +89,14 @@ def summarize(ranks: list[int | None]) -> dict:
 
 def build_ours(demo: Path, examples: list[Example], k: int, precondition: str, store: Path, seed: int = 0) -> tuple:
     """Our session (sketch, fit, prepare) plus the gradient part of a published index written to ``store``."""
-    config = replace(SessionConfig(), sketch=SketchConfig(k=k, seed=seed), precondition=precondition)
+    config = AttributionConfig(sketch=SketchConfig(k=k, seed=seed), curvature=CurvatureConfig(kind=precondition))
     started, cpu = time.perf_counter(), time.process_time()
     session = AttributionSession.from_examples(demo / "model", examples, config, tokenizer_path=demo / "tokenizer")
     retriever = session.retriever(Method.GRADIENT)
     store.mkdir(parents=True)
-    np.save(store / "vectors.npy", retriever.vectors[:, 0].astype(np.float16))
+    np.save(store / "vectors.npy", retriever.store.vectors(np.arange(len(session)))[:, 0].astype(np.float16))
     np.save(store / "ids.npy", session.ids)
-    faiss.write_index(retriever.index, str(store / "gradient.faiss"))
+    retriever.store.save_index(store / "gradient.faiss")
     preconditioner = session.encoder.checkpoints[0].preconditioner
     if preconditioner is not None:
         preconditioner.save(store / "preconditioner-0.safetensors")
@@ -247,9 +247,9 @@ def compare(demo: Path, examples: list[Example], k: int, seed: int, limit: int |
             "H^-1/2 on both sides, damped_inverse with damping 0.1 x mean eigenvalue; build = both passes", seed,
             both_passes, n, *evaluate_bergson(work / "bergson", model, tokenizer, facts, ids, limit,
                                               work / "bergson-hessian")),
-        row("headwater cosine, no preconditioner", "SessionConfig(k, precondition='none'), whole rows", seed,
+        row("headwater cosine, no preconditioner", "AttributionConfig(k, curvature kind 'none'), whole rows", seed,
             plain_stats, n, *evaluate_ours(ours_plain, facts, limit)),
-        row("headwater default (inverse-sqrt preconditioner)", "SessionConfig(k, precondition='inverse_sqrt', "
+        row("headwater default (inverse-sqrt preconditioner)", "AttributionConfig(k, curvature kind 'inverse_sqrt', "
             "damping=0.1): one D x D preconditioner fitted on the stored sketches, whole rows", seed, default_stats,
             n, *evaluate_ours(ours_default, facts, limit)),
     ]

@@ -30,8 +30,8 @@ def demo_build(demo: Path, steps: str | None, k: int, window: int | None) -> Non
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "index"
-        config = IndexConfig(model=str(demo / "model"), data=str(demo / "data" / "document"), steps=steps, k=k,
-                             window=window, shard_size=512)
+        config = IndexConfig.create(str(demo / "model"), str(demo / "data" / "document"), steps=steps, k=k,
+                                    window=window, shard_size=512)
         started = time.perf_counter()
         encoder = make_encoder(config)
         runner = ShardRunner(config, out, encoder, TextEmbedder(), batch_size=32)

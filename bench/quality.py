@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
-from attribution.session import AttributionSession, SessionConfig
+from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig
 from attribution.sketch import SketchConfig
 from demo.groundtruth import load_facts, load_layout
+from demo.session import demo_session
 from evaluation.facts import evaluate, known_facts
 from indexer.training_rows import parse_range, rows_for_steps
 
@@ -47,11 +47,12 @@ def main() -> None:
     if args.steps:
         start, stop = parse_range(args.steps, "steps")
         rows = rows_for_steps(layout["num_rows"], layout["batch_size"], start, stop)
-    config = replace(SessionConfig(), sketch=SketchConfig(k=args.k), window=args.window,
-                     precondition=args.precondition, mode=args.mode, normalizer=args.normalizer,
-                     hybrid_fusion=args.fusion)
+    normalizer = str(args.demo / "model" / "adam_state.safetensors") if args.normalizer else None
+    config = AttributionConfig(sketch=SketchConfig(k=args.k), window=args.window, normalizer=normalizer,
+                               curvature=CurvatureConfig(kind=args.precondition),
+                               scoring=ScoringConfig(mode=args.mode, hybrid_fusion=args.fusion))
     started = time.perf_counter()
-    session = AttributionSession.from_demo(args.demo, config, rows=rows)
+    session = demo_session(args.demo, config, rows=rows)
     built = time.perf_counter() - started
     facts, accuracy = known_facts(session, load_facts(args.demo), set(session.ids.tolist()))
     results = evaluate(session, facts, args.methods.split(","), limit=args.limit, contrastive=args.contrastive)
