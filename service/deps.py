@@ -21,9 +21,7 @@ def get_served(request: Request) -> ServedIndex:
 
 
 def get_session(served: Annotated[ServedIndex, Depends(get_served)]) -> AttributionSession:
-    if served.session is None:
-        raise HTTPException(status_code=503, detail="the index is still loading; retry shortly")
-    return served.session
+    return served.current()  # IndexUnavailableError (503) until the index is loaded
 
 
 def require_api_key(settings: Annotated[Settings, Depends(get_settings)],

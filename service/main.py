@@ -15,14 +15,76 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from attribution.errors import HeadwaterError
-from service.jobs import JobManager
+from attribution.errors import ConfigError, DataFormatError, HeadwaterError, ModelLoadError
+from indexer.errors import IndexWriteError, StepRangeError, UnknownSourceError
+from service.errors import IndexUnavailableError, NotFoundError, RequestLimitError
+from service.jobs import JobBusyError, JobManager
 from service.routes import ablations, admin, attribute, data
 from service.settings import Settings
 from service.state import ServedIndex
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+INTERNAL = "internal error; see the server log"
+
+STATUS: dict[type[Exception], int] = {
+    # The client's fault: a bad setting or range (ContextLengthError, EmptyCompletionError, ... are
+    # ConfigErrors), or more than this server allows.
+    RequestLimitError: 422,
+    ConfigError: 400,
+    StepRangeError: 400,
+    UnknownSourceError: 400,
+    NotFoundError: 404,
+    JobBusyError: 409,
+    # The served index or model failed (CorruptShardError and MissingFieldError are DataFormatErrors). A load
+    # or reload raises every failure, IndexMismatchError included, as IndexUnavailableError.
+    IndexUnavailableError: 503,
+    ModelLoadError: 503,
+    DataFormatError: 503,
+    IndexWriteError: 503,
+}
+"""Status of each error kind; an error takes the entry of its nearest class. Any other exception is a 500."""
+
+
+def status_for(err: Exception) -> int:
+    """The HTTP status an error maps to (500 for a kind not in :data:`STATUS`)."""
+    return next((STATUS[cls] for cls in type(err).__mro__ if cls in STATUS), 500)
+
+
+def causes(err: BaseException) -> str:
+    """The error and the chain of errors that caused it, for the log."""
+    parts = []
+    while err is not None:
+        parts.append(f"{type(err).__name__}: {err}")
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return " <- ".join(parts)
+
+
+class InternalErrors:
+    """ASGI middleware turning an unexpected exception into a logged traceback and a JSON 500.
+
+    (Starlette's own 500 handler re-raises after answering, so the server would log it twice.)"""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracked_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception:
+            log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            if started:  # too late for a JSON answer: let the server close the connection
+                raise
+            await JSONResponse(status_code=500, content={"error": INTERNAL})(scope, receive, send)
 
 
 class BodyLimit:
@@ -76,8 +138,18 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     app.include_router(ablations.router)
 
     @app.exception_handler(HeadwaterError)
-    async def headwater_error(request: Request, err: HeadwaterError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"error": str(err)})
+    @app.exception_handler(JobBusyError)
+    async def known_error(request: Request, err: Exception) -> JSONResponse:
+        status = status_for(err)
+        if status == 500:
+            log.error("unmapped error on %s %s", request.method, request.url.path, exc_info=err)
+            return JSONResponse(status_code=500, content={"error": INTERNAL})
+        message = str(err)
+        if status >= 500:
+            log.error("%s %s -> %d: %s", request.method, request.url.path, status, causes(err))
+            if not isinstance(err, IndexUnavailableError):
+                message = f"the served index or model failed ({type(err).__name__}): {err}"
+        return JSONResponse(status_code=status, content={"error": message})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
@@ -93,6 +165,7 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
         return (STATIC / "index.html").read_text(encoding="utf-8")
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(InternalErrors)
     return app
 
 

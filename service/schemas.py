@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from attribution.retrievers import Method
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -24,7 +26,7 @@ class AttributeRequest(Strict):
     completion: str | None = Field(None, min_length=1, max_length=5_000, examples=[" Tarnow"],
                                    description="Omitted: the model's own greedy continuation is attributed.")
     k: int = Field(10, ge=1, description="Number of examples to return (at most the server's max_k).")
-    method: Literal["gradient", "embedding", "bm25", "hybrid"] = "gradient"
+    method: Method = Field(Method.GRADIENT, description="Which retriever ranks the training examples.")
     filters: FilterSpec = Field(default_factory=FilterSpec)
     controls: list[str] = Field(default_factory=list, description="Control prompts (same relation, other "
                                 "subjects) for a contrastive query; their completions are the model's own.")

@@ -6,8 +6,11 @@ import logging
 import threading
 from pathlib import Path
 
+from attribution.errors import HeadwaterError
+from attribution.retrievers import Method
 from attribution.session import AttributionSession
 from indexer.store import open_index
+from service.errors import IndexUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -22,13 +25,28 @@ class ServedIndex:
         self.reload_lock = threading.Lock()
 
     def load(self) -> AttributionSession:
+        """Open the published build and serve it; on failure the previous build (if any) stays served.
+
+        Any failure to open it is the index's (or model's) fault, not the caller's: even a config mismatch
+        (``IndexMismatchError``) is raised as :class:`IndexUnavailableError`, with the cause chained."""
         with self.reload_lock:
-            fresh = open_index(self.path, self.device)
-            fresh.retriever("bm25")  # build lazily-made retrievers now, not on the first request
-            fresh.retriever("embedding")
+            try:
+                fresh = open_index(self.path, self.device)
+                fresh.retriever(Method.BM25)  # build lazily-made retrievers now, not on the first request
+                fresh.retriever(Method.EMBEDDING)
+            except (HeadwaterError, OSError) as err:
+                kept = "; still serving the previous build" if self.session is not None else ""
+                raise IndexUnavailableError(f"could not load the index at {self.path}: {err}{kept}") from err
             self.session = fresh
-            log.info("serving %s (%d examples)", fresh.manifest and fresh.manifest.get("created"), len(fresh))
+            log.info("serving %s (%d examples)", fresh.manifest.created if fresh.manifest else None, len(fresh))
             return fresh
+
+    def current(self) -> AttributionSession:
+        """The session being served; :class:`IndexUnavailableError` until the first load finished."""
+        session = self.session
+        if session is None:
+            raise IndexUnavailableError("the index is still loading; retry shortly")
+        return session
 
     @property
     def ready(self) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path as FsPath
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
@@ -12,11 +11,12 @@ from pydantic import BaseModel, Field
 
 from attribution.unlearn import Probe
 from demo.groundtruth import Fact, load_facts
+from demo.session import demo_dir_of
 from evaluation.ablation import AblationSettings, check_targets
 from evaluation.selections import Selection
 from evaluation.targets import Target
 from service.deps import AdminDep, SessionDep
-from service.jobs import JobBusyError, JobManager
+from service.jobs import JobManager
 from service.schemas import ErrorBody, Strict
 
 router = APIRouter(prefix="/v1", tags=["ablations"])
@@ -80,10 +80,8 @@ def status_of(job) -> JobStatus:
 
 def demo_facts(session) -> list[Fact] | None:
     """The demo's planted facts (with gold rows) when the index was built from the demo, else None."""
-    demo = FsPath(session.manifest["model"]).parent
-    if not (demo / "facts.jsonl").is_file():
-        return None
-    return [f for f in load_facts(demo) if f.gold_rows]
+    demo = demo_dir_of(session.manifest.config.model)
+    return None if demo is None else [f for f in load_facts(demo) if f.gold_rows]
 
 
 def with_ground_truth(target: Target, facts: list[Fact]) -> Target:
@@ -123,11 +121,8 @@ def start_ablation(body: AblationRequest, _: AdminDep, session: SessionDep, requ
         raise HTTPException(status_code=422, detail="method 'given' needs example_ids on a target")
     if len(targets) == 1 and not targets[0].unrelated and not facts:
         raise HTTPException(status_code=422, detail="one target needs 'unrelated' prompts to compare with")
-    check_targets(session, targets)  # bad targets fail now (422), not minutes later inside the job
-    try:
-        job = manager(request).start(session, targets, settings, controls=controls)
-    except JobBusyError as err:
-        raise HTTPException(status_code=409, detail=str(err)) from err
+    check_targets(session, targets)  # bad targets fail now (400), not minutes later inside the job
+    job = manager(request).start(session, targets, settings, controls=controls)  # JobBusyError: 409
     return status_of(job)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
+from service import queries
 from service.deps import AdminDep, ServedDep
-from service.routes.data import index_info
 from service.schemas import ErrorBody, Health, IndexInfo
 
 router = APIRouter(prefix="/v1", tags=["admin"])
@@ -19,8 +19,10 @@ def health(served: ServedDep) -> Health:
     return Health(status="ok", ready=session is not None, examples=len(session) if session else None)
 
 
-@router.post("/admin/reload", response_model=IndexInfo, responses={401: {"model": ErrorBody}})
+@router.post("/admin/reload", response_model=IndexInfo,
+             responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}})
 async def reload(_: AdminDep, served: ServedDep) -> IndexInfo:
-    """Load the newly published build; requests keep being served by the old one until it is ready."""
+    """Load the newly published build; requests keep being served by the old one until it is ready, and
+    by the old one still when the new one fails to load (503)."""
     session = await run_in_threadpool(served.load)
-    return index_info(session)
+    return queries.index_info(session)

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,35 +28,44 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(served_index: Path, tmp_path_factory) -> str:
-    """Base URL of a uvicorn process serving ``served_index``; stopped at the end of the session.
+@contextmanager
+def uvicorn_server(index: Path, log_path: Path) -> Iterator[str]:
+    """Base URL of a uvicorn process serving ``index``, stopped on exit.
 
-    Its log goes to a file (a pipe nobody reads would fill up and block the server)."""
+    Its log goes to ``log_path`` (a pipe nobody reads would fill up and block the server); on a clean exit
+    the log must show no traceback (no unhandled errors)."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server-log") / "uvicorn.log"
     log = log_path.open("w")
-    env = {**os.environ, "HEADWATER_INDEX": str(served_index), "HEADWATER_API_KEY": API_KEY,
+    env = {**os.environ, "HEADWATER_INDEX": str(index), "HEADWATER_API_KEY": API_KEY,
            "HEADWATER_MAX_BODY_BYTES": "20000"}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:app", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"uvicorn exited: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=2).json().get("ready"):
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("uvicorn did not become ready in 120 s")
-    yield url
-    assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]  # no unhandled errors
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"uvicorn exited: {log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).json().get("ready"):
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        else:
+            raise RuntimeError("uvicorn did not become ready in 120 s")
+        yield url
+        assert "Traceback" not in log_path.read_text(), log_path.read_text()[-3000:]  # no unhandled errors
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def server(served_index: Path, tmp_path_factory) -> Iterator[str]:
+    """Base URL of a uvicorn process serving ``served_index``; stopped at the end of the session."""
+    with uvicorn_server(served_index, tmp_path_factory.mktemp("server-log") / "uvicorn.log") as url:
+        yield url

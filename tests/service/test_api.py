@@ -58,6 +58,30 @@ def test_examples_and_steps(server: str) -> None:
     assert httpx.get(f"{server}/v1/steps/5000").status_code == 404
 
 
+def test_steps_and_examples_agree(server: str) -> None:
+    step = httpx.get(f"{server}/v1/steps/2").json()
+    assert step.keys() == {"step", "examples", "subsets"} and step["step"] == 2
+    for listed in step["examples"]:
+        assert listed.keys() == {"example_id", "batch_pos", "pile_set_name", "token_count"}
+        example = httpx.get(f"{server}/v1/examples/{listed['example_id']}").json()
+        assert example.keys() == {"example_id", "text", "source", "row", "step", "batch_pos", "pile_set_name",
+                                  "token_count"}
+        assert example["step"] == 2 and example["batch_pos"] == listed["batch_pos"]
+        assert example["token_count"] == listed["token_count"] > 0
+    missing = httpx.get(f"{server}/v1/examples/999999")
+    assert missing.json() == {"error": "no example 999999 in this index"}
+    assert httpx.get(f"{server}/v1/steps/5000").json() == {"error": "no indexed examples at step 5000"}
+
+
+def test_index_info_shape(server: str) -> None:
+    info = httpx.get(f"{server}/v1/index").json()
+    assert info.keys() == {"build", "model", "revisions", "examples", "data", "projection", "preconditioner",
+                           "embedding_model", "created"}
+    assert info["data"].keys() == {"spec", "steps"} and info["data"]["spec"].endswith("document")
+    assert info["projection"].keys() == {"seed", "k", "modules", "dim_per_checkpoint"}
+    assert info["revisions"] == [None] and info["model"].endswith("model") and info["build"] == info["created"]
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
