@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from demo.groundtruth import load_facts
+from demo.session import demo_dir_of
 from evaluation.ablation import AblationSettings, run_ablation
 from evaluation.ablation_report import fmt, write_report
 from evaluation.selections import Selection
@@ -63,7 +64,10 @@ def main() -> None:
 
     start = time.perf_counter()
     session = open_index(args.index)
-    facts = [Target.from_fact(f) for f in load_facts(Path(session.manifest.config.model).parent) if f.gold_rows]
+    demo = demo_dir_of(session.manifest.config.model)
+    if demo is None:
+        raise SystemExit(f"{args.index} was not built from the demo: no planted facts to ablate")
+    facts = [Target.from_fact(f) for f in load_facts(demo) if f.gold_rows]
     facts = facts[: args.targets]
     loaded = time.perf_counter()
     settings = AblationSettings(k=args.k, budgets=tuple(float(b) for b in args.budgets.split(",")), seeds=args.seeds,

@@ -173,7 +173,7 @@ def run_lds(demo_dir: Path, index: Path, out: Path, settings: LDSSettings,
     report = {
         "schema_version": SCHEMA_VERSION,
         "config": {**asdict(settings), "demo": str(demo_dir), "index": str(index),
-                   "index_config": session.manifest["config"], "training_rows": n_rows,
+                   "index_config": session.manifest.config.to_json(), "training_rows": n_rows,
                    "subset_rows": n_rows // 2, "subset_steps": markers[0]["steps"], "full_steps": config.steps,
                    "schedule": "each subset runs the demo's warm-up + cosine schedule over its own step count"},
         "methods": method_summaries(losses, scores, masks, settings),

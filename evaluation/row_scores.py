@@ -27,8 +27,7 @@ from attribution.retrievers import Method
 from attribution.session import AttributionSession
 from demo.groundtruth import Fact, demo_examples
 from evaluation.retrain import demo_config
-from indexer.config import IndexConfig
-from indexer.runner import context_length, fixed_windows
+from indexer.runner import context_length, raw_sketch_batches
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +44,7 @@ class TrainingRows:
 
 
 def load_training_rows(demo_dir: Path, session: AttributionSession) -> TrainingRows:
-    config = IndexConfig.from_json(session.manifest["config"])
-    max_len = context_length(session.encoder, config)
+    max_len = context_length(session.encoder, session.manifest.config)
     tokens, texts = [], []
     for example in demo_examples(demo_dir, tokenizer=session.encoder.tokenizer):
         tokens.append(example.token_ids.tolist()[:max_len])
@@ -57,19 +55,17 @@ def load_training_rows(demo_dir: Path, session: AttributionSession) -> TrainingR
 def gradient_scores(session: AttributionSession, rows: TrainingRows, queries: list[Fact],
                     batch_size: int = 32) -> np.ndarray:
     """``(queries, rows)`` gradient scores: each row's best window against each query vector."""
-    encoder, config = session.encoder, IndexConfig.from_json(session.manifest["config"])
-    windows = -(-context_length(encoder, config) // config.window) if config.window else None
+    encoder, config = session.encoder, session.manifest.config
     q = np.stack([encoder.encode_query(z.prompt, z.completion).vector.numpy() for z in queries])
     scores = np.empty((len(queries), len(rows)), dtype=np.float32)
-    for start in range(0, len(rows), batch_size):
-        raw = encoder.raw_rows(rows.tokens[start : start + batch_size], config.window)
-        if windows:
-            raw = [fixed_windows(r, windows) for r in raw]
+    start = 0
+    for batch, raw in enumerate(raw_sketch_batches(encoder, config, rows.tokens, batch_size)):
         vectors = encoder.prepare_rows(raw).numpy()  # (B, W, D) with windows, else (B, D)
         block = vectors @ q.T
-        scores[:, start : start + len(vectors)] = (block.max(axis=1) if windows else block).T
-        if start // batch_size % 50 == 0:
-            log.info("gradient scores: %d / %d rows", start + len(vectors), len(rows))
+        scores[:, start : start + len(vectors)] = (block.max(axis=1) if vectors.ndim == 3 else block).T
+        start += len(vectors)
+        if batch % 50 == 0:
+            log.info("gradient scores: %d / %d rows", start, len(rows))
     return scores
 
 
@@ -133,10 +129,10 @@ def all_row_scores(demo_dir: Path, session: AttributionSession, queries: list[Fa
 
     computes = {
         Method.GRADIENT: (lambda: gradient_scores(session, training(), queries),
-                          {"index_config": manifest["config"], "index_created": manifest["created"]}),
+                          {"index_config": manifest.config.to_json(), "index_created": manifest.created}),
         Method.BM25: (lambda: bm25_scores(training(), queries), {}),
-        Method.EMBEDDING: (lambda: embedding_scores(training(), queries, manifest["config"]["embedding_model"]),
-                           {"embedding_model": manifest["config"]["embedding_model"]}),
+        Method.EMBEDDING: (lambda: embedding_scores(training(), queries, manifest.config.embedding_model),
+                           {"embedding_model": manifest.config.embedding_model}),
     }
     scores, seconds = {}, {}
     for method, (compute, extra) in computes.items():

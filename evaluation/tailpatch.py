@@ -125,7 +125,7 @@ def select_rows(session: AttributionSession, query: Fact, settings: TailPatchSet
 def row_tokens(session: AttributionSession, positions: Sequence[int]) -> dict[int, list[int]]:
     """Token ids of training rows: read from the index's Megatron data when it has some (exactly the
     tokens trained on), else re-tokenized from the stored text."""
-    data = ((session.manifest or {}).get("config") or {}).get("data") or ""
+    data = session.manifest.config.data if session.manifest is not None else ""
     limit = session.encoder.max_length + 1
     if data and Path(data + ".idx").is_file():
         dataset = MegatronDataset(data)

@@ -227,6 +227,7 @@ def ablate(
 
     from attribution.errors import ConfigError
     from demo.groundtruth import load_facts
+    from demo.session import demo_dir_of
     from evaluation.ablation import AblationSettings, run_ablation
     from evaluation.ablation_report import write_report
     from evaluation.targets import Target
@@ -241,11 +242,11 @@ def ablate(
     if limit <= 0:
         raise ConfigError(f"--limit must be positive, got {limit}")
     session = open_index(index)
-    model_dir = Path(session.manifest["model"])
+    demo = demo_dir_of(session.manifest.config.model)
     if targets is None:
-        if not (model_dir.parent / "facts.jsonl").is_file():
+        if demo is None:
             raise ConfigError("--targets is required: the index was not built from the demo")
-        chosen = [Target.from_fact(f) for f in load_facts(model_dir.parent) if f.gold_rows]
+        chosen = [Target.from_fact(f) for f in load_facts(demo) if f.gold_rows]
     else:
         if not targets.is_file():
             raise ConfigError(f"--targets {targets}: no such file")

@@ -117,7 +117,7 @@ def eval_tailpatch(
     TailPatchSettings(lr=lr or 1.0, k=k, methods=names, random_draws=random_draws)  # bad input fails before loading
     session = open_index(index)
     if lr is None:
-        lr = final_learning_rate(Path(session.manifest["model"]), session.encoder.checkpoints[-1].revision)
+        lr = final_learning_rate(Path(session.manifest.config.model), session.encoder.checkpoints[-1].revision)
     settings = TailPatchSettings(lr=lr, k=k, methods=names, random_draws=random_draws, max_grad_norm=clip or None)
     queries = select_facts(session, load_demo_facts(session, demo), known_only=not all_facts).facts[:limit]
     if not queries:

@@ -11,7 +11,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +84,16 @@ def fixed_windows(raw: torch.Tensor, windows: int) -> torch.Tensor:
     return torch.cat([raw, pad], dim=1)
 
 
+def raw_sketch_batches(encoder: GradientEncoder, config: IndexConfig, rows: list[list[int]],
+                       batch_size: int = 32) -> Iterator[list[torch.Tensor]]:
+    """Raw sketches of ``rows`` per checkpoint, one batch at a time, exactly as the indexer stores them
+    (window axis padded to the index-wide count); rows must already be cut to :func:`context_length`."""
+    windows = window_count(encoder, config)
+    for start in range(0, len(rows), batch_size):
+        raws = encoder.raw_rows(rows[start : start + batch_size], config.attribution.window)
+        yield [fixed_windows(raw, windows) for raw in raws] if windows else raws
+
+
 class ShardRunner:
     """Computes and writes the shards of one rank."""
 
@@ -98,7 +108,6 @@ class ShardRunner:
         self.id_offset = id_offset
         self.source: DataSource = open_source(config.data, config.steps, config.batch_rows)
         self.max_len = context_length(encoder, config)
-        self.windows = window_count(encoder, config)
         self.timings = {"read": 0.0, "sketch": 0.0, "embed": 0.0, "write": 0.0}
         self.examples_done = 0
 
@@ -189,10 +198,9 @@ class ShardRunner:
     def _sketch(self, rows: list[list[int]]) -> list[np.ndarray]:
         """Raw float32 sketches of every checkpoint, window axis padded to the index-wide count."""
         parts: list[list[torch.Tensor]] = [[] for _ in self.encoder.checkpoints]
-        for b in range(0, len(rows), self.batch_size):
-            batch = rows[b : b + self.batch_size]
-            for c, raw in enumerate(self.encoder.raw_rows(batch, self.config.attribution.window)):
-                parts[c].append(fixed_windows(raw, self.windows) if self.windows else raw)
+        for raws in raw_sketch_batches(self.encoder, self.config, rows, self.batch_size):
+            for part, raw in zip(parts, raws, strict=True):
+                part.append(raw)
             if self.progress:
-                self.progress("examples", len(batch))
+                self.progress("examples", len(raws[0]))
         return [torch.cat(p).numpy().astype(np.float32) for p in parts]

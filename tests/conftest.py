@@ -34,7 +34,7 @@ def tiny_index(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     from indexer.runner import Rank
 
     out = tmp_path_factory.mktemp("tiny-index") / "index"
-    config = IndexConfig(model=str(tiny_demo / "model"), data=str(tiny_demo / "data" / "document"), k=4, window=16,
-                         shard_size=64)
+    config = IndexConfig.create(str(tiny_demo / "model"), str(tiny_demo / "data" / "document"), k=4, window=16,
+                                shard_size=64)
     build_index(config, out, Rank())
     return out

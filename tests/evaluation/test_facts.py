@@ -52,7 +52,7 @@ def test_report_schema_ranges_and_agreement_with_the_api(session: AttributionSes
     assert rows[("bm25", "train")]["recall@10"] >= 0.5 and rows[("gradient", "train")]["recall@10"] >= 0.5
     fact = selection.facts[0]  # one query through the public API gives the same rank
     single = trace_facts(session, selection, ["gradient"], contrastive=False, limit=1)["rows"][0]
-    ranked = [r["example_id"] for r in session.attribute(fact.prompt, fact.completion, k=100)]
+    ranked = [r.example_id for r in session.attribute(fact.prompt, fact.completion, k=100)]
     assert single["mrr"] == pytest.approx(1 / first_gold_rank(ranked, fact.gold_rows))
 
 
@@ -83,7 +83,7 @@ def test_cli_bad_input(index: Path, tmp_path: Path, args: list[str], message: st
 
 
 def test_an_index_not_built_from_the_demo_needs_demo(tmp_path: Path, tiny_demo: Path) -> None:
-    foreign = SimpleNamespace(manifest={"model": str(tmp_path / "model")})
+    foreign = SimpleNamespace(manifest=SimpleNamespace(config=SimpleNamespace(model=str(tmp_path / "model"))))
     with pytest.raises(ConfigError, match="give --demo"):
         demo_dir(foreign)  # type: ignore[arg-type]
     assert demo_dir(foreign, tiny_demo) == tiny_demo  # type: ignore[arg-type]

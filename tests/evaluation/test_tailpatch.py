@@ -59,7 +59,7 @@ def test_weights_are_bit_identical_after_a_tail_patch(session: AttributionSessio
 
 
 def test_a_gold_row_raises_its_fact_more_than_random_rows(session: AttributionSession, facts: list[Fact]) -> None:
-    settings = TailPatchSettings(lr=final_learning_rate(Path(session.manifest["model"])), k=4,
+    settings = TailPatchSettings(lr=final_learning_rate(Path(session.manifest.config.model)), k=4,
                                  methods=("oracle", "random"), random_draws=2)
     report = run_tailpatch(session, facts[:12], settings)
     pairs = [(q["methods"]["oracle"]["increase"], q["methods"]["random"]["increase"]) for q in report["queries"]]
