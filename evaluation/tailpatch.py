@@ -42,12 +42,12 @@ from demo.groundtruth import Fact
 from demo.training import TrainSettings, learning_rate
 from evaluation.ablation_stats import bootstrap_ci, compare
 from evaluation.report_files import write_report_files
-from evaluation.selections import Selection
+from evaluation.selections import TAILPATCH_SELECTIONS, Selection
 from indexer.megatron import MegatronDataset
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-METHODS = tuple(s for s in Selection if s not in (Selection.BOTTOM, Selection.GIVEN))
+METHODS = TAILPATCH_SELECTIONS
 """The ablation's selections but ``bottom`` and ``given``; ``oracle``: the query's gold rows (rows stating
 the fact whole), where ground truth exists."""
 RETRIEVED = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)
