@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig
+from attribution.retrievers import Method
 from attribution.sketch import SketchConfig
 from demo.groundtruth import load_facts, load_layout
 from demo.session import demo_session
@@ -24,7 +25,7 @@ from indexer.training_rows import parse_range, rows_for_steps
 
 __all__ = ["METHODS", "evaluate", "known_facts", "main"]  # evaluate and known_facts live in evaluation.facts
 
-METHODS = ("gradient", "embedding", "bm25", "hybrid")
+METHODS = tuple(Method)
 
 
 def main() -> None:

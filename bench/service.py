@@ -22,7 +22,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-METHODS = ("gradient", "bm25", "embedding", "hybrid")
+from attribution.retrievers import Method
+
+METHODS = tuple(Method)
 
 
 def start_server(index: Path) -> tuple[subprocess.Popen, str]:

@@ -25,7 +25,7 @@ import torch
 
 from attribution.batching import training_batch
 from attribution.errors import ConfigError
-from attribution.retrievers import Method, Query
+from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.unlearn import LossMeter, Probe, apply_step, ascent_direction, flat_gradient, restored
 from evaluation.ablation_stats import calibration, cross_target_summary, evidence, summarize
@@ -66,18 +66,13 @@ class TargetResult:
     """method → budget → deltas (random: lists over draws)."""
 
 
-def gradient_scores(session: AttributionSession, prompt: str, completion: str) -> np.ndarray:
-    """Gradient score of every indexed row (best window) for one query."""
-    return session.retriever(Method.GRADIENT).score_all(Query(prompt, completion))
-
-
 def ranked_selections(session: AttributionSession, target: Target, settings: AblationSettings,
                       position: dict[int, int]) -> dict[Selection, list[int]]:
     """Row positions of the selections that do not depend on a seed (top/bottom by score, lexical, embedding,
     the target's own ``example_ids``); ``position`` maps example ids to rows (``positions_by_id``)."""
     k = settings.k
     prompt, completion = target.prompt, target.completion
-    order = np.argsort(-gradient_scores(session, prompt, completion), kind="stable")
+    order = np.argsort(-session.gradient.score_all(Query(prompt, completion)), kind="stable")
     chosen = {Selection.GRADIENT: order[:k].tolist(), Selection.GRADIENT_CONTRASTIVE: order[:k].tolist(),
               Selection.BOTTOM: order[::-1][:k].tolist()}
     for method in (Selection.BM25, Selection.EMBEDDING):

@@ -27,5 +27,8 @@ class Selection(StrEnum):
     """Random draws (many per seed)."""
 
 
+TAILPATCH_SELECTIONS = tuple(s for s in Selection if s not in (Selection.BOTTOM, Selection.GIVEN))
+"""Selections the tail-patch check offers (every one but bottom and given)."""
+
 MATRIX_SELECTIONS = frozenset(Selection) - {Selection.BOTTOM, Selection.RANDOM}
 """Selections whose cross-target rows are reported (random draws are summarized, not one matrix each)."""

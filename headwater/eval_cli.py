@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from attribution.errors import ConfigError
+from evaluation.selections import TAILPATCH_SELECTIONS
 from headwater.common import clean_errors, setup_logging
 
 eval_app = typer.Typer(help="Evaluate attributions: fact tracing, LDS, tail-patch.", no_args_is_help=True)
@@ -91,8 +92,7 @@ def eval_tailpatch(
     index: Annotated[Path, typer.Option(help="Index directory to take rows from.")] = Path("demo-data/index"),
     k: Annotated[int, typer.Option(help="Rows per method and query.")] = 10,
     methods: Annotated[str, typer.Option(help="Comma-separated selections (gradient, gradient_contrastive, bm25, "
-                                              "embedding, oracle, random).")] = ",".join(
-        ("gradient", "gradient_contrastive", "bm25", "embedding", "oracle", "random")),
+                                              "embedding, oracle, random).")] = ",".join(TAILPATCH_SELECTIONS),
     limit: Annotated[int, typer.Option(help="At most this many queries (known demo facts).")] = 40,
     random_draws: Annotated[int, typer.Option(help="Random selections of k rows per query.")] = 3,
     lr: Annotated[float | None, typer.Option(help="Step size (default: the demo's final training learning "
