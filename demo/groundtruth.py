@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from attribution.errors import DataFormatError
+from attribution.errors import ConfigError, DataFormatError
 from attribution.records import Example
 from attribution.unlearn import Probe
 from demo.packing import gold_rows
-from indexer.training_rows import RowRange, read_training_rows
+from indexer.training_rows import RowRange, read_layout, read_training_rows
 
 
 @dataclass
@@ -69,7 +69,11 @@ def load_row_docs(out: Path) -> list[dict]:
 
 
 def load_layout(out: Path) -> dict:
-    return json.loads((out / "data" / "layout.json").read_text())
+    """The layout of the demo's training data (see ``indexer.training_rows.read_layout``)."""
+    layout = read_layout(out / "data" / "document")
+    if layout is None:
+        raise ConfigError(f"{out}: no data/layout.json; rebuild the demo with 'headwater demo build --out {out}'")
+    return layout
 
 
 def demo_examples(out: Path, rows: RowRange | None = None, tokenizer=None) -> Iterator[Example]:

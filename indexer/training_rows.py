@@ -99,10 +99,17 @@ def read_training_rows(
         yield Example(row, tokens.astype("int64"), text, metadata)
 
 
+def read_layout(prefix: str | Path) -> dict | None:
+    """The optional ``layout.json`` beside Megatron data (``batch_size`` rows per step, and what its writer
+    records: ``seq_len``, ``num_rows`` …), or None when there is none."""
+    layout = Path(prefix).parent / "layout.json"
+    return json.loads(layout.read_text()) if layout.is_file() else None
+
+
 def layout_batch_size(prefix: str | Path, default: int = PYTHIA_BATCH_SIZE) -> int:
     """The batch size recorded in ``layout.json`` beside the data, else ``default``."""
-    layout = Path(prefix).parent / "layout.json"
-    return int(json.loads(layout.read_text())["batch_size"]) if layout.is_file() else default
+    layout = read_layout(prefix)
+    return int(layout["batch_size"]) if layout is not None else default
 
 
 @dataclass(frozen=True)
