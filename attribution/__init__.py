@@ -1,1 +1,1 @@
-"""The attribution core: model loading, gradient sketches, retrievers, ablations."""
+"""The attribution core: model loading, gradient sketches, curvature, vector stores, retrievers, unlearning ascent."""

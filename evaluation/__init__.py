@@ -1,1 +1,1 @@
-"""Evaluations that prove attributions right: fact tracing, LDS, tail-patch (EVALUATION.md)."""
+"""Evaluations that prove attributions right: fact tracing, LDS, tail-patch, the unlearning ablation report."""
