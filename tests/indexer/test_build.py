@@ -181,6 +181,12 @@ def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2
     result = runner.invoke(app, [*cli_args(tiny_demo, tmp_path / "c"), "--mode", "sideways"])
     assert result.exit_code == 2 and "sideways" in result.output
+    for flags, message in ((["--precondition-sample", "0"], "curvature sample must be positive"),
+                           (["--precondition", "kfac-ish"], "kind must be one of"),
+                           (["--damping", "-1"], "damping must be positive")):
+        result = runner.invoke(app, [*cli_args(tiny_demo, tmp_path / "d"), *flags])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "d").exists()  # refused before anything is written
     result = runner.invoke(app, ["index", "merge", str(tmp_path / "nothing")])
     assert result.exit_code == 2
     with pytest.raises(CorruptShardError, match="no published index"):
