@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from attribution.errors import ConfigError
 
 STAGES = ("corpus", "tokenizer", "data", "model")
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped when the build writes different files for the same settings, so old builds are redone."""
 
 
