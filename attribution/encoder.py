@@ -19,7 +19,7 @@ from attribution.batching import collate, query_tokens, training_batch
 from attribution.curvature import Curvature
 from attribution.errors import ConfigError
 from attribution.models import load_model
-from attribution.modules import sketched_linears
+from attribution.modules import sketched_modules
 from attribution.normalizer import adam_scales
 from attribution.scoring import ScoreMode, combine_checkpoints, prepare_query, prepare_train
 from attribution.sketch import SketchConfig, Sketcher
@@ -56,7 +56,8 @@ def load_checkpoints(model_path: str | Path, revisions: Sequence[str | None], sk
         model = load_model(model_path, revision=revision, dtype=dtype, device=device)
         scales = None
         if normalizer is not None:
-            scales = adam_scales(normalizer, sketched_linears(model, sketch.include_head))
+            linears = {n: m for n, m in sketched_modules(model, sketch.groups).items() if isinstance(m, nn.Linear)}
+            scales = adam_scales(normalizer, linears)  # the normalizer divides the Linear groups only
         checkpoints.append(Checkpoint(model, Sketcher(model, sketch, scales), revision=revision))
     return checkpoints
 

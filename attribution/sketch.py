@@ -20,7 +20,7 @@ from torch import nn
 
 from attribution.batching import TokenBatch, token_nll
 from attribution.errors import ConfigError
-from attribution.modules import sketched_linears
+from attribution.modules import ModuleGroup, sketched_modules, weight_shape
 from attribution.projection import projection_matrix
 
 
@@ -32,12 +32,21 @@ class SketchConfig:
     """Projection dimension per side; each module contributes k × k numbers."""
     seed: int = 0
     """Seed of the projection matrices."""
-    include_head: bool = False
-    """Also sketch the output head (vocab × hidden, the largest layer)."""
+    groups: tuple[ModuleGroup, ...] = (ModuleGroup.BLOCKS,)
+    """Parameter groups sketched: blocks (every Linear in the transformer blocks), embed (input embedding),
+    head (output head)."""
 
     def __post_init__(self) -> None:
         if self.k <= 0:
             raise ConfigError(f"projection dimension k must be positive, got {self.k}")
+        groups = (self.groups,) if isinstance(self.groups, str) else tuple(self.groups)
+        try:
+            groups = tuple(dict.fromkeys(ModuleGroup(g) for g in groups))
+        except ValueError as err:
+            raise ConfigError(f"groups must be among {[g.value for g in ModuleGroup]}, got {list(groups)}") from err
+        if not groups:
+            raise ConfigError("sketch at least one parameter group (blocks, embed, head)")
+        object.__setattr__(self, "groups", groups)
 
 
 class ModuleStatistics(Protocol):
@@ -63,12 +72,13 @@ class Sketcher:
         (the factored Adam normalizer); they are folded into the projection matrices."""
         self.model = model
         self.config = config
-        self.modules = sketched_linears(model, config.include_head)
+        self.modules = sketched_modules(model, config.groups)
         weight = next(iter(self.modules.values())).weight
         self.projections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name, mod in self.modules.items():
-            p_in = projection_matrix(config.seed, name, "in", mod.in_features, config.k, weight.dtype, weight.device)
-            p_out = projection_matrix(config.seed, name, "out", mod.out_features, config.k, weight.dtype, weight.device)
+            out_dim, in_dim = weight_shape(mod)
+            p_in = projection_matrix(config.seed, name, "in", in_dim, config.k, weight.dtype, weight.device)
+            p_out = projection_matrix(config.seed, name, "out", out_dim, config.k, weight.dtype, weight.device)
             if scales and name in scales:
                 in_scale, out_scale = scales[name]
                 p_in = in_scale.to(p_in)[:, None] * p_in
@@ -133,8 +143,19 @@ class Sketcher:
         saved = {p: p.requires_grad for p in self.model.parameters()}
         embed = self.model.get_input_embeddings()
 
+        embed_name = next((name for name, mod in self.modules.items() if mod is embed), None)
+
         def make_leaf(module, args, output):  # gradients must flow although no parameter wants them
-            return output.detach().requires_grad_(True)
+            leaf = output.detach().requires_grad_(True)
+            if embed_name is not None:  # dE = Σ_t onehot(token_t) ⊗ g_t: project the token's row and g_t
+                p_in, p_out = self.projections[embed_name]
+                rows = p_out[args[0]]  # (B, T, k)
+
+                def grad_hook(grad: torch.Tensor) -> None:
+                    results[embed_name] = torch.einsum("btn,btk,btl->bnkl", assign, rows, grad @ p_in)
+
+                leaf.register_hook(grad_hook)
+            return leaf
 
         def make_hook(name: str):
             p_in, p_out = self.projections[name]
@@ -157,7 +178,8 @@ class Sketcher:
             for p in self.model.parameters():
                 p.requires_grad_(False)
             handles.append(embed.register_forward_hook(make_leaf))
-            handles += [mod.register_forward_hook(make_hook(name)) for name, mod in self.modules.items()]
+            handles += [mod.register_forward_hook(make_hook(name)) for name, mod in self.modules.items()
+                        if name != embed_name]
             with torch.enable_grad():
                 yield
         finally:

@@ -102,7 +102,9 @@ def index_build(
     normalizer: Annotated[Path | None, typer.Option(help=field_help(A, "normalizer"))] = None,
     embedding_model: Annotated[str | None, typer.Option(help=field_help(X, "embedding_model"))] = X.embedding_model,
     faiss_factory: Annotated[str, typer.Option(help=field_help(ST, "faiss_factory"))] = ST.faiss_factory,
-    include_head: Annotated[bool, typer.Option(help=field_help(S, "include_head"))] = S.include_head,
+    modules: Annotated[str, typer.Option(help="Comma-separated. " + field_help(S, "groups"))] = ",".join(S.groups),
+    include_head: Annotated[bool, typer.Option(help="Also sketch the output head (same as adding 'head' to "
+                                                    "--modules).")] = False,
     max_tokens: Annotated[int | None, typer.Option(help=field_help(X, "max_tokens"))] = X.max_tokens,
     shard_size: Annotated[int, typer.Option(help=field_help(ST, "shard_size"))] = ST.shard_size,
     batch_size: Annotated[int, typer.Option(help="Examples per forward/backward pass.")] = 32,
@@ -132,6 +134,7 @@ def index_build(
         steps=steps, k=k, seed=seed, window=window or None, mode=mode, precondition=precondition, damping=damping,
         precondition_sample=precondition_sample, normalizer=str(normalizer) if normalizer else None,
         embedding_model=embedding_model, faiss_factory=faiss_factory, include_head=include_head,
+        groups=tuple(g.strip() for g in modules.split(",") if g.strip()),
         max_tokens=max_tokens, shard_size=shard_size,
     )
     who = detect_rank(rank, world)

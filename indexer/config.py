@@ -33,7 +33,7 @@ class StorageConfig:
 FLAT_NAMES: dict[str, tuple[str, ...]] = {
     "k": ("attribution", "sketch", "k"),
     "seed": ("attribution", "sketch", "seed"),
-    "include_head": ("attribution", "sketch", "include_head"),
+    "groups": ("attribution", "sketch", "groups"),
     "precondition": ("attribution", "curvature", "kind"),
     "damping": ("attribution", "curvature", "damping"),
     "precondition_sample": ("attribution", "curvature", "sample"),
@@ -82,6 +82,10 @@ class IndexConfig:
     def create(cls, model: str, data: str, **settings) -> IndexConfig:
         """A config from flat setting names (``k=8, window=16, precondition="none"``, see ``FLAT_NAMES``)."""
         nested: dict = {"model": model, "data": data}
+        if "include_head" in settings:  # the flag and the flat config.json before parameter groups
+            head = settings.pop("include_head")
+            groups = tuple(settings.get("groups", ("blocks",)))
+            settings["groups"] = (*groups, "head") if head and "head" not in groups else groups
         for name, value in settings.items():
             path = FLAT_NAMES.get(name, (name,))
             node = nested
@@ -111,7 +115,7 @@ class IndexConfig:
         """The saved record; a flat ``config.json`` of an older index is read through ``FLAT_NAMES``."""
         if "attribution" in data:
             return from_json(cls, data)
-        known = {f.name for f in fields(cls)} | set(FLAT_NAMES)
+        known = {f.name for f in fields(cls)} | set(FLAT_NAMES) | {"include_head"}
         flat = {k: v for k, v in data.items() if k in known}
         if flat.get("revisions") is not None:
             flat["revisions"] = tuple(flat["revisions"])

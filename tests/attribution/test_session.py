@@ -113,3 +113,14 @@ def test_multi_checkpoint_session_sums_over_revisions(tiny_demo: Path, fact: Fac
         scores[name] = {r.example_id: r.score for r in rows}
     for example_id, score in scores["both"].items():
         assert score == pytest.approx(scores["final"][example_id] + scores["early"][example_id], rel=1e-4, abs=1e-4)
+
+
+def test_embed_and_head_groups_attribute_with_exact_evidence(tiny_demo: Path, fact: Fact) -> None:
+    config = AttributionConfig(sketch=SketchConfig(k=4, groups=("blocks", "embed", "head")),
+                               curvature=CurvatureConfig(kind="none"))
+    session = demo_session(tiny_demo, config)
+    assert any(name.endswith("embed_in") for name in session.encoder.checkpoints[0].sketcher.module_names)
+    rows = session.attribute(fact.prompt, fact.completion, k=3)
+    assert len(rows) == 3
+    for row in rows:
+        assert sum(row.token_contributions) == pytest.approx(row.score, rel=1e-4, abs=1e-6)

@@ -36,9 +36,12 @@ def projected(sketcher: Sketcher, grads: dict[str, torch.Tensor]) -> torch.Tenso
     return torch.cat(parts)
 
 
-@pytest.mark.parametrize("include_head", [False, True])
-def test_sketch_equals_projected_exact_gradient(tiny_model, include_head: bool) -> None:
-    sketcher = Sketcher(tiny_model, SketchConfig(k=5, seed=3, include_head=include_head))
+GROUPS = [("blocks",), ("blocks", "head"), ("embed",), ("head",), ("blocks", "embed", "head")]
+
+
+@pytest.mark.parametrize("groups", GROUPS)
+def test_sketch_equals_projected_exact_gradient(tiny_model, groups: tuple[str, ...]) -> None:
+    sketcher = Sketcher(tiny_model, SketchConfig(k=5, seed=3, groups=groups))
     rows = random_rows([12, 7, 12, 3])
     batch = collate(rows, [[0] + [1] * (len(r) - 1) for r in rows])
     batch.loss_mask[2, :6] = 0  # a query-like example: loss on its last tokens only

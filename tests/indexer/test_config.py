@@ -41,6 +41,19 @@ def test_nested_record_round_trips_and_old_flat_configs_still_load() -> None:
     assert IndexConfig.from_json(flat) == config  # config.json of an index built before the nested record
 
 
+def test_parameter_groups_and_the_old_include_head() -> None:
+    assert IndexConfig.create("m", "d").attribution.sketch.groups == ("blocks",)
+    assert IndexConfig.create("m", "d", include_head=True).attribution.sketch.groups == ("blocks", "head")
+    assert IndexConfig.from_json({"model": "m", "data": "d", "include_head": True}).attribution.sketch.groups == (
+        "blocks", "head")
+    assert IndexConfig.create("m", "d", groups=("embed", "head"), include_head=True).attribution.sketch.groups == (
+        "embed", "head")
+    with pytest.raises(ConfigError, match="groups must be among"):
+        IndexConfig.create("m", "d", groups=("blocks", "attention"))
+    with pytest.raises(ConfigError, match="at least one parameter group"):
+        IndexConfig.create("m", "d", groups=())
+
+
 def test_unknown_or_bad_settings_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="unknown settings"):
         IndexConfig.from_json({"model": "m", "data": "d", "attribution": {"sketch": {"kk": 3}}})
