@@ -1,8 +1,9 @@
 """One typed record of every setting that changes an attribution result.
 
 The tree is ``AttributionConfig`` → ``SketchConfig`` (projection), ``CurvatureConfig``
-(preconditioner), ``ScoringConfig`` (cosine or inner product, hybrid fusion) plus the
-checkpoints, windows and normalizer. The in-memory session, the indexer (which wraps it
+(preconditioner), ``ScoringConfig`` (cosine or inner product, hybrid fusion),
+``UnlearningConfig`` (the reverse-direction retriever's ascent) plus the checkpoints, windows and
+normalizer. The in-memory session, the indexer (which wraps it
 in ``indexer.config.IndexConfig`` with the data and storage settings) and the CLI all use
 it; the CLI's defaults and help strings come from the fields and their docstrings
 (:func:`field_help`), and the whole record is saved with every index and checked on reopen.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import StrEnum
 from functools import cache
@@ -67,6 +69,58 @@ class ScoringConfig:
             raise ConfigError(f"hybrid_candidates must be positive, got {self.hybrid_candidates}")
 
 
+class Correction(StrEnum):
+    """What the ``unlearning`` retriever subtracts from each row's loss increase."""
+
+    AUTO = "auto"
+    """The part explained by an equal ascent on the query's controls; on generic probes when it has none."""
+    PROBES = "probes"
+    """The part explained by an equal ascent on generic probes (short spans of evenly spaced indexed rows)."""
+    NONE = "none"
+    """Nothing: the raw loss increase over the unchanged model."""
+
+
+@dataclass(frozen=True)
+class UnlearningConfig:
+    """The reverse direction (method ``unlearning``): ascend on the target, rank rows by their loss increase.
+
+    Query-time settings (no index depends on them); the service overrides ``steps``, ``budget`` and
+    ``candidates`` per request.
+    """
+
+    steps: int = 3
+    """Normalized gradient-ascent steps on the target's completion loss."""
+    budget: float = 0.5
+    """Total parameter move ‖Δθ‖ (L2 over all parameters) of each ascent; the weights are restored after."""
+    contrastive: bool = False
+    """Project the query's control prompts' gradients out of every ascent step on the target."""
+    correction: Correction = Correction.AUTO
+    """Regress out of each row's loss increase its increase under an equal ascent on controls: auto (the
+    query's controls, else generic probes), probes (always the probes) or none."""
+    control_probes: int = 8
+    """Generic probes for the correction: a 16-token span (after 16 tokens of context) of this many rows."""
+    candidates: int = 100
+    """Candidates taken from each of gradient, BM25 and embedding when the rows are too many to score all."""
+    exhaustive_rows: int = 1024
+    """Score every row the filters allow when there are at most this many; above it, re-rank candidates."""
+    batch_tokens: int = 16384
+    """Tokens per forward pass over candidate rows (bounds memory; the output head runs in chunks)."""
+    window: int = 16
+    """Tokens of the span reported with each hit: the row's window of largest loss increase."""
+
+    def __post_init__(self) -> None:
+        _coerce(self, "correction", Correction)
+        positive = {"steps": self.steps, "control_probes": self.control_probes, "candidates": self.candidates,
+                    "batch_tokens": self.batch_tokens, "window": self.window}
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"unlearning {name} must be a positive integer, got {value!r}")
+        if self.exhaustive_rows < 0:
+            raise ConfigError(f"unlearning exhaustive_rows must be >= 0, got {self.exhaustive_rows}")
+        if not math.isfinite(self.budget) or self.budget <= 0:
+            raise ConfigError(f"unlearning budget must be a positive finite ‖Δθ‖, got {self.budget}")
+
+
 @dataclass(frozen=True)
 class AttributionConfig:
     """Everything that turns a model and training rows into comparable vectors and scores."""
@@ -74,17 +128,26 @@ class AttributionConfig:
     sketch: SketchConfig = field(default_factory=SketchConfig)
     curvature: CurvatureConfig = field(default_factory=CurvatureConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
     revisions: tuple[str | None, ...] = (None,)
     """Checkpoints summed over (TracIn-CP); None is the final model."""
     window: int | None = None
     """Sketch windows of this many tokens; an example scores by its best window (None: whole rows)."""
     normalizer: str | None = None
     """Adam state (adam_state.safetensors) whose factored √v divides the gradients (None: no normalizer)."""
+    revision_weights: tuple[float, ...] | None = None
+    """Weight of each revision's scores, e.g. the learning rate at that checkpoint (TracIn-CP); None: equal."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "revisions", tuple(self.revisions))
         if not self.revisions:
             raise ConfigError("give at least one revision (None is the final model)")
+        if self.revision_weights is not None:
+            weights = tuple(float(w) for w in self.revision_weights)
+            if len(weights) != len(self.revisions) or not all(math.isfinite(w) and w > 0 for w in weights):
+                raise ConfigError(f"revision_weights must be {len(self.revisions)} positive finite numbers (one per "
+                                  f"revision), got {list(self.revision_weights)}")
+            object.__setattr__(self, "revision_weights", weights)
         if self.window is not None and self.window <= 0:
             raise ConfigError(f"window must be a positive number of tokens, got {self.window}")
 

@@ -65,10 +65,15 @@ def load_checkpoints(model_path: str | Path, revisions: Sequence[str | None], sk
 class GradientEncoder:
     """Sketch queries and training rows with the same model(s), projections and scoring mode."""
 
-    def __init__(self, checkpoints: list[Checkpoint], tokenizer, mode: ScoreMode | str = ScoreMode.COSINE) -> None:
+    def __init__(self, checkpoints: list[Checkpoint], tokenizer, mode: ScoreMode | str = ScoreMode.COSINE,
+                 weights: Sequence[float] | None = None) -> None:
+        """``weights``: one per checkpoint (TracIn-CP's learning rates), None for equal weights."""
         if not checkpoints:
             raise ConfigError("a gradient encoder needs at least one checkpoint")
+        if weights is not None and len(weights) != len(checkpoints):
+            raise ConfigError(f"{len(weights)} checkpoint weights for {len(checkpoints)} checkpoints")
         self.checkpoints = checkpoints
+        self.weights = None if weights is None else tuple(weights)
         self.tokenizer = tokenizer
         self.mode = ScoreMode(mode)
         self.max_length = int(getattr(checkpoints[0].model.config, "max_position_embeddings", 2048))
@@ -134,8 +139,8 @@ class GradientEncoder:
             vectors.append(q)
             tokens.append(t)
         return EncodedQuery(
-            vector=combine_checkpoints(vectors, self.mode),
-            per_token=combine_checkpoints(tokens, self.mode),
+            vector=combine_checkpoints(vectors, self.mode, self.weights),
+            per_token=combine_checkpoints(tokens, self.mode, self.weights),
             completion=completion,
             completion_tokens=[self.tokenizer.decode([t]) for t in completion_ids],
             controls_used=len(controls),
@@ -149,7 +154,7 @@ class GradientEncoder:
     def prepare_rows(self, raw: list[torch.Tensor]) -> torch.Tensor:
         """Training vectors from :meth:`raw_rows` output: preconditioned, normalized, checkpoints joined."""
         parts = [prepare_train(r, self.mode, c.preconditioner) for c, r in zip(self.checkpoints, raw, strict=True)]
-        return combine_checkpoints(parts, self.mode)
+        return combine_checkpoints(parts, self.mode, self.weights)
 
     def encode_rows(self, rows: Sequence[Sequence[int]], window: int | None = None) -> torch.Tensor:
         """Training-example vectors ``(B, D)``, or ``(B, n_windows, D)`` with windows."""

@@ -11,6 +11,7 @@ makes per-token contributions and contrastive projection exact:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 
 import torch
@@ -74,7 +75,13 @@ def project_off(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     return x - (x @ basis) @ basis.T
 
 
-def combine_checkpoints(parts: list[torch.Tensor], mode: ScoreMode) -> torch.Tensor:
-    """Concatenate per-checkpoint prepared vectors; cosine parts are scaled so scores average."""
-    joined = torch.cat(parts, dim=-1)
-    return joined / len(parts) ** 0.5 if mode is ScoreMode.COSINE else joined
+def combine_checkpoints(parts: list[torch.Tensor], mode: ScoreMode,
+                        weights: Sequence[float] | None = None) -> torch.Tensor:
+    """Concatenate per-checkpoint prepared vectors, each side scaled by √w, so one inner product is
+    ``Σ_c w_c q_c·g_c`` (TracIn-CP with the learning rate as ``w``); cosine weights are normalized to sum to 1
+    (equal weights: the mean of the checkpoints' cosines)."""
+    if weights is None:
+        joined = torch.cat(parts, dim=-1)
+        return joined / len(parts) ** 0.5 if mode is ScoreMode.COSINE else joined
+    weights = [w / sum(weights) for w in weights] if mode is ScoreMode.COSINE else list(weights)
+    return torch.cat([p * w**0.5 for p, w in zip(parts, weights, strict=True)], dim=-1)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from attribution.config import AttributionConfig
+from attribution.config import AttributionConfig, UnlearningConfig
 from attribution.curvature import fit_curvature
 from attribution.embeddings import TextEmbedder
 from attribution.encoder import GradientEncoder, load_checkpoints
@@ -37,6 +37,7 @@ from attribution.retrievers import (
     Query,
     Retriever,
 )
+from attribution.unlearning import UnlearningRetriever
 from attribution.vectors import FaissStore
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def parse_method(method: Method | str) -> Method:
 
 
 class AttributionSession:
-    """Model, encoders and the four retrievers over one set of training examples.
+    """Model, encoders and the retrievers (one per ``Method``) over one set of training examples.
 
     ``texts`` is anything with ``__getitem__`` by row (a list in memory, a DuckDB-backed
     lookup for a stored index); ``builders`` make the lexical and embedding retrievers on
@@ -81,6 +82,9 @@ class AttributionSession:
                 self.retrievers[method] = HybridRetriever(
                     self.retrievers[Method.GRADIENT], self.retriever(Method.BM25), self.retriever(Method.EMBEDDING),
                     candidates=scoring.hybrid_candidates, fusion=scoring.hybrid_fusion)
+            elif method is Method.UNLEARNING:
+                self.retrievers[method] = UnlearningRetriever(self.encoder, self.texts, self.metadata, self.retriever,
+                                                              self.config.unlearning)
             else:
                 self.retrievers[method] = self._builders[method]()
         return self.retrievers[method]
@@ -90,20 +94,22 @@ class AttributionSession:
         return self.retrievers[Method.GRADIENT]
 
     def attribute(self, prompt: str, completion: str | None = None, k: int = 10, method: Method | str = "gradient",
-                  filters: Filters | None = None, controls: Iterable[tuple[str, str | None]] = ()) -> list[Result]:
-        """The top-k training examples for ``prompt`` → ``completion``, best first."""
+                  filters: Filters | None = None, controls: Iterable[tuple[str, str | None]] = (),
+                  unlearning: UnlearningConfig | None = None) -> list[Result]:
+        """The top-k training examples for ``prompt`` → ``completion``, best first; ``unlearning`` overrides the
+        session's settings of the ``unlearning`` method for this query."""
         if not prompt.strip():
             raise ConfigError("the prompt is empty")
         method = parse_method(method)
         if completion is None:  # every method attributes the model's own continuation
             completion = self.encoder.greedy_completion(prompt)
-        query = Query(prompt, completion, list(controls))
+        query = Query(prompt, completion, list(controls), unlearning)
         hits = self.retriever(method).search(query, k, filters)
         return [
             Result(rank=rank + 1, example_id=int(self.ids[hit.row]), score=hit.score, text=self.texts[hit.row],
                    metadata=self.metadata[hit.row], completion=query.completion or "",
                    token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens,
-                   token_span=hit.token_span)
+                   token_span=hit.token_span, loss_increase=hit.loss_increase, row_tokens=hit.row_tokens)
             for rank, hit in enumerate(hits)
         ]
 
@@ -121,7 +127,7 @@ class AttributionSession:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         tokenizer = load_tokenizer(tokenizer_path or model_path)
         checkpoints = load_checkpoints(model_path, config.revisions, config.sketch, config.normalizer, device)
-        encoder = GradientEncoder(checkpoints, tokenizer, config.scoring.mode)
+        encoder = GradientEncoder(checkpoints, tokenizer, config.scoring.mode, config.revision_weights)
         raw = sketch_all(encoder, [ex.token_ids.tolist() for ex in examples], config.window, batch_size)
         for ckpt, sketches in zip(encoder.checkpoints, raw, strict=True):
             ckpt.preconditioner = fit_curvature([sketches], ckpt.sketcher.dim, config.curvature)

@@ -19,14 +19,12 @@ Every distinct row is stepped on once; the queries that selected it are measured
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +37,7 @@ from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.unlearn import LossMeter, Probe, restored
 from demo.groundtruth import Fact
-from demo.training import TrainSettings, learning_rate
+from demo.schedules import learning_rate_after
 from evaluation.ablation_stats import bootstrap_ci, compare
 from evaluation.report_files import write_report_files
 from evaluation.selections import TAILPATCH_SELECTIONS, Selection
@@ -83,18 +81,12 @@ class TailPatchSettings:
 
 def final_learning_rate(model_dir: Path, revision: str | None = None) -> float:
     """The learning rate of the step after ``revision`` (None: the last step) from the demo's ``training.json``."""
-    info_path = Path(model_dir) / "training.json"
-    if not info_path.is_file():
+    if not (Path(model_dir) / "training.json").is_file():
         raise ConfigError(f"{model_dir} has no training.json (not a demo model): give the learning rate, --lr")
-    config = json.loads(info_path.read_text())["config"]
-    settings = TrainSettings(**{f.name: config[f.name] for f in fields(TrainSettings)})
-    step = settings.steps - 1
-    if revision is not None:
-        found = re.fullmatch(r"step(\d+)", revision)
-        if found is None:
-            raise ConfigError(f"revision {revision!r} is not stepN: give the learning rate, --lr")
-        step = min(int(found.group(1)), step)
-    return learning_rate(step, settings)
+    try:
+        return learning_rate_after(str(model_dir), revision)
+    except ConfigError as err:
+        raise ConfigError(f"{err}; give the learning rate, --lr") from err
 
 
 def select_rows(session: AttributionSession, query: Fact, settings: TailPatchSettings,

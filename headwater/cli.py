@@ -16,6 +16,7 @@ import typer
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, field_help
 from attribution.errors import HeadwaterError
 from attribution.sketch import SketchConfig
+from demo.schedules import revision_weights as schedule_weights
 from evaluation.selections import Selection
 from headwater.common import clean_errors, setup_logging
 from headwater.eval_cli import eval_app
@@ -90,6 +91,9 @@ def index_build(
     data: Annotated[str, typer.Option(help=field_help(X, "data"))],
     out: Annotated[Path, typer.Option(help="Index directory (shards in work/, builds in builds/, current).")],
     revision: Annotated[list[str] | None, typer.Option(help=field_help(A, "revisions"))] = None,
+    revision_weights: Annotated[str | None, typer.Option(help=field_help(A, "revision_weights") + " 'lr': the "
+                                                         "learning rate after each revision (the demo's "
+                                                         "training.json or Pythia's schedule), else numbers.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help=field_help(X, "tokenizer"))] = X.tokenizer,
     steps: Annotated[str | None, typer.Option(help=field_help(X, "steps"))] = X.steps,
     k: Annotated[int, typer.Option(help=field_help(S, "k"))] = S.k,
@@ -129,8 +133,10 @@ def index_build(
         raise ConfigError(f"--batch-size must be positive, got {batch_size}")
     if normalizer is not None and not normalizer.is_file():
         raise ConfigError(f"--normalizer {normalizer}: no such file")
+    revisions = tuple(revision) if revision else (None,)
     config = IndexConfig.create(
-        model, data, revisions=tuple(revision) if revision else (None,), tokenizer=tokenizer,
+        model, data, revisions=revisions, revision_weights=schedule_weights(revision_weights, model, revisions),
+        tokenizer=tokenizer,
         steps=steps, k=k, seed=seed, window=window or None, mode=mode, precondition=precondition, damping=damping,
         precondition_sample=precondition_sample, normalizer=str(normalizer) if normalizer else None,
         embedding_model=embedding_model, faiss_factory=faiss_factory, include_head=include_head,
@@ -282,6 +288,7 @@ def serve(
     import uvicorn
 
     from indexer.manifest import resolve_build
+    from service.catalog import describe
     from service.main import create_app
     from service.settings import Settings
 
@@ -292,9 +299,18 @@ def serve(
         typer.echo(f"admin/ablation API key for this run (set HEADWATER_API_KEY to choose one): {api_key}")
     settings = Settings(index=index, host=host, port=port, api_key=api_key, device=device)
     typer.echo(f"serving {index} at http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
-    typer.echo(f"try: curl -s http://{host}:{port}/v1/attribute -H 'Content-Type: application/json' "
-               "-d '{\"prompt\": \"Ilse Varga was born in\", \"completion\": \" Tarnow\", \"k\": 3}'")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+
+    def ready(served) -> None:  # once loaded: a query to try, the index's own default (a planted fact of the demo)
+        typer.echo(try_line(host, port, describe(served.current()).default_query))
+
+    uvicorn.run(create_app(settings, on_ready=ready), host=host, port=port, log_level="info")
+
+
+def try_line(host: str, port: int, query) -> str:
+    """The ``curl`` line ``serve`` prints: the index's default query, else the model's own continuation of a prompt."""
+    body = {"prompt": query.prompt, "completion": query.completion, "k": 3} if query else {"prompt": "The", "k": 3}
+    return (f"try: curl -s http://{host}:{port}/v1/attribute -H 'Content-Type: application/json' "
+            f"-d '{json.dumps(body)}'")
 
 
 def main() -> None:

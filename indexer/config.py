@@ -43,6 +43,7 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     "revisions": ("attribution", "revisions"),
     "window": ("attribution", "window"),
     "normalizer": ("attribution", "normalizer"),
+    "revision_weights": ("attribution", "revision_weights"),
     "faiss_factory": ("storage", "faiss_factory"),
     "shard_size": ("storage", "shard_size"),
 }

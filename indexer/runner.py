@@ -60,7 +60,7 @@ def make_encoder(config: IndexConfig, device: str = "cpu", dtype: str = "float32
     settings = config.attribution
     checkpoints = load_checkpoints(config.model, settings.revisions, settings.sketch, settings.normalizer,
                                    device, dtype)
-    return GradientEncoder(checkpoints, tokenizer, settings.scoring.mode)
+    return GradientEncoder(checkpoints, tokenizer, settings.scoring.mode, settings.revision_weights)
 
 
 def context_length(encoder: GradientEncoder, config: IndexConfig) -> int:

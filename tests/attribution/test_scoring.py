@@ -110,3 +110,18 @@ def test_checkpoint_sum_is_tracin_cp() -> None:
     first = prepare_train(g1, cos) @ prepare_query(q1, cos)[0]
     expected = (first + prepare_train(g2, cos) @ prepare_query(q2, cos)[0]) / 2
     torch.testing.assert_close(unit, expected)
+
+
+@given(w1=st.floats(0.01, 10.0), w2=st.floats(0.01, 10.0))
+@settings(max_examples=30, deadline=None)
+def test_weighted_checkpoints_scale_each_checkpoints_score(w1: float, w2: float) -> None:
+    q1, q2, g1, g2 = data(5, n=1)[0], data(6, n=1)[0], data(7, n=3), data(8, n=3)
+    ip = ScoreMode.INNER_PRODUCT
+    joined = combine_checkpoints([g1, g2], ip, (w1, w2)) @ combine_checkpoints([q1, q2], ip, (w1, w2))
+    torch.testing.assert_close(joined, w1 * (g1 @ q1) + w2 * (g2 @ q2))
+    cos = ScoreMode.COSINE
+    parts_g = [prepare_train(g1, cos), prepare_train(g2, cos)]
+    parts_q = [prepare_query(q1, cos)[0], prepare_query(q2, cos)[0]]
+    weighted = combine_checkpoints(parts_g, cos, (w1, w2)) @ combine_checkpoints(parts_q, cos, (w1, w2))
+    expected = (w1 * (parts_g[0] @ parts_q[0]) + w2 * (parts_g[1] @ parts_q[1])) / (w1 + w2)
+    torch.testing.assert_close(weighted, expected)

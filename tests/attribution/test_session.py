@@ -113,6 +113,11 @@ def test_multi_checkpoint_session_sums_over_revisions(tiny_demo: Path, fact: Fac
         scores[name] = {r.example_id: r.score for r in rows}
     for example_id, score in scores["both"].items():
         assert score == pytest.approx(scores["final"][example_id] + scores["early"][example_id], rel=1e-4, abs=1e-4)
+    weighted = demo_session(tiny_demo, replace(base, revisions=("step8", None), revision_weights=(0.25, 3.0)))
+    rows = weighted.attribute(fact.prompt, fact.completion, k=len(weighted))
+    for row in rows:  # TracIn-CP with the learning rates as weights
+        expected = 0.25 * scores["early"][row.example_id] + 3.0 * scores["final"][row.example_id]
+        assert row.score == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
 def test_embed_and_head_groups_attribute_with_exact_evidence(tiny_demo: Path, fact: Fact) -> None:

@@ -184,7 +184,9 @@ def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
     for flags, message in ((["--precondition-sample", "0"], "curvature sample must be positive"),
                            (["--precondition", "kfac-ish"], "kind must be one of"),
                            (["--damping", "-1"], "damping must be positive"),
-                           (["--modules", "blocks,attention"], "groups must be among")):
+                           (["--modules", "blocks,attention"], "groups must be among"),
+                           (["--revision-weights", "1,2"], "revision_weights must be 1 positive finite"),
+                           (["--revision-weights", "-1"], "revision_weights must be 1 positive finite")):
         result = runner.invoke(app, [*cli_args(tiny_demo, tmp_path / "d"), *flags])
         assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "d").exists()  # refused before anything is written
