@@ -31,7 +31,9 @@ class Result:
 
     ``token_contributions`` (one per completion token, summing to ``score``) and
     ``completion_tokens`` are set by the gradient retriever; ``token_span`` is the
-    best-matching window ``[start, end)`` in tokens when the index is windowed.
+    best-matching window ``[start, end)`` in tokens when the index is windowed (for ``unlearning``: the
+    row's window of largest loss increase). ``loss_increase`` (``unlearning``) is the per-token loss
+    increase of the row's predicted tokens ``row_tokens`` (every token after the first); its mean is ``score``.
     """
 
     rank: int
@@ -43,3 +45,5 @@ class Result:
     token_contributions: list[float] | None = None
     completion_tokens: list[str] | None = None
     token_span: tuple[int, int] | None = None
+    loss_increase: list[float] | None = None
+    row_tokens: list[str] | None = None

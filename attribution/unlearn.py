@@ -116,3 +116,49 @@ class LossMeter:
         """Mean per-token NLL of held-out rows (general language-modelling loss)."""
         mask = batch.loss_mask[:, 1:]
         return float((token_nll(self.model, batch) * mask.to(torch.float32)).sum() / mask.sum())
+
+
+@contextlib.contextmanager
+def trainable(model: nn.Module) -> Iterator[None]:
+    """Every parameter requires grad inside the block (``flat_gradient`` and ``apply_step`` then see the same
+    parameters), the original flags afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def project_off(vector: torch.Tensor, avoid: torch.Tensor | None) -> torch.Tensor:
+    """``vector`` minus its components in the span of the rows of ``avoid`` (r, P)."""
+    if avoid is None or not len(avoid):
+        return vector
+    basis, _ = torch.linalg.qr(avoid.T)
+    return vector - basis @ (basis.T @ vector)
+
+
+def ascend(model: nn.Module, batch, steps: int, budget: float, avoid: torch.Tensor | None = None) -> None:
+    """θ ← θ + Δθ with ‖Δθ‖ = ``budget`` exactly: ``steps`` normalized ascent steps of ``budget / steps`` on the
+    batch's summed loss (each off ``avoid``'s span), the total move then stretched along itself to the budget.
+
+    Call it inside :func:`restored` (and :func:`trainable`): it changes the weights in place.
+    """
+    if steps <= 0:
+        raise ConfigError(f"ascent steps must be positive, got {steps}")
+    if budget <= 0:
+        raise ConfigError(f"budgets must be positive, got {budget}")
+    total = None
+    for _ in range(steps):
+        gradient = project_off(flat_gradient(model, batch), avoid)
+        norm = gradient.norm()
+        if float(norm) == 0.0:
+            raise EmptySelectionError("the target's gradient is zero: nothing to ascend on")
+        direction = gradient / norm
+        apply_step(model, direction, budget / steps)
+        total = direction if total is None else total + direction
+    moved = float(total.norm()) * budget / steps  # ≤ budget (triangle inequality); equal when the steps align
+    if budget - moved > 0:
+        apply_step(model, total / total.norm(), budget - moved)

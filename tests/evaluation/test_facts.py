@@ -87,3 +87,12 @@ def test_an_index_not_built_from_the_demo_needs_demo(tmp_path: Path, tiny_demo: 
     with pytest.raises(ConfigError, match="give --demo"):
         demo_dir(foreign)  # type: ignore[arg-type]
     assert demo_dir(foreign, tiny_demo) == tiny_demo  # type: ignore[arg-type]
+
+
+def test_unlearning_is_a_fact_tracing_method(session: AttributionSession, selection: FactSelection) -> None:
+    report = trace_facts(session, selection, ["unlearning", "bm25"], contrastive=False, limit=3)
+    rows = {(r["method"], r["prompts"]): r for r in report["rows"]}
+    assert {("unlearning", "train"), ("unlearning", "heldout")} <= rows.keys()
+    assert rows[("unlearning", "train")]["queries"] == 3
+    for r in rows.values():
+        assert 0 <= r["recall@1"] <= r["recall@10"] <= r["recall@100"] <= 1

@@ -1,0 +1,256 @@
+"""The reverse direction (method ``unlearning``): which training rows is the model now more perplexed about?
+
+Ascend on the target (its completion's loss) by a few normalized steps to a fixed ‖Δθ‖ over all
+parameters, measure every candidate row's per-token loss, restore the weights bit for bit. A row's
+score is its mean per-token loss increase *relative to an equal ascent on controls* — the query's
+control prompts when it has them, otherwise generic probes (a 16-token span of a few evenly spaced
+indexed rows): the control ascent's increase is regressed out (least-squares slope over the scored
+rows, clipped at 0), so rows that any small ascent perturbs (fragile, generic text) do not crowd the
+top. Optionally contrastive: the controls' gradients are projected out of every ascent step.
+
+Every candidate costs a forward pass, so small row sets (≤ ``exhaustive_rows``) are scored whole and
+larger ones re-rank the union of the gradient, BM25 and embedding retrievers' top ``candidates``.
+Forward passes are batched by a token budget with the output head applied in chunks (no B × T × V
+logits); the losses under the unchanged model and under the generic-probe ascent do not depend on the
+query, so they are cached per row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from attribution.batching import TokenBatch, collate, training_batch
+from attribution.config import Correction, UnlearningConfig
+from attribution.encoder import GradientEncoder
+from attribution.filters import Filters, allowed_rows
+from attribution.retrievers import Hit, Method, Query, Retriever, check_k
+from attribution.unlearn import LossMeter, Probe, ascend, flat_gradient, restored, trainable
+
+CANDIDATE_SOURCES = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)
+"""The retrievers whose top ``candidates`` are re-ranked on a large index."""
+PROBE_CONTEXT, PROBE_SPAN = 16, 16
+"""A generic probe: ``PROBE_SPAN`` tokens of a row, predicted after its first ``PROBE_CONTEXT`` tokens."""
+CACHE_VALUES = 1 << 24
+"""Cached per-row values (tokens, losses) kept at most, each kind: 64 MB of float32."""
+HEAD_CHUNK_VALUES = 1 << 25
+"""Logits materialized at once by the chunked output head (128 MB of float32)."""
+
+
+class LRUCache:
+    """Arrays by key, the least recently used dropped once their total size passes ``capacity`` values."""
+
+    def __init__(self, capacity: int = CACHE_VALUES) -> None:
+        self.capacity, self.size, self.items = capacity, 0, OrderedDict()
+
+    def get(self, key: Hashable) -> np.ndarray | None:
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: Hashable, value: np.ndarray) -> None:
+        if key in self.items:
+            self.size -= self.items.pop(key).size
+        self.items[key] = value
+        self.size += value.size
+        while self.size > self.capacity and len(self.items) > 1:
+            self.size -= self.items.popitem(last=False)[1].size
+
+
+def chunked_token_nll(model: nn.Module, batch: TokenBatch) -> torch.Tensor:
+    """``token_nll`` (``(B, T - 1)``, float32) with the output head applied to a few positions at a time."""
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+    flat, targets = hidden.reshape(-1, hidden.shape[-1]), batch.input_ids[:, 1:].reshape(-1)
+    out = torch.empty(targets.shape, dtype=torch.float32, device=hidden.device)
+    step = max(1, HEAD_CHUNK_VALUES // head.out_features)
+    for start in range(0, len(flat), step):
+        logits = head(flat[start : start + step]).float()
+        picked = logits.gather(-1, targets[start : start + step, None])[:, 0]
+        out[start : start + step] = torch.logsumexp(logits, -1) - picked
+    return out.view(batch.input_ids.shape[0], -1)
+
+
+@torch.no_grad()
+def row_losses(model: nn.Module, rows: Sequence[Sequence[int]], batch_tokens: int) -> list[np.ndarray]:
+    """Per-token NLL of every row's predicted tokens (all after the first), in batches of ≤ ``batch_tokens``."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    out: list[np.ndarray] = [np.zeros(0, np.float32)] * len(rows)
+    start = 0
+    while start < len(order):  # sorted by length, so a batch's width is its last row's length
+        stop = start + 1
+        while stop < len(order) and len(rows[order[stop]]) * (stop - start + 1) <= batch_tokens:
+            stop += 1
+        group = order[start:stop]
+        nll = chunked_token_nll(model, training_batch([rows[i] for i in group]).to(device)).cpu().numpy()
+        for b, i in enumerate(group):
+            out[i] = nll[b, : len(rows[i]) - 1].copy()
+        start = stop
+    return out
+
+
+def best_window(delta: np.ndarray, window: int) -> tuple[int, int]:
+    """Token span ``[start, end)`` (row positions) of the ``window`` predicted tokens with the largest total."""
+    w = min(window, len(delta))
+    sums = np.convolve(delta, np.ones(w, dtype=delta.dtype), mode="valid")
+    start = int(np.argmax(sums)) + 1  # delta[j] is the loss of token j + 1
+    return start, start + w
+
+
+def corrected(after: list[np.ndarray], base: list[np.ndarray],
+              control: list[np.ndarray] | None) -> list[np.ndarray]:
+    """Per-token loss increases under the target ascent, less the part the control ascent explains.
+
+    The control's increase is subtracted scaled by the least-squares slope (clipped at 0) of the rows' mean
+    target increase on their mean control increase: what both ascents do to a row (general fragility) is
+    removed, and a control ascent that tells nothing about the target's rows removes nothing.
+    """
+    raw = [a - b for a, b in zip(after, base, strict=True)]
+    if control is None or len(raw) < 2:
+        return raw
+    shift = [c - b for c, b in zip(control, base, strict=True)]
+    x, y = np.array([s.mean() for s in shift]), np.array([r.mean() for r in raw])
+    spread = float(((x - x.mean()) ** 2).sum())
+    slope = max(0.0, float(((x - x.mean()) * (y - y.mean())).sum()) / spread) if spread > 0 else 0.0
+    return [r - slope * s for r, s in zip(raw, shift, strict=True)]
+
+
+class UnlearningRetriever:
+    """Rank rows by how much more perplexed the model is about them after an ascent on the target."""
+
+    name = Method.UNLEARNING.value
+
+    def __init__(self, encoder: GradientEncoder, texts, metadata: list[dict],
+                 sources: Callable[[Method], Retriever], config: UnlearningConfig | None = None) -> None:
+        self.encoder, self.texts, self.metadata, self.sources = encoder, texts, metadata, sources
+        self.config = config or UnlearningConfig()
+        self.model = encoder.checkpoints[-1].model
+        self.meter = LossMeter(self.model, encoder.tokenizer, encoder.max_length)
+        self.n = len(metadata)
+        self.token_cache, self.loss_cache = LRUCache(), LRUCache()
+        self.timings: dict[str, float] = {}
+        """Milliseconds per stage of the last search (candidates, reference, target, evidence)."""
+        self._probes: dict[int, TokenBatch | None] = {}
+
+    def tokens(self, row: int) -> np.ndarray:
+        """The row's token ids (its text re-tokenized, cut to the model's context), cached."""
+        ids = self.token_cache.get(row)
+        if ids is None:
+            text = self.texts[row]
+            ids = np.asarray(self.encoder.tokenizer.encode(text, add_special_tokens=False)[: self.encoder.max_length],
+                             dtype=np.int64)
+            self.token_cache.put(row, ids)
+        return ids
+
+    def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
+        check_k(k, self.n)
+        settings = query.unlearning or self.config
+        if query.completion is None:
+            query.completion = self.encoder.greedy_completion(query.prompt)
+        clock = [time.perf_counter()]
+        rows = [int(r) for r in self.candidates(query, k, filters, settings) if len(self.tokens(int(r))) >= 2]
+        tokens = [self.tokens(r).tolist() for r in rows]
+        clock.append(time.perf_counter())
+        controls = self.control_probes(query)
+        base = self.cached(("base",), rows, tokens, lambda todo: row_losses(self.model, todo, settings.batch_tokens))
+        control = self.control_losses(rows, tokens, controls, settings)
+        clock.append(time.perf_counter())
+        target = self.meter.probe_batch([Probe(query.prompt, query.completion)])
+        avoid = self.control_gradients(controls) if settings.contrastive and controls else None
+        deltas = corrected(self.after_ascent(target, tokens, settings, avoid), base, control)
+        clock.append(time.perf_counter())
+        scores = np.array([float(d.mean()) for d in deltas])
+        hits = [self.hit(rows[i], scores[i], deltas[i], settings) for i in np.argsort(-scores, kind="stable")[:k]]
+        clock.append(time.perf_counter())
+        stages = ("candidates", "reference", "target", "evidence")
+        self.timings = {name: (b - a) * 1e3 for name, a, b in zip(stages, clock[:-1], clock[1:], strict=True)}
+        self.timings["rows"] = float(len(rows))
+        return hits
+
+    def candidates(self, query: Query, k: int, filters: Filters | None, settings: UnlearningConfig) -> np.ndarray:
+        """Every allowed row of a small set; otherwise the union of the candidate sources' top ``candidates``."""
+        allowed = allowed_rows(self.metadata, filters)
+        count = self.n if allowed is None else len(allowed)
+        if count <= settings.exhaustive_rows:
+            return np.arange(self.n) if allowed is None else allowed
+        pool = min(max(settings.candidates, k), count)
+        found: set[int] = set()
+        for method in CANDIDATE_SOURCES:
+            asked = Query(query.prompt, query.completion, list(query.controls))
+            found.update(hit.row for hit in self.sources(method).search(asked, pool, filters))
+        return np.array(sorted(found), dtype=np.int64)
+
+    def control_probes(self, query: Query) -> list[Probe]:
+        """The query's controls as probes (a control without completion gets the model's own)."""
+        n_tokens = max(1, len(self.encoder.encode_ids(query.completion or "")))
+        return [Probe(p, c if c is not None else self.encoder.greedy_completion(p, max_new_tokens=n_tokens))
+                for p, c in query.controls]
+
+    def control_losses(self, rows: list[int], tokens: list[list[int]], controls: list[Probe],
+                       settings: UnlearningConfig) -> list[np.ndarray] | None:
+        """Per-token row losses after the equal ascent on controls (see ``Correction``); None: no correction."""
+        mode = settings.correction
+        if mode is Correction.AUTO and controls:
+            return self.after_ascent(self.meter.probe_batch(controls), tokens, settings)
+        probes = self.generic_probes(settings.control_probes) if mode is not Correction.NONE else None
+        if probes is None:
+            return None
+        return self.cached(("probes", settings.control_probes, settings.steps, settings.budget), rows, tokens,
+                           lambda todo: self.after_ascent(probes, todo, settings))
+
+    def cached(self, key: tuple, rows: list[int], tokens: list[list[int]],
+               compute: Callable[[list[list[int]]], list[np.ndarray]]) -> list[np.ndarray]:
+        """Query-independent per-row losses: computed for the rows not cached yet, then looked up."""
+        values = {r: self.loss_cache.get((*key, r)) for r in rows}
+        todo = [i for i, r in enumerate(rows) if values[r] is None]
+        if todo:
+            for i, losses in zip(todo, compute([tokens[i] for i in todo]), strict=True):
+                values[rows[i]] = losses
+                self.loss_cache.put((*key, rows[i]), losses)
+        return [values[r] for r in rows]
+
+    def after_ascent(self, batch: TokenBatch, tokens: list[list[int]], settings: UnlearningConfig,
+                     avoid: torch.Tensor | None = None) -> list[np.ndarray]:
+        """Per-token row losses under θ + Δθ (an ascent on ``batch``); the weights are restored after."""
+        if not tokens:
+            return []
+        device = next(self.model.parameters()).device
+        with trainable(self.model), restored(self.model):
+            ascend(self.model, batch.to(device), settings.steps, settings.budget,
+                   None if avoid is None else avoid.to(device))
+            return row_losses(self.model, tokens, settings.batch_tokens)
+
+    def control_gradients(self, controls: list[Probe]) -> torch.Tensor:
+        """One flat gradient per control prompt ``(r, P)``: the span a contrastive ascent stays off."""
+        device = next(self.model.parameters()).device
+        with trainable(self.model):
+            return torch.stack([flat_gradient(self.model, self.meter.probe_batch([c]).to(device)) for c in controls])
+
+    def generic_probes(self, count: int) -> TokenBatch | None:
+        """The correction's default controls: a span of each of ``count`` evenly spaced rows (None: no row is
+        long enough to give one)."""
+        if count not in self._probes:
+            rows, masks = [], []
+            for row in np.unique(np.linspace(0, self.n - 1, min(count, self.n)).round().astype(int)):
+                ids = self.tokens(int(row))[: PROBE_CONTEXT + PROBE_SPAN].tolist()
+                if len(ids) > PROBE_CONTEXT:
+                    rows.append(ids)
+                    masks.append([0] * PROBE_CONTEXT + [1] * (len(ids) - PROBE_CONTEXT))
+            self._probes[count] = collate(rows, masks) if rows else None
+        return self._probes[count]
+
+    def hit(self, row: int, score: float, delta: np.ndarray, settings: UnlearningConfig) -> Hit:
+        """A ranked row with its evidence: the per-token loss increase and its largest window."""
+        tokenizer = self.encoder.tokenizer
+        predicted = self.tokens(row)[1:].tolist()
+        return Hit(row, float(score), token_span=best_window(delta, settings.window),
+                   loss_increase=[round(float(d), 6) for d in delta],
+                   row_tokens=[tokenizer.decode([t]) for t in predicted])

@@ -1,0 +1,98 @@
+"""Fact tracing with the ``unlearning`` retriever's variants, and its time per query, on a published index.
+
+    python -m bench.unlearning --index demo-data/index [--limit 60] [--variants default,none,related,...]
+
+Same queries and metrics as ``headwater eval facts`` (evaluation/facts.py: facts the model gets right,
+training-style prompts and held-out paraphrases, recall@10 and MRR of the first gold row), one row per
+variant of the settings — the control correction (generic probes, none, the fact's related prompts),
+contrastive ascent, budget and steps, exhaustive scoring — with seconds per query (mean, median and the
+first query, whose candidates are not cached yet). Prints a markdown table; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from attribution.config import Correction, UnlearningConfig
+from attribution.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
+from attribution.retrievers import Method, Query
+from attribution.session import AttributionSession
+from demo.groundtruth import Fact
+from evaluation.facts import DEPTH, Prompts, load_demo_facts, select_facts
+from indexer.store import open_index
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One setting of the retriever, and whether the fact's related prompts go along as controls."""
+
+    settings: UnlearningConfig
+    related: bool = False
+
+
+BASE = UnlearningConfig()
+VARIANTS = {
+    "default": Variant(BASE),
+    "none": Variant(replace(BASE, correction=Correction.NONE)),
+    "related": Variant(BASE, related=True),
+    "related+contrastive": Variant(replace(BASE, contrastive=True), related=True),
+    "budget=1": Variant(replace(BASE, budget=1.0)),
+    "budget=0.25": Variant(replace(BASE, budget=0.25)),
+    "steps=1": Variant(replace(BASE, steps=1)),
+    "candidates=30": Variant(replace(BASE, candidates=30)),
+    "exhaustive": Variant(replace(BASE, exhaustive_rows=10**9)),
+    "exhaustive+none": Variant(replace(BASE, exhaustive_rows=10**9, correction=Correction.NONE)),
+}
+
+
+def run_variant(session: AttributionSession, facts: list[Fact], variant: Variant) -> list[dict]:
+    """recall@10, MRR and seconds per query of one variant, per kind of prompt."""
+    retriever = session.retriever(Method.UNLEARNING)
+    rows = []
+    for split in Prompts:
+        ranks, seconds = [], []
+        for fact in facts:
+            controls = [(r.prompt, r.completion) for r in fact.related] if variant.related else []
+            for prompt in [fact.prompt] if split == Prompts.TRAIN else fact.paraphrases:
+                started = time.perf_counter()
+                hits = retriever.search(Query(prompt, fact.completion, controls, variant.settings), DEPTH)
+                seconds.append(time.perf_counter() - started)
+                ranks.append(first_gold_rank([int(session.ids[h.row]) for h in hits], fact.gold_rows))
+        rows.append({"prompts": split.value, "recall@10": recall_at(ranks, 10), "mrr": mean_reciprocal_rank(ranks),
+                     "recall@100": recall_at(ranks, 100), "queries": len(ranks),
+                     "mean_s": statistics.fmean(seconds), "median_s": statistics.median(seconds),
+                     "first_s": seconds[0], "rows": retriever.timings.get("rows", 0.0)})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--index", type=Path, default=Path("demo-data/index"))
+    parser.add_argument("--limit", type=int, default=60, help="at most this many facts")
+    parser.add_argument("--exhaustive-limit", type=int, default=10, help="facts for the exhaustive variants")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    session = open_index(args.index)
+    selection = select_facts(session, load_demo_facts(session))
+    facts = selection.facts[: args.limit]
+    print(f"\n{len(session)} rows; model accuracy {selection.accuracy:.1%}; {len(facts)} known facts queried "
+          f"(exhaustive variants: {min(args.exhaustive_limit, len(facts))})\n")
+    print("| variant | prompts | recall@10 | recall@100 | MRR | queries | s/query mean | median | first | rows |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.variants.split(","):
+        variant = VARIANTS[name.strip()]
+        asked = facts[: args.exhaustive_limit] if variant.settings.exhaustive_rows > len(session) // 2 else facts
+        for r in run_variant(session, asked, variant):
+            print(f"| {name} | {r['prompts']} | {r['recall@10']:.3f} | {r['recall@100']:.3f} | {r['mrr']:.3f} | "
+                  f"{r['queries']} | {r['mean_s']:.2f} | {r['median_s']:.2f} | {r['first_s']:.2f} | {r['rows']:.0f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
