@@ -10,8 +10,9 @@ from __future__ import annotations
 import time
 from collections import Counter
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
+from attribution.config import UnlearningConfig
 from attribution.filters import Filters
 from attribution.records import Result as Attributed
 from attribution.retrievers import Method
@@ -56,13 +57,32 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
     with lock:
         found = session.attribute(request.prompt, request.completion, k=request.k, method=method,
                                   filters=Filters(**request.filters.model_dump()),
-                                  controls=[(c, None) for c in request.controls])
+                                  controls=[(c, None) for c in request.controls],
+                                  unlearning=unlearning_settings(session, request))
+        stages = stage_timings(session, method)  # inside the lock: the next query overwrites them
     searched = time.perf_counter()
     completion = (found[0].completion if found else request.completion) or ""
     results = [to_result(session, hit, completion) for hit in found]
-    timings = {"search": (searched - started) * 1e3, "format": (time.perf_counter() - searched) * 1e3}
+    timings = {"search": (searched - started) * 1e3, "format": (time.perf_counter() - searched) * 1e3, **stages}
     return AttributeResponse(prompt=request.prompt, completion=completion, method=method.value, results=results,
                              timings_ms={name: round(ms, 2) for name, ms in timings.items()})
+
+
+def unlearning_settings(session: AttributionSession, request: AttributeRequest) -> UnlearningConfig | None:
+    """The session's ``unlearning`` settings with the request's steps, budget and candidates (None: another method)."""
+    if Method(request.method) is not Method.UNLEARNING:
+        return None
+    given = {name: getattr(request, name) for name in ("steps", "budget", "candidates")
+             if getattr(request, name) is not None}
+    return replace(session.config.unlearning, **given)
+
+
+def stage_timings(session: AttributionSession, method: Method) -> dict[str, float]:
+    """Milliseconds per stage of an ``unlearning`` query (candidates, reference, target, evidence)."""
+    if method is not Method.UNLEARNING:
+        return {}
+    timings = getattr(session.retriever(method), "timings", {})
+    return {f"unlearning_{name}": ms for name, ms in timings.items() if name != "rows"}
 
 
 def to_result(session: AttributionSession, hit: Attributed, completion: str) -> Result:
@@ -75,7 +95,8 @@ def to_result(session: AttributionSession, hit: Attributed, completion: str) -> 
     return Result(rank=hit.rank, example_id=hit.example_id, score=hit.score, text=hit.text, span=span,
                   source=meta.get("source"), row=meta.get("row"), step=meta.get("step"),
                   batch_pos=meta.get("batch_pos"), pile_set_name=meta.get("pile_set_name"),
-                  token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens)
+                  token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens,
+                  loss_increase=hit.loss_increase, row_tokens=hit.row_tokens)
 
 
 def token_span_to_chars(tokenizer, text: str, token_span: tuple[int, int]) -> Span | None:

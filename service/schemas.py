@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from attribution.retrievers import Method
 
@@ -30,6 +30,12 @@ class AttributeRequest(Strict):
     filters: FilterSpec = Field(default_factory=FilterSpec)
     controls: list[str] = Field(default_factory=list, description="Control prompts (same relation, other "
                                 "subjects) for a contrastive query; their completions are the model's own.")
+    steps: int | None = Field(None, ge=1, le=10, strict=True, description="unlearning only: normalized ascent "
+                              "steps on the target (default: the server's, 3).")
+    budget: float | None = Field(None, gt=0, le=10, allow_inf_nan=False, description="unlearning only: total "
+                                 "parameter move ‖Δθ‖ of the ascent (default: the server's, 0.5).")
+    candidates: int | None = Field(None, ge=1, le=500, strict=True, description="unlearning only: rows taken "
+                                   "from each of gradient, bm25 and embedding to re-rank on a large index.")
 
     @field_validator("prompt")
     @classmethod
@@ -44,6 +50,13 @@ class AttributeRequest(Strict):
         if any(not c.strip() or len(c) > 20_000 for c in value):
             raise ValueError("every control prompt must be non-blank and at most 20000 characters")
         return value
+
+    @model_validator(mode="after")
+    def ascent_settings_need_unlearning(self) -> AttributeRequest:
+        given = [name for name in ("steps", "budget", "candidates") if getattr(self, name) is not None]
+        if given and Method(self.method) is not Method.UNLEARNING:
+            raise ValueError(f"{', '.join(given)}: only method unlearning takes them; drop them or use unlearning")
+        return self
 
 
 class Span(BaseModel):
@@ -64,6 +77,9 @@ class Result(BaseModel):
     pile_set_name: str | None
     token_contributions: list[float] | None = None
     completion_tokens: list[str] | None = None
+    loss_increase: list[float] | None = Field(None, description="unlearning: the loss increase (nats) of each "
+                                              "predicted token of the row (row_tokens); their mean is the score.")
+    row_tokens: list[str] | None = Field(None, description="unlearning: the row's tokens after the first.")
 
 
 class AttributeResponse(BaseModel):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from attribution.config import AttributionConfig
 from attribution.records import Result
 from attribution.retrievers import Method
 from service import queries
@@ -40,8 +43,15 @@ class FakeSession:
     def __len__(self) -> int:
         return 10
 
-    def attribute(self, prompt, completion=None, k=10, method=Method.GRADIENT, filters=None, controls=()):
+    config = AttributionConfig()
+
+    def retriever(self, method):
+        return SimpleNamespace(timings={"target": 1.5, "rows": 3.0})
+
+    def attribute(self, prompt, completion=None, k=10, method=Method.GRADIENT, filters=None, controls=(),
+                  unlearning=None):
         self.held.append(self.lock.locked())
+        self.unlearning = unlearning
         completion = completion if completion is not None else " Tarnow"
         return [Result(rank=1, example_id=7, score=0.5, text="Ilse Varga was born in Tarnow.",
                        metadata={"step": 1, "pile_set_name": "Planted Facts"}, completion=completion)]
@@ -55,7 +65,17 @@ def served() -> ServedIndex:
 
 
 def test_the_methods_that_run_the_model() -> None:
-    assert {m for m in Method if m.uses_model} == {Method.GRADIENT, Method.HYBRID}
+    assert {m for m in Method if m.uses_model} == {Method.GRADIENT, Method.HYBRID, Method.UNLEARNING}
+
+
+def test_unlearning_settings_come_from_the_request(served: ServedIndex) -> None:
+    request = AttributeRequest(prompt="Ilse Varga was born in", completion=" Tarnow", k=1, method="unlearning",
+                               steps=2, budget=1.25)
+    response = queries.attribute(served, request, SETTINGS)
+    assert served.session.unlearning == replace(AttributionConfig().unlearning, steps=2, budget=1.25)
+    assert response.timings_ms["unlearning_target"] == 1.5 and "unlearning_rows" not in response.timings_ms
+    queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1), SETTINGS)
+    assert served.session.unlearning is None  # other methods get no unlearning settings
 
 
 @pytest.mark.parametrize("completion", [" Tarnow", None])
