@@ -20,6 +20,7 @@ from functools import cache
 from typing import Any
 
 from attribution.errors import ConfigError
+from attribution.kronecker import Fisher
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.sketch import SketchConfig
@@ -34,21 +35,39 @@ class Fusion(StrEnum):
 
 @dataclass(frozen=True)
 class CurvatureConfig:
-    """The preconditioner fitted on a sample of training sketches."""
+    """The preconditioner: fitted on a sample of training sketches (sketch-space kinds) or on per-module Kronecker
+    statistics of the sketch pass (kfac, ekfac)."""
 
     kind: PreconditionMode = PreconditionMode.INVERSE_SQRT
-    """inverse_sqrt (both sides), inverse (training side only) or none."""
+    """inverse_sqrt (global D×D, both sides), inverse (global, training side only), block (per-module k²×k² blocks,
+    both sides), kfac (Kronecker factors on the query's gradient before projection), ekfac (K-FAC with eigenvalues
+    fitted on per-row gradients) or none."""
     damping: float = 0.1
-    """Damping λ as a multiple of the mean eigenvalue of the sketch covariance."""
+    """Damping λ as a multiple of the mean eigenvalue: of the sketch covariance (of each module's block for
+    block), of each Kronecker factor (kfac), of each module's corrected eigenvalues (ekfac)."""
     sample: int = 4096
     """Raw sketches (windows count as sketches), evenly spaced over the data, the covariance is estimated on."""
+    fisher: Fisher = Fisher.EMPIRICAL
+    """kfac/ekfac: empirical (the training labels' loss, gathered during the sketch pass) or sampled (labels drawn
+    from the model's own predictions: one more forward and backward per batch)."""
+    eigen_sample: int = 256
+    """ekfac: training rows, evenly spaced over the data, whose per-row gradients fit the eigenvalues (a second
+    pass at merge)."""
+    factor_limit: int = 8192
+    """kfac/ekfac: a module side wider than this gets no Kronecker factor and stays unpreconditioned (the output
+    head's vocabulary side)."""
 
     def __post_init__(self) -> None:
         _coerce(self, "kind", PreconditionMode)
+        _coerce(self, "fisher", Fisher)
         if self.damping <= 0:
             raise ConfigError(f"damping must be positive (a multiple of the mean eigenvalue), got {self.damping}")
         if self.sample <= 0:
             raise ConfigError(f"the curvature sample must be positive, got {self.sample}")
+        if self.eigen_sample <= 0:
+            raise ConfigError(f"the EK-FAC eigenvalue sample must be positive, got {self.eigen_sample}")
+        if self.factor_limit <= 0:
+            raise ConfigError(f"the Kronecker factor limit must be positive, got {self.factor_limit}")
 
 
 @dataclass(frozen=True)

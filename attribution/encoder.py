@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from attribution.batching import collate, query_tokens, training_batch
-from attribution.curvature import Curvature
+from attribution.curvature import Curvature, QuerySketcher, SketchPassStatistics
 from attribution.errors import ConfigError
 from attribution.models import load_model
 from attribution.modules import sketched_modules
@@ -33,6 +33,17 @@ class Checkpoint:
     sketcher: Sketcher
     preconditioner: Curvature | None = None
     revision: str | None = None
+    _query: tuple = field(default=(None, None), init=False, repr=False, compare=False)
+
+    @property
+    def query_sketcher(self) -> QuerySketcher:
+        """What sketches this checkpoint's queries: the preconditioner's route (e.g. K-FAC's folded projections),
+        built once per preconditioner, or the training sketcher."""
+        if self.preconditioner is None:
+            return self.sketcher
+        if self._query[0] is not self.preconditioner:
+            self._query = (self.preconditioner, self.preconditioner.query_sketcher(self.sketcher))
+        return self._query[1]
 
 
 @dataclass
@@ -111,7 +122,7 @@ class GradientEncoder:
         first = len(prompt_ids)
         masks = [[int(i == first + j) for i in range(len(ids))] for j in range(len(completion_ids))]
         batch = collate([ids] * len(masks), masks)
-        return [c.sketcher.sketch(batch).cpu() for c in self.checkpoints]
+        return [c.query_sketcher.sketch(batch).cpu() for c in self.checkpoints]
 
     def _control_sketches(self, controls: Sequence[tuple[str, str | None]], n_tokens: int) -> list[torch.Tensor]:
         rows, masks = [], []
@@ -122,7 +133,7 @@ class GradientEncoder:
             rows.append(ids)
             masks.append(mask)
         batch = collate(rows, masks)
-        return [c.sketcher.sketch(batch).cpu() for c in self.checkpoints]
+        return [c.query_sketcher.sketch(batch).cpu() for c in self.checkpoints]
 
     def encode_query(
         self, prompt: str, completion: str | None = None, controls: Sequence[tuple[str, str | None]] = ()
@@ -146,10 +157,14 @@ class GradientEncoder:
             controls_used=len(controls),
         )
 
-    def raw_rows(self, rows: Sequence[Sequence[int]], window: int | None = None) -> list[torch.Tensor]:
-        """Unprepared sketches per checkpoint: ``(B, D_c)``, or ``(B, n_windows, D_c)`` with windows."""
+    def raw_rows(self, rows: Sequence[Sequence[int]], window: int | None = None,
+                 statistics: Sequence[SketchPassStatistics | None] | None = None) -> list[torch.Tensor]:
+        """Unprepared sketches per checkpoint: ``(B, D_c)``, or ``(B, n_windows, D_c)`` with windows; ``statistics``
+        (one per checkpoint, or None) gather what a curvature fits on along the way."""
         batch = training_batch(rows)
-        return [c.sketcher.sketch(batch, window).cpu() for c in self.checkpoints]
+        statistics = statistics or [None] * len(self.checkpoints)
+        return [(c.sketcher.sketch(batch, window) if s is None else s.sketch_with(c.sketcher, batch, window)).cpu()
+                for c, s in zip(self.checkpoints, statistics, strict=True)]
 
     def prepare_rows(self, raw: list[torch.Tensor]) -> torch.Tensor:
         """Training vectors from :meth:`raw_rows` output: preconditioned, normalized, checkpoints joined."""

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from attribution.config import AttributionConfig, UnlearningConfig
-from attribution.curvature import fit_curvature
+from attribution.curvature import fit_curvature, new_statistics, row_sample
 from attribution.embeddings import TextEmbedder
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
@@ -128,9 +128,12 @@ class AttributionSession:
         tokenizer = load_tokenizer(tokenizer_path or model_path)
         checkpoints = load_checkpoints(model_path, config.revisions, config.sketch, config.normalizer, device)
         encoder = GradientEncoder(checkpoints, tokenizer, config.scoring.mode, config.revision_weights)
-        raw = sketch_all(encoder, [ex.token_ids.tolist() for ex in examples], config.window, batch_size)
-        for ckpt, sketches in zip(encoder.checkpoints, raw, strict=True):
-            ckpt.preconditioner = fit_curvature([sketches], ckpt.sketcher.dim, config.curvature)
+        rows = [ex.token_ids.tolist() for ex in examples]
+        statistics = [new_statistics(config.curvature) for _ in encoder.checkpoints]
+        raw = sketch_all(encoder, rows, config.window, batch_size, statistics)
+        for ckpt, sketches, stats in zip(encoder.checkpoints, raw, statistics, strict=True):
+            ckpt.preconditioner = fit_curvature([sketches], ckpt.sketcher.dim, config.curvature,
+                                                sketcher=ckpt.sketcher, statistics=stats, rows=row_sample(rows))
         vectors = encoder.prepare_rows(raw).numpy().astype("float32")
         texts = [ex.text or tokenizer.decode(ex.token_ids.tolist()) for ex in examples]
         metadata = [ex.metadata for ex in examples]
@@ -146,10 +149,11 @@ class AttributionSession:
 
 
 def sketch_all(encoder: GradientEncoder, rows: list[list[int]], window: int | None,
-               batch_size: int = 32) -> list[torch.Tensor]:
-    """Raw sketches of every row, per checkpoint, computed once in batches."""
+               batch_size: int = 32, statistics: list | None = None) -> list[torch.Tensor]:
+    """Raw sketches of every row, per checkpoint, computed once in batches (gathering ``statistics``, one per
+    checkpoint, for the curvature fit)."""
     parts: list[list[torch.Tensor]] = [[] for _ in encoder.checkpoints]
     for start in range(0, len(rows), batch_size):
-        for index, raw in enumerate(encoder.raw_rows(rows[start : start + batch_size], window)):
+        for index, raw in enumerate(encoder.raw_rows(rows[start : start + batch_size], window, statistics)):
             parts[index].append(raw)
     return [torch.cat(p) for p in parts]

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig
+from attribution.preconditioner import PreconditionMode
 from attribution.retrievers import Method
 from attribution.sketch import SketchConfig
 from demo.groundtruth import load_facts, load_layout
@@ -34,7 +35,7 @@ def main() -> None:
     parser.add_argument("--steps", default=None, help="step range A:B of rows to index (default: all)")
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--window", type=int, default=None)
-    parser.add_argument("--precondition", default="inverse_sqrt")
+    parser.add_argument("--precondition", default="inverse_sqrt", choices=[m.value for m in PreconditionMode])
     parser.add_argument("--mode", default="cosine")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--limit", type=int, default=None, help="at most this many facts")

@@ -54,6 +54,12 @@ def curvature_file(checkpoint: int) -> str:
     return f"preconditioner-{checkpoint}.safetensors"
 
 
+def statistics_file(shard: int, checkpoint: int) -> str:
+    """A shard's sketch-pass statistics for checkpoint ``checkpoint``'s curvature (K-FAC's factor sums), beside the
+    shard in its work directory; absent for kinds that fit on sketches alone."""
+    return f"statistics-{shard:05d}-{checkpoint}.safetensors"
+
+
 @dataclass
 class Projection:
     seed: int

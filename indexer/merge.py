@@ -2,10 +2,11 @@
 
 Reads every shard of ``OUT/work`` in order (checking counts, checksums and that no
 shard is missing), fits the preconditioner on an evenly spaced sample of the raw
-sketches (so the result does not depend on how many ranks wrote the shards), writes
-prepared float16 vectors, the FAISS gradient and embedding indices, the BM25 index and
-the DuckDB ``examples`` table into ``OUT/builds/ID``, then points ``OUT/current`` at it
-with one atomic rename. A service holding the previous build keeps reading it.
+sketches or on the shards' sketch-pass statistics summed in shard order (so the result
+does not depend on how many ranks wrote the shards), writes prepared float16 vectors,
+the FAISS gradient and embedding indices, the BM25 index and the DuckDB ``examples``
+table into ``OUT/builds/ID``, then points ``OUT/current`` at it with one atomic rename.
+A service holding the previous build keeps reading it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from attribution.curvature import fit_curvature
+from attribution.curvature import fit_curvature, load_statistics, new_statistics
 from attribution.encoder import GradientEncoder
 from attribution.retrievers import BM25Retriever
 from attribution.vectors import FaissStore, build_faiss_index
@@ -37,9 +38,12 @@ from indexer.manifest import (
     VECTORS,
     Counts,
     curvature_file,
+    statistics_file,
     write_manifest,
 )
 from indexer.parts import expected_shards, part_dirs
+from indexer.runner import context_length
+from indexer.samples import RowSampler
 from indexer.shards import load_shard_array, shard_name, verify_shard
 
 log = logging.getLogger(__name__)
@@ -60,10 +64,28 @@ def list_shards(work: Path, expected: int | None) -> list[Path]:
 
 
 def fit_preconditioners(encoder: GradientEncoder, shards: list[Path], config: IndexConfig) -> None:
-    """Fit each checkpoint's curvature on an evenly spaced sample of the stored raw sketches."""
+    """Fit each checkpoint's curvature on an evenly spaced sample of the stored raw sketches, or on the shards'
+    sketch-pass statistics summed in shard order (and, for EK-FAC, a pass over rows re-read from the source)."""
+    curvature = config.attribution.curvature
+    rows = RowSampler(shards, config, encoder.tokenizer, context_length(encoder, config))
     for c, ckpt in enumerate(encoder.checkpoints):
         arrays = [load_shard_array(s, f"sketch-{c}.npy") for s in shards]
-        ckpt.preconditioner = fit_curvature(arrays, ckpt.sketcher.dim, config.attribution.curvature)
+        statistics = shard_statistics(shards, c, config)
+        ckpt.preconditioner = fit_curvature(arrays, ckpt.sketcher.dim, curvature, sketcher=ckpt.sketcher,
+                                            statistics=statistics, rows=rows)
+
+
+def shard_statistics(shards: list[Path], checkpoint: int, config: IndexConfig):
+    """The sum of every shard's stored statistics for the curvature of ``checkpoint`` (None if it needs none)."""
+    curvature = config.attribution.curvature
+    if new_statistics(curvature) is None:
+        return None
+    paths = [s.parent / statistics_file(int(s.name.split("-")[1]), checkpoint) for s in shards]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise CorruptShardError(f"{missing[0]}: missing ({len(missing)} shards have no {curvature.kind.value} "
+                                "statistics); delete those shards (or rebuild with --overwrite) and rerun the build")
+    return load_statistics(curvature, paths)
 
 
 def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> np.ndarray:

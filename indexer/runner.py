@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attribution.curvature import SketchPassStatistics, new_statistics
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
 from indexer.config import IndexConfig, check_same
 from indexer.errors import IndexWriteError
+from indexer.manifest import statistics_file
 from indexer.metadata import metadata_table
 from indexer.shards import ShardContents, shard_is_complete, shard_name, write_shard
 from indexer.sources import DataSource, open_source
@@ -84,13 +86,14 @@ def fixed_windows(raw: torch.Tensor, windows: int) -> torch.Tensor:
     return torch.cat([raw, pad], dim=1)
 
 
-def raw_sketch_batches(encoder: GradientEncoder, config: IndexConfig, rows: list[list[int]],
-                       batch_size: int = 32) -> Iterator[list[torch.Tensor]]:
+def raw_sketch_batches(encoder: GradientEncoder, config: IndexConfig, rows: list[list[int]], batch_size: int = 32,
+                       statistics: list[SketchPassStatistics | None] | None = None) -> Iterator[list[torch.Tensor]]:
     """Raw sketches of ``rows`` per checkpoint, one batch at a time, exactly as the indexer stores them
-    (window axis padded to the index-wide count); rows must already be cut to :func:`context_length`."""
+    (window axis padded to the index-wide count); rows must already be cut to :func:`context_length`.
+    ``statistics`` (one per checkpoint) gather what the curvature fits on along the way."""
     windows = window_count(encoder, config)
     for start in range(0, len(rows), batch_size):
-        raws = encoder.raw_rows(rows[start : start + batch_size], config.attribution.window)
+        raws = encoder.raw_rows(rows[start : start + batch_size], config.attribution.window, statistics)
         yield [fixed_windows(raw, windows) for raw in raws] if windows else raws
 
 
@@ -133,6 +136,9 @@ class ShardRunner:
             index = int(tmp.name.rsplit("-", 1)[1])
             if index % rank.world == rank.rank:
                 shutil.rmtree(tmp)  # a killed run's partial shard: redo it
+        for tmp in self.work.glob(".tmp-statistics-*"):
+            if int(tmp.name.split("-")[2]) % rank.world == rank.rank:
+                tmp.unlink()
         written = []
         total = self.shard_count()
         if total is not None and self.progress and self.source.count is not None:
@@ -165,7 +171,7 @@ class ShardRunner:
         rows = [(e.token_ids.tolist()[: self.max_len] or [eos]) for e in examples]
         texts = [e.text if e.text is not None else tokenizer.decode(r) for e, r in zip(examples, rows, strict=True)]
         clock = self._tick("read", clock)
-        sketches = self._sketch(rows)
+        sketches, statistics = self._sketch(rows)
         clock = self._tick("sketch", clock)
         embeddings = self.embedder.embed(texts).astype(np.float16)
         clock = self._tick("embed", clock)
@@ -179,6 +185,7 @@ class ShardRunner:
             meta=metadata_table(examples, texts),
         )
         try:
+            self._write_statistics(index, statistics)  # before the shard: a finished shard always has them
             write_shard(self.work, index, contents)
         except OSError as err:
             raise IndexWriteError(f"writing {shard_name(index)} under {self.work} failed: {err}. Finished shards "
@@ -195,12 +202,22 @@ class ShardRunner:
         self.timings[stage] += now - since
         return now
 
-    def _sketch(self, rows: list[list[int]]) -> list[np.ndarray]:
-        """Raw float32 sketches of every checkpoint, window axis padded to the index-wide count."""
+    def _sketch(self, rows: list[list[int]]) -> tuple[list[np.ndarray], list[SketchPassStatistics | None]]:
+        """Raw float32 sketches of every checkpoint, window axis padded to the index-wide count, and the
+        statistics the curvature fits on (None per checkpoint for kinds that need none)."""
+        statistics = [new_statistics(self.config.attribution.curvature) for _ in self.encoder.checkpoints]
         parts: list[list[torch.Tensor]] = [[] for _ in self.encoder.checkpoints]
-        for raws in raw_sketch_batches(self.encoder, self.config, rows, self.batch_size):
+        for raws in raw_sketch_batches(self.encoder, self.config, rows, self.batch_size, statistics):
             for part, raw in zip(parts, raws, strict=True):
                 part.append(raw)
             if self.progress:
                 self.progress("examples", len(raws[0]))
-        return [torch.cat(p).numpy().astype(np.float32) for p in parts]
+        return [torch.cat(p).numpy().astype(np.float32) for p in parts], statistics
+
+    def _write_statistics(self, index: int, statistics: list[SketchPassStatistics | None]) -> None:
+        """Each checkpoint's statistics of shard ``index`` under a temporary name, renamed into place."""
+        for c, stats in enumerate(statistics):
+            if stats is not None:
+                name = statistics_file(index, c)
+                stats.save(self.work / f".tmp-{name}")
+                os.replace(self.work / f".tmp-{name}", self.work / name)
