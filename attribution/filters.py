@@ -1,4 +1,8 @@
-"""Metadata filters shared by every retriever: Pile subset and training-step range."""
+"""Metadata filters shared by every retriever: Pile subset and training-step range.
+
+A packed training row can hold several documents from different subsets: its ``pile_set_names`` label
+lists them all (``pile_set_name`` alone is one of them), and a subset filter keeps a row holding any of it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from attribution.errors import ConfigError
 
 @dataclass(frozen=True)
 class Filters:
-    """Keep examples from one ``pile_set_name`` and/or a step range (inclusive bounds)."""
+    """Keep examples holding text of one Pile subset and/or from a step range (inclusive bounds)."""
 
     pile_set_name: str | None = None
     step_min: int | None = None
@@ -26,13 +30,21 @@ class Filters:
         return self.pile_set_name is None and self.step_min is None and self.step_max is None
 
 
+def subsets_of(meta: dict) -> list[str]:
+    """Every Pile subset a row holds: its ``pile_set_names`` label, else its one ``pile_set_name`` (or none)."""
+    names = meta.get("pile_set_names")
+    if names:
+        return list(names)
+    return [meta["pile_set_name"]] if meta.get("pile_set_name") is not None else []
+
+
 def allowed_rows(metadata: list[dict], filters: Filters | None) -> np.ndarray | None:
     """Row positions that pass the filters; ``None`` when nothing is filtered."""
     if filters is None or filters.empty:
         return None
     keep = []
     for row, meta in enumerate(metadata):
-        if filters.pile_set_name is not None and meta.get("pile_set_name") != filters.pile_set_name:
+        if filters.pile_set_name is not None and filters.pile_set_name not in subsets_of(meta):
             continue
         step = meta.get("step")
         if filters.step_min is not None and (step is None or step < filters.step_min):

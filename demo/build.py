@@ -6,7 +6,8 @@ Layout of ``OUT``::
     facts.jsonl              ground truth, one planted fact a line
     tokenizer/               Hugging Face tokenizer (byte-level BPE)
     data/document.bin, .idx  Megatron rows; data/layout.json; data/row_docs.json;
-                             data/document.labels.json (each row's pile_set_name)
+                             data/document.labels.json (each row's pile_set_name, every
+                             subset it holds and the token range of each)
     model/                   final checkpoint, adam_state.safetensors, training.json
     model/revisions/stepN/   earlier checkpoints
 
@@ -110,9 +111,34 @@ def build_data(config: DemoConfig, out: Path, staging: Path) -> None:
     }
     (staging / "data" / "layout.json").write_text(json.dumps(layout, indent=2))
     (staging / "data" / "row_docs.json").write_text(json.dumps(packed.row_docs))  # gold rows of the facts
-    write_row_labels(staging / "data" / "document", {"pile_set_name": [r["pile_set_name"] for r in packed.row_docs]})
+    subset_of = {d.doc_id: d.subset for d in docs}
+    rows = zip(packed.rows.tolist(), packed.row_docs, strict=True)
+    spans = [subset_spans(row, r["docs"], subset_of, eos_id=0) for row, r in rows]
+    write_row_labels(staging / "data" / "document", {
+        "pile_set_name": [r["pile_set_name"] for r in packed.row_docs],  # the subset filling most of the row
+        "pile_set_names": [list(dict.fromkeys(subset_of[d] for d in r["docs"])) for r in packed.row_docs],
+        "subset_spans": spans})
     log.info("data: %d rows of %d tokens, %d epochs over %d corpus tokens", layout["num_rows"],
              config.seq_len + 1, packed.epochs, layout["tokens_per_epoch"])
+
+
+def subset_spans(row: list[int], doc_ids: list[str], subset_of: dict[str, str | None],
+                 eos_id: int) -> list[list] | None:
+    """``[start, end, subset]`` token ranges of a packed row, one per run of documents of one subset.
+
+    Each document ends with ``eos_id``, so the row splits after each one; None when the pieces do not
+    match the row's documents (then only the row's subsets are known, not where each one is)."""
+    cuts = [i + 1 for i, token in enumerate(row) if token == eos_id and i + 1 < len(row)]
+    bounds = list(zip([0, *cuts], [*cuts, len(row)], strict=True))
+    if len(bounds) != len(doc_ids):
+        return None
+    spans: list[list] = []
+    for (start, end), doc in zip(bounds, doc_ids, strict=True):
+        if spans and spans[-1][2] == subset_of[doc]:
+            spans[-1][1] = end
+        else:
+            spans.append([start, end, subset_of[doc]])
+    return spans
 
 
 def build_model(config: DemoConfig, out: Path, staging: Path, on_step: StepCallback | None = None) -> None:

@@ -173,25 +173,35 @@ def summarize_deltas(deltas: dict, slices: dict[str, slice]) -> dict:
 
 
 def check_targets(session: AttributionSession, targets: Sequence[Target]) -> None:
-    """Refuse targets that cannot be measured: nothing to tokenize, too long for the model, rows not indexed.
+    """Refuse targets that cannot be measured: a prompt, paraphrase, related or unrelated prompt (or its
+    completion) with nothing to tokenize or too long for the model, rows not indexed.
 
     (Missing or mistyped fields are refused earlier, by ``Target.from_dict``.)"""
     if not targets:
         raise ConfigError("no ablation targets")
-    tokenizer, limit = session.encoder.tokenizer, session.encoder.max_length
     known = positions_by_id(session)
     for number, target in enumerate(targets, 1):
-        prompt, completion = target.prompt, target.completion
-        n_prompt = len(tokenizer.encode(prompt, add_special_tokens=False))
-        n_completion = len(tokenizer.encode(completion, add_special_tokens=False))
-        if n_prompt == 0 or n_completion == 0:
-            raise ConfigError(f"target {number} ({prompt!r} → {completion!r}): the prompt and the completion must "
-                              "each give at least one token")
-        if n_prompt + n_completion > limit:
-            raise ConfigError(f"target {number} is {n_prompt + n_completion} tokens; the model takes at most {limit}")
+        pairs = [("", Probe(target.prompt, target.completion))]
+        pairs += [(f"paraphrase {i}", Probe(p, target.completion)) for i, p in enumerate(target.paraphrases, 1)]
+        pairs += [(f"related prompt {i}", p) for i, p in enumerate(target.related, 1)]
+        pairs += [(f"unrelated prompt {i}", p) for i, p in enumerate(target.unrelated, 1)]
+        for what, probe in pairs:
+            check_probe(session, probe, f"target {number}" + (f", {what}" if what else ""))
         missing = [i for i in target.example_ids if int(i) not in known]
         if missing:
             raise ConfigError(f"target {number}: example_ids {missing[:5]} are not in the index")
+
+
+def check_probe(session: AttributionSession, probe: Probe, name: str) -> None:
+    """A prompt and completion that each give a token and fit the model's context together, else ConfigError."""
+    tokenizer, limit = session.encoder.tokenizer, session.encoder.max_length
+    n_prompt = len(tokenizer.encode(probe.prompt, add_special_tokens=False))
+    n_completion = len(tokenizer.encode(probe.completion, add_special_tokens=False))
+    if n_prompt == 0 or n_completion == 0:
+        raise ConfigError(f"{name} ({probe.prompt[:80]!r} → {probe.completion[:80]!r}): the prompt and the "
+                          "completion must each give at least one token")
+    if n_prompt + n_completion > limit:
+        raise ConfigError(f"{name} is {n_prompt + n_completion} tokens; the model takes at most {limit}")
 
 
 def unrelated_prompts(target: Target, pool: Sequence[Target], count: int = 4) -> list[Probe]:

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.ablation_stats import CHECKS
+
 
 def fmt(value: float) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def pvalue(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.3g}"
 
 
 def markdown(report: dict) -> str:
@@ -27,7 +33,7 @@ def markdown(report: dict) -> str:
         for budget, entry in budgets.items():
             ci = entry["excess"]["ci95"]
             versus = entry.get("vs", {}).get("random")
-            vs = f"{versus['win_rate']:.2f}, {versus['p_holm']:.3g}" if versus else "—"
+            vs = f"{fmt(versus['win_rate'])}, {pvalue(versus['p_holm'])}" if versus else "—"
             lines.append(
                 f"| {method} | {budget} | {fmt(entry['d_target']['mean'])} | {fmt(entry['d_paraphrases']['mean'])} | "
                 f"{fmt(entry['d_related']['mean'])} | {fmt(entry['d_unrelated']['mean'])} | "
@@ -53,21 +59,29 @@ def calibration_lines(report: dict) -> list[str]:
 
 
 def evidence_lines(report: dict) -> list[str]:
+    """The checklist table: a check that could not be computed reads "not run" (never "pass"), and each
+    method's verdict says which checks were not run and what they need."""
     found = report.get("evidence") or {}
     if not found:
         return []
-    names = list(next(iter(next(iter(found.values()))["budgets"].values()))["checks"])
-    mark = {True: "pass", False: "FAIL", None: "—"}
+    names = list(CHECKS)
+    mark = {True: "pass", False: "FAIL", None: "not run"}
     lines = ["", "## Evidence checklist (EVALUATION.md §3)", "",
-             "An attribution counts as evidenced when every check passes at ≥ 2 budgets.", "",
-             "| method | budget | " + " | ".join(n.replace("_", " ") for n in names) + " |",
-             "|---|---|" + "---|" * len(names)]
+             "An attribution counts as evidenced when every check ran and passed at ≥ 2 budgets; a check that "
+             "could not be computed here is *not run*, which is never a pass.", "",
+             "| method | budget | " + " | ".join(n.replace("_", " ") for n in names) + " | result |",
+             "|---|---|" + "---|" * (len(names) + 1)]
     for method, entry in found.items():
         for budget, result in entry["budgets"].items():
-            lines.append(f"| {method} | {budget} | " + " | ".join(mark[result["checks"][n]] for n in names) + " |")
+            lines.append(f"| {method} | {budget} | " + " | ".join(mark[result["checks"].get(n)] for n in names)
+                         + f" | {result['status']} |")
     lines.append("")
-    lines += [f"- {method}: passes at budgets {entry['passing_budgets'] or 'none'} → "
-              f"{'evidenced' if entry['evidence'] else 'not evidenced'}" for method, entry in found.items()]
+    for method, entry in found.items():
+        line = f"- {method}: passes at budgets {entry['passing_budgets'] or 'none'} → {entry['verdict']}"
+        if entry["not_run_needs"]:
+            line += "; not run: " + "; ".join(f"{n.replace('_', ' ')} (needs {why})"
+                                              for n, why in entry["not_run_needs"].items())
+        lines.append(line)
     return lines
 
 

@@ -58,8 +58,10 @@ def random_pvalues(rows: list[dict], method: str, budget: float) -> list[float]:
             draws[r["target"]].append(r["excess"])
     out = []
     for target, value in method_excess.get((method, budget), {}).items():
-        pool = np.array(draws.get(target, []))
-        out.append(float((1 + (pool >= value).sum()) / (1 + len(pool))) if len(pool) else float("nan"))
+        pool = np.array(draws.get(target, []), dtype=float)
+        pool = pool[~np.isnan(pool)]
+        measurable = len(pool) and not np.isnan(value)  # a NaN excess beats no draw: not run, not p = 1/(n+1)
+        out.append(float((1 + (pool >= value).sum()) / (1 + len(pool))) if measurable else float("nan"))
     return out
 
 
@@ -133,45 +135,73 @@ def calibration(summary: dict, budgets) -> dict:
     return {"band": [low, high], "budgets": per_budget, "calibrated_budget": chosen, "note": note}
 
 
+CHECKS: dict[str, str] = {
+    "beats_random": "random draws and ≥ 2 targets (a paired test across targets)",
+    "specificity_z_ge_2": "≥ 2 related or unrelated prompts per target",
+    "related_ratio_le_0_5": "related prompts",
+    "carries_to_paraphrases": "paraphrases on ≥ 2 targets (a 95 % interval)",
+    "not_worse_than_bm25_embedding": "the bm25 or embedding selection",
+    "bottom_no_worse_than_random": "the bottom selection and random draws on ≥ 2 targets",
+}
+"""The evidence checklist (EVALUATION.md §3): each check's name and what it needs to be run at all."""
+
+
+def _checks(summary: dict, method: str, budget: str) -> dict[str, bool | None]:
+    """One tested method's checks at one budget: True passed, False failed, None not run (not measurable)."""
+    entry = summary[method][budget]
+    versus = entry.get("vs", {}).get(Selection.RANDOM)
+    z, ratio = _mean(summary, method, budget, "specificity_z"), _mean(summary, method, budget, "related_ratio")
+    para_low = entry["paraphrase_excess"]["ci95"][0]
+    excess = _mean(summary, method, budget, "excess")
+    rivals = [_mean(summary, m, budget, "excess") for m in (Selection.BM25, Selection.EMBEDDING)]
+    rivals = [r for r in rivals if r is not None]
+    bottom = _mean(summary, Selection.BOTTOM, budget, "d_target")
+    random_ci = summary.get(Selection.RANDOM, {}).get(budget, {}).get("d_target", {}).get("ci95")
+    beats = None if versus is None or np.isnan(versus["p_holm"]) else bool(
+        versus["p_holm"] < 0.01 and versus["win_rate"] >= 0.75)
+    return {
+        "beats_random": beats,
+        "specificity_z_ge_2": None if z is None else bool(z >= 2),
+        "related_ratio_le_0_5": None if ratio is None else bool(ratio <= 0.5),
+        "carries_to_paraphrases": None if para_low is None or np.isnan(para_low) else bool(para_low > 0),
+        "not_worse_than_bm25_embedding": None if excess is None or not rivals else bool(excess >= max(rivals)),
+        "bottom_no_worse_than_random": None if bottom is None or random_ci is None or random_ci[1] is None
+        or np.isnan(random_ci[1]) else bool(bottom <= random_ci[1]),
+    }
+
+
+def budget_status(checks: dict[str, bool | None]) -> dict:
+    """A budget's checks judged: ``passed`` only when every check ran and passed; a check that could not be
+    run is listed in ``not_run`` and is never counted as passed."""
+    failed = [name for name, ok in checks.items() if ok is False]
+    not_run = [name for name, ok in checks.items() if ok is None]
+    status = "failed" if failed else "incomplete" if not_run else "passed"
+    return {"checks": checks, "status": status, "passed": status == "passed", "failed": failed,
+            "not_run": not_run}
+
+
 def evidence(summary: dict, budgets) -> dict:
-    """EVALUATION.md §3's criteria per tested method and budget (None: not measurable here).
+    """EVALUATION.md §3's criteria per tested method and budget (:data:`CHECKS`).
 
     Beats random (Holm p < 0.01, win rate ≥ 0.75), specificity z ≥ 2, related ratio ≤ 0.5,
     carries over to the paraphrases (paraphrase excess 95 % CI above 0), not worse than BM25 and
     embedding (mean excess), and ``bottom`` no worse than random (mean Δtarget within random's CI).
+    A check that cannot be computed here (too few targets, a selection not run) is *not run*: it makes
+    its budget ``incomplete``, never ``passed``. A method is ``evidenced`` when every check ran and
+    passed at ≥ 2 budgets; else ``not evidenced`` when a check failed, ``incomplete`` when none failed.
     """
     out = {}
     for method in TESTED:
         if method not in summary:
             continue
-        by_budget = {}
-        for budget in (str(b) for b in budgets):
-            entry = summary[method].get(budget)
-            if entry is None:
-                continue
-            versus = entry.get("vs", {}).get(Selection.RANDOM)
-            z, ratio = _mean(summary, method, budget, "specificity_z"), _mean(summary, method, budget, "related_ratio")
-            para_low = entry["paraphrase_excess"]["ci95"][0]
-            excess = _mean(summary, method, budget, "excess")
-            rivals = [_mean(summary, m, budget, "excess") for m in (Selection.BM25, Selection.EMBEDDING)]
-            rivals = [r for r in rivals if r is not None]
-            bottom = _mean(summary, Selection.BOTTOM, budget, "d_target")
-            random_ci = summary.get(Selection.RANDOM, {}).get(budget, {}).get("d_target", {}).get("ci95")
-            beats = None if versus is None else bool(versus["p_holm"] < 0.01 and versus["win_rate"] >= 0.75)
-            checks = {
-                "beats_random": beats,
-                "specificity_z_ge_2": None if z is None else bool(z >= 2),
-                "related_ratio_le_0_5": None if ratio is None else bool(ratio <= 0.5),
-                "carries_to_paraphrases": None if np.isnan(para_low) else bool(para_low > 0),
-                "not_worse_than_bm25_embedding": None if excess is None or not rivals else bool(
-                    excess >= max(rivals)),
-                "bottom_no_worse_than_random": None if bottom is None or random_ci is None or np.isnan(random_ci[1])
-                else bool(bottom <= random_ci[1]),
-            }
-            by_budget[budget] = {"checks": checks,
-                                 "passed": all(v is not False for v in checks.values())}
+        by_budget = {budget: budget_status(_checks(summary, method, budget))
+                     for budget in (str(b) for b in budgets) if budget in summary[method]}
         passing = [b for b, v in by_budget.items() if v["passed"]]
-        out[method] = {"budgets": by_budget, "passing_budgets": passing, "evidence": len(passing) >= 2}
+        not_run = sorted({name for v in by_budget.values() for name in v["not_run"]}, key=list(CHECKS).index)
+        failed = any(v["failed"] for v in by_budget.values())
+        verdict = "evidenced" if len(passing) >= 2 else "not evidenced" if failed or not not_run else "incomplete"
+        out[method] = {"budgets": by_budget, "passing_budgets": passing, "evidence": verdict == "evidenced",
+                       "verdict": verdict, "not_run": not_run, "not_run_needs": {n: CHECKS[n] for n in not_run}}
     return out
 
 

@@ -11,11 +11,12 @@ pointers into ``.bin``; int64[M] ``doc_idx``.
 are read in place as if concatenated.
 
 Optional sidecar ``PREFIX.labels.json`` (ours, not Megatron's): per-row labels as one JSON
-object mapping a metadata name to a list with one value (string or null) per item, e.g.
-``{"pile_set_name": ["Pile-CC", "ArXiv", ...]}``. Pre-tokenized rows carry no provenance;
-a writer that knows it (the demo knows each row's main document) records it here, and the
-Megatron reader copies it into every row's metadata. Written with :func:`write_row_labels`,
-read with :func:`read_row_labels`.
+object mapping a metadata name to a list with one JSON value per item (a string, null, or a
+list), e.g. ``{"pile_set_name": ["Pile-CC", "ArXiv", ...], "pile_set_names": [["Pile-CC"],
+["ArXiv", "Github"], ...]}``. Pre-tokenized rows carry no provenance; a writer that knows it
+(the demo knows each row's documents) records it here, and the Megatron reader copies it into
+every row's metadata (a name outside the metadata schema lands in its ``extra`` column).
+Written with :func:`write_row_labels`, read with :func:`read_row_labels`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -233,8 +235,8 @@ def labels_path(prefix: str | Path) -> Path:
     return prefix.with_name(prefix.name + ".labels.json")
 
 
-def write_row_labels(prefix: str | Path, labels: Mapping[str, Sequence[str | None]]) -> Path:
-    """Write per-row labels (name → one value per item) beside an existing dataset, atomically."""
+def write_row_labels(prefix: str | Path, labels: Mapping[str, Sequence[Any]]) -> Path:
+    """Write per-row labels (name → one JSON value per item) beside an existing dataset, atomically."""
     count = len(read_index(Path(prefix).with_name(Path(prefix).name + ".idx")))
     for name, values in labels.items():
         if len(values) != count:
@@ -246,7 +248,7 @@ def write_row_labels(prefix: str | Path, labels: Mapping[str, Sequence[str | Non
     return path
 
 
-def read_row_labels(prefix: str | Path, count: int) -> dict[str, list[str | None]]:
+def read_row_labels(prefix: str | Path, count: int) -> dict[str, list[Any]]:
     """The per-row labels of a dataset of ``count`` items (``{}`` when it has no sidecar)."""
     path = labels_path(prefix)
     if not path.is_file():

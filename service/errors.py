@@ -19,3 +19,8 @@ class NotFoundError(HeadwaterError):
 
 class IndexUnavailableError(HeadwaterError):
     """No index can be served: still loading, or loading (a reload) failed; the cause is chained."""
+
+
+class NoMatchError(ConfigError):
+    """A query can match nothing in the served index (an unknown subset, steps outside the data, no query terms):
+    the client's fault, answered 422 with what the index does hold."""

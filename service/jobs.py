@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -55,10 +56,20 @@ def private_session(session: AttributionSession) -> AttributionSession:
 
 
 class JobManager:
+    """The server's jobs, each writing its report under ``root`` (a fresh temporary folder by default, removed by
+    :meth:`close` when the server shuts down)."""
+
     def __init__(self, root: Path | None = None) -> None:
         self.root = root or Path(tempfile.mkdtemp(prefix="headwater-jobs-"))
         self.jobs: dict[str, Job] = {}
         self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        """Remove every job's files; a job still running then fails instead of writing them."""
+        with self.lock:
+            self.closed = True
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def running(self) -> Job | None:
         return next((j for j in self.jobs.values() if j.status in ("queued", "running")), None)
@@ -69,6 +80,8 @@ class JobManager:
             busy = self.running()
             if busy is not None:
                 raise JobBusyError(f"ablation job {busy.id} is still running; retry when it is done")
+            if self.closed:
+                raise JobBusyError("the server is shutting down; retry when it is back")
             job = Job(id=uuid.uuid4().hex[:12], targets=len(targets))
             self.jobs[job.id] = job
         thread = threading.Thread(target=self._run, args=(job, session, targets, settings, controls), daemon=True)
@@ -85,8 +98,11 @@ class JobManager:
                 job.done = done
 
             report = run_ablation(private, targets, settings, progress=progress, controls=controls)
-            job.directory = self.root / job.id
-            write_report(report, job.directory)
+            with self.lock:
+                if self.closed:
+                    raise RuntimeError("the server shut down before the job's report was written")
+                job.directory = self.root / job.id
+                write_report(report, job.directory)
             job.report, job.status = report, "done"
         except Exception as err:  # a failed job reports why instead of dying silently
             log.exception("ablation job %s failed", job.id)

@@ -7,17 +7,19 @@ with ``HEADWATER_INDEX`` set.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attribution.errors import ConfigError, DataFormatError, HeadwaterError, ModelLoadError
 from indexer.errors import IndexWriteError, StepRangeError, UnknownSourceError
-from service.errors import IndexUnavailableError, NotFoundError, RequestLimitError
+from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
 from service.jobs import JobBusyError, JobManager
 from service.routes import ablations, admin, attribute, data
 from service.settings import Settings
@@ -29,8 +31,9 @@ INTERNAL = "internal error; see the server log"
 
 STATUS: dict[type[Exception], int] = {
     # The client's fault: a bad setting or range (ContextLengthError, EmptyCompletionError, ... are
-    # ConfigErrors), or more than this server allows.
+    # ConfigErrors), more than this server allows, or a query that can match nothing in this index.
     RequestLimitError: 422,
+    NoMatchError: 422,
     ConfigError: 400,
     StepRangeError: 400,
     UnknownSourceError: 400,
@@ -118,8 +121,10 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
-    """Build the app; with ``load`` the lifespan loads the index before the first request."""
+def create_app(settings: Settings | None = None, load: bool = True,
+               on_ready: Callable[[ServedIndex], None] | None = None) -> FastAPI:
+    """Build the app; with ``load`` the lifespan loads the index before the first request, then calls
+    ``on_ready`` (``headwater serve`` prints a query to try). On shutdown the ablation jobs' files are removed."""
     settings = settings or Settings()
     served = ServedIndex(settings.index, settings.device)
 
@@ -127,10 +132,16 @@ def create_app(settings: Settings | None = None, load: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI):
         if load:
             served.load()
-        yield
+            if on_ready is not None:
+                on_ready(served)
+        try:
+            yield
+        finally:
+            app.state.jobs.close()
 
-    app = FastAPI(title="headwater", version="0.1.0", lifespan=lifespan,
-                  description="Which training examples drive this language model's output?")
+    # API docs (/docs, /redoc) with Swagger UI and ReDoc served from the fastapi-offline package, not a CDN
+    app = FastAPIOffline(title="headwater", version="0.1.0", lifespan=lifespan,
+                         description="Which training examples drive this language model's output?")
     app.state.settings, app.state.served, app.state.jobs = settings, served, JobManager()
     app.include_router(attribute.router)
     app.include_router(data.router)

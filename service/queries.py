@@ -12,16 +12,21 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 
+from attribution.batching import ContextLengthError, EmptyCompletionError
 from attribution.config import UnlearningConfig
-from attribution.filters import Filters
+from attribution.errors import ConfigError
+from attribution.filters import Filters, subsets_of
 from attribution.records import Result as Attributed
 from attribution.retrievers import Method
 from attribution.session import AttributionSession
-from service.errors import IndexUnavailableError, NotFoundError, RequestLimitError
+from service.catalog import Catalog, describe
+from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
 from service.schemas import (
     AttributeRequest,
     AttributeResponse,
+    DefaultQuery,
     Example,
+    FilterSpec,
     IndexInfo,
     Result,
     Span,
@@ -51,21 +56,25 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
     """Rank the served index's training examples for one query (blocking: call it from a worker thread)."""
     session = served.current()
     check_limits(request, session, settings)
+    check_filters(request.filters, describe(session, served.model_lock))
     method = Method(request.method)
     started = time.perf_counter()
     lock = served.model_lock if needs_model_lock(method, request.completion) else nullcontext()
     with lock:
-        found = session.attribute(request.prompt, request.completion, k=request.k, method=method,
+        completion = request.completion if request.completion is not None else model_completion(session, request.prompt)
+        check_terms(method, request.prompt + completion)
+        found = session.attribute(request.prompt, completion, k=request.k, method=method,
                                   filters=Filters(**request.filters.model_dump()),
                                   controls=[(c, None) for c in request.controls],
                                   unlearning=unlearning_settings(session, request))
         stages = stage_timings(session, method)  # inside the lock: the next query overwrites them
     searched = time.perf_counter()
-    completion = (found[0].completion if found else request.completion) or ""
+    completion = (found[0].completion if found else completion) or ""
+    found, note = meaningful(method, found, request.filters)
     results = [to_result(session, hit, completion) for hit in found]
     timings = {"search": (searched - started) * 1e3, "format": (time.perf_counter() - searched) * 1e3, **stages}
     return AttributeResponse(prompt=request.prompt, completion=completion, method=method.value, results=results,
-                             timings_ms={name: round(ms, 2) for name, ms in timings.items()})
+                             timings_ms={name: round(ms, 2) for name, ms in timings.items()}, note=note)
 
 
 def unlearning_settings(session: AttributionSession, request: AttributeRequest) -> UnlearningConfig | None:
@@ -85,6 +94,66 @@ def stage_timings(session: AttributionSession, method: Method) -> dict[str, floa
     return {f"unlearning_{name}": ms for name, ms in timings.items() if name != "rows"}
 
 
+def model_completion(session: AttributionSession, prompt: str) -> str:
+    """The model's greedy continuation of ``prompt``; a prompt that leaves it no room is refused as too long, and
+    no error echoes the prompt back."""
+    encoder = session.encoder
+    tokens = len(encoder.encode_ids(prompt))
+    if tokens >= encoder.max_length:
+        raise ContextLengthError(f"the prompt is too long: {tokens} tokens ({len(prompt)} characters) leave no room "
+                                 f"for a continuation in the model's context of {encoder.max_length}; shorten it")
+    try:
+        return encoder.greedy_completion(prompt)
+    except ConfigError as err:
+        raise EmptyCompletionError(f"the model's greedy continuation of the prompt ({len(prompt)} characters) is "
+                                   "empty; give a completion") from err
+
+
+def check_filters(filters: FilterSpec, catalog: Catalog) -> None:
+    """Refuse (422) a subset this index does not hold (listing those it does) or a step range outside its rows."""
+    name = filters.pile_set_name
+    if name is not None and name not in catalog.subsets:
+        if not catalog.subsets:
+            raise NoMatchError(f"unknown pile_set_name {name!r}: this index records no subsets; drop the filter")
+        near = [s for s in catalog.subsets if s.casefold() == name.casefold()]
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise NoMatchError(f"unknown pile_set_name {name!r}{hint}; this index holds "
+                           + ", ".join(map(repr, catalog.subsets)))
+    if filters.step_min is None and filters.step_max is None:
+        return
+    if catalog.steps is None:
+        raise NoMatchError("this index's rows have no training steps; drop step_min and step_max")
+    first, last = catalog.steps
+    low, high = filters.step_min if filters.step_min is not None else first, filters.step_max
+    if low > last or (high is not None and high < first):
+        asked = f"steps {low}-{high}" if high is not None else f"steps from {low}"
+        raise NoMatchError(f"no indexed rows in {asked}: this index holds steps {first}-{last}")
+
+
+def check_terms(method: Method, text: str) -> None:
+    """Refuse (422) a BM25 query left with no terms once English stop-words are removed (it would rank nothing)."""
+    if method is not Method.BM25:
+        return
+    import bm25s
+
+    if not bm25s.tokenize([text], stopwords="en", show_progress=False, return_ids=False)[0]:
+        raise NoMatchError("bm25 has no query terms left once English stop-words are removed; add content words "
+                           "or use another method")
+
+
+def meaningful(method: Method, found: list[Attributed], filters: FilterSpec) -> tuple[list[Attributed], str | None]:
+    """Drop BM25 rows that share no term with the query (score 0: an arbitrary order), and say why when that or
+    the filters leave no result."""
+    if method is Method.BM25:
+        kept = [hit for hit in found if hit.score > 0]
+        if found and not kept:
+            return [], "no indexed row contains any of the query's terms"
+        found = kept
+    if not found and filters.model_dump(exclude_none=True):
+        return [], "no indexed row matches these filters together"
+    return found, None
+
+
 def to_result(session: AttributionSession, hit: Attributed, completion: str) -> Result:
     """One response row: the record, its provenance, and the character span to highlight in its text."""
     meta = hit.metadata
@@ -95,6 +164,8 @@ def to_result(session: AttributionSession, hit: Attributed, completion: str) -> 
     return Result(rank=hit.rank, example_id=hit.example_id, score=hit.score, text=hit.text, span=span,
                   source=meta.get("source"), row=meta.get("row"), step=meta.get("step"),
                   batch_pos=meta.get("batch_pos"), pile_set_name=meta.get("pile_set_name"),
+                  pile_set_names=subsets_of(meta),
+                  span_pile_set_name=span_subset(session.encoder.tokenizer, hit.text, meta, hit.token_span, span),
                   token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens,
                   loss_increase=hit.loss_increase, row_tokens=hit.row_tokens)
 
@@ -106,6 +177,29 @@ def token_span_to_chars(tokenizer, text: str, token_span: tuple[int, int]) -> Sp
     if start >= end:
         return None
     return Span(start=len(tokenizer.decode(ids[:start])), end=len(tokenizer.decode(ids[:end])))
+
+
+def span_subset(tokenizer, text: str, meta: dict, token_span: tuple[int, int] | None, span: Span | None) -> str | None:
+    """The subset of the matched span: the row's only one, else the piece of ``subset_spans`` (row token ranges,
+    see ``demo.build``) it overlaps most; None when that is not known."""
+    names = subsets_of(meta)
+    if len(names) == 1:
+        return names[0]
+    pieces = meta.get("subset_spans")
+    if not pieces or (token_span is None and span is None):
+        return None
+    if token_span is None:  # a character span: the tokens it covers
+        try:
+            offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        except (NotImplementedError, TypeError, KeyError):  # a slow tokenizer has no offsets
+            return None
+        covered = [i for i, (a, b) in enumerate(offsets) if a < span.end and b > span.start]
+        if not covered:
+            return None
+        token_span = (covered[0], covered[-1] + 1)
+    start, end = token_span
+    overlap, name = max((min(end, b) - max(start, a), subset) for a, b, subset in pieces)
+    return name if overlap > 0 else None
 
 
 def overlap_span(text: str, completion: str) -> Span | None:
@@ -122,7 +216,8 @@ def example(session: AttributionSession, example_id: int) -> Example:
         raise NotFoundError(f"no example {example_id} in this index")
     row = rows[0]
     return Example(example_id=row["id"], text=row["text"], source=row["source"], row=row["row"], step=row["step"],
-                   batch_pos=row["batch_pos"], pile_set_name=row["pile_set_name"], token_count=row["token_count"])
+                   batch_pos=row["batch_pos"], pile_set_name=row["pile_set_name"], pile_set_names=subsets_of(row),
+                   token_count=row["token_count"])
 
 
 def step(session: AttributionSession, number: int) -> StepResponse:
@@ -137,12 +232,23 @@ def step(session: AttributionSession, number: int) -> StepResponse:
 
 
 def index_info(session: AttributionSession) -> IndexInfo:
-    """The served build's manifest, summarized."""
+    """The served build's manifest, summarized, with what it holds (subsets, steps) and a query to try first."""
     manifest = session.manifest
     if manifest is None:
         raise IndexUnavailableError("the served session has no manifest (it was not opened from an index)")
-    config = manifest.config
+    config, catalog = manifest.config, describe(session)
     return IndexInfo(build=manifest.created, model=config.model, revisions=list(config.attribution.revisions),
                      examples=manifest.counts.examples, data={"spec": config.data, "steps": config.steps},
                      projection=asdict(manifest.projection), preconditioner=manifest.preconditioner,
-                     embedding_model=manifest.embedding_model, created=manifest.created)
+                     embedding_model=manifest.embedding_model, created=manifest.created,
+                     subsets=catalog.subsets, steps=list(catalog.steps) if catalog.steps else None,
+                     default_query=default_query(catalog))
+
+
+def default_query(catalog: Catalog) -> DefaultQuery | None:
+    """The catalog's query to try first, as the response schema."""
+    found = catalog.default_query
+    if found is None:
+        return None
+    return DefaultQuery(prompt=found.prompt, completion=found.completion, fact_id=found.fact_id,
+                        model_correct=found.model_correct)

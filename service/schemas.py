@@ -14,9 +14,16 @@ class Strict(BaseModel):
 
 
 class FilterSpec(Strict):
-    pile_set_name: str | None = Field(None, max_length=200, examples=["Planted Facts"])
-    step_min: int | None = Field(None, ge=0)
-    step_max: int | None = Field(None, ge=0)
+    pile_set_name: str | None = Field(None, max_length=200, examples=["Planted Facts"],
+                                      description="Keep rows holding text of this subset (GET /v1/index lists them).")
+    step_min: int | None = Field(None, ge=0, strict=True)
+    step_max: int | None = Field(None, ge=0, strict=True)
+
+    @model_validator(mode="after")
+    def ordered_steps(self) -> FilterSpec:
+        if self.step_min is not None and self.step_max is not None and self.step_min > self.step_max:
+            raise ValueError(f"step_min {self.step_min} is greater than step_max {self.step_max}")
+        return self
 
 
 class AttributeRequest(Strict):
@@ -25,7 +32,7 @@ class AttributeRequest(Strict):
     prompt: str = Field(..., min_length=1, max_length=20_000, examples=["Ilse Varga was born in"])
     completion: str | None = Field(None, min_length=1, max_length=5_000, examples=[" Tarnow"],
                                    description="Omitted: the model's own greedy continuation is attributed.")
-    k: int = Field(10, ge=1, description="Number of examples to return (at most the server's max_k).")
+    k: int = Field(10, ge=1, strict=True, description="Number of examples to return (at most the server's max_k).")
     method: Method = Field(Method.GRADIENT, description="Which retriever ranks the training examples.")
     filters: FilterSpec = Field(default_factory=FilterSpec)
     controls: list[str] = Field(default_factory=list, description="Control prompts (same relation, other "
@@ -52,6 +59,14 @@ class AttributeRequest(Strict):
         return value
 
     @model_validator(mode="after")
+    def controls_change_the_method(self) -> AttributeRequest:
+        if self.controls and not Method(self.method).takes_controls:
+            using = ", ".join(m.value for m in Method if m.takes_controls)
+            raise ValueError(f"controls: method {Method(self.method).value} ignores control prompts; drop them or "
+                             f"use {using}")
+        return self
+
+    @model_validator(mode="after")
     def ascent_settings_need_unlearning(self) -> AttributeRequest:
         given = [name for name in ("steps", "budget", "candidates") if getattr(self, name) is not None]
         if given and Method(self.method) is not Method.UNLEARNING:
@@ -75,6 +90,8 @@ class Result(BaseModel):
     step: int | None
     batch_pos: int | None
     pile_set_name: str | None
+    pile_set_names: list[str] = Field(default_factory=list, description="Every subset the row holds text of.")
+    span_pile_set_name: str | None = Field(None, description="The subset of the matched span, when known.")
     token_contributions: list[float] | None = None
     completion_tokens: list[str] | None = None
     loss_increase: list[float] | None = Field(None, description="unlearning: the loss increase (nats) of each "
@@ -88,6 +105,7 @@ class AttributeResponse(BaseModel):
     method: str
     results: list[Result]
     timings_ms: dict[str, float]
+    note: str | None = Field(None, description="Why there are fewer results than asked for, when there are.")
 
 
 class Example(BaseModel):
@@ -98,6 +116,7 @@ class Example(BaseModel):
     step: int | None
     batch_pos: int | None
     pile_set_name: str | None
+    pile_set_names: list[str] = []
     token_count: int
 
 
@@ -114,6 +133,16 @@ class StepResponse(BaseModel):
     subsets: dict[str, int]
 
 
+class DefaultQuery(BaseModel):
+    """A planted fact of the demo to try first (the page's and ``headwater serve``'s example)."""
+
+    prompt: str
+    completion: str
+    fact_id: str
+    model_correct: bool = Field(description="The model's greedy decoding reproduces the completion (else: the "
+                                            "planted fact it gets most tokens of).")
+
+
 class IndexInfo(BaseModel):
     build: str
     model: str
@@ -124,6 +153,9 @@ class IndexInfo(BaseModel):
     preconditioner: list
     embedding_model: str
     created: str
+    subsets: dict[str, int] = Field(description="Pile subset → rows holding text of it (the filter's choices).")
+    steps: list[int] | None = Field(description="First and last training step of the indexed rows.")
+    default_query: DefaultQuery | None = Field(description="A planted fact the model gets right (demo indexes).")
 
 
 class Health(BaseModel):

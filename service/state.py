@@ -10,6 +10,7 @@ from attribution.errors import HeadwaterError
 from attribution.retrievers import Method
 from attribution.session import AttributionSession
 from indexer.store import open_index
+from service.catalog import describe
 from service.errors import IndexUnavailableError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class ServedIndex:
                 fresh = open_index(self.path, self.device)
                 fresh.retriever(Method.BM25)  # build lazily-made retrievers now, not on the first request
                 fresh.retriever(Method.EMBEDDING)
+                describe(fresh)  # subsets, steps and the default query, before it serves (its model is private)
             except (HeadwaterError, OSError) as err:
                 kept = "; still serving the previous build" if self.session is not None else ""
                 raise IndexUnavailableError(f"could not load the index at {self.path}: {err}{kept}") from err

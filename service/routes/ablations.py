@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from attribution.unlearn import Probe
 from demo.groundtruth import Fact, load_facts
@@ -23,22 +23,43 @@ router = APIRouter(prefix="/v1", tags=["ablations"])
 JOB_ID = r"^[0-9a-f]{12}$"
 
 
+MAX_BUDGET = 10.0
+"""Largest ‖Δθ‖ a job may ask for: the calibrated budgets are near 1, and far larger steps overflow the losses."""
+Text = Annotated[str, Field(min_length=1, max_length=2000, strict=True)]
+Budget = Annotated[float, Field(gt=0, le=MAX_BUDGET, allow_inf_nan=False, strict=True)]
+Count = Annotated[int, Field(strict=True)]
+
+
+def non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain non-whitespace text")
+    return value
+
+
 class PromptPair(Strict):
-    prompt: str = Field(..., min_length=1, max_length=2000)
-    completion: str = Field(..., min_length=1, max_length=500)
+    prompt: Text
+    completion: Annotated[str, Field(min_length=1, max_length=500, strict=True)]
+
+    _non_blank = field_validator("prompt", "completion")(non_blank)
 
     def to_probe(self) -> Probe:
         return Probe(self.prompt, self.completion)
 
 
 class TargetSpec(PromptPair):
-    paraphrases: list[str] = Field(default_factory=list, max_length=8)
+    paraphrases: list[Text] = Field(default_factory=list, max_length=8,
+                                    description="Other wordings of the prompt (the completion stays).")
     related: list[PromptPair] = Field(default_factory=list, max_length=8,
                                       description="Prompts of the same relation, other subjects (specificity).")
     unrelated: list[PromptPair] = Field(default_factory=list, max_length=8,
                                         description="Prompts of other relations (default: other demo facts).")
-    example_ids: list[int] = Field(default_factory=list, max_length=100,
-                                   description="Rows to check as the 'given' selection, e.g. a result list.")
+    example_ids: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
+        default_factory=list, max_length=100, description="Rows to check as the 'given' selection, e.g. a result list.")
+
+    @field_validator("paraphrases")
+    @classmethod
+    def paraphrases_not_blank(cls, value: list[str]) -> list[str]:
+        return [non_blank(p) for p in value]
 
     def to_target(self) -> Target:
         return Target(self.prompt, self.completion, list(self.paraphrases), [p.to_probe() for p in self.related],
@@ -46,16 +67,25 @@ class TargetSpec(PromptPair):
 
 
 class AblationRequest(Strict):
-    targets: list[TargetSpec] | None = Field(None, max_length=50,
+    """An ablation job; every field is checked here, and every prompt against the model before the job starts."""
+
+    targets: list[TargetSpec] | None = Field(None, min_length=1, max_length=50,
                                              description="Default: the demo's planted facts (with gold rows).")
-    limit: int = Field(5, ge=1, le=50)
-    k: int = Field(10, ge=1, le=100)
-    budgets: list[float] = Field([0.5, 1.0, 2.0], min_length=1, max_length=6)
-    seeds: int = Field(1, ge=1, le=5)
-    random_draws: int = Field(19, ge=1, le=50)
-    methods: list[str] = Field([s.value for s in Selection if s != Selection.GIVEN], min_length=1,
-                               description=f"Selections among {[s.value for s in Selection]}; 'given' needs "
-                                           "example_ids.")
+    limit: Count = Field(5, ge=1, le=50)
+    k: Count = Field(10, ge=1, le=100)
+    budgets: list[Budget] = Field([0.5, 1.0, 2.0], min_length=1, max_length=6,
+                                  description=f"‖Δθ‖ of each ascent: finite, > 0 and at most {MAX_BUDGET}, distinct.")
+    seeds: Count = Field(1, ge=1, le=5)
+    random_draws: Count = Field(19, ge=1, le=50)
+    methods: list[Selection] = Field([s for s in Selection if s != Selection.GIVEN], min_length=1,
+                                     description="Selections to ascend on; 'given' needs example_ids.")
+
+    @field_validator("budgets")
+    @classmethod
+    def distinct_budgets(cls, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError("budgets must be distinct")
+        return value
 
 
 class JobStatus(BaseModel):
@@ -99,8 +129,6 @@ def with_ground_truth(target: Target, facts: list[Fact]) -> Target:
              responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
 def start_ablation(body: AblationRequest, _: AdminDep, session: SessionDep, request: Request) -> JobStatus:
     """Start an ablation job on a private copy of the model; 409 while another job runs."""
-    if any(b <= 0 for b in body.budgets):
-        raise HTTPException(status_code=422, detail="budgets must be positive")
     if body.k > len(session):
         raise HTTPException(status_code=422, detail=f"k must be at most the index size {len(session)}")
     try:

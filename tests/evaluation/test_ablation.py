@@ -13,11 +13,12 @@ from attribution.config import AttributionConfig, CurvatureConfig
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from attribution.unlearn import EmptySelectionError, apply_step, ascent_direction, restored
+from attribution.unlearn import EmptySelectionError, Probe, apply_step, ascent_direction, restored
 from demo.groundtruth import load_facts
 from demo.session import demo_session
-from evaluation.ablation import AblationSettings, run_ablation
-from evaluation.ablation_report import write_report
+from evaluation.ablation import AblationSettings, check_targets, run_ablation
+from evaluation.ablation_report import markdown, write_report
+from evaluation.ablation_stats import evidence, random_pvalues
 from evaluation.targets import Target
 from indexer.megatron import MegatronDataset
 
@@ -136,3 +137,89 @@ def test_targets_from_json_are_checked_field_by_field(tiny_demo: Path) -> None:
     for message, data in bad.items():
         with pytest.raises(ConfigError, match=f"target 3.*{message}"):
             Target.from_dict(data, 3)
+
+
+NAN = float("nan")
+
+
+def entry(excess: float = 3.0, z: float = 4.0, ratio: float = 0.2, para_low: float = 0.5, d_target: float = 3.0,
+          vs_random: dict | None = None) -> dict:
+    """One summary entry as ``summarize`` writes it (NaN where a value could not be computed)."""
+    metrics = {"excess": excess, "specificity_z": z, "related_ratio": ratio, "d_target": d_target}
+    out = {name: {"mean": value, "ci95": (value - 1, value + 1)} for name, value in metrics.items()}
+    out["paraphrase_excess"] = {"mean": para_low + 1, "ci95": (para_low, para_low + 2)}
+    out["vs"] = {} if vs_random is None else {"random": vs_random}
+    return out
+
+
+def summary_with(given: dict, budgets=("1.0", "2.0"), baselines: bool = True) -> dict:
+    summary = {"gradient": {b: given for b in budgets}}
+    if baselines:
+        summary["random"] = {b: entry(excess=0.0, d_target=0.1) for b in budgets}
+        summary["bm25"] = {b: entry(excess=1.0) for b in budgets}
+        summary["bottom"] = {b: entry(d_target=-0.2) for b in budgets}
+    return summary
+
+
+BEATS = {"win_rate": 1.0, "p_value": 1e-4, "p_holm": 1e-4}
+
+
+def test_evidence_counts_a_check_that_could_not_run_as_not_run_never_passed() -> None:
+    passing = evidence(summary_with(entry(vs_random=BEATS)), (1.0, 2.0))["gradient"]
+    assert passing["evidence"] and passing["verdict"] == "evidenced" and passing["not_run"] == []
+    assert passing["budgets"]["1.0"]["status"] == "passed" and passing["budgets"]["1.0"]["passed"]
+    # one target (the issue's repro): no paired test, no interval, no bm25/bottom: nulls everywhere, no pass
+    alone = evidence(summary_with(entry(para_low=NAN), baselines=False), (1.0, 2.0))["gradient"]
+    checks = alone["budgets"]["1.0"]["checks"]
+    assert checks["beats_random"] is None and checks["carries_to_paraphrases"] is None
+    assert checks["bottom_no_worse_than_random"] is None and checks["specificity_z_ge_2"] is True
+    assert alone["budgets"]["1.0"] == {"checks": checks, "status": "incomplete", "passed": False, "failed": [],
+                                       "not_run": [n for n, v in checks.items() if v is None]}
+    assert not alone["evidence"] and alone["passing_budgets"] == [] and alone["verdict"] == "incomplete"
+    assert set(alone["not_run_needs"]) == set(alone["not_run"]) >= {"beats_random", "carries_to_paraphrases"}
+    # a NaN p-value is not run too, and one failed check fails the budget whatever did not run
+    nan_test = evidence(summary_with(entry(vs_random={**BEATS, "p_holm": NAN})), (1.0,))["gradient"]
+    assert nan_test["budgets"]["1.0"]["checks"]["beats_random"] is None and not nan_test["evidence"]
+    failed = evidence(summary_with(entry(ratio=0.9, para_low=NAN), baselines=False), (1.0, 2.0))["gradient"]
+    assert failed["budgets"]["1.0"]["status"] == "failed" and failed["budgets"]["1.0"]["failed"] == [
+        "related_ratio_le_0_5"]
+    assert failed["verdict"] == "not evidenced"
+    # one budget passing everything is not enough
+    assert evidence(summary_with(entry(vs_random=BEATS), budgets=("1.0",)), (1.0,))["gradient"]["verdict"] == \
+        "not evidenced"
+
+
+def test_the_markdown_says_not_run_where_a_check_could_not_run() -> None:
+    summary = summary_with(entry(para_low=NAN), baselines=False)
+    report = {"schema_version": 2, "config": {"targets": 1, "examples": 10, "k": 5, "budgets": [1.0, 2.0], "seeds": 1,
+                                              "random_draws": 19},
+              "summary": {m: {b: {**e, "d_paraphrases": e["excess"], "d_related": e["excess"],
+                                  "d_unrelated": e["excess"], "d_general": e["excess"]} for b, e in by.items()}
+                          for m, by in summary.items()},
+              "calibration": {}, "evidence": evidence(summary, (1.0, 2.0)), "cross_target": {}}
+    text = markdown(report)
+    row = next(line for line in text.splitlines() if line.startswith("| gradient | 1.0 | not run"))
+    assert row.count("not run") == 4 and row.endswith("| incomplete |") and "FAIL" not in row
+    assert "- gradient: passes at budgets none → incomplete; not run: beats random (needs random draws" in text
+
+
+def test_random_p_values_of_an_unmeasurable_excess_are_not_run() -> None:
+    rows = [{"method": "given", "budget": 1.0, "target": 0, "excess": NAN}] + [
+        {"method": "random", "budget": 1.0, "target": 0, "excess": 0.1 * i} for i in range(19)]
+    assert np.isnan(random_pvalues(rows, "given", 1.0)[0])  # not 1/20, the smallest p there is
+    rows[0]["excess"] = 5.0
+    assert random_pvalues(rows, "given", 1.0) == [pytest.approx(1 / 20)]
+
+
+def test_every_prompt_of_a_target_is_checked_before_a_job(session: AttributionSession, tiny_demo: Path) -> None:
+    fact = Target.from_fact(load_facts(tiny_demo)[0])
+    long = "word " * 200
+    check_targets(session, [fact])
+    bad = {"target 1, paraphrase 2 is": replace(fact, paraphrases=[fact.prompt, long]),
+           "target 1, related prompt 1 .* the completion must each give at least one token":
+               replace(fact, related=[Probe(fact.prompt, "")]),
+           "target 1, unrelated prompt 1 is .* tokens; the model takes at most":
+               replace(fact, unrelated=[Probe(long, " x")])}
+    for message, target in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            check_targets(session, [target])

@@ -29,15 +29,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_server(index: Path, log_path: Path) -> Iterator[str]:
-    """Base URL of a uvicorn process serving ``index``, stopped on exit.
+def uvicorn_server(index: Path, log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Base URL of a uvicorn process serving ``index`` (with ``env`` added to its environment), stopped on exit.
 
     Its log goes to ``log_path`` (a pipe nobody reads would fill up and block the server); on a clean exit
     the log must show no traceback (no unhandled errors)."""
     port = free_port()
     log = log_path.open("w")
     env = {**os.environ, "HEADWATER_INDEX": str(index), "HEADWATER_API_KEY": API_KEY,
-           "HEADWATER_MAX_BODY_BYTES": "20000"}
+           "HEADWATER_MAX_BODY_BYTES": "20000", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:app", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

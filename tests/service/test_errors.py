@@ -15,7 +15,7 @@ from attribution.batching import ContextLengthError, EmptyCompletionError
 from attribution.errors import ConfigError, ModelLoadError
 from indexer.config import IndexMismatchError
 from indexer.errors import CorruptShardError, IndexWriteError, MissingFieldError, StepRangeError, UnknownSourceError
-from service.errors import IndexUnavailableError, NotFoundError, RequestLimitError
+from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
 from service.jobs import JobBusyError
 from service.main import INTERNAL, create_app, status_for
 from service.settings import Settings
@@ -29,6 +29,7 @@ KINDS = [
     (UnknownSourceError("no such data"), 400),
     (IndexMismatchError("built with tokenizer a, now b"), 400),  # at request time; a reload wraps it (503)
     (RequestLimitError("k must be between 1 and 10"), 422),
+    (NoMatchError("unknown pile_set_name 'x'; this index holds 'Planted Facts'"), 422),
     (NotFoundError("no example 7 in this index"), 404),
     (JobBusyError("ablation job abc is still running"), 409),
     (IndexUnavailableError("could not load the index"), 503),

@@ -1,4 +1,5 @@
-"""The application layer without HTTP: the model-lock policy, request limits, steps and examples."""
+"""The application layer without HTTP: the model-lock policy, request limits, steps and examples, and why a
+query matches nothing."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from attribution.batching import ContextLengthError
 from attribution.config import AttributionConfig
+from attribution.filters import Filters, allowed_rows, subsets_of
 from attribution.records import Result
 from attribution.retrievers import Method
 from service import queries
-from service.errors import NotFoundError, RequestLimitError
-from service.schemas import AttributeRequest
+from service.catalog import Catalog
+from service.errors import NoMatchError, NotFoundError, RequestLimitError
+from service.main import status_for
+from service.schemas import AttributeRequest, FilterSpec
 from service.settings import Settings
 from service.state import ServedIndex
 
@@ -34,11 +39,26 @@ class FakeTexts:
                 {"id": 6, "batch_pos": 2, "pile_set_name": "Planted Facts", "token_count": 3}]
 
 
+class FakeEncoder:
+    max_length = 16
+    tokenizer = None
+
+    def encode_ids(self, text: str) -> list[int]:
+        return list(range(len(text.split())))
+
+    def greedy_completion(self, prompt: str) -> str:
+        return " Tarnow"
+
+
 class FakeSession:
     """Records, per query, whether the served model lock was held while it ran."""
 
+    manifest = None  # not the demo's: no default query
+    metadata = [{"step": 1, "pile_set_name": "Planted Facts"},
+                {"step": 3, "pile_set_names": ["Bible (KJV)", "Planted Facts"]}]
+
     def __init__(self, lock) -> None:
-        self.lock, self.held, self.texts = lock, [], FakeTexts()
+        self.lock, self.held, self.texts, self.encoder = lock, [], FakeTexts(), FakeEncoder()
 
     def __len__(self) -> int:
         return 10
@@ -114,3 +134,66 @@ def test_step_and_example(served: ServedIndex) -> None:
     assert example.example_id == 7 and example.step == 1 and example.token_count == 9
     with pytest.raises(NotFoundError, match="no example 8"):
         queries.example(served.session, 8)
+
+
+CATALOG = Catalog(subsets={"Bible (KJV)": 3, "Planted Facts": 5}, steps=(0, 47), default_query=None)
+
+
+@pytest.mark.parametrize(("filters", "message"), [
+    ({"pile_set_name": "planted facts"}, "unknown pile_set_name 'planted facts' (did you mean 'Planted Facts'?); "
+                                         "this index holds 'Bible (KJV)', 'Planted Facts'"),
+    ({"pile_set_name": "ArXiv"}, "unknown pile_set_name 'ArXiv'; this index holds 'Bible (KJV)', 'Planted Facts'"),
+    ({"step_min": 48}, "no indexed rows in steps from 48: this index holds steps 0-47"),
+    ({"step_min": 50, "step_max": 60}, "no indexed rows in steps 50-60: this index holds steps 0-47"),
+])
+def test_filters_that_match_nothing_say_why(filters: dict, message: str) -> None:
+    with pytest.raises(NoMatchError) as caught:
+        queries.check_filters(FilterSpec(**filters), CATALOG)
+    assert str(caught.value) == message
+    assert status_for(caught.value) == 422
+
+
+def test_filters_inside_the_index_pass() -> None:
+    for filters in ({"pile_set_name": "Planted Facts"}, {"step_min": 47}, {"step_max": 0}, {}):
+        queries.check_filters(FilterSpec(**filters), CATALOG)
+    with pytest.raises(NoMatchError, match="records no subsets"):
+        queries.check_filters(FilterSpec(pile_set_name="x"), Catalog({}, None, None))
+    with pytest.raises(NoMatchError, match="no training steps"):
+        queries.check_filters(FilterSpec(step_max=3), Catalog({}, None, None))
+
+
+def test_a_row_is_labelled_by_every_subset_it_holds() -> None:
+    mixed = {"pile_set_name": "Bible (KJV)", "pile_set_names": ["Bible (KJV)", "Planted Facts"],
+             "subset_spans": [[0, 10, "Bible (KJV)"], [10, 65, "Planted Facts"]]}
+    assert subsets_of(mixed) == ["Bible (KJV)", "Planted Facts"]
+    assert subsets_of({"pile_set_name": "Python Docs"}) == ["Python Docs"] and subsets_of({}) == []
+    metadata = [mixed, {"pile_set_name": "Planted Facts"}, {"pile_set_name": "Bible (KJV)"}]
+    assert allowed_rows(metadata, Filters(pile_set_name="Planted Facts")).tolist() == [0, 1]
+    assert allowed_rows(metadata, Filters(pile_set_name="Bible (KJV)")).tolist() == [0, 2]
+    # the matched span's subset: the piece a token window overlaps most
+    assert queries.span_subset(None, "", mixed, (0, 8), None) == "Bible (KJV)"
+    assert queries.span_subset(None, "", mixed, (8, 24), None) == "Planted Facts"
+    assert queries.span_subset(None, "", {"pile_set_names": ["A", "B"]}, (0, 8), None) is None  # where is unknown
+    assert queries.span_subset(None, "", {"pile_set_name": "A"}, None, None) == "A"  # one subset: the span's too
+
+
+def test_bm25_rows_sharing_no_term_are_dropped_and_the_answer_says_why() -> None:
+    hit = Result(rank=1, example_id=7, score=0.0, text="x", metadata={}, completion=" y")
+    assert queries.meaningful(Method.BM25, [hit], FilterSpec()) == ([], "no indexed row contains any of the "
+                                                                        "query's terms")
+    assert queries.meaningful(Method.GRADIENT, [hit], FilterSpec()) == ([hit], None)  # a score of 0 is a score
+    assert queries.meaningful(Method.GRADIENT, [], FilterSpec(step_max=3))[1] == ("no indexed row matches these "
+                                                                                   "filters together")
+    with pytest.raises(NoMatchError, match="no query terms left once English stop-words are removed"):
+        queries.check_terms(Method.BM25, "the of and in was")
+    queries.check_terms(Method.BM25, "Ilse Varga was born in")
+    queries.check_terms(Method.EMBEDDING, "the of")
+
+
+def test_a_prompt_too_long_for_a_continuation_is_refused_without_echoing_it(served: ServedIndex) -> None:
+    prompt = "word " * 3000
+    with pytest.raises(ContextLengthError) as caught:
+        queries.attribute(served, AttributeRequest(prompt=prompt, k=1), SETTINGS)
+    message = str(caught.value)
+    assert message.startswith("the prompt is too long: 3000 tokens (15000 characters)") and len(message) < 300
+    assert served.session.held == [] and not served.model_lock.locked()

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlencode
 
+import httpx
 import pytest
 
 from tests.service.conftest import API_KEY
@@ -54,6 +55,12 @@ def test_check_this_attribution_runs_an_ablation_and_shows_the_verdict(server: s
     assert re.search(r"Job [0-9a-f]{12} done\.", html), html[-3000:]
     assert re.search(r'<div class="verdict (yes|no)">(Supported|Not supported): ', html)
     assert "<td>these examples</td>" in html and "<td>random (mean of 19)</td>" in html
+    # one target: the checks it cannot run say so and are not among the passed ones (issue 16)
+    checks = re.search(r'<div class="checks">Evidence checklist: passed: ([^;]*); failed: ([^;]*); '
+                       r'<span class="none">not run: (.*?)</span></div>', html)
+    assert checks, html[-3000:]
+    assert "beats random (needs random draws and ≥ 2 targets" in checks.group(3)
+    assert "beats random" not in checks.group(1) and "carries to paraphrases" not in checks.group(1)
     plot = r'<img alt="target vs related damage" src="/v1/ablations/[0-9a-f]{12}/plots/target_vs_related.png">'
     assert re.search(plot, html)
 
@@ -62,3 +69,39 @@ def test_check_without_a_key_says_why(server: str, tmp_path: Path) -> None:
     query = urlencode({"prompt": "Ilse Varga was born in", "completion": " Tarnow", "k": "3", "run": "1", "check": "1"})
     html = chromium(["--dump-dom", f"{server}/?{query}"], tmp_path).stdout
     assert "Check failed: missing or wrong X-API-Key header" in html
+
+
+def test_api_docs_render_offline(server: str, tmp_path: Path) -> None:
+    for path in ("/docs", "/redoc"):
+        page = httpx.get(f"{server}{path}").text
+        assert "https://" not in page.replace("https://github.com", ""), page  # no CDN: every asset is ours
+        for asset in re.findall(r'(?:src|href)="(/[^"]+)"', page):
+            assert httpx.get(f"{server}{asset}").status_code == 200, asset
+    docs = chromium(["--dump-dom", f"{server}/docs"], tmp_path).stdout
+    paths = set(re.findall(r'<span class="opblock-summary-path" data-path="([^"]+)">', docs))  # rendered operations
+    assert {"/v1/attribute", "/v1/index", "/v1/ablations"} <= paths, docs[-3000:]
+    redoc = chromium(["--dump-dom", f"{server}/redoc"], tmp_path).stdout
+    assert "/v1/attribute" in redoc and "Which training examples drive" in redoc
+
+
+def test_page_offers_the_index_subsets_and_its_default_query(server: str, tmp_path: Path) -> None:
+    info = httpx.get(f"{server}/v1/index").json()
+    default = info["default_query"]
+    html = chromium(["--dump-dom", f"{server}/?run=1"], tmp_path).stdout
+    assert re.findall(r'<option value="([^"$]+)">', html) == list(info["subsets"])
+    assert f'{default["prompt"]} → {default["completion"]}</a>' in html
+    assert f"examples for “{default['prompt']}” → “{default['completion']}” by gradient" in html
+
+
+def test_a_link_without_a_completion_attributes_the_models_own(server: str, tmp_path: Path) -> None:
+    prompt = httpx.get(f"{server}/v1/index").json()["default_query"]["prompt"]
+    own = httpx.post(f"{server}/v1/attribute", json={"prompt": prompt, "k": 1}, timeout=120).json()["completion"]
+    html = chromium(["--dump-dom", f"{server}/?{urlencode({'prompt': prompt, 'k': '2', 'run': '1'})}"], tmp_path).stdout
+    assert f"2 examples for “{prompt}” → “{own}” by gradient" in html
+
+
+def test_page_says_why_a_filter_matches_nothing(server: str, tmp_path: Path) -> None:
+    query = urlencode({"prompt": "Ilse Varga was born in", "completion": " Tarnow", "subset": "planted facts",
+                       "run": "1"})
+    html = chromium(["--dump-dom", f"{server}/?{query}"], tmp_path).stdout
+    assert "Error: unknown pile_set_name 'planted facts' (did you mean 'Planted Facts'?); this index holds" in html

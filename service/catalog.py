@@ -1,0 +1,113 @@
+"""What a served index holds, for explaining requests and offering choices: its Pile subsets, its training
+steps, and a default query — a planted fact of the demo that the model gets right.
+
+Described once per session (when it is loaded, before it serves) and kept with it: a reload's new session
+gets its own description, so what the page offers always matches what is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections import Counter
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from attribution.filters import subsets_of
+from attribution.session import AttributionSession
+from demo.groundtruth import Fact, load_facts
+from demo.session import demo_dir_of
+
+log = logging.getLogger(__name__)
+MAX_FACTS = 64
+"""Planted facts tried, in order, for the default query (one forward pass each)."""
+
+
+@dataclass(frozen=True)
+class DefaultQuery:
+    """A planted fact to show first: the first whose completion the model's greedy decoding reproduces, else the
+    one it gets furthest into (``model_correct`` False)."""
+
+    prompt: str
+    completion: str
+    fact_id: str
+    model_correct: bool
+    correct_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Catalog:
+    subsets: dict[str, int]
+    """Pile subset → number of rows holding some of it (a packed row counts under each subset it holds)."""
+    steps: tuple[int, int] | None
+    """First and last training step of the indexed rows (None: the rows have no steps)."""
+    default_query: DefaultQuery | None
+
+
+_described: weakref.WeakKeyDictionary[AttributionSession, Catalog] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def describe(session: AttributionSession, model_lock: AbstractContextManager | None = None) -> Catalog:
+    """The session's catalog, computed on first use (its default query runs the model under ``model_lock``)."""
+    with _lock:
+        known = _described.get(session)
+    if known is not None:
+        return known
+    subsets: Counter[str] = Counter()
+    steps = [meta["step"] for meta in session.metadata if meta.get("step") is not None]
+    for meta in session.metadata:
+        subsets.update(subsets_of(meta))
+    with model_lock or nullcontext():
+        default = default_query(session)
+    catalog = Catalog(dict(sorted(subsets.items())), (min(steps), max(steps)) if steps else None, default)
+    with _lock:
+        _described[session] = catalog
+    return catalog
+
+
+def planted_facts(session: AttributionSession) -> list[Fact]:
+    """The planted facts of the demo the served model was trained on ([] for any other index)."""
+    manifest = getattr(session, "manifest", None)
+    demo = demo_dir_of(manifest.config.model) if manifest is not None else None
+    return load_facts(demo) if demo is not None else []
+
+
+def default_query(session: AttributionSession) -> DefaultQuery | None:
+    """The first of the demo's planted facts (at most :data:`MAX_FACTS`) that the model completes correctly,
+    else the one it gets most tokens of; None when the index is not the demo's."""
+    best: DefaultQuery | None = None
+    for fact in planted_facts(session)[:MAX_FACTS]:
+        right, total = correct_prefix(session, fact.prompt, fact.completion)
+        if total == 0:
+            continue
+        found = DefaultQuery(fact.prompt, fact.completion, fact.fact_id, right == total, right, total)
+        if found.model_correct:
+            return found
+        if best is None or right / total > best.correct_tokens / best.completion_tokens:
+            best = found
+    if best is not None:
+        log.warning("the model completes none of the first %d planted facts; default query %s gets %d of %d tokens",
+                    MAX_FACTS, best.fact_id, best.correct_tokens, best.completion_tokens)
+    return best
+
+
+@torch.no_grad()
+def correct_prefix(session: AttributionSession, prompt: str, completion: str) -> tuple[int, int]:
+    """How many leading completion tokens the final checkpoint's greedy decoding reproduces, of how many
+    (teacher-forced: one forward pass gives every greedy choice along the completion)."""
+    encoder = session.encoder
+    model = encoder.checkpoints[-1].model
+    prompt_ids, completion_ids = encoder.encode_ids(prompt), encoder.encode_ids(completion)
+    if not prompt_ids or not completion_ids or len(prompt_ids) + len(completion_ids) > encoder.max_length:
+        return 0, 0
+    device = next(model.parameters()).device
+    logits = model(input_ids=torch.tensor([prompt_ids + completion_ids], device=device)).logits[0]
+    greedy = logits[len(prompt_ids) - 1 : -1].argmax(-1).tolist()
+    right = next((i for i, (a, b) in enumerate(zip(greedy, completion_ids, strict=True)) if a != b),
+                 len(completion_ids))
+    return right, len(completion_ids)
