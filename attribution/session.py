@@ -2,7 +2,7 @@
 
     from indexer.store import open_index
     session = open_index("demo-data/index")          # a published index, read-only
-    for result in session.attribute("Ilse Varga was born in", " Tarnow", k=10, method="gradient"):
+    for result in session.attribute("Joachim Fairweather studied at", " the University of Lissand", k=10):
         print(result.rank, result.score, result.metadata["step"], result.text[:80])
 
 ``AttributionSession.from_examples`` sketches examples in memory instead (small corpora,
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from attribution.config import AttributionConfig, UnlearningConfig
-from attribution.curvature import fit_curvature, new_statistics, row_sample
+from attribution.curvature import fit_curvature, new_statistics, prefit_curvature, row_sample
 from attribution.embeddings import TextEmbedder
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
@@ -129,11 +129,14 @@ class AttributionSession:
         checkpoints = load_checkpoints(model_path, config.revisions, config.sketch, config.normalizer, device)
         encoder = GradientEncoder(checkpoints, tokenizer, config.scoring.mode, config.revision_weights)
         rows = [ex.token_ids.tolist() for ex in examples]
+        for ckpt in encoder.checkpoints:  # kinds whose training sketches depend on them are fitted first
+            ckpt.preconditioner = prefit_curvature(config.curvature, ckpt.sketcher, row_sample(rows))
         statistics = [new_statistics(config.curvature) for _ in encoder.checkpoints]
         raw = sketch_all(encoder, rows, config.window, batch_size, statistics)
         for ckpt, sketches, stats in zip(encoder.checkpoints, raw, statistics, strict=True):
-            ckpt.preconditioner = fit_curvature([sketches], ckpt.sketcher.dim, config.curvature,
-                                                sketcher=ckpt.sketcher, statistics=stats, rows=row_sample(rows))
+            ckpt.preconditioner = ckpt.preconditioner or fit_curvature(
+                [sketches], ckpt.sketcher.dim, config.curvature, sketcher=ckpt.sketcher, statistics=stats,
+                rows=row_sample(rows))
         vectors = encoder.prepare_rows(raw).numpy().astype("float32")
         texts = [ex.text or tokenizer.decode(ex.token_ids.tolist()) for ex in examples]
         metadata = [ex.metadata for ex in examples]
