@@ -52,8 +52,9 @@ StepCallback = Callable[[int, float], None]
 
 def build_corpus(config: DemoConfig, out: Path, staging: Path) -> None:
     """Write the mini-pile shards and the planted-fact ground truth."""
-    facts, planted = plant_facts(config.people, config.docs_per_fact, config.related_prompts, config.seed)
-    docs = real_documents(config.chars_per_source, config.doc_chars, config.seed)
+    facts, planted = plant_facts(config.people, config.docs_per_fact, config.related_prompts, config.seed,
+                                 config.facts)
+    docs = real_documents(config.chars_per_source, config.doc_chars, config.seed, config.sources)
     docs += [{**d, "pile_set_name": PLANTED} for d in planted]
     random.Random(config.seed).shuffle(docs)
     records = to_pile_records(docs)

@@ -7,16 +7,23 @@ Sources, each with its own ``pile_set_name``:
 - CPython's own documentation topics (``pydoc_data.topics``);
 - generated planted-fact documents (:mod:`demo.facts`).
 
+The second case (``--preset second``) takes other real text, chosen by name from ``SOURCES``:
+the docstrings of a fixed list of Python standard-library modules and of NumPy's public
+functions and classes. Both are deterministic for an installed Python and NumPy version.
+
 Real text is cut into documents of roughly ``doc_chars`` characters and capped at
 ``chars_per_source`` per source, so the corpus size (and training time) is a setting.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import inspect
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from attribution.errors import ConfigError
@@ -24,6 +31,8 @@ from attribution.errors import ConfigError
 SHAKESPEARE = "Gutenberg (PG-19)"
 BIBLE = "Bible (KJV)"
 PYDOCS = "Python Docs"
+STDLIB = "Python Stdlib Docstrings"
+NUMPY = "NumPy Docs"
 PLANTED = "Planted Facts"
 
 
@@ -84,19 +93,103 @@ def python_topics() -> Iterator[tuple[str, str]]:
         yield name, topics[name]
 
 
-def real_documents(chars_per_source: int, doc_chars: int, seed: int) -> list[dict]:
-    """Real-text documents, ``chars_per_source`` characters from each source, sampled by seed."""
+STDLIB_MODULES = (
+    "abc argparse ast base64 calendar collections configparser contextlib copy csv dataclasses datetime decimal "
+    "difflib enum fileinput fnmatch fractions ftplib functools getopt glob gzip hashlib heapq hmac html imaplib "
+    "inspect ipaddress itertools json logging mailbox math mimetypes operator optparse os pathlib pickle platform "
+    "poplib pprint queue random re secrets shelve shlex shutil smtplib socket statistics string subprocess tarfile "
+    "tempfile textwrap threading timeit tokenize traceback typing urllib.parse urllib.request uuid warnings weakref "
+    "zipfile zlib"
+).split()
+
+
+def _own_doc(obj: object) -> str | None:
+    """The docstring an object itself defines (not one inherited from its type or base class)."""
+    obj = getattr(obj, "__func__", obj)  # classmethod, staticmethod
+    doc = vars(obj).get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+    return inspect.cleandoc(doc) if isinstance(doc, str) and doc.strip() else None
+
+
+def _member_docs(owner: object, qualname: str, module: str, nested: bool = True) -> Iterator[str]:
+    """``name`` + docstring of each public routine, property and class that ``owner`` defines, sorted by name;
+    ``nested``: with the members of those classes too (one level, so a class that refers to itself ends)."""
+    for name, obj in sorted(vars(owner).items()):
+        documented = inspect.isroutine(obj) or isinstance(obj, (property, classmethod, staticmethod))
+        if name.startswith("_") or not (documented or inspect.isclass(obj)):
+            continue
+        if inspect.isclass(obj) and obj.__module__ != module:
+            continue  # imported, not defined here
+        if inspect.isroutine(obj) and getattr(obj, "__module__", module) != module:
+            continue
+        doc = _own_doc(obj)
+        if doc:
+            yield f"{qualname}.{name}\n{doc}"
+        if inspect.isclass(obj) and nested:
+            yield from _member_docs(obj, f"{qualname}.{name}", module, nested=False)
+
+
+def stdlib_docstrings() -> Iterator[tuple[str, str]]:
+    """Yield ``(module, text)``: the docstrings of a standard-library module and of what it defines."""
+    for name in STDLIB_MODULES:
+        module = importlib.import_module(name)
+        parts = [doc for doc in (_own_doc(module),) if doc] + list(_member_docs(module, name, name))
+        if parts:
+            yield name, "\n\n".join(parts)
+
+
+def numpy_docstrings() -> Iterator[tuple[str, str]]:
+    """Yield ``(name, docstring)`` for each public NumPy function, ufunc and class, sorted, each once."""
+    import numpy
+
+    seen: set[int] = set()
+    for name, obj in sorted(vars(numpy).items()):
+        if name.startswith("_") or inspect.ismodule(obj) or id(obj) in seen:
+            continue
+        if not (inspect.isroutine(obj) or inspect.isclass(obj) or isinstance(obj, numpy.ufunc)):
+            continue
+        seen.add(id(obj))
+        doc = obj.__doc__ if isinstance(obj, numpy.ufunc) else _own_doc(obj)
+        if doc:
+            yield f"numpy.{name}", doc
+
+
+@dataclass(frozen=True)
+class Source:
+    """A real-text source: its ``pile_set_name``, the prefix of its document ids, and its ``(title, text)``s."""
+
+    pile_set_name: str
+    prefix: str
+    texts: Callable[[], Iterator[tuple[str, str]]]
+
+
+SOURCES: dict[str, Source] = {
+    "shakespeare": Source(SHAKESPEARE, "gutenberg", shakespeare_texts),
+    "bible": Source(BIBLE, "bible", bible_chapters),
+    "pydocs": Source(PYDOCS, "python", python_topics),
+    "stdlib": Source(STDLIB, "stdlib", stdlib_docstrings),
+    "numpy": Source(NUMPY, "numpy", numpy_docstrings),
+}
+DEFAULT_SOURCES = ("shakespeare", "bible", "pydocs")
+
+
+def real_documents(chars_per_source: int, doc_chars: int, seed: int,
+                   sources: tuple[str, ...] = DEFAULT_SOURCES) -> list[dict]:
+    """Real-text documents, ``chars_per_source`` characters from each of ``sources`` (keys of ``SOURCES``),
+    sampled by seed."""
     rng = random.Random(seed)
     documents: list[dict] = []
-    for set_name, source in ((SHAKESPEARE, shakespeare_texts), (BIBLE, bible_chapters), (PYDOCS, python_topics)):
-        pieces = [(title, chunk) for title, text in source() for chunk in chunk_text(text, doc_chars)]
+    for key in sources:
+        if key not in SOURCES:
+            raise ConfigError(f"unknown demo text source {key!r}; choose from {sorted(SOURCES)}")
+        source = SOURCES[key]
+        pieces = [(title, chunk) for title, text in source.texts() for chunk in chunk_text(text, doc_chars)]
         rng.shuffle(pieces)
         used = 0
         for index, (title, chunk) in enumerate(pieces):
             if used >= chars_per_source:
                 break
-            doc_id = f"{set_name.split()[0].lower()}-{index:05d}"
-            documents.append({"doc_id": doc_id, "title": title, "text": chunk, "pile_set_name": set_name})
+            documents.append({"doc_id": f"{source.prefix}-{index:05d}", "title": title, "text": chunk,
+                              "pile_set_name": source.pile_set_name})
             used += len(chunk)
     return documents
 

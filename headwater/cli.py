@@ -36,7 +36,9 @@ app.add_typer(eval_app, name="eval")
 @clean_errors
 def demo_build(
     out: Annotated[Path, typer.Option(help="Directory to build the demo in.")] = Path("demo-data"),
-    preset: Annotated[str, typer.Option(help="Settings preset: 'default' (minutes) or 'tiny' (seconds).")] = "default",
+    preset: Annotated[str, typer.Option(help="Settings preset: 'default' (the demo, minutes), 'second' (the second "
+                                             "case: other text, fact templates, names, size and seed; minutes), "
+                                             "or 'tiny' / 'tiny-second' (seconds, for tests).")] = "default",
     seed: Annotated[int | None, typer.Option(help="Seed for every random choice.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
     people: Annotated[int | None, typer.Option(help="Fictional people with planted facts.")] = None,
