@@ -41,21 +41,21 @@ class CurvatureConfig:
     kind: PreconditionMode = PreconditionMode.INVERSE_SQRT
     """inverse_sqrt (global D×D, both sides), inverse (global, training side only), block (per-module k²×k² blocks,
     both sides), kfac (Kronecker factors on the query's gradient before projection), ekfac (K-FAC with eigenvalues
-    fitted on per-row gradients) or none."""
+    fitted on per-row gradients), kfac_whitened (K-FAC^-1/2 folded into both sides' projections) or none."""
     damping: float = 0.1
     """Damping λ as a multiple of the mean eigenvalue: of the sketch covariance (of each module's block for
-    block), of each Kronecker factor (kfac), of each module's corrected eigenvalues (ekfac)."""
+    block), of each Kronecker factor (kfac, kfac_whitened), of each module's corrected eigenvalues (ekfac)."""
     sample: int = 4096
     """Raw sketches (windows count as sketches), evenly spaced over the data, the covariance is estimated on."""
     fisher: Fisher = Fisher.EMPIRICAL
-    """kfac/ekfac: empirical (the training labels' loss, gathered during the sketch pass) or sampled (labels drawn
-    from the model's own predictions: one more forward and backward per batch)."""
-    eigen_sample: int = 256
+    """Kronecker kinds: empirical (the training labels' loss, gathered during the sketch pass) or sampled (labels
+    drawn from the model's own predictions: one more forward and backward per batch)."""
+    sample_rows: int = 512
     """ekfac: training rows, evenly spaced over the data, whose per-row gradients fit the eigenvalues (a second
-    pass at merge)."""
+    pass at merge); kfac_whitened: rows whose Kronecker factors are fitted before the training rows are sketched."""
     factor_limit: int = 8192
-    """kfac/ekfac: a module side wider than this gets no Kronecker factor and stays unpreconditioned (the output
-    head's vocabulary side)."""
+    """Kronecker kinds: a module side wider than this gets no Kronecker factor and stays unpreconditioned (the
+    output head's vocabulary side)."""
 
     def __post_init__(self) -> None:
         _coerce(self, "kind", PreconditionMode)
@@ -64,8 +64,8 @@ class CurvatureConfig:
             raise ConfigError(f"damping must be positive (a multiple of the mean eigenvalue), got {self.damping}")
         if self.sample <= 0:
             raise ConfigError(f"the curvature sample must be positive, got {self.sample}")
-        if self.eigen_sample <= 0:
-            raise ConfigError(f"the EK-FAC eigenvalue sample must be positive, got {self.eigen_sample}")
+        if self.sample_rows <= 0:
+            raise ConfigError(f"the curvature's row sample must be positive, got {self.sample_rows}")
         if self.factor_limit <= 0:
             raise ConfigError(f"the Kronecker factor limit must be positive, got {self.factor_limit}")
 

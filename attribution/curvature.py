@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from attribution.batching import TokenBatch
+from attribution.batching import TokenBatch, training_batch
 from attribution.config import CurvatureConfig
 from attribution.errors import ConfigError
-from attribution.kfac import EKFACCurvature, KFACCurvature, RowSample
+from attribution.kfac import EKFACCurvature, KFACCurvature, RowSample, WhitenedKFACCurvature
 from attribution.kronecker import KroneckerStatistics
 from attribution.preconditioner import (
     BlockCovarianceAccumulator,
@@ -60,7 +60,11 @@ class Curvature(Protocol):
     """Wall time of the fit (set by :func:`fit_curvature`)."""
 
     def query_sketcher(self, sketcher: Sketcher) -> QuerySketcher:
-        """What sketches the query side of a checkpoint whose training rows ``sketcher`` sketches."""
+        """What sketches the query side of a checkpoint whose projections are ``sketcher``'s."""
+        ...
+
+    def train_sketcher(self, sketcher: Sketcher) -> Sketcher:
+        """What sketches the training rows: ``sketcher`` itself, or folded projections (whitened sketches)."""
         ...
 
     def describe(self) -> dict:
@@ -118,6 +122,9 @@ class CurvatureKind:
     statistics: Callable[[CurvatureConfig], SketchPassStatistics] | None = None
     """A fresh collector for the sketch pass (None: the kind needs none)."""
     load_statistics: Callable[[Path], SketchPassStatistics] | None = None
+    prefit: Callable[[CurvatureConfig], SketchPassStatistics] | None = None
+    """A fresh collector for a pass over sampled rows *before* the sketch pass, for kinds whose training sketches
+    depend on the fit (:func:`prefit_curvature`; None for the others)."""
 
 
 def _fit_sketch_space(inputs: FitInputs, config: CurvatureConfig) -> Curvature:
@@ -137,7 +144,12 @@ def _fit_kfac(inputs: FitInputs, config: CurvatureConfig) -> Curvature:
 
 def _fit_ekfac(inputs: FitInputs, config: CurvatureConfig) -> Curvature:
     inputs.needs(config.kind, "statistics", "sketcher", "rows")
-    return EKFACCurvature.fit(inputs.statistics, inputs.sketcher, inputs.rows, config.eigen_sample, config.damping)
+    return EKFACCurvature.fit(inputs.statistics, inputs.sketcher, inputs.rows, config.sample_rows, config.damping)
+
+
+def _fit_whitened(inputs: FitInputs, config: CurvatureConfig) -> Curvature:
+    inputs.needs(config.kind, "statistics")
+    return WhitenedKFACCurvature.fit(inputs.statistics, config.damping)
 
 
 def _kronecker_statistics(config: CurvatureConfig) -> SketchPassStatistics:
@@ -152,6 +164,8 @@ KINDS: dict[PreconditionMode, CurvatureKind] = {
                                          KroneckerStatistics.load),
     PreconditionMode.EKFAC: CurvatureKind(_fit_ekfac, EKFACCurvature.load, _kronecker_statistics,
                                           KroneckerStatistics.load),
+    PreconditionMode.KFAC_WHITENED: CurvatureKind(_fit_whitened, WhitenedKFACCurvature.load,
+                                                  prefit=_kronecker_statistics),
 }
 """Every fitted kind (``none`` fits nothing)."""
 
@@ -200,6 +214,30 @@ def fit_curvature(blocks: Sequence, dim: int, config: CurvatureConfig, *, sketch
         return None
     started = time.perf_counter()
     fitted = KINDS[config.kind].fit(FitInputs(blocks, dim, sketcher, statistics, rows), config)
+    fitted.fit_seconds = round(time.perf_counter() - started, 3)
+    return fitted
+
+
+def is_prefit(config: CurvatureConfig) -> bool:
+    """Whether the configured kind is fitted before the sketch pass (its training sketches depend on it)."""
+    kind = KINDS.get(config.kind)
+    return kind is not None and kind.prefit is not None
+
+
+def prefit_curvature(config: CurvatureConfig, sketcher: Sketcher, rows: RowSample,
+                     batch_size: int = 8) -> Curvature | None:
+    """For a kind whose training sketches depend on it: fitted on a pass over ``config.sample_rows`` rows from
+    ``rows`` (None for the other kinds, which :func:`fit_curvature` fits after the sketch pass)."""
+    if not is_prefit(config):
+        return None
+    started = time.perf_counter()
+    statistics = KINDS[config.kind].prefit(config)
+    picked = rows(config.sample_rows)
+    if not picked:
+        raise ConfigError(f"curvature kind {config.kind.value!r} fits on sampled rows, and there are none")
+    for start in range(0, len(picked), batch_size):
+        statistics.sketch_with(sketcher, training_batch(picked[start : start + batch_size]))
+    fitted = fit_curvature([], sketcher.dim, config, sketcher=sketcher, statistics=statistics)
     fitted.fit_seconds = round(time.perf_counter() - started, 3)
     return fitted
 

@@ -33,17 +33,26 @@ class Checkpoint:
     sketcher: Sketcher
     preconditioner: Curvature | None = None
     revision: str | None = None
-    _query: tuple = field(default=(None, None), init=False, repr=False, compare=False)
+    _routes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def query_sketcher(self) -> QuerySketcher:
         """What sketches this checkpoint's queries: the preconditioner's route (e.g. K-FAC's folded projections),
-        built once per preconditioner, or the training sketcher."""
+        built once per preconditioner, or the plain sketcher."""
+        return self._route("query", lambda p: p.query_sketcher(self.sketcher))
+
+    @property
+    def train_sketcher(self) -> Sketcher:
+        """What sketches this checkpoint's training rows: the plain sketcher, or whitened projections."""
+        return self._route("train", lambda p: p.train_sketcher(self.sketcher))
+
+    def _route(self, side: str, make):
         if self.preconditioner is None:
             return self.sketcher
-        if self._query[0] is not self.preconditioner:
-            self._query = (self.preconditioner, self.preconditioner.query_sketcher(self.sketcher))
-        return self._query[1]
+        made = self._routes.get(side)
+        if made is None or made[0] is not self.preconditioner:
+            self._routes[side] = made = (self.preconditioner, make(self.preconditioner))
+        return made[1]
 
 
 @dataclass
@@ -163,8 +172,9 @@ class GradientEncoder:
         (one per checkpoint, or None) gather what a curvature fits on along the way."""
         batch = training_batch(rows)
         statistics = statistics or [None] * len(self.checkpoints)
-        return [(c.sketcher.sketch(batch, window) if s is None else s.sketch_with(c.sketcher, batch, window)).cpu()
-                for c, s in zip(self.checkpoints, statistics, strict=True)]
+        sketchers = [c.train_sketcher for c in self.checkpoints]
+        return [(sk.sketch(batch, window) if s is None else s.sketch_with(sk, batch, window)).cpu()
+                for sk, s in zip(sketchers, statistics, strict=True)]
 
     def prepare_rows(self, raw: list[torch.Tensor]) -> torch.Tensor:
         """Training vectors from :meth:`raw_rows` output: preconditioned, normalized, checkpoints joined."""

@@ -13,9 +13,12 @@ product of one-sided transforms, so its query side forms each query row's exact 
 rotated basis and projects it with ``P_in``, ``P_out`` (:class:`EigenCorrectedSketcher`); it stays linear in the
 gradient, so per-token contributions still sum to the score.
 
-Not built: K-FAC^(−½) folded into both sides (whitened training sketches that could be unit-normed for IVF):
-the training rows would have to be sketched with factors known beforehand, i.e. a statistics pass over the
-data ahead of the sketch pass, which the one-pass runner does not have.
+Kind ``kfac_whitened`` folds ``(A + λ_A I)^(−½)`` and ``(G + λ_G I)^(−½)`` into both sides' projections instead:
+whitened sketches, whose inner products estimate the same ``⟨H⁻¹ dW_q, dW_i⟩`` but with the projection's
+noise relative to the whitened norms of both sides (one-sided ``H⁻¹`` makes the query's norm, and so the noise,
+grow along directions where training gradients have little energy), and which can be unit-normed and put in
+IVF. Its training sketches depend on the factors, so they are fitted before the training rows are sketched, on
+a pass over a sample of rows (``attribution.curvature.prefit_curvature``).
 """
 
 from __future__ import annotations
@@ -102,12 +105,16 @@ class KFACCurvature:
     def lam(self, name: str, side: str) -> float:
         return _damped(self.basis.eig[name][side][1], self.damping)
 
+    power = -1.0
+    """The power of each damped factor folded into the query side's projections."""
+
     def inverse(self, name: str, side: str) -> torch.Tensor | None:
-        """``(F + λI)⁻¹`` of one factor (float64), or None for a side without one."""
+        """``(F + λI)^power`` of one factor (float64; ``power`` −1, or −½ when whitened), or None for a side
+        without one."""
         if side not in self.basis.eig.get(name, {}):
             return None
         vectors, values = (t.to(torch.float64) for t in self.basis.eig[name][side])
-        return (vectors / (values + self.lam(name, side))) @ vectors.T
+        return (vectors * (values + self.lam(name, side)) ** self.power) @ vectors.T
 
     def fold(self, name: str, p_in: torch.Tensor, p_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The query side's projections of module ``name`` (``attribution.sketch.ProjectionFold``)."""
@@ -117,6 +124,9 @@ class KFACCurvature:
 
     def query_sketcher(self, sketcher: Sketcher) -> Sketcher:
         return sketcher.folded(self.fold)
+
+    def train_sketcher(self, sketcher: Sketcher) -> Sketcher:
+        return sketcher
 
     def apply_train(self, sketches: torch.Tensor) -> torch.Tensor:
         return sketches
@@ -144,6 +154,17 @@ class KFACCurvature:
         basis = KroneckerBasis.from_tensors(load_file(str(path)), json.loads(meta["modules"]))
         seconds = float(meta["fit_seconds"]) if "fit_seconds" in meta else None
         return cls(float(meta["damping"]), basis, Fisher(meta["fisher"]), int(meta["tokens"]), seconds)
+
+
+@dataclass
+class WhitenedKFACCurvature(KFACCurvature):
+    """Kind ``kfac_whitened``: ``(A + λ_A I)^(−½)`` and ``(G + λ_G I)^(−½)`` folded into both sides' projections."""
+
+    mode: PreconditionMode = PreconditionMode.KFAC_WHITENED
+    power = -0.5
+
+    def train_sketcher(self, sketcher: Sketcher) -> Sketcher:
+        return sketcher.folded(self.fold)
 
 
 class EigenvalueCorrection:
@@ -203,6 +224,9 @@ class EKFACCurvature:
 
     def query_sketcher(self, sketcher: Sketcher) -> EigenCorrectedSketcher:
         return EigenCorrectedSketcher(sketcher, self)
+
+    def train_sketcher(self, sketcher: Sketcher) -> Sketcher:
+        return sketcher
 
     def apply_train(self, sketches: torch.Tensor) -> torch.Tensor:
         return sketches

@@ -42,6 +42,8 @@ class PreconditionMode(StrEnum):
     """K-FAC ``(A + λ_A I)^{-1} ⊗ (G + λ_G I)^{-1}`` on the query's gradient before projection."""
     EKFAC = "ekfac"
     """EK-FAC: K-FAC's eigenbasis with eigenvalues fitted on per-example gradients, on the query side."""
+    KFAC_WHITENED = "kfac_whitened"
+    """K-FAC^(−½) folded into both sides' projections (whitened sketches; fitted before the sketch pass)."""
 
 
 class CovarianceAccumulator:
@@ -138,6 +140,9 @@ class Preconditioner:
         """The query side sketches with the training side's projections (this kind works in sketch space)."""
         return sketcher
 
+    def train_sketcher(self, sketcher):
+        return sketcher
+
     def describe(self) -> dict:
         return {"mode": self.mode.value, "damping": self.damping, "lam": self.lam,
                 "bytes": self.matrix.nbytes, "fit_seconds": self.fit_seconds}
@@ -204,6 +209,9 @@ class BlockPreconditioner:
         return self.apply_train(sketches)
 
     def query_sketcher(self, sketcher):
+        return sketcher
+
+    def train_sketcher(self, sketcher):
         return sketcher
 
     def describe(self) -> dict:

@@ -3,8 +3,10 @@
     python -m bench.curvature --demo demo-data --steps 0:150 --k 8 --window 16 --limit 60
 
 Sketches the rows once (gathering K-FAC's Kronecker statistics along the way), then fits every kind on those
-same sketches and statistics and traces the same facts with each, through the gradient retriever only (the
-metrics of ``headwater eval facts``: only facts the model gets right are queried). Prints a markdown table.
+same sketches and statistics (kfac_whitened: fitted first on ``--sample-rows`` rows, then the rows sketched again
+with whitened projections) and traces the same facts with each, through the gradient retriever only (the
+metrics of ``headwater eval facts``: only facts the model gets right are queried). Prints a markdown table;
+"fit s" for kfac_whitened includes its statistics pass, not the second sketch pass.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from attribution.config import AttributionConfig, CurvatureConfig
-from attribution.curvature import fit_curvature, row_sample
+from attribution.curvature import fit_curvature, prefit_curvature, row_sample
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_tokenizer
@@ -43,7 +45,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--kinds", default=",".join(kinds), help="comma-separated curvature kinds")
     parser.add_argument("--damping", type=float, default=0.1)
     parser.add_argument("--fisher", default=Fisher.EMPIRICAL.value, choices=[f.value for f in Fisher])
-    parser.add_argument("--eigen-sample", type=int, default=CurvatureConfig().eigen_sample)
+    parser.add_argument("--sample-rows", type=int, default=CurvatureConfig().sample_rows)
     parser.add_argument("--limit", type=int, default=None, help="at most this many facts")
     return parser.parse_args()
 
@@ -80,12 +82,15 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for kind in args.kinds.split(","):
         curvature = CurvatureConfig(kind=kind, damping=args.damping, fisher=args.fisher,
-                                    eigen_sample=args.eigen_sample)
-        ckpt.preconditioner = fit_curvature([raw[0]], ckpt.sketcher.dim, curvature, sketcher=ckpt.sketcher,
-                                            statistics=statistics, rows=row_sample(rows))
+                                    sample_rows=args.sample_rows)
+        ckpt.preconditioner = prefit_curvature(curvature, ckpt.sketcher, row_sample(rows))
+        sketches = raw if ckpt.preconditioner is None else sketch_all(encoder, rows, args.window)  # whitened rows
+        ckpt.preconditioner = ckpt.preconditioner or fit_curvature(
+            [raw[0]], ckpt.sketcher.dim, curvature, sketcher=ckpt.sketcher, statistics=statistics,
+            rows=row_sample(rows))
         stored = stored_bytes(ckpt.preconditioner)
         fit = ckpt.preconditioner.fit_seconds if ckpt.preconditioner else 0.0
-        vectors = encoder.prepare_rows(raw).numpy().astype("float32")
+        vectors = encoder.prepare_rows(sketches).numpy().astype("float32")
         gradient = GradientRetriever(encoder, FaissStore(vectors), metadata, args.window)
         session = AttributionSession(encoder, ids, metadata, gradient, texts, {}, config)
         if facts is None:

@@ -54,6 +54,12 @@ def curvature_file(checkpoint: int) -> str:
     return f"preconditioner-{checkpoint}.safetensors"
 
 
+def prefit_file(checkpoint: int) -> str:
+    """In ``OUT/work``: the curvature of checkpoint ``checkpoint`` fitted before the sketch pass, for kinds whose
+    training sketches depend on it (kfac_whitened); every rank and appended part sketches with it."""
+    return f"curvature-prefit-{checkpoint}.safetensors"
+
+
 def statistics_file(shard: int, checkpoint: int) -> str:
     """A shard's sketch-pass statistics for checkpoint ``checkpoint``'s curvature (K-FAC's factor sums), beside the
     shard in its work directory; absent for kinds that fit on sketches alone."""

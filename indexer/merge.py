@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from attribution.curvature import fit_curvature, load_statistics, new_statistics
+from attribution.curvature import fit_curvature, is_prefit, load_statistics, new_statistics
 from attribution.encoder import GradientEncoder
 from attribution.retrievers import BM25Retriever
 from attribution.vectors import FaissStore, build_faiss_index
@@ -42,7 +42,7 @@ from indexer.manifest import (
     write_manifest,
 )
 from indexer.parts import expected_shards, part_dirs
-from indexer.runner import context_length
+from indexer.runner import context_length, prefit_curvatures
 from indexer.samples import RowSampler
 from indexer.shards import load_shard_array, shard_name, verify_shard
 
@@ -67,6 +67,8 @@ def fit_preconditioners(encoder: GradientEncoder, shards: list[Path], config: In
     """Fit each checkpoint's curvature on an evenly spaced sample of the stored raw sketches, or on the shards'
     sketch-pass statistics summed in shard order (and, for EK-FAC, a pass over rows re-read from the source)."""
     curvature = config.attribution.curvature
+    if is_prefit(curvature):
+        return  # fitted before the sketch pass (runner.prefit_curvatures): the shards were sketched with it
     rows = RowSampler(shards, config, encoder.tokenizer, context_length(encoder, config))
     for c, ckpt in enumerate(encoder.checkpoints):
         arrays = [load_shard_array(s, f"sketch-{c}.npy") for s in shards]
@@ -130,6 +132,7 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
     build_id = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"  # unique even within a second
     tmp = out / "builds" / f".tmp-{build_id}"
     tmp.mkdir(parents=True)
+    prefit_curvatures(encoder, config, out, fit=False)
     fit_preconditioners(encoder, shards, config)
     for c, ckpt in enumerate(encoder.checkpoints):
         if ckpt.preconditioner is not None:

@@ -18,14 +18,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attribution.curvature import SketchPassStatistics, new_statistics
+from attribution.curvature import (
+    SketchPassStatistics,
+    is_prefit,
+    load_curvature,
+    new_statistics,
+    prefit_curvature,
+)
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
 from indexer.config import IndexConfig, check_same
-from indexer.errors import IndexWriteError
-from indexer.manifest import statistics_file
+from indexer.errors import CorruptShardError, IndexWriteError
+from indexer.manifest import prefit_file, statistics_file
 from indexer.metadata import metadata_table
+from indexer.samples import source_sample
 from indexer.shards import ShardContents, shard_is_complete, shard_name, write_shard
 from indexer.sources import DataSource, open_source
 
@@ -97,6 +104,27 @@ def raw_sketch_batches(encoder: GradientEncoder, config: IndexConfig, rows: list
         yield [fixed_windows(raw, windows) for raw in raws] if windows else raws
 
 
+def prefit_curvatures(encoder: GradientEncoder, config: IndexConfig, out: Path, fit: bool = True) -> None:
+    """Give each checkpoint its curvature before the sketch pass when the training sketches depend on it
+    (kfac_whitened): loaded from ``OUT/work``, or (``fit``) fitted on rows sampled from the source and saved there
+    first. Ranks that fit it at once fit the same one; appended parts load the first part's."""
+    curvature = config.attribution.curvature
+    if not is_prefit(curvature):
+        return
+    for c, ckpt in enumerate(encoder.checkpoints):
+        path = out / "work" / prefit_file(c)
+        if not path.is_file():
+            if not fit:
+                raise CorruptShardError(f"{path}: missing, but the shards were sketched with it; rebuild with "
+                                        "--overwrite")
+            source = open_source(config.data, config.steps, config.batch_rows)
+            rows = source_sample(source, encoder.tokenizer, context_length(encoder, config))
+            tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+            prefit_curvature(curvature, ckpt.sketcher, rows).save(tmp)
+            os.replace(tmp, path)
+        ckpt.preconditioner = load_curvature(path)
+
+
 class ShardRunner:
     """Computes and writes the shards of one rank."""
 
@@ -139,6 +167,7 @@ class ShardRunner:
         for tmp in self.work.glob(".tmp-statistics-*"):
             if int(tmp.name.split("-")[2]) % rank.world == rank.rank:
                 tmp.unlink()
+        prefit_curvatures(self.encoder, self.config, self.out)
         written = []
         total = self.shard_count()
         if total is not None and self.progress and self.source.count is not None:

@@ -1,8 +1,11 @@
-"""Training rows re-read from their source at merge, for a curvature's second pass (EK-FAC's eigenvalues).
+"""Training rows re-read from their source for a curvature's extra pass: at merge, EK-FAC's eigenvalues
+(:class:`RowSampler`, over the indexed shards); before the sketch pass, the whitened K-FAC factors
+(:func:`source_sample`, over the source).
 
-The sample is evenly spaced over every indexed example, in shard order across parts (see
+The sample is evenly spaced over every example (in shard order across parts at merge; see
 ``attribution.curvature.evenly_spaced``), so it depends on the data, not on how many ranks or shards wrote
-it. Sources that know their size (Megatron rows) are read row by row; streamed ones in one pass per part.
+it; a stream of unknown length before the sketch pass gives its first rows. Sources that know their size
+(Megatron rows) are read row by row; streamed ones in one pass.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from attribution.curvature import evenly_spaced
+from attribution.kfac import RowSample
 from indexer.config import IndexConfig
-from indexer.sources import open_source
+from indexer.sources import DataSource, open_source
 
 
 class RowSampler:
@@ -39,11 +43,28 @@ class RowSampler:
     def _read(self, part: Path, positions: list[int]) -> list[list[int]]:
         config = IndexConfig.load(part / "config.json")
         source = open_source(config.data, config.steps, config.batch_rows)
-        if source.count is not None:  # random access
-            examples = [e for p in positions for e in source.read(p, p + 1, self.tokenizer)]
-        else:
-            keep = set(positions)
-            examples = [e for offset, e in enumerate(source.read(positions[0], positions[-1] + 1, self.tokenizer))
-                        if positions[0] + offset in keep]
-        eos = self.tokenizer.eos_token_id or 0
-        return [e.token_ids.tolist()[: self.max_len] or [eos] for e in examples]
+        return read_rows(source, positions, self.tokenizer, self.max_len)
+
+
+def source_sample(source: DataSource, tokenizer, max_len: int) -> RowSample:
+    """``sampler(n)``: about ``n`` rows evenly spaced over ``source`` (its first ``n`` when its size is unknown)."""
+
+    def sample(n: int) -> list[list[int]]:
+        positions = evenly_spaced(source.count, n) if source.count is not None else list(range(n))
+        return read_rows(source, positions, tokenizer, max_len)
+
+    return sample
+
+
+def read_rows(source: DataSource, positions: list[int], tokenizer, max_len: int) -> list[list[int]]:
+    """The token ids of the examples at ``positions`` (ascending) of ``source``, cut as the runner cuts them."""
+    if not positions:
+        return []
+    if source.count is not None:  # random access
+        examples = [e for p in positions for e in source.read(p, p + 1, tokenizer)]
+    else:
+        keep = set(positions)
+        examples = [e for offset, e in enumerate(source.read(positions[0], positions[-1] + 1, tokenizer))
+                    if positions[0] + offset in keep]
+    eos = tokenizer.eos_token_id or 0
+    return [e.token_ids.tolist()[:max_len] or [eos] for e in examples]

@@ -9,7 +9,7 @@ import torch
 
 from attribution.batching import TokenBatch, collate, training_batch
 from attribution.config import CurvatureConfig
-from attribution.curvature import fit_curvature, load_curvature, new_statistics, row_sample
+from attribution.curvature import fit_curvature, load_curvature, new_statistics, prefit_curvature, row_sample
 from attribution.encoder import Checkpoint, GradientEncoder
 from attribution.errors import ConfigError
 from attribution.kfac import EKFACCurvature, KFACCurvature
@@ -171,7 +171,7 @@ class CharTokenizer:
 @pytest.mark.parametrize("mode", ["cosine", "inner_product"])
 def test_per_token_contributions_sum_to_the_query_score(setup, kind: str, mode: str) -> None:
     model, sketcher, rows = setup
-    config = CurvatureConfig(kind=kind, eigen_sample=4)
+    config = CurvatureConfig(kind=kind, sample_rows=4)
     curvature = fit_curvature([], sketcher.dim, config, sketcher=sketcher, statistics=gathered(sketcher, rows),
                               rows=row_sample(rows))
     encoder = GradientEncoder([Checkpoint(model, sketcher, curvature)], CharTokenizer(), mode)
@@ -196,7 +196,7 @@ def test_sampled_fisher_labels_depend_on_the_rows_only(setup) -> None:
 @pytest.mark.parametrize("kind", ["kfac", "ekfac"])
 def test_kinds_save_and_load(setup, kind: str, tmp_path: Path) -> None:
     model, sketcher, rows = setup
-    config = CurvatureConfig(kind=kind, damping=0.3, eigen_sample=3)
+    config = CurvatureConfig(kind=kind, damping=0.3, sample_rows=3)
     fitted = fit_curvature([], sketcher.dim, config, sketcher=sketcher, statistics=gathered(sketcher, rows),
                            rows=row_sample(rows))
     fitted.save(tmp_path / "c.safetensors")
@@ -223,7 +223,7 @@ def test_factor_limit_leaves_wide_sides_unpreconditioned(setup) -> None:
 def test_bad_settings_and_missing_inputs(setup) -> None:
     _, sketcher, _ = setup
     for bad in (dict(kind="kfac-someday"), dict(kind="kfac", damping=0), dict(kind="ekfac", damping=-1.0),
-                dict(fisher="true"), dict(eigen_sample=0), dict(factor_limit=0)):
+                dict(fisher="true"), dict(sample_rows=0), dict(factor_limit=0)):
         with pytest.raises(ConfigError):
             CurvatureConfig(**bad)
     with pytest.raises(ConfigError, match="statistics"):
@@ -234,3 +234,24 @@ def test_bad_settings_and_missing_inputs(setup) -> None:
     assert new_statistics(CurvatureConfig(kind="block")) is None
     with pytest.raises(ConfigError, match="cannot add"):
         KroneckerStatistics(Fisher.SAMPLED).merge(KroneckerStatistics())
+
+
+def test_whitened_kfac_folds_the_inverse_square_root_into_both_sides(setup) -> None:
+    model, sketcher, rows = setup
+    config = CurvatureConfig(kind="kfac_whitened", damping=0.2, sample_rows=4)
+    whitened = prefit_curvature(config, sketcher, row_sample(rows))
+    kfac = KFACCurvature.fit(gathered(sketcher, row_sample(rows)(4)), damping=0.2)
+    assert whitened.describe()["kind"] == "kfac_whitened" and whitened.fit_seconds is not None
+    batch = query_batch(random_rows([6, 8], seed=9))
+    train = whitened.train_sketcher(sketcher).sketch(batch)
+    query = whitened.query_sketcher(sketcher).sketch(batch)
+    torch.testing.assert_close(train, query)  # one fold, both sides
+    for b, exact in enumerate(exact_gradients(model, sketcher, batch)):
+        half = {}
+        for name, dw in exact.items():
+            half[name] = whitened.inverse(name, "g") @ dw @ whitened.inverse(name, "a")
+            inv = kfac.inverse(name, "g") @ dw @ kfac.inverse(name, "a")  # ⟨half, half⟩ = ⟨H⁻¹dW, dW⟩
+            assert float((half[name] * half[name]).sum()) == pytest.approx(float((inv * dw).sum()), rel=1e-6)
+        reference = projected(sketcher, half)
+        assert float((train[b] - reference).norm() / reference.norm()) < 1e-6
+    assert prefit_curvature(CurvatureConfig(kind="kfac"), sketcher, row_sample(rows)) is None

@@ -6,18 +6,21 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from attribution.session import AttributionSession
 from headwater.cli import app
 from indexer.build import build_index, merge_index
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
-from indexer.manifest import curvature_file, read_manifest, statistics_file, verify_build
+from indexer.manifest import curvature_file, prefit_file, read_manifest, statistics_file, verify_build
 from indexer.runner import Rank
 from indexer.store import open_index
+from indexer.training_rows import RowRange, read_training_rows
 
 runner = CliRunner()
 
@@ -25,7 +28,7 @@ runner = CliRunner()
 def config_for(demo: Path, **overrides) -> IndexConfig:
     base = dict(model=str(demo / "model"), data=str(demo / "data" / "document"), k=4, window=16, shard_size=64)
     config = IndexConfig.create(**{**base, **overrides})
-    curvature = replace(config.attribution.curvature, eigen_sample=40)
+    curvature = replace(config.attribution.curvature, sample_rows=40)
     return replace(config, attribution=replace(config.attribution, curvature=curvature))
 
 
@@ -33,7 +36,7 @@ def factors(index: Path) -> dict[str, torch.Tensor]:
     return load_file(str((index / "current").resolve() / curvature_file(0)))
 
 
-@pytest.mark.parametrize("kind", ["block", "kfac", "ekfac"])
+@pytest.mark.parametrize("kind", ["block", "kfac", "ekfac", "kfac_whitened"])
 def test_a_build_with_each_kind_opens_and_answers(kind: str, tiny_demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "index"
     result = runner.invoke(app, ["index", "build", "--model", str(tiny_demo / "model"), "--data",
@@ -43,7 +46,8 @@ def test_a_build_with_each_kind_opens_and_answers(kind: str, tiny_demo: Path, tm
     described = read_manifest(out).preconditioner[0]
     assert described["kind"] == kind and described["damping"] == 0.1
     assert described["bytes"] > 0 and described["fit_seconds"] >= 0
-    assert (out / "work" / statistics_file(2, 0)).is_file() == (kind != "block")
+    assert (out / "work" / statistics_file(2, 0)).is_file() == (kind in ("kfac", "ekfac"))
+    assert (out / "work" / prefit_file(0)).is_file() == (kind == "kfac_whitened")
     assert verify_build(out) == []
     session = open_index(out)
     assert session.encoder.checkpoints[0].preconditioner.describe() == described
@@ -80,3 +84,20 @@ def test_missing_shard_statistics_are_a_clear_error(tiny_demo: Path, tmp_path: P
     (out / "work" / statistics_file(1, 0)).unlink()
     with pytest.raises(CorruptShardError, match="kfac statistics"):
         merge_index(out)
+
+
+def test_whitened_sketches_are_the_same_across_ranks_and_in_memory(tiny_demo: Path, tmp_path: Path) -> None:
+    config = config_for(tiny_demo, precondition="kfac_whitened", steps="0:32")
+    single, ranks = tmp_path / "single", tmp_path / "ranks"
+    build_index(config, single, Rank())
+    for rank in (1, 0):  # each rank fits the factors itself, from the same rows
+        build_index(config, ranks, Rank(rank, 2))
+    merge_index(ranks)
+    for shard in sorted((single / "work").glob("shard-*")):
+        assert (shard / "sketch-0.npy").read_bytes() == (ranks / "work" / shard.name / "sketch-0.npy").read_bytes()
+    assert all(torch.equal(factors(ranks)[name], t) for name, t in factors(single).items())
+    examples = list(read_training_rows(tiny_demo / "data" / "document", RowRange(0, 128), 4))
+    session = AttributionSession.from_examples(tiny_demo / "model", examples, config.attribution)
+    stored = np.load((single / "current").resolve() / "vectors.npy").astype(np.float32)
+    in_memory = session.gradient.store.vectors(np.arange(128))
+    np.testing.assert_allclose(in_memory, stored, atol=2e-3)
