@@ -27,6 +27,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors import safe_open
@@ -96,6 +97,8 @@ class KFACCurvature:
     """Tokens the factors were averaged over (the first module's)."""
     fit_seconds: float | None = None
     mode: PreconditionMode = PreconditionMode.KFAC
+    power: ClassVar[float] = -1.0
+    """The power of each damped factor folded into the projections."""
 
     @classmethod
     def fit(cls, statistics: KroneckerStatistics, damping: float) -> KFACCurvature:
@@ -104,9 +107,6 @@ class KFACCurvature:
 
     def lam(self, name: str, side: str) -> float:
         return _damped(self.basis.eig[name][side][1], self.damping)
-
-    power = -1.0
-    """The power of each damped factor folded into the query side's projections."""
 
     def inverse(self, name: str, side: str) -> torch.Tensor | None:
         """``(F + λI)^power`` of one factor (float64; ``power`` −1, or −½ when whitened), or None for a side
@@ -161,7 +161,7 @@ class WhitenedKFACCurvature(KFACCurvature):
     """Kind ``kfac_whitened``: ``(A + λ_A I)^(−½)`` and ``(G + λ_G I)^(−½)`` folded into both sides' projections."""
 
     mode: PreconditionMode = PreconditionMode.KFAC_WHITENED
-    power = -0.5
+    power: ClassVar[float] = -0.5
 
     def train_sketcher(self, sketcher: Sketcher) -> Sketcher:
         return sketcher.folded(self.fold)
