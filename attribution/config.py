@@ -88,6 +88,15 @@ class ScoringConfig:
             raise ConfigError(f"hybrid_candidates must be positive, got {self.hybrid_candidates}")
 
 
+class RowScore(StrEnum):
+    """How the ``unlearning`` retriever turns a row's per-token loss increases into its score."""
+
+    MEAN = "mean"
+    """The mean over every predicted token of the row."""
+    WINDOW = "window"
+    """The mean over the row's window of ``window`` tokens with the largest increase."""
+
+
 class Correction(StrEnum):
     """What the ``unlearning`` retriever subtracts from each row's loss increase."""
 
@@ -118,17 +127,21 @@ class UnlearningConfig:
     query's controls, else generic probes), probes (always the probes) or none."""
     control_probes: int = 8
     """Generic probes for the correction: a 16-token span (after 16 tokens of context) of this many rows."""
-    candidates: int = 100
-    """Candidates taken from each of gradient, BM25 and embedding when the rows are too many to score all."""
+    candidates: int = 30
+    """Candidates taken from each of gradient, BM25 and embedding when the rows are too many to score all (the
+    pool grows to k when k is larger)."""
     exhaustive_rows: int = 1024
     """Score every row the filters allow when there are at most this many; above it, re-rank candidates."""
     batch_tokens: int = 16384
     """Tokens per forward pass over candidate rows (bounds memory; the output head runs in chunks)."""
     window: int = 16
     """Tokens of the span reported with each hit: the row's window of largest loss increase."""
+    score: RowScore = RowScore.MEAN
+    """A row's score: the mean increase over all its tokens (mean) or over its best window (window)."""
 
     def __post_init__(self) -> None:
         _coerce(self, "correction", Correction)
+        _coerce(self, "score", RowScore)
         positive = {"steps": self.steps, "control_probes": self.control_probes, "candidates": self.candidates,
                     "batch_tokens": self.batch_tokens, "window": self.window}
         for name, value in positive.items():

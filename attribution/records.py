@@ -33,7 +33,8 @@ class Result:
     ``completion_tokens`` are set by the gradient retriever; ``token_span`` is the
     best-matching window ``[start, end)`` in tokens when the index is windowed (for ``unlearning``: the
     row's window of largest loss increase). ``loss_increase`` (``unlearning``) is the per-token loss
-    increase of the row's predicted tokens ``row_tokens`` (every token after the first); its mean is ``score``.
+    increase of the row's predicted tokens ``row_tokens`` (every token after the first); ``score`` is its
+    mean (its mean over ``token_span`` with ``UnlearningConfig.score = window``).
     """
 
     rank: int

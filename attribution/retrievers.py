@@ -68,7 +68,8 @@ class Hit:
     """One retrieved example: row position in the store, score, and the retriever's evidence.
 
     Gradient: ``token_contributions`` per completion token. Unlearning: ``loss_increase`` per token of the
-    row (``row_tokens``, the row's tokens after the first: the ones predicted), whose mean is the score.
+    row (``row_tokens``, the row's tokens after the first: the ones predicted), whose mean (over the row, or
+    over ``token_span`` with window scoring) is the score.
     """
 
     row: int

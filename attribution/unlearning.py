@@ -9,7 +9,9 @@ rows, clipped at 0), so rows that any small ascent perturbs (fragile, generic te
 top. Optionally contrastive: the controls' gradients are projected out of every ascent step.
 
 Every candidate costs a forward pass, so small row sets (≤ ``exhaustive_rows``) are scored whole and
-larger ones re-rank the union of the gradient, BM25 and embedding retrievers' top ``candidates``.
+larger ones re-rank the union of the gradient, BM25 and embedding retrievers' top ``candidates`` (at
+least k each). A row's score is the mean of its per-token increases (``score = window``: their mean over
+its best window of ``window`` tokens, which is also the span reported).
 Forward passes are batched by a token budget with the output head applied in chunks (no B × T × V
 logits); the losses under the unchanged model and under the generic-probe ascent do not depend on the
 query, so they are cached per row.
@@ -23,10 +25,11 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from attribution.batching import TokenBatch, collate, training_batch
-from attribution.config import Correction, UnlearningConfig
+from attribution.config import Correction, RowScore, UnlearningConfig
 from attribution.encoder import GradientEncoder
 from attribution.filters import Filters, allowed_rows
 from attribution.retrievers import Hit, Method, Query, Retriever, check_k
@@ -73,8 +76,7 @@ def chunked_token_nll(model: nn.Module, batch: TokenBatch) -> torch.Tensor:
     step = max(1, HEAD_CHUNK_VALUES // head.out_features)
     for start in range(0, len(flat), step):
         logits = head(flat[start : start + step]).float()
-        picked = logits.gather(-1, targets[start : start + step, None])[:, 0]
-        out[start : start + step] = torch.logsumexp(logits, -1) - picked
+        out[start : start + step] = F.cross_entropy(logits, targets[start : start + step], reduction="none")
     return out.view(batch.input_ids.shape[0], -1)
 
 
@@ -167,8 +169,12 @@ class UnlearningRetriever:
         avoid = self.control_gradients(controls) if settings.contrastive and controls else None
         deltas = corrected(self.after_ascent(target, tokens, settings, avoid), base, control)
         clock.append(time.perf_counter())
-        scores = np.array([float(d.mean()) for d in deltas])
-        hits = [self.hit(rows[i], scores[i], deltas[i], settings) for i in np.argsort(-scores, kind="stable")[:k]]
+        spans = [best_window(d, settings.window) for d in deltas]
+        if settings.score is RowScore.WINDOW:  # delta[j] is token j + 1's increase
+            scores = np.array([float(d[a - 1 : b - 1].mean()) for d, (a, b) in zip(deltas, spans, strict=True)])
+        else:
+            scores = np.array([float(d.mean()) for d in deltas])
+        hits = [self.hit(rows[i], scores[i], deltas[i], spans[i]) for i in np.argsort(-scores, kind="stable")[:k]]
         clock.append(time.perf_counter())
         stages = ("candidates", "reference", "target", "evidence")
         self.timings = {name: (b - a) * 1e3 for name, a, b in zip(stages, clock[:-1], clock[1:], strict=True)}
@@ -247,10 +253,10 @@ class UnlearningRetriever:
             self._probes[count] = collate(rows, masks) if rows else None
         return self._probes[count]
 
-    def hit(self, row: int, score: float, delta: np.ndarray, settings: UnlearningConfig) -> Hit:
+    def hit(self, row: int, score: float, delta: np.ndarray, span: tuple[int, int]) -> Hit:
         """A ranked row with its evidence: the per-token loss increase and its largest window."""
         tokenizer = self.encoder.tokenizer
         predicted = self.tokens(row)[1:].tolist()
-        return Hit(row, float(score), token_span=best_window(delta, settings.window),
+        return Hit(row, float(score), token_span=span,
                    loss_increase=[round(float(d), 6) for d in delta],
                    row_tokens=[tokenizer.decode([t]) for t in predicted])

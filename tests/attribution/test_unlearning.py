@@ -12,7 +12,7 @@ import torch
 
 import attribution.unlearning as unlearning
 from attribution.batching import ContextLengthError, collate, token_nll, training_batch
-from attribution.config import AttributionConfig, Correction, CurvatureConfig, UnlearningConfig
+from attribution.config import AttributionConfig, Correction, CurvatureConfig, RowScore, UnlearningConfig
 from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.metrics import first_gold_rank, recall_at
@@ -165,6 +165,17 @@ def test_results_carry_the_per_token_loss_increase(session: AttributionSession, 
     assert {"candidates", "reference", "target", "evidence"} <= retriever.timings.keys()
 
 
+def test_window_scores_are_the_best_windows_mean(session: AttributionSession, facts: list[Fact]) -> None:
+    settings = UnlearningConfig(score=RowScore.WINDOW, window=8)
+    results = session.attribute(facts[0].prompt, facts[0].completion, k=5, method="unlearning", unlearning=settings)
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    for r in results:
+        start, end = r.token_span
+        assert end - start == 8
+        assert np.mean(r.loss_increase[start - 1 : end - 1]) == pytest.approx(r.score, abs=1e-5)
+        assert r.score >= max(np.convolve(r.loss_increase, np.ones(8) / 8, mode="valid")) - 1e-5
+
+
 def test_it_finds_the_rows_that_state_the_fact(session: AttributionSession, facts: list[Fact]) -> None:
     ranks = [first_gold_rank([r.example_id for r in session.attribute(f.prompt, f.completion, k=20,
                                                                       method="unlearning")], f.gold_rows)
@@ -210,7 +221,7 @@ def test_filters_and_greedy_completions(session: AttributionSession, facts: list
 def test_bad_settings_and_queries(session: AttributionSession, facts: list[Fact]) -> None:
     for bad in ({"steps": 0}, {"budget": 0.0}, {"budget": float("nan")}, {"budget": float("inf")},
                 {"candidates": 0}, {"batch_tokens": -1}, {"exhaustive_rows": -1}, {"correction": "sometimes"},
-                {"steps": 1.5}, {"window": True}):
+                {"steps": 1.5}, {"window": True}, {"score": "median"}):
         with pytest.raises(ConfigError):
             UnlearningConfig(**bad)
     retriever = session.retriever(Method.UNLEARNING)

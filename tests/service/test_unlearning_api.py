@@ -34,7 +34,7 @@ def test_results_show_where_the_model_got_more_perplexed(server: str) -> None:
 
 def test_ascent_settings_per_request(server: str) -> None:
     default = post(server, QUERY).json()["results"]
-    same = post(server, {**QUERY, "steps": 3, "budget": 0.5, "candidates": 100}).json()["results"]
+    same = post(server, {**QUERY, "steps": 3, "budget": 0.5, "candidates": 30}).json()["results"]
     assert [r["score"] for r in same] == pytest.approx([r["score"] for r in default], abs=1e-6)
     other = post(server, {**QUERY, "steps": 1, "budget": 2.0})
     assert other.status_code == 200, other.text
