@@ -86,8 +86,22 @@ def _meta(path: str | Path) -> dict[str, str]:
         return f.metadata()
 
 
+class QuerySideOnly:
+    """A full-space curvature that works through the sketchers: stored sketches and the sketch-space
+    transforms are left as they are."""
+
+    def train_sketcher(self, sketcher: Sketcher) -> Sketcher:
+        return sketcher
+
+    def apply_train(self, sketches: torch.Tensor) -> torch.Tensor:
+        return sketches
+
+    def apply_query(self, sketches: torch.Tensor) -> torch.Tensor:
+        return sketches
+
+
 @dataclass
-class KFACCurvature:
+class KFACCurvature(QuerySideOnly):
     """Kind ``kfac``: ``(A + λ_A I)⁻¹`` folded into ``P_in`` and ``(G + λ_G I)⁻¹`` into ``P_out`` on the query side."""
 
     damping: float
@@ -124,15 +138,6 @@ class KFACCurvature:
 
     def query_sketcher(self, sketcher: Sketcher) -> Sketcher:
         return sketcher.folded(self.fold)
-
-    def train_sketcher(self, sketcher: Sketcher) -> Sketcher:
-        return sketcher
-
-    def apply_train(self, sketches: torch.Tensor) -> torch.Tensor:
-        return sketches
-
-    def apply_query(self, sketches: torch.Tensor) -> torch.Tensor:
-        return sketches
 
     def describe(self) -> dict:
         lams = [self.lam(name, side) for name, sides in self.basis.eig.items() for side in sides]
@@ -188,7 +193,7 @@ class EigenvalueCorrection:
 
 
 @dataclass
-class EKFACCurvature:
+class EKFACCurvature(QuerySideOnly):
     """Kind ``ekfac``: the query's gradient goes through ``Q_G [(Q_Gᵀ dW Q_A) / (Λ + λ)] Q_Aᵀ`` before projection."""
 
     damping: float
@@ -224,15 +229,6 @@ class EKFACCurvature:
 
     def query_sketcher(self, sketcher: Sketcher) -> EigenCorrectedSketcher:
         return EigenCorrectedSketcher(sketcher, self)
-
-    def train_sketcher(self, sketcher: Sketcher) -> Sketcher:
-        return sketcher
-
-    def apply_train(self, sketches: torch.Tensor) -> torch.Tensor:
-        return sketches
-
-    def apply_query(self, sketches: torch.Tensor) -> torch.Tensor:
-        return sketches
 
     def describe(self) -> dict:
         tensors = [*self.basis.tensors().values(), *self.eigenvalues.values()]
