@@ -150,7 +150,14 @@ class GradientEncoder:
         """Query vector, ready for an inner product with :meth:`encode_rows` output."""
         if completion is None:
             completion = self.greedy_completion(prompt)
-        prompt_ids, completion_ids = self.encode_ids(prompt), self.encode_ids(completion)
+        return self.encode_query_ids(self.encode_ids(prompt), self.encode_ids(completion), controls, completion)
+
+    def encode_query_ids(self, prompt_ids: list[int], completion_ids: list[int],
+                         controls: Sequence[tuple[str, str | None]] = (),
+                         completion: str | None = None) -> EncodedQuery:
+        """:meth:`encode_query` of token ids (e.g. a held-out text chunk: its first token, then the rest);
+        ``completion`` is the completion's text as given (default: decoded from its ids)."""
+        completion = self.tokenizer.decode(completion_ids) if completion is None else completion
         per_token = self._per_token_sketches(prompt_ids, completion_ids)
         control = self._control_sketches(controls, len(completion_ids)) if controls else [None] * len(per_token)
         vectors, tokens = [], []

@@ -13,17 +13,17 @@ of index directories or of the demo: the indexer and the demo build sessions thr
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from attribution.config import AttributionConfig, UnlearningConfig
+from attribution.config import AttributionConfig, CurvatureConfig, UnlearningConfig
 from attribution.curvature import fit_curvature, new_statistics, prefit_curvature, row_sample
 from attribution.embeddings import TextEmbedder
-from attribution.encoder import GradientEncoder, load_checkpoints
+from attribution.encoder import Checkpoint, GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.models import load_tokenizer
@@ -37,6 +37,7 @@ from attribution.retrievers import (
     Query,
     Retriever,
 )
+from attribution.scoring import ScoreMode
 from attribution.unlearning import UnlearningRetriever
 from attribution.vectors import FaissStore
 
@@ -160,3 +161,23 @@ def sketch_all(encoder: GradientEncoder, rows: list[list[int]], window: int | No
         for index, raw in enumerate(encoder.raw_rows(rows[start : start + batch_size], window, statistics)):
             parts[index].append(raw)
     return [torch.cat(p) for p in parts]
+
+
+def fitted_vectors(checkpoints: list[Checkpoint], tokenizer, rows: list[list[int]], raw: list[torch.Tensor],
+                   curvature: CurvatureConfig, mode: ScoreMode | str = ScoreMode.COSINE, window: int | None = None,
+                   statistics: list | None = None, weights: Sequence[float] | None = None,
+                   batch_size: int = 32) -> tuple[GradientEncoder, np.ndarray]:
+    """An encoder over ``checkpoints`` with ``curvature`` fitted (each checkpoint's preconditioner set) and the
+    training vectors of ``rows`` for it, from raw sketches already taken (``raw``, one per checkpoint, with the
+    ``statistics`` of that pass): one sketch pass serves every curvature kind and scoring mode, except the kinds
+    that change the training sketches themselves (kfac_whitened), which sketch the rows again."""
+    encoder = GradientEncoder(checkpoints, tokenizer, mode, weights)
+    for ckpt in checkpoints:
+        ckpt.preconditioner = prefit_curvature(curvature, ckpt.sketcher, row_sample(rows))
+    if any(ckpt.preconditioner is not None for ckpt in checkpoints):
+        raw = sketch_all(encoder, rows, window, batch_size)
+    else:
+        for ckpt, sketches, stats in zip(checkpoints, raw, statistics or [None] * len(checkpoints), strict=True):
+            ckpt.preconditioner = fit_curvature([sketches], ckpt.sketcher.dim, curvature, sketcher=ckpt.sketcher,
+                                                statistics=stats, rows=row_sample(rows))
+    return encoder, encoder.prepare_rows(raw).numpy().astype("float32")

@@ -1,14 +1,16 @@
 """Fact tracing with the ``unlearning`` retriever's variants, and its time per query, on a published index.
 
     python -m bench.unlearning --index demo-data/index [--limit 60] [--variants default,none,related,...]
+    python -m bench.unlearning --demo second-data --steps 0:200 [--baselines gradient,bm25,embedding]
 
 Same queries and metrics as ``headwater eval facts`` (evaluation/facts.py: facts the model gets right,
 training-style prompts and held-out paraphrases, recall@10 and MRR of the first gold row), one row per
 variant of the settings — the control correction (generic probes, none, the fact's related prompts),
 contrastive ascent, budget and steps, exhaustive scoring — with seconds per query: wall clock, and the
 process's CPU time (mean, median and the first query, whose candidates are not cached yet), which a
-machine shared with other jobs inflates less (run it with one torch thread). Prints a markdown table;
-not a test.
+machine shared with other jobs inflates less (run it with one torch thread). ``--demo`` builds the session
+in memory instead (k=8, 16-token windows, as the demo's index); ``--baselines`` adds other methods' rows
+through the same loop. Prints a markdown table; not a test.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from attribution.config import Correction, RowScore, UnlearningConfig
+from attribution.config import AttributionConfig, Correction, RowScore, UnlearningConfig
 from attribution.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
-from demo.groundtruth import Fact
+from attribution.sketch import SketchConfig
+from demo.groundtruth import Fact, load_layout
+from demo.session import demo_session
 from evaluation.facts import Prompts, load_demo_facts, select_facts
 from indexer.store import open_index
+from indexer.training_rows import parse_range, rows_for_steps
 
 
 @dataclass(frozen=True)
@@ -57,9 +62,10 @@ VARIANTS = {
 }
 
 
-def run_variant(session: AttributionSession, facts: list[Fact], variant: Variant, depth: int) -> list[dict]:
+def run_variant(session: AttributionSession, facts: list[Fact], variant: Variant, depth: int,
+                method: Method = Method.UNLEARNING) -> list[dict]:
     """recall@1/10, MRR (ranks past ``depth`` count 0), seconds per query and per stage, per kind of prompt."""
-    retriever = session.retriever(Method.UNLEARNING)
+    retriever = session.retriever(method)
     rows = []
     for split in Prompts:
         ranks, seconds, cpu, stages = [], [], [], []
@@ -70,9 +76,10 @@ def run_variant(session: AttributionSession, facts: list[Fact], variant: Variant
                 hits = retriever.search(Query(prompt, fact.completion, controls, variant.settings), depth)
                 seconds.append(time.perf_counter() - started)
                 cpu.append(time.process_time() - started_cpu)
-                stages.append(retriever.timings)
+                stages.append(getattr(retriever, "timings", {}))
                 ranks.append(first_gold_rank([int(session.ids[h.row]) for h in hits], fact.gold_rows))
-        mean = {name: statistics.fmean(s[name] for s in stages) for name in stages[0]}
+        mean = {name: statistics.fmean(s.get(name, 0.0) for s in stages)
+                for name in ("candidates", "reference", "target", "rows")}
         rows.append({"prompts": split.value, "recall@1": recall_at(ranks, 1), "recall@10": recall_at(ranks, 10),
                      "mrr": mean_reciprocal_rank(ranks), "queries": len(ranks),
                      "mean_s": statistics.fmean(seconds), "cpu_s": statistics.fmean(cpu),
@@ -83,28 +90,42 @@ def run_variant(session: AttributionSession, facts: list[Fact], variant: Variant
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, default=Path("demo-data/index"))
+    parser.add_argument("--demo", type=Path, default=None, help="a built demo: sketch its rows in memory instead")
+    parser.add_argument("--steps", default=None, help="with --demo: the step range A:B of rows (default: all)")
+    parser.add_argument("--baselines", default="", help="other methods to run through the same loop")
     parser.add_argument("--limit", type=int, default=60, help="at most this many facts")
     parser.add_argument("--exhaustive-limit", type=int, default=10, help="facts for the exhaustive variants")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--depth", type=int, default=10, help="results asked per query (re-rank pools grow to it)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    session = open_index(args.index)
-    selection = select_facts(session, load_demo_facts(session))
+    session = open_index(args.index) if args.demo is None else in_memory(args.demo, args.steps)
+    selection = select_facts(session, load_demo_facts(session, args.demo))
     facts = selection.facts[: args.limit]
     print(f"\n{len(session)} rows; model accuracy {selection.accuracy:.1%}; {len(facts)} known facts queried "
           f"(exhaustive variants: {min(args.exhaustive_limit, len(facts))})\n")
     print(f"| variant | prompts | recall@1 | recall@10 | MRR@{args.depth} | queries | wall s/query | CPU s/query "
           "mean / median / first | wall ms candidates / reference / target | rows |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in args.variants.split(","):
-        variant = VARIANTS[name.strip()]
+    runs = [(m, Variant(BASE), Method(m)) for m in args.baselines.split(",") if m.strip()]
+    runs += [(name, VARIANTS[name.strip()], Method.UNLEARNING) for name in args.variants.split(",") if name.strip()]
+    for name, variant, method in runs:
         asked = facts[: args.exhaustive_limit] if variant.settings.exhaustive_rows > len(session) // 2 else facts
-        for r in run_variant(session, asked, variant, args.depth):
+        for r in run_variant(session, asked, variant, args.depth, method):
             print(f"| {name} | {r['prompts']} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | {r['mrr']:.3f} | "
                   f"{r['queries']} | {r['mean_s']:.2f} | {r['cpu_s']:.2f} / {r['median_cpu_s']:.2f} / "
                   f"{r['first_cpu_s']:.2f} | "
                   f"{r['candidates']:.0f} / {r['reference']:.0f} / {r['target']:.0f} | {r['rows']:.0f} |", flush=True)
+
+
+def in_memory(demo: Path, steps: str | None) -> AttributionSession:
+    """A session over a built demo's rows (of ``steps``), sketched as the demo's index is (k=8, 16-token windows)."""
+    rows = None
+    if steps:
+        layout = load_layout(demo)
+        start, stop = parse_range(steps, "steps")
+        rows = rows_for_steps(layout["num_rows"], layout["batch_size"], start, stop)
+    return demo_session(demo, AttributionConfig(sketch=SketchConfig(k=8), window=16), rows=rows)
 
 
 if __name__ == "__main__":

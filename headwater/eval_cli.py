@@ -1,4 +1,4 @@
-"""``headwater eval``: the evaluations of EVALUATION.md as commands (facts, lds, tailpatch).
+"""``headwater eval``: the evaluations of EVALUATION.md as commands (facts, lds, field-lds, tailpatch).
 
 Each command is a thin wrapper over a module of ``evaluation/`` and writes a markdown table and JSON.
 """
@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from attribution.errors import ConfigError
+from evaluation.field_lds import DEFAULT_ESTIMATORS as FIELD_ESTIMATORS
 from evaluation.selections import TAILPATCH_SELECTIONS
 from headwater.common import clean_errors, setup_logging
 
@@ -83,6 +84,45 @@ def eval_lds(
         report = run_lds(demo, index or demo / "index", out, settings, on_subset=lambda _: bar.update(1))
     typer.echo(markdown(report))
     typer.echo(f"report written to {out}/lds.json and lds.md")
+
+
+# --- eval field-lds ---
+@eval_app.command("field-lds")
+@clean_errors
+def eval_field_lds(
+    out: Annotated[Path, typer.Option(help="Report directory (case/, retrains/, scores/, field_lds.json, "
+                                           "field_lds.md); rerun the same command to resume.")]
+    = Path("eval-report/field-lds"),
+    retrains: Annotated[int, typer.Option(help="Models retrained without a random --removed share of the rows.")] = 50,
+    removed: Annotated[float, typer.Option(help="Share of the training rows each retrain drops.")] = 0.01,
+    halves: Annotated[int, typer.Option(help="Models retrained on random halves (second column; 0: none).")] = 20,
+    rows: Annotated[int, typer.Option(help="Training chunks of real text.")] = 1000,
+    queries: Annotated[int, typer.Option(help="Held-out query chunks.")] = 50,
+    k: Annotated[int, typer.Option(help="Sketch projection per side.")] = 16,
+    estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, bm25.")]
+    = ",".join(FIELD_ESTIMATORS),
+    workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
+                                                     "usable CPU core).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the text case, the dropped rows and the statistics.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """LDS on the field's protocol: a small GPT-NeoX trained on chunks of real text, retrained without 1 % of the
+    rows (and on halves); do the linear influence scores of the dropped rows predict (Spearman) each held-out
+    chunk's loss? Every headwater estimator, BM25 and a shuffled control (and external scores in OUT/external)."""
+    from tqdm import tqdm
+
+    from evaluation.field_lds import FieldLDSSettings, markdown, run_field_lds
+    from evaluation.text_case import TextCase
+
+    setup_logging(verbose)
+    case = TextCase(rows=rows, queries=queries, seed=seed)
+    settings = FieldLDSSettings(retrains=retrains, removed=removed, halves=halves, k=k, seed=seed,
+                                estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()),
+                                **({"workers": workers} if workers is not None else {}))
+    with tqdm(total=retrains + halves, desc="retrains", unit="model", disable=None) as bar:
+        report = run_field_lds(out, case, settings, on_retrain=lambda *_: bar.update(1))
+    typer.echo(markdown(report))
+    typer.echo(f"report written to {out}/field_lds.json and field_lds.md")
 
 
 # --- eval tailpatch ---

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from attribution.batching import ContextLengthError, EmptyCompletionError
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig
@@ -129,3 +130,12 @@ def test_embed_and_head_groups_attribute_with_exact_evidence(tiny_demo: Path, fa
     assert len(rows) == 3
     for row in rows:
         assert sum(row.token_contributions) == pytest.approx(row.score, rel=1e-4, abs=1e-6)
+
+
+def test_a_query_of_token_ids_is_the_query_of_their_text(session: AttributionSession, fact: Fact) -> None:
+    """encode_query_ids (held-out chunks as queries) gives the vector encode_query gives for the same tokens."""
+    encoder = session.encoder
+    prompt, completion = fact.prompt, fact.completion
+    by_text = encoder.encode_query(prompt, completion)
+    by_ids = encoder.encode_query_ids(encoder.encode_ids(prompt), encoder.encode_ids(completion))
+    assert torch.equal(by_text.vector, by_ids.vector) and by_ids.completion == by_text.completion

@@ -1,0 +1,177 @@
+"""The field's LDS case, scaled to this machine: a small GPT-NeoX trained deterministically on chunks of real text.
+
+Not the planted-fact corpus: real public-domain text (the demo's sources, :mod:`demo.corpus`), tokenized by a
+byte-level BPE trained on it, concatenated with end-of-text tokens and cut into chunks of ``seq_len + 1``
+tokens. The chunks are shuffled by seed; the first ``rows`` are the training set, the next ``queries`` the
+held-out query chunks (bergson ``examples/compare_wikitext`` and Kronfluence's WikiText-2 example do the same
+with WikiText). The model trains ``epochs`` passes over the training chunks, each pass in its own seeded order,
+with the demo's AdamW, warm-up and cosine schedule; a retrain drops some rows from that same order
+(:func:`training_order`) and runs the schedule over its own step count.
+
+Layout of ``OUT/case/``: ``tokenizer/``, ``data/document.{bin,idx}`` (training chunks, Megatron format, so the
+indexer reads them like any Pythia shard), ``queries.npy`` (held-out chunks), ``model/`` (the full model) and
+``case.json`` (the config, written last: a case without it is rebuilt).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attribution.errors import ConfigError
+from attribution.models import load_tokenizer
+from demo.corpus import real_documents
+from demo.tokenizer import train_tokenizer
+from demo.training import TrainSettings, train
+from indexer.megatron import MegatronDataset, write_dataset
+
+log = logging.getLogger(__name__)
+CASE_MARKER = "case.json"
+
+
+@dataclass(frozen=True)
+class TextCase:
+    """What the case is built from; saved as ``case.json`` and checked when an existing case is reused."""
+
+    rows: int = 1000
+    """Training chunks."""
+    queries: int = 50
+    """Held-out query chunks (never trained on)."""
+    seq_len: int = 64
+    """Tokens a chunk predicts (a chunk holds seq_len + 1)."""
+    vocab_size: int = 2048
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    batch_size: int = 10
+    epochs: int = 3
+    """Passes over the training chunks, each in its own seeded order."""
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    seed: int = 0
+    sources: tuple[str, ...] = ("shakespeare", "bible", "pydocs")
+    chars_per_source: int = 150_000
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources))
+        for name in ("rows", "queries", "seq_len", "vocab_size", "hidden_size", "num_layers", "num_heads",
+                     "batch_size", "epochs", "chars_per_source"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"text case: {name} must be at least 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"text case: hidden_size {self.hidden_size} is not a multiple of num_heads "
+                              f"{self.num_heads}")
+
+    def settings(self, steps: int) -> TrainSettings:
+        """The training loop's settings; the context holds a whole chunk, so a chunk can be asked as a query."""
+        return TrainSettings(hidden_size=self.hidden_size, num_layers=self.num_layers, num_heads=self.num_heads,
+                             vocab_size=self.vocab_size, seq_len=self.seq_len + 1, batch_size=self.batch_size,
+                             steps=steps, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
+                             weight_decay=0.0, seed=self.seed, bf16=False)
+
+
+def training_order(case: TextCase, dropped: np.ndarray | None = None) -> list[int]:
+    """Row ids in training order: each epoch a seeded permutation of every row, ``dropped`` rows left out
+    (the same permutations for every retrain, so a retrain differs from the full run only by what it drops)."""
+    keep = np.ones(case.rows, dtype=bool)
+    if dropped is not None:
+        keep[dropped] = False
+    order = []
+    for epoch in range(case.epochs):
+        permutation = np.random.default_rng([case.seed, 7, epoch]).permutation(case.rows)
+        order.extend(int(r) for r in permutation if keep[r])
+    if len(order) % case.batch_size:
+        raise ConfigError(f"text case: {len(order)} rows in training order ({case.epochs} epochs of "
+                          f"{int(keep.sum())} rows) is not a whole number of {case.batch_size}-row steps; choose "
+                          "rows, epochs and the removed share so that it is")
+    return order
+
+
+def chunks(case: TextCase, tokenizer) -> np.ndarray:
+    """``(rows + queries, seq_len + 1)`` token chunks of the case's real text, shuffled by seed."""
+    docs = real_documents(case.chars_per_source, 2_000, case.seed, case.sources)
+    stream: list[int] = []
+    for doc in docs:
+        stream.extend(tokenizer.encode(doc["text"], add_special_tokens=False))
+        stream.append(tokenizer.eos_token_id)
+    width = case.seq_len + 1
+    count = len(stream) // width
+    if count < case.rows + case.queries:
+        raise ConfigError(f"text case: the text gives {count} chunks of {width} tokens, fewer than rows + queries "
+                          f"= {case.rows + case.queries}; raise chars_per_source or lower rows")
+    cut = np.asarray(stream[: count * width], dtype=np.int64).reshape(count, width)
+    picked = np.random.default_rng([case.seed, 5]).permutation(count)[: case.rows + case.queries]
+    return cut[picked]
+
+
+def case_dir(out: Path) -> Path:
+    return out / "case"
+
+
+def load_case(out: Path) -> TextCase | None:
+    marker = case_dir(out) / CASE_MARKER
+    if not marker.is_file():
+        return None
+    return TextCase(**json.loads(marker.read_text())["case"])
+
+
+def build_case(out: Path, case: TextCase, threads: int | None = None) -> Path:
+    """Build (or reuse, when ``case.json`` matches) the case under ``OUT/case``; returns that directory."""
+    directory = case_dir(out)
+    existing = load_case(out)
+    if existing is not None:
+        if existing != case:
+            raise ConfigError(f"{directory} holds a text case built with other settings ({asdict(existing)}); use "
+                              "another --out, or delete it")
+        log.info("text case: reusing %s", directory)
+        return directory
+    shutil.rmtree(directory, ignore_errors=True)  # a killed build's leftovers
+    directory.mkdir(parents=True)
+    docs = real_documents(case.chars_per_source, 2_000, case.seed, case.sources)
+    train_tokenizer((d["text"] for d in docs), case.vocab_size, directory / "tokenizer")
+    tokenizer = load_tokenizer(directory / "tokenizer")
+    cut = chunks(case, tokenizer)
+    (directory / "data").mkdir()
+    write_dataset(directory / "data" / "document", list(cut[: case.rows]), dtype=np.uint16)
+    np.save(directory / "queries.npy", cut[case.rows :])
+    if threads:
+        torch.set_num_threads(threads)
+    order = training_order(case)
+    _, losses = train(case.settings(len(order) // case.batch_size), directory / "data" / "document",
+                      len(tokenizer), directory / "model", rows=order, save_revisions=False)
+    tokenizer.save_pretrained(str(directory / "model"))
+    marker = {"case": asdict(case), "steps": len(order) // case.batch_size,
+              "loss_first_10": float(np.mean(losses[:10])), "loss_last_10": float(np.mean(losses[-10:]))}
+    (directory / CASE_MARKER).write_text(json.dumps(marker, indent=2))
+    log.info("text case: %d training chunks, %d queries, %d steps; loss %.2f -> %.2f", case.rows, case.queries,
+             marker["steps"], marker["loss_first_10"], marker["loss_last_10"])
+    return directory
+
+
+def training_rows(directory: Path) -> list[list[int]]:
+    """The case's training chunks, in row order."""
+    data = MegatronDataset(directory / "data" / "document")
+    return [data[i].astype("int64").tolist() for i in range(len(data))]
+
+
+def query_chunks(directory: Path) -> np.ndarray:
+    return np.load(directory / "queries.npy")
+
+
+@torch.no_grad()
+def chunk_losses(model: torch.nn.Module, chunks_: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Each chunk's mean next-token NLL (nats) under ``model``."""
+    model.eval()
+    out = []
+    for start in range(0, len(chunks_), batch_size):
+        batch = torch.as_tensor(chunks_[start : start + batch_size], dtype=torch.long)
+        logits = model(input_ids=batch[:, :-1]).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+        out.append(nll.mean(dim=1).numpy())
+    return np.concatenate(out).astype(np.float64)

@@ -1,0 +1,128 @@
+"""LDS on the field's protocol at a tiny size: the text case, 1 % drops and halves, resumable retrains, the report."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from attribution.errors import ConfigError
+from evaluation.field_lds import (
+    DROP,
+    HALF,
+    SHUFFLED,
+    FieldLDSSettings,
+    dropped_rows,
+    kept_masks,
+    retrain_path,
+    run_field_lds,
+)
+from evaluation.lds_stats import lds_per_query
+from evaluation.text_case import TextCase, build_case, training_order
+from headwater.cli import app
+
+CASE = TextCase(rows=40, queries=6, seq_len=16, vocab_size=300, hidden_size=16, num_layers=1, num_heads=2,
+                batch_size=4, epochs=2, warmup_steps=2, chars_per_source=8000)
+SETTINGS = FieldLDSSettings(retrains=4, removed=0.1, halves=4, k=4, workers=1, shuffles=50, bootstrap=200)
+
+
+@pytest.fixture(scope="module")
+def field_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("field-lds")
+    return out, run_field_lds(out, CASE, SETTINGS)
+
+
+def test_report_has_every_estimator_and_the_control_on_both_columns(field_run: tuple[Path, dict]) -> None:
+    out, report = field_run
+    assert set(report["lds"]) == {DROP, HALF}
+    for column in report["lds"].values():
+        assert set(column) == {*SETTINGS.estimators, SHUFFLED}
+        for summary in column.values():
+            assert summary["queries"] <= CASE.queries
+            assert math.isnan(summary["mean"]) or -1 <= summary["mean"] <= 1
+            assert 0 < summary["p_value"] <= 1
+    assert (out / "field_lds.md").read_text().count("| gradient-ip/ekfac |") == 1
+    assert json.loads((out / "field_lds.json").read_text())["schema_version"] == 1
+
+
+def test_shuffled_control_interval_holds_zero(field_run: tuple[Path, dict]) -> None:
+    for column in field_run[1]["lds"].values():
+        lo, hi = column[SHUFFLED]["ci95"]
+        assert lo <= 0 <= hi
+
+
+def test_a_rerun_retrains_nothing_and_gives_the_same_report(field_run: tuple[Path, dict]) -> None:
+    out, report = field_run
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "retrains").glob("*.json")}
+    assert len(stamps) == SETTINGS.retrains + SETTINGS.halves
+    again = run_field_lds(out, CASE, SETTINGS)
+    assert {p: p.stat().st_mtime_ns for p in (out / "retrains").glob("*.json")} == stamps
+    assert json.dumps(again["lds"]) == json.dumps(report["lds"])  # NaN-safe: a query can be constant
+
+
+def test_another_case_in_the_same_directory_is_refused(field_run: tuple[Path, dict]) -> None:
+    with pytest.raises(ConfigError, match="other settings"):
+        build_case(field_run[0], TextCase(**{**CASE.__dict__, "seed": 1}))
+
+
+def test_a_retrain_loses_what_it_drops_and_only_that(field_run: tuple[Path, dict]) -> None:
+    out, _ = field_run
+    record = json.loads(retrain_path(out, DROP, 0).read_text())
+    dropped = dropped_rows(CASE, SETTINGS, DROP, 0)
+    assert record["key"]["dropped"] == len(dropped) == 4
+    assert record["steps"] == len(training_order(CASE, dropped)) // CASE.batch_size == 18
+    assert len(record["losses"]) == CASE.queries and all(math.isfinite(v) for v in record["losses"])
+
+
+def test_drops_and_halves_have_their_sizes() -> None:
+    assert kept_masks(CASE, SETTINGS, DROP, 3).sum(axis=1).tolist() == [36, 36, 36]
+    assert kept_masks(CASE, SETTINGS, HALF, 3).sum(axis=1).tolist() == [20, 20, 20]
+    assert not (kept_masks(CASE, SETTINGS, DROP, 2)[0] == kept_masks(CASE, SETTINGS, DROP, 2)[1]).all()
+
+
+@given(st.lists(st.integers(0, CASE.rows - 1), min_size=4, max_size=4, unique=True))
+@settings(max_examples=25, deadline=None)
+def test_training_order_is_the_full_order_without_the_dropped_rows(dropped: list[int]) -> None:
+    full = training_order(CASE)
+    assert training_order(CASE, np.asarray(dropped)) == [r for r in full if r not in set(dropped)]
+    assert sorted(full) == sorted(list(range(CASE.rows)) * CASE.epochs)
+
+
+def test_an_order_that_is_not_whole_steps_is_refused() -> None:
+    with pytest.raises(ConfigError, match="whole number"):
+        training_order(CASE, np.asarray([0]))
+
+
+def test_true_effects_score_near_one_and_their_sign_matters() -> None:
+    """The oracle of the statistic: losses made from known per-row effects (helpful rows lower the loss when
+    trained on) give LDS ≈ 1 for those effects and ≈ -1 for their negation, on both kinds of retrain."""
+    rng = np.random.default_rng(0)
+    effects = rng.exponential(size=(5, CASE.rows))
+    for kind in (DROP, HALF):
+        masks = kept_masks(CASE, FieldLDSSettings(retrains=30, removed=0.1, halves=30), kind, 30)
+        losses = 3.0 - effects @ masks.T + rng.normal(scale=1e-3, size=(5, 30))
+        assert lds_per_query(losses, effects, masks).min() > 0.95
+        assert lds_per_query(losses, -effects, masks).max() < -0.95
+
+
+def test_bad_settings_are_clear_errors() -> None:
+    with pytest.raises(ConfigError, match="at least 3"):
+        FieldLDSSettings(retrains=2)
+    with pytest.raises(ConfigError, match="share"):
+        FieldLDSSettings(removed=1.5)
+    with pytest.raises(ConfigError, match="unknown LDS estimator"):
+        FieldLDSSettings(estimators=("gradient-ip/bogus",))
+    with pytest.raises(ConfigError, match="multiple"):
+        TextCase(hidden_size=10, num_heads=3)
+
+
+def test_cli_refuses_a_bad_flag_without_a_traceback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", "field-lds", "--out", str(tmp_path), "--removed", "2"])
+    assert result.exit_code != 0 and "share" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "case").exists()
