@@ -54,6 +54,11 @@ def settings_for(config: DemoConfig, vocab_size: int, steps: int | None = None) 
     )
 
 
+def steps_for(rows: int, batch_size: int) -> int:
+    """Steps that train on ``rows`` rows in batches of ``batch_size`` (the last one short when they do not divide)."""
+    return -(-rows // batch_size)
+
+
 def pythia_checkpoint_steps(final_step: int) -> list[int]:
     """Pythia's checkpoint schedule (0, 1, 2, 4, …, 512, 1000, 2000, …) cut at ``final_step``, plus it."""
     steps = {0, final_step}
@@ -93,7 +98,8 @@ def batch_for_step(data: MegatronDataset, step: int, batch_size: int,
                    rows: Sequence[int] | None = None) -> torch.Tensor:
     """Rows ``[B·step, B·(step+1))`` as a (B, seq_len + 1) tensor: of ``rows`` (row ids, in order) when given,
     else of the data itself."""
-    positions = range(batch_size * step, batch_size * (step + 1))
+    end = batch_size * (step + 1) if rows is None else min(batch_size * (step + 1), len(rows))
+    positions = range(batch_size * step, end)
     ids = positions if rows is None else [rows[p] for p in positions]
     return torch.stack([torch.from_numpy(data[i].astype("int64")) for i in ids])
 
@@ -126,14 +132,15 @@ def train(
     Returns the final model and the loss of every step. The final weights go in
     ``out_dir`` itself, earlier checkpoints in ``out_dir/revisions/stepN``.
     ``rows`` (row ids, trained on in the given order) restricts training to a subset of
-    the data: it must hold ``settings.steps × settings.batch_size`` rows, so the learning-rate
-    schedule runs over the subset's own step count. ``save_revisions=False`` skips the
+    the data: it must fill ``settings.steps`` steps (``steps_for``; the last one may be short), so
+    the learning-rate schedule runs over the subset's own step count. ``save_revisions=False`` skips the
     intermediate checkpoints and the Adam state (only the final weights are written).
     """
     data = MegatronDataset(data_prefix)
-    if rows is not None and len(rows) != settings.steps * settings.batch_size:
+    if rows is not None and steps_for(len(rows), settings.batch_size) != settings.steps:
         raise ConfigError(f"{len(rows)} training rows given, but {settings.steps} steps of "
-                          f"{settings.batch_size} rows need {settings.steps * settings.batch_size}")
+                          f"{settings.batch_size} rows need {settings.steps * settings.batch_size} (the last step "
+                          "may be short)")
     model = make_model(settings, vocab_size)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95), weight_decay=settings.weight_decay

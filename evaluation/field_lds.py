@@ -44,7 +44,7 @@ from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
-from demo.training import train
+from demo.training import steps_for, train
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
 from evaluation.report_files import write_report_files
 from evaluation.retrain import usable_cores
@@ -144,12 +144,12 @@ def retrain(out: Path, case: TextCase, kind: str, j: int, dropped: list[int], ke
     shutil.rmtree(scratch, ignore_errors=True)
     order = training_order(case, np.asarray(dropped, dtype=np.int64))
     started = time.perf_counter()
-    model, _ = train(case.settings(len(order) // case.batch_size), directory / "data" / "document",
+    model, _ = train(case.settings(steps_for(len(order), case.batch_size)), directory / "data" / "document",
                      len(load_tokenizer(directory / "tokenizer")), scratch, rows=order, save_revisions=False)
     losses = chunk_losses(model, query_chunks(directory))
     seconds = time.perf_counter() - started
     shutil.rmtree(scratch, ignore_errors=True)
-    record = {"key": key, "losses": losses.tolist(), "steps": len(order) // case.batch_size,
+    record = {"key": key, "losses": losses.tolist(), "steps": steps_for(len(order), case.batch_size),
               "seconds": round(seconds, 2), "load_average": round(os.getloadavg()[0], 2)}
     path = retrain_path(out, kind, j)
     tmp = path.with_suffix(".tmp")

@@ -31,7 +31,7 @@ import torch
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
 from demo.config import DemoConfig
-from demo.training import settings_for, train
+from demo.training import settings_for, steps_for, train
 from indexer.megatron import MegatronDataset
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def train_subset(demo_dir: Path, directory: Path, index: int, rows: list[int], k
         torch.set_num_threads(threads)
     config = demo_config(demo_dir)
     vocab_size = len(load_tokenizer(demo_dir / "tokenizer"))
-    settings = settings_for(config, vocab_size, steps=len(rows) // config.batch_size)
+    settings = settings_for(config, vocab_size, steps=steps_for(len(rows), config.batch_size))
     shutil.rmtree(directory, ignore_errors=True)  # a killed run's partial model
     started, cpu_started = time.perf_counter(), time.process_time()
     _, losses = train(settings, demo_dir / "data" / "document", vocab_size, directory, rows=rows,

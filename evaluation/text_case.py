@@ -28,7 +28,7 @@ from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
 from demo.corpus import real_documents
 from demo.tokenizer import train_tokenizer
-from demo.training import TrainSettings, train
+from demo.training import TrainSettings, steps_for, train
 from indexer.megatron import MegatronDataset, write_dataset
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ class TextCase:
 
 def training_order(case: TextCase, dropped: np.ndarray | None = None) -> list[int]:
     """Row ids in training order: each epoch a seeded permutation of every row, ``dropped`` rows left out
-    (the same permutations for every retrain, so a retrain differs from the full run only by what it drops)."""
+    (the same permutations for every retrain, so a retrain differs from the full run only by what it drops;
+    its last step may be short)."""
     keep = np.ones(case.rows, dtype=bool)
     if dropped is not None:
         keep[dropped] = False
@@ -86,10 +87,6 @@ def training_order(case: TextCase, dropped: np.ndarray | None = None) -> list[in
     for epoch in range(case.epochs):
         permutation = np.random.default_rng([case.seed, 7, epoch]).permutation(case.rows)
         order.extend(int(r) for r in permutation if keep[r])
-    if len(order) % case.batch_size:
-        raise ConfigError(f"text case: {len(order)} rows in training order ({case.epochs} epochs of "
-                          f"{int(keep.sum())} rows) is not a whole number of {case.batch_size}-row steps; choose "
-                          "rows, epochs and the removed share so that it is")
     return order
 
 
@@ -143,10 +140,10 @@ def build_case(out: Path, case: TextCase, threads: int | None = None) -> Path:
     if threads:
         torch.set_num_threads(threads)
     order = training_order(case)
-    _, losses = train(case.settings(len(order) // case.batch_size), directory / "data" / "document",
+    _, losses = train(case.settings(steps_for(len(order), case.batch_size)), directory / "data" / "document",
                       len(tokenizer), directory / "model", rows=order, save_revisions=False)
     tokenizer.save_pretrained(str(directory / "model"))
-    marker = {"case": asdict(case), "steps": len(order) // case.batch_size,
+    marker = {"case": asdict(case), "steps": steps_for(len(order), case.batch_size),
               "loss_first_10": float(np.mean(losses[:10])), "loss_last_10": float(np.mean(losses[-10:]))}
     (directory / CASE_MARKER).write_text(json.dumps(marker, indent=2))
     log.info("text case: %d training chunks, %d queries, %d steps; loss %.2f -> %.2f", case.rows, case.queries,

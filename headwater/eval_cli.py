@@ -1,4 +1,4 @@
-"""``headwater eval``: the evaluations of EVALUATION.md as commands (facts, lds, field-lds, tailpatch).
+"""``headwater eval``: the evaluations of EVALUATION.md as commands (facts, lds, field-lds, removal, tailpatch).
 
 Each command is a thin wrapper over a module of ``evaluation/`` and writes a markdown table and JSON.
 """
@@ -84,6 +84,41 @@ def eval_lds(
         report = run_lds(demo, index or demo / "index", out, settings, on_subset=lambda _: bar.update(1))
     typer.echo(markdown(report))
     typer.echo(f"report written to {out}/lds.json and lds.md")
+
+
+# --- eval removal ---
+@eval_app.command("removal")
+@clean_errors
+def eval_removal(
+    index: Annotated[Path, typer.Option(help="Index of every training row of a built demo.")],
+    out: Annotated[Path, typer.Option(help="Report directory (removal/, removal.json, removal.md); rerun the same "
+                                           "command to resume.")] = Path("eval-report/removal"),
+    demo: Annotated[Path | None, typer.Option(help="Demo directory (default: the one the index's model was "
+                                                   "built in).")] = None,
+    queries: Annotated[int, typer.Option(help="Known facts whose top-k rows are removed at once.")] = 40,
+    controls: Annotated[int, typer.Option(help="Known facts about other people, for specificity.")] = 40,
+    k: Annotated[int, typer.Option(help="Rows removed per fact and method.")] = 10,
+    methods: Annotated[str, typer.Option(help="Comma-separated retrievers.")] = "gradient,bm25,embedding",
+    workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
+                                                     "usable CPU core).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random selection and the bootstrap.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Removal and retrain: remove each method's top-k rows for a batch of facts, retrain from scratch, and
+    measure how much more the model loses on those facts (against random rows, the gold rows, and control facts)."""
+    from evaluation.facts import demo_dir
+    from evaluation.removal import RemovalSettings, markdown, run_removal
+    from indexer.store import open_index
+
+    setup_logging(verbose)
+    settings = RemovalSettings(queries=queries, controls=controls, k=k, seed=seed,
+                               methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                               **({"workers": workers} if workers is not None else {}))
+    session = open_index(index)
+    report = run_removal(demo_dir(session, demo), session, out, settings,
+                         on_done=lambda name: typer.echo(f"retrained without the {name} selection", err=True))
+    typer.echo(markdown(report))
+    typer.echo(f"report written to {out}/removal.json and removal.md")
 
 
 # --- eval field-lds ---

@@ -1,0 +1,207 @@
+"""Removal and retrain (EVALUATION.md §2b): does removing a method's top-k rows make the model forget the facts?
+
+For a batch of queries (planted facts the full model gets right, phrased as in training), each method's top
+``k`` rows for every query are removed at once, and the model is retrained from scratch with the demo's seed,
+order and schedule on what is left (``evaluation.retrain.train_subset``). Beside the methods: ``random`` (k random
+rows per query), ``gold`` (every row that states a query's fact whole: what a perfect tracer would remove) and
+``none`` (every row kept: the baseline all differences are taken against, trained by the same code and thread
+count, so float noise of the training run is not counted as an effect).
+
+Measured per selection, in nats of the completion's summed NLL, against ``none``: the queries' loss increase
+(training-style prompt, and the mean over held-out paraphrases), the increase on control facts (known facts about
+other people, outside the batch: their rows were not targeted), their ratio (related/target, specificity), and
+the ratio to ``random``. Resumable: each retrain is ``OUT/removal/NAME/`` with its marker written last.
+Outputs ``OUT/removal.json`` and ``OUT/removal.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from attribution.errors import ConfigError
+from attribution.models import load_model, load_tokenizer
+from attribution.retrievers import Method, Query
+from attribution.session import AttributionSession
+from demo.groundtruth import Fact, load_facts
+from evaluation.facts import fact_hits
+from evaluation.lds import completion_losses
+from evaluation.lds_stats import bootstrap_ci
+from evaluation.report_files import write_report_files
+from evaluation.retrain import MARKER, demo_config, is_done, train_subset, training_rows, usable_cores
+
+log = logging.getLogger(__name__)
+SCHEMA_VERSION = 1
+NONE, RANDOM, GOLD = "none", "random", "gold"
+
+
+@dataclass(frozen=True)
+class RemovalSettings:
+    queries: int = 40
+    """Known facts in the batch whose rows are removed."""
+    controls: int = 40
+    """Known facts outside the batch, measured for specificity."""
+    k: int = 10
+    """Rows removed per query and method."""
+    methods: tuple[str, ...] = (Method.GRADIENT.value, Method.BM25.value, Method.EMBEDDING.value)
+    seed: int = 0
+    """Draws the random selection and the bootstrap."""
+    workers: int = field(default_factory=usable_cores)
+    bootstrap: int = 2000
+    known_only: bool = True
+    """Only facts the full model gets right (False: any fact with gold rows, for models that know none)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        for name in ("queries", "controls", "k", "workers", "bootstrap"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        unknown = sorted(set(self.methods) - {m.value for m in Method})
+        if unknown or not self.methods:
+            raise ConfigError(f"unknown or no methods {unknown}; choose from {[m.value for m in Method]}")
+
+
+def split_facts(session: AttributionSession, facts: list[Fact], settings: RemovalSettings) -> tuple[list, list]:
+    """The query batch and the controls: known facts with gold rows, in facts.jsonl order, disjoint by person."""
+    hits = fact_hits(session, facts) if settings.known_only else [True] * len(facts)
+    known = [f for f, hit in zip(facts, hits, strict=True) if hit and f.gold_rows]
+    queries = known[: settings.queries]
+    people = {f.person for f in queries}
+    controls = [f for f in known[settings.queries :] if f.person not in people][: settings.controls]
+    if len(queries) < 2 or not controls:
+        raise ConfigError(f"{len(known)} known facts: too few for {settings.queries} queries and controls; lower "
+                          "--queries")
+    return queries, controls
+
+
+def selections(session: AttributionSession, queries: list[Fact], n_rows: int,
+               settings: RemovalSettings) -> dict[str, list[int]]:
+    """Row ids each selection removes (sorted): every method's top-k per query, random k per query, gold rows."""
+    chosen: dict[str, set[int]] = {}
+    for method in settings.methods:
+        rows: set[int] = set()
+        for fact in queries:
+            hits = session.retriever(method).search(Query(fact.prompt, fact.completion), settings.k)
+            rows.update(int(session.ids[h.row]) for h in hits)
+        chosen[method] = rows
+    rng = np.random.default_rng([settings.seed, 17])
+    chosen[RANDOM] = set(rng.choice(n_rows, settings.k * len(queries), replace=False).tolist())
+    chosen[GOLD] = {r for f in queries for r in f.gold_rows}
+    return {NONE: [], **{name: sorted(rows) for name, rows in chosen.items()}}
+
+
+def selection_key(demo_dir: Path, removed: list[int]) -> dict:
+    digest = hashlib.sha256(np.asarray(removed, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return {"demo_model_key": demo_config(demo_dir).stage_key("model"), "removed": len(removed),
+            "removed_sha256": digest}
+
+
+def retrain_selections(demo_dir: Path, out: Path, removed: dict[str, list[int]], workers: int,
+                       on_done: Callable[[str], None] | None = None) -> None:
+    """Retrain every selection not yet trained (one thread each when several run at once)."""
+    n_rows = training_rows(demo_dir)
+    todo = []
+    for name, rows in removed.items():
+        directory, key = out / "removal" / name, selection_key(demo_dir, rows)
+        if is_done(directory, key):
+            log.info("removal %s: already trained, skipped", name)
+        else:
+            dropped = set(rows)
+            todo.append((demo_dir, directory, 0, [r for r in range(n_rows) if r not in dropped], key))
+    if workers == 1 or len(todo) <= 1:
+        for args in todo:
+            train_subset(*args)
+            if on_done:
+                on_done(args[1].name)
+        return
+    context = multiprocessing.get_context("spawn")  # forking a process that runs torch threads can hang
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+        futures = {pool.submit(train_subset, *args, threads=1): args[1].name for args in todo}
+        for future in as_completed(futures):
+            future.result()
+            if on_done:
+                on_done(futures[future])
+
+
+def paraphrase_losses(model, tokenizer, facts: list[Fact]) -> np.ndarray:
+    """Each fact's completion loss averaged over its held-out paraphrases."""
+    asked = [replace(f, prompt=p) for f in facts for p in f.paraphrases]
+    losses = completion_losses(model, tokenizer, asked)
+    out, start = [], 0
+    for f in facts:
+        out.append(losses[start : start + len(f.paraphrases)].mean())
+        start += len(f.paraphrases)
+    return np.asarray(out)
+
+
+def run_removal(demo_dir: Path, session: AttributionSession, out: Path, settings: RemovalSettings,
+                on_done: Callable[[str], None] | None = None) -> dict:
+    """Select, retrain and measure; writes ``removal.json`` / ``removal.md`` and returns the report."""
+    n_rows = training_rows(demo_dir)
+    indexed = set(session.ids.tolist())
+    if len(indexed) < n_rows:
+        raise ConfigError(f"the index holds {len(indexed)} of the demo's {n_rows} training rows; removal and retrain "
+                          "removes rows from all of training, so index every row (index build without --steps)")
+    queries, controls = split_facts(session, load_facts(demo_dir), settings)
+    removed = selections(session, queries, n_rows, settings)
+    retrain_selections(demo_dir, out, removed, settings.workers, on_done)
+    tokenizer = load_tokenizer(demo_dir / "tokenizer")
+    measured: dict[str, dict[str, np.ndarray]] = {}
+    for name in removed:
+        model = load_model(out / "removal" / name)
+        measured[name] = {"target": completion_losses(model, tokenizer, queries),
+                          "paraphrase": paraphrase_losses(model, tokenizer, queries),
+                          "control": completion_losses(model, tokenizer, controls)}
+    base = measured[NONE]
+    rng = np.random.default_rng([settings.seed, 19])
+    rows = {}
+    for name, m in measured.items():
+        if name == NONE:
+            continue
+        delta = {part: m[part] - base[part] for part in m}
+        target = float(delta["target"].mean())
+        rows[name] = {"removed": len(removed[name]),
+                      "target": target, "target_ci95": bootstrap_ci(delta["target"], settings.bootstrap, rng),
+                      "paraphrase": float(delta["paraphrase"].mean()),
+                      "control": float(delta["control"].mean()),
+                      "control_ci95": bootstrap_ci(delta["control"], settings.bootstrap, rng),
+                      "related_ratio": float(delta["control"].mean() / target) if target > 0 else None,
+                      "gold_recall": len(set(removed[name]) & set(removed[GOLD])) / max(1, len(removed[GOLD])),
+                      "per_query": delta["target"].tolist()}
+    for r in rows.values():
+        r["vs_random"] = r["target"] / rows[RANDOM]["target"] if rows[RANDOM]["target"] > 0 else None
+    markers = {name: (out / "removal" / name / MARKER).read_text() for name in removed}
+    report = {"schema_version": SCHEMA_VERSION, "settings": asdict(settings), "demo": str(demo_dir),
+              "training_rows": n_rows, "queries": [f.fact_id for f in queries],
+              "controls": [f.fact_id for f in controls], "baseline_loss": float(base["target"].mean()),
+              "selections": rows, "retrains": {k: json.loads(v) for k, v in markers.items()}}
+    write_report_files(report, out, "removal", markdown)
+    return report
+
+
+def markdown(report: dict) -> str:
+    s = report["settings"]
+    lines = ["# Removal and retrain", "",
+             f"{len(report['queries'])} known facts; each method's top {s['k']} rows per fact removed at once from "
+             f"the {report['training_rows']} training rows, the model retrained from scratch (same seed, order and "
+             "schedule); loss increase (nats, summed over the completion) against a retrain that removes nothing "
+             f"(baseline target loss {report['baseline_loss']:.3f}). Controls: {len(report['controls'])} known "
+             "facts about other people. gold: every row stating a query's fact; random: k random rows per fact.", "",
+             "| selection | rows removed | gold rows among them | Δ target | 95 % CI | Δ paraphrase | Δ control | "
+             "related/target | × random |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["selections"].items():
+        lo, hi = r["target_ci95"]
+        ratio = "–" if r["related_ratio"] is None else f"{r['related_ratio']:.2f}"
+        times = "–" if r["vs_random"] is None else f"{r['vs_random']:.1f}"
+        lines.append(f"| {name} | {r['removed']} | {r['gold_recall']:.0%} | {r['target']:.3f} | [{lo:.3f}, {hi:.3f}] "
+                     f"| {r['paraphrase']:.3f} | {r['control']:.3f} | {ratio} | {times} |")
+    return "\n".join(lines) + "\n"
