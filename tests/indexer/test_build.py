@@ -184,6 +184,9 @@ def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
     for flags, message in ((["--precondition-sample", "0"], "curvature sample must be positive"),
                            (["--precondition", "kfac-ish"], "kind must be one of"),
                            (["--damping", "-1"], "damping must be positive"),
+                           (["--fisher", "true"], "fisher must be one of"),
+                           (["--curvature-rows", "0"], "row sample must be positive"),
+                           (["--factor-limit", "0"], "factor limit must be positive"),
                            (["--modules", "blocks,attention"], "groups must be among"),
                            (["--revision-weights", "1,2"], "revision_weights must be 1 positive finite"),
                            (["--revision-weights", "-1"], "revision_weights must be 1 positive finite")):

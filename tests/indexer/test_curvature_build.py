@@ -101,3 +101,14 @@ def test_whitened_sketches_are_the_same_across_ranks_and_in_memory(tiny_demo: Pa
     stored = np.load((single / "current").resolve() / "vectors.npy").astype(np.float32)
     in_memory = session.gradient.store.vectors(np.arange(128))
     np.testing.assert_allclose(in_memory, stored, atol=2e-3)
+
+
+def test_curvature_flags_reach_the_saved_config(tiny_demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    result = runner.invoke(app, ["index", "build", "--model", str(tiny_demo / "model"), "--data",
+                                 str(tiny_demo / "data" / "document"), "--out", str(out), "--k", "4", "--steps",
+                                 "0:8", "--shard-size", "64", "--precondition", "ekfac", "--fisher", "sampled",
+                                 "--curvature-rows", "24", "--factor-limit", "300"])
+    assert result.exit_code == 0, result.output
+    curvature = open_index(out).manifest.config.attribution.curvature
+    assert (curvature.fisher.value, curvature.sample_rows, curvature.factor_limit) == ("sampled", 24, 300)
