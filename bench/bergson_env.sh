@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bench-only environment for bench/compare_bergson.py: .venv-bench/ holds headwater and bergson side by side.
+# Bench-only environment for bench/compare_bergson.py and bench/peers_lds.py: .venv-bench/ holds headwater,
+# bergson and Kronfluence side by side.
 #
 #     bash bench/bergson_env.sh            # creates .venv-bench/ once (a stamp file skips later runs)
 #     bash bench/bergson_env.sh --force    # rebuild it from scratch
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv-bench}
 BERGSON_VERSION=2.5.1
+KRONFLUENCE_VERSION=1.0.1
 # Used only when the registry does not have bergson==$BERGSON_VERSION.
 BERGSON_WHEEL=${BERGSON_WHEEL:-/tmp/bergson-dl/bergson-$BERGSON_VERSION-py3-none-any.whl}
 # torch is pinned in every command: the CPU build lies on local disk, an unpinned torch pulls a CUDA build.
@@ -42,12 +44,13 @@ if ! "${PIP[@]}" --no-deps "bergson==$BERGSON_VERSION"; then
     echo "bergson==$BERGSON_VERSION is not in the registry; installing $BERGSON_WHEEL" >&2
     "${PIP[@]}" --no-deps "$BERGSON_WHEEL"
 fi
+"${PIP[@]}" "$TORCH" "kronfluence==$KRONFLUENCE_VERSION"
 # If anything pulled these in after all, take them out (torchvision breaks transformers imports here).
 for pkg in torchvision torchaudio bitsandbytes; do
     if "$VENV/bin/pip" show --quiet "$pkg" 2>/dev/null; then
         "$VENV/bin/pip" uninstall --quiet --yes "$pkg"
     fi
 done
-HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "import bergson, attribution.session, torch; \
-print('bergson', bergson.__version__, 'torch', torch.__version__)"
+HF_HUB_OFFLINE=1 "$VENV/bin/python" -c "import bergson, kronfluence, attribution.session, torch; \
+print('bergson', bergson.__version__, 'kronfluence', kronfluence.__version__, 'torch', torch.__version__)"
 touch "$STAMP"

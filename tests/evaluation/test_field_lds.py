@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,18 @@ def test_cli_refuses_a_bad_flag_without_a_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", "field-lds", "--out", str(tmp_path), "--removed", "2"])
     assert result.exit_code != 0 and "share" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "case").exists()
+
+
+def test_external_scores_join_the_table_and_wrong_shapes_are_refused(field_run: tuple[Path, dict],
+                                                                     tmp_path: Path) -> None:
+    """A peer's (queries, rows) matrix in OUT/external (bench/peers_lds.py writes them) is scored like ours."""
+    out = tmp_path / "copy"
+    shutil.copytree(field_run[0], out)
+    (out / "external").mkdir()
+    planted = np.random.default_rng(0).normal(size=(CASE.queries, CASE.rows)).astype(np.float32)
+    np.save(out / "external" / "peer-x.npy", planted)
+    report = run_field_lds(out, CASE, SETTINGS)
+    assert "peer-x" in report["lds"][DROP] and "| peer-x |" in (out / "field_lds.md").read_text()
+    np.save(out / "external" / "peer-y.npy", planted[:, :-1])
+    with pytest.raises(ConfigError, match="shape"):
+        run_field_lds(out, CASE, SETTINGS)

@@ -1,0 +1,188 @@
+"""Kronfluence and bergson on the field-LDS case, in the same run: their scores join ``headwater eval field-lds``.
+
+    bash bench/bergson_env.sh                                   # once: .venv-bench/ with bergson and Kronfluence
+    .venv/bin/headwater eval field-lds --out OUT                # builds the case, retrains, scores headwater
+    HF_HUB_OFFLINE=1 .venv-bench/bin/python -m bench.peers_lds --out OUT [--peers kronfluence-ekfac,...]
+    .venv/bin/headwater eval field-lds --out OUT                # again: the table now holds the peers' rows
+
+Same full model, training chunks and held-out query chunks (``OUT/case``), same modules (every ``nn.Linear``
+inside the transformer blocks, ``attribution.modules.sketched_linears``), the same loss on both sides (each
+chunk's next-token NLL, summed), all on CPU. Each peer writes ``OUT/external/NAME.npy`` — a (queries, rows)
+matrix of its influence scores, larger meaning more helpful — and ``OUT/external/NAME.json`` (seconds, version,
+settings). Peers:
+
+- ``kronfluence-ekfac``: Kronfluence's EK-FAC influence (``FactorArguments(strategy="ekfac")``, its default
+  damping heuristic), pairwise scores;
+- ``kronfluence-identity``: the same with ``strategy="identity"`` (plain gradient inner products, unprojected);
+- ``bergson-identity``: bergson's projected gradient store (``projection_dim = --k``, as headwater's k) scored by
+  inner product (``Attributor(unit_norm=False)``, every row traced);
+- ``bergson-trackstar``: the same store with bergson's autocorrelation Hessian applied as H^-1/2 on both sides
+  and unit norm (TrackStar without the optimizer normalizer);
+- ``bergson-ekfac``: bergson's K-FAC factors with eigenvalue correction (``HessianConfig(method="kfac",
+  ev_correction=True)``) applied to the query, inner product, over bergson's *unprojected* store
+  (``projection_dim=0``: its factored preconditioner needs the full per-module gradients).
+
+The bergson stores are built by calling the workers ``bergson.build`` launches (``bench.compare_bergson``
+explains why), rank 0 of a world of 1.
+
+Run with the bench-only interpreter; the project's own environment does not have Kronfluence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from attribution.models import load_model
+from attribution.modules import sketched_linears
+from evaluation.text_case import case_dir, query_chunks, training_rows
+
+PEERS = ("kronfluence-ekfac", "kronfluence-identity", "bergson-trackstar", "bergson-ekfac", "bergson-identity")
+log = logging.getLogger("bench.peers_lds")
+
+
+class Chunks(torch.utils.data.Dataset):
+    """Token chunks as Kronfluence batches: ``{"input_ids": (seq_len + 1,) long}``."""
+
+    def __init__(self, rows) -> None:
+        self.rows = [torch.as_tensor(r, dtype=torch.long) for r in rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.rows[i]}
+
+
+def kronfluence_task(modules: list[str]):
+    from kronfluence.task import Task
+
+    class ChunkTask(Task):
+        """Next-token NLL of each chunk, summed (the loss headwater sketches); sampled labels for the true Fisher."""
+
+        def compute_train_loss(self, batch, model, sample: bool = False) -> torch.Tensor:
+            ids = batch["input_ids"]
+            logits = model(input_ids=ids[:, :-1]).logits.float()
+            flat = logits.reshape(-1, logits.shape[-1])
+            if sample:
+                with torch.no_grad():
+                    labels = torch.multinomial(torch.softmax(flat.detach(), dim=-1), 1).flatten()
+            else:
+                labels = ids[:, 1:].reshape(-1)
+            return F.cross_entropy(flat, labels, reduction="sum")
+
+        def compute_measurement(self, batch, model) -> torch.Tensor:
+            return self.compute_train_loss(batch, model, sample=False)
+
+        def get_influence_tracked_modules(self) -> list[str]:
+            return modules
+
+        def get_attention_mask(self, batch):
+            return None
+
+    return ChunkTask()
+
+
+def run_kronfluence(directory: Path, strategy: str, work: Path) -> tuple[np.ndarray, dict]:
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments, ScoreArguments
+
+    model = load_model(directory / "model")
+    modules = list(sketched_linears(model))
+    task = kronfluence_task(modules)
+    model = prepare_model(model, task)
+    shutil.rmtree(work, ignore_errors=True)
+    analyzer = Analyzer(analysis_name="field_lds", model=model, task=task, cpu=True, output_dir=str(work),
+                        disable_tqdm=True)
+    train, queries = Chunks(training_rows(directory)), Chunks(query_chunks(directory).tolist())
+    started = time.perf_counter()
+    analyzer.fit_all_factors(factors_name=strategy, dataset=train, per_device_batch_size=32,
+                             factor_args=FactorArguments(strategy=strategy), overwrite_output_dir=True)
+    fit = time.perf_counter() - started
+    analyzer.compute_pairwise_scores(scores_name=strategy, factors_name=strategy, query_dataset=queries,
+                                     train_dataset=train, per_device_query_batch_size=10,
+                                     per_device_train_batch_size=64, score_args=ScoreArguments(),
+                                     overwrite_output_dir=True)
+    scores = analyzer.load_pairwise_scores(strategy)["all_modules"].float().numpy()
+    return scores, {"fit_seconds": round(fit, 1), "total_seconds": round(time.perf_counter() - started, 1),
+                    "modules": len(modules), "version": version("kronfluence"), "strategy": strategy}
+
+
+def run_bergson(directory: Path, name: str, work: Path, k: int) -> tuple[np.ndarray, dict]:
+    from bergson import Attributor
+    from bergson.config.config import HessianConfig
+    from bergson.hessians.hessian_approximations import hessian_worker
+    from datasets import Dataset
+
+    from bench.compare_bergson import bergson_config, build_bergson, load_bergson_model, run_bergson_worker
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    rows = training_rows(directory)
+    data = Dataset.from_dict({"input_ids": rows, "length": [len(r) for r in rows]})
+    started = time.perf_counter()
+    store = work / "store"
+    k = 0 if name == "bergson-ekfac" else k  # bergson applies EK-FAC in full space: an unprojected store
+    info = build_bergson(directory, data, k, store)
+    hessian, unit_norm, ev_correction = None, False, False
+    if name != "bergson-identity":
+        method = "autocorrelation" if name == "bergson-trackstar" else "kfac"
+        hessian, unit_norm, ev_correction = work / "hessian", name == "bergson-trackstar", name == "bergson-ekfac"
+        cfg = bergson_config(directory, k, hessian, max(data["length"]))
+        run_bergson_worker(hessian_worker, cfg, HessianConfig(method=method, ev_correction=ev_correction), data)
+    fit = time.perf_counter() - started
+    attributor = Attributor(store, device="cpu", unit_norm=unit_norm, hessian_path=hessian,
+                            ev_correction=ev_correction)
+    model = load_bergson_model(directory, k, store)
+    queries = query_chunks(directory)
+    scores = np.zeros((len(queries), attributor.N), dtype=np.float32)
+    for q, chunk in enumerate(queries):
+        ids = torch.as_tensor(chunk, dtype=torch.long)[None]
+        with attributor.trace(model.base_model, attributor.N) as result:
+            logits = model(ids[:, :-1]).logits[0].float()
+            F.cross_entropy(logits, ids[0, 1:], reduction="sum").backward()
+        model.zero_grad(set_to_none=True)
+        scores[q, result.indices[0].numpy()] = result.scores[0].float().numpy()
+    return scores, {"fit_seconds": round(fit, 1), "total_seconds": round(time.perf_counter() - started, 1),
+                    "dim": info["dim"], "vector_bytes": info["vector_bytes"], "version": version("bergson"),
+                    "projection_dim": k}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="the field-lds report directory (holds case/)")
+    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--k", type=int, default=16, help="bergson's projection_dim (headwater's k)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    directory = case_dir(args.out)
+    if not (directory / "case.json").is_file():
+        raise SystemExit(f"{directory}: no built case; run 'headwater eval field-lds --out {args.out}' first")
+    external = args.out / "external"
+    external.mkdir(exist_ok=True)
+    for name in (p.strip() for p in args.peers.split(",") if p.strip()):
+        if name not in PEERS:
+            raise SystemExit(f"unknown peer {name!r}; choose from {PEERS}")
+        if name.startswith("kronfluence-"):
+            scores, info = run_kronfluence(directory, name.removeprefix("kronfluence-"), args.out / ".kronfluence")
+        else:
+            scores, info = run_bergson(directory, name, args.out / ".bergson", args.k)
+        np.save(external / f"{name}.npy", scores.astype(np.float32))
+        (external / f"{name}.json").write_text(json.dumps({**info, "threads": torch.get_num_threads()}, indent=2))
+        log.info("%s: %s scores in %.0fs", name, scores.shape, info["total_seconds"])
+
+
+if __name__ == "__main__":
+    main()
