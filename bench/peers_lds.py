@@ -1,9 +1,8 @@
 """Kronfluence and bergson on the field-LDS case, in the same run: their scores join ``headwater eval field-lds``.
 
     bash bench/bergson_env.sh                                   # once: .venv-bench/ with bergson and Kronfluence
-    .venv/bin/headwater eval field-lds --out OUT                # builds the case, retrains, scores headwater
     HF_HUB_OFFLINE=1 .venv-bench/bin/python -m bench.peers_lds --out OUT [--peers kronfluence-ekfac,...]
-    .venv/bin/headwater eval field-lds --out OUT                # again: the table now holds the peers' rows
+    .venv/bin/headwater eval field-lds --out OUT                # retrains, scores headwater, the table with peers
 
 Same full model, training chunks and held-out query chunks (``OUT/case``), same modules (every ``nn.Linear``
 inside the transformer blocks, ``attribution.modules.sketched_linears``), the same loss on both sides (each
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 
 from attribution.models import load_model
 from attribution.modules import sketched_linears
-from evaluation.text_case import case_dir, query_chunks, training_rows
+from evaluation.text_case import TextCase, build_case, query_chunks, training_rows
 
 PEERS = ("kronfluence-ekfac", "kronfluence-identity", "bergson-trackstar", "bergson-ekfac", "bergson-identity")
 log = logging.getLogger("bench.peers_lds")
@@ -167,11 +166,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    directory = case_dir(args.out)
-    if not (directory / "case.json").is_file():
-        raise SystemExit(f"{directory}: no built case; run 'headwater eval field-lds --out {args.out}' first")
+    directory = build_case(args.out, TextCase())  # the field-lds command's default case (reused when built)
     external = args.out / "external"
     external.mkdir(exist_ok=True)
+    rows = []
     for name in (p.strip() for p in args.peers.split(",") if p.strip()):
         if name not in PEERS:
             raise SystemExit(f"unknown peer {name!r}; choose from {PEERS}")
@@ -182,6 +180,11 @@ def main() -> None:
         np.save(external / f"{name}.npy", scores.astype(np.float32))
         (external / f"{name}.json").write_text(json.dumps({**info, "threads": torch.get_num_threads()}, indent=2))
         log.info("%s: %s scores in %.0fs", name, scores.shape, info["total_seconds"])
+        rows.append(f"| {name} | {info['version']} | {info['fit_seconds']:.1f} | {info['total_seconds']:.1f} | "
+                    f"{info.get('vector_bytes', 0) / scores.shape[1]:,.0f} |")
+    print("| peer | version | fit s (factors / store) | total s | stored bytes per example |")
+    print("|---|---|---|---|---|")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -38,8 +38,10 @@ class Section:
     """Interpreter to run with (default: this one)."""
 
 
-def sections(demo: Path, out: Path, lds_subsets: int | None) -> list[Section]:
+def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None = None) -> list[Section]:
     index = demo / "index"
+    second = second or demo.parent / "second-data"
+    second_index = second / "index-all"
     headwater = [sys.executable, "-m", "headwater.cli"]
     lds = ["--subsets", str(lds_subsets)] if lds_subsets else []  # retrains one per core (the command's default)
     return [
@@ -61,6 +63,32 @@ def sections(demo: Path, out: Path, lds_subsets: int | None) -> list[Section]:
                 "Same model, data and projection size: throughput, bytes per example, fact-tracing quality.",
                 ["-m", "bench.compare_bergson", "--demo", str(demo), "--steps", "0:150",
                  "--json", str(out / "bergson.json")], python=BENCH_PYTHON),
+        Section("estimators", "Every estimator, fact tracing on the demo",
+                "2,400 rows (steps 0-150), k=8, 16-token windows, 60 known facts: each gradient curvature kind "
+                "(cosine and inner product), TracIn-CP, unlearning, hybrid, BM25, embedding.",
+                [sys.executable, "-m", "bench.quality", "--demo", str(demo), "--steps", "0:150", "--limit", "60"]),
+        Section("second-demo", "The second case",
+                "Built unlike the demo (stdlib and NumPy docstrings, other templates, size and seed).",
+                headwater + ["demo", "build", "--preset", "second", "--out", str(second)]),
+        Section("estimators-second", "Every estimator, fact tracing on the second case",
+                "Same table on the second model and corpus: 2,400 rows (steps 0-200), 60 known facts.",
+                [sys.executable, "-m", "bench.quality", "--demo", str(second), "--steps", "0:200", "--limit",
+                 "60"]),
+        Section("peers-lds", "Kronfluence and bergson on the field-LDS case",
+                "Their influence scores of every training chunk for every held-out query chunk (same model, "
+                "data and modules), for the LDS table below.",
+                ["-m", "bench.peers_lds", "--out", str(out / "field-lds")], python=BENCH_PYTHON),
+        Section("field-lds", "LDS on the field's protocol (influence)",
+                "Real-text chunks; retrains without 1 % of the rows and on halves; linear influence scores of "
+                "every headwater estimator beside Kronfluence and bergson.",
+                headwater + ["eval", "field-lds", "--out", str(out / "field-lds")]),
+        Section("second-index", "Index of every row of the second case", "CLI defaults (the removal test needs "
+                "every training row).",
+                headwater + ["index", "build", "--model", str(second / "model"), "--data",
+                             str(second / "data" / "document"), "--out", str(second_index)]),
+        Section("removal", "Removal and retrain (influence)",
+                "Each method's top-10 rows for 40 known facts removed at once, the model retrained from scratch.",
+                headwater + ["eval", "removal", "--index", str(second_index), "--out", str(out / "removal")]),
         Section("sketch", "Sketch throughput", "Per-example gradient sketches vs a plain forward+backward pass.",
                 [sys.executable, "-m", "bench.sketch", "--demo", str(demo)]),
         Section("index", "Index build and search at scale",
@@ -129,6 +157,7 @@ def compose(chosen: list[Section], results: dict[str, dict], out: Path, summary:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("demo-data"))
+    parser.add_argument("--second", type=Path, default=Path("second-data"), help="the second case's demo directory")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="where each section's output goes")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--only", default=None, help="comma-separated sections to (re)run")
@@ -139,7 +168,7 @@ def main() -> None:
 
     demo, out = args.demo.absolute(), args.out.absolute()
     out.mkdir(parents=True, exist_ok=True)
-    every = sections(demo, out, args.lds_subsets)
+    every = sections(demo, out, args.lds_subsets, args.second.absolute())
     only = set(args.only.split(",")) if args.only else {s.name for s in every}
     unknown = only - {s.name for s in every}
     if unknown:
