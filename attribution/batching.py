@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attribution.errors import ConfigError
+from attribution.errors import ConfigError, HeadwaterError
 
 
 class EmptyCompletionError(ConfigError):
@@ -21,6 +21,16 @@ class EmptyCompletionError(ConfigError):
 
 class ContextLengthError(ConfigError):
     """Prompt plus completion is longer than the model's context."""
+
+
+class BatchMemoryError(HeadwaterError):
+    """A forward/backward pass ran out of memory; nothing of the batch was written."""
+
+    def __init__(self, rows: int, longest: int, batching: Batching) -> None:
+        super().__init__(f"out of memory sketching a batch of {rows} rows of up to {longest} tokens (--batch-size "
+                         f"{batching.rows}, --token-batch-size {batching.tokens}); lower --token-batch-size (peak "
+                         "memory follows it), or give the process more memory. Finished shards are kept: rerun to "
+                         "resume.")
 
 
 @dataclass
@@ -102,3 +112,70 @@ def token_nll(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
                    position_ids=batch.position_ids).logits[:, :-1]
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return -torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+
+
+HEAD_CHUNK_VALUES = 1 << 25
+"""Logit values (positions × vocabulary) the output head computes at once in the chunked loss: 128 MB of float32,
+whatever the batch, row length and vocabulary (a Pythia batch of 32 × 2,048 × 50,304 would be 13 GB whole)."""
+
+
+def backward_summed_nll(model: torch.nn.Module, batch: TokenBatch, chunk_values: int = HEAD_CHUNK_VALUES) -> float:
+    """Backpropagate the loss-masked NLL, summed, with the output head applied to a chunk of positions at a time:
+    each chunk's logits are formed, turned into its loss and backpropagated to the final hidden states before the
+    next chunk, so ``B × T × V`` logits never exist at once; the body then backpropagates once. Same gradients as
+    ``token_nll(...).sum().backward()`` up to float rounding (tested). Hooks on the head see one chunk at a time,
+    so a sketcher of the head itself uses the unchunked loss. Returns the loss."""
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+    leaf = hidden.detach().requires_grad_(True)
+    flat = leaf.reshape(-1, leaf.shape[-1])
+    targets = batch.input_ids[:, 1:].reshape(-1)
+    weights = batch.loss_mask[:, 1:].reshape(-1).to(torch.float32)
+    step = max(1, chunk_values // head.out_features)
+    total = 0.0
+    for start in range(0, len(flat), step):
+        stop = start + step
+        logits = head(flat[start:stop])
+        nll = torch.nn.functional.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)),
+                                                targets[start:stop], reduction="none")
+        loss = (nll * weights[start:stop]).sum()
+        if loss.requires_grad:
+            loss.backward()
+        total += float(loss.detach())
+    if leaf.grad is not None:
+        hidden.backward(leaf.grad)
+    return total
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How rows are grouped into forward/backward passes: consecutive rows, at most ``rows`` of them and at most
+    ``tokens`` padded tokens (rows × the longest row), so memory follows the token budget whatever the row length
+    (bergson's ``token_batch_size``). A row longer than the budget gets a pass of its own."""
+
+    rows: int = 32
+    tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.rows <= 0:
+            raise ConfigError(f"--batch-size must be positive, got {self.rows}")
+        if self.tokens <= 0:
+            raise ConfigError(f"--token-batch-size must be positive, got {self.tokens}")
+
+    def spans(self, lengths: Sequence[int]) -> list[tuple[int, int]]:
+        """``[start, stop)`` of each batch over rows of these lengths, in order."""
+        spans, start, longest = [], 0, 0
+        for i, length in enumerate(lengths):
+            wider = max(longest, length)
+            if i > start and ((i - start + 1) * wider > self.tokens or i - start == self.rows):
+                spans.append((start, i))
+                start, wider = i, length
+            longest = wider
+        if start < len(lengths):
+            spans.append((start, len(lengths)))
+        return spans
+
+
+DEFAULT_BATCHING = Batching()
+"""32 rows and 8,192 padded tokens per pass: the index build's defaults."""

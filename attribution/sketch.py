@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from attribution.batching import TokenBatch, token_nll
+from attribution.batching import HEAD_CHUNK_VALUES, TokenBatch, backward_summed_nll, token_nll
 from attribution.errors import ConfigError
 from attribution.modules import ModuleGroup, sketched_modules, weight_shape
 from attribution.projection import projection_matrix
@@ -72,6 +72,8 @@ class Sketcher:
         (the factored Adam normalizer); they are folded into the projection matrices."""
         self.model = model
         self.config = config
+        self.head_chunk_values = HEAD_CHUNK_VALUES
+        """Logit values the chunked loss forms at once (``attribution.batching.backward_summed_nll``)."""
         self.modules = sketched_modules(model, config.groups)
         weight = next(iter(self.modules.values())).weight
         self.projections: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -90,6 +92,7 @@ class Sketcher:
         of a full-space curvature); this one is unchanged."""
         other = object.__new__(Sketcher)
         other.model, other.config, other.modules = self.model, self.config, self.modules
+        other.head_chunk_values = self.head_chunk_values
         other.projections = {name: fold(name, p_in, p_out) for name, (p_in, p_out) in self.projections.items()}
         return other
 
@@ -116,8 +119,10 @@ class Sketcher:
         assign = self._window_assignment(batch, window)  # (B, T, n_windows)
         results: dict[str, torch.Tensor] = {}
         with self._hooks(assign, results, statistics, batch.attention_mask):
-            loss = self._loss(batch)
-            loss.backward()
+            if self.model.get_output_embeddings() in self.modules.values():
+                self._loss(batch).backward()  # the head's hooks see the whole batch at once
+            else:
+                backward_summed_nll(self.model, batch, self.head_chunk_values)
         sketches = torch.cat([results[name].flatten(2) for name in self.modules], dim=2)  # (B, n, D)
         return sketches[:, 0] if window is None else sketches
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attribution.batching import TokenBatch, collate, training_batch
+from attribution.batching import HEAD_CHUNK_VALUES, TokenBatch, collate, training_batch
 from attribution.config import Correction, RowScore, UnlearningConfig
 from attribution.encoder import GradientEncoder
 from attribution.filters import Filters, allowed_rows
@@ -41,7 +41,6 @@ PROBE_CONTEXT, PROBE_SPAN = 16, 16
 """A generic probe: ``PROBE_SPAN`` tokens of a row, predicted after its first ``PROBE_CONTEXT`` tokens."""
 CACHE_VALUES = 1 << 24
 """Cached per-row values (tokens, losses) kept at most, each kind: 64 MB of float32."""
-HEAD_CHUNK_VALUES = 1 << 25
 """Logits materialized at once by the chunked output head (128 MB of float32)."""
 
 

@@ -21,6 +21,8 @@ import duckdb
 import faiss
 import numpy as np
 
+from attribution.batching import Batching
+
 
 def demo_build(demo: Path, steps: str | None, k: int, window: int | None) -> None:
     from attribution.embeddings import TextEmbedder
@@ -34,7 +36,7 @@ def demo_build(demo: Path, steps: str | None, k: int, window: int | None) -> Non
                                     window=window, shard_size=512)
         started = time.perf_counter()
         encoder = make_encoder(config)
-        runner = ShardRunner(config, out, encoder, TextEmbedder(), batch_size=32)
+        runner = ShardRunner(config, out, encoder, TextEmbedder(), Batching(rows=32))
         runner.prepare_workdir()
         load_seconds = time.perf_counter() - started
         runner.run(Rank())

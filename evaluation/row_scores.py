@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from attribution.batching import Batching
 from attribution.embeddings import TextEmbedder
 from attribution.retrievers import Method
 from attribution.session import AttributionSession
@@ -59,7 +60,7 @@ def gradient_scores(session: AttributionSession, rows: TrainingRows, queries: li
     q = np.stack([encoder.encode_query(z.prompt, z.completion).vector.numpy() for z in queries])
     scores = np.empty((len(queries), len(rows)), dtype=np.float32)
     start = 0
-    for batch, raw in enumerate(raw_sketch_batches(encoder, config, rows.tokens, batch_size)):
+    for batch, raw in enumerate(raw_sketch_batches(encoder, config, rows.tokens, Batching(rows=batch_size))):
         vectors = encoder.prepare_rows(raw).numpy()  # (B, W, D) with windows, else (B, D)
         block = vectors @ q.T
         scores[:, start : start + len(vectors)] = (block.max(axis=1) if vectors.ndim == 3 else block).T

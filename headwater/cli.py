@@ -116,7 +116,9 @@ def index_build(
                                                     "--modules).")] = False,
     max_tokens: Annotated[int | None, typer.Option(help=field_help(X, "max_tokens"))] = X.max_tokens,
     shard_size: Annotated[int, typer.Option(help=field_help(ST, "shard_size"))] = ST.shard_size,
-    batch_size: Annotated[int, typer.Option(help="Examples per forward/backward pass.")] = 32,
+    batch_size: Annotated[int, typer.Option(help="At most this many rows per forward/backward pass.")] = 32,
+    token_batch_size: Annotated[int, typer.Option(help="At most this many padded tokens per forward/backward "
+                                                       "pass (rows × the longest): peak memory follows it.")] = 8192,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or float64.")] = "float32",
     rank: Annotated[int | None, typer.Option(help="This process's rank (default: torchrun/Slurm env, else 0).")] = None,
@@ -129,13 +131,13 @@ def index_build(
     """Sketch, embed and index training data (resumable; sharded across ranks)."""
     from tqdm import tqdm
 
+    from attribution.batching import Batching
     from attribution.errors import ConfigError
     from indexer.build import build_index
     from indexer.runner import detect_rank
 
     setup_logging(verbose)
-    if batch_size <= 0:
-        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
+    batching = Batching(rows=batch_size, tokens=token_batch_size)
     if normalizer is not None and not normalizer.is_file():
         raise ConfigError(f"--normalizer {normalizer}: no such file")
     revisions = tuple(revision) if revision else (None,)
@@ -157,7 +159,7 @@ def index_build(
             elif kind == "examples":
                 bar.update(count)
 
-        build = build_index(config, out, who, overwrite=overwrite, batch_size=batch_size, device=device,
+        build = build_index(config, out, who, overwrite=overwrite, batching=batching, device=device,
                             dtype=dtype, merge_after=merge, append=append, progress=progress)
     if build is not None:
         typer.echo(f"published {build} as {out / 'current'}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from attribution.batching import DEFAULT_BATCHING, Batching
 from attribution.embeddings import TextEmbedder
 from attribution.errors import ConfigError
 from indexer.config import IndexConfig
@@ -35,8 +36,9 @@ def process_group_ready() -> bool:
     return False
 
 
-def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool = False, batch_size: int = 32,
-                device: str = "cpu", dtype: str = "float32", merge_after: bool = True, append: bool = False,
+def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool = False,
+                batching: Batching = DEFAULT_BATCHING, device: str = "cpu", dtype: str = "float32",
+                merge_after: bool = True, append: bool = False,
                 progress: Progress | None = None) -> Path | None:
     """Compute this rank's shards; merge and publish when this process can (returns the build).
 
@@ -55,9 +57,9 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
         if grouped:
             dist.barrier()
         work, offset = plan_append(out, config)
-        runner = ShardRunner(config, out, encoder, embedder, batch_size, progress, work=work, id_offset=offset)
+        runner = ShardRunner(config, out, encoder, embedder, batching, progress, work=work, id_offset=offset)
     else:
-        runner = ShardRunner(config, out, encoder, embedder, batch_size, progress)
+        runner = ShardRunner(config, out, encoder, embedder, batching, progress)
         if rank.rank == 0:
             runner.prepare_workdir(overwrite)
         if grouped:

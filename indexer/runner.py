@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attribution.batching import DEFAULT_BATCHING, Batching, BatchMemoryError
 from attribution.curvature import (
     SketchPassStatistics,
     is_prefit,
@@ -93,14 +94,23 @@ def fixed_windows(raw: torch.Tensor, windows: int) -> torch.Tensor:
     return torch.cat([raw, pad], dim=1)
 
 
-def raw_sketch_batches(encoder: GradientEncoder, config: IndexConfig, rows: list[list[int]], batch_size: int = 32,
+def raw_sketch_batches(encoder: GradientEncoder, config: IndexConfig, rows: list[list[int]],
+                       batching: Batching = DEFAULT_BATCHING,
                        statistics: list[SketchPassStatistics | None] | None = None) -> Iterator[list[torch.Tensor]]:
-    """Raw sketches of ``rows`` per checkpoint, one batch at a time, exactly as the indexer stores them
-    (window axis padded to the index-wide count); rows must already be cut to :func:`context_length`.
-    ``statistics`` (one per checkpoint) gather what the curvature fits on along the way."""
+    """Raw sketches of ``rows`` per checkpoint, one batch (``batching``: rows and a token budget) at a time,
+    exactly as the indexer stores them (window axis padded to the index-wide count); rows must already be cut
+    to :func:`context_length`. ``statistics`` (one per checkpoint) gather what the curvature fits on along the
+    way. Running out of memory is a :class:`BatchMemoryError` naming the flag to lower."""
     windows = window_count(encoder, config)
-    for start in range(0, len(rows), batch_size):
-        raws = encoder.raw_rows(rows[start : start + batch_size], config.attribution.window, statistics)
+    for start, stop in batching.spans([len(r) for r in rows]):
+        try:
+            raws = encoder.raw_rows(rows[start:stop], config.attribution.window, statistics)
+        except (torch.OutOfMemoryError, MemoryError) as err:
+            raise BatchMemoryError(stop - start, max(len(r) for r in rows[start:stop]), batching) from err
+        except RuntimeError as err:
+            if "allocate" not in str(err):
+                raise
+            raise BatchMemoryError(stop - start, max(len(r) for r in rows[start:stop]), batching) from err
         yield [fixed_windows(raw, windows) for raw in raws] if windows else raws
 
 
@@ -129,12 +139,12 @@ class ShardRunner:
     """Computes and writes the shards of one rank."""
 
     def __init__(self, config: IndexConfig, out: Path, encoder: GradientEncoder, embedder,
-                 batch_size: int = 32, progress: Progress | None = None, work: Path | None = None,
+                 batching: Batching = DEFAULT_BATCHING, progress: Progress | None = None, work: Path | None = None,
                  id_offset: int = 0) -> None:
         """``work`` is the shard directory (``OUT/work``, or ``OUT/work/parts/NN`` for appended data);
         ``id_offset`` shifts the ids of streamed text examples of appended parts past earlier ones."""
         self.config, self.out, self.encoder, self.embedder = config, out, encoder, embedder
-        self.batch_size, self.progress = batch_size, progress
+        self.batching, self.progress = batching, progress
         self.work = work or out / "work"
         self.id_offset = id_offset
         self.source: DataSource = open_source(config.data, config.steps, config.batch_rows)
@@ -236,7 +246,7 @@ class ShardRunner:
         statistics the curvature fits on (None per checkpoint for kinds that need none)."""
         statistics = [new_statistics(self.config.attribution.curvature) for _ in self.encoder.checkpoints]
         parts: list[list[torch.Tensor]] = [[] for _ in self.encoder.checkpoints]
-        for raws in raw_sketch_batches(self.encoder, self.config, rows, self.batch_size, statistics):
+        for raws in raw_sketch_batches(self.encoder, self.config, rows, self.batching, statistics):
             for part, raw in zip(parts, raws, strict=True):
                 part.append(raw)
             if self.progress:

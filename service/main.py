@@ -17,6 +17,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from attribution.batching import BatchMemoryError
 from attribution.errors import ConfigError, DataFormatError, HeadwaterError, ModelLoadError
 from indexer.errors import IndexWriteError, StepRangeError, UnknownSourceError
 from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
@@ -45,6 +46,7 @@ STATUS: dict[type[Exception], int] = {
     ModelLoadError: 503,
     DataFormatError: 503,
     IndexWriteError: 503,
+    BatchMemoryError: 503,  # a query or job ran out of memory: the server keeps serving
 }
 """Status of each error kind; an error takes the entry of its nearest class. Any other exception is a 500."""
 

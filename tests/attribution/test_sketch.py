@@ -55,6 +55,19 @@ def test_sketch_equals_projected_exact_gradient(tiny_model, groups: tuple[str, .
     torch.testing.assert_close(gram, exact_gram, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.parametrize("groups", [("blocks",), ("embed",)])
+def test_the_chunked_loss_gives_the_same_sketches_at_any_chunk_size(tiny_model, groups: tuple[str, ...]) -> None:
+    """The output head applied one position (or a few) at a time: same sketches as the whole batch at once."""
+    rows = random_rows([12, 7, 12, 3])
+    batch = collate(rows, [[0] + [1] * (len(r) - 1) for r in rows])
+    sketcher = Sketcher(tiny_model, SketchConfig(k=5, seed=3, groups=groups))
+    whole = sketcher.sketch(batch, window=4)
+    vocab = tiny_model.get_output_embeddings().out_features
+    for positions in (1, 5):
+        sketcher.head_chunk_values = positions * vocab
+        torch.testing.assert_close(sketcher.sketch(batch, window=4), whole, rtol=1e-10, atol=1e-12)
+
+
 def test_no_parameter_gradients_and_flags_restored(tiny_model) -> None:
     tiny_model.gpt_neox.embed_in.weight.requires_grad_(False)
     flags = {n: p.requires_grad for n, p in tiny_model.named_parameters()}

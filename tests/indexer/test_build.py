@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from headwater.cli import app
@@ -19,7 +20,7 @@ from indexer import shards as shards_module
 from indexer.build import build_index
 from indexer.config import IndexConfig, IndexMismatchError
 from indexer.errors import CorruptShardError, IndexWriteError
-from indexer.manifest import read_manifest
+from indexer.manifest import read_manifest, verify_build
 from indexer.runner import Rank
 from indexer.store import open_index
 
@@ -220,3 +221,30 @@ def test_append_later_steps_equals_one_build(tiny_demo: Path, tmp_path: Path) ->
         build_index(config_for(tiny_demo, steps="10:30"), parts, Rank(), append=True)
     with pytest.raises(IndexMismatchError, match="k: index has 4, asked for 5"):
         build_index(config_for(tiny_demo, steps="40:48", k=5), parts, Rank(), append=True)
+
+
+def test_out_of_memory_names_the_flag_and_keeps_finished_shards(tiny_demo: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The second shard's pass runs out of memory: a clear error naming --token-batch-size, the first shard kept,
+    nothing published; the rerun (with memory) resumes and publishes."""
+    from attribution.encoder import GradientEncoder
+
+    real, calls = GradientEncoder.raw_rows, []
+
+    def failing(self, rows, *args, **kwargs):
+        calls.append(len(rows))
+        if sum(calls) > 64:  # past the first 64-row shard
+            raise torch.OutOfMemoryError("CPU: can't allocate memory: you tried to allocate 13193330688 bytes")
+        return real(self, rows, *args, **kwargs)
+
+    monkeypatch.setattr(GradientEncoder, "raw_rows", failing)
+    out = tmp_path / "index"
+    result = runner.invoke(app, [*cli_args(tiny_demo, out), "--token-batch-size", "500"])
+    assert result.exit_code == 2 and "--token-batch-size 500" in result.output, result.output
+    assert "Traceback" not in result.output and not (out / "current").exists()
+    assert (out / "work" / "shard-00000").is_dir() and not (out / "work" / "shard-00001").exists()
+    assert max(calls) == 500 // 65  # the budget, not --batch-size 16, bounded every pass: 7 rows of 65 tokens
+    monkeypatch.setattr(GradientEncoder, "raw_rows", real)
+    result = runner.invoke(app, [*cli_args(tiny_demo, out), "--token-batch-size", "500"])
+    assert result.exit_code == 0, result.output
+    assert verify_build(out) == []
