@@ -86,6 +86,21 @@ S, C, R, A, X, ST = SketchConfig, CurvatureConfig, ScoringConfig, AttributionCon
 """The records whose fields (defaults and docstrings) are the index-build flags."""
 
 
+def check_rows_per_step(data: str, rows_per_step: int | None) -> None:
+    """--rows-per-step must be positive and agree with the layout.json beside the data, when there is one."""
+    from attribution.errors import ConfigError
+    from indexer.training_rows import read_layout
+
+    if rows_per_step is None:
+        return
+    if rows_per_step <= 0:
+        raise ConfigError(f"--rows-per-step must be positive, got {rows_per_step}")
+    layout = read_layout(data) if not data.startswith("hf:") else None
+    if layout is not None and int(layout["batch_size"]) != rows_per_step:
+        raise ConfigError(f"--rows-per-step {rows_per_step} disagrees with the layout.json beside {data}, which "
+                          f"records {layout['batch_size']} rows per step; drop the flag or fix the file")
+
+
 @index_app.command("build")
 @clean_errors
 def index_build(
@@ -98,6 +113,8 @@ def index_build(
                                                          "training.json or Pythia's schedule), else numbers.")] = None,
     tokenizer: Annotated[str | None, typer.Option(help=field_help(X, "tokenizer"))] = X.tokenizer,
     steps: Annotated[str | None, typer.Option(help=field_help(X, "steps"))] = X.steps,
+    rows: Annotated[str | None, typer.Option(help=field_help(X, "rows"))] = X.rows,
+    rows_per_step: Annotated[int | None, typer.Option(help=field_help(X, "batch_rows") + " Default 1024.")] = None,
     k: Annotated[int, typer.Option(help=field_help(S, "k"))] = S.k,
     seed: Annotated[int, typer.Option(help=field_help(S, "seed"))] = S.seed,
     window: Annotated[int | None, typer.Option(help=field_help(A, "window") + " 0: whole rows.")] = A.window,
@@ -138,13 +155,15 @@ def index_build(
 
     setup_logging(verbose)
     batching = Batching(rows=batch_size, tokens=token_batch_size)
+    check_rows_per_step(data, rows_per_step)
     if normalizer is not None and not normalizer.is_file():
         raise ConfigError(f"--normalizer {normalizer}: no such file")
     revisions = tuple(revision) if revision else (None,)
     config = IndexConfig.create(
         model, data, revisions=revisions, revision_weights=schedule_weights(revision_weights, model, revisions),
         tokenizer=tokenizer,
-        steps=steps, k=k, seed=seed, window=window or None, mode=mode, precondition=precondition, damping=damping,
+        steps=steps, rows=rows, batch_rows=rows_per_step or X.batch_rows, k=k, seed=seed, window=window or None,
+        mode=mode, precondition=precondition, damping=damping,
         precondition_sample=precondition_sample, fisher=fisher, curvature_rows=curvature_rows,
         factor_limit=factor_limit, normalizer=str(normalizer) if normalizer else None,
         embedding_model=embedding_model, faiss_factory=faiss_factory, include_head=include_head,

@@ -65,9 +65,11 @@ class IndexConfig:
     tokenizer: str | None = None
     """Tokenizer dir or hub id (default: the model's)."""
     steps: str | None = None
-    """Training-step range A:B of Megatron data to index (default: all)."""
+    """Training-step range A:B of Megatron data to index (default: every row, a partial last step included)."""
     batch_rows: int = 1024
-    """Rows per training step of the Megatron data (Pythia: 1024); read from layout.json if present."""
+    """Rows per training step of the Megatron data (Pythia: 1024); layout.json beside the data, when present, says."""
+    rows: str | None = None
+    """Row range A:B of Megatron data to index, instead of --steps."""
     max_tokens: int | None = None
     """Truncate examples to this many tokens (default: the model's context)."""
     embedding_model: str | None = None

@@ -44,7 +44,7 @@ def plan_append(out: Path, config: IndexConfig) -> tuple[Path, int]:
         if (existing.data, existing.steps) == (config.data, config.steps):
             return part, json.loads((part / "part.json").read_text())["id_offset"] if part != out / "work" else 0
     offset = last_indexed_id(out) + 1
-    source = open_source(config.data, config.steps, config.batch_rows)
+    source = open_source(config.data, config.steps, config.batch_rows, config.rows)
     if source.global_ids and source.first_row < offset:
         raise IndexMismatchError(f"{out}: appended rows start at {source.first_row} but rows up to {offset - 1} "
                                  "are indexed already; append only later steps")
@@ -58,5 +58,5 @@ def plan_append(out: Path, config: IndexConfig) -> tuple[Path, int]:
 def expected_shards(part: Path) -> int | None:
     """Shard count of a part whose source knows its size (None for streams)."""
     config = IndexConfig.load(part / "config.json")
-    source = open_source(config.data, config.steps, config.batch_rows)
+    source = open_source(config.data, config.steps, config.batch_rows, config.rows)
     return None if source.count is None else -(-source.count // config.storage.shard_size)

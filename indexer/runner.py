@@ -127,7 +127,7 @@ def prefit_curvatures(encoder: GradientEncoder, config: IndexConfig, out: Path, 
             if not fit:
                 raise CorruptShardError(f"{path}: missing, but the shards were sketched with it; rebuild with "
                                         "--overwrite")
-            source = open_source(config.data, config.steps, config.batch_rows)
+            source = open_source(config.data, config.steps, config.batch_rows, config.rows)
             rows = source_sample(source, encoder.tokenizer, context_length(encoder, config))
             tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
             prefit_curvature(curvature, ckpt.sketcher, rows).save(tmp)
@@ -147,7 +147,7 @@ class ShardRunner:
         self.batching, self.progress = batching, progress
         self.work = work or out / "work"
         self.id_offset = id_offset
-        self.source: DataSource = open_source(config.data, config.steps, config.batch_rows)
+        self.source: DataSource = open_source(config.data, config.steps, config.batch_rows, config.rows)
         self.max_len = context_length(encoder, config)
         self.timings = {"read": 0.0, "sketch": 0.0, "embed": 0.0, "write": 0.0}
         self.examples_done = 0

@@ -42,7 +42,7 @@ class RowSampler:
 
     def _read(self, part: Path, positions: list[int]) -> list[list[int]]:
         config = IndexConfig.load(part / "config.json")
-        source = open_source(config.data, config.steps, config.batch_rows)
+        source = open_source(config.data, config.steps, config.batch_rows, config.rows)
         return read_rows(source, positions, self.tokenizer, self.max_len)
 
 

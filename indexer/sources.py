@@ -34,7 +34,7 @@ class DataSource(Protocol):
     columns: ClassVar[frozenset[Column]]
     """The metadata columns its examples fill (``id``, ``token_count`` and ``text`` are always filled)."""
     takes_steps: ClassVar[bool]
-    """Whether ``--steps`` may be given with this format."""
+    """Whether ``--steps`` and ``--rows`` may be given with this format."""
 
     @property
     def count(self) -> int | None: ...
@@ -55,8 +55,9 @@ class DataSource(Protocol):
         ...
 
     @classmethod
-    def open(cls, spec: str, steps: str | None, batch_rows: int) -> DataSource:
-        """The source for ``spec`` (``steps``: a training-step range, for formats that take one)."""
+    def open(cls, spec: str, steps: str | None, batch_rows: int, rows: str | None = None) -> DataSource:
+        """The source for ``spec`` (``steps``/``rows``: a training-step or row range, for formats that take
+        one)."""
         ...
 
     def read(self, start: int, stop: int, tokenizer: Tokenizer) -> Iterator[Example]:
@@ -69,17 +70,18 @@ READERS: tuple[type[DataSource], ...] = (HFSource, MegatronSource, JsonlSource, 
 
 
 def _no_steps(spec: str) -> UnknownSourceError:
-    return UnknownSourceError(f"--steps applies to Megatron data only; {spec!r} is not a Megatron prefix")
+    return UnknownSourceError(f"--steps and --rows apply to Megatron data only; {spec!r} is not a Megatron prefix")
 
 
-def open_source(spec: str, steps: str | None = None, batch_rows: int = 1024) -> DataSource:
-    """Recognize the format of a data spec and open it (for Megatron data, at the rows of ``steps``)."""
+def open_source(spec: str, steps: str | None = None, batch_rows: int = 1024, rows: str | None = None) -> DataSource:
+    """Recognize the format of a data spec and open it (for Megatron data, at the rows of ``steps`` or
+    ``rows``)."""
     for reader in READERS:
         if reader.matches(spec):
-            if steps and not reader.takes_steps:
+            if (steps or rows) and not reader.takes_steps:
                 raise _no_steps(spec)
-            return reader.open(spec, steps, batch_rows)
-    if steps:
+            return reader.open(spec, steps, batch_rows, rows) if rows else reader.open(spec, steps, batch_rows)
+    if steps or rows:
         raise _no_steps(spec)
     raise UnknownSourceError(
         f"cannot tell what {spec!r} is: expected a Megatron prefix (PREFIX.idx), a .jsonl/.jsonl.zst or .txt "

@@ -46,18 +46,20 @@ def parse_range(text: str, what: str = "range") -> tuple[int | None, int | None]
 
 
 def rows_for_steps(num_rows: int, batch_size: int, start_step: int | None, stop_step: int | None) -> RowRange:
-    """Map a step range to rows, refusing steps the data does not hold."""
+    """Map a step range to rows, refusing steps the data does not hold; a last step the data holds only part of
+    counts (its rows are all indexed)."""
     if batch_size <= 0:
         raise StepRangeError(f"batch size must be positive, got {batch_size}")
-    num_steps = num_rows // batch_size
+    num_steps = -(-num_rows // batch_size)
     start = 0 if start_step is None else start_step
     stop = num_steps if stop_step is None else stop_step
     if not 0 <= start < stop <= num_steps:
         raise StepRangeError(
             f"steps {start}:{stop} are outside the data, which holds steps 0:{num_steps} "
-            f"({num_rows} rows at batch size {batch_size})"
+            f"({num_rows} rows at {batch_size} rows per step; give --rows-per-step if the data was written at "
+            "another batch size, or --rows A:B)"
         )
-    return RowRange(start * batch_size, stop * batch_size)
+    return RowRange(start * batch_size, min(stop * batch_size, num_rows))
 
 
 def check_rows(num_rows: int, start: int | None, stop: int | None) -> RowRange:
@@ -131,11 +133,17 @@ class MegatronSource:
         return prefix.with_name(prefix.name + ".idx").is_file()
 
     @classmethod
-    def open(cls, spec: str, steps: str | None, batch_rows: int) -> MegatronSource:
-        """The rows of ``steps`` (all when ``None``) at the batch size in ``layout.json``, else ``batch_rows``."""
+    def open(cls, spec: str, steps: str | None, batch_rows: int, rows: str | None = None) -> MegatronSource:
+        """The rows of ``steps`` or ``rows`` (every row when neither is given, a partial last step included), at
+        the batch size in ``layout.json``, else ``batch_rows`` rows per step."""
+        if steps and rows:
+            raise StepRangeError(f"give --steps or --rows, not both (got steps {steps!r} and rows {rows!r})")
         batch_rows = layout_batch_size(spec, batch_rows)
+        count = len(MegatronDataset(spec))
+        if rows:
+            return cls(spec, check_rows(count, *parse_range(rows, "rows")), batch_rows)
         start, stop = parse_range(steps, "steps") if steps else (None, None)
-        return cls(spec, rows_for_steps(len(MegatronDataset(spec)), batch_rows, start, stop), batch_rows)
+        return cls(spec, rows_for_steps(count, batch_rows, start, stop), batch_rows)
 
     @property
     def count(self) -> int:

@@ -185,6 +185,10 @@ def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
     for flags, message in ((["--precondition-sample", "0"], "curvature sample must be positive"),
                            (["--precondition", "kfac-ish"], "kind must be one of"),
                            (["--damping", "-1"], "damping must be positive"),
+                           (["--rows-per-step", "0"], "--rows-per-step must be positive"),
+                           (["--rows-per-step", "1024"], "disagrees with the layout.json"),
+                           (["--rows", "0:99999"], "outside the data"),
+                           (["--rows", "0:8", "--steps", "0:1"], "not both"),
                            (["--fisher", "true"], "fisher must be one of"),
                            (["--curvature-rows", "0"], "row sample must be positive"),
                            (["--factor-limit", "0"], "factor limit must be positive"),
@@ -248,3 +252,12 @@ def test_out_of_memory_names_the_flag_and_keeps_finished_shards(tiny_demo: Path,
     result = runner.invoke(app, [*cli_args(tiny_demo, out), "--token-batch-size", "500"])
     assert result.exit_code == 0, result.output
     assert verify_build(out) == []
+
+
+def test_a_row_range_indexes_exactly_those_rows(tiny_demo: Path, tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    result = runner.invoke(app, [*cli_args(tiny_demo, out), "--rows", "3:20"])
+    assert result.exit_code == 0, result.output
+    session = open_index(out)
+    assert session.ids.tolist() == list(range(3, 20))
+    assert session.manifest.config.rows == "3:20" and session.manifest.config.steps is None

@@ -18,7 +18,7 @@ from indexer.training_rows import MegatronSource
 
 UNKNOWN = ("cannot tell what {spec!r} is: expected a Megatron prefix (PREFIX.idx), a .jsonl/.jsonl.zst or .txt "
            "file or glob, or hf:DATASET")
-NO_STEPS = "--steps applies to Megatron data only; {spec!r} is not a Megatron prefix"
+NO_STEPS = "--steps and --rows apply to Megatron data only; {spec!r} is not a Megatron prefix"
 
 
 @pytest.fixture

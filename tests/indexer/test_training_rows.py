@@ -9,7 +9,7 @@ import pytest
 
 from indexer.errors import StepRangeError
 from indexer.megatron import write_dataset
-from indexer.training_rows import RowRange, parse_range, read_training_rows, rows_for_steps
+from indexer.training_rows import MegatronSource, RowRange, parse_range, read_training_rows, rows_for_steps
 
 
 def test_step_s_is_rows_bs_to_bs_plus_b() -> None:
@@ -41,3 +41,26 @@ def test_rows_carry_step_and_batch_position(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got[2].token_ids, rows[6])
     with pytest.raises(StepRangeError):
         list(read_training_rows(tmp_path / "d", RowRange(8, 12), batch_size=4))
+
+
+def test_a_partial_last_step_is_a_step_and_every_row_is_read(tmp_path: Path) -> None:
+    """990 rows at Pythia's 1,024 per step: one (partial) step, all 990 rows; without a layout, every row."""
+    assert rows_for_steps(990, 1024, None, None) == RowRange(0, 990)
+    assert rows_for_steps(37, 16, 2, 3) == RowRange(32, 37)
+    write_dataset(tmp_path / "d", np.zeros((37, 5), dtype=np.uint16), dtype=np.uint16)
+    source = MegatronSource.open(str(tmp_path / "d"), None, 16)
+    assert (source.count, source.batch_rows) == (37, 16)
+    assert MegatronSource.open(str(tmp_path / "d"), "2:3", 16).rows == RowRange(32, 37)
+
+
+def test_row_ranges_and_rows_per_step(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "d", np.zeros((37, 5), dtype=np.uint16), dtype=np.uint16)
+    picked = MegatronSource.open(str(tmp_path / "d"), None, 8, rows="5:9")
+    assert picked.rows == RowRange(5, 9)
+    assert [(e.example_id, e.metadata["step"]) for e in picked.read(0, 10, None)] == [(5, 0), (6, 0), (7, 0), (8, 1)]
+    with pytest.raises(StepRangeError, match="not both"):
+        MegatronSource.open(str(tmp_path / "d"), "0:1", 8, rows="5:9")
+    with pytest.raises(StepRangeError, match="holds rows 0:37"):
+        MegatronSource.open(str(tmp_path / "d"), None, 8, rows="30:40")
+    (tmp_path / "layout.json").write_text('{"batch_size": 4}')  # a layout, when present, says
+    assert MegatronSource.open(str(tmp_path / "d"), "9:10", 1024).rows == RowRange(36, 37)
