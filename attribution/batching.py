@@ -106,17 +106,27 @@ def query_tokens(prompt_ids: Sequence[int], completion_ids: Sequence[int], max_l
     return list(prompt_ids) + list(completion_ids), [0] * len(prompt_ids) + [1] * len(completion_ids)
 
 
-def token_nll(model: torch.nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """NLL of every target token, ``(B, T - 1)``, in at least float32; weight by ``batch.loss_mask[:, 1:]``."""
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids).logits[:, :-1]
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return -torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
-
-
 HEAD_CHUNK_VALUES = 1 << 25
 """Logit values (positions × vocabulary) the output head computes at once in the chunked loss: 128 MB of float32,
 whatever the batch, row length and vocabulary (a Pythia batch of 32 × 2,048 × 50,304 would be 13 GB whole)."""
+
+
+def token_nll(model: torch.nn.Module, batch: TokenBatch, chunk_values: int | None = None) -> torch.Tensor:
+    """NLL of every target token, ``(B, T - 1)``, in at least float32; weight by ``batch.loss_mask[:, 1:]``. The
+    output head runs on ``chunk_values`` logit values (positions × vocabulary) at a time, so without autograd the
+    ``B × T × V`` logits never exist at once (with autograd each chunk's are kept for the backward: use
+    :func:`backward_summed_nll` to backpropagate within the same bound)."""
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+    flat, targets = hidden.reshape(-1, hidden.shape[-1]), batch.input_ids[:, 1:].reshape(-1)
+    step = max(1, (chunk_values or HEAD_CHUNK_VALUES) // head.out_features)
+    parts = []
+    for start in range(0, len(flat), step):
+        logits = head(flat[start : start + step])
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        parts.append(torch.nn.functional.cross_entropy(logits, targets[start : start + step], reduction="none"))
+    return torch.cat(parts).view(batch.input_ids.shape[0], -1)
 
 
 def backward_summed_nll(model: torch.nn.Module, batch: TokenBatch, chunk_values: int = HEAD_CHUNK_VALUES) -> float:

@@ -38,9 +38,10 @@ class CurvatureConfig:
     """The preconditioner: fitted on a sample of training sketches (sketch-space kinds) or on per-module Kronecker
     statistics of the sketch pass (kfac, ekfac)."""
 
-    kind: PreconditionMode = PreconditionMode.INVERSE_SQRT
-    """inverse_sqrt (global D×D, both sides), inverse (global, training side only), block (per-module k²×k² blocks,
-    both sides), kfac (Kronecker factors on the query's gradient before projection), ekfac (K-FAC with eigenvalues
+    kind: PreconditionMode = PreconditionMode.BLOCK
+    """block (the default: per-module k²×k² blocks, both sides; chosen by fact tracing on two cases, field-protocol
+    LDS and its bytes, see the README), inverse_sqrt (global D×D, both sides), inverse (global, training side
+    only), kfac (Kronecker factors on the query's gradient before projection), ekfac (K-FAC with eigenvalues
     fitted on per-row gradients), kfac_whitened (K-FAC^-1/2 folded into both sides' projections) or none."""
     damping: float = 0.1
     """Damping λ as a multiple of the mean eigenvalue: of the sketch covariance (of each module's block for

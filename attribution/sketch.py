@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from attribution.batching import HEAD_CHUNK_VALUES, TokenBatch, backward_summed_nll, token_nll
+from attribution.batching import HEAD_CHUNK_VALUES, TokenBatch, backward_summed_nll
 from attribution.errors import ConfigError
 from attribution.modules import ModuleGroup, sketched_modules, weight_shape
 from attribution.projection import projection_matrix
@@ -138,7 +138,11 @@ class Sketcher:
         return nn.functional.one_hot(index, count).to(mask) * mask[:, :, None]
 
     def _loss(self, batch: TokenBatch) -> torch.Tensor:
-        nll = token_nll(self.model, batch)
+        """The summed loss with the head applied to the whole batch at once (its hooks see ``(B, T, H)``)."""
+        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            position_ids=batch.position_ids).logits[:, :-1]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        nll = -torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
         return (nll * batch.loss_mask[:, 1:].to(nll)).sum()
 
     @contextlib.contextmanager

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from attribution.batching import collate, query_tokens, token_nll, training_batch
+from attribution.batching import backward_summed_nll, collate, query_tokens, token_nll, training_batch
 from attribution.errors import ConfigError
 
 
@@ -47,16 +47,19 @@ def restored(model: nn.Module) -> Iterator[None]:
                 p.copy_(saved[name])
 
 
-def _loss(model: nn.Module, batch) -> torch.Tensor:
-    nll = token_nll(model, batch)
-    return (nll * batch.loss_mask[:, 1:].to(nll)).sum()
-
-
 def flat_gradient(model: nn.Module, batch) -> torch.Tensor:
-    """∇θ of the summed loss of a batch, flattened over all parameters."""
+    """∇θ of the summed loss of a batch, flattened over all parameters (the chunked loss: memory does not grow
+    with the vocabulary)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    grads = torch.autograd.grad(_loss(model, batch), params)
-    return torch.cat([g.reshape(-1) for g in grads])
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        backward_summed_nll(model, batch)
+        return torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in params])
+    finally:
+        for p, grad in zip(params, saved, strict=True):
+            p.grad = grad
 
 
 def ascent_direction(model: nn.Module, rows: Sequence[Sequence[int]], avoid: torch.Tensor | None = None,

@@ -25,10 +25,9 @@ from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from attribution.batching import HEAD_CHUNK_VALUES, TokenBatch, collate, training_batch
+from attribution.batching import TokenBatch, collate, token_nll, training_batch
 from attribution.config import Correction, RowScore, UnlearningConfig
 from attribution.encoder import GradientEncoder
 from attribution.filters import Filters, allowed_rows
@@ -65,20 +64,6 @@ class LRUCache:
             self.size -= self.items.popitem(last=False)[1].size
 
 
-def chunked_token_nll(model: nn.Module, batch: TokenBatch) -> torch.Tensor:
-    """``token_nll`` (``(B, T - 1)``, float32) with the output head applied to a few positions at a time."""
-    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              position_ids=batch.position_ids).last_hidden_state[:, :-1]
-    head = model.get_output_embeddings()
-    flat, targets = hidden.reshape(-1, hidden.shape[-1]), batch.input_ids[:, 1:].reshape(-1)
-    out = torch.empty(targets.shape, dtype=torch.float32, device=hidden.device)
-    step = max(1, HEAD_CHUNK_VALUES // head.out_features)
-    for start in range(0, len(flat), step):
-        logits = head(flat[start : start + step]).float()
-        out[start : start + step] = F.cross_entropy(logits, targets[start : start + step], reduction="none")
-    return out.view(batch.input_ids.shape[0], -1)
-
-
 @torch.no_grad()
 def row_losses(model: nn.Module, rows: Sequence[Sequence[int]], batch_tokens: int) -> list[np.ndarray]:
     """Per-token NLL of every row's predicted tokens (all after the first), in batches of ≤ ``batch_tokens``."""
@@ -91,7 +76,7 @@ def row_losses(model: nn.Module, rows: Sequence[Sequence[int]], batch_tokens: in
         while stop < len(order) and len(rows[order[stop]]) * (stop - start + 1) <= batch_tokens:
             stop += 1
         group = order[start:stop]
-        nll = chunked_token_nll(model, training_batch([rows[i] for i in group]).to(device)).cpu().numpy()
+        nll = token_nll(model, training_batch([rows[i] for i in group]).to(device)).cpu().numpy()
         for b, i in enumerate(group):
             out[i] = nll[b, : len(rows[i]) - 1].copy()
         start = stop

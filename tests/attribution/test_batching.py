@@ -45,3 +45,14 @@ def test_chunked_loss_backpropagates_what_the_whole_loss_does() -> None:
     assert loss == pytest.approx(float((whole * batch.loss_mask[:, 1:].to(whole)).sum().detach()))
     for name, grad in expected.items():  # the head's own weights included
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-9, atol=1e-12)
+
+
+def test_the_chunked_head_gives_the_whole_logits_nll() -> None:
+    """token_nll with 7 positions of the vocabulary at a time equals the NLL of the whole logits at once."""
+    model = make_tiny_model(torch.float64)
+    batch = training_batch(random_rows([9, 6, 12]))
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits[:, :-1]
+    whole = -torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
+    vocab = model.get_output_embeddings().out_features
+    torch.testing.assert_close(token_nll(model, batch, chunk_values=7 * vocab), whole, rtol=1e-10, atol=1e-12)

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import attribution.unlearning as unlearning
-from attribution.batching import ContextLengthError, collate, token_nll, training_batch
+from attribution.batching import ContextLengthError, collate, token_nll
 from attribution.config import AttributionConfig, Correction, CurvatureConfig, RowScore, UnlearningConfig
 from attribution.errors import ConfigError
 from attribution.filters import Filters
@@ -20,7 +19,7 @@ from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from attribution.unlearn import ascend, flat_gradient, restored, trainable
-from attribution.unlearning import best_window, chunked_token_nll, corrected, row_losses
+from attribution.unlearning import best_window, corrected, row_losses
 from demo.groundtruth import Fact, load_facts
 from demo.session import demo_session
 from tests.attribution.conftest import random_rows
@@ -99,13 +98,6 @@ def test_bad_ascent_settings_are_refused(tiny_model) -> None:
         ascend(tiny_model, query_batch(), 0, 0.5)
     with pytest.raises(ConfigError):
         ascend(tiny_model, query_batch(), 1, 0.0)
-
-
-def test_chunked_head_equals_the_full_logits(tiny_model, monkeypatch: pytest.MonkeyPatch) -> None:
-    batch = training_batch(random_rows([9, 6, 12]))
-    monkeypatch.setattr(unlearning, "HEAD_CHUNK_VALUES", 7 * 50)  # 7 positions of the 50-token vocabulary at a time
-    mask = batch.loss_mask[:, 1:].bool()
-    assert torch.allclose(chunked_token_nll(tiny_model, batch)[mask], token_nll(tiny_model, batch)[mask].float())
 
 
 def test_row_losses_do_not_depend_on_batching_or_order(tiny_model) -> None:
