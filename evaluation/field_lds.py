@@ -137,8 +137,17 @@ def retrain_key(case: TextCase, dropped: np.ndarray) -> dict:
 
 
 def retrain(out: Path, case: TextCase, kind: str, j: int, dropped: list[int], key: dict) -> float:
-    """Train one retrain from scratch (one torch thread), record its query losses, delete the model."""
+    """Train one retrain from scratch (one torch thread, so every retrain computes alike whether it runs in a
+    worker or here), record its query losses, delete the model."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        return _retrain(out, case, kind, j, dropped, key)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _retrain(out: Path, case: TextCase, kind: str, j: int, dropped: list[int], key: dict) -> float:
     directory = out / "case"
     scratch = out / "retrains" / f".{kind}-{j:03d}"
     shutil.rmtree(scratch, ignore_errors=True)
