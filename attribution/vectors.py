@@ -18,6 +18,8 @@ from typing import Protocol
 import faiss
 import numpy as np
 
+from attribution.errors import ConfigError
+
 BLOCK_ROWS = 4096
 """Rows scored per block when every row is scored (bounded memory on a memmap)."""
 
@@ -51,25 +53,90 @@ class VectorStore(Protocol):
         ...
 
 
-def build_faiss_index(vectors: np.ndarray, factory: str = "Flat",
-                      sample_queries: int = 100) -> tuple[faiss.Index, float | None]:
-    """A FAISS inner-product index over (window) vectors; recall@10 against exact search for non-flat ones."""
+ADD_ROWS = 65536
+"""Vectors converted to float32 and added to FAISS at a time: the merge never holds a float32 copy of them all."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How an approximate FAISS index is trained and searched (recorded in the index config)."""
+
+    nprobe: int = 16
+    """IVF lists visited per query (FAISS's default of 1 misses most neighbours)."""
+    train_sample: int = 65536
+    """Vectors, evenly spaced, an approximate index trains on (a float32 copy of these only)."""
+    rerank: int = 4
+    """Candidates fetched per wanted result (× windows) and re-scored exactly from the stored vectors."""
+
+
+def set_nprobe(index: faiss.Index, nprobe: int) -> None:
+    """Visit ``nprobe`` lists per query when ``index`` is (or wraps) an IVF index."""
+    try:
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    except RuntimeError:  # not an IVF index
+        pass
+
+
+def build_faiss_index(vectors: np.ndarray, factory: str = "Flat", sample_queries: int = 100,
+                      settings: SearchSettings | None = None) -> tuple[faiss.Index, float | None]:
+    """A FAISS inner-product index over (window) vectors, added ``ADD_ROWS`` at a time (a float16 memmap is read
+    and converted piece by piece); for non-flat ones, trained on ``settings.train_sample`` evenly spaced vectors,
+    and recall@10 of the index alone (before the exact re-rank) against brute force on sample queries."""
+    settings = settings or SearchSettings()
     dim = vectors.shape[-1]
-    flat = np.ascontiguousarray(vectors.reshape(-1, dim), dtype=np.float32)
+    flat = vectors.reshape(-1, dim)  # a view: nothing is read yet
+    total = len(flat)
     if factory == "Flat":
         index = faiss.IndexFlatIP(dim)
-        index.add(flat)
+    else:
+        index = new_faiss_index(factory, dim)
+        picks = np.unique(np.linspace(0, total - 1, min(total, settings.train_sample)).astype(np.int64))
+        try:
+            lists = faiss.extract_index_ivf(index).nlist
+        except RuntimeError:
+            lists = 0
+        if lists > len(picks):
+            raise ConfigError(f"--faiss-factory {factory}: {lists} IVF lists need at least as many training vectors, "
+                              f"and there are {len(picks)}; use fewer lists (about √N: IVF{max(1, int(total**0.5))}) "
+                              "or Flat")
+        index.train(np.ascontiguousarray(flat[picks], dtype=np.float32))
+        set_nprobe(index, settings.nprobe)
+    for start in range(0, total, ADD_ROWS):
+        index.add(np.ascontiguousarray(flat[start : start + ADD_ROWS], dtype=np.float32))
+    if factory == "Flat":
         return index, None
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    index.train(flat)
-    index.add(flat)
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(flat)
-    queries = flat[:: max(1, len(flat) // sample_queries)][:sample_queries]
-    _, truth = exact.search(queries, 10)
+    picks = np.unique(np.linspace(0, total - 1, min(total, sample_queries)).astype(np.int64))
+    queries = np.ascontiguousarray(flat[picks], dtype=np.float32)
+    scores = np.concatenate([np.asarray(flat[s : s + ADD_ROWS], dtype=np.float32) @ queries.T
+                             for s in range(0, total, ADD_ROWS)])  # (total, queries): brute force in blocks
+    truth = np.argsort(-scores, axis=0, kind="stable")[:10].T
     _, approx = index.search(queries, 10)
     recall = float(np.mean([len(set(t) & set(a)) / 10 for t, a in zip(truth, approx, strict=True)]))
     return index, recall
+
+
+def new_faiss_index(factory: str, dim: int) -> faiss.Index:
+    """An empty inner-product index of ``factory``, or a ConfigError saying why FAISS refuses it."""
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        reason = str(err).strip().rsplit(": ", 1)[-1] or "refused"
+        raise ConfigError(f"--faiss-factory {factory!r} cannot index {dim}-dimensional vectors ({reason}); e.g. "
+                          f"Flat, IVF256,Flat or IVF256,PQ{next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)}"
+                          ) from err
+
+
+def search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:
+    """Search parameters carrying ``selector`` of the type ``index`` takes: IVF (with its nprobe), HNSW (with its
+    efSearch), a pre-transform (OPQ…) wrapping either, or plain."""
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = search_params(faiss.downcast_index(index.index), selector)
+        return faiss.SearchParametersPreTransform(sel=selector, index_params=inner)
+    if isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe)
+    if isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=index.hnsw.efSearch)
+    return faiss.SearchParameters(sel=selector)
 
 
 def faiss_search(index: faiss.Index, vector: np.ndarray, fetch: int,
@@ -77,10 +144,7 @@ def faiss_search(index: faiss.Index, vector: np.ndarray, fetch: int,
     """Inner-product search of one vector, restricted to ``allowed`` FAISS ids when given."""
     params = None
     if allowed is not None:
-        selector = faiss.IDSelectorBatch(allowed.astype("int64"))
-        # an IVF index refuses plain SearchParameters: it takes its own, which also carry its nprobe
-        params = (faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe) if isinstance(index, faiss.IndexIVF)
-                  else faiss.SearchParameters(sel=selector))
+        params = search_params(index, faiss.IDSelectorBatch(allowed.astype("int64")))
         fetch = min(fetch, len(allowed))
     scores, rows = index.search(np.ascontiguousarray(vector[None], dtype="float32"), max(fetch, 1), params=params)
     keep = rows[0] >= 0
@@ -94,13 +158,16 @@ class FaissStore:
     ``IndexFlatIP``): scores are FAISS's own.
     """
 
-    def __init__(self, vectors: np.ndarray | None, index: faiss.Index | None = None) -> None:
+    def __init__(self, vectors: np.ndarray | None, index: faiss.Index | None = None,
+                 settings: SearchSettings | None = None) -> None:
         if vectors is None and index is None:
             raise ValueError("a FaissStore needs vectors, an index, or both")
         self._vectors = None if vectors is None else (vectors if vectors.ndim == 3 else vectors[:, None, :])
         if index is None:
             index, _ = build_faiss_index(self._vectors)
         self.index = index
+        self.settings = settings or SearchSettings()
+        set_nprobe(self.index, self.settings.nprobe)
         if self._vectors is not None:
             self.rows, self.windows, self.dim = self._vectors.shape
         else:
@@ -112,10 +179,11 @@ class FaissStore:
         return cls(None, build_faiss_index(vectors)[0])
 
     @classmethod
-    def open(cls, index_path: Path, vectors_path: Path | None = None) -> FaissStore:
-        """A stored index (and its vectors, memory-mapped read-only)."""
+    def open(cls, index_path: Path, vectors_path: Path | None = None,
+             settings: SearchSettings | None = None) -> FaissStore:
+        """A stored index (and its vectors, memory-mapped read-only), searched with ``settings``."""
         vectors = np.load(vectors_path, mmap_mode="r") if vectors_path is not None else None
-        return cls(vectors, faiss.read_index(str(index_path)))
+        return cls(vectors, faiss.read_index(str(index_path)), settings)
 
     def save_index(self, path: Path) -> None:
         faiss.write_index(self.index, str(path))
@@ -131,7 +199,7 @@ class FaissStore:
         windowed = None if allowed is None else (allowed[:, None] * self.windows + np.arange(self.windows)).ravel()
         # Candidates from FAISS (k·W windows hold at least k rows; approximate indices fetch more),
         # then exact scores of each candidate's best window from the stored vectors.
-        fetch = k * self.windows * (1 if self.exact else 4)
+        fetch = k * self.windows * (1 if self.exact else self.settings.rerank)
         _, flat = faiss_search(self.index, vector, fetch, windowed)
         rows = np.unique(flat // self.windows)
         window_scores = self.vectors(rows) @ vector  # (r, W)

@@ -128,6 +128,9 @@ def index_build(
     normalizer: Annotated[Path | None, typer.Option(help=field_help(A, "normalizer"))] = None,
     embedding_model: Annotated[str | None, typer.Option(help=field_help(X, "embedding_model"))] = X.embedding_model,
     faiss_factory: Annotated[str, typer.Option(help=field_help(ST, "faiss_factory"))] = ST.faiss_factory,
+    nprobe: Annotated[int, typer.Option(help=field_help(ST, "nprobe"))] = ST.nprobe,
+    rerank: Annotated[int, typer.Option(help=field_help(ST, "rerank"))] = ST.rerank,
+    train_sample: Annotated[int, typer.Option(help=field_help(ST, "train_sample"))] = ST.train_sample,
     modules: Annotated[str, typer.Option(help="Comma-separated. " + field_help(S, "groups"))] = ",".join(S.groups),
     include_head: Annotated[bool, typer.Option(help="Also sketch the output head (same as adding 'head' to "
                                                     "--modules).")] = False,
@@ -166,7 +169,8 @@ def index_build(
         mode=mode, precondition=precondition, damping=damping,
         precondition_sample=precondition_sample, fisher=fisher, curvature_rows=curvature_rows,
         factor_limit=factor_limit, normalizer=str(normalizer) if normalizer else None,
-        embedding_model=embedding_model, faiss_factory=faiss_factory, include_head=include_head,
+        embedding_model=embedding_model, faiss_factory=faiss_factory, nprobe=nprobe, rerank=rerank,
+        train_sample=train_sample, include_head=include_head,
         groups=tuple(g.strip() for g in modules.split(",") if g.strip()),
         max_tokens=max_tokens, shard_size=shard_size,
     )

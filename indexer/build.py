@@ -17,6 +17,7 @@ import torch.distributed as dist
 from attribution.batching import DEFAULT_BATCHING, Batching
 from attribution.embeddings import TextEmbedder
 from attribution.errors import ConfigError
+from attribution.vectors import new_faiss_index
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
 from indexer.merge import merge, prune_builds
@@ -49,6 +50,8 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
         raise ConfigError("--append adds to an existing index and --overwrite replaces it: choose one")
     config = config.with_absolute_paths()
     encoder = make_encoder(config, device, dtype)
+    if config.storage.faiss_factory != "Flat":
+        new_faiss_index(config.storage.faiss_factory, encoder.dim)  # refused now, not after the sketch pass
     embedder = TextEmbedder(config.embedding_model, device=device)
     grouped = process_group_ready()
     if append:

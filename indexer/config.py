@@ -9,6 +9,7 @@ from pathlib import Path
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, from_json, to_json
 from attribution.errors import ConfigError
 from attribution.sketch import SketchConfig
+from attribution.vectors import SearchSettings
 
 
 class IndexMismatchError(ConfigError):
@@ -24,10 +25,21 @@ class StorageConfig:
     vectors."""
     shard_size: int = 1024
     """Examples per shard (the unit of work and of resume)."""
+    nprobe: int = 16
+    """IVF indices: lists visited per query."""
+    train_sample: int = 65536
+    """Approximate indices: vectors, evenly spaced, they train on."""
+    rerank: int = 4
+    """Approximate indices: candidates fetched per result (× windows), re-scored exactly from the stored vectors."""
 
     def __post_init__(self) -> None:
-        if self.shard_size <= 0:
-            raise ConfigError(f"shard_size must be positive, got {self.shard_size}")
+        for name in ("shard_size", "nprobe", "train_sample", "rerank"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def search(self) -> SearchSettings:
+        """How the gradient index is trained and searched."""
+        return SearchSettings(nprobe=self.nprobe, train_sample=self.train_sample, rerank=self.rerank)
 
 
 FLAT_NAMES: dict[str, tuple[str, ...]] = {
@@ -48,6 +60,9 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     "normalizer": ("attribution", "normalizer"),
     "revision_weights": ("attribution", "revision_weights"),
     "faiss_factory": ("storage", "faiss_factory"),
+    "nprobe": ("storage", "nprobe"),
+    "train_sample": ("storage", "train_sample"),
+    "rerank": ("storage", "rerank"),
     "shard_size": ("storage", "shard_size"),
 }
 """Flat setting names (the CLI's flags, and the flat config.json of indices built before the nested record)

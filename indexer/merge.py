@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import duckdb
+import faiss
 import numpy as np
 import pyarrow.parquet as pq
 import torch
@@ -138,10 +139,16 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
         if ckpt.preconditioner is not None:
             ckpt.preconditioner.save(tmp / curvature_file(c))
     vectors = write_vectors(encoder, shards, tmp)
-    gradient_index, recall = build_faiss_index(vectors, config.storage.faiss_factory)
+    gradient_index, recall = build_faiss_index(vectors, config.storage.faiss_factory,
+                                              settings=config.storage.search())
     FaissStore(vectors, gradient_index).save_index(tmp / GRADIENT_INDEX)
-    embeddings = np.concatenate([np.asarray(load_shard_array(s, "embeddings.npy"), np.float32) for s in shards])
-    FaissStore.index_only(embeddings).save_index(tmp / EMBEDDING_INDEX)
+    embedding_index = None
+    for shard in shards:  # shard by shard: the merge never holds every embedding at once
+        part = np.ascontiguousarray(load_shard_array(shard, "embeddings.npy"), dtype=np.float32)
+        if embedding_index is None:
+            embedding_index = faiss.IndexFlatIP(part.shape[1])
+        embedding_index.add(part)
+    faiss.write_index(embedding_index, str(tmp / EMBEDDING_INDEX))
     texts = [t for s in shards for t in pq.read_table(s / "meta.parquet", columns=["text"])["text"].to_pylist()]
     BM25Retriever(texts, [{}] * len(texts)).save(tmp / BM25_DIR)
     build_duckdb(shards, tmp / METADATA_DB)

@@ -45,7 +45,7 @@ def open_index(path: str | Path, device: str = "cpu") -> AttributionSession:
         ckpt.preconditioner = load_curvature(build / curvature_file(c))
     texts = DuckTexts(build / METADATA_DB)
     ids, metadata = load_metadata(texts.cursor())
-    store = FaissStore.open(build / GRADIENT_INDEX, build / VECTORS)
+    store = FaissStore.open(build / GRADIENT_INDEX, build / VECTORS, manifest.config.storage.search())
     gradient = GradientRetriever(encoder, store, metadata, config.attribution.window)
 
     def embedding() -> EmbeddingRetriever:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attribution.vectors import FaissStore, build_faiss_index
+from attribution.errors import ConfigError
+from attribution.vectors import FaissStore, SearchSettings, build_faiss_index
 
 
 def brute_force(vectors: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray | None) -> list[int]:
@@ -60,3 +62,40 @@ def test_index_only_store_keeps_faiss_scores_and_reconstructs(tmp_path) -> None:
     np.testing.assert_allclose(reopened.vectors(np.array([3, 5]))[:, 0], vectors[[3, 5]])
     with pytest.raises(ValueError, match="needs vectors"):
         FaissStore(None, None)
+
+
+FACTORIES = ["Flat", "IVF8,Flat", "IVF8,PQ4x4", "OPQ4,IVF8,PQ4x4", "HNSW8", "IVF8,SQ8"]
+
+
+@pytest.mark.parametrize("factory", FACTORIES)
+def test_every_index_type_filters_reranks_and_keeps_its_nprobe(factory: str, tmp_path) -> None:
+    """A filter holds on every index type (IVF, PQ, a pre-transform, HNSW); results are re-scored exactly; the
+    recorded nprobe is what a reopened IVF index searches with; a float16 memmap is indexed piece by piece."""
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((600, 2, 16)).astype(np.float16)  # windows, stored as the merge stores them
+    np.save(tmp_path / "v.npy", vectors)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    settings = SearchSettings(nprobe=8, train_sample=400, rerank=8)
+    index, recall = build_faiss_index(mapped, factory, settings=settings)
+    assert (recall is None) == (factory == "Flat") and (recall is None or 0 <= recall <= 1)
+    FaissStore(mapped, index).save_index(tmp_path / "g.faiss")
+    store = FaissStore.open(tmp_path / "g.faiss", tmp_path / "v.npy", settings)
+    if "IVF" in factory:
+        assert faiss.extract_index_ivf(store.index).nprobe == 8  # every list: candidates are exact
+    query = np.asarray(vectors[11, 1], dtype=np.float32)
+    allowed = np.arange(200, 320)
+    found = store.search(query, 5, allowed)
+    assert len(found.rows) == 5 and set(found.rows.tolist()) <= set(allowed.tolist())
+    exact = (np.asarray(vectors[found.rows], dtype=np.float32) @ query).max(axis=1)
+    np.testing.assert_allclose(found.scores, exact, rtol=1e-5)
+    if factory in ("Flat", "IVF8,Flat"):  # exact candidates: the exact top 5 of the allowed rows
+        whole = (np.asarray(vectors[allowed], dtype=np.float32) @ query).max(axis=1)
+        assert found.rows.tolist() == allowed[np.argsort(-whole, kind="stable")[:5]].tolist()
+
+
+@pytest.mark.parametrize(("factory", "message"), [("bogus", "could not parse"), ("IVF4,PQ5", "multiple of"),
+                                                  ("IVF4096,Flat", "IVF lists need")])
+def test_a_factory_faiss_refuses_is_a_clear_error(factory: str, message: str) -> None:
+    vectors = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    with pytest.raises(ConfigError, match=message):
+        build_faiss_index(vectors, factory)

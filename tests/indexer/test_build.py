@@ -189,6 +189,8 @@ def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
                            (["--rows-per-step", "1024"], "disagrees with the layout.json"),
                            (["--rows", "0:99999"], "outside the data"),
                            (["--rows", "0:8", "--steps", "0:1"], "not both"),
+                           (["--faiss-factory", "IVF4,PQ7"], "cannot index"),
+                           (["--nprobe", "0"], "nprobe must be positive"),
                            (["--fisher", "true"], "fisher must be one of"),
                            (["--curvature-rows", "0"], "row sample must be positive"),
                            (["--factor-limit", "0"], "factor limit must be positive"),
@@ -261,3 +263,23 @@ def test_a_row_range_indexes_exactly_those_rows(tiny_demo: Path, tmp_path: Path)
     session = open_index(out)
     assert session.ids.tolist() == list(range(3, 20))
     assert session.manifest.config.rows == "3:20" and session.manifest.config.steps is None
+
+
+def test_a_compressed_index_records_its_search_settings_and_filters(tiny_demo: Path, tmp_path: Path) -> None:
+    """IVF-PQ candidates re-ranked exactly: nprobe and the re-rank depth recorded and used on reopen; a filtered
+    query answers (it once raised 'IndexIVF params have incorrect type')."""
+    import faiss
+
+    from attribution.filters import Filters
+
+    out = tmp_path / "index"
+    result = runner.invoke(app, [*cli_args(tiny_demo, out), "--faiss-factory", "IVF4,PQ4x4", "--nprobe", "3",
+                                 "--rerank", "6"])
+    assert result.exit_code == 0, result.output
+    session = open_index(out)
+    storage = session.manifest.config.storage
+    assert (storage.faiss_factory, storage.nprobe, storage.rerank) == ("IVF4,PQ4x4", 3, 6)
+    assert faiss.extract_index_ivf(session.gradient.store.index).nprobe == 3
+    assert 0 <= read_manifest(out).counts.faiss_recall_at_10 <= 1
+    hits = session.attribute("Ilse Varga was born in", " Tarnow", k=4, filters=Filters(step_min=2, step_max=5))
+    assert len(hits) == 4 and all(2 <= h.metadata["step"] <= 5 for h in hits)

@@ -64,6 +64,17 @@ def uvicorn_server(index: Path, log_path: Path, env: dict[str, str] | None = Non
         log.close()
 
 
+def run_ablation_job(url: str, body: dict, seconds: float = 300) -> dict:
+    """POST an ablation job, wait for it to end (at most ``seconds``), and return its last status."""
+    started = httpx.post(f"{url}/v1/ablations", json=body, headers={"X-API-Key": API_KEY}, timeout=60)
+    assert started.status_code == 202, started.text
+    job, deadline = started.json(), time.time() + seconds
+    while job["status"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.5)
+        job = httpx.get(f"{url}/v1/ablations/{job['id']}").json()
+    return job
+
+
 @pytest.fixture(scope="session")
 def server(served_index: Path, tmp_path_factory) -> Iterator[str]:
     """Base URL of a uvicorn process serving ``served_index``; stopped at the end of the session."""

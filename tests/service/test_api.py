@@ -18,7 +18,7 @@ from indexer.training_rows import RowRange
 from service.catalog import MAX_FACTS, correct_prefix, describe
 from service.main import create_app
 from service.settings import Settings
-from tests.service.conftest import API_KEY, uvicorn_server
+from tests.service.conftest import API_KEY, run_ablation_job, uvicorn_server
 
 QUERY = {"prompt": "Ilse Varga was born in", "completion": " Tarnow", "k": 5}
 
@@ -310,12 +310,7 @@ def test_job_folders_do_not_outlive_the_server(tiny_index: Path, tmp_path: Path)
     temp = tmp_path / "temp"
     temp.mkdir()
     with uvicorn_server(tiny_index, tmp_path / "uvicorn.log", env={"TMPDIR": str(temp)}) as url:
-        started = httpx.post(f"{url}/v1/ablations", json=ABLATION, headers={"X-API-Key": API_KEY}, timeout=60)
-        assert started.status_code == 202, started.text
-        job, deadline = started.json(), time.time() + 300
-        while job["status"] in ("queued", "running") and time.time() < deadline:
-            time.sleep(0.5)
-            job = httpx.get(f"{url}/v1/ablations/{job['id']}").json()
+        job = run_ablation_job(url, ABLATION)
         assert job["status"] == "done", job
         (jobs,) = temp.glob("headwater-jobs-*")
         assert (jobs / job["id"] / "report.json").is_file()

@@ -6,7 +6,6 @@ every row of a dataset without a layout is indexed, and nothing answers 500."""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -20,7 +19,7 @@ from attribution.models import load_tokenizer
 from headwater.cli import app
 from indexer.megatron import write_dataset
 from indexer.store import open_index
-from tests.service.conftest import API_KEY, uvicorn_server
+from tests.service.conftest import run_ablation_job, uvicorn_server
 
 PYTHIA_14M = dict(vocab_size=50304, hidden_size=128, num_hidden_layers=6, num_attention_heads=4,
                   intermediate_size=512, max_position_embeddings=2048, rotary_pct=0.25, use_parallel_residual=True,
@@ -68,10 +67,5 @@ def test_served_at_pythia_shape_every_method_answers_and_an_ablation_runs(pythia
             assert len(response.json()["results"]) == 2, (method, response.json())
         body = {"targets": [{**query, "unrelated": unrelated}], "k": 1, "budgets": [0.5],
                 "random_draws": 1, "methods": ["gradient", "random"]}
-        started = httpx.post(f"{url}/v1/ablations", json=body, headers={"X-API-Key": API_KEY}, timeout=60)
-        assert started.status_code == 202, started.text
-        job, deadline = started.json(), time.time() + 600
-        while job["status"] in ("queued", "running") and time.time() < deadline:
-            time.sleep(1)
-            job = httpx.get(f"{url}/v1/ablations/{job['id']}").json()
+        job = run_ablation_job(url, body, seconds=600)
         assert job["status"] == "done", job
