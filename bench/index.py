@@ -1,6 +1,6 @@
 """Index-build throughput on the demo, and FAISS / DuckDB at scale on synthetic sketches.
 
-    python -m bench.index [--demo demo-data] [--steps 0:100] [--sizes 100000,1000000] [--dim 256]
+    python -m bench.index [--demo demo-data] [--steps 0:100] [--sizes 100000,1000000] [--dims 256,1024] [--skip-demo]
 
 Part 1 builds an index of the demo rows (fresh directory) and prints examples/s overall
 and per stage (read, sketch, embed, write, merge), peak RSS and bytes per example on disk.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import faiss
 import numpy as np
 
 from attribution.batching import Batching
+from attribution.vectors import FaissStore, SearchSettings, build_faiss_index
 
 
 def demo_build(demo: Path, steps: str | None, k: int, window: int | None) -> None:
@@ -76,37 +78,55 @@ def latency(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[float, flo
     return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 95) * 1e3)
 
 
-def scale_row(n: int, dim: int) -> dict:
-    x = synthetic(n, dim)
-    queries = synthetic(200, dim, seed=1)
-    started = time.perf_counter()
-    flat = faiss.IndexFlatIP(dim)
-    flat.add(x)
-    flat_build = time.perf_counter() - started
-    flat_p50, flat_p95 = latency(flat, queries, 10)
-    _, truth = flat.search(queries, 10)
-    lists = 256 if n <= 200_000 else 1024
-    factory = f"IVF{lists},PQ{dim // 8}"
-    started = time.perf_counter()
-    ivf = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    ivf.train(x[:: max(1, n // 50_000)])
-    ivf.add(x)
-    ivf_build = time.perf_counter() - started
-    faiss.extract_index_ivf(ivf).nprobe = 16
-    stored = x.astype(np.float16)
-    times, hits = [], []
-    for q, gold in zip(queries, truth, strict=True):
+def synthetic_memmap(path: Path, n: int, dim: int, seed: int = 0, block: int = 200_000) -> np.ndarray:
+    """``synthetic`` vectors written as a float16 memmap block by block, as the merge stores prepared vectors."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, dim))
+    for start in range(0, n, block):
+        out[start : start + block] = synthetic(min(block, n - start), dim, seed=seed + 1 + start // block)
+    out.flush()
+    return np.load(path, mmap_mode="r")
+
+
+def exact_top10(vectors: np.ndarray, queries: np.ndarray, block: int = 200_000) -> np.ndarray:
+    """Brute-force top 10 of every query over a memmap, block by block."""
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(vectors), block):
+        scores = queries @ np.asarray(vectors[start : start + block], dtype=np.float32).T
+        rows = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
+        both_s, both_r = np.concatenate([best_scores, scores], 1), np.concatenate([best_rows, rows], 1)
+        top = np.argsort(-both_s, axis=1)[:, :10]
+        best_scores, best_rows = np.take_along_axis(both_s, top, 1), np.take_along_axis(both_r, top, 1)
+    return best_rows
+
+
+def store_rows(n: int, dim: int, factories: list[str], work: Path) -> list[dict]:
+    """headwater's own store (``build_faiss_index`` + ``FaissStore``: candidates re-ranked exactly from the float16
+    memmap) for each factory and search setting: build seconds, FAISS bytes per example, p50/p95, recall@10."""
+    vectors = synthetic_memmap(work / f"v-{n}-{dim}.npy", n, dim)
+    queries = synthetic(200, dim, seed=10_000)
+    truth = exact_top10(vectors, queries)
+    rows = []
+    for factory in factories:
         started = time.perf_counter()
-        _, cand = ivf.search(q[None], 100)
-        cand = cand[0][cand[0] >= 0]
-        exact = stored[cand].astype(np.float32) @ q
-        top = cand[np.argsort(-exact)[:10]]
-        times.append(time.perf_counter() - started)
-        hits.append(len(set(top) & set(gold)) / 10)
-    return {"n": n, "factory": factory, "flat_build": flat_build, "flat_p50": flat_p50, "flat_p95": flat_p95,
-            "ivf_build": ivf_build, "ivf_p50": float(np.percentile(times, 50) * 1e3),
-            "ivf_p95": float(np.percentile(times, 95) * 1e3), "recall": float(np.mean(hits)),
-            "duckdb": duckdb_lookups(n)}
+        index, _ = build_faiss_index(vectors, factory, settings=SearchSettings(nprobe=16))
+        build = time.perf_counter() - started
+        faiss.write_index(index, str(work / "g.faiss"))
+        index_bytes = (work / "g.faiss").stat().st_size
+        for nprobe, rerank in ((16, 4), (64, 4), (64, 16)) if factory != "Flat" else ((1, 1),):
+            store = FaissStore(vectors, index, SearchSettings(nprobe=nprobe, rerank=rerank))
+            times, hits = [], []
+            for q, gold in zip(queries, truth, strict=True):
+                started = time.perf_counter()
+                found = store.search(q, 10)
+                times.append(time.perf_counter() - started)
+                hits.append(len(set(found.rows.tolist()) & set(gold.tolist())) / 10)
+            rows.append({"n": n, "dim": dim, "factory": factory, "nprobe": nprobe, "rerank": rerank,
+                         "build": build, "index_bytes": index_bytes / n, "vector_bytes": dim * 2,
+                         "p50": float(np.percentile(times, 50) * 1e3), "p95": float(np.percentile(times, 95) * 1e3),
+                         "recall": float(np.mean(hits))})
+            print(rows[-1], flush=True, file=sys.stderr)
+    return rows
 
 
 def duckdb_lookups(n: int) -> dict[int, float]:
@@ -138,23 +158,41 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--dims", default="256", help="comma-separated vector dimensions")
+    parser.add_argument("--factories", default="Flat;IVF{lists},PQ{m};OPQ{m},IVF{lists},PQ{m}",
+                        help="';'-separated FAISS factories ({lists}, {m}: chosen from n and dim)")
+    parser.add_argument("--work", type=Path, default=None, help="where the synthetic memmaps go (default: /tmp)")
     parser.add_argument("--skip-demo", action="store_true")
     args = parser.parse_args()
     if not args.skip_demo:
         demo_build(args.demo, args.steps, args.k, args.window or None)
-    rows = [scale_row(int(n), args.dim) for n in args.sizes.split(",")]
-    print(f"\n## FAISS and DuckDB at scale (synthetic unit vectors, dim {args.dim}, faiss {faiss.__version__}, "
-          f"duckdb {duckdb.__version__})\n")
-    print("| examples | Flat build s | Flat p50/p95 ms | IVF-PQ | IVF build s | IVF+rerank p50/p95 ms | "
-          "recall@10 vs exact | DuckDB 10/100/1000 ids ms |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        d = r["duckdb"]
-        print(f"| {r['n']:,} | {r['flat_build']:.2f} | {r['flat_p50']:.1f}/{r['flat_p95']:.1f} | {r['factory']} | "
-              f"{r['ivf_build']:.1f} | {r['ivf_p50']:.1f}/{r['ivf_p95']:.1f} | {r['recall']:.3f} | "
-              f"{d[10]:.1f}/{d[100]:.1f}/{d[1000]:.1f} |")
+    print(f"\n## The vector store at scale (synthetic unit vectors around 1,000 centres, float16 memmap, faiss "
+          f"{faiss.__version__}; headwater's FaissStore: candidates re-ranked exactly from the memmap)\n")
+    print("| examples | dim | factory | nprobe | re-rank × | build s | FAISS bytes/example | + float16 vectors "
+          "bytes/example | p50 / p95 ms | recall@10 vs exact |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(dir=args.work) as tmp:
+        for n in (int(v) for v in args.sizes.split(",")):
+            for dim in (int(v) for v in args.dims.split(",")):
+                factories = [f.format(lists=lists_for(n), m=pq_for(dim)) for f in args.factories.split(";")]
+                for r in store_rows(n, dim, factories, Path(tmp)):
+                    print(f"| {r['n']:,} | {r['dim']} | {r['factory']} | {r['nprobe']} | {r['rerank']} | "
+                          f"{r['build']:.1f} | {r['index_bytes']:,.0f} | {r['vector_bytes']:,} | "
+                          f"{r['p50']:.1f} / {r['p95']:.1f} | {r['recall']:.3f} |", flush=True)
+    print("\n| examples | DuckDB 10 / 100 / 1000 ids ms |\n|---|---|")
+    for n in (int(v) for v in args.sizes.split(",")):
+        d = duckdb_lookups(n)
+        print(f"| {n:,} | {d[10]:.1f} / {d[100]:.1f} / {d[1000]:.1f} |")
 
+
+def lists_for(n: int) -> int:
+    """IVF lists: about 4·√n, a power of two."""
+    return 1 << max(4, int(np.log2(4 * np.sqrt(n))))
+
+
+def pq_for(dim: int) -> int:
+    """PQ sub-quantizers: dim / 4 (4 dimensions per byte of code), capped at 64."""
+    return min(64, max(1, dim // 4))
 
 if __name__ == "__main__":
     main()

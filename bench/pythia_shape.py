@@ -1,0 +1,124 @@
+"""The sketch pass at Pythia's real shapes: a random GPT-NeoX of Pythia-14m's or -70m's config, 2,049-token rows.
+
+    python -m bench.pythia_shape [--shapes 14m,70m] [--rows 4] [--token-batch-size 8192] [--device cpu|cuda]
+        [--dtype float32|bfloat16] [--compare-cpu]
+
+Per shape, each in its own subprocess (so peak RSS is its own): a plain forward + backward with parameter
+gradients over the same rows (the floor), and headwater's sketch pass with the index build's defaults (k=16,
+every block Linear, the chunked loss, the token budget): rows/s, tokens/s, the ratio sketch / plain, peak RSS
+(against the budget) and bytes per example stored (float16). ``--compare-cpu`` (with a CUDA device) also
+sketches the rows on the CPU in float32 and reports the lowest cosine between the two sketches of a row
+(bench/gpu_check.sh asks ≥ 0.99). Prints a markdown table; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+SHAPES = {
+    "14m": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=512),
+    "70m": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048),
+}
+COMMON = dict(vocab_size=50304, max_position_embeddings=2048, rotary_pct=0.25, use_parallel_residual=True,
+              tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+
+
+def make_model(shape: str, device: str, dtype: str):
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    model = GPTNeoXForCausalLM(GPTNeoXConfig(**SHAPES[shape], **COMMON))
+    return model.to(device=device, dtype=getattr(torch, dtype)).eval()
+
+
+def rows(count: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.randint(1, 50304, (count, 2049), generator=generator).tolist()
+
+
+def sketches(shape: str, count: int, tokens: int, device: str, dtype: str) -> torch.Tensor:
+    from attribution.batching import Batching, training_batch
+    from attribution.sketch import SketchConfig, Sketcher
+
+    model = make_model(shape, device, dtype)
+    sketcher = Sketcher(model, SketchConfig())
+    data = rows(count)
+    out = [sketcher.sketch(training_batch(data[a:b])).float().cpu()
+           for a, b in Batching(rows=32, tokens=tokens).spans([len(r) for r in data])]
+    return torch.cat(out)
+
+
+def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtype: str) -> dict:
+    """One variant in this process: seconds, peak RSS, the sketch dimension."""
+    from attribution.batching import Batching, backward_summed_nll, training_batch
+
+    data = rows(count)
+    spans = Batching(rows=32, tokens=tokens).spans([len(r) for r in data])
+    started = time.perf_counter()
+    dim = 0
+    if variant == "plain":
+        model = make_model(shape, device, dtype)
+        started = time.perf_counter()
+        for a, b in spans:
+            batch = training_batch(data[a:b]).to(device)
+            backward_summed_nll(model, batch)  # the same chunked loss: the floor without sketching
+            model.zero_grad(set_to_none=True)
+    else:
+        dim = int(sketches(shape, count, tokens, device, dtype).shape[1])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (Linux reports KiB)
+    gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
+    return {"seconds": seconds, "peak_rss_gib": peak, "gpu_gib": gpu, "dim": dim}
+
+
+def run_variant(variant: str, args: argparse.Namespace, shape: str) -> dict:
+    argv = [sys.executable, "-m", "bench.pythia_shape", "--child", variant, "--shapes", shape, "--rows",
+            str(args.rows), "--token-batch-size", str(args.token_batch_size), "--device", args.device, "--dtype",
+            args.dtype]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="14m,70m")
+    parser.add_argument("--rows", type=int, default=4)
+    parser.add_argument("--token-batch-size", type=int, default=8192)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--compare-cpu", action="store_true")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.child, args.shapes, args.rows, args.token_batch_size, args.device, args.dtype)))
+        return
+    print(f"\n{args.rows} rows of 2,049 tokens, vocabulary 50,304, token budget {args.token_batch_size:,}, "
+          f"{args.device} {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print("| shape | variant | rows/s | tokens/s | × plain | peak RSS GiB | GPU GiB | bytes/example (fp16) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for shape in args.shapes.split(","):
+        plain = run_variant("plain", args, shape)
+        sketch = run_variant("sketch", args, shape)
+        for name, r in (("plain fwd+bwd", plain), ("headwater sketch (k=16)", sketch)):
+            rate = args.rows / r["seconds"]
+            print(f"| {shape} | {name} | {rate:.2f} | {rate * 2048:,.0f} | {plain['seconds'] / r['seconds']:.2f} | "
+                  f"{r['peak_rss_gib']:.2f} | {r['gpu_gib']:.2f} | {r['dim'] * 2:,} |", flush=True)
+        if args.compare_cpu and args.device != "cpu":
+            here = sketches(shape, args.rows, args.token_batch_size, args.device, args.dtype)
+            cpu = sketches(shape, args.rows, args.token_batch_size, "cpu", "float32")
+            cosine = torch.nn.functional.cosine_similarity(here, cpu, dim=1)
+            print(f"\n{shape}: lowest cosine between {args.device} {args.dtype} and CPU float32 sketches of a row: "
+                  f"{float(cosine.min()):.4f} (goal ≥ 0.99)\n")
+
+
+if __name__ == "__main__":
+    main()
