@@ -160,6 +160,31 @@ class GradientEncoder:
         completion = self.tokenizer.decode(completion_ids) if completion is None else completion
         per_token = self._per_token_sketches(prompt_ids, completion_ids)
         control = self._control_sketches(controls, len(completion_ids)) if controls else [None] * len(per_token)
+        return self._encoded(per_token, control, completion_ids, completion, len(controls))
+
+    def encode_queries(self, queries: Sequence[tuple[str, str]]) -> list[EncodedQuery]:
+        """:meth:`encode_query` of several (prompt, completion) pairs without controls in ONE sketch pass (every
+        completion token of every query a row of the same batch): what a server does with queries that arrive
+        together. Same vectors as one at a time, up to float rounding (tested)."""
+        pairs = [(self.encode_ids(p), self.encode_ids(c)) for p, c in queries]
+        rows, masks = [], []
+        for prompt_ids, completion_ids in pairs:
+            ids, _ = query_tokens(prompt_ids, completion_ids, self.max_length)
+            first = len(prompt_ids)
+            for j in range(len(completion_ids)):
+                rows.append(ids)
+                masks.append([int(i == first + j) for i in range(len(ids))])
+        batch = collate(rows, masks)
+        sketched = [c.query_sketcher.sketch(batch).cpu() for c in self.checkpoints]
+        out, start = [], 0
+        for (_, completion), (_, completion_ids) in zip(queries, pairs, strict=True):
+            per_token = [s[start : start + len(completion_ids)] for s in sketched]
+            start += len(completion_ids)
+            out.append(self._encoded(per_token, [None] * len(per_token), completion_ids, completion, 0))
+        return out
+
+    def _encoded(self, per_token: list[torch.Tensor], control: list, completion_ids: list[int], completion: str,
+                 controls_used: int) -> EncodedQuery:
         vectors, tokens = [], []
         for ckpt, pt, ctrl in zip(self.checkpoints, per_token, control, strict=True):
             q, t = prepare_query(pt.sum(0), self.mode, ckpt.preconditioner, ctrl, per_token=pt)
@@ -170,7 +195,7 @@ class GradientEncoder:
             per_token=combine_checkpoints(tokens, self.mode, self.weights),
             completion=completion,
             completion_tokens=[self.tokenizer.decode([t]) for t in completion_ids],
-            controls_used=len(controls),
+            controls_used=controls_used,
         )
 
     def raw_rows(self, rows: Sequence[Sequence[int]], window: int | None = None,

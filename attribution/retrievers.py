@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -106,6 +107,17 @@ class GradientRetriever:
         check_k(k, self.n)
         encoded = self.encoder.encode_query(query.prompt, query.completion, query.controls)
         query.completion = encoded.completion
+        return self._hits(encoded, k, filters)
+
+    def search_many(self, queries: Sequence[Query], k: int, filters: Sequence[Filters | None]) -> list[list[Hit]]:
+        """:meth:`search` of queries with completions and no controls, encoded in one sketch pass."""
+        check_k(k, self.n)
+        if any(q.completion is None or q.controls for q in queries):
+            raise ConfigError("search_many takes queries with a completion and no controls")
+        encoded = self.encoder.encode_queries([(q.prompt, q.completion) for q in queries])
+        return [self._hits(e, k, f) for e, f in zip(encoded, filters, strict=True)]
+
+    def _hits(self, encoded, k: int, filters: Filters | None) -> list[Hit]:
         vector = encoded.vector.numpy()
         found = self.store.search(vector, k, allowed_rows(self.metadata, filters))
         per_token = encoded.per_token.numpy()

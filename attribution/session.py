@@ -105,7 +105,18 @@ class AttributionSession:
         if completion is None:  # every method attributes the model's own continuation
             completion = self.encoder.greedy_completion(prompt)
         query = Query(prompt, completion, list(controls), unlearning)
-        hits = self.retriever(method).search(query, k, filters)
+        return self._results(self.retriever(method).search(query, k, filters), query)
+
+    def attribute_many(self, queries: Sequence[tuple[str, str]], k: int = 10,
+                       filters: Sequence[Filters | None] | None = None) -> list[list[Result]]:
+        """:meth:`attribute` by the gradient method of several (prompt, completion) pairs, sketched in one pass."""
+        asked = [Query(prompt, completion) for prompt, completion in queries]
+        if any(not q.prompt.strip() for q in asked):
+            raise ConfigError("the prompt is empty")
+        found = self.gradient.search_many(asked, k, filters or [None] * len(asked))
+        return [self._results(hits, query) for hits, query in zip(found, asked, strict=True)]
+
+    def _results(self, hits: list, query: Query) -> list[Result]:
         return [
             Result(rank=rank + 1, example_id=int(self.ids[hit.row]), score=hit.score, text=self.texts[hit.row],
                    metadata=self.metadata[hit.row], completion=query.completion or "",

@@ -64,7 +64,8 @@ class SearchSettings:
     nprobe: int = 16
     """IVF lists visited per query (FAISS's default of 1 misses most neighbours)."""
     train_sample: int = 65536
-    """Vectors, evenly spaced, an approximate index trains on (a float32 copy of these only)."""
+    """Vectors, evenly spaced, an approximate index trains on (a float32 copy of these only); at least 40 per IVF
+    list."""
     rerank: int = 4
     """Candidates fetched per wanted result (× windows) and re-scored exactly from the stored vectors."""
 
@@ -90,11 +91,12 @@ def build_faiss_index(vectors: np.ndarray, factory: str = "Flat", sample_queries
         index = faiss.IndexFlatIP(dim)
     else:
         index = new_faiss_index(factory, dim)
-        picks = np.unique(np.linspace(0, total - 1, min(total, settings.train_sample)).astype(np.int64))
         try:
             lists = faiss.extract_index_ivf(index).nlist
         except RuntimeError:
             lists = 0
+        wanted = max(settings.train_sample, 40 * lists)  # FAISS's k-means asks ~39 points per list
+        picks = np.unique(np.linspace(0, total - 1, min(total, wanted)).astype(np.int64))
         if lists > len(picks):
             raise ConfigError(f"--faiss-factory {factory}: {lists} IVF lists need at least as many training vectors, "
                               f"and there are {len(picks)}; use fewer lists (about √N: IVF{max(1, int(total**0.5))}) "

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from attribution.batching import BatchMemoryError
 from attribution.errors import ConfigError, DataFormatError, HeadwaterError, ModelLoadError
 from indexer.errors import IndexWriteError, StepRangeError, UnknownSourceError
+from service.batcher import GradientBatcher
 from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
 from service.jobs import JobBusyError, JobManager
 from service.routes import ablations, admin, attribute, data
@@ -129,6 +130,7 @@ def create_app(settings: Settings | None = None, load: bool = True,
     ``on_ready`` (``headwater serve`` prints a query to try). On shutdown the ablation jobs' files are removed."""
     settings = settings or Settings()
     served = ServedIndex(settings.index, settings.device)
+    served.batcher = GradientBatcher(served)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -140,6 +142,7 @@ def create_app(settings: Settings | None = None, load: bool = True,
             yield
         finally:
             app.state.jobs.close()
+            served.batcher.close()
 
     # API docs (/docs, /redoc) with Swagger UI and ReDoc served from the fastapi-offline package, not a CDN
     app = FastAPIOffline(title="headwater", version="0.1.0", lifespan=lifespan,

@@ -43,6 +43,12 @@ def needs_model_lock(method: Method, completion: str | None) -> bool:
     return method.uses_model or completion is None
 
 
+def batched(served: ServedIndex, method: Method, request: AttributeRequest) -> bool:
+    """Whether the query goes to the batcher: a gradient query with its completion given and no controls."""
+    return (served.batcher is not None and method is Method.GRADIENT and request.completion is not None
+            and not request.controls)
+
+
 def check_limits(request: AttributeRequest, session: AttributionSession, settings: Settings) -> None:
     """Refuse (422) a k or a number of control prompts past this server's limits."""
     largest = min(settings.max_k, len(session))
@@ -59,15 +65,20 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
     check_filters(request.filters, describe(session, served.model_lock))
     method = Method(request.method)
     started = time.perf_counter()
-    lock = served.model_lock if needs_model_lock(method, request.completion) else nullcontext()
-    with lock:
-        completion = request.completion if request.completion is not None else model_completion(session, request.prompt)
-        check_terms(method, request.prompt + completion)
-        found = session.attribute(request.prompt, completion, k=request.k, method=method,
-                                  filters=Filters(**request.filters.model_dump()),
-                                  controls=[(c, None) for c in request.controls],
-                                  unlearning=unlearning_settings(session, request))
-        stages = stage_timings(session, method)  # inside the lock: the next query overwrites them
+    filters = Filters(**request.filters.model_dump())
+    if batched(served, method, request):  # sketched in one pass with the gradient queries arriving with it
+        completion = request.completion or ""
+        found, stages = served.batcher.submit(request.prompt, completion, request.k, filters), {}
+    else:
+        lock = served.model_lock if needs_model_lock(method, request.completion) else nullcontext()
+        with lock:
+            completion = (request.completion if request.completion is not None
+                          else model_completion(session, request.prompt))
+            check_terms(method, request.prompt + completion)
+            found = session.attribute(request.prompt, completion, k=request.k, method=method, filters=filters,
+                                      controls=[(c, None) for c in request.controls],
+                                      unlearning=unlearning_settings(session, request))
+            stages = stage_timings(session, method)  # inside the lock: the next query overwrites them
     searched = time.perf_counter()
     completion = (found[0].completion if found else completion) or ""
     found, note = meaningful(method, found, request.filters)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from attribution.errors import HeadwaterError
 from attribution.retrievers import Method
@@ -12,6 +13,9 @@ from attribution.session import AttributionSession
 from indexer.store import open_index
 from service.catalog import describe
 from service.errors import IndexUnavailableError
+
+if TYPE_CHECKING:
+    from service.batcher import GradientBatcher
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,8 @@ class ServedIndex:
         self.session: AttributionSession | None = None
         self.model_lock = threading.Lock()  # sketching hooks the shared model: one pass at a time
         self.reload_lock = threading.Lock()
+        self.batcher: GradientBatcher | None = None
+        """Answers concurrent gradient queries in one pass each batch (set by the app; None: one at a time)."""
 
     def load(self) -> AttributionSession:
         """Open the published build and serve it; on failure the previous build (if any) stays served.

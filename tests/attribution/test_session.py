@@ -13,6 +13,7 @@ from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig
 from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.metrics import first_gold_rank, recall_at
+from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from demo.groundtruth import Fact, load_facts
@@ -139,3 +140,17 @@ def test_a_query_of_token_ids_is_the_query_of_their_text(session: AttributionSes
     by_text = encoder.encode_query(prompt, completion)
     by_ids = encoder.encode_query_ids(encoder.encode_ids(prompt), encoder.encode_ids(completion))
     assert torch.equal(by_text.vector, by_ids.vector) and by_ids.completion == by_text.completion
+
+
+def test_queries_sketched_together_answer_as_one_at_a_time(session: AttributionSession, tiny_demo: Path) -> None:
+    """attribute_many (a server's batch of concurrent gradient queries, one sketch pass) = attribute, query by query."""
+    facts = [f for f in load_facts(tiny_demo) if f.gold_rows][:4]
+    pairs = [(f.prompt, f.completion) for f in facts] + [("The tower", " stood")]
+    together = session.attribute_many(pairs, k=5)
+    for (prompt, completion), batch in zip(pairs, together, strict=True):
+        alone = session.attribute(prompt, completion, k=5)
+        assert [r.example_id for r in batch] == [r.example_id for r in alone]
+        assert [r.score for r in batch] == pytest.approx([r.score for r in alone], rel=1e-4, abs=1e-6)
+        assert batch[0].token_contributions == pytest.approx(alone[0].token_contributions, rel=1e-3, abs=1e-5)
+    with pytest.raises(ConfigError, match="no controls"):
+        session.gradient.search_many([Query("a", None)], 3, [None])
