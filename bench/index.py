@@ -100,7 +100,8 @@ def exact_top10(vectors: np.ndarray, queries: np.ndarray, block: int = 200_000) 
     return best_rows
 
 
-def store_rows(n: int, dim: int, factories: list[str], work: Path) -> list[dict]:
+def store_rows(n: int, dim: int, factories: list[str], work: Path,
+               searches: tuple[tuple[int, int], ...] = ((16, 4), (64, 16), (64, 64))) -> list[dict]:
     """headwater's own store (``build_faiss_index`` + ``FaissStore``: candidates re-ranked exactly from the float16
     memmap) for each factory and search setting: build seconds, FAISS bytes per example, p50/p95, recall@10."""
     vectors = synthetic_memmap(work / f"v-{n}-{dim}.npy", n, dim)
@@ -113,7 +114,7 @@ def store_rows(n: int, dim: int, factories: list[str], work: Path) -> list[dict]
         build = time.perf_counter() - started
         faiss.write_index(index, str(work / "g.faiss"))
         index_bytes = (work / "g.faiss").stat().st_size
-        for nprobe, rerank in ((16, 4), (64, 4), (64, 16)) if factory != "Flat" else ((1, 1),):
+        for nprobe, rerank in searches if factory != "Flat" else ((1, 1),):
             store = FaissStore(vectors, index, SearchSettings(nprobe=nprobe, rerank=rerank))
             times, hits = [], []
             for q, gold in zip(queries, truth, strict=True):
@@ -162,6 +163,8 @@ def main() -> None:
     parser.add_argument("--factories", default="Flat;IVF{lists},PQ{m};OPQ{m},IVF{lists},PQ{m}",
                         help="';'-separated FAISS factories ({lists}, {m}: chosen from n and dim)")
     parser.add_argument("--work", type=Path, default=None, help="where the synthetic memmaps go (default: /tmp)")
+    parser.add_argument("--searches", default="16x4,64x16,64x64,128x100",
+                        help="comma-separated NPROBExRERANK settings searched on each approximate index")
     parser.add_argument("--skip-demo", action="store_true")
     args = parser.parse_args()
     if not args.skip_demo:
@@ -175,7 +178,8 @@ def main() -> None:
         for n in (int(v) for v in args.sizes.split(",")):
             for dim in (int(v) for v in args.dims.split(",")):
                 factories = [f.format(lists=lists_for(n), m=pq_for(dim)) for f in args.factories.split(";")]
-                for r in store_rows(n, dim, factories, Path(tmp)):
+                searches = tuple(tuple(int(v) for v in pair.split("x")) for pair in args.searches.split(","))
+                for r in store_rows(n, dim, factories, Path(tmp), searches):
                     print(f"| {r['n']:,} | {r['dim']} | {r['factory']} | {r['nprobe']} | {r['rerank']} | "
                           f"{r['build']:.1f} | {r['index_bytes']:,.0f} | {r['vector_bytes']:,} | "
                           f"{r['p50']:.1f} / {r['p95']:.1f} | {r['recall']:.3f} |", flush=True)
