@@ -107,7 +107,7 @@ class GradientRetriever:
         check_k(k, self.n)
         encoded = self.encoder.encode_query(query.prompt, query.completion, query.controls)
         query.completion = encoded.completion
-        return self._hits(encoded, k, filters)
+        return self._hits(encoded, self.store.search(encoded.vector.numpy(), k, allowed_rows(self.metadata, filters)))
 
     def search_many(self, queries: Sequence[Query], k: int, filters: Sequence[Filters | None]) -> list[list[Hit]]:
         """:meth:`search` of queries with completions and no controls, encoded in one sketch pass."""
@@ -115,11 +115,11 @@ class GradientRetriever:
         if any(q.completion is None or q.controls for q in queries):
             raise ConfigError("search_many takes queries with a completion and no controls")
         encoded = self.encoder.encode_queries([(q.prompt, q.completion) for q in queries])
-        return [self._hits(e, k, f) for e, f in zip(encoded, filters, strict=True)]
+        vectors = np.stack([e.vector.numpy() for e in encoded])
+        found = self.store.search_many(vectors, k, [allowed_rows(self.metadata, f) for f in filters])
+        return [self._hits(e, f) for e, f in zip(encoded, found, strict=True)]
 
-    def _hits(self, encoded, k: int, filters: Filters | None) -> list[Hit]:
-        vector = encoded.vector.numpy()
-        found = self.store.search(vector, k, allowed_rows(self.metadata, filters))
+    def _hits(self, encoded, found) -> list[Hit]:
         per_token = encoded.per_token.numpy()
         best = self.store.vectors(found.rows)[np.arange(len(found.rows)), found.windows] if len(found.rows) else []
         hits = []

@@ -117,8 +117,10 @@ class AttributionSession:
         return [self._results(hits, query) for hits, query in zip(found, asked, strict=True)]
 
     def _results(self, hits: list, query: Query) -> list[Result]:
+        many = getattr(self.texts, "many", None)  # a stored index fetches the texts in one query
+        texts = many([h.row for h in hits]) if many is not None else [self.texts[h.row] for h in hits]
         return [
-            Result(rank=rank + 1, example_id=int(self.ids[hit.row]), score=hit.score, text=self.texts[hit.row],
+            Result(rank=rank + 1, example_id=int(self.ids[hit.row]), score=hit.score, text=texts[rank],
                    metadata=self.metadata[hit.row], completion=query.completion or "",
                    token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens,
                    token_span=hit.token_span, loss_increase=hit.loss_increase, row_tokens=hit.row_tokens)

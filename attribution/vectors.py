@@ -44,6 +44,10 @@ class VectorStore(Protocol):
         """The ``k`` best rows by inner product (best window), restricted to ``allowed`` row positions."""
         ...
 
+    def search_many(self, vectors: np.ndarray, k: int, allowed: list[np.ndarray | None]) -> list[Found]:
+        """:meth:`search` of several query vectors ``(Q, D)``, each with its own ``allowed`` rows."""
+        ...
+
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """Exact float32 vectors ``(len(rows), windows, dim)`` of the given rows (for re-ranking and evidence)."""
         ...
@@ -201,8 +205,25 @@ class FaissStore:
         windowed = None if allowed is None else (allowed[:, None] * self.windows + np.arange(self.windows)).ravel()
         # Candidates from FAISS (k·W windows hold at least k rows; approximate indices fetch more),
         # then exact scores of each candidate's best window from the stored vectors.
-        fetch = k * self.windows * (1 if self.exact else self.settings.rerank)
-        _, flat = faiss_search(self.index, vector, fetch, windowed)
+        _, flat = faiss_search(self.index, vector, self._fetch(k), windowed)
+        return self._rerank(vector, flat, k)
+
+    def search_many(self, vectors: np.ndarray, k: int, allowed: list[np.ndarray | None]) -> list[Found]:
+        """Unfiltered queries share one FAISS search (the stored matrix is read once for all of them: a flat
+        search is bound by memory bandwidth, not arithmetic); filtered ones are searched one by one."""
+        found: list[Found | None] = [None] * len(vectors)
+        plain = [i for i, a in enumerate(allowed) if a is None]
+        if plain and self._vectors is not None:
+            queries = np.ascontiguousarray(vectors[plain], dtype=np.float32)
+            _, candidates = self.index.search(queries, self._fetch(k))
+            for i, flat in zip(plain, candidates, strict=True):
+                found[i] = self._rerank(vectors[i], flat[flat >= 0], k)
+        return [f if f is not None else self.search(v, k, a) for f, v, a in zip(found, vectors, allowed, strict=True)]
+
+    def _fetch(self, k: int) -> int:
+        return k * self.windows * (1 if self.exact else self.settings.rerank)
+
+    def _rerank(self, vector: np.ndarray, flat: np.ndarray, k: int) -> Found:
         rows = np.unique(flat // self.windows)
         window_scores = self.vectors(rows) @ vector  # (r, W)
         best_window = window_scores.argmax(axis=1)

@@ -1,6 +1,6 @@
 """Latency and throughput of ``POST /v1/attribute`` per method, on a real uvicorn server.
 
-    python -m bench.service [--index demo-data/index] [--requests 40] [--concurrency 1,8]
+    python -m bench.service [--index demo-data/index] [--requests 40] [--concurrency 1,8] [--compare-batching]
 
 Starts the server on a free local port, sends a bounded number of planted-fact queries
 per (method, concurrency), and prints p50/p95/p99 latency, requests/s and the server's
@@ -27,11 +27,12 @@ from attribution.retrievers import Method
 METHODS = tuple(Method)
 
 
-def start_server(index: Path) -> tuple[subprocess.Popen, str]:
+def start_server(index: Path, batch_window_ms: float | None = None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "HEADWATER_INDEX": str(index), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HEADWATER_INDEX": str(index), "HF_HUB_OFFLINE": "1",
+           **({"HEADWATER_BATCH_WINDOW_MS": str(batch_window_ms)} if batch_window_ms is not None else {})}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:app", "--port", str(port),
                              "--log-level", "warning"], env=env)
     url = f"http://127.0.0.1:{port}"
@@ -73,7 +74,12 @@ def main() -> None:
     parser.add_argument("--demo", type=Path, default=Path("demo-data"))
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--concurrency", default="1,8")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--compare-batching", action="store_true",
+                        help="also serve with batching off (HEADWATER_BATCH_WINDOW_MS=0): gradient rows of both")
     args = parser.parse_args()
+    if args.compare_batching:
+        compare_batching(args)
     proc, url = start_server(args.index)
     try:
         bodies = queries(args.demo, args.requests)
@@ -81,7 +87,7 @@ def main() -> None:
         print(f"\n/v1/attribute on {info['examples']} examples, {len(bodies)} requests per row, k=10\n")
         print("| method | concurrency | p50 ms | p95 ms | p99 ms | requests/s | server search ms (median) |")
         print("|---|---|---|---|---|---|---|")
-        for method in METHODS:
+        for method in args.methods.split(","):
             for concurrency in map(int, args.concurrency.split(",")):
                 r = measure(url, bodies, method, concurrency)
                 print(f"| {method} | {concurrency} | {r['p50']:.0f} | {r['p95']:.0f} | {r['p99']:.0f} | "
@@ -89,6 +95,21 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def compare_batching(args: argparse.Namespace) -> None:
+    """Gradient queries at each concurrency with batching off, then on, each on a fresh server."""
+    print("\n| gradient queries | concurrency | p50 ms | p95 ms | requests/s |\n|---|---|---|---|---|")
+    for label, window in (("one pass each (batching off)", 0.0), ("batched (4 ms window)", 4.0)):
+        proc, url = start_server(args.index, window)
+        try:
+            bodies = queries(args.demo, args.requests)
+            for concurrency in map(int, args.concurrency.split(",")):
+                r = measure(url, bodies, "gradient", concurrency)
+                print(f"| {label} | {concurrency} | {r['p50']:.0f} | {r['p95']:.0f} | {r['rps']:.1f} |", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 if __name__ == "__main__":

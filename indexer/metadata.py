@@ -114,6 +114,15 @@ class DuckTexts:
         row = self.cursor().execute("SELECT text FROM examples WHERE position = ?", [int(position)]).fetchone()
         return row[0]
 
+    def many(self, positions: list[int]) -> list[str]:
+        """Texts of several rows in one query, in the order given."""
+        if not positions:
+            return []
+        result = self.cursor().execute("SELECT position, text FROM examples WHERE position IN (SELECT UNNEST(?))",
+                                       [list(map(int, positions))]).fetchall()
+        found = dict(result)
+        return [found[int(p)] for p in positions]
+
     def by_ids(self, ids: list[int]) -> list[dict]:
         """Full rows for example ids (``IN`` list on the id index), extra keys under their names."""
         cur = self.cursor()

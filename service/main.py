@@ -130,7 +130,8 @@ def create_app(settings: Settings | None = None, load: bool = True,
     ``on_ready`` (``headwater serve`` prints a query to try). On shutdown the ablation jobs' files are removed."""
     settings = settings or Settings()
     served = ServedIndex(settings.index, settings.device)
-    served.batcher = GradientBatcher(served)
+    if settings.batch_window_ms > 0:
+        served.batcher = GradientBatcher(served, window_s=settings.batch_window_ms / 1000)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -142,7 +143,8 @@ def create_app(settings: Settings | None = None, load: bool = True,
             yield
         finally:
             app.state.jobs.close()
-            served.batcher.close()
+            if served.batcher is not None:
+                served.batcher.close()
 
     # API docs (/docs, /redoc) with Swagger UI and ReDoc served from the fastapi-offline package, not a CDN
     app = FastAPIOffline(title="headwater", version="0.1.0", lifespan=lifespan,

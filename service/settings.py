@@ -21,3 +21,5 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64_000, ge=1024, description="Larger request bodies are refused with 413.")
     max_controls: int = Field(16, ge=0, description="Most control prompts in one contrastive query.")
     device: str = Field("cpu", description="cpu, cuda or auto.")
+    batch_window_ms: float = Field(4.0, ge=0, le=1000, description="Gradient queries arriving within this many "
+                                   "milliseconds of each other share one sketch pass; 0 turns batching off.")

@@ -99,3 +99,17 @@ def test_a_factory_faiss_refuses_is_a_clear_error(factory: str, message: str) ->
     vectors = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
     with pytest.raises(ConfigError, match=message):
         build_faiss_index(vectors, factory)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat"])
+def test_many_queries_in_one_search_find_what_each_finds_alone(factory: str) -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((500, 3, 12)).astype(np.float32)
+    index, _ = build_faiss_index(vectors, factory, settings=SearchSettings(nprobe=8, train_sample=400))
+    store = FaissStore(vectors, index, SearchSettings(nprobe=8))
+    queries = rng.standard_normal((5, 12)).astype(np.float32)
+    allowed = [None, np.arange(50, 90), None, None, np.arange(400, 500)]
+    for query, filt, together in zip(queries, allowed, store.search_many(queries, 7, allowed), strict=True):
+        alone = store.search(query, 7, filt)
+        assert together.rows.tolist() == alone.rows.tolist() and together.windows.tolist() == alone.windows.tolist()
+        np.testing.assert_allclose(together.scores, alone.scores, rtol=1e-6)

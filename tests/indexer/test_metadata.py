@@ -68,3 +68,10 @@ def test_by_step_returns_one_step_in_batch_order(tmp_path: Path) -> None:
 def test_schema_lists_every_column_once() -> None:
     assert SCHEMA.names == [c.value for c in Column]
     assert SCHEMA.names[:8] == ["id", "source", "row", "step", "batch_pos", "pile_set_name", "token_count", "text"]
+
+
+def test_many_texts_in_one_query_keep_the_order_given(tiny_index: Path) -> None:
+    from indexer.manifest import resolve_build
+
+    texts = DuckTexts(resolve_build(tiny_index) / "metadata.duckdb")
+    assert texts.many([5, 1, 5]) == [texts[5], texts[1], texts[5]] and texts.many([]) == []
