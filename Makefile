@@ -45,8 +45,10 @@ browser:
 test: $(STAMP) lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
-# Every benchmark and evaluation, written to bench/RESULTS.md (80 min on 2 quiet CPU cores, 49 of them LDS;
-# LDS_SUBSETS=4 for a quick pass). bergson runs in its own environment, .venv-bench/ (bench/bergson_env.sh).
+# Every benchmark and evaluation, written to bench/RESULTS.md (about 2.5 h on 2 quiet CPU cores, from the
+# sections' own timings: 49 min demo LDS, ~25 min estimators on both cases, ~10 min field LDS with the peers,
+# ~20 min the second case's full index and removal-and-retrain; LDS_SUBSETS=4 for a quicker pass).
+# bergson and Kronfluence run in their own environment, .venv-bench/ (bench/bergson_env.sh).
 BENCH_OUT ?= bench-out
 LDS_SUBSETS ?=
 bench: demo-index
