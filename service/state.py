@@ -5,19 +5,26 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from attribution.errors import HeadwaterError
+from attribution.filters import Filters
+from attribution.records import Result
 from attribution.retrievers import Method
 from attribution.session import AttributionSession
 from indexer.store import open_index
 from service.catalog import describe
 from service.errors import IndexUnavailableError
 
-if TYPE_CHECKING:
-    from service.batcher import GradientBatcher
-
 log = logging.getLogger(__name__)
+
+
+class QueryBatcher(Protocol):
+    """Answers gradient queries that arrive together in shared passes (``service.batcher.GradientBatcher``)."""
+
+    def submit(self, prompt: str, completion: str, k: int, filters: Filters | None) -> list[Result]: ...
+
+    def close(self) -> None: ...
 
 
 class ServedIndex:
@@ -28,7 +35,7 @@ class ServedIndex:
         self.session: AttributionSession | None = None
         self.model_lock = threading.Lock()  # sketching hooks the shared model: one pass at a time
         self.reload_lock = threading.Lock()
-        self.batcher: GradientBatcher | None = None
+        self.batcher: QueryBatcher | None = None
         """Answers concurrent gradient queries in one pass each batch (set by the app; None: one at a time)."""
 
     def load(self) -> AttributionSession:
