@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from attribution.config import Fusion, UnlearningConfig
-from attribution.embeddings import TextEmbedder
+from attribution.embeddings import TextEmbedder, chunk_spans
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
 from attribution.filters import Filters, allowed_rows
@@ -146,14 +146,26 @@ class EmbeddingRetriever:
 
     name = Method.EMBEDDING.value
 
-    def __init__(self, embedder: TextEmbedder, store: VectorStore, metadata: list[dict]) -> None:
+    def __init__(self, embedder: TextEmbedder, store: VectorStore, metadata: list[dict],
+                 chunk_tokens: int | None = None, lengths: Sequence[int] | None = None) -> None:
+        """A store with windows holds each row's chunks (of the row's first ``lengths[row]`` tokens, at most
+        ``chunk_tokens`` each: ``attribution.embeddings.chunk_spans``): a row scores by its best chunk, which is
+        returned as the hit's token span."""
         self.embedder, self.store, self.metadata = embedder, store, metadata
+        self.chunk_tokens, self.lengths = chunk_tokens, lengths
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, len(self.metadata))
         vector = self.embedder.embed([query.text])[0]
         found = self.store.search(vector, k, allowed_rows(self.metadata, filters))
-        return [Hit(int(r), float(s)) for s, r in zip(found.scores, found.rows, strict=True)]
+        hits = []
+        for score, row, chunk in zip(found.scores, found.rows, found.windows, strict=True):
+            span = None
+            if self.store.windows > 1 and self.chunk_tokens and self.lengths is not None:
+                spans = chunk_spans(int(self.lengths[row]), self.chunk_tokens)
+                span = spans[int(chunk)] if int(chunk) < len(spans) else None
+            hits.append(Hit(int(row), float(score), token_span=span))
+        return hits
 
 
 class BM25Retriever:

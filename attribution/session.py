@@ -22,7 +22,7 @@ import torch
 
 from attribution.config import AttributionConfig, CurvatureConfig, UnlearningConfig
 from attribution.curvature import fit_curvature, new_statistics, prefit_curvature, row_sample
-from attribution.embeddings import TextEmbedder
+from attribution.embeddings import EMBED_CHUNK_TOKENS, TextEmbedder, chunk_count
 from attribution.encoder import Checkpoint, GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.filters import Filters
@@ -158,7 +158,12 @@ class AttributionSession:
 
         def embedding() -> EmbeddingRetriever:
             embedder = TextEmbedder(embedding_model)
-            return EmbeddingRetriever(embedder, FaissStore.index_only(embedder.embed(texts)), metadata)
+            chunks = chunk_count(max(len(r) for r in rows))
+            if chunks == 1:
+                return EmbeddingRetriever(embedder, FaissStore.index_only(embedder.embed(texts)), metadata)
+            vectors = embedder.embed_rows(rows, texts, tokenizer.decode, chunks)  # long rows: by their best chunk
+            return EmbeddingRetriever(embedder, FaissStore(vectors), metadata, EMBED_CHUNK_TOKENS,
+                                      [len(r) for r in rows])
 
         builders = {Method.BM25: lambda: BM25Retriever(texts, metadata), Method.EMBEDDING: embedding}
         ids = np.asarray([ex.example_id for ex in examples], dtype=np.int64)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, from_json, to_json
+from attribution.embeddings import EMBED_CHUNK_TOKENS
 from attribution.errors import ConfigError
 from attribution.sketch import SketchConfig
 from attribution.vectors import SearchSettings
@@ -89,6 +90,9 @@ class IndexConfig:
     """Truncate examples to this many tokens (default: the model's context)."""
     embedding_model: str | None = None
     """Sentence-transformers model dir or id (default: the packaged all-MiniLM-L6-v2)."""
+    embedding_chunk_tokens: int = EMBED_CHUNK_TOKENS
+    """Rows longer than this many tokens are embedded as equal chunks of at most this many; a row scores by its best
+    chunk (MiniLM reads 256 word pieces)."""
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     extra: dict = field(default_factory=dict)
@@ -96,6 +100,8 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.batch_rows <= 0:
             raise ConfigError(f"batch_rows must be positive, got {self.batch_rows}")
+        if self.embedding_chunk_tokens <= 0:
+            raise ConfigError(f"embedding_chunk_tokens must be positive, got {self.embedding_chunk_tokens}")
         if self.max_tokens is not None and self.max_tokens <= 0:
             raise ConfigError(f"max_tokens must be positive, got {self.max_tokens}")
 

@@ -45,6 +45,8 @@ def files_of(build: Path) -> dict[str, dict]:
 GRADIENT_INDEX = "gradient.faiss"
 EMBEDDING_INDEX = "embedding.faiss"
 VECTORS = "vectors.npy"
+EMBEDDINGS = "embeddings.npy"
+"""Float16 chunk embeddings ``(n, C, dim)``, present only when rows are longer than one embedding chunk."""
 METADATA_DB = "metadata.duckdb"
 BM25_DIR = "bm25"
 

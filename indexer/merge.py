@@ -34,6 +34,7 @@ from indexer.errors import CorruptShardError
 from indexer.manifest import (
     BM25_DIR,
     EMBEDDING_INDEX,
+    EMBEDDINGS,
     GRADIENT_INDEX,
     METADATA_DB,
     VECTORS,
@@ -108,6 +109,28 @@ def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> 
     return np.load(build / VECTORS, mmap_mode="r")
 
 
+def write_embeddings(shards: list[Path], build: Path) -> None:
+    """The embedding index, shard by shard (the merge never holds every embedding at once); chunked rows
+    ``(n, C, dim)`` also keep their float16 chunks in ``embeddings.npy``, for each row's best chunk."""
+    first = load_shard_array(shards[0], "embeddings.npy")
+    index = faiss.IndexFlatIP(first.shape[-1])
+    stored = None
+    if first.ndim == 3:
+        total = sum(load_shard_array(s, "ids.npy").shape[0] for s in shards)
+        stored = np.lib.format.open_memmap(build / EMBEDDINGS, mode="w+", dtype=np.float16,
+                                           shape=(total, *first.shape[1:]))
+    row = 0
+    for shard in shards:
+        part = np.asarray(load_shard_array(shard, "embeddings.npy"))
+        index.add(np.ascontiguousarray(part.reshape(-1, part.shape[-1]), dtype=np.float32))
+        if stored is not None:
+            stored[row : row + len(part)] = part
+        row += len(part)
+    if stored is not None:
+        stored.flush()
+    faiss.write_index(index, str(build / EMBEDDING_INDEX))
+
+
 def build_duckdb(shards: list[Path], path: Path) -> None:
     """The ``examples`` table, sorted by id, with its FAISS row ``position`` and an index on id."""
     files = [str(s / "meta.parquet") for s in shards]
@@ -142,13 +165,7 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
     gradient_index, recall = build_faiss_index(vectors, config.storage.faiss_factory,
                                               settings=config.storage.search())
     FaissStore(vectors, gradient_index).save_index(tmp / GRADIENT_INDEX)
-    embedding_index = None
-    for shard in shards:  # shard by shard: the merge never holds every embedding at once
-        part = np.ascontiguousarray(load_shard_array(shard, "embeddings.npy"), dtype=np.float32)
-        if embedding_index is None:
-            embedding_index = faiss.IndexFlatIP(part.shape[1])
-        embedding_index.add(part)
-    faiss.write_index(embedding_index, str(tmp / EMBEDDING_INDEX))
+    write_embeddings(shards, tmp)
     texts = [t for s in shards for t in pq.read_table(s / "meta.parquet", columns=["text"])["text"].to_pylist()]
     BM25Retriever(texts, [{}] * len(texts)).save(tmp / BM25_DIR)
     build_duckdb(shards, tmp / METADATA_DB)

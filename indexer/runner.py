@@ -26,6 +26,7 @@ from attribution.curvature import (
     new_statistics,
     prefit_curvature,
 )
+from attribution.embeddings import chunk_count
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
@@ -212,7 +213,12 @@ class ShardRunner:
         clock = self._tick("read", clock)
         sketches, statistics = self._sketch(rows)
         clock = self._tick("sketch", clock)
-        embeddings = self.embedder.embed(texts).astype(np.float16)
+        chunks = chunk_count(self.max_len, self.config.embedding_chunk_tokens)
+        if chunks == 1:  # rows fit the embedding model whole: one vector each, as before chunking existed
+            embeddings = self.embedder.embed(texts).astype(np.float16)
+        else:
+            embeddings = self.embedder.embed_rows(rows, texts, tokenizer.decode, chunks,
+                                                  self.config.embedding_chunk_tokens).astype(np.float16)
         clock = self._tick("embed", clock)
         offset = 0 if self.source.global_ids else self.id_offset
         for example in examples:

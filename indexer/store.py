@@ -18,6 +18,7 @@ from indexer.config import IndexMismatchError
 from indexer.manifest import (
     BM25_DIR,
     EMBEDDING_INDEX,
+    EMBEDDINGS,
     GRADIENT_INDEX,
     METADATA_DB,
     VECTORS,
@@ -27,7 +28,7 @@ from indexer.manifest import (
     tokenizer_hash,
 )
 from indexer.metadata import DuckTexts, load_metadata
-from indexer.runner import make_encoder
+from indexer.runner import context_length, make_encoder
 
 
 def open_index(path: str | Path, device: str = "cpu") -> AttributionSession:
@@ -50,7 +51,12 @@ def open_index(path: str | Path, device: str = "cpu") -> AttributionSession:
 
     def embedding() -> EmbeddingRetriever:
         embedder = TextEmbedder(config.embedding_model, device=device)
-        return EmbeddingRetriever(embedder, FaissStore.open(build / EMBEDDING_INDEX), metadata)
+        if not (build / EMBEDDINGS).is_file():  # every row one chunk: FAISS's own scores
+            return EmbeddingRetriever(embedder, FaissStore.open(build / EMBEDDING_INDEX), metadata)
+        longest = context_length(encoder, config)
+        lengths = [min(int(m.get("token_count") or 0), longest) for m in metadata]
+        return EmbeddingRetriever(embedder, FaissStore.open(build / EMBEDDING_INDEX, build / EMBEDDINGS), metadata,
+                                  config.embedding_chunk_tokens, lengths)
 
     builders = {Method.BM25: lambda: BM25Retriever.load(build / BM25_DIR, metadata), Method.EMBEDDING: embedding}
     session = AttributionSession(encoder, ids, metadata, gradient, texts, builders, config.attribution)

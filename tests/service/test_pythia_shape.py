@@ -16,6 +16,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 from typer.testing import CliRunner
 
 from attribution.models import load_tokenizer
+from attribution.retrievers import Query
 from headwater.cli import app
 from indexer.megatron import write_dataset
 from indexer.store import open_index
@@ -53,6 +54,19 @@ def test_every_row_is_indexed_at_the_default_settings(pythia_index: Path) -> Non
     assert config.attribution.sketch.k == 16 and config.attribution.curvature.kind.value == "block"
     assert session.encoder.dim == 6 * 4 * 16 * 16
     assert [m["step"] for m in session.metadata] == [0] * ROWS
+
+
+def test_long_rows_are_embedded_whole_as_chunks_and_found_by_their_last(pythia_index: Path) -> None:
+    """MiniLM reads ~256 word pieces: a 2,049-token row is embedded as 11 chunks, and text from its end finds it,
+    with that chunk's token span (before chunking, only its first tenth was embedded)."""
+    session = open_index(pythia_index)
+    chunks = np.load(next(pythia_index.glob("current/embeddings.npy")), mmap_mode="r")
+    assert chunks.shape == (ROWS, 11, 384)
+    tokenizer = session.encoder.tokenizer
+    row_tokens = tokenizer.encode(session.texts[2], add_special_tokens=False)
+    tail = tokenizer.decode(row_tokens[-150:])
+    hits = session.retriever("embedding").search(Query(tail[:-10], tail[-10:]), 1)
+    assert hits[0].row == 2 and hits[0].token_span is not None and hits[0].token_span[0] > 1800
 
 
 def test_served_at_pythia_shape_every_method_answers_and_an_ablation_runs(pythia_index: Path,
