@@ -43,16 +43,21 @@ def rows(count: int) -> list[list[int]]:
     return torch.randint(1, 50304, (count, 2049), generator=generator).tolist()
 
 
-def sketches(shape: str, count: int, tokens: int, device: str, dtype: str) -> torch.Tensor:
+def sketches(shape: str, count: int, tokens: int, device: str, dtype: str) -> tuple[torch.Tensor, float]:
+    """The rows' sketches at the index build's defaults, and the seconds of the sketch pass alone (not the model's
+    construction)."""
     from attribution.batching import Batching, training_batch
     from attribution.sketch import SketchConfig, Sketcher
 
     model = make_model(shape, device, dtype)
     sketcher = Sketcher(model, SketchConfig())
     data = rows(count)
+    started = time.perf_counter()
     out = [sketcher.sketch(training_batch(data[a:b])).float().cpu()
            for a, b in Batching(rows=32, tokens=tokens).spans([len(r) for r in data])]
-    return torch.cat(out)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return torch.cat(out), time.perf_counter() - started
 
 
 def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtype: str) -> dict:
@@ -61,7 +66,6 @@ def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtyp
 
     data = rows(count)
     spans = Batching(rows=32, tokens=tokens).spans([len(r) for r in data])
-    started = time.perf_counter()
     dim = 0
     if variant == "plain":
         model = make_model(shape, device, dtype)
@@ -70,11 +74,12 @@ def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtyp
             batch = training_batch(data[a:b]).to(device)
             backward_summed_nll(model, batch)  # the same chunked loss: the floor without sketching
             model.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
     else:
-        dim = int(sketches(shape, count, tokens, device, dtype).shape[1])
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+        found, seconds = sketches(shape, count, tokens, device, dtype)
+        dim = int(found.shape[1])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (Linux reports KiB)
     gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
     return {"seconds": seconds, "peak_rss_gib": peak, "gpu_gib": gpu, "dim": dim}
@@ -113,8 +118,8 @@ def main() -> None:
             print(f"| {shape} | {name} | {rate:.2f} | {rate * 2048:,.0f} | {plain['seconds'] / r['seconds']:.2f} | "
                   f"{r['peak_rss_gib']:.2f} | {r['gpu_gib']:.2f} | {r['dim'] * 2:,} |", flush=True)
         if args.compare_cpu and args.device != "cpu":
-            here = sketches(shape, args.rows, args.token_batch_size, args.device, args.dtype)
-            cpu = sketches(shape, args.rows, args.token_batch_size, "cpu", "float32")
+            here, _ = sketches(shape, args.rows, args.token_batch_size, args.device, args.dtype)
+            cpu, _ = sketches(shape, args.rows, args.token_batch_size, "cpu", "float32")
             cosine = torch.nn.functional.cosine_similarity(here, cpu, dim=1)
             print(f"\n{shape}: lowest cosine between {args.device} {args.dtype} and CPU float32 sketches of a row: "
                   f"{float(cosine.min()):.4f} (goal ≥ 0.99)\n")
