@@ -23,12 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,7 +45,7 @@ from attribution.sketch import SketchConfig
 from demo.training import steps_for, train
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
 from evaluation.report_files import write_report_files
-from evaluation.retrain import usable_cores
+from evaluation.retrain import run_jobs, usable_cores
 from evaluation.row_scores import cached
 from evaluation.text_case import TextCase, build_case, chunk_losses, query_chunks, training_order, training_rows
 
@@ -183,19 +181,8 @@ def run_retrains(out: Path, case: TextCase, settings: FieldLDSSettings,
             continue
         todo.append((out, case, kind, j, dropped.tolist(), key))
     log.info("retrains: %d of %d to train", len(todo), len(plan))
-    if settings.workers == 1 or len(todo) <= 1:
-        for args in todo:
-            retrain(*args)
-            if on_done:
-                on_done(args[2], args[3])
-    elif todo:
-        context = multiprocessing.get_context("spawn")  # forking a process that runs torch threads can hang
-        with ProcessPoolExecutor(min(settings.workers, len(todo)), mp_context=context) as pool:
-            futures = {pool.submit(retrain, *args): args for args in todo}
-            for future in as_completed(futures):
-                future.result()
-                if on_done:
-                    on_done(futures[future][2], futures[future][3])
+    done = None if on_done is None else (lambda job: on_done(job[2], job[3]))
+    run_jobs(retrain, todo, settings.workers, done)
     records: dict[str, list[dict]] = {DROP: [], HALF: []}
     for kind, j in plan:
         records[kind].append(json.loads(retrain_path(out, kind, j).read_text()))

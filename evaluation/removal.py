@@ -19,9 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -36,7 +34,7 @@ from evaluation.facts import fact_hits
 from evaluation.lds import completion_losses
 from evaluation.lds_stats import bootstrap_ci
 from evaluation.report_files import write_report_files
-from evaluation.retrain import MARKER, demo_config, is_done, train_subset, training_rows, usable_cores
+from evaluation.retrain import MARKER, demo_config, is_done, run_jobs, train_subset, training_rows, usable_cores
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -106,7 +104,8 @@ def selection_key(demo_dir: Path, removed: list[int]) -> dict:
 
 def retrain_selections(demo_dir: Path, out: Path, removed: dict[str, list[int]], workers: int,
                        on_done: Callable[[str], None] | None = None) -> None:
-    """Retrain every selection not yet trained (one thread each when several run at once)."""
+    """Retrain every selection not yet trained (one torch thread each whenever ``workers`` > 1, a lone selection
+    left by a rerun included)."""
     n_rows = training_rows(demo_dir)
     todo = []
     for name, rows in removed.items():
@@ -116,19 +115,8 @@ def retrain_selections(demo_dir: Path, out: Path, removed: dict[str, list[int]],
         else:
             dropped = set(rows)
             todo.append((demo_dir, directory, 0, [r for r in range(n_rows) if r not in dropped], key))
-    if workers == 1 or len(todo) <= 1:
-        for args in todo:
-            train_subset(*args)
-            if on_done:
-                on_done(args[1].name)
-        return
-    context = multiprocessing.get_context("spawn")  # forking a process that runs torch threads can hang
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-        futures = {pool.submit(train_subset, *args, threads=1): args[1].name for args in todo}
-        for future in as_completed(futures):
-            future.result()
-            if on_done:
-                on_done(futures[future])
+    done = None if on_done is None else (lambda job: on_done(job[1].name))
+    run_jobs(train_subset, todo, workers, done, {"threads": 1})
 
 
 def paraphrase_losses(model, tokenizer, facts: list[Fact]) -> np.ndarray:

@@ -117,6 +117,29 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def run_jobs(fn: Callable[..., object], jobs: list[tuple], workers: int,
+             on_done: Callable[[tuple], None] | None = None, pool_kwargs: dict | None = None) -> None:
+    """``fn(*job)`` for every job: here, one after another, when ``workers`` is 1; else in ``workers`` spawned
+    processes (forking a process that already runs torch threads can hang), each call given ``pool_kwargs`` (e.g.
+    one torch thread), even for a single job, so every model a run trains in parallel computes alike. ``on_done(job)``
+    follows each finished job."""
+    if workers == 1:
+        for job in jobs:
+            fn(*job)
+            if on_done:
+                on_done(job)
+        return
+    if not jobs:
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
+        futures = {pool.submit(fn, *job, **(pool_kwargs or {})): job for job in jobs}
+        for future in as_completed(futures):
+            future.result()
+            if on_done:
+                on_done(futures[future])
+
+
 def retrain_subsets(demo_dir: Path, out: Path, count: int, seed: int, workers: int = 1,
                     on_done: Callable[[int], None] | None = None) -> list[dict]:
     """Train every missing subset model (``workers`` processes of one thread each when > 1); return the markers."""
@@ -136,17 +159,6 @@ def retrain_subsets(demo_dir: Path, out: Path, count: int, seed: int, workers: i
                 on_done(j)
         else:
             todo.append((demo_dir, subset_dir(out, j), j, rows.tolist(), key))
-    if workers == 1:
-        for args in todo:
-            train_subset(*args)
-            if on_done:
-                on_done(args[2])
-    elif todo:
-        context = multiprocessing.get_context("spawn")  # forking a process that already runs torch threads can hang
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
-            futures = {pool.submit(train_subset, *args, threads=1): args[2] for args in todo}
-            for future in as_completed(futures):
-                future.result()
-                if on_done:
-                    on_done(futures[future])
+    done = None if on_done is None else (lambda job: on_done(job[2]))
+    run_jobs(train_subset, todo, workers, done, {"threads": 1})
     return [json.loads((subset_dir(out, j) / MARKER).read_text()) for j in range(count)]
