@@ -126,11 +126,17 @@ class GradientEncoder:
             raise ConfigError(f"the model's greedy continuation of {prompt!r} is empty; give a completion")
         return self.tokenizer.decode(out)
 
-    def _per_token_sketches(self, prompt_ids: list[int], completion_ids: list[int]) -> list[torch.Tensor]:
-        ids, mask = query_tokens(prompt_ids, completion_ids, self.max_length)
-        first = len(prompt_ids)
-        masks = [[int(i == first + j) for i in range(len(ids))] for j in range(len(completion_ids))]
-        batch = collate([ids] * len(masks), masks)
+    def _per_token_sketches(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """Per checkpoint, one sketch per completion token of every (prompt ids, completion ids) pair, in order:
+        all of them rows of one batch."""
+        rows, masks = [], []
+        for prompt_ids, completion_ids in pairs:
+            ids, _ = query_tokens(prompt_ids, completion_ids, self.max_length)
+            first = len(prompt_ids)
+            for j in range(len(completion_ids)):
+                rows.append(ids)
+                masks.append([int(i == first + j) for i in range(len(ids))])
+        batch = collate(rows, masks)
         return [c.query_sketcher.sketch(batch).cpu() for c in self.checkpoints]
 
     def _control_sketches(self, controls: Sequence[tuple[str, str | None]], n_tokens: int) -> list[torch.Tensor]:
@@ -158,7 +164,7 @@ class GradientEncoder:
         """:meth:`encode_query` of token ids (e.g. a held-out text chunk: its first token, then the rest);
         ``completion`` is the completion's text as given (default: decoded from its ids)."""
         completion = self.tokenizer.decode(completion_ids) if completion is None else completion
-        per_token = self._per_token_sketches(prompt_ids, completion_ids)
+        per_token = self._per_token_sketches([(prompt_ids, completion_ids)])
         control = self._control_sketches(controls, len(completion_ids)) if controls else [None] * len(per_token)
         return self._encoded(per_token, control, completion_ids, completion, len(controls))
 
@@ -167,15 +173,7 @@ class GradientEncoder:
         completion token of every query a row of the same batch): what a server does with queries that arrive
         together. Same vectors as one at a time, up to float rounding (tested)."""
         pairs = [(self.encode_ids(p), self.encode_ids(c)) for p, c in queries]
-        rows, masks = [], []
-        for prompt_ids, completion_ids in pairs:
-            ids, _ = query_tokens(prompt_ids, completion_ids, self.max_length)
-            first = len(prompt_ids)
-            for j in range(len(completion_ids)):
-                rows.append(ids)
-                masks.append([int(i == first + j) for i in range(len(ids))])
-        batch = collate(rows, masks)
-        sketched = [c.query_sketcher.sketch(batch).cpu() for c in self.checkpoints]
+        sketched = self._per_token_sketches(pairs)
         out, start = [], 0
         for (_, completion), (_, completion_ids) in zip(queries, pairs, strict=True):
             per_token = [s[start : start + len(completion_ids)] for s in sketched]

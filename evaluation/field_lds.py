@@ -46,7 +46,7 @@ from demo.training import steps_for, train
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
 from evaluation.report_files import write_report_files
 from evaluation.retrain import run_jobs, usable_cores
-from evaluation.row_scores import cached
+from evaluation.row_scores import bm25_matrix, cached
 from evaluation.text_case import TextCase, build_case, chunk_losses, query_chunks, training_order, training_rows
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class Scorer:
     def scores(self, name: str) -> np.ndarray:
         parsed = parse_estimator(name)
         if parsed is None:
-            return bm25_scores([self.tokenizer.decode(r) for r in self.rows],
+            return bm25_matrix([self.tokenizer.decode(r) for r in self.rows],
                                [self.tokenizer.decode(q.tolist()) for q in self.queries])
         mode, kind = parsed
         curvature = CurvatureConfig(kind=kind, damping=self.settings.damping)
@@ -217,15 +217,6 @@ class Scorer:
         q = np.stack([encoder.encode_query_ids(c[:1].tolist(), c[1:].tolist()).vector.numpy()
                       for c in self.queries])
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
-
-
-def bm25_scores(rows: list[str], queries: list[str]) -> np.ndarray:
-    import bm25s
-
-    bm25 = bm25s.BM25()
-    bm25.index(bm25s.tokenize(rows, stopwords="en", show_progress=False), show_progress=False)
-    tokens = bm25s.tokenize(queries, stopwords="en", return_ids=False, show_progress=False)
-    return np.stack([bm25.get_scores(t) for t in tokens]).astype(np.float32)
 
 
 def external_scores(out: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:

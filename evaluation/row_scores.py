@@ -72,12 +72,16 @@ def gradient_scores(session: AttributionSession, rows: TrainingRows, queries: li
 
 def bm25_scores(rows: TrainingRows, queries: list[Fact]) -> np.ndarray:
     """``(queries, rows)`` Okapi BM25 of each query's prompt + completion against every row's text."""
+    return bm25_matrix(rows.texts, [z.prompt + z.completion for z in queries])
+
+
+def bm25_matrix(texts: list[str], queries: list[str]) -> np.ndarray:
+    """``(queries, texts)`` Okapi BM25 (bm25s, English stopwords) of every query text against every text."""
     import bm25s
 
     bm25 = bm25s.BM25()
-    bm25.index(bm25s.tokenize(rows.texts, stopwords="en", show_progress=False), show_progress=False)
-    texts = [z.prompt + z.completion for z in queries]
-    tokens = bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+    bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    tokens = bm25s.tokenize(queries, stopwords="en", return_ids=False, show_progress=False)
     return np.stack([bm25.get_scores(t) for t in tokens]).astype(np.float32)
 
 

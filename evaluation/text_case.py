@@ -90,9 +90,13 @@ def training_order(case: TextCase, dropped: np.ndarray | None = None) -> list[in
     return order
 
 
-def chunks(case: TextCase, tokenizer) -> np.ndarray:
-    """``(rows + queries, seq_len + 1)`` token chunks of the case's real text, shuffled by seed."""
-    docs = real_documents(case.chars_per_source, 2_000, case.seed, case.sources)
+def case_documents(case: TextCase) -> list[dict]:
+    """The case's real-text documents (the demo's sources, cut and sampled by seed)."""
+    return real_documents(case.chars_per_source, 2_000, case.seed, case.sources)
+
+
+def chunks(case: TextCase, tokenizer, docs: list[dict]) -> np.ndarray:
+    """``(rows + queries, seq_len + 1)`` token chunks of ``docs`` (:func:`case_documents`), shuffled by seed."""
     stream: list[int] = []
     for doc in docs:
         stream.extend(tokenizer.encode(doc["text"], add_special_tokens=False))
@@ -130,10 +134,10 @@ def build_case(out: Path, case: TextCase, threads: int | None = None) -> Path:
         return directory
     shutil.rmtree(directory, ignore_errors=True)  # a killed build's leftovers
     directory.mkdir(parents=True)
-    docs = real_documents(case.chars_per_source, 2_000, case.seed, case.sources)
+    docs = case_documents(case)
     train_tokenizer((d["text"] for d in docs), case.vocab_size, directory / "tokenizer")
     tokenizer = load_tokenizer(directory / "tokenizer")
-    cut = chunks(case, tokenizer)
+    cut = chunks(case, tokenizer, docs)
     (directory / "data").mkdir()
     write_dataset(directory / "data" / "document", list(cut[: case.rows]), dtype=np.uint16)
     np.save(directory / "queries.npy", cut[case.rows :])

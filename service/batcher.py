@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -42,8 +43,8 @@ class GradientBatcher:
         self.queue: queue.Queue[Pending | None] = queue.Queue()
         self.thread: threading.Thread | None = None
         self.start_lock = threading.Lock()
-        self.batches: list[int] = []
-        """Sizes of the batches answered so far (the service bench reads them)."""
+        self.batches: deque[int] = deque(maxlen=1024)
+        """Sizes of the last 1,024 batches answered (bounded: a server runs for weeks)."""
 
     def submit(self, prompt: str, completion: str, k: int, filters: Filters | None) -> list[Result]:
         """The query's results, once its batch is answered (blocking: call it from a worker thread)."""
