@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from attribution.config import AttributionConfig, CurvatureConfig, UnlearningConfig
-from attribution.curvature import fit_curvature, new_statistics, prefit_curvature, row_sample
+from attribution.curvature import fit_curvature, is_prefit, new_statistics, prefit_curvature, row_sample
 from attribution.embeddings import EMBED_CHUNK_TOKENS, TextEmbedder, chunk_count
 from attribution.encoder import Checkpoint, GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
@@ -141,17 +141,12 @@ class AttributionSession:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
         tokenizer = load_tokenizer(tokenizer_path or model_path)
         checkpoints = load_checkpoints(model_path, config.revisions, config.sketch, config.normalizer, device)
-        encoder = GradientEncoder(checkpoints, tokenizer, config.scoring.mode, config.revision_weights)
         rows = [ex.token_ids.tolist() for ex in examples]
-        for ckpt in encoder.checkpoints:  # kinds whose training sketches depend on them are fitted first
-            ckpt.preconditioner = prefit_curvature(config.curvature, ckpt.sketcher, row_sample(rows))
-        statistics = [new_statistics(config.curvature) for _ in encoder.checkpoints]
-        raw = sketch_all(encoder, rows, config.window, batch_size, statistics)
-        for ckpt, sketches, stats in zip(encoder.checkpoints, raw, statistics, strict=True):
-            ckpt.preconditioner = ckpt.preconditioner or fit_curvature(
-                [sketches], ckpt.sketcher.dim, config.curvature, sketcher=ckpt.sketcher, statistics=stats,
-                rows=row_sample(rows))
-        vectors = encoder.prepare_rows(raw).numpy().astype("float32")
+        statistics = [new_statistics(config.curvature) for _ in checkpoints]
+        raw = None if is_prefit(config.curvature) else sketch_all(  # prefit kinds sketch after their fit
+            GradientEncoder(checkpoints, tokenizer), rows, config.window, batch_size, statistics)
+        encoder, vectors = fitted_vectors(checkpoints, tokenizer, rows, raw, config.curvature, config.scoring.mode,
+                                          config.window, statistics, config.revision_weights, batch_size)
         texts = [ex.text or tokenizer.decode(ex.token_ids.tolist()) for ex in examples]
         metadata = [ex.metadata for ex in examples]
         gradient = GradientRetriever(encoder, FaissStore(vectors), metadata, config.window)
@@ -181,14 +176,15 @@ def sketch_all(encoder: GradientEncoder, rows: list[list[int]], window: int | No
     return [torch.cat(p) for p in parts]
 
 
-def fitted_vectors(checkpoints: list[Checkpoint], tokenizer, rows: list[list[int]], raw: list[torch.Tensor],
+def fitted_vectors(checkpoints: list[Checkpoint], tokenizer, rows: list[list[int]], raw: list[torch.Tensor] | None,
                    curvature: CurvatureConfig, mode: ScoreMode | str = ScoreMode.COSINE, window: int | None = None,
                    statistics: list | None = None, weights: Sequence[float] | None = None,
                    batch_size: int = 32) -> tuple[GradientEncoder, np.ndarray]:
     """An encoder over ``checkpoints`` with ``curvature`` fitted (each checkpoint's preconditioner set) and the
     training vectors of ``rows`` for it, from raw sketches already taken (``raw``, one per checkpoint, with the
     ``statistics`` of that pass): one sketch pass serves every curvature kind and scoring mode, except the kinds
-    that change the training sketches themselves (kfac_whitened), which sketch the rows again."""
+    that change the training sketches themselves (kfac_whitened), which sketch the rows after their fit (``raw``
+    may then be None)."""
     encoder = GradientEncoder(checkpoints, tokenizer, mode, weights)
     for ckpt in checkpoints:
         ckpt.preconditioner = prefit_curvature(curvature, ckpt.sketcher, row_sample(rows))

@@ -116,6 +116,8 @@ def test_bad_settings_are_clear_errors() -> None:
         FieldLDSSettings(estimators=("gradient-ip/bogus",))
     with pytest.raises(ConfigError, match="multiple"):
         TextCase(hidden_size=10, num_heads=3)
+    with pytest.raises(ConfigError, match="rows must be at least 1"):
+        TextCase(rows=0)
 
 
 def test_cli_refuses_a_bad_flag_without_a_traceback(tmp_path: Path) -> None:
