@@ -42,7 +42,8 @@ class CurvatureConfig:
     """block (the default: per-module k²×k² blocks, both sides; chosen by fact tracing on two cases, field-protocol
     LDS and its bytes, see the README), inverse_sqrt (global D×D, both sides), inverse (global, training side
     only), kfac (Kronecker factors on the query's gradient before projection), ekfac (K-FAC with eigenvalues
-    fitted on per-row gradients), kfac_whitened (K-FAC^-1/2 folded into both sides' projections) or none."""
+    fitted on per-row gradients), kfac_whitened (K-FAC^-1/2 folded into both sides' projections), ekfac_basis
+    (sketches in K-FAC's eigenbasis, EK-FAC's eigenvalues on both sides) or none."""
     damping: float = 0.1
     """Damping λ as a multiple of the mean eigenvalue: of the sketch covariance (of each module's block for
     block), of each Kronecker factor (kfac, kfac_whitened), of each module's corrected eigenvalues (ekfac)."""
@@ -53,7 +54,8 @@ class CurvatureConfig:
     drawn from the model's own predictions: one more forward and backward per batch)."""
     sample_rows: int = 512
     """ekfac: training rows, evenly spaced over the data, whose per-row gradients fit the eigenvalues (a second
-    pass at merge); kfac_whitened: rows whose Kronecker factors are fitted before the training rows are sketched."""
+    pass at merge); kfac_whitened, ekfac_basis: rows whose Kronecker factors (and, ekfac_basis, eigenvalues) are
+    fitted before the training rows are sketched."""
     factor_limit: int = 8192
     """Kronecker kinds: a module side wider than this gets no Kronecker factor and stays unpreconditioned (the
     output head's vocabulary side)."""
@@ -183,6 +185,9 @@ class AttributionConfig:
             object.__setattr__(self, "revision_weights", weights)
         if self.window is not None and self.window <= 0:
             raise ConfigError(f"window must be a positive number of tokens, got {self.window}")
+        if self.normalizer is not None and self.curvature.kind is PreconditionMode.EKFAC_BASIS:
+            raise ConfigError("curvature ekfac_basis replaces the projections that carry the Adam normalizer; "
+                              "use it without a normalizer, or another kind (block) with one")
 
     def to_json(self) -> dict:
         return to_json(self)

@@ -28,6 +28,7 @@ from safetensors import safe_open
 
 from attribution.batching import TokenBatch, training_batch
 from attribution.config import CurvatureConfig
+from attribution.eigenbasis import EigenbasisCurvature
 from attribution.errors import ConfigError
 from attribution.kfac import EKFACCurvature, KFACCurvature, RowSample, WhitenedKFACCurvature
 from attribution.kronecker import KroneckerStatistics
@@ -152,6 +153,12 @@ def _fit_whitened(inputs: FitInputs, config: CurvatureConfig) -> Curvature:
     return WhitenedKFACCurvature.fit(inputs.statistics, config.damping)
 
 
+def _fit_eigenbasis(inputs: FitInputs, config: CurvatureConfig) -> Curvature:
+    inputs.needs(config.kind, "statistics", "sketcher", "rows")
+    return EigenbasisCurvature.fit(inputs.statistics, inputs.sketcher, inputs.rows, config.sample_rows,
+                                   config.damping)
+
+
 def _kronecker_statistics(config: CurvatureConfig) -> SketchPassStatistics:
     return KroneckerStatistics(config.fisher, config.factor_limit)
 
@@ -166,6 +173,8 @@ KINDS: dict[PreconditionMode, CurvatureKind] = {
                                           KroneckerStatistics.load),
     PreconditionMode.KFAC_WHITENED: CurvatureKind(_fit_whitened, WhitenedKFACCurvature.load,
                                                   prefit=_kronecker_statistics),
+    PreconditionMode.EKFAC_BASIS: CurvatureKind(_fit_eigenbasis, EigenbasisCurvature.load,
+                                                prefit=_kronecker_statistics),
 }
 """Every fitted kind (``none`` fits nothing)."""
 
@@ -237,7 +246,7 @@ def prefit_curvature(config: CurvatureConfig, sketcher: Sketcher, rows: RowSampl
         raise ConfigError(f"curvature kind {config.kind.value!r} fits on sampled rows, and there are none")
     for start in range(0, len(picked), batch_size):
         statistics.sketch_with(sketcher, training_batch(picked[start : start + batch_size]))
-    fitted = fit_curvature([], sketcher.dim, config, sketcher=sketcher, statistics=statistics)
+    fitted = fit_curvature([], sketcher.dim, config, sketcher=sketcher, statistics=statistics, rows=rows)
     fitted.fit_seconds = round(time.perf_counter() - started, 3)
     return fitted
 

@@ -44,6 +44,8 @@ class PreconditionMode(StrEnum):
     """EK-FAC: K-FAC's eigenbasis with eigenvalues fitted on per-example gradients, on the query side."""
     KFAC_WHITENED = "kfac_whitened"
     """K-FAC^(−½) folded into both sides' projections (whitened sketches; fitted before the sketch pass)."""
+    EKFAC_BASIS = "ekfac_basis"
+    """Sketches in K-FAC's eigenbasis (top-k eigenvectors per side), EK-FAC's Λ^(−½) on both sides (prefit)."""
 
 
 class CovarianceAccumulator:

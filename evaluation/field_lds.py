@@ -90,16 +90,28 @@ class FieldLDSSettings:
             parse_estimator(name)
 
 
-def parse_estimator(name: str) -> tuple[ScoreMode, PreconditionMode] | None:
-    """``gradient-ip/KIND`` or ``gradient/KIND`` → (mode, kind); ``bm25`` → None; anything else: a clear error."""
+@dataclass(frozen=True)
+class FieldEstimator:
+    """One parsed estimator name: ``gradient-ip/KIND``, ``gradient/KIND`` (optionally ``@K``: its own projection
+    size per side instead of the settings' k) or ``bm25`` (``mode`` None)."""
+
+    mode: ScoreMode | None
+    kind: PreconditionMode | None
+    k: int | None
+
+
+def parse_estimator(name: str) -> FieldEstimator:
+    """The estimator a name stands for, or a clear error."""
     if name == "bm25":
-        return None
-    family, _, kind = name.partition("/")
+        return FieldEstimator(None, None, None)
+    base, at, size = name.partition("@")
+    family, _, kind = base.partition("/")
     modes = {"gradient-ip": ScoreMode.INNER_PRODUCT, "gradient": ScoreMode.COSINE}
-    if family not in modes or kind not in {m.value for m in PreconditionMode}:
+    if (family not in modes or kind not in {m.value for m in PreconditionMode}
+            or (at and not (size.isdigit() and int(size) > 0))):
         raise ConfigError(f"unknown LDS estimator {name!r}: gradient-ip/KIND, gradient/KIND (KIND one of "
-                          f"{[m.value for m in PreconditionMode]}) or bm25")
-    return modes[family], PreconditionMode(kind)
+                          f"{[m.value for m in PreconditionMode]}, optionally @K, a projection size) or bm25")
+    return FieldEstimator(modes[family], PreconditionMode(kind), int(size) if at else None)
 
 
 def dropped_rows(case: TextCase, settings: FieldLDSSettings, kind: str, j: int) -> np.ndarray:
@@ -190,7 +202,8 @@ def run_retrains(out: Path, case: TextCase, settings: FieldLDSSettings,
 
 
 class Scorer:
-    """Every training row's score for every query chunk, per estimator, with the full model (one sketch pass)."""
+    """Every training row's score for every query chunk, per estimator, with the full model (one sketch pass per
+    projection size)."""
 
     def __init__(self, directory: Path, settings: FieldLDSSettings) -> None:
         self.settings = settings
@@ -198,22 +211,29 @@ class Scorer:
         self.rows = training_rows(directory)
         self.queries = query_chunks(directory)
         self.model_dir = directory / "model"
-        self.checkpoints = load_checkpoints(self.model_dir, (None,), SketchConfig(k=settings.k))
-        self.statistics = KroneckerStatistics(Fisher.EMPIRICAL, CurvatureConfig().factor_limit)
-        started = time.perf_counter()
-        self.raw = sketch_all(GradientEncoder(self.checkpoints, self.tokenizer), self.rows, None,
-                              statistics=[self.statistics])
-        self.sketch_seconds = time.perf_counter() - started
+        self.passes: dict[int, tuple[list, KroneckerStatistics, list[torch.Tensor]]] = {}
+        self.sketch_seconds = 0.0
+
+    def sketched(self, k: int) -> tuple[list, KroneckerStatistics, list[torch.Tensor]]:
+        """The checkpoints, Kronecker statistics and raw sketches of every training row at projection size k."""
+        if k not in self.passes:
+            checkpoints = load_checkpoints(self.model_dir, (None,), SketchConfig(k=k))
+            statistics = KroneckerStatistics(Fisher.EMPIRICAL, CurvatureConfig().factor_limit)
+            started = time.perf_counter()
+            raw = sketch_all(GradientEncoder(checkpoints, self.tokenizer), self.rows, None, statistics=[statistics])
+            self.sketch_seconds += time.perf_counter() - started
+            self.passes[k] = (checkpoints, statistics, raw)
+        return self.passes[k]
 
     def scores(self, name: str) -> np.ndarray:
-        parsed = parse_estimator(name)
-        if parsed is None:
+        estimator = parse_estimator(name)
+        if estimator.mode is None:
             return bm25_matrix([self.tokenizer.decode(r) for r in self.rows],
                                [self.tokenizer.decode(q.tolist()) for q in self.queries])
-        mode, kind = parsed
-        curvature = CurvatureConfig(kind=kind, damping=self.settings.damping)
-        encoder, vectors = fitted_vectors(self.checkpoints, self.tokenizer, self.rows, self.raw, curvature, mode,
-                                          statistics=[self.statistics])
+        checkpoints, statistics, raw = self.sketched(estimator.k or self.settings.k)
+        curvature = CurvatureConfig(kind=estimator.kind, damping=self.settings.damping)
+        encoder, vectors = fitted_vectors(checkpoints, self.tokenizer, self.rows, raw, curvature, estimator.mode,
+                                          statistics=[statistics])
         q = np.stack([encoder.encode_query_ids(c[:1].tolist(), c[1:].tolist()).vector.numpy()
                       for c in self.queries])
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
@@ -241,7 +261,8 @@ def run_field_lds(out: Path, case: TextCase, settings: FieldLDSSettings,
     scorer: Scorer | None = None
     scores, score_seconds = {}, {}
     for name in settings.estimators:
-        key = as_json({"case": asdict(case), "k": settings.k, "damping": settings.damping, "estimator": name})
+        k = parse_estimator(name).k or settings.k
+        key = as_json({"case": asdict(case), "k": k, "damping": settings.damping, "estimator": name})
 
         def compute(name: str = name) -> np.ndarray:
             nonlocal scorer
