@@ -126,8 +126,10 @@ def train(
     on_step: Callable[[int, float], None] | None = None,
     rows: Sequence[int] | None = None,
     save_revisions: bool = True,
+    init: Path | None = None,
 ) -> tuple[GPTNeoXForCausalLM, list[float]]:
-    """Train from scratch on the rows in order; save checkpoints under ``out_dir``.
+    """Train from scratch (or, with ``init``, fine-tune a saved model) on the rows in order; save checkpoints under
+    ``out_dir``.
 
     Returns the final model and the loss of every step. The final weights go in
     ``out_dir`` itself, earlier checkpoints in ``out_dir/revisions/stepN``.
@@ -141,7 +143,12 @@ def train(
         raise ConfigError(f"{len(rows)} training rows given, but {settings.steps} steps of "
                           f"{settings.batch_size} rows need {settings.steps * settings.batch_size} (the last step "
                           "may be short)")
-    model = make_model(settings, vocab_size)
+    if init is None:
+        model = make_model(settings, vocab_size)
+    else:
+        model = GPTNeoXForCausalLM.from_pretrained(str(init), torch_dtype=torch.float32)
+        if model.config.vocab_size != vocab_size:
+            raise ConfigError(f"{init} has a vocabulary of {model.config.vocab_size}, the data {vocab_size}")
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95), weight_decay=settings.weight_decay
     )

@@ -43,11 +43,12 @@ from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
 from demo.training import steps_for, train
+from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
 from evaluation.report_files import write_report_files
 from evaluation.retrain import run_jobs, usable_cores
 from evaluation.row_scores import bm25_matrix, cached
-from evaluation.text_case import TextCase, build_case, chunk_losses, query_chunks, training_order, training_rows
+from evaluation.text_case import TextCase, chunk_losses, query_chunks, training_rows
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -55,6 +56,8 @@ DROP, HALF = "drop", "half"
 DEFAULT_ESTIMATORS = ("gradient-ip/none", "gradient-ip/inverse", "gradient-ip/block", "gradient-ip/kfac",
                       "gradient-ip/ekfac", "gradient/block", "gradient/inverse_sqrt", "bm25")
 SHUFFLED = "shuffled"
+LDSCase = TextCase | FinetuneCase
+"""Trained from scratch on chunks of real text, or a pretrained model fine-tuned on a small set."""
 
 
 @dataclass(frozen=True)
@@ -77,12 +80,13 @@ class FieldLDSSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "estimators", tuple(self.estimators))
-        if self.retrains < 3:
-            raise ConfigError(f"a Spearman correlation over retrains needs at least 3, got {self.retrains}")
+        for name in ("retrains", "halves"):  # a Spearman correlation over retrains needs at least 3
+            if getattr(self, name) not in range(0, 100_000) or 0 < getattr(self, name) < 3:
+                raise ConfigError(f"{name} must be 0 or at least 3, got {getattr(self, name)}")
+        if self.retrains == self.halves == 0:
+            raise ConfigError("no retrains: give retrains or halves (each at least 3)")
         if not 0 < self.removed < 1:
             raise ConfigError(f"removed must be a share in (0, 1), got {self.removed}")
-        if self.halves not in range(0, 100_000) or (0 < self.halves < 3):
-            raise ConfigError(f"halves must be 0 or at least 3, got {self.halves}")
         for name in ("k", "workers", "shuffles", "bootstrap"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -114,7 +118,7 @@ def parse_estimator(name: str) -> FieldEstimator:
     return FieldEstimator(modes[family], PreconditionMode(kind), int(size) if at else None)
 
 
-def dropped_rows(case: TextCase, settings: FieldLDSSettings, kind: str, j: int) -> np.ndarray:
+def dropped_rows(case: LDSCase, settings: FieldLDSSettings, kind: str, j: int) -> np.ndarray:
     """Row ids retrain ``kind``-``j`` leaves out: a random ``removed`` share, or the complement of a half."""
     if kind == DROP:
         count = max(1, round(case.rows * settings.removed))
@@ -123,7 +127,7 @@ def dropped_rows(case: TextCase, settings: FieldLDSSettings, kind: str, j: int) 
                                                                          replace=False))
 
 
-def kept_masks(case: TextCase, settings: FieldLDSSettings, kind: str, count: int) -> np.ndarray:
+def kept_masks(case: LDSCase, settings: FieldLDSSettings, kind: str, count: int) -> np.ndarray:
     """``(count, rows)`` booleans: row i is trained on by retrain j."""
     masks = np.ones((count, case.rows), dtype=bool)
     for j in range(count):
@@ -140,13 +144,13 @@ def as_json(record: dict) -> dict:
     return json.loads(json.dumps(record))
 
 
-def retrain_key(case: TextCase, dropped: np.ndarray) -> dict:
+def retrain_key(case: LDSCase, dropped: np.ndarray) -> dict:
     """What a retrain's losses depend on."""
     digest = hashlib.sha256(dropped.astype(np.int64).tobytes()).hexdigest()[:16]
     return as_json({"case": asdict(case), "dropped_sha256": digest, "dropped": len(dropped)})
 
 
-def retrain(out: Path, case: TextCase, kind: str, j: int, dropped: list[int], key: dict) -> float:
+def retrain(out: Path, case: LDSCase, kind: str, j: int, dropped: list[int], key: dict) -> float:
     """Train one retrain from scratch (one torch thread, so every retrain computes alike whether it runs in a
     worker or here), record its query losses, delete the model."""
     threads = torch.get_num_threads()
@@ -157,14 +161,15 @@ def retrain(out: Path, case: TextCase, kind: str, j: int, dropped: list[int], ke
         torch.set_num_threads(threads)
 
 
-def _retrain(out: Path, case: TextCase, kind: str, j: int, dropped: list[int], key: dict) -> float:
-    directory = out / "case"
+def _retrain(out: Path, case: LDSCase, kind: str, j: int, dropped: list[int], key: dict) -> float:
+    directory = case.directory(out)
     scratch = out / "retrains" / f".{kind}-{j:03d}"
     shutil.rmtree(scratch, ignore_errors=True)
-    order = training_order(case, np.asarray(dropped, dtype=np.int64))
+    order = case.order(np.asarray(dropped, dtype=np.int64))
     started = time.perf_counter()
     model, _ = train(case.settings(steps_for(len(order), case.batch_size)), directory / "data" / "document",
-                     len(load_tokenizer(directory / "tokenizer")), scratch, rows=order, save_revisions=False)
+                     len(load_tokenizer(directory / "tokenizer")), scratch, rows=order, save_revisions=False,
+                     init=case.init_model(out))
     losses = chunk_losses(model, query_chunks(directory))
     seconds = time.perf_counter() - started
     shutil.rmtree(scratch, ignore_errors=True)
@@ -177,7 +182,7 @@ def _retrain(out: Path, case: TextCase, kind: str, j: int, dropped: list[int], k
     return seconds
 
 
-def run_retrains(out: Path, case: TextCase, settings: FieldLDSSettings,
+def run_retrains(out: Path, case: LDSCase, settings: FieldLDSSettings,
                  on_done: Callable[[str, int], None] | None = None) -> dict[str, list[dict]]:
     """Every missing retrain (``workers`` processes); returns the records by kind, in order."""
     (out / "retrains").mkdir(parents=True, exist_ok=True)
@@ -250,11 +255,11 @@ def external_scores(out: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     return found
 
 
-def run_field_lds(out: Path, case: TextCase, settings: FieldLDSSettings,
+def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
                   on_retrain: Callable[[str, int], None] | None = None) -> dict:
     """Build the case, retrain, score and summarize; writes ``field_lds.json`` / ``.md`` and returns the report."""
     started = time.perf_counter()
-    directory = build_case(out, case)
+    directory = case.build(out)
     build_seconds = time.perf_counter() - started
     records = run_retrains(out, case, settings, on_retrain)
     full_losses = chunk_losses(load_model(directory / "model"), query_chunks(directory))
@@ -302,11 +307,21 @@ def run_field_lds(out: Path, case: TextCase, settings: FieldLDSSettings,
 
 def markdown(report: dict) -> str:
     c, s = report["case"], report["settings"]
-    lines = ["# LDS on the field's protocol", "",
-             f"GPT-NeoX {c['num_layers']}×{c['hidden_size']} trained {c['epochs']} epochs on {c['rows']} chunks "
-             f"of {c['seq_len'] + 1} tokens of real text; {c['queries']} held-out query chunks (mean loss "
-             f"{report['full_model_loss']:.2f} nats). Retrains from the same init and order: "
-             f"{s['retrains']} without {s['removed']:.0%} of the rows, {s['halves']} on random halves. LDS(z) = "
+    if "base" in c:  # the fine-tuning variant
+        b = c["base"]
+        what = (f"GPT-NeoX {b['num_layers']}×{b['hidden_size']} pretrained {b['epochs']} epochs on {b['rows']} "
+                f"chunks of {', '.join(b['sources'])}, then fine-tuned {c['epochs']} epochs on {c['rows']} chunks of "
+                f"{c['source']}; {c['queries']} held-out {c['source']} query chunks (mean loss "
+                f"{report['full_model_loss']:.2f} nats). Retrains fine-tune the same pretrained weights in the same "
+                "order")
+    else:
+        what = (f"GPT-NeoX {c['num_layers']}×{c['hidden_size']} trained {c['epochs']} epochs on {c['rows']} chunks "
+                f"of {c['seq_len'] + 1} tokens of real text; {c['queries']} held-out query chunks (mean loss "
+                f"{report['full_model_loss']:.2f} nats). Retrains from the same init and order")
+    title = "# LDS on the field's protocol" + (", fine-tuning variant" if "base" in c else "")
+    lines = [title, "",
+             f"{what}: {s['retrains']} without {s['removed']:.0%} of the rows, {s['halves']} on random halves. "
+             "LDS(z) = "
              "Spearman over retrains of z's loss and −Σ scores of the rows trained on; mean over queries, "
              f"bootstrap 95 % interval, p: share of {s['shuffles']} row permutations of the method's own scores "
              "scoring at least as high. Published (GPT-2, WikiText): EK-FAC 0.44-0.47, TrackStar 0.24, "

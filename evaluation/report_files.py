@@ -8,7 +8,10 @@ from pathlib import Path
 
 
 def write_report_files(report: dict, out: Path, name: str, markdown: Callable[[dict], str]) -> None:
-    """``OUT/NAME.json`` and ``OUT/NAME.md`` (``markdown`` renders the report)."""
+    """``OUT/NAME.json`` and ``OUT/NAME.md`` (``markdown`` renders the report), each written whole to a temporary
+    file and renamed over the old one, so a killed run never leaves half a report."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
-    (out / f"{name}.md").write_text(markdown(report))
+    for path, text in ((out / f"{name}.json", json.dumps(report, indent=2)), (out / f"{name}.md", markdown(report))):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)

@@ -68,6 +68,22 @@ class TextCase:
             raise ConfigError(f"text case: hidden_size {self.hidden_size} is not a multiple of num_heads "
                               f"{self.num_heads}")
 
+    name = "case"
+    """The case's directory under ``OUT``."""
+    def directory(self, out: Path) -> Path:
+        return out / self.name
+
+    def build(self, out: Path) -> Path:
+        """Build (or reuse) the case under ``OUT/case``; returns that directory."""
+        return build_case(out, self)
+
+    def order(self, dropped: np.ndarray | None = None) -> list[int]:
+        return training_order(self, dropped)
+
+    def init_model(self, out: Path) -> Path | None:
+        """The model a retrain starts from (None: trained from scratch)."""
+        return None
+
     def settings(self, steps: int) -> TrainSettings:
         """The training loop's settings; the context holds a whole chunk, so a chunk can be asked as a query."""
         return TrainSettings(hidden_size=self.hidden_size, num_layers=self.num_layers, num_heads=self.num_heads,
@@ -97,17 +113,21 @@ def case_documents(case: TextCase) -> list[dict]:
 
 def chunks(case: TextCase, tokenizer, docs: list[dict]) -> np.ndarray:
     """``(rows + queries, seq_len + 1)`` token chunks of ``docs`` (:func:`case_documents`), shuffled by seed."""
+    return cut_chunks(tokenizer, docs, case.seq_len + 1, case.rows + case.queries, case.seed)
+
+
+def cut_chunks(tokenizer, docs: list[dict], width: int, needed: int, seed: int) -> np.ndarray:
+    """``(needed, width)`` token chunks of the concatenated ``docs`` (end-of-text between), picked by seed."""
     stream: list[int] = []
     for doc in docs:
         stream.extend(tokenizer.encode(doc["text"], add_special_tokens=False))
         stream.append(tokenizer.eos_token_id)
-    width = case.seq_len + 1
     count = len(stream) // width
-    if count < case.rows + case.queries:
+    if count < needed:
         raise ConfigError(f"text case: the text gives {count} chunks of {width} tokens, fewer than rows + queries "
-                          f"= {case.rows + case.queries}; raise chars_per_source or lower rows")
+                          f"= {needed}; raise chars_per_source or lower rows")
     cut = np.asarray(stream[: count * width], dtype=np.int64).reshape(count, width)
-    picked = np.random.default_rng([case.seed, 5]).permutation(count)[: case.rows + case.queries]
+    picked = np.random.default_rng([seed, 5]).permutation(count)[:needed]
     return cut[picked]
 
 

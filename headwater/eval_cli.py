@@ -139,6 +139,9 @@ def eval_field_lds(
     workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
                                                      "usable CPU core).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the text case, the dropped rows and the statistics.")] = 0,
+    finetune: Annotated[int, typer.Option(help="The fine-tuning variant: the case's model fine-tuned on this many "
+                                               "chunks of another source (stdlib docstrings), queries from that "
+                                               "source, retrains fine-tune again (0: train from scratch).")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """LDS on the field's protocol: a small GPT-NeoX trained on chunks of real text, retrained without 1 % of the
@@ -147,10 +150,15 @@ def eval_field_lds(
     from tqdm import tqdm
 
     from evaluation.field_lds import FieldLDSSettings, markdown, run_field_lds
+    from evaluation.finetune_case import FinetuneCase
     from evaluation.text_case import TextCase
 
     setup_logging(verbose)
+    if finetune < 0:
+        raise ConfigError(f"--finetune must be 0 (off) or a number of chunks, got {finetune}")
     case = TextCase(rows=rows, queries=queries, seed=seed)
+    if finetune:
+        case = FinetuneCase(base=case, rows=finetune, queries=queries, seed=seed)
     settings = FieldLDSSettings(retrains=retrains, removed=removed, halves=halves, k=k, seed=seed,
                                 estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()),
                                 **({"workers": workers} if workers is not None else {}))

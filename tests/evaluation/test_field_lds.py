@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from attribution.errors import ConfigError
+from attribution.models import load_model
+from demo.training import steps_for, train
 from evaluation.field_lds import (
     DROP,
     HALF,
@@ -24,6 +28,7 @@ from evaluation.field_lds import (
     retrain_path,
     run_field_lds,
 )
+from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query
 from evaluation.text_case import TextCase, build_case, training_order
 from headwater.cli import app
@@ -110,6 +115,12 @@ def test_true_effects_score_near_one_and_their_sign_matters() -> None:
 def test_bad_settings_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="at least 3"):
         FieldLDSSettings(retrains=2)
+    with pytest.raises(ConfigError, match="no retrains"):
+        FieldLDSSettings(retrains=0, halves=0)
+    with pytest.raises(ConfigError, match="unknown LDS estimator"):
+        FieldLDSSettings(estimators=("gradient-ip/block@0",))
+    with pytest.raises(ConfigError, match="pretrained on"):
+        FinetuneCase(source="bible")
     with pytest.raises(ConfigError, match="share"):
         FieldLDSSettings(removed=1.5)
     with pytest.raises(ConfigError, match="unknown LDS estimator"):
@@ -139,3 +150,35 @@ def test_external_scores_join_the_table_and_wrong_shapes_are_refused(field_run: 
     np.save(out / "external" / "peer-y.npy", planted[:, :-1])
     with pytest.raises(ConfigError, match="shape"):
         run_field_lds(out, CASE, SETTINGS)
+
+
+FINETUNE = FinetuneCase(base=CASE, rows=24, queries=5, epochs=2, batch_size=4, warmup_steps=2, chars_per_source=6000)
+
+
+def test_finetuning_variant_starts_every_retrain_from_the_pretrained_model(field_run: tuple[Path, dict],
+                                                                        tmp_path: Path) -> None:
+    """The fine-tuning case reuses the pretraining case (same directory), fine-tunes it on another source, and
+    each half retrain fine-tunes the same pretrained weights: the report's columns and the control hold."""
+    out = tmp_path / "finetune"
+    shutil.copytree(field_run[0] / "case", out / "case")  # the pretraining case, reused as built
+    settings_ = FieldLDSSettings(retrains=0, halves=4, k=4, workers=1, shuffles=50, bootstrap=200,
+                                 estimators=("gradient-ip/ekfac_basis", "gradient-ip/block@6", "bm25"))
+    report = run_field_lds(out, FINETUNE, settings_)
+    assert set(report["lds"]) == {HALF} and set(report["lds"][HALF]) == {*settings_.estimators, SHUFFLED}
+    lo, hi = report["lds"][HALF][SHUFFLED]["ci95"]
+    assert lo <= 0 <= hi
+    assert json.loads((out / "finetune" / "finetune.json").read_text())["case"]["source"] == "stdlib"
+    assert "fine-tuning variant" in (out / "field_lds.md").read_text()
+    marker = "case.json"  # the pretraining case was reused, not rebuilt
+    assert (out / "case" / marker).stat().st_mtime_ns == (field_run[0] / "case" / marker).stat().st_mtime_ns
+    # fine-tuning starts from the pretrained weights: at a vanishing learning rate it ends where it began
+    still = replace(FINETUNE, learning_rate=1e-30)
+    order = still.order()
+    model, _ = train(still.settings(steps_for(len(order), still.batch_size)), out / "finetune" / "data" / "document",
+                     CASE.vocab_size, tmp_path / "still", rows=order, save_revisions=False,
+                     init=still.init_model(out))
+    pretrained = load_model(out / "case" / "model")
+    for (name, mine), theirs in zip(model.state_dict().items(), pretrained.state_dict().values(), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-6), name
+    with pytest.raises(ConfigError, match="other settings"):
+        FinetuneCase(**{**FINETUNE.__dict__, "rows": 20}).build(out)
