@@ -4,7 +4,8 @@
     HF_HUB_OFFLINE=1 .venv-bench/bin/python -m bench.peers_lds --out OUT [--peers kronfluence-ekfac,...]
     .venv/bin/headwater eval field-lds --out OUT                # retrains, scores headwater, the table with peers
 
-Same full model, training chunks and held-out query chunks (``OUT/case``), same modules (every ``nn.Linear``
+Same full model, training chunks and held-out query chunks (``OUT/case``; with ``--finetune N`` the fine-tuned
+model, its N fine-tuning chunks and its queries, ``OUT/finetune``), same modules (every ``nn.Linear``
 inside the transformer blocks, ``attribution.modules.sketched_linears``), the same loss on both sides (each
 chunk's next-token NLL, summed), all on CPU. Each peer writes ``OUT/external/NAME.npy`` — a (queries, rows)
 matrix of its influence scores, larger meaning more helpful — and ``OUT/external/NAME.json`` (seconds, version,
@@ -43,7 +44,8 @@ import torch.nn.functional as F
 
 from attribution.models import load_model
 from attribution.modules import sketched_linears
-from evaluation.text_case import TextCase, build_case, query_chunks, training_rows
+from evaluation.finetune_case import FinetuneCase
+from evaluation.text_case import TextCase, query_chunks, training_rows
 
 PEERS = ("kronfluence-ekfac", "kronfluence-identity", "bergson-trackstar", "bergson-ekfac", "bergson-identity")
 log = logging.getLogger("bench.peers_lds")
@@ -162,11 +164,18 @@ def main() -> None:
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--k", type=int, default=16, help="bergson's projection_dim (headwater's k)")
+    parser.add_argument("--finetune", type=int, default=0,
+                        help="the fine-tuning variant with this many chunks (as `headwater eval field-lds "
+                             "--finetune`; 0: the case trained from scratch)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    directory = build_case(args.out, TextCase())  # the field-lds command's default case (reused when built)
+    if args.finetune < 0:
+        raise SystemExit(f"--finetune must be 0 or a number of chunks, got {args.finetune}")
+    # the field-lds command's default case (reused when built)
+    case = FinetuneCase(rows=args.finetune) if args.finetune else TextCase()
+    directory = case.build(args.out)
     external = args.out / "external"
     external.mkdir(exist_ok=True)
     rows = []

@@ -96,26 +96,42 @@ class FieldLDSSettings:
 
 @dataclass(frozen=True)
 class FieldEstimator:
-    """One parsed estimator name: ``gradient-ip/KIND``, ``gradient/KIND`` (optionally ``@K``: its own projection
-    size per side instead of the settings' k) or ``bm25`` (``mode`` None)."""
+    """One parsed estimator name: ``gradient-ip/KIND``, ``gradient/KIND`` or ``bm25`` (``mode`` None). A gradient
+    estimator may add ``@K`` (its own projection size per side instead of the settings' k) and ``@dD`` (its own
+    damping), e.g. ``gradient-ip/ekfac_basis@256@d0.001``."""
 
     mode: ScoreMode | None
     kind: PreconditionMode | None
-    k: int | None
+    k: int | None = None
+    damping: float | None = None
 
 
 def parse_estimator(name: str) -> FieldEstimator:
     """The estimator a name stands for, or a clear error."""
     if name == "bm25":
-        return FieldEstimator(None, None, None)
-    base, at, size = name.partition("@")
+        return FieldEstimator(None, None)
+    base, *options = name.split("@")
     family, _, kind = base.partition("/")
     modes = {"gradient-ip": ScoreMode.INNER_PRODUCT, "gradient": ScoreMode.COSINE}
-    if (family not in modes or kind not in {m.value for m in PreconditionMode}
-            or (at and not (size.isdigit() and int(size) > 0))):
-        raise ConfigError(f"unknown LDS estimator {name!r}: gradient-ip/KIND, gradient/KIND (KIND one of "
-                          f"{[m.value for m in PreconditionMode]}, optionally @K, a projection size) or bm25")
-    return FieldEstimator(modes[family], PreconditionMode(kind), int(size) if at else None)
+    error = ConfigError(f"unknown LDS estimator {name!r}: gradient-ip/KIND, gradient/KIND (KIND one of "
+                        f"{[m.value for m in PreconditionMode]}; then optionally @K, a projection size, and @dD, a "
+                        "damping) or bm25")
+    if family not in modes or kind not in {m.value for m in PreconditionMode}:
+        raise error
+    k = damping = None
+    for option in options:
+        if option.isdigit() and int(option) > 0 and k is None:
+            k = int(option)
+        elif option.startswith("d") and damping is None:
+            try:
+                damping = float(option[1:])
+            except ValueError:
+                raise error from None
+            if not damping > 0:
+                raise error
+        else:
+            raise error
+    return FieldEstimator(modes[family], PreconditionMode(kind), k, damping)
 
 
 def dropped_rows(case: LDSCase, settings: FieldLDSSettings, kind: str, j: int) -> np.ndarray:
@@ -236,7 +252,7 @@ class Scorer:
             return bm25_matrix([self.tokenizer.decode(r) for r in self.rows],
                                [self.tokenizer.decode(q.tolist()) for q in self.queries])
         checkpoints, statistics, raw = self.sketched(estimator.k or self.settings.k)
-        curvature = CurvatureConfig(kind=estimator.kind, damping=self.settings.damping)
+        curvature = CurvatureConfig(kind=estimator.kind, damping=estimator.damping or self.settings.damping)
         encoder, vectors = fitted_vectors(checkpoints, self.tokenizer, self.rows, raw, curvature, estimator.mode,
                                           statistics=[statistics])
         q = np.stack([encoder.encode_query_ids(c[:1].tolist(), c[1:].tolist()).vector.numpy()
@@ -266,8 +282,9 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     scorer: Scorer | None = None
     scores, score_seconds = {}, {}
     for name in settings.estimators:
-        k = parse_estimator(name).k or settings.k
-        key = as_json({"case": asdict(case), "k": k, "damping": settings.damping, "estimator": name})
+        estimator = parse_estimator(name)
+        key = as_json({"case": asdict(case), "k": estimator.k or settings.k,
+                       "damping": estimator.damping or settings.damping, "estimator": name})
 
         def compute(name: str = name) -> np.ndarray:
             nonlocal scorer

@@ -17,14 +17,18 @@ from typer.testing import CliRunner
 
 from attribution.errors import ConfigError
 from attribution.models import load_model
+from attribution.preconditioner import PreconditionMode
+from attribution.scoring import ScoreMode
 from demo.training import steps_for, train
 from evaluation.field_lds import (
     DROP,
     HALF,
     SHUFFLED,
+    FieldEstimator,
     FieldLDSSettings,
     dropped_rows,
     kept_masks,
+    parse_estimator,
     retrain_path,
     run_field_lds,
 )
@@ -119,6 +123,11 @@ def test_bad_settings_are_clear_errors() -> None:
         FieldLDSSettings(retrains=0, halves=0)
     with pytest.raises(ConfigError, match="unknown LDS estimator"):
         FieldLDSSettings(estimators=("gradient-ip/block@0",))
+    for bad in ("gradient-ip/block@d0", "gradient-ip/block@dx", "gradient-ip/block@4@8", "gradient/none@q"):
+        with pytest.raises(ConfigError, match="unknown LDS estimator"):
+            FieldLDSSettings(estimators=(bad,))
+    assert parse_estimator("gradient-ip/ekfac_basis@256@d0.001") == FieldEstimator(
+        ScoreMode.INNER_PRODUCT, PreconditionMode.EKFAC_BASIS, 256, 0.001)
     with pytest.raises(ConfigError, match="pretrained on"):
         FinetuneCase(source="bible")
     with pytest.raises(ConfigError, match="share"):
