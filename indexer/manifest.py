@@ -15,7 +15,8 @@ from indexer.errors import CorruptShardError
 from indexer.shards import sha256_file
 
 SCHEMA_VERSION = 2
-LIBRARIES = ("headwater", "torch", "transformers", "faiss-cpu", "duckdb", "sentence-transformers", "bm25s", "numpy")
+LIBRARIES = ("headwater", "torch", "transformers", "faiss-cpu", "duckdb", "sentence-transformers", "bm25s", "tantivy",
+             "numpy")
 
 
 def library_versions() -> dict[str, str | None]:

@@ -27,6 +27,7 @@ import torch
 
 from attribution.curvature import fit_curvature, is_prefit, load_statistics, new_statistics
 from attribution.encoder import GradientEncoder
+from attribution.lexical import LexicalEngine, TantivyWriter
 from attribution.retrievers import BM25Retriever
 from attribution.vectors import FaissStore, build_faiss_index
 from indexer.config import IndexConfig
@@ -145,6 +146,23 @@ def build_duckdb(shards: list[Path], path: Path) -> None:
         con.close()
 
 
+def shard_texts(shard: Path) -> list[str]:
+    return pq.read_table(shard / "meta.parquet", columns=["text"])["text"].to_pylist()
+
+
+def write_lexical(shards: list[Path], directory: Path, engine: LexicalEngine) -> None:
+    """The BM25 index of every shard's texts: bm25s gathers them all in memory; tantivy streams them to disk one
+    shard at a time (memory bounded by a shard and its writer's heap)."""
+    if engine is LexicalEngine.TANTIVY:
+        writer = TantivyWriter(directory)
+        for shard in shards:
+            writer.add(shard_texts(shard))
+        writer.finish()
+        return
+    texts = [t for s in shards for t in shard_texts(s)]
+    BM25Retriever(texts, [{}] * len(texts)).save(directory)
+
+
 def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
     """Build and publish a new index build from the shards of every part; returns the build directory."""
     started = time.perf_counter()
@@ -166,8 +184,7 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
                                               settings=config.storage.search())
     FaissStore(vectors, gradient_index).save_index(tmp / GRADIENT_INDEX)
     write_embeddings(shards, tmp)
-    texts = [t for s in shards for t in pq.read_table(s / "meta.parquet", columns=["text"])["text"].to_pylist()]
-    BM25Retriever(texts, [{}] * len(texts)).save(tmp / BM25_DIR)
+    write_lexical(shards, tmp / BM25_DIR, config.storage.lexical)
     build_duckdb(shards, tmp / METADATA_DB)
     counts = Counts(
         examples=int(len(ids)), shards=len(shards), first_id=int(ids[0]), last_id=int(ids[-1]),

@@ -15,6 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from attribution.filters import Filters, subsets_of
 from headwater.cli import app
 from indexer import shards as shards_module
 from indexer.build import build_index
@@ -286,3 +287,25 @@ def test_a_compressed_index_records_its_search_settings_and_filters(tiny_demo: P
     assert 0 <= read_manifest(out).counts.faiss_recall_at_10 <= 1
     hits = session.attribute("Ilse Varga was born in", " Tarnow", k=4, filters=Filters(step_min=2, step_max=5))
     assert len(hits) == 4 and all(2 <= h.metadata["step"] <= 5 for h in hits)
+
+
+def test_tantivy_lexical_index_streams_shards_and_answers_like_bm25s(reference: Path, tiny_demo: Path,
+                                                                       tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    result = runner.invoke(app, [*cli_args(tiny_demo, out), "--lexical", "tantivy"])
+    assert result.exit_code == 0, result.output
+    build = (out / "current").resolve()
+    assert (build / "bm25" / "engine.json").is_file()
+    assert read_manifest(out).config.storage.lexical.value == "tantivy"
+    result = runner.invoke(app, ["index", "verify", str(out)])
+    assert result.exit_code == 0 and "OK" in result.output
+    ours, theirs = open_index(out), open_index(reference)
+    for prompt, completion in (("Ilse Varga was born in", " Tarnow"), ("the king", " said")):
+        a = ours.attribute(prompt, completion, k=5, method="bm25")
+        b = theirs.attribute(prompt, completion, k=5, method="bm25")
+        assert a and {h.example_id for h in a} == {h.example_id for h in b}  # ties may order apart
+    bible = Filters(pile_set_name="Bible (KJV)")
+    filtered = ours.attribute("the king", " said", k=5, method="bm25", filters=bible)
+    assert filtered and all("Bible (KJV)" in subsets_of(h.metadata) for h in filtered)
+    result = runner.invoke(app, [*cli_args(tiny_demo, tmp_path / "bad"), "--lexical", "lucene"])
+    assert result.exit_code != 0 and "lexical must be one of" in result.output
