@@ -4,7 +4,9 @@
 
 Each section runs as its own process (so timings and peak memory are its own) and leaves its
 markdown (and JSON where it has one) in ``--out``; ``--reuse`` keeps sections already there
-(resume after an interruption), ``--only`` reruns some. ``make bench`` runs everything.
+(resume after an interruption), ``--only`` reruns some. ``make bench`` runs everything. A section neither run
+nor saved in this pass keeps its text from the ``RESULTS.md`` being replaced, labelled with the pass it came
+from, so a partial pass never erases older measurements silently.
 The bergson section needs the bench-only environment (``bench/bergson_env.sh``); without it
 the section says so instead of failing the run.
 """
@@ -82,6 +84,16 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "Real-text chunks; retrains without 1 % of the rows and on halves; linear influence scores of "
                 "every headwater estimator beside Kronfluence and bergson.",
                 headwater + ["eval", "field-lds", "--out", str(out / "field-lds")]),
+        Section("peers-lds-finetune", "Kronfluence and bergson on the fine-tuning LDS case",
+                "The same peers on the fine-tuning variant (the field-LDS model fine-tuned on 200 chunks of "
+                "stdlib docstrings).",
+                ["-m", "bench.peers_lds", "--out", str(out / "field-lds-finetune"), "--finetune", "200"],
+                python=BENCH_PYTHON),
+        Section("field-lds-finetune", "LDS on the field's protocol, fine-tuning variant (influence)",
+                "The field-LDS model fine-tuned on 200 stdlib chunks; retrains fine-tune the same weights "
+                "without 1 % and on halves; queries are held-out stdlib chunks.",
+                headwater + ["eval", "field-lds", "--out", str(out / "field-lds-finetune"), "--finetune", "200",
+                             "--halves", "50"]),
         Section("second-index", "Index of every row of the second case", "CLI defaults (the removal test needs "
                 "every training row).",
                 headwater + ["index", "build", "--model", str(second / "model"), "--data",
@@ -148,10 +160,30 @@ def compose(chosen: list[Section], results: dict[str, dict], out: Path, summary:
              "not absolute times across runs.", "", versions(), summary]
     for section in chosen:
         result = results[section.name]
+        if result.get("carried"):  # the earlier text already says what the section is
+            parts += [f"## {section.title}", "", result["markdown"].strip(), ""]
+            continue
         took = f" ({result['seconds']:.0f} s; {result['load']})" if result.get("load") else ""
         parts += [f"## {section.title}", "", f"{section.about}{took}", "",
                   result["markdown"].strip(), ""]
     return "\n".join(parts) + "\n"
+
+
+def previous_sections(text: str, titles: list[str]) -> dict[str, str]:
+    """The body of each known section title in an earlier ``RESULTS.md`` (a section's own ``##`` subheadings stay
+    inside it), and that file's date and commit line."""
+    found: dict[str, str] = {}
+    starts = sorted((text.find(f"\n## {t}\n"), t) for t in titles if f"\n## {t}\n" in text)
+    for (start, title), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=True):
+        found[title] = text[start + len(f"\n## {title}\n") : end].strip()
+    return found
+
+
+def carried_over(body: str, stamp: str) -> dict:
+    """An earlier pass's section, labelled (once: a section carried over before keeps its first label)."""
+    label = "_Not rerun in this pass: carried over from the pass of"
+    text = body if body.startswith(label) else f"{label} {stamp}._\n\n{body}"
+    return {"seconds": 0.0, "ok": True, "carried": True, "markdown": text + "\n"}
 
 
 def main() -> None:
@@ -174,11 +206,17 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {[s.name for s in every]}")
     results: dict[str, dict] = {}
+    earlier = args.results.read_text() if args.results.is_file() else ""
+    stamp = next((line.removeprefix("- date: ") for line in earlier.splitlines() if line.startswith("- date: ")),
+                 "an earlier pass")
+    before = previous_sections(earlier, [s.title for s in every])
     for section in every:
         saved = out / f"{section.name}.result.json"
         if section.name not in only or (args.reuse and saved.exists()):
             if saved.exists():
                 results[section.name] = json.loads(saved.read_text())
+            elif section.title in before and not before[section.title].startswith("_Not run"):
+                results[section.name] = carried_over(before[section.title], stamp)
             else:
                 results[section.name] = {"seconds": 0.0, "ok": False, "markdown": "_Not run in this pass._\n"}
             continue

@@ -54,7 +54,10 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 DROP, HALF = "drop", "half"
 DEFAULT_ESTIMATORS = ("gradient-ip/none", "gradient-ip/inverse", "gradient-ip/block", "gradient-ip/kfac",
-                      "gradient-ip/ekfac", "gradient/block", "gradient/inverse_sqrt", "bm25")
+                      "gradient-ip/ekfac", "gradient-ip/ekfac_basis", "gradient-ip/ekfac_basis@d0.01",
+                      "gradient/block", "gradient/inverse_sqrt", "gradient-ip/block@64", "gradient-ip/ekfac_basis@64",
+                      "gradient-ip/ekfac_basis@64@d0.01", "gradient-ip/ekfac_basis@256",
+                      "gradient-ip/ekfac_basis@256@d0.01", "gradient-ip/ekfac_basis@256@d0.001", "bm25")
 SHUFFLED = "shuffled"
 LDSCase = TextCase | FinetuneCase
 """Trained from scratch on chunks of real text, or a pretrained model fine-tuned on a small set."""

@@ -1,0 +1,43 @@
+"""bench/RESULTS.md composition: a section not rerun keeps its earlier text, labelled, and only once."""
+
+from __future__ import annotations
+
+from bench.results import carried_over, previous_sections
+
+EARLIER = """# headwater benchmark and evaluation results
+
+- date: 2026-11-30; commit abc1234
+
+## Fact tracing (attribution)
+
+About facts (12 s)
+
+| a | b |
+
+## Index build and search at scale
+
+About the index.
+
+## Demo index build: 1600 rows
+
+inner table
+
+## Service latency
+
+_Not run in this pass._
+"""
+
+
+def test_earlier_sections_are_found_with_their_own_subheadings() -> None:
+    found = previous_sections(EARLIER, ["Fact tracing (attribution)", "Index build and search at scale",
+                                        "Service latency", "Never run"])
+    assert found["Fact tracing (attribution)"] == "About facts (12 s)\n\n| a | b |"
+    assert "## Demo index build: 1600 rows" in found["Index build and search at scale"]  # stays inside
+    assert found["Service latency"] == "_Not run in this pass._" and "Never run" not in found
+
+
+def test_a_carried_section_is_labelled_once() -> None:
+    once = carried_over("| a | b |", "2026-11-30; commit abc1234")["markdown"]
+    assert once.startswith("_Not rerun in this pass: carried over from the pass of 2026-11-30; commit abc1234._")
+    twice = carried_over(once.strip(), "2026-12-01; commit def5678")["markdown"]
+    assert twice == once and "def5678" not in twice
