@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +89,15 @@ def is_done(directory: Path, key: dict) -> bool:
 
 
 def train_subset(demo_dir: Path, directory: Path, index: int, rows: list[int], key: dict,
-                 threads: int | None = None) -> float:
-    """Train one subset model into ``directory`` (marker last); returns the training seconds."""
+                 threads: int | None = None, seed_offset: int = 0) -> float:
+    """Train one subset model into ``directory`` (marker last); returns the training seconds. ``seed_offset``
+    changes the initialization (the demo's seed plus it), not the order of the rows."""
     if threads:
         torch.set_num_threads(threads)
     config = demo_config(demo_dir)
     vocab_size = len(load_tokenizer(demo_dir / "tokenizer"))
     settings = settings_for(config, vocab_size, steps=steps_for(len(rows), config.batch_size))
+    settings = replace(settings, seed=settings.seed + seed_offset)
     shutil.rmtree(directory, ignore_errors=True)  # a killed run's partial model
     started, cpu_started = time.perf_counter(), time.process_time()
     _, losses = train(settings, demo_dir / "data" / "document", vocab_size, directory, rows=rows,

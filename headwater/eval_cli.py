@@ -102,6 +102,8 @@ def eval_removal(
     workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
                                                      "usable CPU core).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random selection and the bootstrap.")] = 0,
+    train_seeds: Annotated[int, typer.Option(help="Retrain every selection from this many initializations (the "
+                                                  "demo's seed, +1, …); Δ is their mean.")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Removal and retrain: remove each method's top-k rows for a batch of facts, retrain from scratch, and
@@ -111,7 +113,7 @@ def eval_removal(
     from indexer.store import open_index
 
     setup_logging(verbose)
-    settings = RemovalSettings(queries=queries, controls=controls, k=k, seed=seed,
+    settings = RemovalSettings(queries=queries, controls=controls, k=k, seed=seed, train_seeds=train_seeds,
                                methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                                **({"workers": workers} if workers is not None else {}))
     session = open_index(index)

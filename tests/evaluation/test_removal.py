@@ -61,3 +61,24 @@ def test_bad_settings_are_clear_errors() -> None:
         RemovalSettings(methods=("nope",))
     with pytest.raises(ConfigError, match="at least 1"):
         RemovalSettings(k=0)
+
+
+def test_more_training_seeds_reuse_seed_zero_and_average_each_against_its_own_baseline(
+        removal: tuple, tiny_demo: Path, session: AttributionSession, tmp_path: Path) -> None:
+    import shutil
+    from dataclasses import replace
+
+    out = tmp_path / "seeds"
+    shutil.copytree(removal[0], out)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "removal").glob("*/done.json")}
+    report = run_removal(tiny_demo, session, out, replace(SETTINGS, train_seeds=2))
+    assert {p: p.stat().st_mtime_ns for p in (out / "removal").glob("*/done.json")} == stamps  # seed 0 reused
+    assert all((out / "removal" / "seed-1" / name / "done.json").is_file()
+               for name in [NONE, *report["selections"]])
+    for name, row in report["selections"].items():
+        first = removal[1]["selections"][name]["target"]
+        assert row["per_seed"][0] == pytest.approx(first, abs=1e-9) and len(row["per_seed"]) == 2
+        assert row["target"] == pytest.approx(sum(row["per_seed"]) / 2, abs=1e-9)
+    assert "per seed" in (out / "removal.md").read_text()
+    with pytest.raises(ConfigError, match="at least 1"):
+        RemovalSettings(train_seeds=0)
