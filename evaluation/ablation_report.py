@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.ablation_stats import CHECKS
+from evaluation.removal_column import removal_lines
 
 
 def fmt(value: float) -> str:
@@ -24,6 +25,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Unlearning report (schema {report['schema_version']})", "",
              f"{config['targets']} targets, {config['examples']} indexed examples, k={config['k']}, "
              f"budgets {config['budgets']}, {config['seeds']} seeds, {config['random_draws']} random draws per seed.",
+             "", "One-step check: each selection is ascended on once to a fixed ‖Δθ‖, no retraining (the "
+             "counterfactual removal-and-retrain column follows when a removal report was given).",
              "", "Deltas are in nats (completion NLL; general: mean token NLL). excess = Δtarget − mean Δunrelated; "
              "z = (Δtarget − mean Δcontrols) / sd(Δcontrols); related ratio = Δrelated / Δtarget.", "",
              "| method | budget | Δtarget | Δparaphrases | Δrelated | Δunrelated | Δgeneral | excess [95% CI] | z | "
@@ -39,7 +42,8 @@ def markdown(report: dict) -> str:
                 f"{fmt(entry['d_related']['mean'])} | {fmt(entry['d_unrelated']['mean'])} | "
                 f"{fmt(entry['d_general']['mean'])} | {fmt(entry['excess']['mean'])} [{fmt(ci[0])}, {fmt(ci[1])}] | "
                 f"{fmt(entry['specificity_z']['mean'])} | {fmt(entry['related_ratio']['mean'])} | {vs} |")
-    return "\n".join(lines + calibration_lines(report) + evidence_lines(report) + cross_target_lines(report)) + "\n"
+    return "\n".join(lines + removal_lines(report) + calibration_lines(report) + evidence_lines(report)
+                     + cross_target_lines(report)) + "\n"
 
 
 def calibration_lines(report: dict) -> list[str]:

@@ -262,6 +262,9 @@ def ablate(
     seeds: Annotated[int, typer.Option(help="Seeds (random draws and oracle samples).")] = 3,
     random_draws: Annotated[int, typer.Option(help="Random selections per seed.")] = 19,
     limit: Annotated[int, typer.Option(help="At most this many targets.")] = 20,
+    removal_report: Annotated[Path | None, typer.Option(help="A removal-and-retrain report (headwater eval removal's "
+                                                             "removal.json) whose per-fact results join the "
+                                                             "report for the targets it measured.")] = None,
 ) -> None:
     """Unlearning ablation: ascend on each selection and measure target, related and general damage."""
     from tqdm import tqdm
@@ -271,6 +274,7 @@ def ablate(
     from demo.session import demo_dir_of
     from evaluation.ablation import AblationSettings, run_ablation
     from evaluation.ablation_report import write_report
+    from evaluation.removal_column import load_removal, removal_column
     from evaluation.targets import Target
     from indexer.store import open_index
 
@@ -282,6 +286,7 @@ def ablate(
         raise ConfigError(f"--budgets must be comma-separated numbers: {err}") from err
     if limit <= 0:
         raise ConfigError(f"--limit must be positive, got {limit}")
+    removal = load_removal(removal_report) if removal_report is not None else None  # refused before the work
     session = open_index(index)
     demo = demo_dir_of(session.manifest.config.model)
     if targets is None:
@@ -301,6 +306,8 @@ def ablate(
     chosen = chosen[:limit]
     with tqdm(total=len(chosen), desc="targets", disable=None) as bar:
         report = run_ablation(session, chosen, settings, progress=lambda done: bar.update(1))
+    if removal is not None:
+        report["removal"] = removal_column(removal, chosen, [m.value for m in settings.methods])
     write_report(report, out)
     typer.echo((out / "report.md").read_text())
     typer.echo(f"report written to {out}/report.json, report.md and plots")
