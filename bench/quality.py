@@ -55,8 +55,8 @@ __all__ = ["DEFAULT_ESTIMATORS", "Estimator", "evaluate", "known_facts", "main",
 # evaluate and known_facts live in evaluation.facts (re-exported for older scripts)
 
 DEFAULT_ESTIMATORS = ("gradient/none,gradient/inverse_sqrt,gradient/block,gradient/kfac,gradient/ekfac,"
-                      "gradient/kfac_whitened,gradient-ip/block,gradient-ip/ekfac,tracin/block,unlearning,hybrid,"
-                      "bm25,embedding")
+                      "gradient/kfac_whitened,gradient/ekfac_basis,gradient-ip/block,gradient-ip/ekfac,"
+                      "gradient-ip/ekfac_basis,tracin/block,unlearning,hybrid,bm25,embedding")
 GRADIENT_FAMILIES = {"gradient": ScoreMode.COSINE, "gradient-ip": ScoreMode.INNER_PRODUCT,
                      "tracin": ScoreMode.COSINE}
 
@@ -181,7 +181,7 @@ def parse_args() -> argparse.Namespace:
                         help="curvature kind of the gradient retriever under unlearning and hybrid")
     parser.add_argument("--revisions", default="step128,step256,step512,final",
                         help="checkpoints of tracin/KIND ('final': the final model)")
-    parser.add_argument("--damping", type=float, default=0.1)
+    parser.add_argument("--damping", type=float, default=None, help="default: each kind's own")
     parser.add_argument("--fisher", default=Fisher.EMPIRICAL.value, choices=[f.value for f in Fisher])
     parser.add_argument("--sample-rows", type=int, default=CurvatureConfig().sample_rows)
     parser.add_argument("--limit", type=int, default=60, help="at most this many facts")

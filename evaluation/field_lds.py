@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attribution.config import CurvatureConfig
+from attribution.config import DEFAULT_DAMPING, CurvatureConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.kronecker import Fisher, KroneckerStatistics
@@ -54,10 +54,10 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 DROP, HALF = "drop", "half"
 DEFAULT_ESTIMATORS = ("gradient-ip/none", "gradient-ip/inverse", "gradient-ip/block", "gradient-ip/kfac",
-                      "gradient-ip/ekfac", "gradient-ip/ekfac_basis", "gradient-ip/ekfac_basis@d0.01",
-                      "gradient/block", "gradient/inverse_sqrt", "gradient-ip/block@64", "gradient-ip/ekfac_basis@64",
-                      "gradient-ip/ekfac_basis@64@d0.01", "gradient-ip/ekfac_basis@256",
-                      "gradient-ip/ekfac_basis@256@d0.01", "gradient-ip/ekfac_basis@256@d0.001", "bm25")
+                      "gradient-ip/ekfac", "gradient-ip/ekfac_basis", "gradient-ip/ekfac_basis@d0.1",
+                      "gradient/ekfac_basis", "gradient/block", "gradient/inverse_sqrt", "gradient-ip/block@64",
+                      "gradient-ip/ekfac_basis@64", "gradient-ip/ekfac_basis@64@d0.1", "gradient-ip/ekfac_basis@256",
+                      "gradient-ip/ekfac_basis@256@d0.1", "gradient-ip/ekfac_basis@256@d0.001", "bm25")
 SHUFFLED = "shuffled"
 LDSCase = TextCase | FinetuneCase
 """Trained from scratch on chunks of real text, or a pretrained model fine-tuned on a small set."""
@@ -73,7 +73,8 @@ class FieldLDSSettings:
     """Models retrained on random halves (the second column; 0: none)."""
     k: int = 16
     """Sketch projection per side (headwater's default)."""
-    damping: float = 0.1
+    damping: float | None = None
+    """Every gradient estimator's damping unless its name gives one (None: each curvature kind's default)."""
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     seed: int = 0
     """Draws the removed rows, the halves, the shuffled control, the null and the bootstrap."""
@@ -135,6 +136,15 @@ def parse_estimator(name: str) -> FieldEstimator:
         else:
             raise error
     return FieldEstimator(modes[family], PreconditionMode(kind), k, damping)
+
+
+def estimator_damping(name: str, settings: FieldLDSSettings) -> float:
+    """The damping an estimator is fitted with: its name's, the settings', or its kind's default."""
+    estimator = parse_estimator(name)
+    damping = estimator.damping or settings.damping
+    if estimator.kind is None:
+        return damping or DEFAULT_DAMPING
+    return CurvatureConfig(kind=estimator.kind, damping=damping).damping
 
 
 def dropped_rows(case: LDSCase, settings: FieldLDSSettings, kind: str, j: int) -> np.ndarray:
@@ -255,7 +265,7 @@ class Scorer:
             return bm25_matrix([self.tokenizer.decode(r) for r in self.rows],
                                [self.tokenizer.decode(q.tolist()) for q in self.queries])
         checkpoints, statistics, raw = self.sketched(estimator.k or self.settings.k)
-        curvature = CurvatureConfig(kind=estimator.kind, damping=estimator.damping or self.settings.damping)
+        curvature = CurvatureConfig(kind=estimator.kind, damping=estimator_damping(name, self.settings))
         encoder, vectors = fitted_vectors(checkpoints, self.tokenizer, self.rows, raw, curvature, estimator.mode,
                                           statistics=[statistics])
         q = np.stack([encoder.encode_query_ids(c[:1].tolist(), c[1:].tolist()).vector.numpy()
@@ -285,9 +295,8 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     scorer: Scorer | None = None
     scores, score_seconds = {}, {}
     for name in settings.estimators:
-        estimator = parse_estimator(name)
-        key = as_json({"case": asdict(case), "k": estimator.k or settings.k,
-                       "damping": estimator.damping or settings.damping, "estimator": name})
+        key = as_json({"case": asdict(case), "k": parse_estimator(name).k or settings.k,
+                       "damping": estimator_damping(name, settings), "estimator": name})
 
         def compute(name: str = name) -> np.ndarray:
             nonlocal scorer

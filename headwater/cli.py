@@ -120,7 +120,7 @@ def index_build(
     window: Annotated[int | None, typer.Option(help=field_help(A, "window") + " 0: whole rows.")] = A.window,
     mode: Annotated[str, typer.Option(help=field_help(R, "mode"))] = R.mode.value,
     precondition: Annotated[str, typer.Option(help=field_help(C, "kind"))] = C.kind.value,
-    damping: Annotated[float, typer.Option(help=field_help(C, "damping"))] = C.damping,
+    damping: Annotated[float | None, typer.Option(help=field_help(C, "damping"))] = None,
     precondition_sample: Annotated[int, typer.Option(help=field_help(C, "sample"))] = C.sample,
     fisher: Annotated[str, typer.Option(help=field_help(C, "fisher"))] = C.fisher.value,
     curvature_rows: Annotated[int, typer.Option(help=field_help(C, "sample_rows"))] = C.sample_rows,
