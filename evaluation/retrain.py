@@ -88,8 +88,8 @@ def is_done(directory: Path, key: dict) -> bool:
     return True
 
 
-def train_subset(demo_dir: Path, directory: Path, index: int, rows: list[int], key: dict,
-                 threads: int | None = None, seed_offset: int = 0) -> float:
+def train_subset(demo_dir: Path, directory: Path, index: int, rows: list[int], key: dict, seed_offset: int = 0,
+                 threads: int | None = None) -> float:
     """Train one subset model into ``directory`` (marker last); returns the training seconds. ``seed_offset``
     changes the initialization (the demo's seed plus it), not the order of the rows."""
     if threads:

@@ -71,7 +71,7 @@ def test_more_training_seeds_reuse_seed_zero_and_average_each_against_its_own_ba
     out = tmp_path / "seeds"
     shutil.copytree(removal[0], out)
     stamps = {p: p.stat().st_mtime_ns for p in (out / "removal").glob("*/done.json")}
-    report = run_removal(tiny_demo, session, out, replace(SETTINGS, train_seeds=2))
+    report = run_removal(tiny_demo, session, out, replace(SETTINGS, train_seeds=2, workers=2))  # spawned workers
     assert {p: p.stat().st_mtime_ns for p in (out / "removal").glob("*/done.json")} == stamps  # seed 0 reused
     assert all((out / "removal" / "seed-1" / name / "done.json").is_file()
                for name in [NONE, *report["selections"]])
