@@ -100,3 +100,11 @@ def test_save_load_and_refusals(tmp_path: Path) -> None:
         AttributionConfig(curvature=CurvatureConfig(kind="ekfac_basis"), normalizer="adam_state.safetensors")
     with pytest.raises(ConfigError, match="empty"):
         EigenbasisCurvature.fit(gathered(sketcher, rows), sketcher, lambda n: [], 4, 0.1)
+
+
+def test_damping_defaults_per_kind_and_an_explicit_value_wins() -> None:
+    assert CurvatureConfig(kind="ekfac_basis").damping == 0.01
+    assert CurvatureConfig(kind="block").damping == 0.1 and CurvatureConfig().damping == 0.1
+    assert CurvatureConfig(kind="ekfac_basis", damping=0.3).damping == 0.3
+    with pytest.raises(ConfigError, match="damping must be positive"):
+        CurvatureConfig(kind="ekfac_basis", damping=0.0)

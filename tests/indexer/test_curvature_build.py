@@ -36,7 +36,7 @@ def factors(index: Path) -> dict[str, torch.Tensor]:
     return load_file(str((index / "current").resolve() / curvature_file(0)))
 
 
-@pytest.mark.parametrize("kind", ["block", "kfac", "ekfac", "kfac_whitened"])
+@pytest.mark.parametrize("kind", ["block", "kfac", "ekfac", "kfac_whitened", "ekfac_basis"])
 def test_a_build_with_each_kind_opens_and_answers(kind: str, tiny_demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "index"
     result = runner.invoke(app, ["index", "build", "--model", str(tiny_demo / "model"), "--data",
@@ -44,10 +44,10 @@ def test_a_build_with_each_kind_opens_and_answers(kind: str, tiny_demo: Path, tm
                                  "16", "--shard-size", "64", "--precondition", kind])
     assert result.exit_code == 0, result.output
     described = read_manifest(out).preconditioner[0]
-    assert described["kind"] == kind and described["damping"] == 0.1
+    assert described["kind"] == kind and described["damping"] == (0.01 if kind == "ekfac_basis" else 0.1)
     assert described["bytes"] > 0 and described["fit_seconds"] >= 0
     assert (out / "work" / statistics_file(2, 0)).is_file() == (kind in ("kfac", "ekfac"))
-    assert (out / "work" / prefit_file(0)).is_file() == (kind == "kfac_whitened")
+    assert (out / "work" / prefit_file(0)).is_file() == (kind in ("kfac_whitened", "ekfac_basis"))
     assert verify_build(out) == []
     session = open_index(out)
     assert session.encoder.checkpoints[0].preconditioner.describe() == described
@@ -86,8 +86,9 @@ def test_missing_shard_statistics_are_a_clear_error(tiny_demo: Path, tmp_path: P
         merge_index(out)
 
 
-def test_whitened_sketches_are_the_same_across_ranks_and_in_memory(tiny_demo: Path, tmp_path: Path) -> None:
-    config = config_for(tiny_demo, precondition="kfac_whitened", steps="0:32")
+@pytest.mark.parametrize("kind", ["kfac_whitened", "ekfac_basis"])
+def test_prefit_sketches_are_the_same_across_ranks_and_in_memory(kind: str, tiny_demo: Path, tmp_path: Path) -> None:
+    config = config_for(tiny_demo, precondition=kind, steps="0:32")
     single, ranks = tmp_path / "single", tmp_path / "ranks"
     build_index(config, single, Rank())
     for rank in (1, 0):  # each rank fits the factors itself, from the same rows
