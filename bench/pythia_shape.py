@@ -1,14 +1,17 @@
 """The sketch pass at Pythia's real shapes: a random GPT-NeoX of Pythia-14m's or -70m's config, 2,049-token rows.
 
     python -m bench.pythia_shape [--shapes 14m,70m] [--rows 4] [--token-batch-size 8192] [--device cpu|cuda]
-        [--dtype float32|bfloat16] [--compare-cpu]
+        [--dtype float32|bfloat16] [--compare-cpu] [--bergson]
 
 Per shape, each in its own subprocess (so peak RSS is its own): a plain forward + backward with parameter
 gradients over the same rows (the floor), and headwater's sketch pass with the index build's defaults (k=16,
 every block Linear, the chunked loss, the token budget): rows/s, tokens/s, the ratio sketch / plain, peak RSS
 (against the budget) and bytes per example stored (float16). ``--compare-cpu`` (with a CUDA device) also
 sketches the rows on the CPU in float32 and reports the lowest cosine between the two sketches of a row
-(bench/gpu_check.sh asks ≥ 0.99). Prints a markdown table; not a test.
+(bench/gpu_check.sh asks ≥ 0.99). ``--bergson`` also times bergson's build of the same rows with the same model,
+projection (16 per side, every block Linear) and token budget, in the bench-only environment (``.venv-bench``,
+``bench/bergson_env.sh``): its ``build_worker`` as rank 0 of a world of 1, the model saved and reloaded by it (a
+second or less of its time). Prints a markdown table; not a test.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -60,6 +65,32 @@ def sketches(shape: str, count: int, tokens: int, device: str, dtype: str) -> tu
     return torch.cat(out), time.perf_counter() - started
 
 
+BENCH_PYTHON = Path(__file__).resolve().parent.parent / ".venv-bench" / "bin" / "python"
+
+
+def bergson_build(shape: str, count: int, tokens: int) -> tuple[int, float]:
+    """bergson's gradient store of the same rows (projection 16 per side, the same token budget): its dimension
+    and the seconds of its build worker."""
+    from bergson import IndexConfig, PreprocessConfig
+    from bergson.build import build_worker
+    from datasets import Dataset
+
+    from bench.compare_bergson import run_bergson_worker
+    from demo.tokenizer import train_tokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        make_model(shape, "cpu", "float32").save_pretrained(str(work / "model"))
+        train_tokenizer(["a b c d e f"] * 20, 300, work / "tokenizer")  # bergson reads one; the rows are ids
+        data = rows(count)
+        dataset = Dataset.from_dict({"input_ids": data, "length": [len(r) for r in data]})
+        cfg = IndexConfig(run_path=str(work / "run"), model=str(work / "model"), tokenizer=str(work / "tokenizer"),
+                          projection_dim=16, token_batch_size=tokens)
+        stats = run_bergson_worker(build_worker, cfg, PreprocessConfig(), dataset)
+        info = json.loads((work / "run" / "info.json").read_text())
+        return int(sum(info["grad_sizes"].values())), stats["build_seconds"]
+
+
 def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtype: str) -> dict:
     """One variant in this process: seconds, peak RSS, the sketch dimension."""
     from attribution.batching import Batching, backward_summed_nll, training_batch
@@ -67,7 +98,9 @@ def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtyp
     data = rows(count)
     spans = Batching(rows=32, tokens=tokens).spans([len(r) for r in data])
     dim = 0
-    if variant == "plain":
+    if variant == "bergson":
+        dim, seconds = bergson_build(shape, count, tokens)
+    elif variant == "plain":
         model = make_model(shape, device, dtype)
         started = time.perf_counter()
         for a, b in spans:
@@ -86,7 +119,8 @@ def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtyp
 
 
 def run_variant(variant: str, args: argparse.Namespace, shape: str) -> dict:
-    argv = [sys.executable, "-m", "bench.pythia_shape", "--child", variant, "--shapes", shape, "--rows",
+    python = str(BENCH_PYTHON) if variant == "bergson" else sys.executable
+    argv = [python, "-m", "bench.pythia_shape", "--child", variant, "--shapes", shape, "--rows",
             str(args.rows), "--token-batch-size", str(args.token_batch_size), "--device", args.device, "--dtype",
             args.dtype]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
@@ -101,6 +135,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--compare-cpu", action="store_true")
+    parser.add_argument("--bergson", action="store_true", help="also time bergson's build (.venv-bench)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -110,10 +145,19 @@ def main() -> None:
           f"{args.device} {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     print("| shape | variant | rows/s | tokens/s | × plain | peak RSS GiB | GPU GiB | bytes/example (fp16) |")
     print("|---|---|---|---|---|---|---|---|")
+    ratios: list[str] = []
     for shape in args.shapes.split(","):
         plain = run_variant("plain", args, shape)
         sketch = run_variant("sketch", args, shape)
-        for name, r in (("plain fwd+bwd", plain), ("headwater sketch (k=16)", sketch)):
+        measured = [("plain fwd+bwd", plain), ("headwater sketch (k=16)", sketch)]
+        if args.bergson:
+            if not BENCH_PYTHON.exists():
+                raise SystemExit(f"--bergson needs {BENCH_PYTHON}: run bench/bergson_env.sh")
+            bergson = run_variant("bergson", args, shape)
+            measured.append(("bergson build (p=16)", bergson))
+            ratios.append(f"{shape}: headwater sketch / bergson build throughput "
+                          f"{bergson['seconds'] / sketch['seconds']:.2f} (goal ≥ 1.5)")
+        for name, r in measured:
             rate = args.rows / r["seconds"]
             print(f"| {shape} | {name} | {rate:.2f} | {rate * 2048:,.0f} | {plain['seconds'] / r['seconds']:.2f} | "
                   f"{r['peak_rss_gib']:.2f} | {r['gpu_gib']:.2f} | {r['dim'] * 2:,} |", flush=True)
@@ -121,8 +165,10 @@ def main() -> None:
             here, _ = sketches(shape, args.rows, args.token_batch_size, args.device, args.dtype)
             cpu, _ = sketches(shape, args.rows, args.token_batch_size, "cpu", "float32")
             cosine = torch.nn.functional.cosine_similarity(here, cpu, dim=1)
-            print(f"\n{shape}: lowest cosine between {args.device} {args.dtype} and CPU float32 sketches of a row: "
-                  f"{float(cosine.min()):.4f} (goal ≥ 0.99)\n")
+            ratios.append(f"{shape}: lowest cosine between {args.device} {args.dtype} and CPU float32 sketches of a "
+                          f"row: {float(cosine.min()):.4f} (goal ≥ 0.99)")
+    if ratios:
+        print("\n" + "\n".join(f"- {line}" for line in ratios))
 
 
 if __name__ == "__main__":
