@@ -31,9 +31,11 @@ Run with the bench-only interpreter; the project's own environment does not have
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
+import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -176,24 +178,30 @@ def main() -> None:
     # the field-lds command's default case (reused when built)
     case = FinetuneCase(rows=args.finetune) if args.finetune else TextCase()
     directory = case.build(args.out)
-    external = args.out / "external"
-    external.mkdir(exist_ok=True)
+    (args.out / "external").mkdir(exist_ok=True)
     rows = []
-    for name in (p.strip() for p in args.peers.split(",") if p.strip()):
-        if name not in PEERS:
-            raise SystemExit(f"unknown peer {name!r}; choose from {PEERS}")
-        if name.startswith("kronfluence-"):
-            scores, info = run_kronfluence(directory, name.removeprefix("kronfluence-"), args.out / ".kronfluence")
-        else:
-            scores, info = run_bergson(directory, name, args.out / ".bergson", args.k)
-        np.save(external / f"{name}.npy", scores.astype(np.float32))
-        (external / f"{name}.json").write_text(json.dumps({**info, "threads": torch.get_num_threads()}, indent=2))
-        log.info("%s: %s scores in %.0fs", name, scores.shape, info["total_seconds"])
-        rows.append(f"| {name} | {info['version']} | {info['fit_seconds']:.1f} | {info['total_seconds']:.1f} | "
-                    f"{info.get('vector_bytes', 0) / scores.shape[1]:,.0f} |")
+    with contextlib.redirect_stdout(sys.stderr):  # the peers' imports log to stdout; stdout is the table
+        for name in (p.strip() for p in args.peers.split(",") if p.strip()):
+            rows.append(run_peer(name, directory, args))
     print("| peer | version | fit s (factors / store) | total s | stored bytes per example |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))
+
+
+def run_peer(name: str, directory: Path, args: argparse.Namespace) -> str:
+    """One peer's scores written to ``OUT/external``; returns its table row."""
+    if name not in PEERS:
+        raise SystemExit(f"unknown peer {name!r}; choose from {PEERS}")
+    if name.startswith("kronfluence-"):
+        scores, info = run_kronfluence(directory, name.removeprefix("kronfluence-"), args.out / ".kronfluence")
+    else:
+        scores, info = run_bergson(directory, name, args.out / ".bergson", args.k)
+    external = args.out / "external"
+    np.save(external / f"{name}.npy", scores.astype(np.float32))
+    (external / f"{name}.json").write_text(json.dumps({**info, "threads": torch.get_num_threads()}, indent=2))
+    log.info("%s: %s scores in %.0fs", name, scores.shape, info["total_seconds"])
+    return (f"| {name} | {info['version']} | {info['fit_seconds']:.1f} | {info['total_seconds']:.1f} | "
+            f"{info.get('vector_bytes', 0) / scores.shape[1]:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -181,6 +181,12 @@ def previous_sections(text: str, titles: list[str]) -> dict[str, str]:
     return found
 
 
+def has_rows(markdown: str) -> bool:
+    """Whether a markdown table in ``markdown`` has a data row (not only its header and separator)."""
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    return len(table) > 2
+
+
 def carried_over(body: str, stamp: str) -> dict:
     """An earlier pass's section, labelled (once: a section carried over before keeps its first label)."""
     label = "_Not rerun in this pass: carried over from the pass of"
@@ -228,7 +234,11 @@ def main() -> None:
                  results[section.name]["seconds"])
     from bench.summary import attribution_vs_influence
 
-    args.results.write_text(compose(every, results, out, attribution_vs_influence(out)))
+    summary = attribution_vs_influence(out)
+    title = "Attribution vs influence"
+    if not has_rows(summary) and title in (old := previous_sections(earlier, [title])):
+        summary = f"## {title}\n\n" + carried_over(old[title], stamp)["markdown"]  # its evaluations not rerun
+    args.results.write_text(compose(every, results, out, summary))
     log.info("wrote %s", args.results)
 
 

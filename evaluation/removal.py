@@ -200,7 +200,7 @@ def markdown(report: dict) -> str:
     s = report["settings"]
     lines = ["# Removal and retrain", "",
              f"{len(report['queries'])} known facts; each method's top {s['k']} rows per fact removed at once from "
-             f"the {report['training_rows']} training rows, the model retrained from scratch (same seed, order and "
+             f"the {report['training_rows']} training rows, the model retrained from scratch (same order and "
              "schedule); loss increase (nats, summed over the completion) against a retrain that removes nothing "
              f"(baseline target loss {report['baseline_loss']:.3f}). Controls: {len(report['controls'])} known "
              "facts about other people. gold: every row stating a query's fact; random: k random rows per fact.",

@@ -41,3 +41,10 @@ def test_a_carried_section_is_labelled_once() -> None:
     assert once.startswith("_Not rerun in this pass: carried over from the pass of 2026-11-30; commit abc1234._")
     twice = carried_over(once.strip(), "2026-12-01; commit def5678")["markdown"]
     assert twice == once and "def5678" not in twice
+
+
+def test_a_table_counts_as_rows_only_past_its_header() -> None:
+    from bench.results import has_rows
+
+    assert not has_rows("## T\n\n| a | b |\n|---|---|\n")
+    assert has_rows("| a | b |\n|---|---|\n| 1 | 2 |\n")
