@@ -29,6 +29,8 @@ from attribution.errors import ConfigError
 
 log = logging.getLogger(__name__)
 ENGINE_FILE = "engine.json"
+EMPTY_MARK = "headwaterzzemptyrow"
+"""The one word of every row of a bm25s index whose texts hold no word but stop words (no query asks it)."""
 TERM_SET_LIMIT = 100_000
 """Filtered tantivy searches name the allowed rows in the query up to this many; beyond, they over-fetch."""
 
@@ -56,8 +58,11 @@ class Bm25sIndex:
         import bm25s
 
         if bm25 is None:
+            tokens = bm25s.tokenize(texts or [], stopwords="en", show_progress=False)
+            if not tokens.vocab:  # every text only stop words: bm25s cannot index an empty vocabulary
+                tokens = bm25s.tokenize([EMPTY_MARK] * len(texts or []), stopwords="en", show_progress=False)
             bm25 = bm25s.BM25()
-            bm25.index(bm25s.tokenize(texts or [], stopwords="en", show_progress=False), show_progress=False)
+            bm25.index(tokens, show_progress=False)
         self.bm25 = bm25
         self.size = len(texts) if texts is not None else int(bm25.scores["num_docs"])
 

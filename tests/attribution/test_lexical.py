@@ -67,3 +67,8 @@ def test_reopen_detects_the_engine_and_refuses_what_it_cannot_read(tmp_path: Pat
     (tmp_path / "t" / ENGINE_FILE).write_text(json.dumps({"engine": "lucene", "rows": 6}))
     with pytest.raises(ConfigError, match="unknown lexical engine"):
         load_lexical(tmp_path / "t")
+
+
+def test_texts_of_stop_words_only_index_and_match_nothing(tmp_path: Path) -> None:
+    for index in (Bm25sIndex(["the a", "of the"]), TantivyIndex.from_texts(["the a", "of the"], tmp_path / "t")):
+        assert index.search("the cat", 2) == ([], []) and index.search("the", 2, np.array([1])) == ([], [])
