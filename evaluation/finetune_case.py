@@ -26,7 +26,7 @@ from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
 from demo.corpus import real_documents
 from demo.training import TrainSettings, steps_for, train
-from evaluation.text_case import TextCase, build_case, cut_chunks
+from evaluation.text_case import TextCase, build_case, cut_chunks, epoch_order
 from indexer.megatron import write_dataset
 
 log = logging.getLogger(__name__)
@@ -81,14 +81,7 @@ class FinetuneCase:
 
     def order(self, dropped: np.ndarray | None = None) -> list[int]:
         """Row ids in fine-tuning order: a seeded permutation per epoch, ``dropped`` rows left out."""
-        keep = np.ones(self.rows, dtype=bool)
-        if dropped is not None:
-            keep[dropped] = False
-        order = []
-        for epoch in range(self.epochs):
-            permutation = np.random.default_rng([self.seed, 23, epoch]).permutation(self.rows)
-            order.extend(int(r) for r in permutation if keep[r])
-        return order
+        return epoch_order(self.rows, self.epochs, (self.seed, 23), dropped)
 
     def build(self, out: Path) -> Path:
         """Build (or reuse) the pretraining case and the fine-tuning case; returns ``OUT/finetune``."""

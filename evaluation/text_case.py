@@ -96,12 +96,17 @@ def training_order(case: TextCase, dropped: np.ndarray | None = None) -> list[in
     """Row ids in training order: each epoch a seeded permutation of every row, ``dropped`` rows left out
     (the same permutations for every retrain, so a retrain differs from the full run only by what it drops;
     its last step may be short)."""
-    keep = np.ones(case.rows, dtype=bool)
+    return epoch_order(case.rows, case.epochs, (case.seed, 7), dropped)
+
+
+def epoch_order(rows: int, epochs: int, seed: tuple[int, ...], dropped: np.ndarray | None = None) -> list[int]:
+    """Each epoch a permutation of ``range(rows)`` seeded by ``(*seed, epoch)``, ``dropped`` rows left out."""
+    keep = np.ones(rows, dtype=bool)
     if dropped is not None:
         keep[dropped] = False
     order = []
-    for epoch in range(case.epochs):
-        permutation = np.random.default_rng([case.seed, 7, epoch]).permutation(case.rows)
+    for epoch in range(epochs):
+        permutation = np.random.default_rng([*seed, epoch]).permutation(rows)
         order.extend(int(r) for r in permutation if keep[r])
     return order
 

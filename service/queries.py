@@ -155,9 +155,9 @@ def check_terms(method: Method, text: str) -> None:
 def meaningful(method: Method, found: list[Attributed], filters: FilterSpec) -> tuple[list[Attributed], str | None]:
     """Drop BM25 rows that share no term with the query (score 0: an arbitrary order), and say why when that or
     the filters leave no result."""
-    if method is Method.BM25:
+    if method is Method.BM25:  # the lexical indices return only rows sharing a term (bm25s once padded with 0s)
         kept = [hit for hit in found if hit.score > 0]
-        if found and not kept:
+        if not kept and not filters.model_dump(exclude_none=True):
             return [], "no indexed row contains any of the query's terms"
         found = kept
     if not found and filters.model_dump(exclude_none=True):
