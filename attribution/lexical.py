@@ -17,7 +17,6 @@ as every index built before tantivy was).
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -27,7 +26,6 @@ import numpy as np
 
 from attribution.errors import ConfigError
 
-log = logging.getLogger(__name__)
 ENGINE_FILE = "engine.json"
 EMPTY_MARK = "headwaterzzemptyrow"
 """The one word of every row of a bm25s index whose texts hold no word but stop words (no query asks it)."""

@@ -27,8 +27,7 @@ import torch
 
 from attribution.curvature import fit_curvature, is_prefit, load_statistics, new_statistics
 from attribution.encoder import GradientEncoder
-from attribution.lexical import LexicalEngine, TantivyWriter
-from attribution.retrievers import BM25Retriever
+from attribution.lexical import Bm25sIndex, LexicalEngine, TantivyWriter
 from attribution.vectors import FaissStore, build_faiss_index
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
@@ -160,7 +159,7 @@ def write_lexical(shards: list[Path], directory: Path, engine: LexicalEngine) ->
         writer.finish()
         return
     texts = [t for s in shards for t in shard_texts(s)]
-    BM25Retriever(texts, [{}] * len(texts)).save(directory)
+    Bm25sIndex(texts).save(directory)
 
 
 def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
