@@ -191,3 +191,9 @@ def test_finetuning_variant_starts_every_retrain_from_the_pretrained_model(field
         assert torch.allclose(mine, theirs, atol=1e-6), name
     with pytest.raises(ConfigError, match="other settings"):
         FinetuneCase(**{**FINETUNE.__dict__, "rows": 20}).build(out)
+
+
+def test_cli_refuses_a_negative_finetune_without_a_traceback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", "field-lds", "--out", str(tmp_path), "--finetune", "-1"])
+    assert result.exit_code != 0 and "--finetune" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "case").exists()

@@ -82,3 +82,14 @@ def test_more_training_seeds_reuse_seed_zero_and_average_each_against_its_own_ba
     assert "per seed" in (out / "removal.md").read_text()
     with pytest.raises(ConfigError, match="at least 1"):
         RemovalSettings(train_seeds=0)
+
+
+def test_cli_refuses_zero_training_seeds_before_opening_anything(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from headwater.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "removal", "--index", str(tmp_path / "none"), "--out",
+                                      str(tmp_path / "out"), "--train-seeds", "0"])
+    assert result.exit_code != 0 and "train_seeds must be at least 1" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
