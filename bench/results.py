@@ -27,6 +27,7 @@ from pathlib import Path
 
 log = logging.getLogger("bench.results")
 ROOT = Path(__file__).resolve().parent.parent
+SUMMARY_TITLE = "Attribution vs influence"  # bench.summary writes this section ahead of the others
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 
 
@@ -181,6 +182,12 @@ def previous_sections(text: str, titles: list[str]) -> dict[str, str]:
     return found
 
 
+def earlier_sections(text: str, titles: list[str]) -> dict[str, str]:
+    """``previous_sections`` of the summary and every section: looked up alone, the summary (the first section)
+    would run to the end of the file and carry every later section along with it."""
+    return previous_sections(text, [SUMMARY_TITLE, *titles])
+
+
 def has_rows(markdown: str) -> bool:
     """Whether a markdown table in ``markdown`` has a data row (not only its header and separator)."""
     table = [line for line in markdown.splitlines() if line.startswith("|")]
@@ -217,7 +224,7 @@ def main() -> None:
     earlier = args.results.read_text() if args.results.is_file() else ""
     stamp = next((line.removeprefix("- date: ") for line in earlier.splitlines() if line.startswith("- date: ")),
                  "an earlier pass")
-    before = previous_sections(earlier, [s.title for s in every])
+    before = earlier_sections(earlier, [s.title for s in every])
     for section in every:
         saved = out / f"{section.name}.result.json"
         if section.name not in only or (args.reuse and saved.exists()):
@@ -235,9 +242,8 @@ def main() -> None:
     from bench.summary import attribution_vs_influence
 
     summary = attribution_vs_influence(out)
-    title = "Attribution vs influence"
-    if not has_rows(summary) and title in (old := previous_sections(earlier, [title])):
-        summary = f"## {title}\n\n" + carried_over(old[title], stamp)["markdown"]  # its evaluations not rerun
+    if not has_rows(summary) and SUMMARY_TITLE in before:  # its evaluations not rerun
+        summary = f"## {SUMMARY_TITLE}\n\n" + carried_over(before[SUMMARY_TITLE], stamp)["markdown"]
     args.results.write_text(compose(every, results, out, summary))
     log.info("wrote %s", args.results)
 

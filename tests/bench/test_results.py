@@ -48,3 +48,14 @@ def test_a_table_counts_as_rows_only_past_its_header() -> None:
 
     assert not has_rows("## T\n\n| a | b |\n|---|---|\n")
     assert has_rows("| a | b |\n|---|---|\n| 1 | 2 |\n")
+
+
+def test_the_summary_section_ends_where_the_next_section_begins() -> None:
+    """Looked up alone, the summary (first) section ran to the end of the file and was carried over with every
+    later section inside it: RESULTS.md held each section twice."""
+    from bench.results import SUMMARY_TITLE, earlier_sections
+
+    earlier = EARLIER.replace("## Fact tracing", f"## {SUMMARY_TITLE}\n\n| m | x |\n\n## Fact tracing")
+    found = earlier_sections(earlier, ["Fact tracing (attribution)", "Index build and search at scale"])
+    assert found[SUMMARY_TITLE] == "| m | x |"
+    assert found["Fact tracing (attribution)"] == "About facts (12 s)\n\n| a | b |"
