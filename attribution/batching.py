@@ -129,6 +129,13 @@ def token_nll(model: torch.nn.Module, batch: TokenBatch, chunk_values: int | Non
     return torch.cat(parts).view(batch.input_ids.shape[0], -1)
 
 
+def position_logits(model: torch.nn.Module, input_ids: torch.Tensor, positions: slice) -> torch.Tensor:
+    """Logits of a one-row batch at ``positions`` only (the head runs on those positions, not on every one: a
+    2,048-token row at Pythia's vocabulary would be 412 MB of logits)."""
+    hidden = model.base_model(input_ids=input_ids).last_hidden_state[0, positions]
+    return model.get_output_embeddings()(hidden)
+
+
 def backward_summed_nll(model: torch.nn.Module, batch: TokenBatch, chunk_values: int = HEAD_CHUNK_VALUES) -> float:
     """Backpropagate the loss-masked NLL, summed, with the output head applied to a chunk of positions at a time:
     each chunk's logits are formed, turned into its loss and backpropagated to the final hidden states before the

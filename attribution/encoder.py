@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attribution.batching import collate, query_tokens, training_batch
+from attribution.batching import collate, position_logits, query_tokens, training_batch
 from attribution.curvature import Curvature, QuerySketcher, SketchPassStatistics
 from attribution.errors import ConfigError
 from attribution.models import load_model
@@ -115,7 +115,7 @@ class GradientEncoder:
         device = next(model.parameters()).device
         out: list[int] = []
         for _ in range(min(max_new_tokens, self.max_length - len(ids))):
-            logits = model(input_ids=torch.tensor([ids + out], device=device)).logits[0, -1]
+            logits = position_logits(model, torch.tensor([ids + out], device=device), slice(-1, None))[0]
             token = int(logits.argmax())
             if token == self.tokenizer.eos_token_id:
                 break

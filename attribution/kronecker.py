@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from attribution.batching import TokenBatch
+from attribution.batching import HEAD_CHUNK_VALUES, TokenBatch
 from attribution.errors import ConfigError
 from attribution.sketch import ModuleStatistics, Sketcher
 
@@ -119,33 +119,70 @@ def observe_pass(sketcher: Sketcher, batch: TokenBatch, observers: Sequence[Modu
 
 
 def sampled_label_pass(sketcher: Sketcher, batch: TokenBatch, observers: Sequence[ModuleStatistics],
-                       seed: int = 0) -> None:
+                       seed: int = 0, chunk_values: int = HEAD_CHUNK_VALUES) -> None:
     """One forward and backward of the loss of labels sampled from the model's predictions at every target
-    position; each row's labels depend only on its tokens and ``seed`` (not on the batch it is in)."""
+    position; each row's labels depend only on its tokens and ``seed`` (not on the batch it is in). The output
+    head runs on at most ``chunk_values`` logit values at a time (one row's positions at a time), so ``B × T × V``
+    logits never exist at once — unless the head itself is observed: its hooks must see the whole batch."""
     model = sketcher.model
     device = next(model.parameters()).device
     batch = batch.right_aligned().to(device)
     linears = {name: mod for name, mod in sketcher.modules.items() if isinstance(mod, nn.Linear)}
     with _observed(model, linears, observers, batch.attention_mask):
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids).logits[:, :-1]
-        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
-        labels = _sampled_labels(logp.detach(), batch, seed)
-        nll = -logp.gather(-1, labels[..., None])[..., 0]
-        (nll * batch.loss_mask[:, 1:].to(nll)).sum().backward()
+        if model.get_output_embeddings() in linears.values():
+            _backward_sampled_whole(model, batch, seed)
+        else:
+            _backward_sampled_chunks(model, batch, seed, chunk_values)
 
 
-def _sampled_labels(logp: torch.Tensor, batch: TokenBatch, seed: int) -> torch.Tensor:
-    labels = torch.zeros(logp.shape[:2], dtype=torch.long)
-    probs = logp.exp().cpu().to(torch.float64)
+def _row_generator(ids: torch.Tensor, seed: int) -> torch.Generator:
+    """The label sampler of one row: seeded by its tokens and ``seed`` only."""
+    return torch.Generator().manual_seed(zlib.crc32(ids.cpu().numpy().astype(np.int64).tobytes()) ^ seed)
+
+
+def _draw(logp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per position from ``exp(logp)`` (positions × vocabulary), on ``logp``'s device."""
+    probs = logp.detach().exp().cpu().to(torch.float64)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logp.device)
+
+
+def _backward_sampled_whole(model: nn.Module, batch: TokenBatch, seed: int) -> None:
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits[:, :-1]
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    labels = torch.zeros(logp.shape[:2], dtype=torch.long, device=logp.device)
+    for b in range(len(batch)):
+        n = int(batch.attention_mask[b].sum())
+        if n >= 2:
+            labels[b, : n - 1] = _draw(logp[b, : n - 1], _row_generator(batch.input_ids[b, :n], seed))
+    nll = -logp.gather(-1, labels[..., None])[..., 0]
+    (nll * batch.loss_mask[:, 1:].to(nll)).sum().backward()
+
+
+def _backward_sampled_chunks(model: nn.Module, batch: TokenBatch, seed: int, chunk_values: int) -> None:
+    """The head on one row's positions at a time, at most ``chunk_values`` logit values each: each chunk's labels
+    are drawn, its loss backpropagated to the final hidden states, and the body then backpropagates once (as
+    ``attribution.batching.backward_summed_nll``). A row that fits one chunk draws exactly the labels of the
+    whole-batch pass."""
+    hidden = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+    leaf = hidden.detach().requires_grad_(True)
+    weights = batch.loss_mask[:, 1:]
+    step = max(1, chunk_values // head.out_features)
     for b in range(len(batch)):
         n = int(batch.attention_mask[b].sum())
         if n < 2:
             continue
-        ids = batch.input_ids[b, :n].cpu().numpy().astype(np.int64)
-        generator = torch.Generator().manual_seed(zlib.crc32(ids.tobytes()) ^ seed)
-        labels[b, : n - 1] = torch.multinomial(probs[b, : n - 1], 1, generator=generator)[:, 0]
-    return labels.to(logp.device)
+        generator = _row_generator(batch.input_ids[b, :n], seed)
+        for start in range(0, n - 1, step):
+            stop = min(start + step, n - 1)
+            logits = head(leaf[b, start:stop])
+            logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+            nll = -logp.gather(-1, _draw(logp, generator)[:, None])[:, 0]
+            (nll * weights[b, start:stop].to(nll)).sum().backward()
+    if leaf.grad is not None:
+        hidden.backward(leaf.grad)
 
 
 @contextlib.contextmanager

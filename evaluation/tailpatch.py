@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attribution.batching import TokenBatch, token_nll, training_batch
+from attribution.batching import TokenBatch, backward_summed_nll, training_batch
 from attribution.errors import ConfigError
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
@@ -129,9 +129,14 @@ def row_tokens(session: AttributionSession, positions: Sequence[int]) -> dict[in
 def sgd_step(model: nn.Module, batch: TokenBatch, lr: float, max_grad_norm: float | None) -> None:
     """θ ← θ − lr · clip(∇θ mean token loss of the batch): one plain training step, in place."""
     params = [p for p in model.parameters() if p.requires_grad]
-    nll = token_nll(model, batch)
-    mask = batch.loss_mask[:, 1:].to(nll)
-    grads = torch.autograd.grad((nll * mask).sum() / mask.sum(), params)
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    backward_summed_nll(model, batch)  # the chunked head: B × T × V logits never exist at once
+    count = float(batch.loss_mask[:, 1:].sum())
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad / count for p in params]
+    for p, grad in zip(params, saved, strict=True):
+        p.grad = grad
     scale = 1.0
     if max_grad_norm is not None:  # torch.nn.utils.clip_grad_norm_'s rule
         total = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))

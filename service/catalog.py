@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from attribution.batching import position_logits
 from attribution.filters import subsets_of
 from attribution.session import AttributionSession
 from demo.groundtruth import Fact, load_facts
@@ -106,8 +107,8 @@ def correct_prefix(session: AttributionSession, prompt: str, completion: str) ->
     if not prompt_ids or not completion_ids or len(prompt_ids) + len(completion_ids) > encoder.max_length:
         return 0, 0
     device = next(model.parameters()).device
-    logits = model(input_ids=torch.tensor([prompt_ids + completion_ids], device=device)).logits[0]
-    greedy = logits[len(prompt_ids) - 1 : -1].argmax(-1).tolist()
+    ids = torch.tensor([prompt_ids + completion_ids], device=device)
+    greedy = position_logits(model, ids, slice(len(prompt_ids) - 1, -1)).argmax(-1).tolist()
     right = next((i for i, (a, b) in enumerate(zip(greedy, completion_ids, strict=True)) if a != b),
                  len(completion_ids))
     return right, len(completion_ids)

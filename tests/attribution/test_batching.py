@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attribution.batching import Batching, backward_summed_nll, token_nll, training_batch
+from attribution.batching import Batching, backward_summed_nll, position_logits, token_nll, training_batch
 from attribution.errors import ConfigError
 from tests.attribution.conftest import make_tiny_model, random_rows
 
@@ -56,3 +56,11 @@ def test_the_chunked_head_gives_the_whole_logits_nll() -> None:
     whole = -torch.log_softmax(logits, dim=-1).gather(-1, batch.input_ids[:, 1:, None])[..., 0]
     vocab = model.get_output_embeddings().out_features
     torch.testing.assert_close(token_nll(model, batch, chunk_values=7 * vocab), whole, rtol=1e-10, atol=1e-12)
+
+
+def test_position_logits_are_the_whole_rows_logits_there() -> None:
+    model = make_tiny_model()
+    ids = torch.tensor(random_rows([9], seed=1))
+    whole = model(input_ids=ids).logits[0]
+    for positions in (slice(3, -1), slice(-1, None), slice(0, None)):
+        torch.testing.assert_close(position_logits(model, ids, positions), whole[positions], rtol=1e-9, atol=1e-12)

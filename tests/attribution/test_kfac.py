@@ -13,7 +13,7 @@ from attribution.curvature import fit_curvature, load_curvature, new_statistics,
 from attribution.encoder import Checkpoint, GradientEncoder
 from attribution.errors import ConfigError
 from attribution.kfac import EKFACCurvature, KFACCurvature
-from attribution.kronecker import Fisher, KroneckerStatistics
+from attribution.kronecker import Fisher, KroneckerStatistics, sampled_label_pass
 from attribution.sketch import SketchConfig, Sketcher
 from tests.attribution.conftest import VOCAB, make_tiny_model, random_rows
 from tests.attribution.test_sketch import exact_gradients, projected
@@ -190,6 +190,37 @@ def test_sampled_fisher_labels_depend_on_the_rows_only(setup) -> None:
     torch.testing.assert_close(one.sums[name]["g"], other.sums[name]["g"], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(one.sums[name]["a"], empirical.sums[name]["a"], rtol=1e-9, atol=1e-12)
     assert not torch.allclose(one.sums[name]["g"], empirical.sums[name]["g"])
+    assert all(p.grad is None for p in model.parameters())
+
+
+def sampled(sketcher: Sketcher, rows: list[list[int]], batch: int, chunk_values: int) -> KroneckerStatistics:
+    stats = KroneckerStatistics(Fisher.SAMPLED)
+    for start in range(0, len(rows), batch):
+        sampled_label_pass(sketcher, training_batch(rows[start : start + batch]), [stats], chunk_values=chunk_values)
+    return stats
+
+
+def test_the_sampled_fisher_head_runs_on_chunks_of_positions(setup) -> None:
+    """The head sees at most chunk_values // V positions at a time; a row in one chunk draws the whole-batch pass's
+    labels; with chunks of two positions the labels still depend on the rows only, and the input side is exact."""
+    model, sketcher, rows = setup
+    seen: list[int] = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        small = sampled(sketcher, rows, batch=3, chunk_values=2 * VOCAB)
+    finally:
+        handle.remove()
+    assert max(seen) == 2 and sum(seen) == sum(len(r) - 1 for r in rows)  # every target position, 2 at a time
+    with_head = Sketcher(model, SketchConfig(k=3, seed=2, groups=("blocks", "head")))
+    whole = sampled(with_head, rows, batch=3, chunk_values=2 * VOCAB)  # an observed head sees the whole batch
+    one_chunk = sampled(sketcher, rows, batch=3, chunk_values=max(ROWS) * VOCAB)
+    reordered = sampled(sketcher, list(reversed(rows)), batch=2, chunk_values=2 * VOCAB)
+    empirical = gathered(sketcher, rows)
+    for name in sketcher.modules:
+        torch.testing.assert_close(one_chunk.sums[name]["g"], whole.sums[name]["g"], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(small.sums[name]["g"], reordered.sums[name]["g"], rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(small.sums[name]["a"], empirical.sums[name]["a"], rtol=1e-9, atol=1e-12)
+        assert small.tokens[name] == empirical.tokens[name]
     assert all(p.grad is None for p in model.parameters())
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from attribution.batching import training_batch
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from demo.config import TINY
@@ -112,3 +113,27 @@ def test_cli_bad_input(index: Path, tmp_path: Path, args: list[str], message: st
                                  str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 1e-3])
+def test_a_step_is_plain_sgd_on_the_mean_token_loss(max_grad_norm: float | None) -> None:
+    """The chunked head's step equals autograd on the whole logits (clipped as torch clips), and leaves .grad as
+    it found it."""
+    from evaluation.tailpatch import sgd_step
+    from tests.attribution.conftest import make_tiny_model, random_rows
+
+    model, reference = make_tiny_model(), make_tiny_model()
+    row = random_rows([12], seed=3)[0]
+    ids = torch.tensor([row])
+    logits = reference(input_ids=ids).logits[0, :-1]  # float64 (transformers' own loss would cast to float32)
+    loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:])  # mean NLL over the row's 11 targets
+    loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), max_grad_norm)
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.sub_(0.1 * p.grad)
+    sgd_step(model, training_batch([row]), lr=0.1, max_grad_norm=max_grad_norm)
+    for mine, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-12)
+        assert mine.grad is None
