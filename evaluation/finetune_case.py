@@ -14,10 +14,8 @@ so the LDS driver and the peers' bench read either alike.
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
 from demo.corpus import real_documents
 from demo.training import TrainSettings, steps_for, train
-from evaluation.text_case import TextCase, build_case, cut_chunks, epoch_order
+from evaluation.text_case import TextCase, build_case, cut_chunks, epoch_order, reuse_or_clear, write_marker
 from indexer.megatron import write_dataset
 
 log = logging.getLogger(__name__)
@@ -87,16 +85,8 @@ class FinetuneCase:
         """Build (or reuse) the pretraining case and the fine-tuning case; returns ``OUT/finetune``."""
         base_dir = build_case(out, self.base)
         directory = self.directory(out)
-        marker = directory / FINETUNE_MARKER
-        if marker.is_file():
-            existing = FinetuneCase(**json.loads(marker.read_text())["case"])
-            if existing != self:
-                raise ConfigError(f"{directory} holds a fine-tuning case built with other settings "
-                                  f"({asdict(existing)}); use another --out, or delete it")
-            log.info("fine-tuning case: reusing %s", directory)
+        if reuse_or_clear(directory, FINETUNE_MARKER, self, "fine-tuning case"):
             return directory
-        shutil.rmtree(directory, ignore_errors=True)
-        directory.mkdir(parents=True)
         tokenizer = load_tokenizer(base_dir / "tokenizer")
         tokenizer.save_pretrained(str(directory / "tokenizer"))
         docs = real_documents(self.chars_per_source, 2_000, self.seed, (self.source,))
@@ -109,9 +99,7 @@ class FinetuneCase:
         _, losses = train(self.settings(steps), directory / "data" / "document", len(tokenizer), directory / "model",
                           rows=order, save_revisions=False, init=self.init_model(out))
         tokenizer.save_pretrained(str(directory / "model"))
-        record = {"case": asdict(self), "steps": steps, "loss_first_10": float(np.mean(losses[:10])),
-                  "loss_last_10": float(np.mean(losses[-10:]))}
-        marker.write_text(json.dumps(record, indent=2))
+        record = write_marker(directory, FINETUNE_MARKER, self, steps, losses)
         log.info("fine-tuning case: %d chunks of %s, %d queries, %d steps; loss %.2f -> %.2f", self.rows,
                  self.source, self.queries, steps, record["loss_first_10"], record["loss_last_10"])
         return directory

@@ -20,6 +20,7 @@ import logging
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,18 +148,35 @@ def load_case(out: Path) -> TextCase | None:
     return TextCase(**json.loads(marker.read_text())["case"])
 
 
+def reuse_or_clear(directory: Path, marker: str, case: Any, what: str) -> bool:
+    """True when ``directory`` holds ``case`` already built (its ``marker`` file names the same settings); else
+    False, with a killed build's leftovers cleared and the directory made. Other settings there are refused."""
+    path = directory / marker
+    if path.is_file():
+        existing = type(case)(**json.loads(path.read_text())["case"])
+        if existing != case:
+            raise ConfigError(f"{directory} holds a {what} built with other settings ({asdict(existing)}); use "
+                              "another --out, or delete it")
+        log.info("%s: reusing %s", what, directory)
+        return True
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return False
+
+
+def write_marker(directory: Path, marker: str, case: Any, steps: int, losses: list[float]) -> dict:
+    """Record a finished build (written last: its presence means the build is whole)."""
+    record = {"case": asdict(case), "steps": steps, "loss_first_10": float(np.mean(losses[:10])),
+              "loss_last_10": float(np.mean(losses[-10:]))}
+    (directory / marker).write_text(json.dumps(record, indent=2))
+    return record
+
+
 def build_case(out: Path, case: TextCase, threads: int | None = None) -> Path:
     """Build (or reuse, when ``case.json`` matches) the case under ``OUT/case``; returns that directory."""
     directory = case_dir(out)
-    existing = load_case(out)
-    if existing is not None:
-        if existing != case:
-            raise ConfigError(f"{directory} holds a text case built with other settings ({asdict(existing)}); use "
-                              "another --out, or delete it")
-        log.info("text case: reusing %s", directory)
+    if reuse_or_clear(directory, CASE_MARKER, case, "text case"):
         return directory
-    shutil.rmtree(directory, ignore_errors=True)  # a killed build's leftovers
-    directory.mkdir(parents=True)
     docs = case_documents(case)
     train_tokenizer((d["text"] for d in docs), case.vocab_size, directory / "tokenizer")
     tokenizer = load_tokenizer(directory / "tokenizer")
@@ -169,14 +187,13 @@ def build_case(out: Path, case: TextCase, threads: int | None = None) -> Path:
     if threads:
         torch.set_num_threads(threads)
     order = training_order(case)
-    _, losses = train(case.settings(steps_for(len(order), case.batch_size)), directory / "data" / "document",
-                      len(tokenizer), directory / "model", rows=order, save_revisions=False)
+    steps = steps_for(len(order), case.batch_size)
+    _, losses = train(case.settings(steps), directory / "data" / "document", len(tokenizer), directory / "model",
+                      rows=order, save_revisions=False)
     tokenizer.save_pretrained(str(directory / "model"))
-    marker = {"case": asdict(case), "steps": steps_for(len(order), case.batch_size),
-              "loss_first_10": float(np.mean(losses[:10])), "loss_last_10": float(np.mean(losses[-10:]))}
-    (directory / CASE_MARKER).write_text(json.dumps(marker, indent=2))
+    record = write_marker(directory, CASE_MARKER, case, steps, losses)
     log.info("text case: %d training chunks, %d queries, %d steps; loss %.2f -> %.2f", case.rows, case.queries,
-             marker["steps"], marker["loss_first_10"], marker["loss_last_10"])
+             steps, record["loss_first_10"], record["loss_last_10"])
     return directory
 
 
