@@ -114,11 +114,16 @@ class AttributionSession:
         if any(not q.prompt.strip() for q in asked):
             raise ConfigError("the prompt is empty")
         found = self.gradient.search_many(asked, k, filters or [None] * len(asked))
-        return [self._results(hits, query) for hits, query in zip(found, asked, strict=True)]
+        texts = iter(self._texts([h.row for hits in found for h in hits]))  # every query's texts in one lookup
+        return [self._results(hits, query, [next(texts) for _ in hits])
+                for hits, query in zip(found, asked, strict=True)]
 
-    def _results(self, hits: list, query: Query) -> list[Result]:
+    def _texts(self, rows: list[int]) -> list[str]:
         many = getattr(self.texts, "many", None)  # a stored index fetches the texts in one query
-        texts = many([h.row for h in hits]) if many is not None else [self.texts[h.row] for h in hits]
+        return many(rows) if many is not None else [self.texts[r] for r in rows]
+
+    def _results(self, hits: list, query: Query, texts: list[str] | None = None) -> list[Result]:
+        texts = self._texts([h.row for h in hits]) if texts is None else texts
         return [
             Result(rank=rank + 1, example_id=int(self.ids[hit.row]), score=hit.score, text=texts[rank],
                    metadata=self.metadata[hit.row], completion=query.completion or "",
