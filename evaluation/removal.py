@@ -184,8 +184,9 @@ def run_removal(demo_dir: Path, session: AttributionSession, out: Path, settings
                       "related_ratio": float(delta["control"].mean() / target) if target > 0 else None,
                       "gold_recall": len(set(removed[name]) & set(removed[GOLD])) / max(1, len(removed[GOLD])),
                       "per_seed": per_seed, "per_query": delta["target"].tolist()}
-    for r in rows.values():
+    for name, r in rows.items():
         r["vs_random"] = r["target"] / rows[RANDOM]["target"] if rows[RANDOM]["target"] > 0 else None
+        r["vs_bm25_paired"] = paired_difference(rows, name, "bm25", settings.bootstrap, rng)
     markers = {name: json.loads((retrain_dir(out, name) / MARKER).read_text()) for name in removed}
     report = {"schema_version": SCHEMA_VERSION, "settings": asdict(settings), "demo": str(demo_dir),
               "training_rows": n_rows, "queries": [f.fact_id for f in queries],
@@ -194,6 +195,16 @@ def run_removal(demo_dir: Path, session: AttributionSession, out: Path, settings
               "selections": rows, "retrains": markers}
     write_report_files(report, out, "removal", markdown)
     return report
+
+
+def paired_difference(rows: dict[str, dict], name: str, other: str, draws: int,
+                      rng: np.random.Generator) -> list[float] | None:
+    """Mean over facts of ``name``'s Δ minus ``other``'s on the same fact, with its bootstrap interval (facts
+    resampled together: tighter than comparing the two intervals); None for ``other`` itself or when absent."""
+    if name == other or other not in rows:
+        return None
+    difference = np.asarray(rows[name]["per_query"]) - np.asarray(rows[other]["per_query"])
+    return [float(difference.mean()), *bootstrap_ci(difference, draws, rng)]
 
 
 def markdown(report: dict) -> str:
@@ -207,14 +218,21 @@ def markdown(report: dict) -> str:
              f"Every selection retrained from {s.get('train_seeds', 1)} initialization(s); Δ is the mean over them "
              "(each against its own no-removal retrain), the interval over facts; 'per seed' lists each seed's Δ.",
              "",
+             "'− BM25 (paired)': the selection's Δ minus BM25's on the same fact, mean and interval over facts.",
+             "",
              "| selection | rows removed | gold rows among them | Δ target | 95 % CI | per seed | Δ paraphrase | "
-             "Δ control | related/target | × random |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Δ control | related/target | × random | − BM25 (paired) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["selections"].items():
         lo, hi = r["target_ci95"]
         ratio = "–" if r["related_ratio"] is None else f"{r['related_ratio']:.2f}"
         times = "–" if r["vs_random"] is None else f"{r['vs_random']:.1f}"
         seeds = " / ".join(f"{v:.2f}" for v in r.get("per_seed", [r["target"]]))
         lines.append(f"| {name} | {r['removed']} | {r['gold_recall']:.0%} | {r['target']:.3f} | [{lo:.3f}, {hi:.3f}] "
-                     f"| {seeds} | {r['paraphrase']:.3f} | {r['control']:.3f} | {ratio} | {times} |")
+                     f"| {seeds} | {r['paraphrase']:.3f} | {r['control']:.3f} | {ratio} | {times} | "
+                     f"{paired_cell(r.get('vs_bm25_paired'))} |")
     return "\n".join(lines) + "\n"
+
+
+def paired_cell(paired: list[float] | None) -> str:
+    return "–" if paired is None else f"{paired[0]:+.3f} [{paired[1]:+.3f}, {paired[2]:+.3f}]"

@@ -40,6 +40,15 @@ def test_removing_the_gold_rows_raises_the_target_loss_more_than_random(removal:
     assert rows[GOLD]["target"] > 0
 
 
+def test_each_selection_is_compared_with_bm25_fact_by_fact(removal: tuple) -> None:
+    rows = removal[1]["selections"]
+    mean, low, high = rows["gradient"]["vs_bm25_paired"]
+    differences = [a - b for a, b in zip(rows["gradient"]["per_query"], rows["bm25"]["per_query"], strict=True)]
+    assert mean == pytest.approx(sum(differences) / len(differences)) and low <= mean <= high
+    assert rows["bm25"]["vs_bm25_paired"] is None
+    assert "− BM25 (paired)" in (removal[0] / "removal.md").read_text()
+
+
 def test_a_rerun_trains_nothing(removal: tuple, tiny_demo: Path, session: AttributionSession) -> None:
     out, report = removal
     stamps = {p: p.stat().st_mtime_ns for p in (out / "removal").glob("*/done.json")}
