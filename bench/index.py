@@ -100,12 +100,12 @@ def exact_top10(vectors: np.ndarray, queries: np.ndarray, block: int = 200_000) 
     return best_rows
 
 
-def store_rows(n: int, dim: int, factories: list[str], work: Path,
-               searches: tuple[tuple[int, int], ...] = ((16, 4), (64, 16), (64, 64))) -> list[dict]:
+def store_rows(vectors: np.ndarray, queries: np.ndarray, factories: list[str], work: Path,
+               searches: tuple[tuple[int, int], ...] = ((16, 4), (64, 16), (64, 64)), label: str = "synthetic",
+               ) -> list[dict]:
     """headwater's own store (``build_faiss_index`` + ``FaissStore``: candidates re-ranked exactly from the float16
     memmap) for each factory and search setting: build seconds, FAISS bytes per example, p50/p95, recall@10."""
-    vectors = synthetic_memmap(work / f"v-{n}-{dim}.npy", n, dim)
-    queries = synthetic(200, dim, seed=10_000)
+    n, dim = vectors.shape
     truth = exact_top10(vectors, queries)
     rows = []
     for factory in factories:
@@ -122,12 +122,22 @@ def store_rows(n: int, dim: int, factories: list[str], work: Path,
                 found = store.search(q, 10)
                 times.append(time.perf_counter() - started)
                 hits.append(len(set(found.rows.tolist()) & set(gold.tolist())) / 10)
-            rows.append({"n": n, "dim": dim, "factory": factory, "nprobe": nprobe, "rerank": rerank,
-                         "build": build, "index_bytes": index_bytes / n, "vector_bytes": dim * 2,
+            rows.append({"vectors": label, "n": n, "dim": dim, "factory": factory, "nprobe": nprobe,
+                         "rerank": rerank, "build": build, "index_bytes": index_bytes / n, "vector_bytes": dim * 2,
                          "p50": float(np.percentile(times, 50) * 1e3), "p95": float(np.percentile(times, 95) * 1e3),
                          "recall": float(np.mean(hits))})
             print(rows[-1], flush=True, file=sys.stderr)
     return rows
+
+
+def real_vectors(path: Path, queries: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """An index's stored vectors (``vectors.npy``; windows count as vectors), its first ``queries`` held out as
+    the queries and the rest searched: real sketches, whose neighbours cluster unlike the synthetic ones."""
+    stored = np.load(path, mmap_mode="r")
+    stored = stored.reshape(-1, stored.shape[-1])
+    if len(stored) <= queries:
+        raise SystemExit(f"{path}: {len(stored)} vectors, need more than {queries}")
+    return stored[queries:], np.asarray(stored[:queries], dtype=np.float32)
 
 
 def duckdb_lookups(n: int) -> dict[int, float]:
@@ -166,23 +176,39 @@ def main() -> None:
     parser.add_argument("--searches", default="16x4,64x16,64x64,128x100",
                         help="comma-separated NPROBExRERANK settings searched on each approximate index")
     parser.add_argument("--skip-demo", action="store_true")
+    parser.add_argument("--real", type=Path, action="append", default=[],
+                        help="an index's vectors.npy: real sketches (first 200 held out as queries) and a synthetic "
+                             "set of the same size, instead of --sizes (repeatable)")
     args = parser.parse_args()
     if not args.skip_demo:
         demo_build(args.demo, args.steps, args.k, args.window or None)
     print(f"\n## The vector store at scale (synthetic unit vectors around 1,000 centres, float16 memmap, faiss "
           f"{faiss.__version__}; headwater's FaissStore: candidates re-ranked exactly from the memmap)\n")
-    print("| examples | dim | factory | nprobe | re-rank × | build s | FAISS bytes/example | + float16 vectors "
-          "bytes/example | p50 / p95 ms | recall@10 vs exact |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| vectors | examples | dim | factory | nprobe | re-rank × | build s | FAISS bytes/example | + float16 "
+          "vectors bytes/example | p50 / p95 ms | recall@10 vs exact |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        for n in (int(v) for v in args.sizes.split(",")):
-            for dim in (int(v) for v in args.dims.split(",")):
-                factories = [f.format(lists=lists_for(n), m=pq_for(dim)) for f in args.factories.split(";")]
-                searches = tuple(tuple(int(v) for v in pair.split("x")) for pair in args.searches.split(","))
-                for r in store_rows(n, dim, factories, Path(tmp), searches):
-                    print(f"| {r['n']:,} | {r['dim']} | {r['factory']} | {r['nprobe']} | {r['rerank']} | "
-                          f"{r['build']:.1f} | {r['index_bytes']:,.0f} | {r['vector_bytes']:,} | "
-                          f"{r['p50']:.1f} / {r['p95']:.1f} | {r['recall']:.3f} |", flush=True)
+        searches = tuple(tuple(int(v) for v in pair.split("x")) for pair in args.searches.split(","))
+        cases: list[tuple[Path | None, int, int]] = []  # (an index's vectors or None: synthetic, n, dim)
+        for path in args.real:
+            vectors, _ = real_vectors(path)
+            cases += [(path, *vectors.shape), (None, *vectors.shape)]  # and its synthetic twin: same n and dim
+        if not args.real:
+            cases += [(None, int(n), int(dim)) for n in args.sizes.split(",") for dim in args.dims.split(",")]
+        for path, n, dim in cases:
+            if path is not None:
+                (vectors, queries), label = real_vectors(path), f"real ({path})"
+            else:  # built one case at a time: a 10^7 memmap is 5 GB
+                vectors, label = synthetic_memmap(Path(tmp) / f"v-{n}-{dim}.npy", n, dim), "synthetic"
+                queries = synthetic(200, dim, seed=10_000)
+            n, dim = vectors.shape
+            factories = [f.format(lists=lists_for(n), m=pq_for(dim)) for f in args.factories.split(";")]
+            for r in store_rows(vectors, queries, factories, Path(tmp), searches, label):
+                print(f"| {r['vectors']} | {r['n']:,} | {r['dim']} | {r['factory']} | {r['nprobe']} | "
+                      f"{r['rerank']} | {r['build']:.1f} | {r['index_bytes']:,.0f} | {r['vector_bytes']:,} | "
+                      f"{r['p50']:.1f} / {r['p95']:.1f} | {r['recall']:.3f} |", flush=True)
+    if args.real:
+        return
     print("\n| examples | DuckDB 10 / 100 / 1000 ids ms |\n|---|---|")
     for n in (int(v) for v in args.sizes.split(",")):
         d = duckdb_lookups(n)
