@@ -113,12 +113,30 @@ def build_faiss_index(vectors: np.ndarray, factory: str = "Flat", sample_queries
         return index, None
     picks = np.unique(np.linspace(0, total - 1, min(total, sample_queries)).astype(np.int64))
     queries = np.ascontiguousarray(flat[picks], dtype=np.float32)
-    scores = np.concatenate([np.asarray(flat[s : s + ADD_ROWS], dtype=np.float32) @ queries.T
-                             for s in range(0, total, ADD_ROWS)])  # (total, queries): brute force in blocks
-    truth = np.argsort(-scores, axis=0, kind="stable")[:10].T
+    truth = brute_force_top(flat, queries, 10)
     _, approx = index.search(queries, 10)
     recall = float(np.mean([len(set(t) & set(a)) / 10 for t, a in zip(truth, approx, strict=True)]))
     return index, recall
+
+
+def brute_force_top(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = ADD_ROWS) -> np.ndarray:
+    """Rows of the ``k`` largest inner products of each query, best first, ``(queries, k)``: ``vectors`` (a
+    memmap) is read ``block`` rows at a time and only each query's best ``k`` so far are kept, so memory is
+    ``queries × (k + block)`` scores whatever the number of rows."""
+    k = min(k, len(vectors))
+    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
+    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(vectors), block):
+        scores = queries @ np.asarray(vectors[start : start + block], dtype=np.float32).T  # (queries, block)
+        both_scores = np.concatenate([best_scores, scores], axis=1)
+        both_rows = np.concatenate([best_rows, np.broadcast_to(np.arange(start, start + scores.shape[1]),
+                                                                scores.shape)], axis=1)
+        top = min(k, both_scores.shape[1])
+        keep = np.argpartition(-both_scores, top - 1, axis=1)[:, :top]
+        best_scores = np.take_along_axis(both_scores, keep, 1)
+        best_rows = np.take_along_axis(both_rows, keep, 1)
+    order = np.lexsort((best_rows, -best_scores), axis=1)  # best first; ties by row
+    return np.take_along_axis(best_rows, order, 1)
 
 
 def new_faiss_index(factory: str, dim: int) -> faiss.Index:

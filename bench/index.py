@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from attribution.batching import Batching
-from attribution.vectors import FaissStore, SearchSettings, build_faiss_index
+from attribution.vectors import FaissStore, SearchSettings, brute_force_top, build_faiss_index
 
 
 def demo_build(demo: Path, steps: str | None, k: int, window: int | None) -> None:
@@ -89,15 +89,7 @@ def synthetic_memmap(path: Path, n: int, dim: int, seed: int = 0, block: int = 2
 
 def exact_top10(vectors: np.ndarray, queries: np.ndarray, block: int = 200_000) -> np.ndarray:
     """Brute-force top 10 of every query over a memmap, block by block."""
-    best_scores = np.full((len(queries), 0), -np.inf, dtype=np.float32)
-    best_rows = np.zeros((len(queries), 0), dtype=np.int64)
-    for start in range(0, len(vectors), block):
-        scores = queries @ np.asarray(vectors[start : start + block], dtype=np.float32).T
-        rows = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
-        both_s, both_r = np.concatenate([best_scores, scores], 1), np.concatenate([best_rows, rows], 1)
-        top = np.argsort(-both_s, axis=1)[:, :10]
-        best_scores, best_rows = np.take_along_axis(both_s, top, 1), np.take_along_axis(both_r, top, 1)
-    return best_rows
+    return brute_force_top(vectors, queries, 10, block)
 
 
 def store_rows(vectors: np.ndarray, queries: np.ndarray, factories: list[str], work: Path,

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attribution.errors import ConfigError
-from attribution.vectors import FaissStore, SearchSettings, build_faiss_index
+from attribution.vectors import FaissStore, SearchSettings, brute_force_top, build_faiss_index
 
 
 def brute_force(vectors: np.ndarray, query: np.ndarray, k: int, allowed: np.ndarray | None) -> list[int]:
@@ -113,3 +113,19 @@ def test_many_queries_in_one_search_find_what_each_finds_alone(factory: str) -> 
         alone = store.search(query, 7, filt)
         assert together.rows.tolist() == alone.rows.tolist() and together.windows.tolist() == alone.windows.tolist()
         np.testing.assert_allclose(together.scores, alone.scores, rtol=1e-6)
+
+
+@given(n=st.integers(1, 50), k=st.integers(1, 12), block=st.integers(1, 20), seed=st.integers(0, 1000))
+@settings(max_examples=60, deadline=None)
+def test_brute_force_top_in_blocks_is_the_full_sort(n: int, k: int, block: int, seed: int) -> None:
+    """Blockwise top-k (memory independent of the rows) keeps the k best scores, best first, each row once (which of
+    several tied rows is kept is not specified)."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.integers(-2, 3, (n, 4)).astype(np.float16)  # small integers: exact ties happen
+    queries = rng.integers(-2, 3, (3, 4)).astype(np.float32)
+    found = brute_force_top(vectors, queries, k, block=block)
+    scores = queries @ vectors.astype(np.float32).T
+    assert found.shape == (3, min(k, n))
+    for q in range(3):
+        assert len(set(found[q].tolist())) == min(k, n)
+        assert scores[q, found[q]].tolist() == sorted(scores[q], reverse=True)[: min(k, n)]
