@@ -50,7 +50,7 @@ class RemovalSettings:
     """Known facts in the batch whose rows are removed."""
     controls: int = 40
     """Known facts outside the batch, measured for specificity."""
-    k: int = 10
+    k: int = 40
     """Rows removed per query and method."""
     methods: tuple[str, ...] = (Method.GRADIENT.value, Method.BM25.value, Method.EMBEDDING.value)
     seed: int = 0
