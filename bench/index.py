@@ -174,8 +174,10 @@ def main() -> None:
     args = parser.parse_args()
     if not args.skip_demo:
         demo_build(args.demo, args.steps, args.k, args.window or None)
-    print(f"\n## The vector store at scale (synthetic unit vectors around 1,000 centres, float16 memmap, faiss "
-          f"{faiss.__version__}; headwater's FaissStore: candidates re-ranked exactly from the memmap)\n")
+    data = ("real sketches from an index, each beside synthetic vectors of its size" if args.real
+            else "synthetic unit vectors around 1,000 centres")
+    print(f"\n## The vector store at scale ({data}, float16 memmap, faiss {faiss.__version__}; headwater's "
+          "FaissStore: candidates re-ranked exactly from the memmap)\n")
     print("| vectors | examples | dim | factory | nprobe | re-rank × | build s | FAISS bytes/example | + float16 "
           "vectors bytes/example | p50 / p95 ms | recall@10 vs exact |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
