@@ -16,6 +16,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -132,6 +133,23 @@ def real_vectors(path: Path, queries: int = 200) -> tuple[np.ndarray, np.ndarray
     return stored[queries:], np.asarray(stored[:queries], dtype=np.float32)
 
 
+def store_cases(real: list[Path], sizes: str, dims: str, work: Path) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(label, vectors, queries) to bench, made one at a time (a 10^7 memmap is 5 GB): each index's real sketches
+    followed by synthetic vectors of the same number and dimension, or else synthetic ones of every size × dim."""
+
+    def synthetic_case(n: int, dim: int) -> tuple[str, np.ndarray, np.ndarray]:
+        return "synthetic", synthetic_memmap(work / f"v-{n}-{dim}.npy", n, dim), synthetic(200, dim, seed=10_000)
+
+    for path in real:
+        vectors, queries = real_vectors(path)
+        yield f"real ({path})", vectors, queries
+        yield synthetic_case(*vectors.shape)
+    if not real:
+        for n in sizes.split(","):
+            for dim in dims.split(","):
+                yield synthetic_case(int(n), int(dim))
+
+
 def duckdb_lookups(n: int) -> dict[int, float]:
     rng = np.random.default_rng(2)
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,18 +201,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         searches = tuple(tuple(int(v) for v in pair.split("x")) for pair in args.searches.split(","))
-        cases: list[tuple[Path | None, int, int]] = []  # (an index's vectors or None: synthetic, n, dim)
-        for path in args.real:
-            vectors, _ = real_vectors(path)
-            cases += [(path, *vectors.shape), (None, *vectors.shape)]  # and its synthetic twin: same n and dim
-        if not args.real:
-            cases += [(None, int(n), int(dim)) for n in args.sizes.split(",") for dim in args.dims.split(",")]
-        for path, n, dim in cases:
-            if path is not None:
-                (vectors, queries), label = real_vectors(path), f"real ({path})"
-            else:  # built one case at a time: a 10^7 memmap is 5 GB
-                vectors, label = synthetic_memmap(Path(tmp) / f"v-{n}-{dim}.npy", n, dim), "synthetic"
-                queries = synthetic(200, dim, seed=10_000)
+        for label, vectors, queries in store_cases(args.real, args.sizes, args.dims, Path(tmp)):
             n, dim = vectors.shape
             factories = [f.format(lists=lists_for(n), m=pq_for(dim)) for f in args.factories.split(";")]
             for r in store_rows(vectors, queries, factories, Path(tmp), searches, label):

@@ -141,13 +141,6 @@ def case_dir(out: Path) -> Path:
     return out / "case"
 
 
-def load_case(out: Path) -> TextCase | None:
-    marker = case_dir(out) / CASE_MARKER
-    if not marker.is_file():
-        return None
-    return TextCase(**json.loads(marker.read_text())["case"])
-
-
 def reuse_or_clear(directory: Path, marker: str, case: Any, what: str) -> bool:
     """True when ``directory`` holds ``case`` already built (its ``marker`` file names the same settings); else
     False, with a killed build's leftovers cleared and the directory made. Other settings there are refused."""
