@@ -109,6 +109,57 @@ def corrected(after: list[np.ndarray], base: list[np.ndarray],
     return [r - slope * s for r, s in zip(raw, shift, strict=True)]
 
 
+def losses_after_ascent(model: nn.Module, batch: TokenBatch, tokens: Sequence[Sequence[int]],
+                        settings: UnlearningConfig, avoid: torch.Tensor | None = None) -> list[np.ndarray]:
+    """Per-token row losses under θ + Δθ (an ascent on ``batch``); the weights are restored after."""
+    if not tokens:
+        return []
+    device = next(model.parameters()).device
+    with trainable(model), restored(model):
+        ascend(model, batch.to(device), settings.steps, settings.budget, None if avoid is None else avoid.to(device))
+        return row_losses(model, tokens, settings.batch_tokens)
+
+
+def generic_probes(tokens: Callable[[int], np.ndarray], n: int, count: int) -> TokenBatch | None:
+    """The correction's default controls: ``PROBE_SPAN`` tokens (after ``PROBE_CONTEXT``) of each of ``count``
+    evenly spaced rows of ``n`` (``tokens(row)`` gives a row's ids); None when no row is long enough."""
+    rows, masks = [], []
+    for row in np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int)):
+        ids = tokens(int(row))[: PROBE_CONTEXT + PROBE_SPAN].tolist()
+        if len(ids) > PROBE_CONTEXT:
+            rows.append(ids)
+            masks.append([0] * PROBE_CONTEXT + [1] * (len(ids) - PROBE_CONTEXT))
+    return collate(rows, masks) if rows else None
+
+
+def score_every_row(model: nn.Module, rows: Sequence[Sequence[int]], targets: Sequence[TokenBatch],
+                    config: UnlearningConfig | None = None) -> np.ndarray:
+    """``(targets, rows)`` unlearning scores of every row for each target batch, as the retriever scores an
+    exhaustive set: each row's loss increase after the ascent on the target (``row_score``), corrected by the
+    equal ascent on generic probes (``Correction.NONE``: uncorrected). For evaluations that need every row's
+    score (LDS sums them); the rows' base and probe-ascent losses are computed once for all targets."""
+    settings = config or UnlearningConfig()
+    base = row_losses(model, rows, settings.batch_tokens)
+    probes = None if settings.correction is Correction.NONE else \
+        generic_probes(lambda r: np.asarray(rows[r]), len(rows), settings.control_probes)
+    control = None if probes is None else losses_after_ascent(model, probes, rows, settings)
+    out = np.zeros((len(targets), len(rows)), dtype=np.float32)
+    for t, target in enumerate(targets):
+        deltas = corrected(losses_after_ascent(model, target, rows, settings), base, control)
+        out[t] = [row_score(d, settings) for d in deltas]
+    return out
+
+
+def row_score(delta: np.ndarray, settings: UnlearningConfig) -> float:
+    """A row's score from its per-token loss increases: their mean, or their mean over the best window."""
+    if not len(delta):
+        return 0.0
+    if settings.score is RowScore.WINDOW:  # delta[j] is token j + 1's increase
+        start, end = best_window(delta, settings.window)
+        return float(delta[start - 1 : end - 1].mean())
+    return float(delta.mean())
+
+
 class UnlearningRetriever:
     """Rank rows by how much more perplexed the model is about them after an ascent on the target."""
 
@@ -154,10 +205,7 @@ class UnlearningRetriever:
         deltas = corrected(self.after_ascent(target, tokens, settings, avoid), base, control)
         clock.append(time.perf_counter())
         spans = [best_window(d, settings.window) for d in deltas]
-        if settings.score is RowScore.WINDOW:  # delta[j] is token j + 1's increase
-            scores = np.array([float(d[a - 1 : b - 1].mean()) for d, (a, b) in zip(deltas, spans, strict=True)])
-        else:
-            scores = np.array([float(d.mean()) for d in deltas])
+        scores = np.array([row_score(d, settings) for d in deltas])
         hits = [self.hit(rows[i], scores[i], deltas[i], spans[i]) for i in np.argsort(-scores, kind="stable")[:k]]
         clock.append(time.perf_counter())
         stages = ("candidates", "reference", "target", "evidence")
@@ -209,14 +257,7 @@ class UnlearningRetriever:
 
     def after_ascent(self, batch: TokenBatch, tokens: list[list[int]], settings: UnlearningConfig,
                      avoid: torch.Tensor | None = None) -> list[np.ndarray]:
-        """Per-token row losses under θ + Δθ (an ascent on ``batch``); the weights are restored after."""
-        if not tokens:
-            return []
-        device = next(self.model.parameters()).device
-        with trainable(self.model), restored(self.model):
-            ascend(self.model, batch.to(device), settings.steps, settings.budget,
-                   None if avoid is None else avoid.to(device))
-            return row_losses(self.model, tokens, settings.batch_tokens)
+        return losses_after_ascent(self.model, batch, tokens, settings, avoid)
 
     def control_gradients(self, controls: list[Probe]) -> torch.Tensor:
         """One flat gradient per control prompt ``(r, P)``: the span a contrastive ascent stays off."""
@@ -228,13 +269,7 @@ class UnlearningRetriever:
         """The correction's default controls: a span of each of ``count`` evenly spaced rows (None: no row is
         long enough to give one)."""
         if count not in self._probes:
-            rows, masks = [], []
-            for row in np.unique(np.linspace(0, self.n - 1, min(count, self.n)).round().astype(int)):
-                ids = self.tokens(int(row))[: PROBE_CONTEXT + PROBE_SPAN].tolist()
-                if len(ids) > PROBE_CONTEXT:
-                    rows.append(ids)
-                    masks.append([0] * PROBE_CONTEXT + [1] * (len(ids) - PROBE_CONTEXT))
-            self._probes[count] = collate(rows, masks) if rows else None
+            self._probes[count] = generic_probes(self.tokens, self.n, count)
         return self._probes[count]
 
     def hit(self, row: int, score: float, delta: np.ndarray, span: tuple[int, int]) -> Hit:

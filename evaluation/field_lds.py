@@ -9,8 +9,12 @@ over queries with a bootstrap interval and a permutation p-value.
 
 Scores are linear influence estimates with the full model: headwater's gradient sketches scored by inner
 product with each curvature kind (``gradient-ip/KIND``), and by cosine (``gradient/KIND``, TrackStar-like);
-``bm25`` (the chunk texts) as a lexical reference; ``shuffled`` (the first estimator's scores permuted across
-rows) as the control that must stay ≈ 0; and every ``OUT/external/NAME.npy`` of shape (queries, rows) that
+TracIn-CP (``tracin/KIND``: the inner product summed over ``TRACIN_CHECKPOINTS`` checkpoints of the case's training,
+each weighted by its learning rate; the training is rerun once with its checkpoints saved, ``OUT/tracin/``);
+``bm25`` (the chunk texts) as a lexical reference; ``unlearning`` (each row's loss increase after an ascent
+on the query chunk, ``attribution.unlearning.score_every_row``: a finite-step estimate, not a linear one);
+``shuffled`` (the first estimator's scores permuted across rows) as the control that must stay ≈ 0; and every
+``OUT/external/NAME.npy`` of shape (queries, rows) that
 another tool wrote for the same case (bergson, Kronfluence: see bench/), so they sit in the same table.
 
 Resumable: each retrain's query losses are ``OUT/retrains/KIND-NNN.json`` (the model itself is deleted), each
@@ -33,7 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attribution.config import DEFAULT_DAMPING, CurvatureConfig
+from attribution.batching import training_batch
+from attribution.config import DEFAULT_DAMPING, CurvatureConfig, UnlearningConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.kronecker import Fisher, KroneckerStatistics
@@ -42,7 +47,8 @@ from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
-from demo.training import steps_for, train
+from attribution.unlearning import score_every_row
+from demo.training import learning_rate, pythia_checkpoint_steps, steps_for, train
 from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
 from evaluation.report_files import write_report_files
@@ -57,8 +63,13 @@ DEFAULT_ESTIMATORS = ("gradient-ip/none", "gradient-ip/inverse", "gradient-ip/bl
                       "gradient-ip/ekfac", "gradient-ip/ekfac_basis", "gradient-ip/ekfac_basis@d0.1",
                       "gradient/ekfac_basis", "gradient/block", "gradient/inverse_sqrt", "gradient-ip/block@64",
                       "gradient-ip/ekfac_basis@64", "gradient-ip/ekfac_basis@64@d0.1", "gradient-ip/ekfac_basis@256",
-                      "gradient-ip/ekfac_basis@256@d0.1", "gradient-ip/ekfac_basis@256@d0.001", "bm25")
+                      "gradient-ip/ekfac_basis@256@d0.1", "gradient-ip/ekfac_basis@256@d0.001", "bm25",
+                      "unlearning", "tracin/block")
 SHUFFLED = "shuffled"
+BM25, UNLEARNING, TRACIN = "bm25", "unlearning", "tracin"
+TRACIN_CHECKPOINTS = 4
+"""Checkpoints TracIn-CP sums over: the last saved ones of the case's training (log-spaced, as Pythia's), the final
+model included."""
 LDSCase = TextCase | FinetuneCase
 """Trained from scratch on chunks of real text, or a pretrained model fine-tuned on a small set."""
 
@@ -100,7 +111,8 @@ class FieldLDSSettings:
 
 @dataclass(frozen=True)
 class FieldEstimator:
-    """One parsed estimator name: ``gradient-ip/KIND``, ``gradient/KIND`` or ``bm25`` (``mode`` None). A gradient
+    """One parsed estimator name: ``gradient-ip/KIND``, ``gradient/KIND``, ``tracin/KIND`` (``family`` tracin), or
+    ``bm25`` / ``unlearning`` (``mode`` None, ``family`` their name). A gradient
     estimator may add ``@K`` (its own projection size per side instead of the settings' k) and ``@dD`` (its own
     damping), e.g. ``gradient-ip/ekfac_basis@256@d0.001``."""
 
@@ -108,18 +120,19 @@ class FieldEstimator:
     kind: PreconditionMode | None
     k: int | None = None
     damping: float | None = None
+    family: str = "gradient"
 
 
 def parse_estimator(name: str) -> FieldEstimator:
     """The estimator a name stands for, or a clear error."""
-    if name == "bm25":
-        return FieldEstimator(None, None)
+    if name in (BM25, UNLEARNING):
+        return FieldEstimator(None, None, family=name)
     base, *options = name.split("@")
     family, _, kind = base.partition("/")
-    modes = {"gradient-ip": ScoreMode.INNER_PRODUCT, "gradient": ScoreMode.COSINE}
-    error = ConfigError(f"unknown LDS estimator {name!r}: gradient-ip/KIND, gradient/KIND (KIND one of "
+    modes = {"gradient-ip": ScoreMode.INNER_PRODUCT, "gradient": ScoreMode.COSINE, TRACIN: ScoreMode.INNER_PRODUCT}
+    error = ConfigError(f"unknown LDS estimator {name!r}: gradient-ip/KIND, gradient/KIND, tracin/KIND (KIND one of "
                         f"{[m.value for m in PreconditionMode]}; then optionally @K, a projection size, and @dD, a "
-                        "damping) or bm25")
+                        f"damping), {BM25} or {UNLEARNING}")
     if family not in modes or kind not in {m.value for m in PreconditionMode}:
         raise error
     k = damping = None
@@ -135,7 +148,8 @@ def parse_estimator(name: str) -> FieldEstimator:
                 raise error
         else:
             raise error
-    return FieldEstimator(modes[family], PreconditionMode(kind), k, damping)
+    return FieldEstimator(modes[family], PreconditionMode(kind), k, damping,
+                          family=TRACIN if family == TRACIN else "gradient")
 
 
 def estimator_damping(name: str, settings: FieldLDSSettings) -> float:
@@ -239,8 +253,9 @@ class Scorer:
     """Every training row's score for every query chunk, per estimator, with the full model (one sketch pass per
     projection size)."""
 
-    def __init__(self, directory: Path, settings: FieldLDSSettings) -> None:
-        self.settings = settings
+    def __init__(self, out: Path, case: LDSCase, settings: FieldLDSSettings) -> None:
+        self.out, self.case, self.settings = out, case, settings
+        directory = case.directory(out)
         self.tokenizer = load_tokenizer(directory / "tokenizer")
         self.rows = training_rows(directory)
         self.queries = query_chunks(directory)
@@ -261,16 +276,58 @@ class Scorer:
 
     def scores(self, name: str) -> np.ndarray:
         estimator = parse_estimator(name)
-        if estimator.mode is None:
+        if estimator.family == BM25:
             return bm25_matrix([self.tokenizer.decode(r) for r in self.rows],
                                [self.tokenizer.decode(q.tolist()) for q in self.queries])
-        checkpoints, statistics, raw = self.sketched(estimator.k or self.settings.k)
+        if estimator.family == UNLEARNING:
+            targets = [training_batch([q.tolist()]) for q in self.queries]  # every token after the first
+            return score_every_row(load_model(self.model_dir), self.rows, targets, UnlearningConfig())
         curvature = CurvatureConfig(kind=estimator.kind, damping=estimator_damping(name, self.settings))
-        encoder, vectors = fitted_vectors(checkpoints, self.tokenizer, self.rows, raw, curvature, estimator.mode,
-                                          statistics=[statistics])
+        k = estimator.k or self.settings.k
+        if estimator.family == TRACIN:
+            model_dir, revisions, weights = tracin_checkpoints(self.out, self.case)
+            checkpoints = load_checkpoints(model_dir, revisions, SketchConfig(k=k))
+            statistics = [KroneckerStatistics(Fisher.EMPIRICAL, curvature.factor_limit) for _ in checkpoints]
+            raw = sketch_all(GradientEncoder(checkpoints, self.tokenizer), self.rows, None, statistics=statistics)
+            encoder, vectors = fitted_vectors(checkpoints, self.tokenizer, self.rows, raw, curvature, estimator.mode,
+                                              statistics=statistics, weights=weights)
+        else:
+            checkpoints, statistic, raw = self.sketched(k)
+            encoder, vectors = fitted_vectors(checkpoints, self.tokenizer, self.rows, raw, curvature, estimator.mode,
+                                              statistics=[statistic])
         q = np.stack([encoder.encode_query_ids(c[:1].tolist(), c[1:].tolist()).vector.numpy()
                       for c in self.queries])
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
+
+
+def tracin_checkpoints(out: Path, case: LDSCase) -> tuple[Path, tuple[str | None, ...], tuple[float, ...]]:
+    """The case's training rerun with its checkpoints saved (``OUT/tracin/model``, once; one torch thread, as the
+    retrains), the revisions TracIn-CP sums over (the last ``TRACIN_CHECKPOINTS`` - 1 saved and the final model)
+    and each one's learning rate (the rate of the step taken from it)."""
+    directory = case.directory(out)
+    model_dir = out / "tracin" / "model"
+    order = case.order(np.zeros(0, dtype=np.int64))
+    steps = steps_for(len(order), case.batch_size)
+    settings = case.settings(steps)
+    saved = sorted(s for s in pythia_checkpoint_steps(steps) if 0 < s < steps)[-(TRACIN_CHECKPOINTS - 1):]
+    if not (model_dir / "config.json").is_file() or not (model_dir / "revisions" / f"step{saved[-1]}").is_dir():
+        shutil.rmtree(model_dir.parent, ignore_errors=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            train(settings, directory / "data" / "document", len(load_tokenizer(directory / "tokenizer")),
+                  model_dir, rows=order, save_revisions=True, init=case.init_model(out))
+        finally:
+            torch.set_num_threads(threads)
+        with torch.no_grad():
+            drift = max(float((a - b).abs().max()) for a, b in zip(load_model(model_dir).parameters(),
+                                                                   load_model(directory / "model").parameters(),
+                                                                   strict=True))
+        log.info("TracIn-CP checkpoints: the rerun's final weights differ from the case model's by at most %.2g",
+                 drift)
+    revisions = (*(f"step{s}" for s in saved), None)
+    weights = (*(learning_rate(s, settings) for s in saved), learning_rate(steps - 1, settings))
+    return model_dir, revisions, weights
 
 
 def external_scores(out: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -296,11 +353,13 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     scores, score_seconds = {}, {}
     for name in settings.estimators:
         key = as_json({"case": asdict(case), "k": parse_estimator(name).k or settings.k,
-                       "damping": estimator_damping(name, settings), "estimator": name})
+                       "damping": estimator_damping(name, settings), "estimator": name,
+                       **({"unlearning": asdict(UnlearningConfig())} if name == UNLEARNING else {}),
+                       **({"checkpoints": TRACIN_CHECKPOINTS} if parse_estimator(name).family == TRACIN else {})})
 
         def compute(name: str = name) -> np.ndarray:
             nonlocal scorer
-            scorer = scorer or Scorer(directory, settings)
+            scorer = scorer or Scorer(out, case, settings)
             return scorer.scores(name)
 
         scores[name], score_seconds[name] = cached(out / "scores", name.replace("/", "__"), key, compute)

@@ -18,8 +18,8 @@ from attribution.metrics import first_gold_rank, recall_at
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from attribution.unlearn import ascend, flat_gradient, restored, trainable
-from attribution.unlearning import best_window, corrected, row_losses
+from attribution.unlearn import Probe, ascend, flat_gradient, restored, trainable
+from attribution.unlearning import best_window, corrected, row_losses, score_every_row
 from demo.groundtruth import Fact, load_facts
 from demo.session import demo_session
 from tests.attribution.conftest import random_rows
@@ -195,6 +195,24 @@ def test_scores_do_not_depend_on_the_cache_or_the_candidates(session: Attributio
     for method in ("gradient", "bm25", "embedding"):
         pool |= {r.example_id for r in session.attribute(fact.prompt, fact.completion, k=20, method=method)}
     assert {r.example_id for r in found} <= pool
+
+
+@pytest.mark.parametrize("score", [RowScore.MEAN, RowScore.WINDOW])
+def test_every_row_scored_at_once_equals_the_retrievers_scores(session: AttributionSession, facts: list[Fact],
+                                                                score: RowScore) -> None:
+    """``score_every_row`` (what LDS sums) is the retriever's exhaustive score of each row, for several targets at
+    once (their base and probe-ascent losses shared)."""
+    config = UnlearningConfig(score=score)
+    retriever = session.retriever(Method.UNLEARNING)
+    rows = [retriever.tokens(r).tolist() for r in range(retriever.n)]
+    chosen = facts[:2]
+    targets = [retriever.meter.probe_batch([Probe(f.prompt, f.completion)]) for f in chosen]
+    every = score_every_row(retriever.model, rows, targets, config)
+    assert every.shape == (2, retriever.n)
+    for fact, scores in zip(chosen, every, strict=True):
+        hits = retriever.search(Query(fact.prompt, fact.completion, unlearning=config), k=15)
+        assert [h.score for h in hits] == pytest.approx([float(scores[h.row]) for h in hits], abs=1e-5)
+        assert sorted(scores, reverse=True)[:15] == pytest.approx([h.score for h in hits], abs=1e-5)
 
 
 def test_filters_and_greedy_completions(session: AttributionSession, facts: list[Fact]) -> None:

@@ -19,11 +19,12 @@ from attribution.errors import ConfigError
 from attribution.models import load_model
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
-from demo.training import steps_for, train
+from demo.training import learning_rate, steps_for, train
 from evaluation.field_lds import (
     DROP,
     HALF,
     SHUFFLED,
+    TRACIN_CHECKPOINTS,
     FieldEstimator,
     FieldLDSSettings,
     dropped_rows,
@@ -31,6 +32,7 @@ from evaluation.field_lds import (
     parse_estimator,
     retrain_path,
     run_field_lds,
+    tracin_checkpoints,
 )
 from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query
@@ -116,6 +118,22 @@ def test_true_effects_score_near_one_and_their_sign_matters() -> None:
         assert lds_per_query(losses, -effects, masks).max() < -0.95
 
 
+def test_tracin_sums_the_case_trainings_own_checkpoints_at_their_learning_rates(field_run: tuple[Path, dict]) -> None:
+    out, report = field_run
+    model_dir, revisions, weights = tracin_checkpoints(out, CASE)
+    steps = steps_for(len(CASE.order()), CASE.batch_size)
+    assert len(revisions) == TRACIN_CHECKPOINTS and revisions[-1] is None
+    at = [int(r.removeprefix("step")) if r else steps - 1 for r in revisions]
+    assert at == sorted(at) and at[0] > 0
+    assert weights == tuple(learning_rate(step, CASE.settings(steps)) for step in at)
+    rerun, case = load_model(model_dir), load_model(out / "case" / "model")  # the same training, retraced
+    for mine, theirs in zip(rerun.parameters(), case.parameters(), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-3)
+    assert tracin_checkpoints(out, CASE) == (model_dir, revisions, weights)  # reused, not retrained
+    for column in report["lds"].values():
+        assert {"tracin/block", "unlearning"} <= set(column)
+
+
 def test_bad_settings_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="at least 3"):
         FieldLDSSettings(retrains=2)
@@ -128,6 +146,9 @@ def test_bad_settings_are_clear_errors() -> None:
             FieldLDSSettings(estimators=(bad,))
     assert parse_estimator("gradient-ip/ekfac_basis@256@d0.001") == FieldEstimator(
         ScoreMode.INNER_PRODUCT, PreconditionMode.EKFAC_BASIS, 256, 0.001)
+    assert parse_estimator("tracin/block@8") == FieldEstimator(ScoreMode.INNER_PRODUCT, PreconditionMode.BLOCK, 8,
+                                                               family="tracin")
+    assert parse_estimator("unlearning").family == "unlearning"
     with pytest.raises(ConfigError, match="pretrained on"):
         FinetuneCase(source="bible")
     with pytest.raises(ConfigError, match="share"):
