@@ -25,6 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import evidence
+from bench.evidence import TITLE as EVIDENCE_TITLE
+
 log = logging.getLogger("bench.results")
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_TITLE = "Attribution vs influence"  # bench.summary writes this section ahead of the others
@@ -206,9 +209,9 @@ def previous_sections(text: str, titles: list[str]) -> dict[str, str]:
 
 
 def earlier_sections(text: str, titles: list[str]) -> dict[str, str]:
-    """``previous_sections`` of the summary and every section: looked up alone, the summary (the first section)
-    would run to the end of the file and carry every later section along with it."""
-    return previous_sections(text, [SUMMARY_TITLE, *titles])
+    """``previous_sections`` of the two summaries and every section: looked up alone, a summary (the first
+    sections) would run to the end of the file and carry every later section along with it."""
+    return previous_sections(text, [EVIDENCE_TITLE, SUMMARY_TITLE, *titles])
 
 
 def has_rows(markdown: str) -> bool:
@@ -230,6 +233,8 @@ def main() -> None:
     parser.add_argument("--second", type=Path, default=Path("second-data"), help="the second case's demo directory")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="where each section's output goes")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
+                        help="whose evidence table (between its markers) is regenerated")
     parser.add_argument("--only", default=None, help="comma-separated sections to (re)run")
     parser.add_argument("--reuse", action="store_true", help="keep sections already in --out")
     parser.add_argument("--lds-subsets", type=int, default=None, help="LDS retrains (default: the command's)")
@@ -267,8 +272,18 @@ def main() -> None:
     summary = attribution_vs_influence(out)
     if not has_rows(summary) and SUMMARY_TITLE in before:  # its evaluations not rerun
         summary = f"## {SUMMARY_TITLE}\n\n" + carried_over(before[SUMMARY_TITLE], stamp)["markdown"]
-    args.results.write_text(compose(every, results, out, summary))
+    headline = evidence.section(out)
+    if not headline and EVIDENCE_TITLE in before:
+        headline = f"## {EVIDENCE_TITLE}\n\n" + carried_over(before[EVIDENCE_TITLE], stamp)["markdown"]
+    args.results.write_text(compose(every, results, out, headline + "\n" + summary if headline else summary))
     log.info("wrote %s", args.results)
+    table = evidence.evidence_table(out)
+    if table and args.readme.is_file():
+        try:
+            args.readme.write_text(evidence.replace_between_markers(args.readme.read_text(), table))
+            log.info("evidence table written into %s", args.readme)
+        except ValueError as err:  # RESULTS.md is written: say what to mend, lose nothing
+            log.error("%s: the README's evidence table was not regenerated", err)
 
 
 if __name__ == "__main__":

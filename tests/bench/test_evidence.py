@@ -1,0 +1,84 @@
+"""The counterfactual evidence table (bench/evidence.py) from evaluation JSON written by hand, and its README
+markers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.evidence import BEGIN, END, evidence_table, replace_between_markers, section
+
+
+def _write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report))
+
+
+def _lds(means: dict[str, tuple[float, float, float]]) -> dict:
+    return {name: {"mean": m, "ci95": [lo, hi]} for name, (m, lo, hi) in means.items()}
+
+
+def _removal(selections: dict[str, dict]) -> dict:
+    return {"selections": selections}
+
+
+def test_columns_rows_and_verdicts(tmp_path: Path) -> None:
+    _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {
+        "drop": _lds({"unlearning": (0.30, 0.25, 0.35), "kronfluence-ekfac": (0.20, 0.15, 0.24),
+                      "bm25": (0.1, 0.0, 0.2), "shuffled": (0.0, -0.04, 0.04)}),
+        "half": _lds({"unlearning": (0.30, 0.20, 0.40), "bergson-ekfac": (0.35, 0.25, 0.45)}),
+    }})
+    _write(tmp_path / "removal-k40" / "removal.json", _removal({
+        "unlearning": {"target": 2.0, "target_ci95": [1.7, 2.3], "vs_random": 5.0, "related_ratio": 0.25,
+                       "vs_bm25_paired": [0.5, 0.1, 0.9]},
+        "bm25": {"target": 1.5, "target_ci95": [1.2, 1.9], "vs_random": 3.75},
+        "random": {"target": 0.4, "target_ci95": [0.2, 0.6], "vs_random": 1.0},
+    }))
+    table = evidence_table(tmp_path)
+    header = table.splitlines()[0]
+    # only the columns whose report is there; the fine-tuning and demo reports are missing
+    assert header == ("| method | LDS from scratch, drop 1 % | LDS from scratch, halves | removal, second case: Δ nats "
+                      "(× random) |")
+    assert "| **headwater `unlearning` (ascent on the query; no storage beyond the index)** | 0.300 | 0.300 | " \
+           "2.00 (5.0×) |" in table
+    assert "| Kronfluence EK-FAC | 0.200 | — | — |" in table
+    assert "| control: shuffled scores (LDS) / random rows (removal) | 0.000 | — | 0.40 (1.0×) |" in table
+    assert "bergson identity" not in table  # no value anywhere: no row
+    lines = [line for line in table.splitlines() if line.startswith("- ")]
+    assert lines[0].startswith("- LDS from scratch, drop 1 %: we **lead** — headwater `unlearning` 0.300 vs "
+                               "Kronfluence EK-FAC 0.200 (1.50×; 95 % intervals apart)")
+    assert lines[1].startswith("- LDS from scratch, halves: we **tie** — headwater `unlearning` 0.300 vs bergson "
+                               "EK-FAC 0.350 (0.86×; 95 % intervals overlap)")
+    # removal: against the best baseline, decided by the paired interval (here above 0), with the aims' numbers
+    assert lines[2] == ("- removal, second case: Δ nats (× random): we **lead** — headwater `unlearning` 2.000 vs BM25 "
+                        "1.500 (1.33×; paired difference +0.50 [+0.10, +0.90]); 5.0× random; related/target 0.25 "
+                        "(aim ≤ 0.2)")
+
+
+def test_a_trailing_column_says_so(tmp_path: Path) -> None:
+    _write(tmp_path / "field-lds-finetune" / "field_lds.json", {"lds": {
+        "drop": _lds({"gradient/block": (0.30, 0.27, 0.33), "bergson-ekfac": (0.60, 0.57, 0.63)})}})
+    line = next(line for line in evidence_table(tmp_path).splitlines() if line.startswith("- "))
+    assert line.startswith("- LDS fine-tuning, drop 1 %: we **trail** — headwater gradient, `block`, cosine 0.300")
+
+
+def test_no_reports_no_section(tmp_path: Path) -> None:
+    assert evidence_table(tmp_path) == "" and section(tmp_path) == ""
+
+
+def test_readme_markers_are_replaced_between_and_refused_when_missing() -> None:
+    text = f"# README\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n"
+    replaced = replace_between_markers(text, "| new |\n")
+    assert replaced == f"# README\n\nbefore\n{BEGIN}\n| new |\n{END}\nafter\n"
+    assert replace_between_markers(replaced, "| new |\n") == replaced  # idempotent
+    with pytest.raises(ValueError, match="markers"):
+        replace_between_markers("# README without markers\n", "| new |\n")
+    with pytest.raises(ValueError, match="markers"):
+        replace_between_markers(f"{END}\n{BEGIN}\n", "| new |\n")
+
+
+def test_the_readme_has_the_markers_make_bench_fills() -> None:
+    readme = Path(__file__).resolve().parents[2] / "README.md"
+    assert "| new |" in replace_between_markers(readme.read_text(), "| new |\n")
