@@ -2,7 +2,8 @@
 
 Selections of ``k`` rows per target (EVALUATION.md §3, ``evaluation.selections.Selection``): ``gradient``
 (the attribution's top-k), ``gradient_contrastive`` (the same rows, ascended with the related prompts'
-gradient directions projected out), ``bm25``, ``embedding``, ``bottom`` (lowest gradient scores),
+gradient directions projected out), ``bm25``, ``embedding``, ``unlearning`` (the reverse direction's top-k: the
+rows most perplexed after an ascent on the target), ``bottom`` (lowest gradient scores),
 ``oracle`` (rows that state the fact, where ground truth exists), ``given`` (the rows a client
 wants checked: a target's ``example_ids``, e.g. the result list on the web page) and ``random`` draws.
 Demo rows all have the same length, so sizes and token counts match. The ascent mechanics
@@ -75,7 +76,7 @@ def ranked_selections(session: AttributionSession, target: Target, settings: Abl
     order = np.argsort(-session.gradient.score_all(Query(prompt, completion)), kind="stable")
     chosen = {Selection.GRADIENT: order[:k].tolist(), Selection.GRADIENT_CONTRASTIVE: order[:k].tolist(),
               Selection.BOTTOM: order[::-1][:k].tolist()}
-    for method in (Selection.BM25, Selection.EMBEDDING):
+    for method in (Selection.BM25, Selection.EMBEDDING, Selection.UNLEARNING):
         if method in settings.methods:
             chosen[method] = [h.row for h in session.retriever(method).search(Query(prompt, completion), k)]
     if target.example_ids:

@@ -16,7 +16,7 @@ METRICS = ("d_target", "d_paraphrases", "d_related", "d_unrelated", "d_general",
            "specificity_z", "related_ratio")
 BASELINES = (Selection.RANDOM, Selection.BM25, Selection.EMBEDDING, Selection.BOTTOM, Selection.ORACLE)
 """What the tested selections are compared with, in the order the report lists them."""
-TESTED = (Selection.GRADIENT, Selection.GRADIENT_CONTRASTIVE, Selection.GIVEN)
+TESTED = (Selection.GRADIENT, Selection.GRADIENT_CONTRASTIVE, Selection.UNLEARNING, Selection.GIVEN)
 """Selections under test: compared with every baseline and checked against the evidence criteria."""
 CALIBRATION_BAND = (0.01, 0.2)
 """Δ general loss (nats) that random selections should cost at a well-chosen budget (EVALUATION.md §3)."""

@@ -17,6 +17,9 @@ class Selection(StrEnum):
     """The same rows, ascended with the related prompts' gradient directions projected out."""
     BM25 = "bm25"
     EMBEDDING = "embedding"
+    UNLEARNING = "unlearning"
+    """The reverse direction's top k: the rows the model is most perplexed about after an ascent on the target
+    (``Method.UNLEARNING``; best on removal-and-retrain)."""
     BOTTOM = "bottom"
     """Lowest gradient scores."""
     ORACLE = "oracle"

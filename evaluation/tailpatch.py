@@ -48,7 +48,7 @@ SCHEMA_VERSION = 1
 METHODS = TAILPATCH_SELECTIONS
 """The ablation's selections but ``bottom`` and ``given``; ``oracle``: the query's gold rows (rows stating
 the fact whole), where ground truth exists."""
-RETRIEVED = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)
+RETRIEVED = (Method.GRADIENT, Method.BM25, Method.EMBEDDING, Method.UNLEARNING)
 """Selections that are a retriever's top k as it stands."""
 
 

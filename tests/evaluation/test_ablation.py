@@ -78,7 +78,8 @@ def test_bad_ablation_input(session: AttributionSession, tiny_demo: Path) -> Non
 def test_reduced_report(session: AttributionSession, general, tiny_demo: Path, tmp_path: Path) -> None:
     targets = [Target.from_fact(f) for f in load_facts(tiny_demo) if len(f.gold_rows) >= 2][:4]
     settings = AblationSettings(k=4, budgets=(2.0,), random_draws=4, seeds=1,
-                                methods=("gradient", "gradient_contrastive", "bm25", "oracle", "random", "bottom"))
+                                methods=("gradient", "gradient_contrastive", "bm25", "unlearning", "oracle", "random",
+                                         "bottom"))
     report = run_ablation(session, targets, settings, general)
     assert report["schema_version"] == 2 and report["config"]["targets"] == len(targets)
     assert {r["method"] for r in report["rows"]} == set(settings.methods)
@@ -96,7 +97,7 @@ def test_reduced_report(session: AttributionSession, general, tiny_demo: Path, t
     own = {r["target"]: r["d_target"] for r in report["rows"] if r["method"] == "gradient"}
     assert np.allclose(np.diag(matrix), [own[t] for t in range(len(targets))])
     assert report["calibration"]["calibrated_budget"] == 2.0
-    assert set(report["evidence"]) == {"gradient", "gradient_contrastive"}
+    assert set(report["evidence"]) == {"gradient", "gradient_contrastive", "unlearning"}
     assert set(report["evidence"]["gradient"]["budgets"]["2.0"]["checks"]) >= {"beats_random", "specificity_z_ge_2"}
     write_report(report, tmp_path)
     assert (tmp_path / "report.json").is_file() and (tmp_path / "dose_response.png").stat().st_size > 1000

@@ -72,8 +72,8 @@ def test_a_gold_row_raises_its_fact_more_than_random_rows(session: AttributionSe
 
 
 def test_report_schema(session: AttributionSession, facts: list[Fact], tmp_path: Path) -> None:
-    settings = TailPatchSettings(lr=3e-4, k=2, methods=("gradient", "gradient_contrastive", "bm25", "random"),
-                                 random_draws=2)
+    settings = TailPatchSettings(lr=3e-4, k=2, random_draws=2,
+                                 methods=("gradient", "gradient_contrastive", "bm25", "unlearning", "random"))
     report = run_tailpatch(session, facts[:3], settings)
     assert report["schema_version"] == 1 and report["config"]["queries"] == 3 and report["config"]["k"] == 2
     assert set(report["summary"]) == set(settings.methods)
