@@ -54,7 +54,7 @@ BENCH_OUT ?= bench-out
 LDS_SUBSETS ?=
 bench: demo-index
 	bash bench/bergson_env.sh
-	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.results --demo $(DEMO_DIR) --out $(BENCH_OUT) \
+	HF_HUB_OFFLINE=1 $(BIN)/python -m bench.results --demo $(DEMO_DIR) --out $(BENCH_OUT) --readme README.md \
 		$(if $(LDS_SUBSETS),--lds-subsets $(LDS_SUBSETS))
 
 clean:

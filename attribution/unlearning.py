@@ -30,6 +30,7 @@ from torch import nn
 from attribution.batching import TokenBatch, collate, token_nll, training_batch
 from attribution.config import Correction, RowScore, UnlearningConfig
 from attribution.encoder import GradientEncoder
+from attribution.errors import ConfigError
 from attribution.filters import Filters, allowed_rows
 from attribution.retrievers import Hit, Method, Query, Retriever, check_k
 from attribution.unlearn import LossMeter, Probe, ascend, flat_gradient, restored, trainable
@@ -40,7 +41,6 @@ PROBE_CONTEXT, PROBE_SPAN = 16, 16
 """A generic probe: ``PROBE_SPAN`` tokens of a row, predicted after its first ``PROBE_CONTEXT`` tokens."""
 CACHE_VALUES = 1 << 24
 """Cached per-row values (tokens, losses) kept at most, each kind: 64 MB of float32."""
-"""Logits materialized at once by the chunked output head (128 MB of float32)."""
 
 
 class LRUCache:
@@ -132,24 +132,6 @@ def generic_probes(tokens: Callable[[int], np.ndarray], n: int, count: int) -> T
     return collate(rows, masks) if rows else None
 
 
-def score_every_row(model: nn.Module, rows: Sequence[Sequence[int]], targets: Sequence[TokenBatch],
-                    config: UnlearningConfig | None = None) -> np.ndarray:
-    """``(targets, rows)`` unlearning scores of every row for each target batch, as the retriever scores an
-    exhaustive set: each row's loss increase after the ascent on the target (``row_score``), corrected by the
-    equal ascent on generic probes (``Correction.NONE``: uncorrected). For evaluations that need every row's
-    score (LDS sums them); the rows' base and probe-ascent losses are computed once for all targets."""
-    settings = config or UnlearningConfig()
-    base = row_losses(model, rows, settings.batch_tokens)
-    probes = None if settings.correction is Correction.NONE else \
-        generic_probes(lambda r: np.asarray(rows[r]), len(rows), settings.control_probes)
-    control = None if probes is None else losses_after_ascent(model, probes, rows, settings)
-    out = np.zeros((len(targets), len(rows)), dtype=np.float32)
-    for t, target in enumerate(targets):
-        deltas = corrected(losses_after_ascent(model, target, rows, settings), base, control)
-        out[t] = [row_score(d, settings) for d in deltas]
-    return out
-
-
 def row_score(delta: np.ndarray, settings: UnlearningConfig) -> float:
     """A row's score from its per-token loss increases: their mean, or their mean over the best window."""
     if not len(delta):
@@ -158,6 +140,28 @@ def row_score(delta: np.ndarray, settings: UnlearningConfig) -> float:
         start, end = best_window(delta, settings.window)
         return float(delta[start - 1 : end - 1].mean())
     return float(delta.mean())
+
+
+def score_every_row(model: nn.Module, rows: Sequence[Sequence[int]], targets: Sequence[TokenBatch],
+                    config: UnlearningConfig | None = None) -> np.ndarray:
+    """``(targets, rows)`` unlearning scores of every row for each target batch, as the retriever scores an
+    exhaustive set: each row's loss increase after the ascent on the target (``row_score``), corrected by the
+    equal ascent on generic probes (``Correction.NONE``: uncorrected). For evaluations that need every row's
+    score (LDS sums them); the rows' base and probe-ascent losses are computed once for all targets."""
+    settings = config or UnlearningConfig()
+    short = [i for i, r in enumerate(rows) if len(r) < 2]
+    if short:
+        raise ConfigError(f"rows {short[:5]} have fewer than 2 tokens: one to predict from and one to score")
+    base = row_losses(model, rows, settings.batch_tokens)
+    control = None
+    if settings.correction is not Correction.NONE:
+        probes = generic_probes(lambda r: np.asarray(rows[r]), len(rows), settings.control_probes)
+        control = None if probes is None else losses_after_ascent(model, probes, rows, settings)
+    out = np.zeros((len(targets), len(rows)), dtype=np.float32)
+    for t, target in enumerate(targets):
+        deltas = corrected(losses_after_ascent(model, target, rows, settings), base, control)
+        out[t] = [row_score(d, settings) for d in deltas]
+    return out
 
 
 class UnlearningRetriever:
@@ -257,6 +261,7 @@ class UnlearningRetriever:
 
     def after_ascent(self, batch: TokenBatch, tokens: list[list[int]], settings: UnlearningConfig,
                      avoid: torch.Tensor | None = None) -> list[np.ndarray]:
+        """Per-token row losses under θ + Δθ (an ascent on ``batch``); the weights are restored after."""
         return losses_after_ascent(self.model, batch, tokens, settings, avoid)
 
     def control_gradients(self, controls: list[Probe]) -> torch.Tensor:

@@ -62,15 +62,17 @@ class Column:
     """The report, relative to ``bench-out``."""
     kind: str
     """``drop`` / ``half`` (an LDS column of ``field_lds.json``) or ``removal``."""
+    section: str
+    """The ``bench.results`` section that writes the report."""
 
 
 COLUMNS = (
-    Column("LDS from scratch, drop 1 %", "field-lds/field_lds.json", "drop"),
-    Column("LDS from scratch, halves", "field-lds/field_lds.json", "half"),
-    Column("LDS fine-tuning, drop 1 %", "field-lds-finetune/field_lds.json", "drop"),
-    Column("LDS fine-tuning, halves", "field-lds-finetune/field_lds.json", "half"),
-    Column("removal, second case: Δ nats (× random)", "removal-k40/removal.json", "removal"),
-    Column("removal, demo: Δ nats (× random)", "removal-demo/removal.json", "removal"),
+    Column("LDS from scratch, drop 1 %", "field-lds/field_lds.json", "drop", "field-lds"),
+    Column("LDS from scratch, halves", "field-lds/field_lds.json", "half", "field-lds"),
+    Column("LDS fine-tuning, drop 1 %", "field-lds-finetune/field_lds.json", "drop", "field-lds-finetune"),
+    Column("LDS fine-tuning, halves", "field-lds-finetune/field_lds.json", "half", "field-lds-finetune"),
+    Column("removal, second case: Δ nats (× random)", "removal-k40/removal.json", "removal", "removal"),
+    Column("removal, demo: Δ nats (× random)", "removal-demo/removal.json", "removal", "removal-demo"),
 )
 
 
@@ -85,7 +87,7 @@ class Cell:
     """Removal: the mean per-fact difference to BM25's Δ and its bootstrap interval."""
 
 
-def _finite(value) -> float | None:
+def _finite(value: float | int | None) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
@@ -136,25 +138,33 @@ def verdict(column: Column, found: dict[str, Cell]) -> str | None:
     if ours is None or rival is None:
         return None
     (mine, cell), (theirs, other) = ours, rival
-    ratio = cell.value / other.value if other.value > 0 else float("nan")
+    ratio = f"{cell.value / other.value:.2f}×" if other.value > 0 else "–"
     if cell.paired_vs_bm25 is not None and theirs.removal == "bm25":  # the paired interval decides
         mean, low, high = cell.paired_vs_bm25
-        undecided, how = low <= 0 <= high, f"paired difference {mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+        known = _finite(low) is not None and _finite(high) is not None
+        apart = known and not low <= 0 <= high
+        how = f"paired difference {mean:+.2f} [{low:+.2f}, {high:+.2f}]" if known else "no paired interval"
     else:
-        undecided = cell.low is not None and other.low is not None and cell.low <= other.high and other.low <= cell.high
-        how = "95 % intervals overlap" if undecided else "95 % intervals apart"
-    word = "**tie**" if undecided else "**lead**" if cell.value > other.value else "**trail**"
+        bounds = [_finite(v) for v in (cell.low, cell.high, other.low, other.high)]
+        known = all(v is not None for v in bounds)
+        apart = known and (cell.low > other.high or other.low > cell.high)
+        how = ("95 % intervals apart" if apart else "95 % intervals overlap") if known else "no intervals"
+    word = "**tie**"  # unless the intervals say otherwise (unknown intervals decide nothing)
+    if apart and cell.value != other.value:
+        word = "**lead**" if cell.value > other.value else "**trail**"
     line = (f"- {column.title}: we {word} — {mine.label.split(' (')[0]} {cell.value:.3f} vs {theirs.label} "
-            f"{other.value:.3f} ({ratio:.2f}×; {how})")
+            f"{other.value:.3f} ({ratio}; {how})")
     if column.kind == "removal":
         line += "".join([f"; {cell.times_random:.1f}× random" if cell.times_random is not None else "",
                          f"; related/target {cell.related:.2f} (aim ≤ 0.2)" if cell.related is not None else ""])
     return line
 
 
-def evidence_table(out: Path) -> str:
-    """The markdown table and its lead/trail lines (empty when no report is there)."""
-    columns = [(c, found) for c in COLUMNS if (found := cells(out, c)) is not None]
+def evidence_table(out: Path, sections: set[str] | None = None) -> str:
+    """The markdown table and its lead/trail lines (empty when no report is there); with ``sections``, only the
+    columns whose section is among them (those that ran and succeeded), so a failed run's stale report stays out."""
+    columns = [(c, found) for c in COLUMNS if (sections is None or c.section in sections)
+               and (found := cells(out, c))]
     if not columns:
         return ""
     lines = ["| method | " + " | ".join(c.title for c, _ in columns) + " |", "|---|" + "---|" * len(columns)]
@@ -171,9 +181,8 @@ def evidence_table(out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def section(out: Path) -> str:
-    """The table as a ``RESULTS.md`` section (empty when no report is there)."""
-    table = evidence_table(out)
+def section(table: str) -> str:
+    """``evidence_table``'s table as a ``RESULTS.md`` section (empty when the table is)."""
     if not table:
         return ""
     return (f"## {TITLE}\n\nLDS: mean Spearman over 50 held-out queries (intervals in the sections below); "

@@ -233,8 +233,8 @@ def main() -> None:
     parser.add_argument("--second", type=Path, default=Path("second-data"), help="the second case's demo directory")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="where each section's output goes")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
-                        help="whose evidence table (between its markers) is regenerated")
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="a README whose evidence table (between its markers) is regenerated (make bench: ours)")
     parser.add_argument("--only", default=None, help="comma-separated sections to (re)run")
     parser.add_argument("--reuse", action="store_true", help="keep sections already in --out")
     parser.add_argument("--lds-subsets", type=int, default=None, help="LDS retrains (default: the command's)")
@@ -269,20 +269,24 @@ def main() -> None:
                  results[section.name]["seconds"])
     from bench.summary import attribution_vs_influence
 
-    summary = attribution_vs_influence(out)
+    ran = {name for name, result in results.items() if result.get("ok") and not result.get("carried")}
+    try:  # a summary that cannot be made must not lose the sections measured above
+        summary, table = attribution_vs_influence(out), evidence.evidence_table(out, ran)
+    except Exception:
+        log.exception("the summary tables could not be made from %s; writing the sections without them", out)
+        summary, table = "", ""
     if not has_rows(summary) and SUMMARY_TITLE in before:  # its evaluations not rerun
         summary = f"## {SUMMARY_TITLE}\n\n" + carried_over(before[SUMMARY_TITLE], stamp)["markdown"]
-    headline = evidence.section(out)
+    headline = evidence.section(table)
     if not headline and EVIDENCE_TITLE in before:
         headline = f"## {EVIDENCE_TITLE}\n\n" + carried_over(before[EVIDENCE_TITLE], stamp)["markdown"]
     args.results.write_text(compose(every, results, out, headline + "\n" + summary if headline else summary))
     log.info("wrote %s", args.results)
-    table = evidence.evidence_table(out)
-    if table and args.readme.is_file():
+    if table and args.readme is not None:
         try:
             args.readme.write_text(evidence.replace_between_markers(args.readme.read_text(), table))
             log.info("evidence table written into %s", args.readme)
-        except ValueError as err:  # RESULTS.md is written: say what to mend, lose nothing
+        except (OSError, ValueError) as err:  # RESULTS.md is written: say what to mend, lose nothing
             log.error("%s: the README's evidence table was not regenerated", err)
 
 

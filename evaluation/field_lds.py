@@ -7,15 +7,17 @@ column). For query z and retrain j: f_j(z) = z's mean NLL under model j; g_j(z) 
 on of score_i(z); LDS(z) = Spearman over j of f_j and −g_j (dropping a helpful row must raise the loss); mean
 over queries with a bootstrap interval and a permutation p-value.
 
-Scores are linear influence estimates with the full model: headwater's gradient sketches scored by inner
-product with each curvature kind (``gradient-ip/KIND``), and by cosine (``gradient/KIND``, TrackStar-like);
-TracIn-CP (``tracin/KIND``: the inner product summed over ``TRACIN_CHECKPOINTS`` checkpoints of the case's training,
-each weighted by its learning rate; the training is rerun once with its checkpoints saved, ``OUT/tracin/``);
+Scores are influence estimates with the final model (TracIn-CP: its checkpoints): headwater's gradient sketches
+scored by inner product with each curvature kind (``gradient-ip/KIND``), and by cosine (``gradient/KIND``,
+TrackStar-like);
+TracIn-CP (``tracin/KIND``: the inner product, preconditioned by KIND at each checkpoint, summed over
+``TRACIN_CHECKPOINTS`` checkpoints of the case's training, each weighted by its learning rate; the training is rerun
+once with its checkpoints saved, ``CASE_DIR/tracin/``; bench/quality's ``tracin/KIND`` is the cosine form);
 ``bm25`` (the chunk texts) as a lexical reference; ``unlearning`` (each row's loss increase after an ascent
 on the query chunk, ``attribution.unlearning.score_every_row``: a finite-step estimate, not a linear one);
 ``shuffled`` (the first estimator's scores permuted across rows) as the control that must stay ≈ 0; and every
-``OUT/external/NAME.npy`` of shape (queries, rows) that
-another tool wrote for the same case (bergson, Kronfluence: see bench/), so they sit in the same table.
+``OUT/external/NAME.npy`` of shape (queries, rows) that another tool wrote for the same case (bergson, Kronfluence:
+see bench/), so they sit in the same table.
 
 Resumable: each retrain's query losses are ``OUT/retrains/KIND-NNN.json`` (the model itself is deleted), each
 estimator's scores ``OUT/scores/NAME.npy`` with the key they depend on. Outputs ``OUT/field_lds.json`` and
@@ -54,7 +56,7 @@ from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, 
 from evaluation.report_files import write_report_files
 from evaluation.retrain import run_jobs, usable_cores
 from evaluation.row_scores import bm25_matrix, cached
-from evaluation.text_case import TextCase, chunk_losses, query_chunks, training_rows
+from evaluation.text_case import TextCase, chunk_losses, query_chunks, reuse_or_clear, training_rows, write_marker
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -68,6 +70,9 @@ DEFAULT_ESTIMATORS = ("gradient-ip/none", "gradient-ip/inverse", "gradient-ip/bl
 SHUFFLED = "shuffled"
 BM25, UNLEARNING, TRACIN = "bm25", "unlearning", "tracin"
 TRACIN_CHECKPOINTS = 4
+TRACIN_MARKER = "tracin.json"
+UNLEARNING_SETTINGS = UnlearningConfig()
+"""The ``unlearning`` estimator's settings: the service's defaults."""
 """Checkpoints TracIn-CP sums over: the last saved ones of the case's training (log-spaced, as Pythia's), the final
 model included."""
 LDSCase = TextCase | FinetuneCase
@@ -281,16 +286,16 @@ class Scorer:
                                [self.tokenizer.decode(q.tolist()) for q in self.queries])
         if estimator.family == UNLEARNING:
             targets = [training_batch([q.tolist()]) for q in self.queries]  # every token after the first
-            return score_every_row(load_model(self.model_dir), self.rows, targets, UnlearningConfig())
+            return score_every_row(load_model(self.model_dir), self.rows, targets, UNLEARNING_SETTINGS)
         curvature = CurvatureConfig(kind=estimator.kind, damping=estimator_damping(name, self.settings))
         k = estimator.k or self.settings.k
         if estimator.family == TRACIN:
-            model_dir, revisions, weights = tracin_checkpoints(self.out, self.case)
-            checkpoints = load_checkpoints(model_dir, revisions, SketchConfig(k=k))
+            model_dir, plan = tracin_checkpoints(self.out, self.case)
+            checkpoints = load_checkpoints(model_dir, plan.revisions, SketchConfig(k=k))
             statistics = [KroneckerStatistics(Fisher.EMPIRICAL, curvature.factor_limit) for _ in checkpoints]
             raw = sketch_all(GradientEncoder(checkpoints, self.tokenizer), self.rows, None, statistics=statistics)
             encoder, vectors = fitted_vectors(checkpoints, self.tokenizer, self.rows, raw, curvature, estimator.mode,
-                                              statistics=statistics, weights=weights)
+                                              statistics=statistics, weights=plan.weights)
         else:
             checkpoints, statistic, raw = self.sketched(k)
             encoder, vectors = fitted_vectors(checkpoints, self.tokenizer, self.rows, raw, curvature, estimator.mode,
@@ -300,34 +305,63 @@ class Scorer:
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
 
 
-def tracin_checkpoints(out: Path, case: LDSCase) -> tuple[Path, tuple[str | None, ...], tuple[float, ...]]:
-    """The case's training rerun with its checkpoints saved (``OUT/tracin/model``, once; one torch thread, as the
-    retrains), the revisions TracIn-CP sums over (the last ``TRACIN_CHECKPOINTS`` - 1 saved and the final model)
-    and each one's learning rate (the rate of the step taken from it)."""
-    directory = case.directory(out)
-    model_dir = out / "tracin" / "model"
-    order = case.order(np.zeros(0, dtype=np.int64))
-    steps = steps_for(len(order), case.batch_size)
+@dataclass(frozen=True)
+class TracInPlan:
+    """What TracIn-CP sums over for one case: the revisions of its training (the last ``TRACIN_CHECKPOINTS`` - 1
+    saved, log-spaced as Pythia's, and the final model) and each one's weight, the learning rate of the step taken
+    from it (revision ``stepN`` is saved before step N, which runs at ``learning_rate(N)``)."""
+
+    steps: int
+    revisions: tuple[str | None, ...]
+    weights: tuple[float, ...]
+
+
+def tracin_plan(case: LDSCase) -> TracInPlan:
+    """The case's TracIn-CP revisions and weights (no training: they follow from the schedule)."""
+    steps = steps_for(len(case.order(np.zeros(0, dtype=np.int64))), case.batch_size)
     settings = case.settings(steps)
     saved = sorted(s for s in pythia_checkpoint_steps(steps) if 0 < s < steps)[-(TRACIN_CHECKPOINTS - 1):]
-    if not (model_dir / "config.json").is_file() or not (model_dir / "revisions" / f"step{saved[-1]}").is_dir():
-        shutil.rmtree(model_dir.parent, ignore_errors=True)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            train(settings, directory / "data" / "document", len(load_tokenizer(directory / "tokenizer")),
-                  model_dir, rows=order, save_revisions=True, init=case.init_model(out))
-        finally:
-            torch.set_num_threads(threads)
-        with torch.no_grad():
-            drift = max(float((a - b).abs().max()) for a, b in zip(load_model(model_dir).parameters(),
-                                                                   load_model(directory / "model").parameters(),
-                                                                   strict=True))
-        log.info("TracIn-CP checkpoints: the rerun's final weights differ from the case model's by at most %.2g",
-                 drift)
-    revisions = (*(f"step{s}" for s in saved), None)
-    weights = (*(learning_rate(s, settings) for s in saved), learning_rate(steps - 1, settings))
-    return model_dir, revisions, weights
+    if not saved:
+        raise ConfigError(f"TracIn-CP needs checkpoints before the final model; this case trains {steps} step(s)")
+    return TracInPlan(steps, (*(f"step{s}" for s in saved), None),
+                      (*(learning_rate(s, settings) for s in saved), learning_rate(steps - 1, settings)))
+
+
+def tracin_checkpoints(out: Path, case: LDSCase) -> tuple[Path, TracInPlan]:
+    """The case's training rerun with its checkpoints saved (``CASE_DIR/tracin/model``, its marker naming the
+    case written last, so another case never reuses it; one torch thread, as the retrains) and the plan."""
+    plan, directory = tracin_plan(case), case.directory(out)
+    rerun = directory / "tracin"
+    if reuse_or_clear(rerun, TRACIN_MARKER, case, "TracIn-CP rerun"):
+        return rerun / "model", plan
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, losses = train(case.settings(plan.steps), directory / "data" / "document",
+                          len(load_tokenizer(directory / "tokenizer")), rerun / "model",
+                          rows=case.order(np.zeros(0, dtype=np.int64)), save_revisions=True,
+                          init=case.init_model(out))
+    finally:
+        torch.set_num_threads(threads)
+    with torch.no_grad():
+        drift = max(float((a - b).abs().max()) for a, b in zip(load_model(rerun / "model").parameters(),
+                                                               load_model(directory / "model").parameters(),
+                                                               strict=True))
+    log.info("TracIn-CP checkpoints: the rerun's final weights differ from the case model's by at most %.2g", drift)
+    write_marker(rerun, TRACIN_MARKER, case, plan.steps, losses)
+    return rerun / "model", plan
+
+
+def extra_key(name: str, case: LDSCase) -> dict:
+    """What an estimator's scores depend on beyond the case, k and damping: the unlearning settings, or TracIn-CP's
+    revisions and weights."""
+    family = parse_estimator(name).family
+    if family == UNLEARNING:
+        return {"unlearning": asdict(UNLEARNING_SETTINGS)}
+    if family == TRACIN:
+        plan = tracin_plan(case)
+        return {"revisions": list(plan.revisions), "weights": list(plan.weights)}
+    return {}
 
 
 def external_scores(out: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -354,8 +388,7 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     for name in settings.estimators:
         key = as_json({"case": asdict(case), "k": parse_estimator(name).k or settings.k,
                        "damping": estimator_damping(name, settings), "estimator": name,
-                       **({"unlearning": asdict(UnlearningConfig())} if name == UNLEARNING else {}),
-                       **({"checkpoints": TRACIN_CHECKPOINTS} if parse_estimator(name).family == TRACIN else {})})
+                       **extra_key(name, case)})
 
         def compute(name: str = name) -> np.ndarray:
             nonlocal scorer

@@ -65,7 +65,29 @@ def test_a_trailing_column_says_so(tmp_path: Path) -> None:
 
 
 def test_no_reports_no_section(tmp_path: Path) -> None:
-    assert evidence_table(tmp_path) == "" and section(tmp_path) == ""
+    assert evidence_table(tmp_path) == "" and section(evidence_table(tmp_path)) == ""
+
+
+def test_unknown_intervals_and_equal_values_decide_nothing(tmp_path: Path) -> None:
+    _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {
+        "drop": {"unlearning": {"mean": 0.30, "ci95": [float("nan"), float("nan")]},
+                 "kronfluence-ekfac": {"mean": 0.10, "ci95": [0.05, 0.15]}},
+        "half": _lds({"unlearning": (0.30, 0.29, 0.31), "kronfluence-ekfac": (0.30, 0.29, 0.31)})}})
+    _write(tmp_path / "removal-k40" / "removal.json", _removal({
+        "unlearning": {"target": 0.5, "vs_bm25_paired": [0.6, float("nan"), float("nan")]},
+        "bm25": {"target": -0.1}}))
+    lines = [line for line in evidence_table(tmp_path).splitlines() if line.startswith("- ")]
+    assert "we **tie**" in lines[0] and "no intervals" in lines[0]
+    assert "we **tie**" in lines[1]  # equal means
+    assert "we **tie**" in lines[2] and "(–; no paired interval)" in lines[2]  # BM25 below 0: no ratio
+
+
+def test_only_the_sections_that_ran_give_columns(tmp_path: Path) -> None:
+    _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": _lds({"unlearning": (0.3, 0.2, 0.4)})}})
+    _write(tmp_path / "removal-k40" / "removal.json", _removal({"unlearning": {"target": 2.0}}))
+    header = evidence_table(tmp_path, {"removal"}).splitlines()[0]
+    assert "removal, second case" in header and "LDS" not in header
+    assert evidence_table(tmp_path, set()) == ""
 
 
 def test_readme_markers_are_replaced_between_and_refused_when_missing() -> None:

@@ -15,10 +15,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from attribution.config import CurvatureConfig
+from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
+from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
+from attribution.session import fitted_vectors, sketch_all
+from attribution.sketch import SketchConfig
 from demo.training import learning_rate, steps_for, train
 from evaluation.field_lds import (
     DROP,
@@ -27,12 +32,14 @@ from evaluation.field_lds import (
     TRACIN_CHECKPOINTS,
     FieldEstimator,
     FieldLDSSettings,
+    Scorer,
     dropped_rows,
     kept_masks,
     parse_estimator,
     retrain_path,
     run_field_lds,
     tracin_checkpoints,
+    tracin_plan,
 )
 from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query
@@ -120,18 +127,46 @@ def test_true_effects_score_near_one_and_their_sign_matters() -> None:
 
 def test_tracin_sums_the_case_trainings_own_checkpoints_at_their_learning_rates(field_run: tuple[Path, dict]) -> None:
     out, report = field_run
-    model_dir, revisions, weights = tracin_checkpoints(out, CASE)
+    model_dir, plan = tracin_checkpoints(out, CASE)
     steps = steps_for(len(CASE.order()), CASE.batch_size)
-    assert len(revisions) == TRACIN_CHECKPOINTS and revisions[-1] is None
-    at = [int(r.removeprefix("step")) if r else steps - 1 for r in revisions]
+    assert plan == tracin_plan(CASE) and plan.steps == steps
+    assert len(plan.revisions) == TRACIN_CHECKPOINTS and plan.revisions[-1] is None
+    at = [int(r.removeprefix("step")) if r else steps - 1 for r in plan.revisions]
     assert at == sorted(at) and at[0] > 0
-    assert weights == tuple(learning_rate(step, CASE.settings(steps)) for step in at)
+    assert plan.weights == tuple(learning_rate(step, CASE.settings(steps)) for step in at)
     rerun, case = load_model(model_dir), load_model(out / "case" / "model")  # the same training, retraced
     for mine, theirs in zip(rerun.parameters(), case.parameters(), strict=True):
         assert torch.allclose(mine, theirs, atol=1e-3)
-    assert tracin_checkpoints(out, CASE) == (model_dir, revisions, weights)  # reused, not retrained
+    marker = model_dir.parent / "tracin.json"
+    assert json.loads(marker.read_text())["case"]["seed"] == CASE.seed
+    stamp = marker.stat().st_mtime_ns
+    assert tracin_checkpoints(out, CASE) == (model_dir, plan) and marker.stat().st_mtime_ns == stamp  # reused
+    with pytest.raises(ConfigError, match="other settings"):  # another case never takes this rerun for its own
+        tracin_checkpoints(out, replace(CASE, seed=CASE.seed + 1))
     for column in report["lds"].values():
         assert {"tracin/block", "unlearning"} <= set(column)
+
+
+def test_tracin_scores_are_each_checkpoints_scores_weighted_by_its_learning_rate(field_run: tuple[Path, dict]
+                                                                                 ) -> None:
+    """``tracin/block`` = Σ_c lr_c · (block-preconditioned inner products at checkpoint c), each checkpoint scored
+    on its own: the weights enter once, with their sign, and each checkpoint keeps its own curvature."""
+    out, _ = field_run
+    scorer = Scorer(out, CASE, SETTINGS)
+    model_dir, plan = tracin_checkpoints(out, CASE)
+    expected = np.zeros((CASE.queries, CASE.rows))
+    for revision, weight in zip(plan.revisions, plan.weights, strict=True):
+        checkpoints = load_checkpoints(model_dir, (revision,), SketchConfig(k=SETTINGS.k))
+        statistics = [KroneckerStatistics(Fisher.EMPIRICAL, CurvatureConfig().factor_limit)]
+        raw = sketch_all(GradientEncoder(checkpoints, scorer.tokenizer), scorer.rows, None, statistics=statistics)
+        encoder, vectors = fitted_vectors(checkpoints, scorer.tokenizer, scorer.rows, raw,
+                                          CurvatureConfig(kind=PreconditionMode.BLOCK), ScoreMode.INNER_PRODUCT,
+                                          statistics=statistics)
+        queries = np.stack([encoder.encode_query_ids(c[:1].tolist(), c[1:].tolist()).vector.numpy()
+                            for c in scorer.queries])
+        expected += weight * (queries.astype(np.float64) @ vectors.T.astype(np.float64))
+    together = scorer.scores("tracin/block")
+    assert np.allclose(together, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
 def test_bad_settings_are_clear_errors() -> None:
