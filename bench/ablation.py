@@ -28,8 +28,8 @@ from evaluation.selections import Selection
 from evaluation.targets import Target
 from indexer.store import open_index
 
-HEADLINE = (Selection.GRADIENT, Selection.GRADIENT_CONTRASTIVE, Selection.BM25, Selection.EMBEDDING, Selection.ORACLE,
-            Selection.RANDOM, Selection.BOTTOM)
+HEADLINE = (Selection.GRADIENT, Selection.GRADIENT_CONTRASTIVE, Selection.UNLEARNING, Selection.BM25,
+            Selection.EMBEDDING, Selection.ORACLE, Selection.RANDOM, Selection.BOTTOM)
 """The selections the issue asks about, in the table's order."""
 
 

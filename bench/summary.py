@@ -11,7 +11,7 @@ import json
 import math
 from pathlib import Path
 
-ROWS = ("gradient", "gradient_contrastive", "bm25", "embedding", "hybrid", "oracle", "random", "bottom")
+ROWS = ("gradient", "gradient_contrastive", "unlearning", "bm25", "embedding", "hybrid", "oracle", "random", "bottom")
 NAMES = {"gradient_contrastive": "gradient + contrastive", "oracle": "oracle (gold rows)",
          "random": "random rows", "bottom": "bottom (lowest gradient scores)"}
 FACT_NAMES = {"gradient_contrastive": "gradient+contrastive"}
