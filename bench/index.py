@@ -62,11 +62,22 @@ def demo_build(demo: Path, steps: str | None, k: int, window: int | None) -> Non
               f"({disk / 1e6:.1f} MB); raw shards {work / n:.0f} bytes/example ({work / 1e6:.1f} MB)")
 
 
+CENTRES, CENTRE_SEED, NOISE = 1000, 0, 0.7
+"""The synthetic set: unit vectors around ``CENTRES`` fixed random centres (drawn once per dimension from
+``CENTRE_SEED``), each point its centre plus isotropic noise of ``NOISE`` per coordinate."""
+
+
+def centres(dim: int) -> np.ndarray:
+    return np.random.default_rng([CENTRE_SEED, dim]).standard_normal((CENTRES, dim)).astype(np.float32)
+
+
 def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors around 1,000 random centres (sketches cluster; pure noise would flatter nobody)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((1000, dim)).astype(np.float32)
-    x = centres[rng.integers(0, 1000, n)] + 0.7 * rng.standard_normal((n, dim)).astype(np.float32)
+    """``n`` unit vectors around the fixed centres (sketches cluster; pure noise would flatter nobody); ``seed``
+    draws their centres and noise, so every block of a large set and the queries come from the same clusters.
+    (Until 2026-12-01 the centres were drawn from ``seed`` too: every 200,000-vector block had centres of its
+    own and the queries centres of theirs, unrelated to the data — a far harder search than any real one.)"""
+    rng = np.random.default_rng([seed, 1])
+    x = centres(dim)[rng.integers(0, CENTRES, n)] + NOISE * rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -193,7 +204,7 @@ def main() -> None:
     if not args.skip_demo:
         demo_build(args.demo, args.steps, args.k, args.window or None)
     data = ("real sketches from an index, each beside synthetic vectors of its size" if args.real
-            else "synthetic unit vectors around 1,000 centres")
+            else "synthetic unit vectors around 1,000 fixed centres, queries drawn like the data")
     print(f"\n## The vector store at scale ({data}, float16 memmap, faiss {faiss.__version__}; headwater's "
           "FaissStore: candidates re-ranked exactly from the memmap)\n")
     print("| vectors | examples | dim | factory | nprobe | re-rank × | build s | FAISS bytes/example | + float16 "
