@@ -90,14 +90,14 @@ def test_page_offers_the_index_subsets_and_its_default_query(server: str, tmp_pa
     html = chromium(["--dump-dom", f"{server}/?run=1"], tmp_path).stdout
     assert re.findall(r'<option value="([^"$]+)">', html) == list(info["subsets"])
     assert f'{default["prompt"]} → {default["completion"]}</a>' in html
-    assert f"examples for “{default['prompt']}” → “{default['completion']}” by gradient" in html
+    assert f"examples for “{default['prompt']}” → “{default['completion']}” by unlearning" in html  # the default
 
 
 def test_a_link_without_a_completion_attributes_the_models_own(server: str, tmp_path: Path) -> None:
     prompt = httpx.get(f"{server}/v1/index").json()["default_query"]["prompt"]
     own = httpx.post(f"{server}/v1/attribute", json={"prompt": prompt, "k": 1}, timeout=120).json()["completion"]
     html = chromium(["--dump-dom", f"{server}/?{urlencode({'prompt': prompt, 'k': '2', 'run': '1'})}"], tmp_path).stdout
-    assert f"2 examples for “{prompt}” → “{own}” by gradient" in html
+    assert f"2 examples for “{prompt}” → “{own}” by unlearning" in html
 
 
 def test_page_says_why_a_filter_matches_nothing(server: str, tmp_path: Path) -> None:
