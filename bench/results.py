@@ -203,7 +203,7 @@ def previous_sections(text: str, titles: list[str]) -> dict[str, str]:
     inside it), and that file's date and commit line."""
     found: dict[str, str] = {}
     starts = sorted((text.find(f"\n## {t}\n"), t) for t in titles if f"\n## {t}\n" in text)
-    for (start, title), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=True):
+    for (start, title), (end, _) in zip(starts, [*starts[1:], (len(text), "")][: len(starts)], strict=True):
         found[title] = text[start + len(f"\n## {title}\n") : end].strip()
     return found
 

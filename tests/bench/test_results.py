@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.results import carried_over, previous_sections
+from bench.results import carried_over, earlier_sections, previous_sections
 
 EARLIER = """# headwater benchmark and evaluation results
 
@@ -59,3 +59,8 @@ def test_the_summary_section_ends_where_the_next_section_begins() -> None:
     found = earlier_sections(earlier, ["Fact tracing (attribution)", "Index build and search at scale"])
     assert found[SUMMARY_TITLE] == "| m | x |"
     assert found["Fact tracing (attribution)"] == "About facts (12 s)\n\n| a | b |"
+
+
+def test_no_earlier_results_no_earlier_sections() -> None:
+    assert earlier_sections("", ["Fact tracing (attribution)"]) == {}
+    assert previous_sections("# headwater benchmark and evaluation results\n", ["Sketch throughput"]) == {}
