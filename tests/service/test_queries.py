@@ -94,8 +94,10 @@ def test_unlearning_settings_come_from_the_request(served: ServedIndex) -> None:
     response = queries.attribute(served, request, SETTINGS)
     assert served.session.unlearning == replace(AttributionConfig().unlearning, steps=2, budget=1.25)
     assert response.timings_ms["unlearning_target"] == 1.5 and "unlearning_rows" not in response.timings_ms
-    queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1), SETTINGS)
+    queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1, method="gradient"), SETTINGS)
     assert served.session.unlearning is None  # other methods get no unlearning settings
+    queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1), SETTINGS)
+    assert served.session.unlearning == AttributionConfig().unlearning  # the default method is unlearning
 
 
 @pytest.mark.parametrize("completion", [" Tarnow", None])
