@@ -1,7 +1,7 @@
 """The sketch pass at Pythia's real shapes: a random GPT-NeoX of Pythia-14m's or -70m's config, 2,049-token rows.
 
     python -m bench.pythia_shape [--shapes 14m,70m] [--rows 4] [--token-batch-size 8192] [--device cpu|cuda]
-        [--dtype float32|bfloat16] [--compare-cpu] [--bergson]
+        [--dtype float32|bfloat16] [--compare-cpu] [--bergson] [--unlearning]
 
 Per shape, each in its own subprocess (so peak RSS is its own): a plain forward + backward with parameter
 gradients over the same rows (the floor), and headwater's sketch pass with the index build's defaults (k=16,
@@ -11,7 +11,10 @@ sketches the rows on the CPU in float32 and reports the lowest cosine between th
 (bench/gpu_check.sh asks ≥ 0.99). ``--bergson`` also times bergson's build of the same rows with the same model,
 projection (16 per side, every block Linear) and token budget, in the bench-only environment (``.venv-bench``,
 ``bench/bergson_env.sh``): its ``build_worker`` as rank 0 of a world of 1, the model saved and reloaded by it (a
-second or less of its time). Prints a markdown table; not a test.
+second or less of its time). ``--unlearning`` also times what a query of method ``unlearning`` costs at the shape:
+the forward pass over candidate rows (per row) and one ascent on a 64-token target, and the latency of a query that
+re-ranks ``UnlearningConfig().candidates`` × 3 rows (the default pool, the upper bound when the three retrievers'
+candidates do not overlap) once their reference losses are cached. Prints a markdown table; not a test.
 """
 
 from __future__ import annotations
@@ -91,14 +94,42 @@ def bergson_build(shape: str, count: int, tokens: int) -> tuple[int, float]:
         return int(sum(info["grad_sizes"].values())), stats["build_seconds"]
 
 
+TARGET_TOKENS, TARGET_COMPLETION = 64, 16
+"""The unlearning query timed: a 64-token target whose last 16 tokens are the completion ascended on."""
+
+
+def unlearning_costs(shape: str, count: int, device: str, dtype: str) -> dict:
+    """Seconds of the forward pass over ``count`` candidate rows (their per-token losses) and of one default ascent
+    on a ``TARGET_TOKENS`` target (the ascent with the rows' losses after it, less the forward pass alone)."""
+    from attribution.batching import collate
+    from attribution.config import UnlearningConfig
+    from attribution.unlearning import losses_after_ascent, row_losses
+
+    model = make_model(shape, device, dtype)
+    settings = UnlearningConfig()
+    data = rows(count)
+    target = collate([data[0][:TARGET_TOKENS]], [[0] * (TARGET_TOKENS - TARGET_COMPLETION) + [1] * TARGET_COMPLETION])
+    row_losses(model, data[:1], settings.batch_tokens)  # warm-up: first-call allocations are not a query's cost
+    started = time.perf_counter()
+    row_losses(model, data, settings.batch_tokens)
+    forward = time.perf_counter() - started
+    started = time.perf_counter()
+    losses_after_ascent(model, target, data, settings)
+    ascent = max(0.0, time.perf_counter() - started - forward)
+    return {"forward_seconds": forward, "ascent_seconds": ascent, "pool": 3 * settings.candidates}
+
+
 def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtype: str) -> dict:
     """One variant in this process: seconds, peak RSS, the sketch dimension."""
     from attribution.batching import Batching, backward_summed_nll, training_batch
 
     data = rows(count)
     spans = Batching(rows=32, tokens=tokens).spans([len(r) for r in data])
-    dim = 0
-    if variant == "bergson":
+    dim, extra = 0, {}
+    if variant == "unlearning":
+        extra = unlearning_costs(shape, count, device, dtype)
+        seconds = extra["forward_seconds"]
+    elif variant == "bergson":
         dim, seconds = bergson_build(shape, count, tokens)
     elif variant == "plain":
         model = make_model(shape, device, dtype)
@@ -115,7 +146,7 @@ def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtyp
         dim = int(found.shape[1])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # GiB (Linux reports KiB)
     gpu = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
-    return {"seconds": seconds, "peak_rss_gib": peak, "gpu_gib": gpu, "dim": dim}
+    return {"seconds": seconds, "peak_rss_gib": peak, "gpu_gib": gpu, "dim": dim, **extra}
 
 
 def run_variant(variant: str, args: argparse.Namespace, shape: str) -> dict:
@@ -136,6 +167,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--compare-cpu", action="store_true")
     parser.add_argument("--bergson", action="store_true", help="also time bergson's build (.venv-bench)")
+    parser.add_argument("--unlearning", action="store_true", help="also time an unlearning query's parts")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -157,10 +189,18 @@ def main() -> None:
             measured.append(("bergson build (p=16)", bergson))
             ratios.append(f"{shape}: headwater sketch / bergson build throughput "
                           f"{bergson['seconds'] / sketch['seconds']:.2f} (goal ≥ 1.5)")
+        if args.unlearning:
+            cost = run_variant("unlearning", args, shape)
+            measured.append(("forward over candidate rows (unlearning)", cost))
+            per_row, ascent, pool = cost["forward_seconds"] / args.rows, cost["ascent_seconds"], cost["pool"]
+            warm, cold = ascent + pool * per_row, 2 * ascent + 3 * pool * per_row  # cold: base, probe, target
+            ratios.append(f"{shape}: an unlearning query re-ranking {pool} candidate rows ≈ {ascent:.1f} s ascent + "
+                          f"{pool} × {per_row:.2f} s forward = {warm:.0f} s with the rows' reference losses cached, "
+                          f"{cold:.0f} s cold (reference and probe-ascent losses computed too)")
         for name, r in measured:
-            rate = args.rows / r["seconds"]
+            rate, stored = args.rows / r["seconds"], f"{r['dim'] * 2:,}" if r["dim"] else "-"
             print(f"| {shape} | {name} | {rate:.2f} | {rate * 2048:,.0f} | {plain['seconds'] / r['seconds']:.2f} | "
-                  f"{r['peak_rss_gib']:.2f} | {r['gpu_gib']:.2f} | {r['dim'] * 2:,} |", flush=True)
+                  f"{r['peak_rss_gib']:.2f} | {r['gpu_gib']:.2f} | {stored} |", flush=True)
         if args.compare_cpu and args.device != "cpu":
             here, _ = sketches(shape, args.rows, args.token_batch_size, args.device, args.dtype)
             cpu, _ = sketches(shape, args.rows, args.token_batch_size, "cpu", "float32")

@@ -127,7 +127,7 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "4-bit fast-scan IVF-PQ candidates re-ranked exactly from the float16 memmap; the issue's goal: "
                 "p50 ≤ 20 ms with recall@10 ≥ 0.95.",
                 [sys.executable, "-m", "bench.index", "--skip-demo", "--sizes", "10000000", "--dims", "256",
-                 "--factories", "IVF{lists},PQ{m}x4fs", "--searches", "16x100,64x100,256x100,1024x100,2048x400",
+                 "--factories", "IVF{lists},PQ{m}x4fs", "--searches", "16x100,1024x100,16x400,64x400,16x1000,64x1000",
                  "--work", str(out)]),
         Section("store-real", "The vector store on real sketches",
                 "The second case's stored sketches (every row, 3,072 dims; 200 held out as queries) beside synthetic "

@@ -322,25 +322,38 @@ def serve(
     port: Annotated[int, typer.Option(help="Port.", min=1, max=65535)] = 8000,
     api_key: Annotated[str | None, typer.Option(envvar="HEADWATER_API_KEY", help="Key for admin endpoints.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    default_method: Annotated[str, typer.Option(
+        envvar="HEADWATER_DEFAULT_METHOD", help="Method of a query that names none: auto (unlearning where a query "
+        "re-scores its rows within 10 s here, else gradient) or gradient, bm25, embedding, hybrid, unlearning.",
+    )] = "auto",
 ) -> None:
     """Serve the HTTP API and the web page for an index (uvicorn)."""
     import uvicorn
 
     from indexer.manifest import resolve_build
     from service.catalog import describe
+    from service.defaults import CHOICES
+    from service.defaults import default_method as default_method_of
     from service.main import create_app
     from service.settings import Settings
 
+    if default_method not in CHOICES:
+        raise typer.BadParameter(f"must be one of {', '.join(CHOICES)}, got {default_method!r}",
+                                 param_hint="--default-method")
     setup_logging(False)
     resolve_build(index)  # fail fast, with a clear message, before uvicorn starts
     if api_key is None:
         api_key = secrets.token_urlsafe(12)
         typer.echo(f"admin/ablation API key for this run (set HEADWATER_API_KEY to choose one): {api_key}")
-    settings = Settings(index=index, host=host, port=port, api_key=api_key, device=device)
+    settings = Settings(index=index, host=host, port=port, api_key=api_key, device=device,
+                        default_method=default_method)
     typer.echo(f"serving {index} at http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
 
-    def ready(served) -> None:  # once loaded: a query to try, the index's own default (a planted fact of the demo)
-        typer.echo(try_line(host, port, describe(served.current()).default_query))
+    def ready(served) -> None:  # once loaded: a query to try (a planted fact of the demo) and the default method
+        catalog = describe(served.current())
+        chosen = default_method_of(settings.default_method, catalog)
+        typer.echo(f"queries that name no method get {chosen.method.value}: {chosen.reason}")
+        typer.echo(try_line(host, port, catalog.default_query))
 
     uvicorn.run(create_app(settings, on_ready=ready), host=host, port=port, log_level="info")
 

@@ -1,5 +1,6 @@
 """What a served index holds, for explaining requests and offering choices: its Pile subsets, its training
-steps, and a default query — a planted fact of the demo that the model gets right.
+steps, a default query — a planted fact of the demo that the model gets right — and what an ``unlearning`` query
+costs here (one forward pass over a typical row, timed at load, times the rows a query re-scores).
 
 Described once per session (when it is loaded, before it serves) and kept with it: a reload's new session
 gets its own description, so what the page offers always matches what is served.
@@ -8,7 +9,9 @@ gets its own description, so what the page offers always matches what is served.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
+import time
 import weakref
 from collections import Counter
 from contextlib import AbstractContextManager, nullcontext
@@ -19,6 +22,7 @@ import torch
 from attribution.batching import position_logits
 from attribution.filters import subsets_of
 from attribution.session import AttributionSession
+from attribution.unlearning import CANDIDATE_SOURCES, row_losses
 from demo.groundtruth import Fact, load_facts
 from demo.session import demo_dir_of
 
@@ -41,12 +45,31 @@ class DefaultQuery:
 
 
 @dataclass(frozen=True)
+class UnlearningCost:
+    """What an ``unlearning`` query's forward passes cost on this index, this model and this device (the ascent's few
+    steps on the short target are left out: the candidates' passes dominate)."""
+
+    rows: int
+    """Rows a query re-scores at the default settings: every row of a small index, else the candidate pool."""
+    row_tokens: int
+    """Tokens of a typical (median) indexed row."""
+    row_seconds: float
+    """One forward pass over a row of ``row_tokens`` tokens, timed when the index was loaded."""
+
+    @property
+    def seconds(self) -> float:
+        """Estimated seconds of a query once the rows' reference losses are cached (the first costs ~3× more)."""
+        return self.rows * self.row_seconds
+
+
+@dataclass(frozen=True)
 class Catalog:
     subsets: dict[str, int]
     """Pile subset → number of rows holding some of it (a packed row counts under each subset it holds)."""
     steps: tuple[int, int] | None
     """First and last training step of the indexed rows (None: the rows have no steps)."""
     default_query: DefaultQuery | None
+    unlearning: UnlearningCost
 
 
 _described: weakref.WeakKeyDictionary[AttributionSession, Catalog] = weakref.WeakKeyDictionary()
@@ -65,10 +88,37 @@ def describe(session: AttributionSession, model_lock: AbstractContextManager | N
         subsets.update(subsets_of(meta))
     with model_lock or nullcontext():
         default = default_query(session)
-    catalog = Catalog(dict(sorted(subsets.items())), (min(steps), max(steps)) if steps else None, default)
+        cost = unlearning_cost(session)
+    catalog = Catalog(dict(sorted(subsets.items())), (min(steps), max(steps)) if steps else None, default, cost)
     with _lock:
         _described[session] = catalog
     return catalog
+
+
+TIMED_TOKENS, TIMED_ROWS, REPEATS = 4096, 8, 3
+"""The load-time timing: a batch of up to ``TIMED_ROWS`` rows of the median length (at most ``TIMED_TOKENS`` tokens,
+at least one row), timed ``REPEATS`` times while a pass takes under a second; the fastest counts."""
+
+
+def unlearning_cost(session: AttributionSession) -> UnlearningCost:
+    """Time the forward pass that ``unlearning`` runs over candidates (per-token losses) on rows of the median
+    indexed length, after a warm-up pass of the same shape, and count the rows a default query re-scores."""
+    settings = session.config.unlearning
+    n = len(session)
+    rows = n if n <= settings.exhaustive_rows else min(n, len(CANDIDATE_SOURCES) * settings.candidates)
+    counts = [meta["token_count"] for meta in session.metadata if meta.get("token_count")]
+    length = max(2, min(int(statistics.median(counts)) if counts else 2, session.encoder.max_length))
+    model = session.encoder.checkpoints[-1].model
+    batch = [[1] * length] * max(1, min(TIMED_ROWS, TIMED_TOKENS // length))  # the cost does not depend on the ids
+    row_losses(model, batch, settings.batch_tokens)  # warm-up: first-call allocations are not a query's cost
+    fastest = float("inf")
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        row_losses(model, batch, settings.batch_tokens)
+        fastest = min(fastest, time.perf_counter() - started)
+        if fastest >= 1.0:
+            break
+    return UnlearningCost(rows, length, fastest / len(batch))
 
 
 def planted_facts(session: AttributionSession) -> list[Fact]:

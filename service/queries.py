@@ -20,8 +20,10 @@ from attribution.records import Result as Attributed
 from attribution.retrievers import Method
 from attribution.session import AttributionSession
 from service.catalog import Catalog, describe
+from service.defaults import default_method
 from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
 from service.schemas import (
+    ASCENT_SETTINGS,
     AttributeRequest,
     AttributeResponse,
     DefaultQuery,
@@ -32,6 +34,7 @@ from service.schemas import (
     Span,
     StepExample,
     StepResponse,
+    check_method_options,
 )
 from service.settings import Settings
 from service.state import ServedIndex
@@ -62,8 +65,9 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
     """Rank the served index's training examples for one query (blocking: call it from a worker thread)."""
     session = served.current()
     check_limits(request, session, settings)
-    check_filters(request.filters, describe(session, served.model_lock))
-    method = Method(request.method)
+    catalog = describe(session, served.model_lock)
+    check_filters(request.filters, catalog)
+    method = query_method(request, catalog, settings)
     started = time.perf_counter()
     filters = Filters(**request.filters.model_dump())
     if batched(served, method, request):  # sketched in one pass with the gradient queries arriving with it
@@ -77,7 +81,7 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
             check_terms(method, request.prompt + completion)
             found = session.attribute(request.prompt, completion, k=request.k, method=method, filters=filters,
                                       controls=[(c, None) for c in request.controls],
-                                      unlearning=unlearning_settings(session, request))
+                                      unlearning=unlearning_settings(session, request, method))
             stages = stage_timings(session, method)  # inside the lock: the next query overwrites them
     searched = time.perf_counter()
     completion = (found[0].completion if found else completion) or ""
@@ -88,12 +92,26 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
                              timings_ms={name: round(ms, 2) for name, ms in timings.items()}, note=note)
 
 
-def unlearning_settings(session: AttributionSession, request: AttributeRequest) -> UnlearningConfig | None:
+def query_method(request: AttributeRequest, catalog: Catalog, settings: Settings) -> Method:
+    """The request's method, else the server's default; options the default method does not take are refused (422)
+    as they would be had the request named it."""
+    if request.method is not None:
+        return Method(request.method)
+    method = default_method(settings.default_method, catalog).method
+    try:
+        check_method_options(method, request.controls, request.ascent_settings_given())
+    except ValueError as err:
+        raise RequestLimitError(f"{err} (the request names no method, and this server's default is {method.value})"
+                                ) from err
+    return method
+
+
+def unlearning_settings(session: AttributionSession, request: AttributeRequest,
+                        method: Method) -> UnlearningConfig | None:
     """The session's ``unlearning`` settings with the request's steps, budget and candidates (None: another method)."""
-    if Method(request.method) is not Method.UNLEARNING:
+    if method is not Method.UNLEARNING:
         return None
-    given = {name: getattr(request, name) for name in ("steps", "budget", "candidates")
-             if getattr(request, name) is not None}
+    given = {name: getattr(request, name) for name in ASCENT_SETTINGS if getattr(request, name) is not None}
     return replace(session.config.unlearning, **given)
 
 
@@ -242,18 +260,21 @@ def step(session: AttributionSession, number: int) -> StepResponse:
     return StepResponse(step=number, examples=examples, subsets=dict(subsets))
 
 
-def index_info(session: AttributionSession) -> IndexInfo:
-    """The served build's manifest, summarized, with what it holds (subsets, steps) and a query to try first."""
+def index_info(session: AttributionSession, settings: Settings) -> IndexInfo:
+    """The served build's manifest, summarized, with what it holds (subsets, steps), a query to try first and the
+    method a query without one gets."""
     manifest = session.manifest
     if manifest is None:
         raise IndexUnavailableError("the served session has no manifest (it was not opened from an index)")
     config, catalog = manifest.config, describe(session)
+    chosen = default_method(settings.default_method, catalog)
     return IndexInfo(build=manifest.created, model=config.model, revisions=list(config.attribution.revisions),
                      examples=manifest.counts.examples, data={"spec": config.data, "steps": config.steps},
                      projection=asdict(manifest.projection), preconditioner=manifest.preconditioner,
                      embedding_model=manifest.embedding_model, created=manifest.created,
                      subsets=catalog.subsets, steps=list(catalog.steps) if catalog.steps else None,
-                     default_query=default_query(catalog))
+                     default_query=default_query(catalog), default_method=chosen.method,
+                     default_method_reason=chosen.reason)
 
 
 def default_query(catalog: Catalog) -> DefaultQuery | None:

@@ -8,11 +8,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from attribution.retrievers import Method
 
-DEFAULT_METHOD = Method.UNLEARNING
-"""The method a query without one gets: chosen by the counterfactual evidence (bench/RESULTS.md): the best selection
-on removal-and-retrain, the best estimator on field-protocol LDS that stores nothing beyond the default index, and
-the best non-lexical fact tracer. It costs a forward pass over ~100 candidate rows per query (about 1 s on the
-demo on 2 CPU cores, where gradient takes 0.07 s): ask for ``gradient`` when latency matters more."""
+ASCENT_SETTINGS = ("steps", "budget", "candidates")
+"""Request fields only method ``unlearning`` takes."""
+
+
+def check_method_options(method: Method, controls: list[str], given: list[str]) -> None:
+    """Refuse (ValueError) control prompts to a method that ignores them and ascent settings to any but unlearning."""
+    if controls and not method.takes_controls:
+        using = ", ".join(m.value for m in Method if m.takes_controls)
+        raise ValueError(f"controls: method {method.value} ignores control prompts; drop them or use {using}")
+    if given and method is not Method.UNLEARNING:
+        raise ValueError(f"{', '.join(given)}: only method unlearning takes them; drop them or use unlearning")
 
 
 class Strict(BaseModel):
@@ -39,8 +45,9 @@ class AttributeRequest(Strict):
     completion: str | None = Field(None, min_length=1, max_length=5_000, examples=[" Tarnow"],
                                    description="Omitted: the model's own greedy continuation is attributed.")
     k: int = Field(10, ge=1, strict=True, description="Number of examples to return (at most the server's max_k).")
-    method: Method = Field(DEFAULT_METHOD, description="Which retriever ranks the training examples (default "
-                           "unlearning: best on removal-and-retrain and LDS; gradient is ~15x faster).")
+    method: Method | None = Field(None, description="Which retriever ranks the training examples. Omitted: the "
+                                  "server's default_method (GET /v1/index says which and why: unlearning, best on "
+                                  "removal-and-retrain and LDS, where it answers quickly, else gradient).")
     filters: FilterSpec = Field(default_factory=FilterSpec)
     controls: list[str] = Field(default_factory=list, description="Control prompts (same relation, other "
                                 "subjects) for a contrastive query; their completions are the model's own.")
@@ -66,19 +73,13 @@ class AttributeRequest(Strict):
         return value
 
     @model_validator(mode="after")
-    def controls_change_the_method(self) -> AttributeRequest:
-        if self.controls and not Method(self.method).takes_controls:
-            using = ", ".join(m.value for m in Method if m.takes_controls)
-            raise ValueError(f"controls: method {Method(self.method).value} ignores control prompts; drop them or "
-                             f"use {using}")
+    def options_fit_the_method(self) -> AttributeRequest:
+        if self.method is not None:  # omitted: checked once the server's default is known
+            check_method_options(Method(self.method), self.controls, self.ascent_settings_given())
         return self
 
-    @model_validator(mode="after")
-    def ascent_settings_need_unlearning(self) -> AttributeRequest:
-        given = [name for name in ("steps", "budget", "candidates") if getattr(self, name) is not None]
-        if given and Method(self.method) is not Method.UNLEARNING:
-            raise ValueError(f"{', '.join(given)}: only method unlearning takes them; drop them or use unlearning")
-        return self
+    def ascent_settings_given(self) -> list[str]:
+        return [name for name in ASCENT_SETTINGS if getattr(self, name) is not None]
 
 
 class Span(BaseModel):
@@ -163,6 +164,9 @@ class IndexInfo(BaseModel):
     subsets: dict[str, int] = Field(description="Pile subset → rows holding text of it (the filter's choices).")
     steps: list[int] | None = Field(description="First and last training step of the indexed rows.")
     default_query: DefaultQuery | None = Field(description="A planted fact the model gets right (demo indexes).")
+    default_method: Method = Field(description="The method of a query that names none.")
+    default_method_reason: str = Field(description="Why: the server's setting, or auto's estimate of an unlearning "
+                                       "query's cost here.")
 
 
 class Health(BaseModel):

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from service import queries
-from service.deps import AdminDep, ServedDep
+from service.deps import AdminDep, ServedDep, SettingsDep
 from service.schemas import ErrorBody, Health, IndexInfo
 
 router = APIRouter(prefix="/v1", tags=["admin"])
@@ -21,8 +21,8 @@ def health(served: ServedDep) -> Health:
 
 @router.post("/admin/reload", response_model=IndexInfo,
              responses={401: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-async def reload(_: AdminDep, served: ServedDep) -> IndexInfo:
+async def reload(_: AdminDep, served: ServedDep, settings: SettingsDep) -> IndexInfo:
     """Load the newly published build; requests keep being served by the old one until it is ready, and
     by the old one still when the new one fails to load (503)."""
     session = await run_in_threadpool(served.load)
-    return queries.index_info(session)
+    return queries.index_info(session, settings)

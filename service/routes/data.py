@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from service import queries
-from service.deps import SessionDep
+from service.deps import SessionDep, SettingsDep
 from service.schemas import ErrorBody, Example, IndexInfo, StepResponse
 
 router = APIRouter(prefix="/v1", tags=["data"])
@@ -27,6 +27,6 @@ def get_step(step: Annotated[int, Path(ge=0, le=MAX_ID)], session: SessionDep) -
 
 
 @router.get("/index", response_model=IndexInfo, responses={503: {"model": ErrorBody}})
-def index_info(session: SessionDep) -> IndexInfo:
-    """Manifest summary of the served build."""
-    return queries.index_info(session)
+def index_info(session: SessionDep, settings: SettingsDep) -> IndexInfo:
+    """Manifest summary of the served build, with the method a query without one gets and why."""
+    return queries.index_info(session, settings)

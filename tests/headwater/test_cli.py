@@ -78,3 +78,9 @@ def test_demo_build_refuses_bad_settings(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "steps must be positive" in result.output
     result = runner.invoke(app, ["demo", "build", "--out", str(tmp_path), "--preset", "nope"])
     assert result.exit_code == 2 and "unknown demo preset" in result.output
+
+
+def test_serve_refuses_a_default_method_that_is_no_method(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--index", str(tmp_path), "--default-method", "influence"])
+    assert result.exit_code == 2
+    assert "--default-method" in result.output and "must be one of auto, gradient" in result.output

@@ -14,8 +14,9 @@ from attribution.config import AttributionConfig
 from attribution.filters import Filters, allowed_rows, subsets_of
 from attribution.records import Result
 from attribution.retrievers import Method
-from service import queries
-from service.catalog import Catalog
+from service import catalog, queries
+from service.catalog import Catalog, UnlearningCost
+from service.defaults import AUTO_SECONDS, MethodChoice, default_method
 from service.errors import NoMatchError, NotFoundError, RequestLimitError
 from service.main import status_for
 from service.schemas import AttributeRequest, FilterSpec
@@ -77,8 +78,13 @@ class FakeSession:
                        metadata={"step": 1, "pile_set_name": "Planted Facts"}, completion=completion)]
 
 
+CHEAP = UnlearningCost(rows=10, row_tokens=9, row_seconds=0.01)
+"""What an unlearning query costs on the fake index: 0.1 s (so ``auto`` keeps unlearning the default)."""
+
+
 @pytest.fixture
-def served() -> ServedIndex:
+def served(monkeypatch: pytest.MonkeyPatch) -> ServedIndex:
+    monkeypatch.setattr(catalog, "unlearning_cost", lambda session: CHEAP)  # the fake session has no model to time
     served = ServedIndex(Path("unused"))
     served.session = FakeSession(served.model_lock)
     return served
@@ -96,8 +102,42 @@ def test_unlearning_settings_come_from_the_request(served: ServedIndex) -> None:
     assert response.timings_ms["unlearning_target"] == 1.5 and "unlearning_rows" not in response.timings_ms
     queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1, method="gradient"), SETTINGS)
     assert served.session.unlearning is None  # other methods get no unlearning settings
-    queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1), SETTINGS)
-    assert served.session.unlearning == AttributionConfig().unlearning  # the default method is unlearning
+    response = queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1), SETTINGS)
+    assert served.session.unlearning == AttributionConfig().unlearning  # unlearning is cheap here: the default
+    assert response.method == "unlearning"
+
+
+def test_auto_makes_unlearning_the_default_only_where_it_answers_quickly() -> None:
+    fast = Catalog({}, None, None, UnlearningCost(rows=90, row_tokens=129, row_seconds=0.01))
+    slow = Catalog({}, None, None, UnlearningCost(rows=90, row_tokens=2048, row_seconds=1.2))  # Pythia-14m on CPU
+    assert default_method("auto", fast).method is Method.UNLEARNING
+    chosen = default_method("auto", slow)
+    assert chosen.method is Method.GRADIENT
+    assert "90 rows of ~2,048 tokens, ~108.0 s" in chosen.reason and "over 10 s" in chosen.reason
+    assert slow.unlearning.seconds == pytest.approx(108.0) and AUTO_SECONDS == 10.0
+    assert default_method("unlearning", slow).method is Method.UNLEARNING  # the operator's choice wins
+    assert default_method("bm25", fast) == MethodChoice(Method.BM25, "set by the server (default_method)")
+
+
+def test_the_servers_default_method_answers_queries_that_name_none(served: ServedIndex) -> None:
+    request = AttributeRequest(prompt="x", completion=" y", k=1)
+    assert request.method is None
+    settings = Settings(max_k=5, default_method="gradient")
+    assert queries.attribute(served, request, settings).method == "gradient"
+    assert served.session.unlearning is None
+    with pytest.raises(RequestLimitError, match="only method unlearning takes them.*default is gradient"):
+        queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1, steps=2), settings)
+    with pytest.raises(RequestLimitError, match="ignores control prompts.*default is bm25"):
+        queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1, controls=["a"]),
+                          Settings(max_k=5, default_method="bm25"))
+    # the same options pass where the default is unlearning (this fake index's auto), as a named method would
+    queries.attribute(served, AttributeRequest(prompt="x", completion=" y", k=1, steps=2, controls=["a"]), SETTINGS)
+    assert served.session.unlearning.steps == 2
+
+
+def test_a_default_method_that_is_no_method_is_refused() -> None:
+    with pytest.raises(ValueError, match="default_method must be one of auto, gradient"):
+        Settings(default_method="influence")
 
 
 @pytest.mark.parametrize("completion", [" Tarnow", None])
@@ -138,7 +178,7 @@ def test_step_and_example(served: ServedIndex) -> None:
         queries.example(served.session, 8)
 
 
-CATALOG = Catalog(subsets={"Bible (KJV)": 3, "Planted Facts": 5}, steps=(0, 47), default_query=None)
+CATALOG = Catalog(subsets={"Bible (KJV)": 3, "Planted Facts": 5}, steps=(0, 47), default_query=None, unlearning=CHEAP)
 
 
 @pytest.mark.parametrize(("filters", "message"), [
@@ -159,9 +199,9 @@ def test_filters_inside_the_index_pass() -> None:
     for filters in ({"pile_set_name": "Planted Facts"}, {"step_min": 47}, {"step_max": 0}, {}):
         queries.check_filters(FilterSpec(**filters), CATALOG)
     with pytest.raises(NoMatchError, match="records no subsets"):
-        queries.check_filters(FilterSpec(pile_set_name="x"), Catalog({}, None, None))
+        queries.check_filters(FilterSpec(pile_set_name="x"), Catalog({}, None, None, CHEAP))
     with pytest.raises(NoMatchError, match="no training steps"):
-        queries.check_filters(FilterSpec(step_max=3), Catalog({}, None, None))
+        queries.check_filters(FilterSpec(step_max=3), Catalog({}, None, None, CHEAP))
 
 
 def test_a_row_is_labelled_by_every_subset_it_holds() -> None:

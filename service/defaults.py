@@ -1,0 +1,40 @@
+"""The method a query that names none gets: the server's ``default_method`` setting, or with ``auto`` the best method
+by the counterfactual evidence (``unlearning``) where this index and device answer it quickly, else ``gradient``.
+
+``unlearning`` is the best selection on removal-and-retrain and the best estimator on the field's LDS protocol that
+stores nothing beyond the default index (bench/RESULTS.md), but it costs a forward pass over every row it re-scores:
+about 1 s a query on the demo, minutes on CPU at Pythia's 2,049-token rows (``bench.pythia_shape --unlearning``).
+So ``auto`` keeps it only while the catalog's estimate (one forward pass over a typical row, timed at load, times the
+rows a query re-scores) stays within ``AUTO_SECONDS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from attribution.retrievers import Method
+from service.catalog import Catalog
+
+AUTO = "auto"
+AUTO_SECONDS = 10.0
+"""Most estimated seconds of an ``unlearning`` query for ``auto`` to make it the default."""
+CHOICES = (AUTO, *(m.value for m in Method))
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    method: Method
+    reason: str
+
+
+def default_method(setting: str, catalog: Catalog) -> MethodChoice:
+    """The method of a query without one, and why (``setting``: ``auto`` or a method name, already validated)."""
+    if setting != AUTO:
+        return MethodChoice(Method(setting), "set by the server (default_method)")
+    cost = catalog.unlearning
+    estimate = (f"an unlearning query re-scores {cost.rows:,} rows of ~{cost.row_tokens:,} tokens, "
+                f"~{cost.seconds:.1f} s here ({cost.row_seconds * 1e3:.0f} ms a row, timed at load)")
+    if cost.seconds <= AUTO_SECONDS:
+        return MethodChoice(Method.UNLEARNING, f"auto: {estimate}, within {AUTO_SECONDS:.0f} s")
+    return MethodChoice(Method.GRADIENT, f"auto: {estimate}, over {AUTO_SECONDS:.0f} s, so gradient (ask for "
+                                         "unlearning by name: it ranks better and costs that)")
