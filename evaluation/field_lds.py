@@ -318,7 +318,7 @@ class TracInPlan:
 
 def tracin_plan(case: LDSCase) -> TracInPlan:
     """The case's TracIn-CP revisions and weights (no training: they follow from the schedule)."""
-    steps = steps_for(len(case.order(np.zeros(0, dtype=np.int64))), case.batch_size)
+    steps = steps_for(len(case.order()), case.batch_size)
     settings = case.settings(steps)
     saved = sorted(s for s in pythia_checkpoint_steps(steps) if 0 < s < steps)[-(TRACIN_CHECKPOINTS - 1):]
     if not saved:
@@ -339,7 +339,7 @@ def tracin_checkpoints(out: Path, case: LDSCase) -> tuple[Path, TracInPlan]:
     try:
         _, losses = train(case.settings(plan.steps), directory / "data" / "document",
                           len(load_tokenizer(directory / "tokenizer")), rerun / "model",
-                          rows=case.order(np.zeros(0, dtype=np.int64)), save_revisions=True,
+                          rows=case.order(), save_revisions=True,
                           init=case.init_model(out))
     finally:
         torch.set_num_threads(threads)
