@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.service.conftest import API_KEY
+from tests.service.conftest import API_KEY, uvicorn_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
@@ -105,3 +105,14 @@ def test_page_says_why_a_filter_matches_nothing(server: str, tmp_path: Path) -> 
                        "run": "1"})
     html = chromium(["--dump-dom", f"{server}/?{query}"], tmp_path).stdout
     assert "Error: unknown pile_set_name 'planted facts' (did you mean 'Planted Facts'?); this index holds" in html
+
+
+def test_page_preselects_the_servers_default_method(served_index: Path, tmp_path: Path) -> None:
+    with uvicorn_server(served_index, tmp_path / "uvicorn.log", env={"HEADWATER_DEFAULT_METHOD": "bm25"}) as url:
+        info = httpx.get(f"{url}/v1/index").json()
+        assert info["default_method"] == "bm25"
+        assert info["default_method_reason"] == "set by the server (default_method)"
+        query = urlencode({"prompt": "Ilse Varga was born in", "completion": " Tarnow", "k": "2", "run": "1"})
+        html = chromium(["--dump-dom", f"{url}/?{query}"], tmp_path).stdout
+    assert "2 examples for “Ilse Varga was born in” → “ Tarnow” by bm25" in html
+    assert 'title="server default: bm25 (set by the server (default_method))"' in html
