@@ -191,10 +191,10 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--dims", default="256", help="comma-separated vector dimensions")
-    parser.add_argument("--factories", default="Flat;IVF{lists},PQ{m};OPQ{m},IVF{lists},PQ{m}",
+    parser.add_argument("--factories", default="Flat;IVF{lists},PQ{m}x4fs;OPQ{m},IVF{lists},PQ{m}",
                         help="';'-separated FAISS factories ({lists}, {m}: chosen from n and dim)")
     parser.add_argument("--work", type=Path, default=None, help="where the synthetic memmaps go (default: /tmp)")
-    parser.add_argument("--searches", default="16x4,64x16,64x64,128x100",
+    parser.add_argument("--searches", default="16x4,16x100,64x100,16x400",
                         help="comma-separated NPROBExRERANK settings searched on each approximate index")
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--real", type=Path, action="append", default=[],

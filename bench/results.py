@@ -120,7 +120,8 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
         Section("sketch", "Sketch throughput", "Per-example gradient sketches vs a plain forward+backward pass.",
                 [sys.executable, "-m", "bench.sketch", "--demo", str(demo)]),
         Section("index", "Index build and search at scale",
-                "Demo build per stage; FAISS and DuckDB on synthetic sketches at 1e5 and 1e6 rows.",
+                "Demo build per stage; FAISS (exact, 4-bit fast-scan IVF-PQ, OPQ + IVF-PQ; candidates re-ranked "
+                "exactly) and DuckDB on synthetic sketches at 1e5 and 1e6 rows, the queries drawn like the data.",
                 [sys.executable, "-m", "bench.index", "--demo", str(demo)]),
         Section("store-scale", "The vector store at 10^7 (synthetic)",
                 "10^7 synthetic unit vectors of dim 256 around 1,000 fixed centres, the queries drawn like the data; "
