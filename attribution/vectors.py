@@ -70,8 +70,9 @@ class SearchSettings:
     train_sample: int = 65536
     """Vectors, evenly spaced, an approximate index trains on (a float32 copy of these only); at least 40 per IVF
     list."""
-    rerank: int = 4
-    """Candidates fetched per wanted result (× windows) and re-scored exactly from the stored vectors."""
+    rerank: int = 100
+    """Candidates fetched per wanted result (× windows) and re-scored exactly from the stored vectors (4-bit codes
+    cannot order a cluster's neighbours: ×4 found 0.39 of the top 10 at 10^6 synthetic vectors, ×100 all of them)."""
 
 
 def set_nprobe(index: faiss.Index, nprobe: int) -> None:
