@@ -136,6 +136,16 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 [sys.executable, "-m", "bench.index", "--skip-demo", "--real",
                  str(second_index / "current" / "vectors.npy"), "--factories", "IVF{lists},PQ{m}x4fs",
                  "--searches", "4x100,16x100,64x100", "--work", str(out)]),
+        Section("lexical", "The lexical index at scale",
+                "bm25s (in memory) and tantivy (on disk) on synthetic Zipf documents of 300 words at 1e5 and 1e6 "
+                "rows: build time, peak RSS, bytes on disk, query p50/p95.",
+                [sys.executable, "-m", "bench.lexical", "--sizes", "100000,1000000"]),
+        Section("pythia-shape", "At Pythia's real shapes",
+                "A random GPT-NeoX of Pythia-14m's and -70m's configs, 4 rows of 2,049 tokens, vocabulary 50,304: "
+                "plain forward+backward, headwater's sketch pass at the index defaults, bergson's build of the same "
+                "rows, and the parts of an unlearning query.",
+                [sys.executable, "-m", "bench.pythia_shape", "--shapes", "14m,70m", "--rows", "4", "--bergson",
+                 "--unlearning"]),
         Section("service", "Service latency", "POST /v1/attribute on a real uvicorn server.",
                 [sys.executable, "-m", "bench.service", "--index", str(index), "--demo", str(demo)]),
     ]
