@@ -199,7 +199,8 @@ def main() -> None:
                           f"{cold:.0f} s cold (reference and probe-ascent losses computed too)")
         for name, r in measured:
             rate, stored = args.rows / r["seconds"], f"{r['dim'] * 2:,}" if r["dim"] else "-"
-            print(f"| {shape} | {name} | {rate:.2f} | {rate * 2048:,.0f} | {plain['seconds'] / r['seconds']:.2f} | "
+            ratio = "-" if "forward_seconds" in r else f"{plain['seconds'] / r['seconds']:.2f}"  # forward only: apart
+            print(f"| {shape} | {name} | {rate:.2f} | {rate * 2048:,.0f} | {ratio} | "
                   f"{r['peak_rss_gib']:.2f} | {r['gpu_gib']:.2f} | {stored} |", flush=True)
         if args.compare_cpu and args.device != "cpu":
             here, _ = sketches(shape, args.rows, args.token_batch_size, args.device, args.dtype)

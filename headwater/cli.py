@@ -323,8 +323,8 @@ def serve(
     api_key: Annotated[str | None, typer.Option(envvar="HEADWATER_API_KEY", help="Key for admin endpoints.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     default_method: Annotated[str, typer.Option(
-        envvar="HEADWATER_DEFAULT_METHOD", help="Method of a query that names none: auto (unlearning where a query "
-        "re-scores its rows within 10 s here, else gradient) or gradient, bm25, embedding, hybrid, unlearning.",
+        envvar="HEADWATER_DEFAULT_METHOD", help="Method of a query that names none: auto (unlearning where an uncached "
+        "query re-scores its rows within 30 s here, else gradient) or gradient, bm25, embedding, hybrid, unlearning.",
     )] = "auto",
 ) -> None:
     """Serve the HTTP API and the web page for an index (uvicorn)."""

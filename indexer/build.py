@@ -20,6 +20,7 @@ from attribution.errors import ConfigError
 from attribution.vectors import new_faiss_index
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
+from indexer.manifest import read_manifest
 from indexer.merge import merge, prune_builds
 from indexer.parts import part_dirs, plan_append
 from indexer.runner import Progress, Rank, ShardRunner, make_encoder
@@ -88,13 +89,16 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
 
 
 def up_to_date(out: Path) -> bool:
-    """True when ``current`` is the build merged from exactly the shards now in ``work/``."""
+    """True when ``current`` is the build merged from exactly the shards now in ``work/``, with the search settings
+    ``work/config.json`` now records (a rerun may change those: ``SEARCH_SETTINGS``)."""
     record = out / "work" / "published.json"
     if not record.is_file() or not (out / "current").exists():
         return False
     published = json.loads(record.read_text())
     shards = sorted(str(p.relative_to(out)) for part in part_dirs(out) for p in part.glob("shard-*"))
-    return published.get("build") == (out / "current").resolve().name and published.get("shards") == shards
+    if published.get("build") != (out / "current").resolve().name or published.get("shards") != shards:
+        return False
+    return read_manifest(out).config.storage == IndexConfig.load(out / "work" / "config.json").storage
 
 
 def merge_index(out: Path, device: str = "cpu") -> Path:

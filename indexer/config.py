@@ -197,6 +197,11 @@ def differing_fields(old: IndexConfig, new: IndexConfig) -> dict[str, tuple]:
     return {name: (a.get(name), b.get(name)) for name in names if a.get(name) != b.get(name)}
 
 
+SEARCH_SETTINGS = ("storage.nprobe", "storage.rerank")
+"""Query-time settings: they change no shard, so a resumed or appended build may change them (the new values are
+recorded and served)."""
+
+
 def check_same(old: IndexConfig, new: IndexConfig, where: Path, allow: tuple[str, ...] = ()) -> None:
     """Refuse to reuse an index built with other settings, naming every differing field."""
     diff = {k: v for k, v in differing_fields(old, new).items() if k not in allow}

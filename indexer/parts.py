@@ -11,7 +11,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from indexer.config import IndexConfig, IndexMismatchError, check_same
+from indexer.config import SEARCH_SETTINGS, IndexConfig, IndexMismatchError, check_same
 from indexer.errors import CorruptShardError
 from indexer.sources import open_source
 
@@ -38,7 +38,7 @@ def plan_append(out: Path, config: IndexConfig) -> tuple[Path, int]:
     if not saved.is_file():
         raise CorruptShardError(f"{out}: no index to append to; build it first without --append")
     base = IndexConfig.load(saved)
-    check_same(base, replace(config, data=base.data, steps=base.steps), out)
+    check_same(base, replace(config, data=base.data, steps=base.steps), out, allow=SEARCH_SETTINGS)
     for part in part_dirs(out):
         existing = IndexConfig.load(part / "config.json")
         if (existing.data, existing.steps) == (config.data, config.steps):

@@ -30,7 +30,7 @@ from attribution.embeddings import chunk_count
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
-from indexer.config import IndexConfig, check_same
+from indexer.config import SEARCH_SETTINGS, IndexConfig, check_same, differing_fields
 from indexer.errors import CorruptShardError, IndexWriteError
 from indexer.manifest import prefit_file, statistics_file
 from indexer.metadata import metadata_table
@@ -157,7 +157,13 @@ class ShardRunner:
         """Create ``work/`` with the config, or check that an existing one matches."""
         saved = self.work / "config.json"
         if saved.is_file() and not overwrite:
-            check_same(IndexConfig.load(saved), self.config, self.out)
+            earlier = IndexConfig.load(saved)
+            check_same(earlier, self.config, self.out, allow=SEARCH_SETTINGS)
+            changed = differing_fields(earlier, self.config)  # search settings only: the rest was checked
+            if changed:
+                log.info("%s: search settings changed (%s); the shards stay valid", self.out,
+                         "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+                self.config.save(saved)
         elif saved.is_file():
             shutil.rmtree(self.work)
         self.work.mkdir(parents=True, exist_ok=True)

@@ -50,16 +50,21 @@ class UnlearningCost:
     steps on the short target are left out: the candidates' passes dominate)."""
 
     rows: int
-    """Rows a query re-scores at the default settings: every row of a small index, else the candidate pool."""
+    """Rows a query re-scores at the default settings, at most: every row of a small index, else the candidate pool
+    (the three retrievers' candidates overlap, so often fewer)."""
     row_tokens: int
-    """Tokens of a typical (median) indexed row."""
+    """Tokens of a typical (mean) indexed row, cut to the model's context as scoring cuts it."""
     row_seconds: float
-    """One forward pass over a row of ``row_tokens`` tokens, timed when the index was loaded."""
+    """One forward pass over a row of ``row_tokens`` tokens, timed when the index was loaded (inf: it failed)."""
+
+    COLD_PASSES = 3
+    """Forward passes per row of a query over rows not cached yet: the reference losses, the probe ascent's, the
+    target ascent's (a cached row needs only the last)."""
 
     @property
     def seconds(self) -> float:
-        """Estimated seconds of a query once the rows' reference losses are cached (the first costs ~3× more)."""
-        return self.rows * self.row_seconds
+        """Estimated seconds of a query over rows whose losses are not cached yet (later queries on them: a third)."""
+        return self.COLD_PASSES * self.rows * self.row_seconds
 
 
 @dataclass(frozen=True)
@@ -101,23 +106,30 @@ at least one row), timed ``REPEATS`` times while a pass takes under a second; th
 
 
 def unlearning_cost(session: AttributionSession) -> UnlearningCost:
-    """Time the forward pass that ``unlearning`` runs over candidates (per-token losses) on rows of the median
-    indexed length, after a warm-up pass of the same shape, and count the rows a default query re-scores."""
+    """Time the forward pass that ``unlearning`` runs over candidates (per-token losses) on rows of the mean indexed
+    length (the context, when the metadata has no token counts), after a warm-up pass of the same shape, and count
+    the rows a default query re-scores. A pass that fails (out of memory) is logged and costs ``inf``."""
     settings = session.config.unlearning
     n = len(session)
     rows = n if n <= settings.exhaustive_rows else min(n, len(CANDIDATE_SOURCES) * settings.candidates)
     counts = [meta["token_count"] for meta in session.metadata if meta.get("token_count")]
-    length = max(2, min(int(statistics.median(counts)) if counts else 2, session.encoder.max_length))
+    context = session.encoder.max_length
+    length = max(2, min(round(statistics.fmean(counts)) if counts else context, context))
     model = session.encoder.checkpoints[-1].model
     batch = [[1] * length] * max(1, min(TIMED_ROWS, TIMED_TOKENS // length))  # the cost does not depend on the ids
-    row_losses(model, batch, settings.batch_tokens)  # warm-up: first-call allocations are not a query's cost
-    fastest = float("inf")
-    for _ in range(REPEATS):
-        started = time.perf_counter()
-        row_losses(model, batch, settings.batch_tokens)
-        fastest = min(fastest, time.perf_counter() - started)
-        if fastest >= 1.0:
-            break
+    try:
+        row_losses(model, batch, settings.batch_tokens)  # warm-up: first-call allocations are not a query's cost
+        fastest = float("inf")
+        for _ in range(REPEATS):
+            started = time.perf_counter()
+            row_losses(model, batch, settings.batch_tokens)
+            fastest = min(fastest, time.perf_counter() - started)
+            if fastest >= 1.0:
+                break
+    except (RuntimeError, MemoryError) as err:  # torch's out-of-memory errors are RuntimeErrors
+        log.warning("could not time an unlearning pass over %d rows of %d tokens (%s); its cost counts as unknown",
+                    len(batch), length, err)
+        return UnlearningCost(rows, length, float("inf"))
     return UnlearningCost(rows, length, fastest / len(batch))
 
 

@@ -23,8 +23,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(64_000, ge=1024, description="Larger request bodies are refused with 413.")
     max_controls: int = Field(16, ge=0, description="Most control prompts in one contrastive query.")
     device: str = Field("cpu", description="cpu, cuda or auto.")
-    default_method: str = Field("auto", description="Method of a query that names none: auto (unlearning where a "
-                                "query re-scores its rows within 10 s here, else gradient) or a method name.")
+    default_method: str = Field("auto", description="Method of a query that names none: auto (unlearning where an "
+                                "uncached query re-scores its rows within 30 s here, else gradient) or a method name.")
     batch_window_ms: float = Field(4.0, ge=0, le=1000, description="Gradient queries arriving within this many "
                                    "milliseconds of each other share one sketch pass; 0 turns batching off.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,6 +125,19 @@ def test_other_settings_are_refused_unless_overwrite(reference: Path, tiny_demo:
         build_index(config_for(tiny_demo, k=6, seed=3), reference, Rank())
     result = runner.invoke(app, [*cli_args(tiny_demo, reference)[:-8], "--k", "6"])
     assert result.exit_code == 2 and "use another --out, or --overwrite" in result.output
+
+
+def test_search_settings_may_change_on_a_rerun_and_are_recorded(reference: Path, tiny_demo: Path,
+                                                                 tmp_path: Path) -> None:
+    """nprobe and rerank change no shard: a rerun with other values (e.g. a new default) is no mismatch; it
+    merges again and records them, where any other setting is refused."""
+    out = tmp_path / "index"
+    shutil.copytree(reference, out, symlinks=True)
+    build_index(config_for(tiny_demo, rerank=7, nprobe=3), out, Rank())
+    assert IndexConfig.load(out / "work" / "config.json").storage.rerank == 7
+    assert read_manifest(out).config.storage.nprobe == 3 and read_manifest(out).config.storage.rerank == 7
+    with pytest.raises(IndexMismatchError, match="k: index has 4, asked for 6"):
+        build_index(config_for(tiny_demo, k=6, rerank=7), out, Rank())
 
 
 def test_overwrite_rebuilds_and_publishes_atomically(tiny_demo: Path, tmp_path: Path) -> None:
