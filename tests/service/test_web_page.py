@@ -115,4 +115,5 @@ def test_page_preselects_the_servers_default_method(served_index: Path, tmp_path
         query = urlencode({"prompt": "Ilse Varga was born in", "completion": " Tarnow", "k": "2", "run": "1"})
         html = chromium(["--dump-dom", f"{url}/?{query}"], tmp_path).stdout
     assert "2 examples for “Ilse Varga was born in” → “ Tarnow” by bm25" in html
-    assert '<option value="" id="server_default" title="set by the server (default_method)">server default: bm25' in html
+    option = '<option value="" id="server_default" title="set by the server (default_method)">server default: bm25'
+    assert option in html
