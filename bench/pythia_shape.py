@@ -103,7 +103,7 @@ def unlearning_costs(shape: str, count: int, device: str, dtype: str) -> dict:
     on a ``TARGET_TOKENS`` target (the ascent with the rows' losses after it, less the forward pass alone)."""
     from attribution.batching import collate
     from attribution.config import UnlearningConfig
-    from attribution.unlearning import losses_after_ascent, row_losses
+    from attribution.unlearning import CANDIDATE_SOURCES, losses_after_ascent, row_losses
 
     model = make_model(shape, device, dtype)
     settings = UnlearningConfig()
@@ -116,7 +116,7 @@ def unlearning_costs(shape: str, count: int, device: str, dtype: str) -> dict:
     started = time.perf_counter()
     losses_after_ascent(model, target, data, settings)
     ascent = max(0.0, time.perf_counter() - started - forward)
-    return {"forward_seconds": forward, "ascent_seconds": ascent, "pool": 3 * settings.candidates}
+    return {"forward_seconds": forward, "ascent_seconds": ascent, "pool": len(CANDIDATE_SOURCES) * settings.candidates}
 
 
 def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtype: str) -> dict:

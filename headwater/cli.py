@@ -332,14 +332,14 @@ def serve(
 
     from indexer.manifest import resolve_build
     from service.catalog import describe
-    from service.defaults import CHOICES
+    from service.defaults import choice_error
     from service.defaults import default_method as default_method_of
     from service.main import create_app
     from service.settings import Settings
 
-    if default_method not in CHOICES:
-        raise typer.BadParameter(f"must be one of {', '.join(CHOICES)}, got {default_method!r}",
-                                 param_hint="--default-method")
+    error = choice_error(default_method)
+    if error is not None:
+        raise typer.BadParameter(error, param_hint="--default-method")
     setup_logging(False)
     resolve_build(index)  # fail fast, with a clear message, before uvicorn starts
     if api_key is None:

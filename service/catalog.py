@@ -101,7 +101,7 @@ def describe(session: AttributionSession, model_lock: AbstractContextManager | N
 
 
 TIMED_TOKENS, TIMED_ROWS, REPEATS = 4096, 8, 3
-"""The load-time timing: a batch of up to ``TIMED_ROWS`` rows of the median length (at most ``TIMED_TOKENS`` tokens,
+"""The load-time timing: a batch of up to ``TIMED_ROWS`` rows of the mean length (at most ``TIMED_TOKENS`` tokens,
 at least one row), timed ``REPEATS`` times while a pass takes under a second; the fastest counts."""
 
 

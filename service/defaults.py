@@ -25,6 +25,11 @@ cores: ~6 s on the demo, ~150 s at Pythia-14m's shape, ~460 s at -70m's)."""
 CHOICES = (AUTO, *(m.value for m in Method))
 
 
+def choice_error(value: str) -> str | None:
+    """Why ``value`` is no ``default_method`` setting (``auto`` or a method name), naming them; None when it is one."""
+    return None if value in CHOICES else f"must be one of {', '.join(CHOICES)}, got {value!r}"
+
+
 @dataclass(frozen=True)
 class MethodChoice:
     method: Method

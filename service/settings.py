@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from service.defaults import CHOICES
+from service.defaults import choice_error
 
 
 class Settings(BaseSettings):
@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     @field_validator("default_method")
     @classmethod
     def known_method(cls, value: str) -> str:
-        if value not in CHOICES:
-            raise ValueError(f"default_method must be one of {', '.join(CHOICES)}, got {value!r}")
+        error = choice_error(value)
+        if error is not None:
+            raise ValueError(f"default_method {error}")
         return value
