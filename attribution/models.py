@@ -7,8 +7,10 @@ checkpoints live under ``revisions/stepN/`` and ``training.json`` names the fina
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -34,6 +36,40 @@ def resolve_local_revision(path: Path, revision: str | None) -> Path:
         return path
     known = sorted(p.name for p in (path / "revisions").glob("*")) if (path / "revisions").is_dir() else []
     raise ModelLoadError(f"{path}: no revision {revision!r}; local revisions are {known} plus 'main'")
+
+
+FINGERPRINT_VALUES = 1024
+"""Values of each weight tensor, evenly spaced, that :func:`weights_fingerprint` hashes."""
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the model's weights: every tensor's name and shape and ``FINGERPRINT_VALUES`` evenly spaced
+    values rounded to bfloat16 (so a float32 and a bfloat16 load of one checkpoint agree). Other weights (another
+    model, another revision, a fine-tune) change it; cheap at any size, it may miss an edit of a few single values."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        picks = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), FINGERPRINT_VALUES)).long()
+        values = flat[picks.to(flat.device)].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def looks_local(name: str) -> bool:
+    """True for a model argument meant as a path: absolute, ``./``/``~``-relative, deeper than ``org/name``, or
+    inside a folder that exists here (``demo-data/modle``); hub ids are ``org/name`` or ``name``."""
+    path = Path(os.path.expanduser(name))
+    return (path.is_absolute() or name.startswith((".", "~")) or len(path.parts) > 2
+            or (len(path.parts) == 2 and path.parent.is_dir()))
+
+
+def missing_path_error(name: str, what: str) -> ModelLoadError:
+    """A path that does not exist, said at once (rather than asking the hub for it), with what its folder holds."""
+    parent = Path(os.path.expanduser(name)).parent
+    nearby = sorted(p.name for p in parent.iterdir())[:12] if parent.is_dir() else []
+    hint = f"; {parent} holds {nearby}" if nearby else ""
+    return ModelLoadError(f"cannot load {what} {name!r}: no such directory{hint}")
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -66,9 +102,11 @@ def load_model(
 ) -> PreTrainedModel:
     """Load a causal LM in eval mode from a hub id (with optional revision) or a local directory."""
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
-    local = Path(name_or_path)
+    local = Path(os.path.expanduser(str(name_or_path)))
     if local.exists():
         source, hub_revision = str(resolve_local_revision(local, revision)), None
+    elif looks_local(str(name_or_path)):
+        raise missing_path_error(str(name_or_path), "model")
     else:
         source, hub_revision = str(name_or_path), revision
     try:
@@ -81,7 +119,9 @@ def load_model(
 
 def load_tokenizer(name_or_path: str | Path, revision: str | None = None) -> PreTrainedTokenizerBase:
     """Load the tokenizer saved with a model (hub id or local directory)."""
-    local = Path(name_or_path)
+    local = Path(os.path.expanduser(str(name_or_path)))
+    if not local.exists() and looks_local(str(name_or_path)):
+        raise missing_path_error(str(name_or_path), "tokenizer")
     try:
         if local.exists():
             return AutoTokenizer.from_pretrained(str(local))

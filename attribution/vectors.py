@@ -96,16 +96,8 @@ def build_faiss_index(vectors: np.ndarray, factory: str = "Flat", sample_queries
         index = faiss.IndexFlatIP(dim)
     else:
         index = new_faiss_index(factory, dim)
-        try:
-            lists = faiss.extract_index_ivf(index).nlist
-        except RuntimeError:
-            lists = 0
-        wanted = max(settings.train_sample, 40 * lists)  # FAISS's k-means asks ~39 points per list
-        picks = np.unique(np.linspace(0, total - 1, min(total, wanted)).astype(np.int64))
-        if lists > len(picks):
-            raise ConfigError(f"--faiss-factory {factory}: {lists} IVF lists need at least as many training vectors, "
-                              f"and there are {len(picks)}; use fewer lists (about √N: IVF{max(1, int(total**0.5))}) "
-                              "or Flat")
+        picks = np.unique(np.linspace(0, total - 1, training_sample_size(index, total, settings)).astype(np.int64))
+        check_trainable(factory, index, len(picks), total)
         index.train(np.ascontiguousarray(flat[picks], dtype=np.float32))
         set_nprobe(index, settings.nprobe)
     for start in range(0, total, ADD_ROWS):
@@ -149,6 +141,53 @@ def new_faiss_index(factory: str, dim: int) -> faiss.Index:
         raise ConfigError(f"--faiss-factory {factory!r} cannot index {dim}-dimensional vectors ({reason}); e.g. "
                           f"Flat, IVF256,Flat or IVF256,PQ{next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)}"
                           ) from err
+
+
+def ivf_lists(index: faiss.Index) -> int:
+    """IVF lists of ``index`` (0 when it is not, and wraps no, IVF index)."""
+    try:
+        return faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        return 0
+
+
+def min_training_vectors(index: faiss.Index) -> int:
+    """The fewest vectors FAISS trains ``index`` on: k-means needs a point per cluster, i.e. per IVF list, per
+    product-quantizer centroid (2^bits) and, for OPQ, per centroid of the 8-bit PQ it rotates for."""
+    typed = faiss.downcast_index(index)  # a view: ``index`` must stay referenced, it owns the C++ object
+    need = 1
+    if isinstance(typed, faiss.IndexPreTransform):
+        for i in range(typed.chain.size()):
+            if isinstance(faiss.downcast_VectorTransform(typed.chain.at(i)), faiss.OPQMatrix):
+                need = 256
+        return max(need, min_training_vectors(typed.index))
+    quantizer = getattr(typed, "pq", None)
+    return max(need, ivf_lists(typed), quantizer.ksub if quantizer is not None else 1)
+
+
+def training_sample_size(index: faiss.Index, total: int, settings: SearchSettings) -> int:
+    """Vectors an approximate index of ``total`` trains on: ``settings.train_sample``, at least 40 per IVF list
+    (FAISS's k-means asks ~39), at most all of them."""
+    return min(total, max(settings.train_sample, 40 * ivf_lists(index)))
+
+
+def check_factory_fits(factory: str, dim: int, total: int, settings: SearchSettings) -> None:
+    """Refuse (ConfigError), before any work, a factory FAISS cannot build over ``total`` vectors of ``dim``."""
+    if factory == "Flat":
+        return
+    index = new_faiss_index(factory, dim)
+    check_trainable(factory, index, training_sample_size(index, total, settings), total)
+
+
+def check_trainable(factory: str, index: faiss.Index, sample: int, total: int) -> None:
+    """Refuse (ConfigError) a factory that cannot train on ``sample`` vectors of the ``total`` an index will hold."""
+    need = min_training_vectors(index)
+    if sample >= need:
+        return
+    short = "--train-sample" if total >= need else "the index"
+    raise ConfigError(f"--faiss-factory {factory} needs at least {need:,} training vectors (one per IVF list and per "
+                      f"PQ centroid) and {short} gives {sample:,}; use fewer lists or PQ bits (about √N lists: "
+                      f"IVF{max(1, int(total**0.5))},Flat), Flat (exact, fine below ~10^6 rows), or index more data")
 
 
 def search_params(index: faiss.Index, selector: faiss.IDSelector) -> faiss.SearchParameters:

@@ -191,15 +191,18 @@ def index_build(
 
 
 def _print_info(path: Path) -> None:
-    from indexer.manifest import read_manifest, resolve_build
+    from indexer.manifest import indexed_data, read_manifest, resolve_build
 
     build = resolve_build(path)
     manifest = read_manifest(build)
     counts, config = manifest.counts, manifest.config
     size = sum(f["bytes"] for f in manifest.files.values())
     typer.echo(f"index {build}")
+    data = indexed_data(manifest)
     typer.echo(f"  model {config.model} revisions {list(config.attribution.revisions)}; "
-               f"data {{'spec': {config.data!r}, 'steps': {config.steps!r}}}")
+               f"data {{'spec': {data['spec']!r}, 'steps': {data['steps']!r}}}")
+    if len(data["parts"]) > 1:
+        typer.echo("  parts " + "; ".join(f"{p['data']} steps {p['steps']}" for p in data["parts"]))
     typer.echo(f"  {counts.examples} examples in {counts.shards} shards; ids {counts.first_id}.."
                f"{counts.last_id}; vector dim {counts.dim}, windows {counts.windows}")
     typer.echo(f"  projection k={manifest.projection.k} seed={manifest.projection.seed}; "
@@ -226,14 +229,36 @@ def index_info(path: Annotated[Path, typer.Argument(help="Index directory or bui
     _print_info(path)
 
 
+@index_app.command("discard")
+@clean_errors
+def index_discard(out: Annotated[Path, typer.Argument(help="Index directory.")],
+                  part: Annotated[str, typer.Option(help="The unfinished appended part to remove (NN of "
+                                                         "OUT/work/parts/NN), as a failed append names it.")]) -> None:
+    """Remove an append that did not finish, so that other data can be appended; the published index is untouched."""
+    from indexer.parts import discard_part
+
+    setup_logging(False)
+    removed = discard_part(out, part)
+    typer.echo(f"discarded {removed}; the published index is unchanged")
+
+
 @index_app.command("verify")
 @clean_errors
-def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or build.")]) -> None:
-    """Check every file of the published build (and finished shards) against its checksums."""
-    from indexer.manifest import resolve_build, verify_build
+def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or build.")],
+                 weights: Annotated[bool, typer.Option(help="Also load the model and check its weights against the "
+                                                            "fingerprint the index recorded.")] = True) -> None:
+    """Check every file of the published build (and finished shards) against its checksums, and the model's weights
+    against the index's fingerprint."""
+    from indexer.manifest import check_weights, read_manifest, resolve_build, verify_build
+    from indexer.runner import make_encoder
     from indexer.shards import verify_shard
 
     problems = verify_build(path)
+    if weights:
+        try:
+            check_weights(resolve_build(path), read_manifest(path), make_encoder(read_manifest(path).config))
+        except HeadwaterError as err:
+            problems.append(str(err))
     work = Path(path) / "work"
     for shard in sorted(work.glob("shard-*")) if work.is_dir() else []:
         try:
@@ -244,7 +269,8 @@ def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or b
         for problem in problems:
             typer.echo(f"FAILED {problem}", err=True)
         raise typer.Exit(code=1)
-    typer.echo(f"OK {resolve_build(path)}: every file matches the manifest")
+    checked = " and the model's weights match its fingerprint" if weights else ""
+    typer.echo(f"OK {resolve_build(path)}: every file matches the manifest{checked}")
 
 
 @app.command("ablate")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch.distributed as dist
@@ -17,13 +18,14 @@ import torch.distributed as dist
 from attribution.batching import DEFAULT_BATCHING, Batching
 from attribution.embeddings import TextEmbedder
 from attribution.errors import ConfigError
-from attribution.vectors import new_faiss_index
+from attribution.vectors import check_factory_fits, new_faiss_index
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
 from indexer.manifest import read_manifest
 from indexer.merge import merge, prune_builds
-from indexer.parts import part_dirs, plan_append
-from indexer.runner import Progress, Rank, ShardRunner, make_encoder
+from indexer.parts import has_shards, indexed_examples, mark_part, part_dirs, plan_append
+from indexer.runner import Progress, Rank, ShardRunner, make_encoder, window_count
+from indexer.sources import open_source
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,7 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
         raise ConfigError("--append adds to an existing index and --overwrite replaces it: choose one")
     config = config.with_absolute_paths()
     encoder = make_encoder(config, device, dtype)
-    if config.storage.faiss_factory != "Flat":
-        new_faiss_index(config.storage.faiss_factory, encoder.dim)  # refused now, not after the sketch pass
+    check_factory_before_pass(config, encoder, out, append)
     embedder = TextEmbedder(config.embedding_model, device=device)
     grouped = process_group_ready()
     if append:
@@ -70,11 +71,13 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
             dist.barrier()
         if rank.rank != 0:
             runner.prepare_workdir(False)
-    written = runner.run(rank)
+    written = run_shards(runner, rank, append)
     if grouped:
         written_anywhere = [None] * rank.world
         dist.all_gather_object(written_anywhere, written)
         written = [i for part in written_anywhere for i in part]
+    if append and rank.rank == 0 and (rank.world == 1 or grouped):
+        mark_part(runner.work, finished=True)
     if not merge_after or rank.rank != 0 or (rank.world > 1 and not grouped):
         log.info("rank %d/%d finished its shards; run 'headwater index merge %s' when all ranks are done",
                  rank.rank, rank.world, out)
@@ -86,6 +89,40 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
     build = merge(out, encoder, base)
     prune_builds(out)
     return build
+
+
+def run_shards(runner: ShardRunner, rank: Rank, append: bool) -> list[int]:
+    """This rank's shards; an append that fails before finishing any shard removes its part, so nothing is left
+    that blocks the next append (a part with finished shards is kept: rerunning the command resumes it)."""
+    try:
+        return runner.run(rank)
+    except Exception:
+        if append and rank.world == 1 and not has_shards(runner.work):
+            shutil.rmtree(runner.work, ignore_errors=True)
+            log.error("the append failed before finishing a shard; its part %s was removed and the index is as "
+                      "before", runner.work)
+        elif append:
+            mark_part(runner.work, finished=False, failed=True)
+            log.error("the append failed; its finished shards are kept in %s: rerun the same command to resume, or "
+                      "discard it with 'headwater index discard %s --part %s'", runner.work, runner.out,
+                      runner.work.name)
+        raise
+
+
+def check_factory_before_pass(config: IndexConfig, encoder, out: Path, append: bool) -> None:
+    """Refuse a FAISS factory that cannot index these vectors now, not after the sketch pass: one FAISS refuses
+    outright, or one that cannot train on the rows the source holds (streams, whose size is unknown, are checked
+    at the merge, before it writes anything)."""
+    factory = config.storage.faiss_factory
+    if factory == "Flat":
+        return
+    new_faiss_index(factory, encoder.dim)
+    rows = open_source(config.data, config.steps, config.batch_rows, config.rows).count
+    if rows is None:
+        return
+    if append:
+        rows += indexed_examples(out)
+    check_factory_fits(factory, encoder.dim, rows * (window_count(encoder, config) or 1), config.storage.search())
 
 
 def up_to_date(out: Path) -> bool:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from attribution.encoder import GradientEncoder
-from indexer.config import IndexConfig
+from attribution.models import resolve_local_revision, weights_fingerprint
+from indexer.config import IndexConfig, IndexMismatchError
 from indexer.errors import CorruptShardError
 from indexer.shards import sha256_file
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 LIBRARIES = ("headwater", "torch", "transformers", "faiss-cpu", "duckdb", "sentence-transformers", "bm25s", "tantivy",
              "numpy")
@@ -107,6 +110,9 @@ class Manifest:
     libraries: dict[str, str | None]
     files: dict[str, dict] = field(default_factory=dict)
     """Every other file of the build: ``{path: {"bytes", "sha256"}}``."""
+    weights: list[str] | None = None
+    """Per checkpoint: :func:`~attribution.models.weights_fingerprint` of the model (None: built before it was
+    recorded)."""
 
     def to_json(self) -> dict:
         record = asdict(self)
@@ -139,9 +145,30 @@ def write_manifest(build: Path, config: IndexConfig, encoder: GradientEncoder, c
         counts=counts,
         libraries=library_versions(),
         files=files_of(build),
+        weights=[weights_fingerprint(c.model) for c in encoder.checkpoints],
     )
     (build / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2))
     return manifest
+
+
+def indexed_data(manifest: Manifest) -> dict:
+    """What data the build indexes, every appended part included: ``{"spec", "steps", "parts"}``; ``steps`` joins the
+    parts' step ranges (``0:24`` and ``24:48`` read ``0:48``; ranges with gaps are listed, comma-separated)."""
+    config = manifest.config
+    parts = manifest.counts.parts or [{"data": config.data, "steps": config.steps}]
+    specs = list(dict.fromkeys(p["data"] for p in parts))
+    steps = joined_steps([p["steps"] for p in parts])
+    return {"spec": specs[0] if len(specs) == 1 else ", ".join(specs), "steps": steps, "parts": parts}
+
+
+def joined_steps(ranges: list[str | None]) -> str | None:
+    """One ``A:B`` for consecutive step ranges, else them all comma-separated (None: every row, one part)."""
+    if len(ranges) == 1:
+        return ranges[0]
+    bounds = [r.split(":") for r in ranges if r is not None]
+    if len(bounds) == len(ranges) and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False)):
+        return f"{bounds[0][0]}:{bounds[-1][1]}"
+    return ", ".join(r if r is not None else "all" for r in ranges)
 
 
 def resolve_build(path: Path) -> Path:
@@ -165,6 +192,33 @@ def read_manifest(path: Path) -> Manifest:
     except (KeyError, TypeError) as err:
         raise CorruptShardError(f"{build / 'manifest.json'}: not a headwater manifest ({err}); rebuild the index") \
             from err
+
+
+def check_weights(build: Path, manifest: Manifest, encoder: GradientEncoder) -> None:
+    """Refuse (IndexMismatchError) model weights other than those the index was built with, checkpoint by
+    checkpoint; an index built before fingerprints were recorded is let through with a warning."""
+    if manifest.weights is None:
+        log.warning("%s records no weights fingerprint (built before they were): the model's weights are not "
+                    "checked; rebuild the index to have them checked", build)
+        return
+    config = manifest.config
+    for recorded, ckpt in zip(manifest.weights, encoder.checkpoints, strict=True):
+        found = weights_fingerprint(ckpt.model)
+        if found != recorded:
+            raise IndexMismatchError(
+                f"{build}: the weights of {config.model} (revision {ckpt.revision or 'main'}"
+                f"{weight_files(config.model, ckpt.revision)}) are not those the index was built with (fingerprint "
+                f"{found}, index has {recorded}); restore the original weights or rebuild the index")
+
+
+def weight_files(model: str, revision: str | None) -> str:
+    """``: file, file`` naming a local model's weight files ('' for a hub id)."""
+    local = Path(model)
+    if not local.is_dir():
+        return ""
+    folder = resolve_local_revision(local, revision)
+    names = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return f": {', '.join(str(folder / n) for n in names)}" if names else ""
 
 
 def verify_build(path: Path) -> list[str]:

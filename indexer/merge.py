@@ -11,12 +11,16 @@ A service holding the previous build keeps reading it.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -28,9 +32,9 @@ import torch
 from attribution.curvature import fit_curvature, is_prefit, load_statistics, new_statistics
 from attribution.encoder import GradientEncoder
 from attribution.lexical import Bm25sIndex, LexicalEngine, TantivyWriter
-from attribution.vectors import FaissStore, build_faiss_index
+from attribution.vectors import FaissStore, build_faiss_index, check_factory_fits
 from indexer.config import IndexConfig
-from indexer.errors import CorruptShardError
+from indexer.errors import CorruptShardError, IndexWriteError
 from indexer.manifest import (
     BM25_DIR,
     EMBEDDING_INDEX,
@@ -43,7 +47,7 @@ from indexer.manifest import (
     statistics_file,
     write_manifest,
 )
-from indexer.parts import expected_shards, part_dirs
+from indexer.parts import expected_shards, failed_parts, mark_part, part_dirs, unfinished_message
 from indexer.runner import context_length, prefit_curvatures
 from indexer.samples import RowSampler
 from indexer.shards import load_shard_array, shard_name, verify_shard
@@ -61,7 +65,9 @@ def list_shards(work: Path, expected: int | None) -> list[Path]:
         raise CorruptShardError(f"{work}: shards {missing[:10]} are missing or unfinished; run 'headwater index "
                                 "build' again (with the same flags) until every rank has finished")
     if not found:
-        raise CorruptShardError(f"{work}: no finished shards to merge")
+        hint = (f"; rerun the append that made it, or discard it with 'headwater index discard {work.parents[2]} "
+                f"--part {work.name}'" if work.parent.name == "parts" else "; run 'headwater index build'")
+        raise CorruptShardError(f"{work}: no finished shards to merge{hint}")
     return [work / shard_name(i) for i in want]
 
 
@@ -92,12 +98,21 @@ def shard_statistics(shards: list[Path], checkpoint: int, config: IndexConfig):
     return load_statistics(curvature, paths)
 
 
+def allocated_memmap(path: Path, dtype: type, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` memmap whose blocks are allocated on disk now: writing a sparse memmap on a full disk kills the
+    process with SIGBUS; allocating first makes that an ``OSError`` (ENOSPC) here."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with path.open("r+b") as file:
+        os.posix_fallocate(file.fileno(), 0, path.stat().st_size)
+    return array
+
+
 def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> np.ndarray:
     """Prepared vectors of every example, in shard order, as a float16 memmap."""
     first = [load_shard_array(shards[0], f"sketch-{c}.npy") for c in range(len(encoder.checkpoints))]
     total = sum(load_shard_array(s, "ids.npy").shape[0] for s in shards)
     shape = (total, *first[0].shape[1:-1], encoder.dim)
-    vectors = np.lib.format.open_memmap(build / VECTORS, mode="w+", dtype=np.float16, shape=shape)
+    vectors = allocated_memmap(build / VECTORS, np.float16, shape)
     row = 0
     for shard in shards:
         raws = [torch.from_numpy(np.array(load_shard_array(shard, f"sketch-{c}.npy")))
@@ -117,8 +132,7 @@ def write_embeddings(shards: list[Path], build: Path) -> None:
     stored = None
     if first.ndim == 3:
         total = sum(load_shard_array(s, "ids.npy").shape[0] for s in shards)
-        stored = np.lib.format.open_memmap(build / EMBEDDINGS, mode="w+", dtype=np.float16,
-                                           shape=(total, *first.shape[1:]))
+        stored = allocated_memmap(build / EMBEDDINGS, np.float16, (total, *first.shape[1:]))
     row = 0
     for shard in shards:
         part = np.asarray(load_shard_array(shard, "embeddings.npy"))
@@ -163,16 +177,52 @@ def write_lexical(shards: list[Path], directory: Path, engine: LexicalEngine) ->
 
 
 def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
-    """Build and publish a new index build from the shards of every part; returns the build directory."""
+    """Build and publish a new index build from the shards of every part; returns the build directory.
+
+    Everything is written to ``OUT/builds/.tmp-ID`` and renamed into place once whole: a failed merge removes its
+    temporary (a killed one's is removed by the next merge), so nothing half-written is ever published."""
     started = time.perf_counter()
+    for part in failed_parts(out):
+        raise CorruptShardError(f"{unfinished_message(out, part)}; nothing was merged")
     shards = [shard for part in part_dirs(out) for shard in list_shards(part, expected_shards(part))]
     records = [verify_shard(s) for s in shards]
     ids = np.concatenate([np.asarray(load_shard_array(s, "ids.npy")) for s in shards])
     if len(np.unique(ids)) != len(ids) or not np.all(np.diff(ids) > 0):
         raise CorruptShardError(f"{out}: example ids are duplicated or out of order across shards; rebuild")
-    build_id = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"  # unique even within a second
-    tmp = out / "builds" / f".tmp-{build_id}"
-    tmp.mkdir(parents=True)
+    windows = load_shard_array(shards[0], "sketch-0.npy").shape[1] if config.attribution.window else 1
+    check_factory_fits(config.storage.faiss_factory, encoder.dim, len(ids) * windows, config.storage.search())
+    with merge_lock(out):
+        remove_stale_temporaries(out)
+        check_free_space(out / "builds", build_bytes(shards))
+        build_id = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"  # unique even within a second
+        tmp = out / "builds" / f".tmp-{build_id}"
+        tmp.mkdir(parents=True)
+        try:
+            counts = write_build(tmp, out, encoder, config, shards, records, ids)
+            counts.merge_seconds = round(time.perf_counter() - started, 2)
+            write_manifest(tmp, config, encoder, counts)
+        except BaseException as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if no_space(err):
+                raise IndexWriteError(f"{out / 'builds'}: the disk filled up while merging ({err}); nothing was "
+                                      f"published and finished shards are kept: free about "
+                                      f"{build_bytes(shards) / 2**30:.2f} GiB there and run 'headwater index "
+                                      "merge' (or the same build command) again") from err
+            raise
+        final = out / "builds" / build_id
+        os.replace(tmp, final)
+        publish(out, final)
+        for part in part_dirs(out)[1:]:
+            mark_part(part, finished=True)  # every shard of it is published (a Slurm array's append ends here)
+    if counts.faiss_recall_at_10 is not None:
+        log.info("FAISS %s recall@10 vs exact: %.3f (results are re-ranked exactly)",
+                 config.storage.faiss_factory, counts.faiss_recall_at_10)
+    return final
+
+
+def write_build(tmp: Path, out: Path, encoder: GradientEncoder, config: IndexConfig, shards: list[Path],
+                records: list[dict], ids: np.ndarray) -> Counts:
+    """Every file of a build but its manifest, into ``tmp``; returns the build's counts."""
     prefit_curvatures(encoder, config, out, fit=False)
     fit_preconditioners(encoder, shards, config)
     for c, ckpt in enumerate(encoder.checkpoints):
@@ -185,21 +235,70 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
     write_embeddings(shards, tmp)
     write_lexical(shards, tmp / BM25_DIR, config.storage.lexical)
     build_duckdb(shards, tmp / METADATA_DB)
-    counts = Counts(
+    return Counts(
         examples=int(len(ids)), shards=len(shards), first_id=int(ids[0]), last_id=int(ids[-1]),
         windows=int(vectors.shape[1]) if vectors.ndim == 3 else None, dim=int(vectors.shape[-1]),
-        faiss_recall_at_10=recall, merge_seconds=round(time.perf_counter() - started, 2),
-        shard_examples=[r["count"] for r in records],
+        faiss_recall_at_10=recall, merge_seconds=0.0, shard_examples=[r["count"] for r in records],
         parts=[{"data": c.data, "steps": c.steps} for c in
                (IndexConfig.load(part / "config.json") for part in part_dirs(out))])
-    write_manifest(tmp, config, encoder, counts)
-    final = out / "builds" / build_id
-    os.replace(tmp, final)
-    publish(out, final)
-    if recall is not None:
-        log.info("FAISS %s recall@10 vs exact: %.3f (results are re-ranked exactly)",
-                 config.storage.faiss_factory, recall)
-    return final
+
+
+def no_space(err: BaseException) -> bool:
+    """True for a write that failed because the disk is full (an OSError, or a library's error wrapping one)."""
+    return (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or \
+        (isinstance(err, Exception) and "No space left on device" in str(err))
+
+
+@contextmanager
+def merge_lock(out: Path) -> Iterator[None]:
+    """Hold ``OUT/work/.merge.lock`` for the merge: one merge at a time per index, so every ``builds/.tmp-*`` found
+    while holding it is a killed merge's."""
+    (out / "builds").mkdir(parents=True, exist_ok=True)
+    with (out / "work" / ".merge.lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IndexWriteError(f"{out}: another merge of this index is running; wait for it to finish") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Remove the ``builds/.tmp-*`` folders that killed merges left (call while holding :func:`merge_lock`)."""
+    for stale in sorted((out / "builds").glob(".tmp-*")):
+        log.info("removing %s, left by a merge that did not finish", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+BUILD_SIZE_FACTORS = {"sketch": 1.5, "embeddings": 3.0, "meta.parquet": 6.0}
+"""Bytes a build writes per byte of the shards' files, at most: float16 vectors and an exact FAISS copy in float32
+(1.5× the float32 sketches); the embedding index in float32 and its float16 chunks (3×); DuckDB and BM25 from the
+compressed texts (measured 2-4× on the demo, with margin)."""
+DUCKDB_BLOCKS = 2**20
+"""DuckDB's file starts at about 0.8 MB whatever it holds (its blocks are 256 KiB)."""
+
+
+def build_bytes(shards: list[Path]) -> int:
+    """About how many bytes the merge of ``shards`` writes (see :data:`BUILD_SIZE_FACTORS`)."""
+    total = float(DUCKDB_BLOCKS)
+    for shard in shards:
+        for file in shard.iterdir():
+            if file.name.startswith("sketch-"):
+                total += file.stat().st_size * BUILD_SIZE_FACTORS["sketch"]
+            elif file.name in ("embeddings.npy", "meta.parquet"):
+                total += file.stat().st_size * BUILD_SIZE_FACTORS[file.name.removesuffix(".npy")]
+    return int(total)
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    """Refuse to start a merge that would fill the disk (an IndexWriteError naming the space needed and free)."""
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise IndexWriteError(f"{directory}: merging needs about {needed / 2**20:,.1f} MiB and {free / 2**20:,.1f} "
+                              "MiB are free; nothing was written and finished shards are kept: free space there "
+                              "(or move the index) and run 'headwater index merge' (or the same build command) again")
 
 
 def publish(out: Path, build: Path) -> None:

@@ -8,9 +8,11 @@ id already indexed (Megatron rows are global; streamed text is offset past them)
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
+from attribution.errors import ConfigError
 from indexer.config import SEARCH_SETTINGS, IndexConfig, IndexMismatchError, check_same
 from indexer.errors import CorruptShardError
 from indexer.sources import open_source
@@ -32,8 +34,17 @@ def last_indexed_id(out: Path) -> int:
     return last
 
 
+def indexed_examples(out: Path) -> int:
+    """Examples in the finished shards of every part."""
+    return sum(json.loads(done.read_text())["count"] for part in part_dirs(out) for done in
+               part.glob("shard-*/done.json"))
+
+
 def plan_append(out: Path, config: IndexConfig) -> tuple[Path, int]:
-    """The part directory for ``config``'s data (new or, on a rerun, existing) and its id offset."""
+    """The part directory for ``config``'s data (new or, on a rerun, existing) and its id offset.
+
+    A new part is refused while another append has not finished (its ids would overlap that part's): rerun that
+    append, or discard it (:func:`discard_part`)."""
     saved = out / "work" / "config.json"
     if not saved.is_file():
         raise CorruptShardError(f"{out}: no index to append to; build it first without --append")
@@ -43,16 +54,64 @@ def plan_append(out: Path, config: IndexConfig) -> tuple[Path, int]:
         existing = IndexConfig.load(part / "config.json")
         if (existing.data, existing.steps) == (config.data, config.steps):
             return part, json.loads((part / "part.json").read_text())["id_offset"] if part != out / "work" else 0
+    for part in unfinished_parts(out):
+        raise IndexMismatchError(f"{unfinished_message(out, part)}, then append again")
     offset = last_indexed_id(out) + 1
     source = open_source(config.data, config.steps, config.batch_rows, config.rows)
     if source.global_ids and source.first_row < offset:
         raise IndexMismatchError(f"{out}: appended rows start at {source.first_row} but rows up to {offset - 1} "
                                  "are indexed already; append only later steps")
-    part = out / "work" / "parts" / f"{len(part_dirs(out)):02d}"
+    numbers = [int(p.name) for p in part_dirs(out)[1:]]
+    part = out / "work" / "parts" / f"{max(numbers, default=0) + 1:02d}"
     part.mkdir(parents=True)
-    (part / "part.json").write_text(json.dumps({"id_offset": offset}))
+    (part / "part.json").write_text(json.dumps({"id_offset": offset, "finished": False}))
     config.save(part / "config.json")
     return part, offset
+
+
+def unfinished_parts(out: Path) -> list[Path]:
+    """Appended parts whose sketch pass has not finished (parts written before this was recorded count as
+    finished)."""
+    return [part for part in part_dirs(out)[1:]
+            if not json.loads((part / "part.json").read_text()).get("finished", True)]
+
+
+def unfinished_message(out: Path, part: Path) -> str:
+    """What an unfinished part is and the two ways on: rerun its append, or discard it."""
+    config = IndexConfig.load(part / "config.json")
+    command = f"--data {config.data}" + (f" --steps {config.steps}" if config.steps else "")
+    return (f"{part}: an earlier append ({command}) did not finish; rerun it to finish it, or discard it with "
+            f"'headwater index discard {out} --part {part.name}'")
+
+
+def mark_part(part: Path, finished: bool, failed: bool = False) -> None:
+    """Record whether every shard of an appended part is written, and whether its last run failed (part 0,
+    ``OUT/work``, needs no record)."""
+    record = part / "part.json"
+    if record.is_file():
+        record.write_text(json.dumps({**json.loads(record.read_text()), "finished": finished, "failed": failed}))
+
+
+def failed_parts(out: Path) -> list[Path]:
+    """Appended parts whose last run failed: they hold only some of their data, so no merge may publish them."""
+    return [part for part in part_dirs(out)[1:] if json.loads((part / "part.json").read_text()).get("failed")]
+
+
+def has_shards(part: Path) -> bool:
+    return any(part.glob("shard-*/done.json"))
+
+
+def discard_part(out: Path, name: str) -> Path:
+    """Remove an appended part that did not finish (its shards are in no published build); returns it."""
+    part = out / "work" / "parts" / name
+    if not (part / "part.json").is_file():
+        names = [p.name for p in part_dirs(out)[1:]]
+        raise CorruptShardError(f"{part}: no such appended part; parts of {out}: {names or 'none'}")
+    if part not in unfinished_parts(out):
+        raise ConfigError(f"{part}: this append finished and may be published; only an unfinished append can be "
+                          "discarded (to drop published rows, rebuild the index without them)")
+    shutil.rmtree(part)
+    return part
 
 
 def expected_shards(part: Path) -> int | None:

@@ -22,6 +22,7 @@ from indexer.manifest import (
     GRADIENT_INDEX,
     METADATA_DB,
     VECTORS,
+    check_weights,
     curvature_file,
     read_manifest,
     resolve_build,
@@ -42,6 +43,7 @@ def open_index(path: str | Path, device: str = "cpu") -> AttributionSession:
     if found != manifest.tokenizer_hash:
         raise IndexMismatchError(f"{build}: built with tokenizer {manifest.tokenizer_hash}, but "
                                  f"{config.tokenizer or config.model} now has {found}; rebuild the index")
+    check_weights(build, manifest, encoder)
     for c, ckpt in enumerate(encoder.checkpoints):
         ckpt.preconditioner = load_curvature(build / curvature_file(c))
     texts = DuckTexts(build / METADATA_DB)

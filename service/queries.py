@@ -19,6 +19,7 @@ from attribution.filters import Filters, subsets_of
 from attribution.records import Result as Attributed
 from attribution.retrievers import Method
 from attribution.session import AttributionSession
+from indexer.manifest import indexed_data
 from service.catalog import Catalog, describe
 from service.defaults import default_method
 from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
@@ -269,7 +270,7 @@ def index_info(session: AttributionSession, settings: Settings) -> IndexInfo:
     config, catalog = manifest.config, describe(session)
     chosen = default_method(settings.default_method, catalog)
     return IndexInfo(build=manifest.created, model=config.model, revisions=list(config.attribution.revisions),
-                     examples=manifest.counts.examples, data={"spec": config.data, "steps": config.steps},
+                     examples=manifest.counts.examples, data=indexed_data(manifest),
                      projection=asdict(manifest.projection), preconditioner=manifest.preconditioner,
                      embedding_model=manifest.embedding_model, created=manifest.created,
                      subsets=catalog.subsets, steps=list(catalog.steps) if catalog.steps else None,

@@ -94,7 +94,7 @@ def test_every_index_type_filters_reranks_and_keeps_its_nprobe(factory: str, tmp
 
 
 @pytest.mark.parametrize(("factory", "message"), [("bogus", "could not parse"), ("IVF4,PQ5", "multiple of"),
-                                                  ("IVF4096,Flat", "IVF lists need")])
+                                                  ("IVF4096,Flat", "needs at least 4,096 training vectors")])
 def test_a_factory_faiss_refuses_is_a_clear_error(factory: str, message: str) -> None:
     vectors = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
     with pytest.raises(ConfigError, match=message):

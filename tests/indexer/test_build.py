@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from attribution.filters import Filters, subsets_of
@@ -59,11 +60,34 @@ def contents(index: Path) -> dict:
             "shards": {p.name: (p / "sketch-0.npy").read_bytes() for p in sorted((index / "work").glob("shard-*"))}}
 
 
+def shard_records(index: Path) -> dict[str, str]:
+    return {p.name: (p / "done.json").read_text() for p in sorted((index / "work").glob("shard-*"))}
+
+
+NOT_BYTE_EQUAL = ("metadata.duckdb", "preconditioner-")
+"""Build files equal in content but not in bytes (README, "Building an index"): DuckDB's own file layout, and the
+curvature's fit time in its safetensors header."""
+
+
 def assert_same_index(a: Path, b: Path) -> None:
+    """What the README promises of a resumed or multi-rank build: every shard file and every build file byte for
+    byte, except those of ``NOT_BYTE_EQUAL``, whose contents are equal (same rows; same curvature tensors)."""
     ca, cb = contents(a), contents(b)
     assert ca["shards"] == cb["shards"]  # byte-for-byte raw sketches
+    assert shard_records(a) == shard_records(b)  # every shard file's size and sha256
+    files_a, files_b = read_manifest(a).files, read_manifest(b).files
+    assert files_a.keys() == files_b.keys()
+    for name in files_a:
+        if not name.startswith(NOT_BYTE_EQUAL):
+            assert files_a[name] == files_b[name], name
     np.testing.assert_array_equal(ca["vectors"], cb["vectors"])
     assert ca["rows"] == cb["rows"]
+    build_a, build_b = (a / "current").resolve(), (b / "current").resolve()
+    for curvature in sorted(build_a.glob("preconditioner-*.safetensors")):
+        tensors_a, tensors_b = load_file(curvature), load_file(build_b / curvature.name)
+        assert tensors_a.keys() == tensors_b.keys()
+        for key in tensors_a:
+            torch.testing.assert_close(tensors_a[key], tensors_b[key], rtol=0, atol=0)
 
 
 def test_reference_build_layout(reference: Path, tiny_demo: Path) -> None:
