@@ -98,7 +98,7 @@ def test_index_info_shape(server: str) -> None:
     assert set(info["subsets"]) == {"Bible (KJV)", "Gutenberg (PG-19)", "Planted Facts", "Python Docs"}
     assert sum(info["subsets"].values()) > info["examples"]  # packed rows hold several subsets
     assert info["steps"] == [0, 47]
-    assert info["data"].keys() == {"spec", "steps"} and info["data"]["spec"].endswith("document")
+    assert info["data"].keys() == {"spec", "steps", "parts"} and info["data"]["spec"].endswith("document")
     assert info["projection"].keys() == {"seed", "k", "modules", "dim_per_checkpoint"}
     assert info["revisions"] == [None] and info["model"].endswith("model") and info["build"] == info["created"]
 
