@@ -6,6 +6,9 @@ Each error says what went wrong *and* what to do about it; callers catch
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class HeadwaterError(Exception):
     """Base class of every error headwater raises on purpose."""
@@ -21,3 +24,40 @@ class ModelLoadError(HeadwaterError):
 
 class DataFormatError(HeadwaterError):
     """A data file is unreadable, truncated or not in the format it claims."""
+
+
+class OutOfMemoryError(HeadwaterError, MemoryError):
+    """A stage ran out of memory (or could not start a thread); the message names the stage and what to lower."""
+
+
+OUT_OF_MEMORY_MARKERS = ("out of memory", "can't start new thread", "std::bad_alloc", "cannot allocate memory",
+                         "failed to allocate", "unable to allocate")
+"""Texts of the errors that torch, FAISS, DuckDB, numpy and the threading module raise when memory runs out."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for any library's out-of-memory error (a MemoryError, torch's, DuckDB's, a C++ bad_alloc, a thread that
+    could not start)."""
+    if isinstance(err, MemoryError) or type(err).__name__ in ("OutOfMemoryError", "OutOfMemoryException"):
+        return True
+    return isinstance(err, RuntimeError | OSError) and any(m in str(err).lower() for m in OUT_OF_MEMORY_MARKERS)
+
+
+@contextmanager
+def memory_guard(stage: str, advice: str) -> Iterator[None]:
+    """Turn running out of memory inside ``stage`` into an :class:`OutOfMemoryError` saying what to lower."""
+    try:
+        yield
+    except HeadwaterError:
+        raise
+    except Exception as err:
+        if not is_out_of_memory(err):
+            raise
+        raise OutOfMemoryError(f"out of memory {stage} ({type(err).__name__}: {first_line(err)}); "
+                               f"{advice}") from err
+
+
+def first_line(err: BaseException, limit: int = 160) -> str:
+    """The first line of an error's message, shortened (libraries' memory errors run to paragraphs of advice)."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else ""

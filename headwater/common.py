@@ -10,13 +10,13 @@ from typing import TypeVar
 
 import typer
 
-from attribution.errors import HeadwaterError
+from attribution.errors import HeadwaterError, first_line, is_out_of_memory
 
 F = TypeVar("F", bound=Callable)
 
 
 def clean_errors(func: F) -> F:
-    """Report headwater's typed errors as ``error: ...`` with exit code 2."""
+    """Report headwater's typed errors, and running out of memory anywhere, as ``error: ...`` with exit code 2."""
 
     @wraps(func)
     def wrapper(*args, **kwargs):
@@ -24,6 +24,12 @@ def clean_errors(func: F) -> F:
             return func(*args, **kwargs)
         except HeadwaterError as err:
             typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(code=2) from err
+        except Exception as err:
+            if not is_out_of_memory(err):
+                raise
+            typer.echo(f"error: out of memory ({type(err).__name__}: {first_line(err)}); give the process "
+                       "more memory, or lower the batch and sample flags of this command (see --help)", err=True)
             raise typer.Exit(code=2) from err
 
     return wrapper  # type: ignore[return-value]
@@ -36,5 +42,14 @@ def setup_logging(verbose: bool) -> None:
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    for noisy in ("bm25s", "sentence_transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(quiet_libraries)
+
+
+NOISY = ("bm25s", "sentence_transformers", "httpx")
+"""Libraries whose info and debug lines are noise here (bm25s sets its own logger to DEBUG when imported)."""
+
+
+def quiet_libraries(record: logging.LogRecord) -> bool:
+    """A handler filter: warnings and errors of :data:`NOISY` libraries only, whenever they were imported."""
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] not in NOISY

@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from attribution.batching import DEFAULT_BATCHING, Batching
 from attribution.embeddings import TextEmbedder
-from attribution.errors import ConfigError
+from attribution.errors import ConfigError, memory_guard
 from attribution.vectors import check_factory_fits, new_faiss_index
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
@@ -52,9 +52,11 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
     if append and overwrite:
         raise ConfigError("--append adds to an existing index and --overwrite replaces it: choose one")
     config = config.with_absolute_paths()
-    encoder = make_encoder(config, device, dtype)
+    with memory_guard("loading the model", "load it with --dtype bfloat16, or give the process more memory"):
+        encoder = make_encoder(config, device, dtype)
     check_factory_before_pass(config, encoder, out, append)
-    embedder = TextEmbedder(config.embedding_model, device=device)
+    with memory_guard("loading the embedding model", "give the process more memory (MiniLM needs about 0.3 GB)"):
+        embedder = TextEmbedder(config.embedding_model, device=device)
     grouped = process_group_ready()
     if append:
         if rank.rank == 0:

@@ -31,6 +31,7 @@ import torch
 
 from attribution.curvature import fit_curvature, is_prefit, load_statistics, new_statistics
 from attribution.encoder import GradientEncoder
+from attribution.errors import memory_guard
 from attribution.lexical import Bm25sIndex, LexicalEngine, TantivyWriter
 from attribution.vectors import FaissStore, build_faiss_index, check_factory_fits
 from indexer.config import IndexConfig
@@ -220,21 +221,31 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
     return final
 
 
+KEPT = "finished shards are kept: then run 'headwater index merge' (or the same build command) again"
+
+
 def write_build(tmp: Path, out: Path, encoder: GradientEncoder, config: IndexConfig, shards: list[Path],
                 records: list[dict], ids: np.ndarray) -> Counts:
     """Every file of a build but its manifest, into ``tmp``; returns the build's counts."""
     prefit_curvatures(encoder, config, out, fit=False)
-    fit_preconditioners(encoder, shards, config)
+    with memory_guard("fitting the curvature", f"lower --curvature-rows, --precondition-sample or --factor-limit "
+                      f"(or --precondition none), or give the process more memory; {KEPT}"):
+        fit_preconditioners(encoder, shards, config)
     for c, ckpt in enumerate(encoder.checkpoints):
         if ckpt.preconditioner is not None:
             ckpt.preconditioner.save(tmp / curvature_file(c))
     vectors = write_vectors(encoder, shards, tmp)
-    gradient_index, recall = build_faiss_index(vectors, config.storage.faiss_factory,
-                                              settings=config.storage.search())
-    FaissStore(vectors, gradient_index).save_index(tmp / GRADIENT_INDEX)
-    write_embeddings(shards, tmp)
-    write_lexical(shards, tmp / BM25_DIR, config.storage.lexical)
-    build_duckdb(shards, tmp / METADATA_DB)
+    with memory_guard("building the FAISS index", f"lower --train-sample, use a compressed --faiss-factory "
+                      f"(IVF…,PQ…), or give the process more memory; {KEPT}"):
+        gradient_index, recall = build_faiss_index(vectors, config.storage.faiss_factory,
+                                                  settings=config.storage.search())
+        FaissStore(vectors, gradient_index).save_index(tmp / GRADIENT_INDEX)
+        write_embeddings(shards, tmp)
+    with memory_guard("building the BM25 index", f"use --lexical tantivy (texts streamed to disk), or give the "
+                      f"process more memory; {KEPT}"):
+        write_lexical(shards, tmp / BM25_DIR, config.storage.lexical)
+    with memory_guard("building the DuckDB metadata table", f"give the process more memory; {KEPT}"):
+        build_duckdb(shards, tmp / METADATA_DB)
     return Counts(
         examples=int(len(ids)), shards=len(shards), first_id=int(ids[0]), last_id=int(ids[-1]),
         windows=int(vectors.shape[1]) if vectors.ndim == 3 else None, dim=int(vectors.shape[-1]),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from attribution.curvature import load_curvature
 from attribution.embeddings import TextEmbedder
+from attribution.errors import memory_guard
 from attribution.retrievers import BM25Retriever, EmbeddingRetriever, GradientRetriever, Method
 from attribution.session import AttributionSession
 from attribution.vectors import FaissStore
@@ -35,7 +36,13 @@ from indexer.runner import context_length, make_encoder
 def open_index(path: str | Path, device: str = "cpu") -> AttributionSession:
     """An :class:`AttributionSession` over a published index directory (or one build); ``session.manifest``
     is its :class:`~indexer.manifest.Manifest`."""
-    build = resolve_build(Path(path))
+    with memory_guard("opening the index", "give the process more memory (the model, the row metadata from "
+                      "DuckDB and the FAISS index are loaded now)"):
+        return _open_index(Path(path), device)
+
+
+def _open_index(path: Path, device: str) -> AttributionSession:
+    build = resolve_build(path)
     manifest = read_manifest(build)
     config = manifest.config
     encoder = make_encoder(config, device)
