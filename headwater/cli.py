@@ -18,7 +18,7 @@ from attribution.errors import HeadwaterError
 from attribution.sketch import SketchConfig
 from demo.schedules import revision_weights as schedule_weights
 from evaluation.selections import Selection
-from headwater.common import clean_errors, setup_logging
+from headwater.common import StepLog, clean_errors, setup_logging
 from headwater.eval_cli import eval_app
 from indexer.config import IndexConfig, StorageConfig
 
@@ -53,10 +53,13 @@ def demo_build(
     setup_logging(verbose)
     config = make_preset(preset, seed=seed, steps=steps, people=people)
     with tqdm(total=config.steps, desc="training", unit="step", disable=None) as bar:
+        log_line = StepLog(config.steps, "training") if bar.disable else None
 
         def on_step(step: int, loss: float) -> None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if log_line is not None:  # no terminal (a log file, CI): a line every 5 % instead of the bar
+                log_line.step(loss)
 
         info = build_demo(out, config, on_step)
     acc = info["fact_accuracy"]
@@ -368,6 +371,7 @@ def serve(
         raise typer.BadParameter(error, param_hint="--default-method")
     setup_logging(False)
     resolve_build(index)  # fail fast, with a clear message, before uvicorn starts
+    check_port_free(host, port)
     if api_key is None:
         api_key = secrets.token_urlsafe(12)
         typer.echo(f"admin/ablation API key for this run (set HEADWATER_API_KEY to choose one): {api_key}")
@@ -382,6 +386,24 @@ def serve(
         typer.echo(try_line(host, port, catalog.default_query))
 
     uvicorn.run(create_app(settings, on_ready=ready), host=host, port=port, log_level="info")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another program listens on now, before loading the index and printing what to try."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror as err:
+        message = f"{host}: not an address of this machine ({err.strerror})"
+        raise typer.BadParameter(message, param_hint="--host") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise typer.BadParameter(f"cannot listen on {host}:{port} ({err.strerror}): another server is using it; "
+                                     "stop it or choose another --port", param_hint="--port") from None
 
 
 def try_line(host: str, port: int, query) -> str:

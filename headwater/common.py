@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import TypeVar
@@ -53,3 +54,21 @@ NOISY = ("bm25s", "sentence_transformers", "httpx")
 def quiet_libraries(record: logging.LogRecord) -> bool:
     """A handler filter: warnings and errors of :data:`NOISY` libraries only, whenever they were imported."""
     return record.levelno >= logging.WARNING or record.name.split(".")[0] not in NOISY
+
+
+class StepLog:
+    """Progress as log lines, for output that is no terminal (where progress bars are off): one line every
+    ``1/lines`` of ``total`` steps, with the loss and the time so far and to go."""
+
+    def __init__(self, total: int, label: str, lines: int = 20) -> None:
+        self.total, self.label, self.every = total, label, max(1, total // lines)
+        self.done, self.started = 0, time.perf_counter()
+
+    def step(self, loss: float) -> None:
+        self.done += 1
+        if self.done % self.every and self.done != self.total:
+            return
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / self.done * (self.total - self.done)
+        logging.getLogger("headwater").info("%s: step %d/%d, loss %.3f, %.0f s so far, about %.0f s to go",
+                                            self.label, self.done, self.total, loss, elapsed, left)

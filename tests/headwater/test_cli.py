@@ -84,3 +84,29 @@ def test_serve_refuses_a_default_method_that_is_no_method(tmp_path: Path) -> Non
     result = runner.invoke(app, ["serve", "--index", str(tmp_path), "--default-method", "influence"])
     assert result.exit_code == 2
     assert "--default-method" in result.output and "must be one of auto, gradient" in result.output
+
+
+def test_serve_on_a_busy_port_says_so_before_anything_else(tiny_index: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--index", str(tiny_index), "--port", str(port), "--api-key", "k"])
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "another --port" in result.output
+    assert "curl" not in result.output and "serving" not in result.output
+
+
+def test_demo_build_logs_progress_when_output_is_no_terminal(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([str(Path(sys.executable).parent / "headwater"), "demo", "build", "--preset", "tiny",
+                           "--out", str(tmp_path / "demo"), "--steps", "40"], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "training: step" in line]
+    assert len(lines) == 20 and "step 40/40" in lines[-1] and "to go" in lines[0]
