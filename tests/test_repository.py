@@ -21,3 +21,13 @@ def test_compose_file_is_valid_and_wired() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in (ROOT / "README.md").read_text()
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_package_metadata_builds_without_deprecation_warnings() -> None:
+    """setuptools ≥ 77 warns on a ``license = {text = ...}`` table: the licence is an SPDX string."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert isinstance(project["project"]["license"], str)
+    assert any(r.startswith("setuptools>=77") for r in project["build-system"]["requires"])
+    assert project["project"]["scripts"]["headwater"] == "headwater.entry:main"
