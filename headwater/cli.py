@@ -18,16 +18,16 @@ from attribution.errors import HeadwaterError
 from attribution.sketch import SketchConfig
 from demo.schedules import revision_weights as schedule_weights
 from evaluation.selections import Selection
-from headwater.common import StepLog, clean_errors, setup_logging
+from headwater.common import StepLog, clean_errors, command_group, setup_logging
 from headwater.eval_cli import eval_app
 from indexer.config import IndexConfig, StorageConfig
 
-app = typer.Typer(help="headwater: which training examples drive this language model's output?",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-demo_app = typer.Typer(help="Build the embedded demo (corpus, tokenizer, data, mini-Pythia).", no_args_is_help=True)
-data_app = typer.Typer(help="Inspect training data.", no_args_is_help=True)
+app = command_group("headwater: which training examples drive this language model's output?",
+                    pretty_exceptions_enable=False)
+demo_app = command_group("Build the embedded demo (corpus, tokenizer, data, mini-Pythia).")
+data_app = command_group("Inspect training data.")
 app.add_typer(demo_app, name="demo")
-index_app = typer.Typer(help="Build, merge, inspect and verify attribution indices.", no_args_is_help=True)
+index_app = command_group("Build, merge, inspect and verify attribution indices.")
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")

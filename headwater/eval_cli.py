@@ -13,9 +13,9 @@ import typer
 from attribution.errors import ConfigError
 from evaluation.field_lds import DEFAULT_ESTIMATORS as FIELD_ESTIMATORS
 from evaluation.selections import TAILPATCH_SELECTIONS
-from headwater.common import clean_errors, setup_logging
+from headwater.common import clean_errors, command_group, setup_logging
 
-eval_app = typer.Typer(help="Evaluate attributions: fact tracing, LDS, tail-patch.", no_args_is_help=True)
+eval_app = command_group("Evaluate attributions: fact tracing, LDS, tail-patch.")
 
 # --- eval facts ---
 @eval_app.command("facts")

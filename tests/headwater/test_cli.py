@@ -110,3 +110,14 @@ def test_demo_build_logs_progress_when_output_is_no_terminal(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line for line in done.stderr.splitlines() if "training: step" in line]
     assert len(lines) == 20 and "step 40/40" in lines[-1] and "to go" in lines[0]
+
+
+def test_help_shows_every_option_whole_at_80_columns() -> None:
+    import typer.main
+
+    result = runner.invoke(app, ["index", "build", "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0
+    command = typer.main.get_command(app).commands["index"].commands["build"]
+    flags = [opt for param in command.params for opt in param.opts if opt.startswith("--")]
+    assert len(flags) > 30 and all(flag in result.output for flag in flags), flags
+    assert "…" not in result.output and max(len(line) for line in result.output.splitlines()) <= 80
