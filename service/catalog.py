@@ -14,13 +14,15 @@ import threading
 import time
 import weakref
 from collections import Counter
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from attribution.batching import position_logits
 from attribution.filters import subsets_of
+from attribution.retrievers import Method
 from attribution.session import AttributionSession
 from attribution.unlearning import CANDIDATE_SOURCES, row_losses
 from demo.groundtruth import Fact, load_facts
@@ -46,8 +48,8 @@ class DefaultQuery:
 
 @dataclass(frozen=True)
 class UnlearningCost:
-    """What an ``unlearning`` query's forward passes cost on this index, this model and this device (the ascent's few
-    steps on the short target are left out: the candidates' passes dominate)."""
+    """What an ``unlearning`` query costs on this index, this model and this device: forward passes over the rows it
+    re-scores, and two short ascents (the target's and the correction probes')."""
 
     rows: int
     """Rows a query re-scores at the default settings, at most: every row of a small index, else the candidate pool
@@ -55,16 +57,49 @@ class UnlearningCost:
     row_tokens: int
     """Tokens of a typical (mean) indexed row, cut to the model's context as scoring cuts it."""
     row_seconds: float
-    """One forward pass over a row of ``row_tokens`` tokens, timed when the index was loaded (inf: it failed)."""
+    """One forward pass over a row of ``row_tokens`` tokens in a batch shaped as a query's, timed when the index was
+    loaded (inf: it failed)."""
+    ascent_seconds: float = 0.0
+    """One ascent (its steps' forward and backward passes on short probes), timed at load."""
+    read_seconds: float = 0.0
+    """Reading and tokenizing one row's text (a query's first touch of a row), timed at load."""
 
     COLD_PASSES = 3
     """Forward passes per row of a query over rows not cached yet: the reference losses, the probe ascent's, the
     target ascent's (a cached row needs only the last)."""
 
+    def seconds(self, row_seconds: float | None = None) -> float:
+        """Estimated seconds of a query over rows whose losses are not cached yet (later queries on them: about a
+        third), with ``row_seconds`` measured elsewhere (real queries) in place of the load-time timing."""
+        per_row = self.row_seconds if row_seconds is None else row_seconds
+        return self.rows * (self.COLD_PASSES * per_row + self.read_seconds) + 2 * self.ascent_seconds
+
+
+class ObservedCost:
+    """Seconds per row and forward pass that real ``unlearning`` queries took here (their target pass: every query
+    runs it over all its rows, cached or not), the last ``KEEP``; thread-safe."""
+
+    KEEP = 50
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._row_seconds: list[float] = []
+
+    def add(self, pass_seconds: float, rows: int) -> None:
+        if rows <= 0 or not pass_seconds >= 0:
+            return
+        with self._lock:
+            self._row_seconds = [*self._row_seconds[-(self.KEEP - 1):], pass_seconds / rows]
+
     @property
-    def seconds(self) -> float:
-        """Estimated seconds of a query over rows whose losses are not cached yet (later queries on them: a third)."""
-        return self.COLD_PASSES * self.rows * self.row_seconds
+    def queries(self) -> int:
+        with self._lock:
+            return len(self._row_seconds)
+
+    def row_seconds(self) -> float | None:
+        """Median seconds per row and pass of the queries seen (None before the first)."""
+        with self._lock:
+            return statistics.median(self._row_seconds) if self._row_seconds else None
 
 
 @dataclass(frozen=True)
@@ -75,6 +110,8 @@ class Catalog:
     """First and last training step of the indexed rows (None: the rows have no steps)."""
     default_query: DefaultQuery | None
     unlearning: UnlearningCost
+    observed: ObservedCost = field(default_factory=ObservedCost, compare=False)
+    """What real ``unlearning`` queries cost here, as they run (``auto`` prefers it to the load-time timing)."""
 
 
 _described: weakref.WeakKeyDictionary[AttributionSession, Catalog] = weakref.WeakKeyDictionary()
@@ -100,15 +137,18 @@ def describe(session: AttributionSession, model_lock: AbstractContextManager | N
     return catalog
 
 
-TIMED_TOKENS, TIMED_ROWS, REPEATS = 4096, 8, 3
-"""The load-time timing: a batch of up to ``TIMED_ROWS`` rows of the mean length (at most ``TIMED_TOKENS`` tokens,
-at least one row), timed ``REPEATS`` times while a pass takes under a second; the fastest counts."""
+TIMED_TOKENS, REPEATS = 8192, 3
+"""The load-time timing: one batch as a query's (rows of the mean length packed up to the query's ``batch_tokens``),
+at most ``TIMED_TOKENS`` tokens and at least one row, timed ``REPEATS`` times while a pass takes under a second; the
+fastest counts. (Timing 8 short rows where a query packs hundreds made the estimate 3-30× too high: a small
+batch costs far more per row.)"""
 
 
 def unlearning_cost(session: AttributionSession) -> UnlearningCost:
     """Time the forward pass that ``unlearning`` runs over candidates (per-token losses) on rows of the mean indexed
-    length (the context, when the metadata has no token counts), after a warm-up pass of the same shape, and count
-    the rows a default query re-scores. A pass that fails (out of memory) is logged and costs ``inf``."""
+    length (the context, when the metadata has no token counts), after a warm-up pass of the same shape, and one
+    ascent on the correction probes; count the rows a default query re-scores. A pass that fails (out of memory) is
+    logged and costs ``inf``."""
     settings = session.config.unlearning
     n = len(session)
     rows = n if n <= settings.exhaustive_rows else min(n, len(CANDIDATE_SOURCES) * settings.candidates)
@@ -116,21 +156,55 @@ def unlearning_cost(session: AttributionSession) -> UnlearningCost:
     context = session.encoder.max_length
     length = max(2, min(round(statistics.fmean(counts)) if counts else context, context))
     model = session.encoder.checkpoints[-1].model
-    batch = [[1] * length] * max(1, min(TIMED_ROWS, TIMED_TOKENS // length))  # the cost does not depend on the ids
+    packed = max(1, min(rows, min(settings.batch_tokens, TIMED_TOKENS) // length))
+    batch = [[1] * length] * packed  # the cost does not depend on the ids
     try:
         row_losses(model, batch, settings.batch_tokens)  # warm-up: first-call allocations are not a query's cost
-        fastest = float("inf")
-        for _ in range(REPEATS):
-            started = time.perf_counter()
-            row_losses(model, batch, settings.batch_tokens)
-            fastest = min(fastest, time.perf_counter() - started)
-            if fastest >= 1.0:
-                break
+        fastest = fastest_of(lambda: row_losses(model, batch, settings.batch_tokens))
+        probe_ascent(session)  # warm-up: the first backward pass sets up autograd
+        ascent = fastest_of(lambda: probe_ascent(session))
+        read = row_read_seconds(session)
     except (RuntimeError, MemoryError) as err:  # torch's out-of-memory errors are RuntimeErrors
         log.warning("could not time an unlearning pass over %d rows of %d tokens (%s); its cost counts as unknown",
                     len(batch), length, err)
         return UnlearningCost(rows, length, float("inf"))
-    return UnlearningCost(rows, length, fastest / len(batch))
+    return UnlearningCost(rows, length, fastest / len(batch), ascent, read)
+
+
+def fastest_of(run: Callable[[], object]) -> float:
+    """The fastest of up to ``REPEATS`` timed runs (one, once a run takes a second)."""
+    fastest = float("inf")
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        run()
+        fastest = min(fastest, time.perf_counter() - started)
+        if fastest >= 1.0:
+            break
+    return fastest
+
+
+def probe_ascent(session: AttributionSession) -> None:
+    """One ascent on the correction's generic probes, as a query runs it (weights restored after), and a pass over
+    one 2-token row."""
+    retriever = session.retriever(Method.UNLEARNING)
+    settings = session.config.unlearning
+    probes = retriever.generic_probes(settings.control_probes)
+    if probes is not None:
+        retriever.after_ascent(probes, [[1, 1]], settings)
+
+
+READ_ROWS = 16
+"""Rows, the last of the index, read to time a row's read (their tokens are then cached, as a query would)."""
+
+
+def row_read_seconds(session: AttributionSession) -> float:
+    """Seconds to read and tokenize one row's text, as an unlearning query does for rows it has not seen."""
+    retriever = session.retriever(Method.UNLEARNING)
+    rows = range(max(0, len(session) - READ_ROWS), len(session))
+    started = time.perf_counter()
+    for row in rows:
+        retriever.tokens(row)
+    return (time.perf_counter() - started) / max(1, len(rows))
 
 
 def planted_facts(session: AttributionSession) -> list[Fact]:

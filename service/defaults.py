@@ -5,7 +5,8 @@ by the counterfactual evidence (``unlearning``) where this index and device answ
 stores nothing beyond the default index (bench/RESULTS.md), but it costs a forward pass over every row it re-scores:
 about 1 s a query on the demo, minutes on CPU at Pythia's 2,049-token rows (``bench.pythia_shape --unlearning``).
 So ``auto`` keeps it only while the catalog's estimate of a query over rows not cached yet (one forward pass over a
-typical row, timed at load, × 3 passes × the rows a query re-scores) stays within ``AUTO_SECONDS``.
+typical row in a batch shaped as a query's, timed at load and then measured on real queries as they run, × 3 passes
+× the rows a query re-scores, plus two short ascents) stays within ``AUTO_SECONDS``.
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ def default_method(setting: str, catalog: Catalog) -> MethodChoice:
     """The method of a query without one, and why (``setting``: ``auto`` or a method name, already validated)."""
     if setting != AUTO:
         return MethodChoice(Method(setting), "set by the server (default_method)")
-    cost = catalog.unlearning
-    if cost.row_seconds == float("inf"):
+    cost, observed = catalog.unlearning, catalog.observed.row_seconds()
+    if cost.row_seconds == float("inf") and observed is None:
         return MethodChoice(Method.GRADIENT, "auto: an unlearning pass could not be timed at load (see the server "
                                              "log), so gradient")
+    per_row = cost.row_seconds if observed is None else observed
+    source = ("timed at load" if observed is None else
+              f"measured on the last {catalog.observed.queries} unlearning queries")
     estimate = (f"an unlearning query re-scores up to {cost.rows:,} rows of ~{cost.row_tokens:,} tokens, "
-                f"~{cost.seconds:.1f} s here uncached ({cost.row_seconds * 1e3:.0f} ms a row and pass, timed at load)")
-    if cost.seconds <= AUTO_SECONDS:
+                f"~{cost.seconds(per_row):.1f} s here uncached ({per_row * 1e3:.1f} ms a row and pass, {source})")
+    if cost.seconds(per_row) <= AUTO_SECONDS:
         return MethodChoice(Method.UNLEARNING, f"auto: {estimate}, within {AUTO_SECONDS:.0f} s")
     return MethodChoice(Method.GRADIENT, f"auto: {estimate}, over {AUTO_SECONDS:.0f} s, so gradient (ask for "
                                          "unlearning by name: it ranks better and costs that)")

@@ -84,6 +84,7 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
                                       controls=[(c, None) for c in request.controls],
                                       unlearning=unlearning_settings(session, request, method))
             stages = stage_timings(session, method)  # inside the lock: the next query overwrites them
+            observe_cost(session, method, catalog)
     searched = time.perf_counter()
     completion = (found[0].completion if found else completion) or ""
     found, note = meaningful(method, found, request.filters)
@@ -122,6 +123,14 @@ def stage_timings(session: AttributionSession, method: Method) -> dict[str, floa
         return {}
     timings = getattr(session.retriever(method), "timings", {})
     return {f"unlearning_{name}": ms for name, ms in timings.items() if name != "rows"}
+
+
+def observe_cost(session: AttributionSession, method: Method, catalog: Catalog) -> None:
+    """Record what an ``unlearning`` query's pass over its rows cost, for ``auto`` and ``GET /v1/index``."""
+    if method is Method.UNLEARNING:
+        timings = getattr(session.retriever(method), "timings", {})
+        if "target" in timings and "rows" in timings:
+            catalog.observed.add(timings["target"] / 1e3, int(timings["rows"]))
 
 
 def model_completion(session: AttributionSession, prompt: str) -> str:
