@@ -20,10 +20,7 @@ from functools import cache
 from typing import Any
 
 from attribution.errors import ConfigError
-from attribution.kronecker import Fisher
-from attribution.preconditioner import PreconditionMode
-from attribution.scoring import ScoreMode
-from attribution.sketch import SketchConfig
+from attribution.kinds import Fisher, PreconditionMode, ScoreMode, SketchConfig
 
 
 class Fusion(StrEnum):

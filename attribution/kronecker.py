@@ -17,7 +17,6 @@ import contextlib
 import json
 import zlib
 from collections.abc import Iterator, Sequence
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +27,8 @@ from torch import nn
 
 from attribution.batching import HEAD_CHUNK_VALUES, TokenBatch
 from attribution.errors import ConfigError
+from attribution.kinds import Fisher
 from attribution.sketch import ModuleStatistics, Sketcher
-
-
-class Fisher(StrEnum):
-    """Which labels the Fisher's gradients are taken with."""
-
-    EMPIRICAL = "empirical"
-    """The training labels (the sketch pass's own loss)."""
-    SAMPLED = "sampled"
-    """Labels drawn from the model's own predictive distribution (the true Fisher), one extra pass."""
 
 
 class KroneckerStatistics:

@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from enum import StrEnum
 
 from torch import nn
 
 from attribution.errors import ConfigError
+from attribution.kinds import ModuleGroup
 
 
 class NoLinearModulesError(ConfigError):
@@ -23,15 +23,7 @@ def block_list(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(lists, key=lambda item: len(item[1]))
 
 
-class ModuleGroup(StrEnum):
-    """A group of parameters whose gradients are sketched."""
 
-    BLOCKS = "blocks"
-    """Every nn.Linear inside the transformer blocks."""
-    EMBED = "embed"
-    """The input embedding (its gradient is sparse: only the rows of the tokens present)."""
-    HEAD = "head"
-    """The output head (vocab × hidden, the largest layer)."""
 
 
 def sketched_modules(model: nn.Module, groups: Iterable[ModuleGroup | str]) -> dict[str, nn.Module]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -26,26 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from attribution.errors import ConfigError
-
-
-class PreconditionMode(StrEnum):
-    """The curvature kinds (``attribution.curvature.KINDS`` fits and loads each)."""
-
-    NONE = "none"
-    INVERSE = "inverse"
-    """Global D×D ``(F + λI)^{-1}`` of the sketch covariance, on the training side."""
-    INVERSE_SQRT = "inverse_sqrt"
-    """Global D×D ``(F + λI)^{-1/2}`` of the sketch covariance, on both sides."""
-    BLOCK = "block"
-    """Per-module k²×k² blocks of the sketch covariance, ``(F_m + λ_m I)^{-1/2}`` on both sides."""
-    KFAC = "kfac"
-    """K-FAC ``(A + λ_A I)^{-1} ⊗ (G + λ_G I)^{-1}`` on the query's gradient before projection."""
-    EKFAC = "ekfac"
-    """EK-FAC: K-FAC's eigenbasis with eigenvalues fitted on per-example gradients, on the query side."""
-    KFAC_WHITENED = "kfac_whitened"
-    """K-FAC^(−½) folded into both sides' projections (whitened sketches; fitted before the sketch pass)."""
-    EKFAC_BASIS = "ekfac_basis"
-    """Sketches in K-FAC's eigenbasis (top-k eigenvectors per side), EK-FAC's Λ^(−½) on both sides (prefit)."""
+from attribution.kinds import PreconditionMode
 
 
 class CovarianceAccumulator:

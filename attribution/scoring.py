@@ -12,16 +12,11 @@ makes per-token contributions and contrastive projection exact:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import StrEnum
 
 import torch
 
+from attribution.kinds import ScoreMode
 from attribution.preconditioner import Preconditioner
-
-
-class ScoreMode(StrEnum):
-    INNER_PRODUCT = "inner_product"
-    COSINE = "cosine"
 
 
 def _unit(x: torch.Tensor, eps: float = 1e-30) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -20,33 +19,9 @@ from torch import nn
 
 from attribution.batching import HEAD_CHUNK_VALUES, TokenBatch, backward_summed_nll
 from attribution.errors import ConfigError
-from attribution.modules import ModuleGroup, sketched_modules, weight_shape
+from attribution.kinds import SketchConfig
+from attribution.modules import sketched_modules, weight_shape
 from attribution.projection import projection_matrix
-
-
-@dataclass(frozen=True)
-class SketchConfig:
-    """How gradients are sketched; saved with every index and checked on reopen."""
-
-    k: int = 16
-    """Projection dimension per side; each module contributes k × k numbers."""
-    seed: int = 0
-    """Seed of the projection matrices."""
-    groups: tuple[ModuleGroup, ...] = (ModuleGroup.BLOCKS,)
-    """Parameter groups sketched: blocks (every Linear in the transformer blocks), embed (input embedding),
-    head (output head)."""
-
-    def __post_init__(self) -> None:
-        if self.k <= 0:
-            raise ConfigError(f"projection dimension k must be positive, got {self.k}")
-        groups = (self.groups,) if isinstance(self.groups, str) else tuple(self.groups)
-        try:
-            groups = tuple(dict.fromkeys(ModuleGroup(g) for g in groups))
-        except ValueError as err:
-            raise ConfigError(f"groups must be among {[g.value for g in ModuleGroup]}, got {list(groups)}") from err
-        if not groups:
-            raise ConfigError("sketch at least one parameter group (blocks, embed, head)")
-        object.__setattr__(self, "groups", groups)
 
 
 class ModuleStatistics(Protocol):

@@ -56,17 +56,12 @@ from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, 
 from evaluation.report_files import write_report_files
 from evaluation.retrain import run_jobs, usable_cores
 from evaluation.row_scores import bm25_matrix, cached
+from evaluation.selections import FIELD_LDS_ESTIMATORS as DEFAULT_ESTIMATORS
 from evaluation.text_case import TextCase, chunk_losses, query_chunks, reuse_or_clear, training_rows, write_marker
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 DROP, HALF = "drop", "half"
-DEFAULT_ESTIMATORS = ("gradient-ip/none", "gradient-ip/inverse", "gradient-ip/block", "gradient-ip/kfac",
-                      "gradient-ip/ekfac", "gradient-ip/ekfac_basis", "gradient-ip/ekfac_basis@d0.1",
-                      "gradient/ekfac_basis", "gradient/block", "gradient/inverse_sqrt", "gradient-ip/block@64",
-                      "gradient-ip/ekfac_basis@64", "gradient-ip/ekfac_basis@64@d0.1", "gradient-ip/ekfac_basis@256",
-                      "gradient-ip/ekfac_basis@256@d0.1", "gradient-ip/ekfac_basis@256@d0.001", "bm25",
-                      "unlearning", "tracin/block")
 SHUFFLED = "shuffled"
 BM25, UNLEARNING, TRACIN = "bm25", "unlearning", "tracin"
 TRACIN_CHECKPOINTS = 4

@@ -35,3 +35,12 @@ TAILPATCH_SELECTIONS = tuple(s for s in Selection if s not in (Selection.BOTTOM,
 
 MATRIX_SELECTIONS = frozenset(Selection) - {Selection.BOTTOM, Selection.RANDOM}
 """Selections whose cross-target rows are reported (random draws are summarized, not one matrix each)."""
+
+
+FIELD_LDS_ESTIMATORS = ("gradient-ip/none", "gradient-ip/inverse", "gradient-ip/block", "gradient-ip/kfac",
+                        "gradient-ip/ekfac", "gradient-ip/ekfac_basis", "gradient-ip/ekfac_basis@d0.1",
+                        "gradient/ekfac_basis", "gradient/block", "gradient/inverse_sqrt", "gradient-ip/block@64",
+                        "gradient-ip/ekfac_basis@64", "gradient-ip/ekfac_basis@64@d0.1", "gradient-ip/ekfac_basis@256",
+                        "gradient-ip/ekfac_basis@256@d0.1", "gradient-ip/ekfac_basis@256@d0.001", "bm25",
+                        "unlearning", "tracin/block")
+"""The estimators ``headwater eval field-lds`` compares by default (grammar: evaluation.field_lds)."""

@@ -15,8 +15,7 @@ import typer
 
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, field_help
 from attribution.errors import HeadwaterError
-from attribution.sketch import SketchConfig
-from demo.schedules import revision_weights as schedule_weights
+from attribution.kinds import SketchConfig
 from evaluation.selections import Selection
 from headwater.common import StepLog, clean_errors, command_group, setup_logging
 from headwater.eval_cli import eval_app
@@ -157,6 +156,7 @@ def index_build(
 
     from attribution.batching import Batching
     from attribution.errors import ConfigError
+    from demo.schedules import revision_weights as schedule_weights
     from indexer.build import build_index
     from indexer.runner import detect_rank
 

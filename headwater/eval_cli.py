@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from attribution.errors import ConfigError
-from evaluation.field_lds import DEFAULT_ESTIMATORS as FIELD_ESTIMATORS
+from evaluation.selections import FIELD_LDS_ESTIMATORS as FIELD_ESTIMATORS
 from evaluation.selections import TAILPATCH_SELECTIONS
 from headwater.common import clean_errors, command_group, setup_logging
 

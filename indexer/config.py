@@ -9,8 +9,8 @@ from pathlib import Path
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, from_json, to_json
 from attribution.embeddings import EMBED_CHUNK_TOKENS
 from attribution.errors import ConfigError
+from attribution.kinds import SketchConfig
 from attribution.lexical import LexicalEngine
-from attribution.sketch import SketchConfig
 from attribution.vectors import SearchSettings
 
 

@@ -121,3 +121,13 @@ def test_help_shows_every_option_whole_at_80_columns() -> None:
     flags = [opt for param in command.params for opt in param.opts if opt.startswith("--")]
     assert len(flags) > 30 and all(flag in result.output for flag in flags), flags
     assert "…" not in result.output and max(len(line) for line in result.output.splitlines()) <= 80
+
+
+def test_help_loads_no_model_library() -> None:
+    """``--help`` (and a typo) answer without importing torch or transformers (seconds each on a small machine)."""
+    import subprocess
+    import sys
+
+    code = "import sys, headwater.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
