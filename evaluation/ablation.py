@@ -11,13 +11,14 @@ Demo rows all have the same length, so sizes and token counts match. The ascent 
 
 Every trial also measures every target's own prompt, so the report carries the cross-target
 matrix (row: whose selection was ascended on; column: whose loss changed): the diagonal should
-dominate (EVALUATION.md §3).
+dominate (EVALUATION.md §3). A selection that is empty for a target (``bm25`` sharing no word with it, say)
+is reported as not run for that target while the rest completes (``evaluation.ablation_plan``).
 """
 
 from __future__ import annotations
 
 import logging
-import random
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -26,67 +27,34 @@ import torch
 
 from attribution.batching import training_batch
 from attribution.errors import ConfigError
-from attribution.retrievers import Query
 from attribution.session import AttributionSession
-from attribution.unlearn import LossMeter, Probe, apply_step, ascent_direction, flat_gradient, restored
-from evaluation.ablation_stats import calibration, cross_target_summary, evidence, summarize
+from attribution.unlearn import (
+    EmptySelectionError,
+    LossMeter,
+    Probe,
+    apply_step,
+    ascent_direction,
+    flat_gradient,
+    restored,
+)
+from evaluation.ablation_plan import (
+    AblationSettings,
+    SkippedSelection,
+    check_runnable,
+    positions_by_id,
+    ranked_selections,
+    request_warnings,
+    seeded_selections,
+    skipped_of,
+)
+from evaluation.ablation_stats import calibration, cross_target_summary, summarize
+from evaluation.ablation_verdict import judge
 from evaluation.selections import MATRIX_SELECTIONS, Selection
-from evaluation.targets import Target
+from evaluation.targets import Target, check_targets, unrelated_prompts
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 2
-
-
-@dataclass(frozen=True)
-class AblationSettings:
-    k: int = 10
-    budgets: tuple[float, ...] = (0.5, 1.0, 2.0)
-    """‖Δθ‖ (parameter L2 norm) of each ascent."""
-    random_draws: int = 19
-    seeds: int = 3
-    methods: tuple[Selection, ...] = tuple(Selection)
-    general_rows: int = 8
-    """Evenly spaced indexed rows whose mean token loss measures general damage (the costliest measurement)."""
-
-    def __post_init__(self) -> None:
-        if self.k <= 0 or not self.budgets or any(b <= 0 for b in self.budgets):
-            raise ConfigError("k must be positive and every budget > 0")
-        if self.random_draws < 1 or self.seeds < 1 or self.general_rows < 1:
-            raise ConfigError("random_draws, seeds and general_rows must be at least 1")
-        unknown = set(self.methods) - set(Selection)
-        if unknown:
-            raise ConfigError(f"unknown ablation methods {sorted(unknown)}; choose from {[s.value for s in Selection]}")
-        object.__setattr__(self, "methods", tuple(Selection(m) for m in self.methods))
-
-
-@dataclass
-class TargetResult:
-    target: str
-    completion: str
-    rows: dict = field(default_factory=dict)
-    """method → budget → deltas (random: lists over draws)."""
-
-
-def ranked_selections(session: AttributionSession, target: Target, settings: AblationSettings,
-                      position: dict[int, int]) -> dict[Selection, list[int]]:
-    """Row positions of the selections that do not depend on a seed (top/bottom by score, lexical, embedding,
-    the target's own ``example_ids``); ``position`` maps example ids to rows (``positions_by_id``)."""
-    k = settings.k
-    prompt, completion = target.prompt, target.completion
-    order = np.argsort(-session.gradient.score_all(Query(prompt, completion)), kind="stable")
-    chosen = {Selection.GRADIENT: order[:k].tolist(), Selection.GRADIENT_CONTRASTIVE: order[:k].tolist(),
-              Selection.BOTTOM: order[::-1][:k].tolist()}
-    for method in (Selection.BM25, Selection.EMBEDDING, Selection.UNLEARNING):
-        if method in settings.methods:
-            chosen[method] = [h.row for h in session.retriever(method).search(Query(prompt, completion), k)]
-    if target.example_ids:
-        chosen[Selection.GIVEN] = [position[int(i)] for i in target.example_ids]
-    return {m: v for m, v in chosen.items() if m in settings.methods}
-
-
-def positions_by_id(session: AttributionSession) -> dict[int, int]:
-    """Example id → row position in the session."""
-    return {int(i): p for p, i in enumerate(session.ids)}
+SCHEMA_VERSION = 3
+"""3: ``warnings``, ``not_run``, each target's ``status``, ``verdicts``, the related ratio net of random."""
 
 
 def general_rows(session: AttributionSession, count: int) -> list[list[int]]:
@@ -94,19 +62,6 @@ def general_rows(session: AttributionSession, count: int) -> list[list[int]]:
     positions = list(range(0, len(session), max(1, len(session) // count)))[:count]
     tokenizer = session.encoder.tokenizer
     return [tokenizer.encode(session.texts[p], add_special_tokens=False) for p in positions]
-
-
-def seeded_selections(session: AttributionSession, target: Target, settings: AblationSettings, seed: int,
-                      position: dict[int, int]) -> dict[Selection, list]:
-    """Row positions of the seeded selections: an oracle sample of gold rows and the random draws."""
-    k, n = settings.k, len(session)
-    chosen: dict[Selection, list] = {}
-    gold = [position[g] for g in target.gold_rows if g in position]
-    if gold:
-        chosen[Selection.ORACLE] = random.Random(seed).sample(gold, min(k, len(gold)))
-    rng = random.Random(f"random draws {seed} {target.prompt}")  # fresh draws per target, order-independent
-    chosen[Selection.RANDOM] = [rng.sample(range(n), k) for _ in range(settings.random_draws)]
-    return {m: v for m, v in chosen.items() if m in settings.methods}
 
 
 class Ablator:
@@ -138,6 +93,20 @@ class Ablator:
                            "general": after["general"] - before["general"]}
         return out
 
+    def trials(self, method: Selection, picked: list, avoid: torch.Tensor | None, probed: TargetProbes,
+               cache: dict[tuple, dict]) -> list[tuple[list[int], dict]]:
+        """(rows, deltas per budget) of every draw of one selection, cached by rows; EmptySelectionError when a
+        draw has no rows or a zero gradient."""
+        out = []
+        for positions in picked if method == Selection.RANDOM else [picked]:
+            key = (method, tuple(positions))
+            if key not in cache:
+                contrast = avoid if method == Selection.GRADIENT_CONTRASTIVE else None
+                direction = ascent_direction(self.model, self.rows_of(positions), contrast)
+                cache[key] = self.trial(direction, probed.batch, probed.before)
+            out.append((positions, cache[key]))
+        return out
+
     def control_gradients(self, related: list[Probe]) -> torch.Tensor:
         return torch.stack([flat_gradient(self.model, self.meter.probe_batch([p])) for p in related])
 
@@ -159,7 +128,8 @@ def probe_groups(target: Target, unrelated: list[Probe],
 
 
 def summarize_deltas(deltas: dict, slices: dict[str, slice]) -> dict:
-    """Per-trial scores: group means, excess, specificity z, related ratio."""
+    """Per-trial scores: group means, excess, specificity z, related ratio (this trial's Δrelated / Δtarget: kept
+    in the rows; the summary and the checks use the ratio of means net of random, ``net_related_ratio``)."""
     values = np.array(deltas["probes"])
     mean = {name: float(values[s].mean()) if s.stop > s.start else float("nan") for name, s in slices.items()
             if name != "cross"}
@@ -173,45 +143,72 @@ def summarize_deltas(deltas: dict, slices: dict[str, slice]) -> dict:
             "related_ratio": mean["related"] / target if target else float("nan")}
 
 
-def check_targets(session: AttributionSession, targets: Sequence[Target]) -> None:
-    """Refuse targets that cannot be measured: a prompt, paraphrase, related or unrelated prompt (or its
-    completion) with nothing to tokenize or too long for the model, rows not indexed.
-
-    (Missing or mistyped fields are refused earlier, by ``Target.from_dict``.)"""
-    if not targets:
-        raise ConfigError("no ablation targets")
-    known = positions_by_id(session)
-    for number, target in enumerate(targets, 1):
-        pairs = [("", Probe(target.prompt, target.completion))]
-        pairs += [(f"paraphrase {i}", Probe(p, target.completion)) for i, p in enumerate(target.paraphrases, 1)]
-        pairs += [(f"related prompt {i}", p) for i, p in enumerate(target.related, 1)]
-        pairs += [(f"unrelated prompt {i}", p) for i, p in enumerate(target.unrelated, 1)]
-        for what, probe in pairs:
-            check_probe(session, probe, f"target {number}" + (f", {what}" if what else ""))
-        missing = [i for i in target.example_ids if int(i) not in known]
-        if missing:
-            raise ConfigError(f"target {number}: example_ids {missing[:5]} are not in the index")
 
 
-def check_probe(session: AttributionSession, probe: Probe, name: str) -> None:
-    """A prompt and completion that each give a token and fit the model's context together, else ConfigError."""
-    tokenizer, limit = session.encoder.tokenizer, session.encoder.max_length
-    n_prompt = len(tokenizer.encode(probe.prompt, add_special_tokens=False))
-    n_completion = len(tokenizer.encode(probe.completion, add_special_tokens=False))
-    if n_prompt == 0 or n_completion == 0:
-        raise ConfigError(f"{name} ({probe.prompt[:80]!r} → {probe.completion[:80]!r}): the prompt and the "
-                          "completion must each give at least one token")
-    if n_prompt + n_completion > limit:
-        raise ConfigError(f"{name} is {n_prompt + n_completion} tokens; the model takes at most {limit}")
+@dataclass
+class Outcome:
+    """What the trials of every target gave."""
+
+    rows: list[dict] = field(default_factory=list)
+    matrix: dict = field(default_factory=dict)
+    """method → budget → target position → Δ loss of every target (the cross-target matrix rows)."""
+    skipped: list[SkippedSelection] = field(default_factory=list)
 
 
-def unrelated_prompts(target: Target, pool: Sequence[Target], count: int = 4) -> list[Probe]:
-    """Up to ``count`` prompts of another relation (else any other prompt) from ``pool``, or the target's own."""
-    if target.unrelated:
-        return list(target.unrelated)[:count]
-    others = [t for t in pool if t.prompt != target.prompt]
-    other_relation = [t for t in others if t.attribute is None or t.attribute != target.attribute]
-    return [Probe(t.prompt, t.completion) for t in (other_relation or others)[:count]]
+@dataclass(frozen=True)
+class TargetProbes:
+    """One target's probes, grouped (``probe_groups``), and their losses before any ascent."""
+
+    index: int
+    target: Target
+    slices: dict[str, slice]
+    batch: object
+    before: dict
+
+
+def ablate_target(ablator: Ablator, t_index: int, targets: Sequence[Target], pool: Sequence[Target],
+                  position: dict[int, int], outcome: Outcome) -> None:
+    """Every requested selection of one target × budget × seed; an empty selection, or one whose gradient is zero,
+    is recorded in ``outcome.skipped`` instead of failing the job."""
+    target, settings = targets[t_index], ablator.settings
+    unrelated = unrelated_prompts(target, pool)
+    if not unrelated:
+        raise ConfigError(f"target {target.prompt!r} has no unrelated prompts to compare with: "
+                          "give 'unrelated' prompts or more than one target")
+    probes, slices = probe_groups(target, unrelated, targets)
+    batch = ablator.meter.probe_batch(probes)
+    probed = TargetProbes(t_index, target, slices, batch, ablator.measure(batch))
+    ranked = ranked_selections(ablator.session, target, settings, position)
+    related = probes[slices["related"]]
+    avoid = ablator.control_gradients(related) if Selection.GRADIENT_CONTRASTIVE in ranked and related else None
+    cache: dict[tuple, dict] = {}  # seed-independent selections are ascended once, reported per seed
+    skipped: dict[Selection, SkippedSelection] = {}
+    for seed in range(settings.seeds):
+        chosen = {**ranked, **seeded_selections(ablator.session, target, settings, seed, position)}
+        for empty in skipped_of(chosen, target, t_index, settings.methods):
+            skipped.setdefault(empty.method, empty)
+        for method in (m for m in settings.methods if m not in skipped):
+            try:
+                trials = ablator.trials(method, chosen[method], avoid, probed, cache)
+            except EmptySelectionError as err:
+                skipped[method] = SkippedSelection(t_index, target.prompt, method, str(err))
+                continue
+            record(outcome, ablator.session, probed, method, seed, trials)
+    outcome.skipped += skipped.values()
+
+
+def record(outcome: Outcome, session: AttributionSession, probed: TargetProbes, method: Selection, seed: int,
+           trials: list[tuple[list[int], dict]]) -> None:
+    """Report rows of one selection's trials (one per draw and budget) and, at seed 0, its cross-target rows."""
+    for draw, (positions, by_budget) in enumerate(trials):
+        for budget, deltas in by_budget.items():
+            if seed == 0 and method in MATRIX_SELECTIONS:
+                cross = deltas["probes"][probed.slices["cross"]]
+                outcome.matrix.setdefault(method, {}).setdefault(str(budget), {})[probed.index] = cross
+            outcome.rows.append({"target": probed.index, "prompt": probed.target.prompt, "method": method,
+                                 "seed": seed, "draw": draw, "budget": budget,
+                                 "example_ids": [int(session.ids[p]) for p in positions],
+                                 **summarize_deltas(deltas, probed.slices)})
 
 
 def run_ablation(session: AttributionSession, targets: Sequence[Target], settings: AblationSettings,
@@ -221,54 +218,69 @@ def run_ablation(session: AttributionSession, targets: Sequence[Target], setting
 
     ``controls`` is a pool of targets (e.g. the demo's planted facts) to draw unrelated prompts from
     when a target brings none (default: the other targets). ``general`` defaults to evenly spaced rows.
+    A selection that is empty for a target is reported under ``not_run`` (and in the target's entry) while the
+    rest completes; :class:`NothingToAblateError` when nothing at all could be ascended on.
     """
     check_targets(session, targets)
     if settings.k > len(session):
         raise ConfigError(f"k={settings.k} is larger than the index ({len(session)} examples)")
-    general = general or general_rows(session, settings.general_rows)
-    ablator = Ablator(session, settings, general)
-    position = positions_by_id(session)
-    rows, matrix = [], {}
-    for t_index, target in enumerate(targets):
-        unrelated = unrelated_prompts(target, controls or targets)
-        if not unrelated:
-            raise ConfigError(f"target {target.prompt!r} has no unrelated prompts to compare with: "
-                              "give 'unrelated' prompts or more than one target")
-        probes, slices = probe_groups(target, unrelated, targets)
-        batch = ablator.meter.probe_batch(probes)
-        before = ablator.measure(batch)
-        ranked = ranked_selections(session, target, settings, position)
-        related = probes[slices["related"]]
-        avoid = ablator.control_gradients(related) if Selection.GRADIENT_CONTRASTIVE in ranked and related else None
-        trials: dict[tuple, dict] = {}  # seed-independent selections are ascended once, reported per seed
-        for seed in range(settings.seeds):
-            chosen = {**ranked, **seeded_selections(session, target, settings, seed, position)}
-            for method, picked in chosen.items():
-                draws = picked if method == Selection.RANDOM else [picked]
-                for draw, positions in enumerate(draws):
-                    key = (method, tuple(positions))
-                    if key not in trials:
-                        contrast = avoid if method == Selection.GRADIENT_CONTRASTIVE else None
-                        direction = ascent_direction(ablator.model, ablator.rows_of(positions), contrast)
-                        trials[key] = ablator.trial(direction, batch, before)
-                    for budget, deltas in trials[key].items():
-                        if seed == 0 and method in MATRIX_SELECTIONS:
-                            cross = deltas["probes"][slices["cross"]]
-                            matrix.setdefault(method, {}).setdefault(str(budget), []).append(cross)
-                        rows.append({"target": t_index, "prompt": target.prompt, "method": method,
-                                     "seed": seed, "draw": draw, "budget": budget,
-                                     "example_ids": [int(session.ids[p]) for p in positions],
-                                     **summarize_deltas(deltas, slices)})
+    warnings = request_warnings(targets, settings)
+    for warning in warnings:
+        log.warning("ablation: %s", warning)
+    ablator = Ablator(session, settings, general or general_rows(session, settings.general_rows))
+    position, outcome = positions_by_id(session), Outcome()
+    for t_index in range(len(targets)):
+        ablate_target(ablator, t_index, targets, controls or targets, position, outcome)
         if progress:
             progress(t_index + 1)
-    summary = summarize(rows, settings)
-    report = {"schema_version": SCHEMA_VERSION,
-              "config": {**asdict(settings), "targets": len(targets), "examples": len(session)},
-              "targets": [{"prompt": t.prompt, "completion": t.completion, "attribute": t.attribute}
-                          for t in targets],
-              "rows": rows, "summary": summary, "calibration": calibration(summary, settings.budgets)}
-    report["evidence"] = evidence(summary, settings.budgets)
-    report["cross_target"] = {method: {budget: {"matrix": values, **cross_target_summary(values, targets)}
-                                       for budget, values in by_budget.items()}
-                              for method, by_budget in matrix.items() if len(targets) > 1}
-    return report
+    if not outcome.rows:
+        check_runnable(outcome.skipped, targets, settings)
+    log_skipped(outcome.skipped)
+    return build_report(session, targets, settings, outcome, warnings)
+
+
+def log_skipped(skipped: Sequence[SkippedSelection]) -> None:
+    """One warning per selection and reason, with how many targets it concerns."""
+    groups: dict[tuple[str, str], int] = defaultdict(int)
+    for s in skipped:
+        groups[(s.method.value, s.reason)] += 1
+    for (method, reason), count in groups.items():
+        log.warning("ablation: %s not run on %d target(s): %s", method, count, reason)
+
+
+def build_report(session: AttributionSession, targets: Sequence[Target], settings: AblationSettings,
+                 outcome: Outcome, warnings: list[str]) -> dict:
+    """The versioned report: config, targets (with what did not run), rows, summary, calibration, the checklist
+    (``evidence``) and the verdicts built from it, the cross-target matrices."""
+    summary = summarize(outcome.rows, settings)
+    verdicts = judge(summary, settings.budgets)
+    not_run: dict[int, dict[str, str]] = defaultdict(dict)
+    for s in outcome.skipped:
+        not_run[s.target][s.method.value] = s.reason
+    return {"schema_version": SCHEMA_VERSION,
+            "config": {**asdict(settings), "targets": len(targets), "examples": len(session)},
+            "warnings": warnings,
+            "targets": [target_entry(t, not_run[i], settings) for i, t in enumerate(targets)],
+            "not_run": [asdict(s) for s in outcome.skipped],
+            "rows": outcome.rows, "summary": summary, "calibration": calibration(summary, settings.budgets),
+            "evidence": {m: v.evidence() for m, v in verdicts.items()},
+            "verdicts": {m: v.to_json() for m, v in verdicts.items()},
+            "cross_target": cross_target(outcome.matrix, targets)}
+
+
+def target_entry(target: Target, not_run: dict[str, str], settings: AblationSettings) -> dict:
+    """A target in the report: ``status`` run / partly run / not run, and each selection not run with why."""
+    status = "not run" if len(not_run) == len(settings.methods) else "partly run" if not_run else "run"
+    return {"prompt": target.prompt, "completion": target.completion, "attribute": target.attribute,
+            "status": status, "not_run": not_run}
+
+
+def cross_target(matrix: dict, targets: Sequence[Target]) -> dict:
+    """The cross-target summary of each selection that ran on every target (a missing row would leave a hole)."""
+    out: dict = {}
+    for method, by_budget in matrix.items() if len(targets) > 1 else ():
+        for budget, by_target in by_budget.items():
+            if len(by_target) == len(targets):
+                values = [by_target[i] for i in range(len(targets))]
+                out.setdefault(method, {})[budget] = {"matrix": values, **cross_target_summary(values, targets)}
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.ablation_stats import CHECKS
+from evaluation.ablation_checks import CAVEAT, Check
 from evaluation.removal_column import removal_lines
 
 
@@ -21,6 +21,7 @@ def pvalue(value: float | None) -> str:
 
 
 def markdown(report: dict) -> str:
+    """The report as markdown: what ran, the summary table, calibration, the checklist and the verdicts."""
     config = report["config"]
     lines = [f"# Unlearning report (schema {report['schema_version']})", "",
              f"{config['targets']} targets, {config['examples']} indexed examples, k={config['k']}, "
@@ -28,22 +29,44 @@ def markdown(report: dict) -> str:
              "", "One-step check: each selection is ascended on once to a fixed ‖Δθ‖, no retraining (the "
              "counterfactual removal-and-retrain column follows when a removal report was given).",
              "", "Deltas are in nats (completion NLL; general: mean token NLL). excess = Δtarget − mean Δunrelated; "
-             "z = (Δtarget − mean Δcontrols) / sd(Δcontrols); related ratio = Δrelated / Δtarget.", "",
+             "z = (Δtarget − mean Δcontrols) / sd(Δcontrols); related ratio = (mean Δrelated − random's) / "
+             "(mean Δtarget − random's), over targets (— where the target is not hurt more than by random rows).", "",
              "| method | budget | Δtarget | Δparaphrases | Δrelated | Δunrelated | Δgeneral | excess [95% CI] | z | "
-             "related ratio | vs random: win rate, p (Holm) |",
+             "related ratio [95% CI] | vs random: win rate, p (Holm) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, budgets in report["summary"].items():
-        for budget, entry in budgets.items():
-            ci = entry["excess"]["ci95"]
-            versus = entry.get("vs", {}).get("random")
-            vs = f"{fmt(versus['win_rate'])}, {pvalue(versus['p_holm'])}" if versus else "—"
-            lines.append(
-                f"| {method} | {budget} | {fmt(entry['d_target']['mean'])} | {fmt(entry['d_paraphrases']['mean'])} | "
-                f"{fmt(entry['d_related']['mean'])} | {fmt(entry['d_unrelated']['mean'])} | "
-                f"{fmt(entry['d_general']['mean'])} | {fmt(entry['excess']['mean'])} [{fmt(ci[0])}, {fmt(ci[1])}] | "
-                f"{fmt(entry['specificity_z']['mean'])} | {fmt(entry['related_ratio']['mean'])} | {vs} |")
-    return "\n".join(lines + removal_lines(report) + calibration_lines(report) + evidence_lines(report)
+        lines += [summary_line(method, budget, entry) for budget, entry in budgets.items()]
+    return "\n".join(lines[:2] + warning_lines(report) + lines[2:] + not_run_lines(report) + removal_lines(report)
+                     + calibration_lines(report) + evidence_lines(report) + verdict_lines(report)
                      + cross_target_lines(report)) + "\n"
+
+
+def summary_line(method: str, budget: str, entry: dict) -> str:
+    ci, ratio = entry["excess"]["ci95"], entry["related_ratio"]
+    versus = entry.get("vs", {}).get("random")
+    vs = f"{fmt(versus['win_rate'])}, {pvalue(versus['p_holm'])}" if versus else "—"
+    return (f"| {method} | {budget} | {fmt(entry['d_target']['mean'])} | {fmt(entry['d_paraphrases']['mean'])} | "
+            f"{fmt(entry['d_related']['mean'])} | {fmt(entry['d_unrelated']['mean'])} | "
+            f"{fmt(entry['d_general']['mean'])} | {fmt(entry['excess']['mean'])} [{fmt(ci[0])}, {fmt(ci[1])}] | "
+            f"{fmt(entry['specificity_z']['mean'])} | {fmt(ratio['mean'])} [{fmt(ratio['ci95'][0])}, "
+            f"{fmt(ratio['ci95'][1])}] | {vs} |")
+
+
+def warning_lines(report: dict) -> list[str]:
+    """What the request could not measure, said before the numbers."""
+    warnings = report.get("warnings") or []
+    return ["## Warnings", "", *(f"- {w}" for w in warnings), ""] if warnings else []
+
+
+def not_run_lines(report: dict) -> list[str]:
+    """Selections that were empty for some targets (and so not ascended on there), and why."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for s in report.get("not_run") or []:
+        groups.setdefault((s["method"], s["reason"]), []).append(str(s["target"] + 1))
+    if not groups:
+        return []
+    lines = ["", "## Selections not run", "", "| method | reason | targets |", "|---|---|---|"]
+    return lines + [f"| {method} | {reason} | {', '.join(targets)} |" for (method, reason), targets in groups.items()]
 
 
 def calibration_lines(report: dict) -> list[str]:
@@ -63,30 +86,36 @@ def calibration_lines(report: dict) -> list[str]:
 
 
 def evidence_lines(report: dict) -> list[str]:
-    """The checklist table: a check that could not be computed reads "not run" (never "pass"), and each
-    method's verdict says which checks were not run and what they need."""
+    """The checklist table per budget: a check that could not be computed reads "not run" (never "pass");
+    the verdict section below says why."""
     found = report.get("evidence") or {}
     if not found:
         return []
-    names = list(CHECKS)
+    names = [c.value for c in Check]
     mark = {True: "pass", False: "FAIL", None: "not run"}
     lines = ["", "## Evidence checklist (EVALUATION.md §3)", "",
              "An attribution counts as evidenced when every check ran and passed at ≥ 2 budgets; a check that "
-             "could not be computed here is *not run*, which is never a pass.", "",
-             "| method | budget | " + " | ".join(n.replace("_", " ") for n in names) + " | result |",
+             "could not be computed here, or whose test cannot reach its threshold with this many targets or "
+             "draws, is *not run*, which is never a pass nor a failure.", "",
+             "| method | budget | " + " | ".join(Check(n).label for n in names) + " | result |",
              "|---|---|" + "---|" * (len(names) + 1)]
     for method, entry in found.items():
         for budget, result in entry["budgets"].items():
             lines.append(f"| {method} | {budget} | " + " | ".join(mark[result["checks"].get(n)] for n in names)
                          + f" | {result['status']} |")
-    lines.append("")
-    for method, entry in found.items():
-        line = f"- {method}: passes at budgets {entry['passing_budgets'] or 'none'} → {entry['verdict']}"
-        if entry["not_run_needs"]:
-            line += "; not run: " + "; ".join(f"{n.replace('_', ' ')} (needs {why})"
-                                              for n, why in entry["not_run_needs"].items())
-        lines.append(line)
     return lines
+
+
+def verdict_lines(report: dict) -> list[str]:
+    """The verdict on each tested selection (what the page and the API show), each check with its reason."""
+    verdicts = report.get("verdicts") or {}
+    if not verdicts:
+        return []
+    lines = ["", "## Verdict", ""]
+    for method, verdict in verdicts.items():
+        lines.append(f"- **{method}: {verdict['verdict']}** — {verdict['reason']}")
+        lines += [f"  - {c['label']}: {c['status']} — {c['reason']}" for c in verdict["checks"]]
+    return lines + ["", f"What this does and does not show: {CAVEAT}"]
 
 
 def cross_target_lines(report: dict) -> list[str]:

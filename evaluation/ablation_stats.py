@@ -1,10 +1,13 @@
 """Statistics of the unlearning report: per-method summaries with bootstrap intervals, paired
 Wilcoxon tests against each baseline with Holm correction, win rates, per-target p-values vs random,
-the budget calibration, the evidence checklist of EVALUATION.md §3 and the cross-target matrix summary."""
+the related ratio net of random, the budget calibration and the cross-target matrix summary.
+
+(The evidence checklist built on these numbers, and the verdict, are ``evaluation.ablation_checks``.)"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.stats import wilcoxon
@@ -13,7 +16,8 @@ from evaluation.selections import Selection
 from evaluation.targets import Target
 
 METRICS = ("d_target", "d_paraphrases", "d_related", "d_unrelated", "d_general", "excess", "paraphrase_excess",
-           "specificity_z", "related_ratio")
+           "specificity_z")
+"""Per-target metrics summarised as a mean over targets (the related ratio is a ratio of means instead)."""
 BASELINES = (Selection.RANDOM, Selection.BM25, Selection.EMBEDDING, Selection.BOTTOM, Selection.ORACLE)
 """What the tested selections are compared with, in the order the report lists them."""
 TESTED = (Selection.GRADIENT, Selection.GRADIENT_CONTRASTIVE, Selection.UNLEARNING, Selection.GIVEN)
@@ -42,15 +46,21 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
 
 
 def per_target(rows: list[dict], metric: str) -> dict[tuple[str, float], dict[int, float]]:
-    """(method, budget) → target → mean of the metric over seeds and draws."""
+    """(method, budget) → target → mean of the metric over seeds and draws (NaN where every value is NaN)."""
     groups: dict = defaultdict(lambda: defaultdict(list))
     for row in rows:
         groups[(row["method"], row["budget"])][row["target"]].append(row[metric])
-    return {key: {t: float(np.nanmean(v)) for t, v in by_target.items()} for key, by_target in groups.items()}
+    return {key: {t: _nanmean(v) for t, v in by_target.items()} for key, by_target in groups.items()}
 
 
-def random_pvalues(rows: list[dict], method: str, budget: float) -> list[float]:
-    """Per target: share of random draws with at least the method's excess (+1 smoothing)."""
+def _nanmean(values: list[float]) -> float:
+    finite = np.asarray(values, dtype=float)
+    finite = finite[~np.isnan(finite)]
+    return float(finite.mean()) if len(finite) else float("nan")
+
+
+def _random_pools(rows: list[dict], method: str, budget: float) -> list[tuple[float, np.ndarray]]:
+    """Per target the method ran on: its mean excess and the excess of every measurable random draw."""
     method_excess = per_target([r for r in rows if r["method"] == method], "excess")
     draws: dict = defaultdict(list)
     for r in rows:
@@ -59,50 +69,135 @@ def random_pvalues(rows: list[dict], method: str, budget: float) -> list[float]:
     out = []
     for target, value in method_excess.get((method, budget), {}).items():
         pool = np.array(draws.get(target, []), dtype=float)
-        pool = pool[~np.isnan(pool)]
+        out.append((value, pool[~np.isnan(pool)]))
+    return out
+
+
+def random_pvalues(rows: list[dict], method: str, budget: float) -> list[float]:
+    """Per target: share of random draws with at least the method's excess (+1 smoothing).
+
+    One-sided; its smallest possible value is 1 / (draws + 1)."""
+    out = []
+    for value, pool in _random_pools(rows, method, budget):
         measurable = len(pool) and not np.isnan(value)  # a NaN excess beats no draw: not run, not p = 1/(n+1)
         out.append(float((1 + (pool >= value).sum()) / (1 + len(pool))) if measurable else float("nan"))
     return out
 
 
+def random_draw_counts(rows: list[dict], method: str, budget: float) -> list[int]:
+    """Per target (in :func:`random_pvalues`' order): how many measurable random draws its p-value rests on."""
+    return [len(pool) for _, pool in _random_pools(rows, method, budget)]
+
+
+@dataclass(frozen=True)
+class RelatedRatio:
+    """(mean Δrelated(method) − mean Δrelated(random)) / (mean Δtarget(method) − mean Δtarget(random)).
+
+    Means over the targets both selections ran on (each target's random value is the mean of its draws), so
+    what any selection costs the related prompts is subtracted, and a target whose own Δtarget is near zero
+    cannot blow the ratio up. ``mean`` is None when it is not defined (the method does not hurt the target
+    more than random) or not run (``targets`` is 0); ``ci95`` resamples targets (undefined resamples count as
+    +∞, so the upper bound is None where they reach it).
+    """
+
+    mean: float | None
+    ci95: tuple[float | None, float | None]
+    targets: int
+    note: str
+
+    @property
+    def defined(self) -> bool:
+        return self.mean is not None
+
+
+NOT_DEFINED = "not defined: the method does not hurt the target more than random"
+
+
+def ratio_of_means(means: np.ndarray) -> np.ndarray:
+    """``means``: (..., 2) mean net Δrelated, mean net Δtarget → their ratio, +∞ where Δtarget ≤ 0 (not defined)."""
+    related, target = means[..., 0], means[..., 1]
+    return np.where(target > 0, related / np.where(target > 0, target, 1.0), np.inf)
+
+
+def net_related_ratio(tables: dict[str, dict], method: str, budget: float, reps: int = 2000,
+                      seed: int = 0) -> RelatedRatio:
+    """:class:`RelatedRatio` of one selection at one budget from :func:`per_target` tables of d_related and
+    d_target."""
+    if method == Selection.RANDOM:
+        return RelatedRatio(None, (None, None), 0, "random is the reference the ratio subtracts")
+    columns = [tables[metric].get((m, budget), {}) for metric in ("d_related", "d_target")
+               for m in (method, Selection.RANDOM)]
+    common = sorted(set.intersection(*(set(c) for c in columns)))
+    values = np.array([[c[t] for c in columns] for t in common], dtype=float).reshape(-1, 4)
+    values = values[np.isfinite(values).all(axis=1)]
+    if not len(values):
+        return RelatedRatio(None, (None, None), 0, "not run: needs related prompts and random draws")
+    net = np.stack([values[:, 0] - values[:, 1], values[:, 2] - values[:, 3]], axis=1)
+    value = float(ratio_of_means(net.mean(axis=0)))
+    ci: tuple[float | None, float | None] = (None, None)
+    if len(net) >= 2:
+        picks = np.random.default_rng(seed).integers(0, len(net), size=(reps, len(net)))
+        ratios = ratio_of_means(net[picks].mean(axis=1))
+        low, high = np.quantile(ratios, [0.025, 0.975], method="inverted_cdf")
+        ci = (_finite(low), _finite(high))
+    if not np.isfinite(value):
+        return RelatedRatio(None, ci, len(net), NOT_DEFINED)
+    return RelatedRatio(value, ci, len(net), "ratio of means over targets, each net of random's mean")
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 def summarize(rows: list[dict], settings) -> dict:
-    """Per method and budget: metric means with 95 % intervals; for gradient methods, tests vs baselines."""
+    """Per method and budget: metric means with 95 % intervals, the net related ratio; for the tested
+    selections, tests vs baselines and per-target p-values vs their random draws."""
     tables = {metric: per_target(rows, metric) for metric in METRICS}
     summary: dict = {}
     for (method, budget), by_target in sorted(tables["excess"].items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        entry = {"targets": len(by_target)}
+        entry: dict = {"targets": len(by_target)}
         for metric in METRICS:
             values = np.array(list(tables[metric][(method, budget)].values()), dtype=float)
-            entry[metric] = {"mean": float(np.nanmean(values)) if len(values) else float("nan"),
+            entry[metric] = {"mean": _nanmean(values) if len(values) else float("nan"),
                              "ci95": bootstrap_ci(values)}
+        entry["related_ratio"] = asdict(net_related_ratio(tables, method, budget))
         if method in TESTED:
             entry["vs"] = compare(tables["excess"], method, budget)
+            entry["excess_vs"] = paired_differences(tables["excess"], method, budget)
             entry["random_p_values"] = random_pvalues(rows, method, budget)
+            entry["random_draws"] = random_draw_counts(rows, method, budget)
         summary.setdefault(method, {})[str(budget)] = entry
     return summary
 
 
+def paired_differences(excess: dict, method: str, budget: float) -> dict[str, dict]:
+    """Per baseline: the mean of (method excess − baseline excess) over the targets both ran on, and how many."""
+    ours, out = excess.get((method, budget), {}), {}
+    for baseline in BASELINES:
+        theirs = excess.get((baseline, budget), {})
+        gaps = np.array([ours[t] - theirs[t] for t in sorted(set(ours) & set(theirs))], dtype=float)
+        gaps = gaps[~np.isnan(gaps)]
+        if len(gaps):
+            out[baseline.value] = {"mean_difference": float(gaps.mean()), "targets": len(gaps)}
+    return out
+
+
 def compare(excess: dict, method: str, budget: float) -> dict:
-    """Paired Wilcoxon (method excess vs baseline excess over targets), Holm-corrected, and win rates."""
+    """Paired one-sided Wilcoxon (method excess > baseline excess over targets), Holm-corrected over the
+    baselines compared, with win rates and the number of paired targets (``pairs``)."""
     ours = excess.get((method, budget), {})
-    raw, wins = {}, {}
+    raw, wins, pairs = {}, {}, {}
     for baseline in BASELINES:
         theirs = excess.get((baseline, budget), {})
         common = sorted(set(ours) & set(theirs))
         if len(common) < 2:
             continue
         a, b = np.array([ours[t] for t in common]), np.array([theirs[t] for t in common])
-        wins[baseline] = float((a > b).mean())
+        wins[baseline], pairs[baseline] = float((a > b).mean()), len(common)
         diff = a - b
         raw[baseline] = float(wilcoxon(diff, alternative="greater").pvalue) if np.any(diff != 0) else 1.0
     adjusted = holm(raw)
-    return {b: {"win_rate": wins[b], "p_value": raw[b], "p_holm": adjusted[b]} for b in raw}
-
-
-def _mean(summary: dict, method: str, budget: str, metric: str) -> float | None:
-    entry = summary.get(method, {}).get(budget)
-    value = entry[metric]["mean"] if entry else None
-    return None if value is None or np.isnan(value) else value
+    return {b: {"win_rate": wins[b], "p_value": raw[b], "p_holm": adjusted[b], "pairs": pairs[b]} for b in raw}
 
 
 def calibration(summary: dict, budgets) -> dict:
@@ -133,76 +228,6 @@ def calibration(summary: dict, budgets) -> dict:
             f"{low}-{high} nats of general loss" if inside else
             f"no budget inside {low}-{high} nats: the closest was chosen; sweep other budgets")
     return {"band": [low, high], "budgets": per_budget, "calibrated_budget": chosen, "note": note}
-
-
-CHECKS: dict[str, str] = {
-    "beats_random": "random draws and ≥ 2 targets (a paired test across targets)",
-    "specificity_z_ge_2": "≥ 2 related or unrelated prompts per target",
-    "related_ratio_le_0_5": "related prompts",
-    "carries_to_paraphrases": "paraphrases on ≥ 2 targets (a 95 % interval)",
-    "not_worse_than_bm25_embedding": "the bm25 or embedding selection",
-    "bottom_no_worse_than_random": "the bottom selection and random draws on ≥ 2 targets",
-}
-"""The evidence checklist (EVALUATION.md §3): each check's name and what it needs to be run at all."""
-
-
-def _checks(summary: dict, method: str, budget: str) -> dict[str, bool | None]:
-    """One tested method's checks at one budget: True passed, False failed, None not run (not measurable)."""
-    entry = summary[method][budget]
-    versus = entry.get("vs", {}).get(Selection.RANDOM)
-    z, ratio = _mean(summary, method, budget, "specificity_z"), _mean(summary, method, budget, "related_ratio")
-    para_low = entry["paraphrase_excess"]["ci95"][0]
-    excess = _mean(summary, method, budget, "excess")
-    rivals = [_mean(summary, m, budget, "excess") for m in (Selection.BM25, Selection.EMBEDDING)]
-    rivals = [r for r in rivals if r is not None]
-    bottom = _mean(summary, Selection.BOTTOM, budget, "d_target")
-    random_ci = summary.get(Selection.RANDOM, {}).get(budget, {}).get("d_target", {}).get("ci95")
-    beats = None if versus is None or np.isnan(versus["p_holm"]) else bool(
-        versus["p_holm"] < 0.01 and versus["win_rate"] >= 0.75)
-    return {
-        "beats_random": beats,
-        "specificity_z_ge_2": None if z is None else bool(z >= 2),
-        "related_ratio_le_0_5": None if ratio is None else bool(ratio <= 0.5),
-        "carries_to_paraphrases": None if para_low is None or np.isnan(para_low) else bool(para_low > 0),
-        "not_worse_than_bm25_embedding": None if excess is None or not rivals else bool(excess >= max(rivals)),
-        "bottom_no_worse_than_random": None if bottom is None or random_ci is None or random_ci[1] is None
-        or np.isnan(random_ci[1]) else bool(bottom <= random_ci[1]),
-    }
-
-
-def budget_status(checks: dict[str, bool | None]) -> dict:
-    """A budget's checks judged: ``passed`` only when every check ran and passed; a check that could not be
-    run is listed in ``not_run`` and is never counted as passed."""
-    failed = [name for name, ok in checks.items() if ok is False]
-    not_run = [name for name, ok in checks.items() if ok is None]
-    status = "failed" if failed else "incomplete" if not_run else "passed"
-    return {"checks": checks, "status": status, "passed": status == "passed", "failed": failed,
-            "not_run": not_run}
-
-
-def evidence(summary: dict, budgets) -> dict:
-    """EVALUATION.md §3's criteria per tested method and budget (:data:`CHECKS`).
-
-    Beats random (Holm p < 0.01, win rate ≥ 0.75), specificity z ≥ 2, related ratio ≤ 0.5,
-    carries over to the paraphrases (paraphrase excess 95 % CI above 0), not worse than BM25 and
-    embedding (mean excess), and ``bottom`` no worse than random (mean Δtarget within random's CI).
-    A check that cannot be computed here (too few targets, a selection not run) is *not run*: it makes
-    its budget ``incomplete``, never ``passed``. A method is ``evidenced`` when every check ran and
-    passed at ≥ 2 budgets; else ``not evidenced`` when a check failed, ``incomplete`` when none failed.
-    """
-    out = {}
-    for method in TESTED:
-        if method not in summary:
-            continue
-        by_budget = {budget: budget_status(_checks(summary, method, budget))
-                     for budget in (str(b) for b in budgets) if budget in summary[method]}
-        passing = [b for b, v in by_budget.items() if v["passed"]]
-        not_run = sorted({name for v in by_budget.values() for name in v["not_run"]}, key=list(CHECKS).index)
-        failed = any(v["failed"] for v in by_budget.values())
-        verdict = "evidenced" if len(passing) >= 2 else "not evidenced" if failed or not not_run else "incomplete"
-        out[method] = {"budgets": by_budget, "passing_budgets": passing, "evidence": verdict == "evidenced",
-                       "verdict": verdict, "not_run": not_run, "not_run_needs": {n: CHECKS[n] for n in not_run}}
-    return out
 
 
 def cross_target_summary(matrix: list[list[float]], targets: list[Target]) -> dict:

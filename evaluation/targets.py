@@ -1,17 +1,22 @@
 """What an unlearning ablation checks: one record per target, validated at the edge.
 
 A target comes from a planted fact of the demo (``Target.from_fact``), from a line of a client's
-JSONL file (``Target.from_dict``, checked field by field) or from an HTTP request.
+JSONL file (``Target.from_dict``, checked field by field) or from an HTTP request; ``check_targets``
+refuses, before any work, a target the model cannot measure.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attribution.errors import ConfigError
 from attribution.unlearn import Probe
 from demo.groundtruth import Fact
+
+if TYPE_CHECKING:  # only a type here: the session module loads the retrievers
+    from attribution.session import AttributionSession
 
 
 @dataclass
@@ -75,3 +80,44 @@ def _probes(data: dict, key: str, number: int) -> list[Probe]:
         raise ConfigError(f"target {number}: '{key}' must be a list of {{\"prompt\": str, \"completion\": str}} "
                           f"objects, got {values!r:.200}")
     return [Probe(p["prompt"], p["completion"]) for p in pairs]
+
+
+def check_targets(session: AttributionSession, targets: Sequence[Target]) -> None:
+    """Refuse targets that cannot be measured: a prompt, paraphrase, related or unrelated prompt (or its
+    completion) with nothing to tokenize or too long for the model, rows not indexed.
+
+    (Missing or mistyped fields are refused earlier, by ``Target.from_dict``.)"""
+    if not targets:
+        raise ConfigError("no ablation targets")
+    known = {int(i) for i in session.ids}
+    for number, target in enumerate(targets, 1):
+        pairs = [("", Probe(target.prompt, target.completion))]
+        pairs += [(f"paraphrase {i}", Probe(p, target.completion)) for i, p in enumerate(target.paraphrases, 1)]
+        pairs += [(f"related prompt {i}", p) for i, p in enumerate(target.related, 1)]
+        pairs += [(f"unrelated prompt {i}", p) for i, p in enumerate(target.unrelated, 1)]
+        for what, probe in pairs:
+            check_probe(session, probe, f"target {number}" + (f", {what}" if what else ""))
+        missing = [i for i in target.example_ids if int(i) not in known]
+        if missing:
+            raise ConfigError(f"target {number}: example_ids {missing[:5]} are not in the index")
+
+
+def check_probe(session: AttributionSession, probe: Probe, name: str) -> None:
+    """A prompt and completion that each give a token and fit the model's context together, else ConfigError."""
+    tokenizer, limit = session.encoder.tokenizer, session.encoder.max_length
+    n_prompt = len(tokenizer.encode(probe.prompt, add_special_tokens=False))
+    n_completion = len(tokenizer.encode(probe.completion, add_special_tokens=False))
+    if n_prompt == 0 or n_completion == 0:
+        raise ConfigError(f"{name} ({probe.prompt[:80]!r} → {probe.completion[:80]!r}): the prompt and the "
+                          "completion must each give at least one token")
+    if n_prompt + n_completion > limit:
+        raise ConfigError(f"{name} is {n_prompt + n_completion} tokens; the model takes at most {limit}")
+
+
+def unrelated_prompts(target: Target, pool: Sequence[Target], count: int = 4) -> list[Probe]:
+    """Up to ``count`` prompts of another relation (else any other prompt) from ``pool``, or the target's own."""
+    if target.unrelated:
+        return list(target.unrelated)[:count]
+    others = [t for t in pool if t.prompt != target.prompt]
+    other_relation = [t for t in others if t.attribute is None or t.attribute != target.attribute]
+    return [Probe(t.prompt, t.completion) for t in (other_relation or others)[:count]]

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from attribution.retrievers import GradientRetriever, Method
 from attribution.session import AttributionSession
-from evaluation.ablation import AblationSettings, run_ablation
+from evaluation.ablation import run_ablation
+from evaluation.ablation_plan import AblationSettings
 from evaluation.ablation_report import write_report
 from evaluation.targets import Target
 
@@ -37,6 +38,8 @@ class Job:
     done: int = 0
     error: str | None = None
     report: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+    """What the request cannot measure (checks that will not run), said when it is accepted."""
     directory: Path | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
@@ -75,14 +78,15 @@ class JobManager:
         return next((j for j in self.jobs.values() if j.status in ("queued", "running")), None)
 
     def start(self, session: AttributionSession, targets: list[Target], settings: AblationSettings,
-              controls: list[Target] | None = None) -> Job:
+              controls: list[Target] | None = None, warnings: list[str] | None = None) -> Job:
+        """Start a job in a thread (JobBusyError while another runs); ``warnings`` are kept with it."""
         with self.lock:
             busy = self.running()
             if busy is not None:
                 raise JobBusyError(f"ablation job {busy.id} is still running; retry when it is done")
             if self.closed:
                 raise JobBusyError("the server is shutting down; retry when it is back")
-            job = Job(id=uuid.uuid4().hex[:12], targets=len(targets))
+            job = Job(id=uuid.uuid4().hex[:12], targets=len(targets), warnings=list(warnings or []))
             self.jobs[job.id] = job
         thread = threading.Thread(target=self._run, args=(job, session, targets, settings, controls), daemon=True)
         thread.start()

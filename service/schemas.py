@@ -177,3 +177,26 @@ class Health(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+
+
+class AblationCheck(BaseModel):
+    """One check of an ablation's evidence checklist (EVALUATION.md §3), over every budget."""
+
+    name: str = Field(examples=["beats_random"])
+    label: str = Field(examples=["beats random"])
+    status: Literal["passed", "failed", "not run"]
+    reason: str = Field(description="What was measured against what threshold, or what the check needs to run.")
+    budgets: dict[str, Literal["passed", "failed", "not run"]] = Field(description="Its status at each budget.")
+
+
+class AblationVerdict(BaseModel):
+    """The one verdict on a tested selection, from the full checklist: what the page and ``headwater ablate`` show."""
+
+    method: str = Field(examples=["given"])
+    verdict: Literal["supported", "not supported", "inconclusive"] = Field(
+        description="supported: every check passed at the same ≥ 2 budgets; not supported: a check failed; "
+                    "inconclusive: none failed but some could not run.")
+    reason: str = Field(description="Which checks failed, or could not run.")
+    explanation: str = Field(description="What the verdict does and does not show.")
+    passing_budgets: list[str]
+    checks: list[AblationCheck]

@@ -1,4 +1,12 @@
-"""``POST /v1/ablations`` (API key) starts an unlearning check; ``GET /v1/ablations/{id}`` reports on it."""
+"""``POST /v1/ablations`` (API key) starts an unlearning check; ``GET /v1/ablations/{id}`` reports on it.
+
+What can be known before the job starts is said then: a bad target is refused (400), a request whose every
+selection of every target is known to be empty (``bm25`` sharing no word with the target, ``given`` without
+example_ids, ``oracle`` without gold rows) is refused (422), and checks that cannot run with these targets and
+settings (too few targets or random draws for the test against random to reach p < 0.01, one budget, no paraphrases,
+…) are listed in ``warnings``: the job still runs, since its measurements stand, but those checks read *not run* and
+the verdict is at best *inconclusive*. When done, ``verdicts`` holds the one verdict per tested selection.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +20,18 @@ from pydantic import BaseModel, Field, field_validator
 from attribution.unlearn import Probe
 from demo.groundtruth import Fact, load_facts
 from demo.session import demo_dir_of
-from evaluation.ablation import AblationSettings, check_targets
+from evaluation.ablation_plan import (
+    AblationSettings,
+    NothingToAblateError,
+    check_runnable,
+    known_empty,
+    request_warnings,
+)
 from evaluation.selections import Selection
-from evaluation.targets import Target
+from evaluation.targets import Target, check_targets
 from service.deps import AdminDep, SessionDep
 from service.jobs import JobManager
-from service.schemas import ErrorBody, Strict
+from service.schemas import AblationVerdict, ErrorBody, Strict
 
 router = APIRouter(prefix="/v1", tags=["ablations"])
 JOB_ID = r"^[0-9a-f]{12}$"
@@ -94,6 +108,11 @@ class JobStatus(BaseModel):
     progress: float
     targets: int
     error: str | None = None
+    warnings: list[str] = Field([], description="Checks this request cannot run (they will read 'not run'), and "
+                                "why; said when the job is accepted.")
+    verdicts: dict[str, AblationVerdict] = Field({}, description="When done: per tested selection (gradient, "
+                                                 "gradient_contrastive, unlearning, given), the one verdict from the "
+                                                 "full checklist, each check's status and reason.")
     report: dict | None = None
     plots: list[str] = []
 
@@ -103,9 +122,11 @@ def manager(request: Request) -> JobManager:
 
 
 def status_of(job) -> JobStatus:
-    plots = [f"/v1/ablations/{job.id}/plots/{name}" for name in (job.report or {}).get("plots", [])]
+    report = job.report or {}
+    plots = [f"/v1/ablations/{job.id}/plots/{name}" for name in report.get("plots", [])]
     return JobStatus(id=job.id, status=job.status, progress=job.done / job.targets if job.targets else 0.0,
-                     targets=job.targets, error=job.error, report=job.report, plots=plots)
+                     targets=job.targets, error=job.error, warnings=job.warnings,
+                     verdicts=report.get("verdicts", {}), report=job.report, plots=plots)
 
 
 def demo_facts(session) -> list[Fact] | None:
@@ -128,7 +149,8 @@ def with_ground_truth(target: Target, facts: list[Fact]) -> Target:
 @router.post("/ablations", response_model=JobStatus, status_code=202,
              responses={401: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
 def start_ablation(body: AblationRequest, _: AdminDep, session: SessionDep, request: Request) -> JobStatus:
-    """Start an ablation job on a private copy of the model; 409 while another job runs."""
+    """Start an ablation job on a private copy of the model; 409 while another job runs, 422 when nothing could be
+    ascended on; ``warnings`` lists the checks that cannot run."""
     if body.k > len(session):
         raise HTTPException(status_code=422, detail=f"k must be at most the index size {len(session)}")
     try:
@@ -136,6 +158,20 @@ def start_ablation(body: AblationRequest, _: AdminDep, session: SessionDep, requ
                                     random_draws=body.random_draws, methods=tuple(body.methods))
     except ValueError as err:
         raise HTTPException(status_code=422, detail=str(err)) from err
+    targets, controls = resolve_targets(body, session)
+    check_targets(session, targets)  # bad targets fail now (400), not minutes later inside the job
+    try:
+        check_runnable(known_empty(session, targets, settings), targets, settings)
+    except NothingToAblateError as err:
+        raise HTTPException(status_code=422, detail=str(err)) from err
+    job = manager(request).start(session, targets, settings, controls=controls,
+                                 warnings=request_warnings(targets, settings))  # JobBusyError: 409
+    return status_of(job)
+
+
+def resolve_targets(body: AblationRequest, session) -> tuple[list[Target], list[Target] | None]:
+    """The request's targets (completed from the planted facts they name) or the demo's, and the pool of unrelated
+    prompts; 422 when they cannot be measured as asked."""
     facts = demo_facts(session)
     controls = [Target.from_fact(f) for f in facts] if facts is not None else None
     if body.targets:
@@ -145,13 +181,11 @@ def start_ablation(body: AblationRequest, _: AdminDep, session: SessionDep, requ
     else:
         targets = controls
     targets = targets[: body.limit]
-    if Selection.GIVEN in settings.methods and not any(t.example_ids for t in targets):
+    if Selection.GIVEN in body.methods and not any(t.example_ids for t in targets):
         raise HTTPException(status_code=422, detail="method 'given' needs example_ids on a target")
     if len(targets) == 1 and not targets[0].unrelated and not facts:
         raise HTTPException(status_code=422, detail="one target needs 'unrelated' prompts to compare with")
-    check_targets(session, targets)  # bad targets fail now (400), not minutes later inside the job
-    job = manager(request).start(session, targets, settings, controls=controls)  # JobBusyError: 409
-    return status_of(job)
+    return targets, controls
 
 
 @router.get("/ablations/{job_id}", response_model=JobStatus, responses={404: {"model": ErrorBody}})

@@ -16,10 +16,12 @@ from attribution.sketch import SketchConfig
 from attribution.unlearn import EmptySelectionError, Probe, apply_step, ascent_direction, restored
 from demo.groundtruth import load_facts
 from demo.session import demo_session
-from evaluation.ablation import AblationSettings, check_targets, run_ablation
+from evaluation.ablation import Ablator, run_ablation
+from evaluation.ablation_plan import AblationSettings, NothingToAblateError, check_runnable, known_empty
 from evaluation.ablation_report import markdown, write_report
-from evaluation.ablation_stats import evidence, random_pvalues
-from evaluation.targets import Target
+from evaluation.ablation_stats import random_pvalues
+from evaluation.ablation_verdict import evidence, judge
+from evaluation.targets import Target, check_targets
 from indexer.megatron import MegatronDataset
 
 
@@ -81,7 +83,7 @@ def test_reduced_report(session: AttributionSession, general, tiny_demo: Path, t
                                 methods=("gradient", "gradient_contrastive", "bm25", "unlearning", "oracle", "random",
                                          "bottom"))
     report = run_ablation(session, targets, settings, general)
-    assert report["schema_version"] == 2 and report["config"]["targets"] == len(targets)
+    assert report["schema_version"] == 3 and report["config"]["targets"] == len(targets)
     assert {r["method"] for r in report["rows"]} == set(settings.methods)
     summary = report["summary"]
     assert set(summary) == set(settings.methods)
@@ -146,14 +148,17 @@ NAN = float("nan")
 def entry(excess: float = 3.0, z: float = 4.0, ratio: float = 0.2, para_low: float = 0.5, d_target: float = 3.0,
           vs_random: dict | None = None) -> dict:
     """One summary entry as ``summarize`` writes it (NaN where a value could not be computed)."""
-    metrics = {"excess": excess, "specificity_z": z, "related_ratio": ratio, "d_target": d_target}
+    metrics = {"excess": excess, "specificity_z": z, "d_target": d_target}
     out = {name: {"mean": value, "ci95": (value - 1, value + 1)} for name, value in metrics.items()}
+    out["related_ratio"] = {"mean": ratio, "ci95": (ratio - 0.1, ratio + 0.1), "targets": 20, "note": "measured"}
     out["paraphrase_excess"] = {"mean": para_low + 1, "ci95": (para_low, para_low + 2)}
     out["vs"] = {} if vs_random is None else {"random": vs_random}
     return out
 
 
 def summary_with(given: dict, budgets=("1.0", "2.0"), baselines: bool = True) -> dict:
+    if baselines:  # the method's excess minus bm25's, over the targets both ran on
+        given = {**given, "excess_vs": {"bm25": {"mean_difference": given["excess"]["mean"] - 1.0, "targets": 20}}}
     summary = {"gradient": {b: given for b in budgets}}
     if baselines:
         summary["random"] = {b: entry(excess=0.0, d_target=0.1) for b in budgets}
@@ -162,7 +167,7 @@ def summary_with(given: dict, budgets=("1.0", "2.0"), baselines: bool = True) ->
     return summary
 
 
-BEATS = {"win_rate": 1.0, "p_value": 1e-4, "p_holm": 1e-4}
+BEATS = {"win_rate": 1.0, "p_value": 1e-4, "p_holm": 1e-4, "pairs": 20}
 
 
 def test_evidence_counts_a_check_that_could_not_run_as_not_run_never_passed() -> None:
@@ -174,8 +179,10 @@ def test_evidence_counts_a_check_that_could_not_run_as_not_run_never_passed() ->
     checks = alone["budgets"]["1.0"]["checks"]
     assert checks["beats_random"] is None and checks["carries_to_paraphrases"] is None
     assert checks["bottom_no_worse_than_random"] is None and checks["specificity_z_ge_2"] is True
-    assert alone["budgets"]["1.0"] == {"checks": checks, "status": "incomplete", "passed": False, "failed": [],
-                                       "not_run": [n for n, v in checks.items() if v is None]}
+    assert {k: v for k, v in alone["budgets"]["1.0"].items() if k != "reasons"} == {
+        "checks": checks, "status": "incomplete", "passed": False, "failed": [],
+        "not_run": [n for n, v in checks.items() if v is None]}
+    assert alone["budgets"]["1.0"]["reasons"]["beats_random"] == "needs random draws"
     assert not alone["evidence"] and alone["passing_budgets"] == [] and alone["verdict"] == "incomplete"
     assert set(alone["not_run_needs"]) == set(alone["not_run"]) >= {"beats_random", "carries_to_paraphrases"}
     # a NaN p-value is not run too, and one failed check fails the budget whatever did not run
@@ -185,23 +192,26 @@ def test_evidence_counts_a_check_that_could_not_run_as_not_run_never_passed() ->
     assert failed["budgets"]["1.0"]["status"] == "failed" and failed["budgets"]["1.0"]["failed"] == [
         "related_ratio_le_0_5"]
     assert failed["verdict"] == "not evidenced"
-    # one budget passing everything is not enough
-    assert evidence(summary_with(entry(vs_random=BEATS), budgets=("1.0",)), (1.0,))["gradient"]["verdict"] == \
-        "not evidenced"
+    # one budget passing everything is not enough, but nothing failed either: incomplete, needs ≥ 2 budgets
+    one = evidence(summary_with(entry(vs_random=BEATS), budgets=("1.0",)), (1.0,))["gradient"]
+    assert one["verdict"] == "incomplete" and not one["evidence"]
+    assert all("needs ≥ 2 budgets" in why for why in one["not_run_needs"].values())
 
 
 def test_the_markdown_says_not_run_where_a_check_could_not_run() -> None:
     summary = summary_with(entry(para_low=NAN), baselines=False)
-    report = {"schema_version": 2, "config": {"targets": 1, "examples": 10, "k": 5, "budgets": [1.0, 2.0], "seeds": 1,
+    report = {"schema_version": 3, "config": {"targets": 1, "examples": 10, "k": 5, "budgets": [1.0, 2.0], "seeds": 1,
                                               "random_draws": 19},
               "summary": {m: {b: {**e, "d_paraphrases": e["excess"], "d_related": e["excess"],
                                   "d_unrelated": e["excess"], "d_general": e["excess"]} for b, e in by.items()}
                           for m, by in summary.items()},
-              "calibration": {}, "evidence": evidence(summary, (1.0, 2.0)), "cross_target": {}}
+              "calibration": {}, "evidence": evidence(summary, (1.0, 2.0)), "cross_target": {},
+              "verdicts": {m: v.to_json() for m, v in judge(summary, (1.0, 2.0)).items()}}
     text = markdown(report)
     row = next(line for line in text.splitlines() if line.startswith("| gradient | 1.0 | not run"))
     assert row.count("not run") == 4 and row.endswith("| incomplete |") and "FAIL" not in row
-    assert "- gradient: passes at budgets none → incomplete; not run: beats random (needs random draws" in text
+    assert "- **gradient: inconclusive** — not run: beats random, carries to paraphrases" in text
+    assert "  - beats random: not run — needs random draws" in text and "What this does and does not show" in text
 
 
 def test_random_p_values_of_an_unmeasurable_excess_are_not_run() -> None:
@@ -224,3 +234,62 @@ def test_every_prompt_of_a_target_is_checked_before_a_job(session: AttributionSe
     for message, target in bad.items():
         with pytest.raises(ConfigError, match=message):
             check_targets(session, [target])
+
+
+NONSENSE = Target("qzxv wkjh", " plmn")
+"""Issue 24's target: no indexed row shares a word with it, so bm25 selects nothing."""
+
+
+def test_an_empty_selection_is_not_run_while_the_other_targets_complete(session: AttributionSession, general,
+                                                                        tiny_demo: Path) -> None:
+    facts = [Target.from_fact(f) for f in load_facts(tiny_demo) if f.gold_rows]
+    settings = AblationSettings(k=3, budgets=(1.0,), random_draws=2, seeds=1, methods=("bm25", "gradient", "random"))
+    report = run_ablation(session, [NONSENSE, facts[0]], settings, general, controls=facts)
+    nonsense, fact = report["targets"]
+    assert nonsense["status"] == "partly run" and list(nonsense["not_run"]) == ["bm25"]
+    assert "bm25 found no indexed row sharing a word" in nonsense["not_run"]["bm25"]
+    assert fact["status"] == "run" and fact["not_run"] == {}
+    assert report["not_run"] == [{"target": 0, "prompt": NONSENSE.prompt, "method": "bm25",
+                                  "reason": nonsense["not_run"]["bm25"]}]
+    ran = {(r["target"], r["method"]) for r in report["rows"]}
+    assert ran == {(0, "gradient"), (0, "random"), (1, "bm25"), (1, "gradient"), (1, "random")}
+    assert report["summary"]["bm25"]["1.0"]["targets"] == 1
+    assert "bm25" not in report["cross_target"] and "gradient" in report["cross_target"]  # no hole in a matrix
+    text = markdown(report)
+    assert "## Selections not run" in text and f"| bm25 | {nonsense['not_run']['bm25']} | 1 |" in text
+    # only that selection asked for: the target is not run at all, the other one completes
+    alone = run_ablation(session, [NONSENSE, facts[0]], replace(settings, methods=("bm25",)), general, controls=facts)
+    assert [t["status"] for t in alone["targets"]] == ["not run", "run"]
+
+
+def test_nothing_to_ablate_says_why_up_front_and_in_the_job(session: AttributionSession, general,
+                                                            tiny_demo: Path) -> None:
+    facts = [Target.from_fact(f) for f in load_facts(tiny_demo) if f.gold_rows]
+    settings = AblationSettings(k=3, budgets=(1.0,), random_draws=2, seeds=1, methods=("bm25",))
+    (empty,) = known_empty(session, [NONSENSE], settings)
+    assert (empty.target, empty.method) == (0, "bm25")
+    with pytest.raises(NothingToAblateError, match="every selection of every target is empty .*target 1, bm25: bm25 "
+                                                   "found no indexed row"):
+        check_runnable([empty], [NONSENSE], settings)
+    check_runnable([empty], [NONSENSE], replace(settings, methods=("bm25", "random")))  # random always has rows
+    with pytest.raises(NothingToAblateError, match="ask for another method"):
+        run_ablation(session, [NONSENSE], settings, general, controls=facts)
+
+
+def test_a_zero_gradient_is_not_run_with_its_reason(session: AttributionSession, general, tiny_demo: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    facts = [Target.from_fact(f) for f in load_facts(tiny_demo) if f.gold_rows]
+    trials = Ablator.trials
+
+    def flat_for_gradient(self, method, *args):
+        if method == "gradient":
+            raise EmptySelectionError("the selection's gradient is zero: nothing to ascend on")
+        return trials(self, method, *args)
+
+    monkeypatch.setattr(Ablator, "trials", flat_for_gradient)
+    settings = AblationSettings(k=2, budgets=(1.0,), random_draws=2, seeds=2, methods=("gradient", "random"))
+    report = run_ablation(session, facts[:2], settings, general)
+    assert [t["not_run"] for t in report["targets"]] == [{"gradient": "the selection's gradient is zero: nothing to "
+                                                                      "ascend on"}] * 2
+    assert len(report["not_run"]) == 2 and {r["method"] for r in report["rows"]} == {"random"}
+    assert report["verdicts"] == {} and report["evidence"] == {}
