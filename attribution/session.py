@@ -114,16 +114,17 @@ class AttributionSession:
         if any(not q.prompt.strip() for q in asked):
             raise ConfigError("the prompt is empty")
         found = self.gradient.search_many(asked, k, filters or [None] * len(asked))
-        texts = iter(self._texts([h.row for hits in found for h in hits]))  # every query's texts in one lookup
+        texts = iter(self.texts_of([h.row for hits in found for h in hits]))  # every query's texts in one lookup
         return [self._results(hits, query, [next(texts) for _ in hits])
                 for hits, query in zip(found, asked, strict=True)]
 
-    def _texts(self, rows: list[int]) -> list[str]:
-        many = getattr(self.texts, "many", None)  # a stored index fetches the texts in one query
+    def texts_of(self, rows: list[int]) -> list[str]:
+        """The texts of indexed rows, in order (a stored index fetches them in one query)."""
+        many = getattr(self.texts, "many", None)
         return many(rows) if many is not None else [self.texts[r] for r in rows]
 
     def _results(self, hits: list, query: Query, texts: list[str] | None = None) -> list[Result]:
-        texts = self._texts([h.row for h in hits]) if texts is None else texts
+        texts = self.texts_of([h.row for h in hits]) if texts is None else texts
         return [
             Result(rank=rank + 1, example_id=int(self.ids[hit.row]), score=hit.score, text=texts[rank],
                    metadata=self.metadata[hit.row], completion=query.completion or "",

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from demo.groundtruth import load_facts
-from demo.session import demo_dir_of
+from demo.session import indexed_demo
 from evaluation.ablation import AblationSettings, run_ablation
 from evaluation.ablation_report import fmt, write_report
 from evaluation.selections import Selection
@@ -64,7 +64,7 @@ def main() -> None:
 
     start = time.perf_counter()
     session = open_index(args.index)
-    demo = demo_dir_of(session.manifest.config.model)
+    demo = indexed_demo(session.manifest)
     if demo is None:
         raise SystemExit(f"{args.index} was not built from the demo: no planted facts to ablate")
     facts = [Target.from_fact(f) for f in load_facts(demo) if f.gold_rows]

@@ -22,7 +22,7 @@ from attribution.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from demo.groundtruth import Fact, load_facts
-from demo.session import demo_dir_of
+from demo.session import indexed_demo
 from demo.training import completion_hits
 from evaluation.report_files import write_report_files
 
@@ -46,7 +46,7 @@ def demo_dir(session: AttributionSession, demo: Path | None = None) -> Path:
     if demo is None:
         if session.manifest is None:
             raise ConfigError("give --demo: the session was not opened from an index")
-        demo = demo_dir_of(session.manifest.config.model)
+        demo = indexed_demo(session.manifest)
         if demo is None:
             raise ConfigError(f"the index was not built from the demo (no facts.jsonl next to its model in "
                               f"{Path(session.manifest.config.model).parent}); give --demo DIR, the demo directory "

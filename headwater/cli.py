@@ -300,7 +300,7 @@ def ablate(
 
     from attribution.errors import ConfigError
     from demo.groundtruth import load_facts
-    from demo.session import demo_dir_of
+    from demo.session import indexed_demo
     from evaluation.ablation import AblationSettings, run_ablation
     from evaluation.ablation_report import write_report
     from evaluation.removal_column import load_removal, removal_column
@@ -317,7 +317,7 @@ def ablate(
         raise ConfigError(f"--limit must be positive, got {limit}")
     removal = load_removal(removal_report) if removal_report is not None else None  # refused before the work
     session = open_index(index)
-    demo = demo_dir_of(session.manifest.config.model)
+    demo = indexed_demo(session.manifest)
     if targets is None:
         if demo is None:
             raise ConfigError("--targets is required: the index was not built from the demo")

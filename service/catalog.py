@@ -18,6 +18,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from attribution.batching import position_logits
@@ -26,7 +27,7 @@ from attribution.retrievers import Method
 from attribution.session import AttributionSession
 from attribution.unlearning import CANDIDATE_SOURCES, row_losses
 from demo.groundtruth import Fact, load_facts
-from demo.session import demo_dir_of
+from demo.session import indexed_demo
 
 log = logging.getLogger(__name__)
 MAX_FACTS = 64
@@ -40,7 +41,8 @@ class DefaultQuery:
 
     prompt: str
     completion: str
-    fact_id: str
+    fact_id: str | None
+    """The planted fact's id (None: drawn from an indexed row of an index that has no planted facts)."""
     model_correct: bool
     correct_tokens: int
     completion_tokens: int
@@ -210,27 +212,47 @@ def row_read_seconds(session: AttributionSession) -> float:
 def planted_facts(session: AttributionSession) -> list[Fact]:
     """The planted facts of the demo the served model was trained on ([] for any other index)."""
     manifest = getattr(session, "manifest", None)
-    demo = demo_dir_of(manifest.config.model) if manifest is not None else None
+    demo = indexed_demo(manifest) if manifest is not None else None
     return load_facts(demo) if demo is not None else []
 
 
 def default_query(session: AttributionSession) -> DefaultQuery | None:
-    """The first of the demo's planted facts (at most :data:`MAX_FACTS`) that the model completes correctly,
-    else the one it gets most tokens of; None when the index is not the demo's."""
+    """The first of the demo's planted facts (at most :data:`MAX_FACTS`) that the model completes correctly, else
+    the one it gets most tokens of; for an index that is not the demo's, the same among :func:`row_examples` (a
+    sentence start of its own rows and the word that follows); None when neither gives one."""
+    facts = planted_facts(session)
+    candidates = ([(f.prompt, f.completion, f.fact_id) for f in facts] if facts else row_examples(session))
     best: DefaultQuery | None = None
-    for fact in planted_facts(session)[:MAX_FACTS]:
-        right, total = correct_prefix(session, fact.prompt, fact.completion)
+    for prompt, completion, fact_id in candidates[:MAX_FACTS]:
+        right, total = correct_prefix(session, prompt, completion)
         if total == 0:
             continue
-        found = DefaultQuery(fact.prompt, fact.completion, fact.fact_id, right == total, right, total)
+        found = DefaultQuery(prompt, completion, fact_id, right == total, right, total)
         if found.model_correct:
             return found
         if best is None or right / total > best.correct_tokens / best.completion_tokens:
             best = found
     if best is not None:
-        log.warning("the model completes none of the first %d planted facts; default query %s gets %d of %d tokens",
-                    MAX_FACTS, best.fact_id, best.correct_tokens, best.completion_tokens)
+        log.warning("the model completes none of the first %d candidate queries; the default %r gets %d of %d "
+                    "tokens", MAX_FACTS, best.prompt, best.correct_tokens, best.completion_tokens)
     return best
+
+
+PROMPT_WORDS = 8
+"""Words of an indexed row's text that make a default query's prompt (the next word is its completion)."""
+
+
+def row_examples(session: AttributionSession) -> list[tuple[str, str, str | None]]:
+    """Queries drawn from the index's own rows, evenly spaced: the first :data:`PROMPT_WORDS` words of a row's text
+    and the word after them (rows too short are skipped); no fact id."""
+    n = len(session)
+    rows = sorted({int(r) for r in np.linspace(0, n - 1, min(n, MAX_FACTS)).round()}) if n else []
+    examples = []
+    for text in session.texts_of(rows):
+        words = text.split()
+        if len(words) > PROMPT_WORDS and all(w.isprintable() for w in words[: PROMPT_WORDS + 1]):
+            examples.append((" ".join(words[:PROMPT_WORDS]), " " + words[PROMPT_WORDS], None))
+    return examples
 
 
 @torch.no_grad()

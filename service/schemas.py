@@ -142,13 +142,14 @@ class StepResponse(BaseModel):
 
 
 class DefaultQuery(BaseModel):
-    """A planted fact of the demo to try first (the page's and ``headwater serve``'s example)."""
+    """A query to try first (the page's and ``headwater serve``'s example): a planted fact of the demo on an index of
+    the demo's data, else the start of one of the index's own rows and the word that follows."""
 
     prompt: str
     completion: str
-    fact_id: str
+    fact_id: str | None = Field(description="The planted fact (None: drawn from an indexed row).")
     model_correct: bool = Field(description="The model's greedy decoding reproduces the completion (else: the "
-                                            "planted fact it gets most tokens of).")
+                                            "candidate it gets most tokens of).")
 
 
 class IndexInfo(BaseModel):

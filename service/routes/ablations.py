@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from attribution.unlearn import Probe
 from demo.groundtruth import Fact, load_facts
-from demo.session import demo_dir_of
+from demo.session import indexed_demo
 from evaluation.ablation_plan import (
     AblationSettings,
     NothingToAblateError,
@@ -131,7 +131,7 @@ def status_of(job) -> JobStatus:
 
 def demo_facts(session) -> list[Fact] | None:
     """The demo's planted facts (with gold rows) when the index was built from the demo, else None."""
-    demo = demo_dir_of(session.manifest.config.model)
+    demo = indexed_demo(session.manifest)
     return None if demo is None else [f for f in load_facts(demo) if f.gold_rows]
 
 
