@@ -89,9 +89,14 @@ class Retriever(Protocol):
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]: ...
 
 
+def k_error(k: int, largest: int, limit: str = "the number of indexed examples") -> str:
+    """The one wording of a k out of range, wherever it is checked."""
+    return f"k must be between 1 and {largest} ({limit}), got {k}"
+
+
 def check_k(k: int, size: int) -> None:
     if not 1 <= k <= size:
-        raise ConfigError(f"k must be between 1 and the number of indexed examples ({size}), got {k}")
+        raise ConfigError(k_error(k, size))
 
 
 class GradientRetriever:

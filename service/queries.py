@@ -17,7 +17,7 @@ from attribution.config import UnlearningConfig
 from attribution.errors import ConfigError
 from attribution.filters import Filters, subsets_of
 from attribution.records import Result as Attributed
-from attribution.retrievers import Method
+from attribution.retrievers import Method, k_error
 from attribution.session import AttributionSession
 from indexer.manifest import indexed_data
 from service.catalog import Catalog, describe
@@ -57,7 +57,8 @@ def check_limits(request: AttributeRequest, session: AttributionSession, setting
     """Refuse (422) a k or a number of control prompts past this server's limits."""
     largest = min(settings.max_k, len(session))
     if request.k > largest:
-        raise RequestLimitError(f"k must be between 1 and {largest}")
+        limit = "the server's max_k" if settings.max_k < len(session) else "the number of indexed examples"
+        raise RequestLimitError(k_error(request.k, largest, limit))
     if len(request.controls) > settings.max_controls:
         raise RequestLimitError(f"at most {settings.max_controls} control prompts")
 
@@ -88,7 +89,7 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
     searched = time.perf_counter()
     completion = (found[0].completion if found else completion) or ""
     found, note = meaningful(method, found, request.filters)
-    results = [to_result(session, hit, completion) for hit in found]
+    results = [to_result(session, hit, completion, request.token_evidence) for hit in found]
     timings = {"search": (searched - started) * 1e3, "format": (time.perf_counter() - searched) * 1e3, **stages}
     return AttributeResponse(prompt=request.prompt, completion=completion, method=method.value, results=results,
                              timings_ms={name: round(ms, 2) for name, ms in timings.items()}, note=note)
@@ -193,8 +194,9 @@ def meaningful(method: Method, found: list[Attributed], filters: FilterSpec) -> 
     return found, None
 
 
-def to_result(session: AttributionSession, hit: Attributed, completion: str) -> Result:
-    """One response row: the record, its provenance, and the character span to highlight in its text."""
+def to_result(session: AttributionSession, hit: Attributed, completion: str, token_evidence: bool = False) -> Result:
+    """One response row: the record, its provenance, and the character span to highlight in its text (with
+    ``token_evidence``, an unlearning row's tokens and their loss increases)."""
     meta = hit.metadata
     if hit.token_span:
         span = token_span_to_chars(session.encoder.tokenizer, hit.text, hit.token_span)
@@ -206,7 +208,8 @@ def to_result(session: AttributionSession, hit: Attributed, completion: str) -> 
                   pile_set_names=subsets_of(meta),
                   span_pile_set_name=span_subset(session.encoder.tokenizer, hit.text, meta, hit.token_span, span),
                   token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens,
-                  loss_increase=hit.loss_increase, row_tokens=hit.row_tokens)
+                  loss_increase=hit.loss_increase if token_evidence else None,
+                  row_tokens=hit.row_tokens if token_evidence else None)
 
 
 def token_span_to_chars(tokenizer, text: str, token_span: tuple[int, int]) -> Span | None:

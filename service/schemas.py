@@ -41,8 +41,8 @@ class FilterSpec(Strict):
 class AttributeRequest(Strict):
     """One attribution query."""
 
-    prompt: str = Field(..., min_length=1, max_length=20_000, examples=["Ilse Varga was born in"])
-    completion: str | None = Field(None, min_length=1, max_length=5_000, examples=[" Tarnow"],
+    prompt: str = Field(..., min_length=1, max_length=20_000, examples=["Joachim Fairweather was born in"])
+    completion: str | None = Field(None, min_length=1, max_length=5_000, examples=[" Thornbury"],
                                    description="Omitted: the model's own greedy continuation is attributed.")
     k: int = Field(10, ge=1, strict=True, description="Number of examples to return (at most the server's max_k).")
     method: Method | None = Field(None, description="Which retriever ranks the training examples. Omitted: the "
@@ -57,6 +57,9 @@ class AttributeRequest(Strict):
                                  "parameter move ‖Δθ‖ of the ascent (default: the server's, 0.5).")
     candidates: int | None = Field(None, ge=1, le=500, strict=True, description="unlearning only: rows taken "
                                    "from each of gradient, bm25 and embedding to re-rank on a large index.")
+    token_evidence: bool = Field(False, strict=True, description="unlearning: also return each result row's "
+                                 "tokens and their loss increases (row_tokens, loss_increase; a float per token, so "
+                                 "off unless asked).")
 
     @field_validator("prompt")
     @classmethod

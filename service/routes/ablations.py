@@ -17,6 +17,7 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, field_validator
 
+from attribution.retrievers import k_error
 from attribution.unlearn import Probe
 from demo.groundtruth import Fact, load_facts
 from demo.session import indexed_demo
@@ -152,7 +153,7 @@ def start_ablation(body: AblationRequest, _: AdminDep, session: SessionDep, requ
     """Start an ablation job on a private copy of the model; 409 while another job runs, 422 when nothing could be
     ascended on; ``warnings`` lists the checks that cannot run."""
     if body.k > len(session):
-        raise HTTPException(status_code=422, detail=f"k must be at most the index size {len(session)}")
+        raise HTTPException(status_code=422, detail=k_error(body.k, len(session)))
     try:
         settings = AblationSettings(k=body.k, budgets=tuple(body.budgets), seeds=body.seeds,
                                     random_draws=body.random_draws, methods=tuple(body.methods))

@@ -44,7 +44,8 @@ def test_ablations_ask_for_targets_and_refuse_the_oracle(own_index: Path, tmp_pa
         headers = {"X-API-Key": API_KEY}
         answer = httpx.post(f"{url}/v1/ablations", json={}, headers=headers, timeout=60)
         assert answer.status_code == 422 and "give targets" in answer.json()["error"]
-        target = {"prompt": LINES[0][:40], "completion": LINES[0][40:52], "unrelated": [{"prompt": LINES[1][:40], "completion": LINES[1][40:50]}]}
+        unrelated = [{"prompt": LINES[1][:40], "completion": LINES[1][40:50]}]
+        target = {"prompt": LINES[0][:40], "completion": LINES[0][40:52], "unrelated": unrelated}
         answer = httpx.post(f"{url}/v1/ablations", json={"targets": [target], "methods": ["oracle"], "k": 3},
                             headers=headers, timeout=60)
         assert answer.status_code == 422 and "oracle" in answer.json()["error"], answer.text

@@ -64,6 +64,9 @@ class FakeSession:
     def __len__(self) -> int:
         return 10
 
+    def texts_of(self, rows: list[int]) -> list[str]:
+        return ["short"] * len(rows)  # too short to draw a default query from
+
     config = AttributionConfig()
 
     def retriever(self, method):
@@ -247,3 +250,15 @@ def test_a_prompt_too_long_for_a_continuation_is_refused_without_echoing_it(serv
     message = str(caught.value)
     assert message.startswith("the prompt is too long: 3000 tokens (15000 characters)") and len(message) < 300
     assert served.session.held == [] and not served.model_lock.locked()
+
+
+def test_the_openapi_example_is_a_fact_of_the_demo() -> None:
+    from demo.config import DemoConfig
+    from demo.facts import plant_facts
+    from service.schemas import AttributeRequest
+
+    config = DemoConfig()
+    facts, _ = plant_facts(config.people, config.docs_per_fact, config.related_prompts, config.seed)
+    fields = AttributeRequest.model_fields
+    example = (fields["prompt"].examples[0], fields["completion"].examples[0])
+    assert example in {(f.prompt, f.completion) for f in facts}

@@ -16,8 +16,14 @@ def post(server: str, body) -> httpx.Response:
     return httpx.post(f"{server}/v1/attribute", json=body, timeout=120)
 
 
+def test_per_token_evidence_only_when_asked(server: str) -> None:
+    data = post(server, QUERY).json()
+    assert all(r["loss_increase"] is None and r["row_tokens"] is None for r in data["results"])
+    assert post(server, {**QUERY, "token_evidence": "yes"}).status_code == 422
+
+
 def test_results_show_where_the_model_got_more_perplexed(server: str) -> None:
-    response = post(server, {**QUERY, "filters": {"pile_set_name": "Planted Facts"}})
+    response = post(server, {**QUERY, "filters": {"pile_set_name": "Planted Facts"}, "token_evidence": True})
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["method"] == "unlearning" and [r["rank"] for r in data["results"]] == [1, 2, 3, 4, 5]
