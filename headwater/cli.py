@@ -358,7 +358,9 @@ def serve(
 ) -> None:
     """Serve the HTTP API and the web page for an index (uvicorn)."""
     import uvicorn
+    from pydantic import ValidationError
 
+    from attribution.errors import ConfigError
     from indexer.manifest import resolve_build
     from service.catalog import describe
     from service.defaults import choice_error
@@ -375,8 +377,13 @@ def serve(
     if api_key is None:
         api_key = secrets.token_urlsafe(12)
         typer.echo(f"admin/ablation API key for this run (set HEADWATER_API_KEY to choose one): {api_key}")
-    settings = Settings(index=index, host=host, port=port, api_key=api_key, device=device,
-                        default_method=default_method)
+    try:
+        settings = Settings(index=index, host=host, port=port, api_key=api_key, device=device,
+                            default_method=default_method)
+    except ValidationError as err:  # a HEADWATER_* variable out of range: one line, not a traceback
+        raise ConfigError("; ".join(f"setting {'.'.join(map(str, e['loc']))} (HEADWATER_"
+                                    f"{'_'.join(map(str, e['loc'])).upper()}): {e['msg']}" for e in err.errors())
+                          ) from None
     typer.echo(f"serving {index} at http://{host}:{port}/  (API docs: http://{host}:{port}/docs)")
 
     def ready(served) -> None:  # once loaded: a query to try (a planted fact of the demo) and the default method

@@ -6,7 +6,12 @@ with ``HEADWATER_INDEX`` set.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import json
 import logging
+import re
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,7 +23,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from attribution.batching import BatchMemoryError
-from attribution.errors import ConfigError, DataFormatError, HeadwaterError, ModelLoadError
+from attribution.errors import ConfigError, DataFormatError, HeadwaterError, ModelLoadError, OutOfMemoryError
 from indexer.errors import IndexWriteError, StepRangeError, UnknownSourceError
 from service.batcher import GradientBatcher
 from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
@@ -48,6 +53,7 @@ STATUS: dict[type[Exception], int] = {
     DataFormatError: 503,
     IndexWriteError: 503,
     BatchMemoryError: 503,  # a query or job ran out of memory: the server keeps serving
+    OutOfMemoryError: 503,
 }
 """Status of each error kind; an error takes the entry of its nearest class. Any other exception is a 500."""
 
@@ -93,35 +99,119 @@ class InternalErrors:
             await JSONResponse(status_code=500, content={"error": INTERNAL})(scope, receive, send)
 
 
-class BodyLimit:
-    """ASGI middleware refusing request bodies over ``limit`` bytes with 413, declared or streamed."""
+async def refuse(send, status: int, message: str) -> None:
+    """Answer ``{"error": message}`` straight from a middleware, closing the connection after it."""
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies over ``limit`` bytes with 413, declared or streamed, and bodies not
+    fully arrived ``timeout_s`` seconds after the headers with 408 (a stalled body would hold its connection open).
+
+    A response sent before the body has fully arrived closes the connection: what is left of it is never read."""
+
+    def __init__(self, app, limit: int, timeout_s: float) -> None:
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
-        received = 0
+            return await refuse(send, 413, f"request body too large (limit {self.limit} bytes)")
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        received, done = 0, declared in (None, b"0") and b"transfer-encoding" not in headers
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, done
+            if done:  # after the body only http.disconnect comes, whenever it comes
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                raise HTTPException(status_code=408, detail=f"request body did not arrive within {self.timeout_s:g} "
+                                                            "s (body_timeout_s)") from None
+            done = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
             if received > self.limit:
                 raise HTTPException(status_code=413, detail="request body too large")
             return message
 
-        return await self.app(scope, limited_receive, send)
+        async def closing_send(message) -> None:
+            if message["type"] == "http.response.start" and not done:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
 
-    async def _refuse(self, send) -> None:
-        body = f'{{"error": "request body too large (limit {self.limit} bytes)"}}'.encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        return await self.app(scope, limited_receive, closing_send)
+
+
+class AllowedHosts:
+    """ASGI middleware answering 400 to a Host header not in ``allowed_hosts``: a page elsewhere whose name was made
+    to point at this machine (DNS rebinding) reaches the server with its own name, and is refused."""
+
+    def __init__(self, app, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+        if self.settings.serves_host(host):
+            return await self.app(scope, receive, send)
+        await refuse(send, 400, f"host {host[:100]!r} is not served here: add it to allowed_hosts "
+                                "(HEADWATER_ALLOWED_HOSTS, comma-separated; '*' serves any)")
+
+
+FIXED_HEADERS = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff")]
+INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script\s*>", re.DOTALL | re.IGNORECASE)
+
+
+def content_policy(html: bytes) -> bytes:
+    """The Content-Security-Policy of an HTML page: everything from this origin only, no framing, and of inline
+    scripts only the page's own (by hash). Inline styles stay allowed: the page sets bar widths and heat colours in
+    style attributes, and ReDoc injects its styles; so do workers made from a blob (ReDoc's search)."""
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(s).digest()).decode()}'"
+                      for s in INLINE_SCRIPT.findall(html))
+    return (f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data:; worker-src 'self' blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'").encode()
+
+
+class SecurityHeaders:
+    """ASGI middleware adding X-Frame-Options and X-Content-Type-Options to every response and a
+    Content-Security-Policy (:func:`content_policy`) to every HTML page, which it holds until complete to hash."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        held: dict | None = None
+        chunks: list[bytes] = []
+
+        async def secured_send(message) -> None:
+            nonlocal held
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *FIXED_HEADERS]}
+                if dict(message["headers"]).get(b"content-type", b"").startswith(b"text/html"):
+                    held = message
+                    return
+            elif held is not None and message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                body = b"".join(chunks)
+                await send({**held, "headers": [*held["headers"], (b"content-security-policy", content_policy(body))]})
+                message = {"type": "http.response.body", "body": body}
+            await send(message)
+
+        return await self.app(scope, receive, secured_send)
 
 
 def create_app(settings: Settings | None = None, load: bool = True,
@@ -150,6 +240,7 @@ def create_app(settings: Settings | None = None, load: bool = True,
     app = FastAPIOffline(title="headwater", version="0.1.0", lifespan=lifespan,
                          description="Which training examples drive this language model's output?")
     app.state.settings, app.state.served, app.state.jobs = settings, served, JobManager()
+    app.state.model_queries = attribute.ClientSlots(settings.max_model_queries_per_client)
     app.include_router(attribute.router)
     app.include_router(data.router)
     app.include_router(admin.router)
@@ -182,8 +273,10 @@ def create_app(settings: Settings | None = None, load: bool = True,
     def page() -> str:
         return (STATIC / "index.html").read_text(encoding="utf-8")
 
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
+    app.add_middleware(AllowedHosts, settings=settings)
     app.add_middleware(InternalErrors)
+    app.add_middleware(SecurityHeaders)  # outermost: on every answer, a 500 or a refused host's included
     return app
 
 

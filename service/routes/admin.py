@@ -1,8 +1,8 @@
-"""``GET /v1/health`` and ``POST /v1/admin/reload`` (API key)."""
+"""``GET``/``HEAD /v1/health`` and ``POST /v1/admin/reload`` (API key)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service import queries
@@ -17,6 +17,12 @@ def health(served: ServedDep) -> Health:
     """Liveness (the process answers) and readiness (an index is loaded)."""
     session = served.session
     return Health(status="ok", ready=session is not None, examples=len(session) if session else None)
+
+
+@router.head("/health", include_in_schema=False)
+def health_head() -> Response:
+    """Liveness for probes that send HEAD: 200, no body (GET says whether an index is loaded)."""
+    return Response(media_type="application/json")
 
 
 @router.post("/admin/reload", response_model=IndexInfo,

@@ -131,3 +131,9 @@ def test_help_loads_no_model_library() -> None:
     code = "import sys, headwater.cli; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+
+
+def test_serve_with_a_bad_setting_in_the_environment_says_which(tiny_index: Path) -> None:
+    result = runner.invoke(app, ["serve", "--index", str(tiny_index), "--api-key", "k"],
+                           env={"HEADWATER_BODY_TIMEOUT_S": "-1"})
+    assert result.exit_code == 2 and "HEADWATER_BODY_TIMEOUT_S" in result.output and "Traceback" not in result.output

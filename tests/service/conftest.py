@@ -37,7 +37,9 @@ def uvicorn_server(index: Path, log_path: Path, env: dict[str, str] | None = Non
     port = free_port()
     log = log_path.open("w")
     env = {**os.environ, "HEADWATER_INDEX": str(index), "HEADWATER_API_KEY": API_KEY,
-           "HEADWATER_MAX_BODY_BYTES": "20000", **(env or {})}
+           "HEADWATER_MAX_BODY_BYTES": "20000",
+           # the concurrency tests send up to 8 model-running queries at once, all from 127.0.0.1
+           "HEADWATER_MAX_MODEL_QUERIES_PER_CLIENT": "32", **(env or {})}
     proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "service.main:app", "--host", "127.0.0.1",
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

@@ -199,7 +199,7 @@ def test_ablation_job_runs_on_a_copy_and_refuses_a_second(server: str) -> None:
         jobs[index] = pending
     job = jobs[0]
     assert all(j["status"] == "done" for j in jobs), jobs
-    assert job["report"]["schema_version"] == 2 and job["progress"] == 1.0
+    assert job["report"]["schema_version"] == 3 and job["progress"] == 1.0
     # one target: no paired test against random, no interval over paraphrases: not run, so not passed (issue 16)
     gradient = job["report"]["evidence"]["gradient"]
     checks = gradient["budgets"]["1.0"]["checks"]
@@ -324,7 +324,7 @@ def test_job_folders_do_not_outlive_the_server(tiny_index: Path, tmp_path: Path)
 
 def test_serve_prints_a_curl_line_for_the_default_query_once_loaded(tiny_index: Path) -> None:
     printed = []
-    app = create_app(Settings(index=tiny_index), on_ready=lambda served: printed.append(
+    app = create_app(Settings(index=tiny_index, allowed_hosts=["testserver"]), on_ready=lambda served: printed.append(
         try_line("127.0.0.1", 8000, describe(served.current()).default_query)))
     with TestClient(app) as client:
         default = client.get("/v1/index").json()["default_query"]

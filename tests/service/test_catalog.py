@@ -44,3 +44,35 @@ def test_a_pass_that_fails_at_load_costs_inf_and_auto_falls_back_to_gradient(
     assert cost.row_seconds == float("inf") and cost.rows == 192
     chosen = default_method("auto", Catalog({}, None, None, cost))
     assert chosen.method is Method.GRADIENT and "could not be timed" in chosen.reason
+
+
+@pytest.fixture(scope="module")
+def second_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny second case (other text, templates, seed), indexed whole-row: a differently built index."""
+    from demo.build import build_demo
+    from demo.config import TINY_SECOND
+    from indexer.build import build_index
+    from indexer.config import IndexConfig
+    from indexer.runner import Rank
+
+    demo = tmp_path_factory.mktemp("second-demo")
+    build_demo(demo, TINY_SECOND)
+    out = tmp_path_factory.mktemp("second-index") / "index"
+    build_index(IndexConfig.create(str(demo / "model"), str(demo / "data" / "document"), k=4, shard_size=64), out,
+                Rank())
+    return out
+
+
+@pytest.mark.parametrize("which", ["tiny_index", "second_index"])
+def test_the_estimate_is_within_twice_a_timed_uncached_query(which: str, request: pytest.FixtureRequest) -> None:
+    """auto decides on the estimate of an uncached unlearning query: it must be near what one costs (a ratio of two
+    timings in one process, not a speed target)."""
+    import time
+
+    session = open_index(request.getfixturevalue(which))
+    cost = unlearning_cost(session)
+    prompt = session.texts_of([0])[0][:60] or "The"  # any prompt: the cost is the rows' passes, not the target's
+    started = time.perf_counter()
+    session.attribute(prompt, " the", k=5, method=Method.UNLEARNING)  # its reference losses are not cached yet
+    measured = time.perf_counter() - started
+    assert 0.5 <= cost.seconds() / measured <= 2.0, (cost, measured)

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from attribution.batching import ContextLengthError, EmptyCompletionError
-from attribution.errors import ConfigError, ModelLoadError
+from attribution.errors import ConfigError, ModelLoadError, OutOfMemoryError
 from indexer.config import IndexMismatchError
 from indexer.errors import CorruptShardError, IndexWriteError, MissingFieldError, StepRangeError, UnknownSourceError
 from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
@@ -37,6 +37,7 @@ KINDS = [
     (CorruptShardError("vectors.npy is truncated"), 503),
     (MissingFieldError("a record lacks 'text'"), 503),
     (IndexWriteError("disk full"), 503),
+    (OutOfMemoryError("out of memory opening the index (MemoryError: ); give the process more memory"), 503),
     (RuntimeError("a bug"), 500),
     (KeyError("model"), 500),
 ]
@@ -50,7 +51,7 @@ def test_status_table(err: Exception, status: int) -> None:
 @pytest.fixture
 def app(tmp_path: Path):
     """An app that loads nothing, with one route per error kind."""
-    app = create_app(Settings(index=tmp_path / "no-index", api_key=API_KEY), load=False)
+    app = create_app(Settings(index=tmp_path / "no-index", api_key=API_KEY, allowed_hosts=["testserver"]), load=False)
     for number, (err, _) in enumerate(KINDS):
         app.add_api_route(f"/fail/{number}", raiser(err))
     return app

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
-from tests.service.conftest import API_KEY, uvicorn_server
+from tests.service.conftest import uvicorn_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (make test installs it)")
@@ -45,30 +45,6 @@ def test_page_shows_errors_from_the_api(server: str, tmp_path: Path) -> None:
     query = urlencode({"prompt": "Ilse Varga was born in", "completion": " word" * 400, "run": "1"})
     html = chromium(["--dump-dom", f"{server}/?{query}"], tmp_path).stdout
     assert "Error:" in html and "context" in html
-
-
-def test_check_this_attribution_runs_an_ablation_and_shows_the_verdict(server: str, tmp_path: Path) -> None:
-    query = urlencode({"prompt": "Ilse Varga was born in", "completion": " Tarnow", "k": "3", "run": "1", "check": "1"})
-    dom = chromium(["--dump-dom", f"{server}/?{query}#api_key={API_KEY}"], tmp_path, virtual_ms=20_000_000)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    html = dom.stdout
-    assert re.search(r"Job [0-9a-f]{12} done\.", html), html[-3000:]
-    assert re.search(r'<div class="verdict (yes|no)">(Supported|Not supported): ', html)
-    assert "<td>these examples</td>" in html and "<td>random (mean of 19)</td>" in html
-    # one target: the checks it cannot run say so and are not among the passed ones (issue 16)
-    checks = re.search(r'<div class="checks">Evidence checklist: passed: ([^;]*); failed: ([^;]*); '
-                       r'<span class="none">not run: (.*?)</span></div>', html)
-    assert checks, html[-3000:]
-    assert "beats random (needs random draws and ≥ 2 targets" in checks.group(3)
-    assert "beats random" not in checks.group(1) and "carries to paraphrases" not in checks.group(1)
-    plot = r'<img alt="target vs related damage" src="/v1/ablations/[0-9a-f]{12}/plots/target_vs_related.png">'
-    assert re.search(plot, html)
-
-
-def test_check_without_a_key_says_why(server: str, tmp_path: Path) -> None:
-    query = urlencode({"prompt": "Ilse Varga was born in", "completion": " Tarnow", "k": "3", "run": "1", "check": "1"})
-    html = chromium(["--dump-dom", f"{server}/?{query}"], tmp_path).stdout
-    assert "Check failed: missing or wrong X-API-Key header" in html
 
 
 def test_api_docs_render_offline(server: str, tmp_path: Path) -> None:
