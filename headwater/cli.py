@@ -276,6 +276,10 @@ def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or b
     typer.echo(f"OK {resolve_build(path)}: every file matches the manifest{checked}")
 
 
+ABLATE_METHODS = ",".join(s for s in Selection if s is not Selection.GIVEN)
+"""``headwater ablate``'s selections: every one but ``given``, which only targets with example ids have."""
+
+
 @app.command("ablate")
 @clean_errors
 def ablate(
@@ -285,7 +289,8 @@ def ablate(
     targets: Annotated[Path | None, typer.Option(help="JSONL of {prompt, completion, paraphrases?, related?, "
                                                       "unrelated?, gold_rows?, example_ids?}; default: the demo's "
                                                       "planted facts.")] = None,
-    methods: Annotated[str, typer.Option(help="Comma-separated selection methods.")] = ",".join(Selection),
+    methods: Annotated[str, typer.Option(help="Comma-separated selection methods (given: each target's "
+                                              "example_ids; not by default).")] = ABLATE_METHODS,
     budgets: Annotated[str, typer.Option(help="Comma-separated ‖Δθ‖ budgets.")] = "0.5,1,2",
     k: Annotated[int, typer.Option(help="Rows per selection.")] = 10,
     seeds: Annotated[int, typer.Option(help="Seeds (random draws and oracle samples).")] = 3,

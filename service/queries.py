@@ -35,6 +35,7 @@ from service.schemas import (
     Span,
     StepExample,
     StepResponse,
+    UnlearningCostInfo,
     check_method_options,
 )
 from service.settings import Settings
@@ -287,7 +288,17 @@ def index_info(session: AttributionSession, settings: Settings) -> IndexInfo:
                      embedding_model=manifest.embedding_model, created=manifest.created,
                      subsets=catalog.subsets, steps=list(catalog.steps) if catalog.steps else None,
                      default_query=default_query(catalog), default_method=chosen.method,
-                     default_method_reason=chosen.reason)
+                     default_method_reason=chosen.reason, unlearning_cost=cost_info(catalog))
+
+
+def cost_info(catalog: Catalog) -> UnlearningCostInfo:
+    """The estimate of an uncached unlearning query at load and from the queries measured since."""
+    cost, measured = catalog.unlearning, catalog.observed.row_seconds()
+    timed = cost.seconds() if cost.row_seconds != float("inf") else None
+    return UnlearningCostInfo(rows=cost.rows, row_tokens=cost.row_tokens,
+                              estimate_seconds=None if timed is None else round(timed, 3),
+                              measured_queries=catalog.observed.queries,
+                              measured_seconds=None if measured is None else round(cost.seconds(measured), 3))
 
 
 def default_query(catalog: Catalog) -> DefaultQuery | None:

@@ -155,6 +155,17 @@ class DefaultQuery(BaseModel):
                                             "candidate it gets most tokens of).")
 
 
+class UnlearningCostInfo(BaseModel):
+    """What an uncached ``unlearning`` query costs on this index and device: estimated at load, then measured."""
+
+    rows: int = Field(description="Rows a query re-scores at most (every row of a small index, else candidates).")
+    row_tokens: int = Field(description="Tokens of a typical indexed row, as scored.")
+    estimate_seconds: float | None = Field(description="From the pass timed at load (None: it failed).")
+    measured_queries: int = Field(description="Unlearning queries served so far whose passes were measured.")
+    measured_seconds: float | None = Field(description="The same estimate with the seconds per row those queries "
+                                           "took (None before the first); auto uses it once there is one.")
+
+
 class IndexInfo(BaseModel):
     build: str
     model: str
@@ -171,6 +182,7 @@ class IndexInfo(BaseModel):
     default_method: Method = Field(description="The method of a query that names none.")
     default_method_reason: str = Field(description="Why: the server's setting, or auto's estimate of an unlearning "
                                        "query's cost here.")
+    unlearning_cost: UnlearningCostInfo
 
 
 class Health(BaseModel):

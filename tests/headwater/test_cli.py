@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,3 +138,13 @@ def test_serve_with_a_bad_setting_in_the_environment_says_which(tiny_index: Path
     result = runner.invoke(app, ["serve", "--index", str(tiny_index), "--api-key", "k"],
                            env={"HEADWATER_BODY_TIMEOUT_S": "-1"})
     assert result.exit_code == 2 and "HEADWATER_BODY_TIMEOUT_S" in result.output and "Traceback" not in result.output
+
+
+def test_ablate_leaves_out_the_given_selection_by_default() -> None:
+    """``given`` needs each target's example ids, which the demo's facts do not have: by default it would only add a
+    'not run' line per target."""
+    result = runner.invoke(app, ["ablate", "--help"], terminal_width=200)
+    default = re.search(r"--methods <str>.*?\[default:\s*([^\]]*)\]", result.output, re.S)
+    assert default, result.output
+    methods = re.sub(r"\s+", "", default.group(1)).split(",")
+    assert "given" not in methods and {"gradient", "random", "bm25", "oracle"} <= set(methods)

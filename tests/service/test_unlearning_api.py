@@ -86,3 +86,12 @@ def test_concurrent_unlearning_queries_match_serial_ones(server: str) -> None:
         together = list(pool.map(ranked, bodies * 3))
     assert together == serial * 3
     assert [ranked(b) for b in bodies] == serial  # the weights came back bit for bit
+
+
+def test_the_index_shows_the_estimated_and_the_measured_cost(server: str) -> None:
+    before = httpx.get(f"{server}/v1/index").json()["unlearning_cost"]
+    assert before["rows"] == 192 and before["estimate_seconds"] > 0
+    assert post(server, QUERY).status_code == 200
+    after = httpx.get(f"{server}/v1/index").json()["unlearning_cost"]
+    assert after["measured_queries"] == min(before["measured_queries"] + 1, 50)
+    assert after["measured_seconds"] > 0 and after["estimate_seconds"] == before["estimate_seconds"]
