@@ -118,6 +118,15 @@ class AttributionSession:
         return [self._results(hits, query, [next(texts) for _ in hits])
                 for hits, query in zip(found, asked, strict=True)]
 
+    def matched_text(self, result: Result) -> str:
+        """The part of a result's text that matched the query: its best window (gradient on a windowed index,
+        embedding's best chunk, unlearning's window of largest loss increase), decoded; the whole text without one."""
+        if result.token_span is None:
+            return result.text
+        tokenizer = self.encoder.tokenizer
+        start, end = result.token_span
+        return tokenizer.decode(tokenizer.encode(result.text, add_special_tokens=False)[start:end])
+
     def texts_of(self, rows: list[int]) -> list[str]:
         """The texts of indexed rows, in order (a stored index fetches them in one query)."""
         many = getattr(self.texts, "many", None)

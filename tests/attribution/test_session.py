@@ -101,6 +101,8 @@ def test_windowed_session_returns_spans(tiny_demo: Path, fact: Fact) -> None:
         start, end = row.token_span
         assert end - start == 16 and start % 16 == 0
         assert sum(row.token_contributions) == pytest.approx(row.score, rel=1e-4, abs=1e-6)
+        matched = session.matched_text(row)  # the window's text, for printing instead of the row's start
+        assert matched.strip() and matched in row.text and len(matched) < len(row.text)
 
 
 def test_multi_checkpoint_session_sums_over_revisions(tiny_demo: Path, fact: Fact) -> None:
