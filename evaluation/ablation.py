@@ -1,6 +1,6 @@
 """The unlearning report: for each target, ascend on each selection at each budget and compare.
 
-Selections of ``k`` rows per target (EVALUATION.md §3, ``evaluation.selections.Selection``): ``gradient``
+Selections of ``k`` rows per target (docs/EVALUATION.md §3, ``evaluation.selections.Selection``): ``gradient``
 (the attribution's top-k), ``gradient_contrastive`` (the same rows, ascended with the related prompts'
 gradient directions projected out), ``bm25``, ``embedding``, ``unlearning`` (the reverse direction's top-k: the
 rows most perplexed after an ascent on the target), ``bottom`` (lowest gradient scores),
@@ -11,7 +11,7 @@ Demo rows all have the same length, so sizes and token counts match. The ascent 
 
 Every trial also measures every target's own prompt, so the report carries the cross-target
 matrix (row: whose selection was ascended on; column: whose loss changed): the diagonal should
-dominate (EVALUATION.md §3). A selection that is empty for a target (``bm25`` sharing no word with it, say)
+dominate (docs/EVALUATION.md §3). A selection that is empty for a target (``bm25`` sharing no word with it, say)
 is reported as not run for that target while the rest completes (``evaluation.ablation_plan``).
 """
 

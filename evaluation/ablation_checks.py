@@ -1,4 +1,4 @@
-"""The evidence checklist of EVALUATION.md §3 and the one verdict built from it.
+"""The evidence checklist of docs/EVALUATION.md §3 and the one verdict built from it.
 
 Every check reads ``passed``, ``failed`` or ``not run``, each with its reason. A check whose test cannot reach
 its threshold with this many targets, random draws or budgets is *not run* (with what it would need), never
@@ -34,7 +34,7 @@ CAVEAT = ("One ascent step on a selection raises the target's loss by about η·
           "gradient-similarity score, so rows picked by gradient similarity hurt the target by construction: beating "
           "random alone proves little. Specificity, the related ratio (net of random) and the paraphrases are what "
           "make the check informative. It is a one-step unlearning check on this model, not removal and retraining.")
-"""What a verdict does and does not show (EVALUATION.md §3)."""
+"""What a verdict does and does not show (docs/EVALUATION.md §3)."""
 
 
 class CheckStatus(StrEnum):

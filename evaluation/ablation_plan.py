@@ -22,7 +22,7 @@ from evaluation.targets import Target
 
 @dataclass(frozen=True)
 class AblationSettings:
-    """How an ablation runs (EVALUATION.md §3)."""
+    """How an ablation runs (docs/EVALUATION.md §3)."""
 
     k: int = 10
     """Rows per selection."""

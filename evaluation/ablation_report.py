@@ -93,7 +93,7 @@ def evidence_lines(report: dict) -> list[str]:
         return []
     names = [c.value for c in Check]
     mark = {True: "pass", False: "FAIL", None: "not run"}
-    lines = ["", "## Evidence checklist (EVALUATION.md §3)", "",
+    lines = ["", "## Evidence checklist (docs/EVALUATION.md §3)", "",
              "An attribution counts as evidenced when every check ran and passed at ≥ 2 budgets; a check that "
              "could not be computed here, or whose test cannot reach its threshold with this many targets or "
              "draws, is *not run*, which is never a pass nor a failure.", "",

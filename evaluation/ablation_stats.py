@@ -23,7 +23,7 @@ BASELINES = (Selection.RANDOM, Selection.BM25, Selection.EMBEDDING, Selection.BO
 TESTED = (Selection.GRADIENT, Selection.GRADIENT_CONTRASTIVE, Selection.UNLEARNING, Selection.GIVEN)
 """Selections under test: compared with every baseline and checked against the evidence criteria."""
 CALIBRATION_BAND = (0.01, 0.2)
-"""Δ general loss (nats) that random selections should cost at a well-chosen budget (EVALUATION.md §3)."""
+"""Δ general loss (nats) that random selections should cost at a well-chosen budget (docs/EVALUATION.md §3)."""
 
 
 def bootstrap_ci(values: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -129,7 +129,7 @@ def judge_method(summary: dict, method: str, budgets: Iterable[str]) -> MethodVe
 
 
 def judge(summary: dict, budgets: Iterable[float]) -> dict[str, MethodVerdict]:
-    """Every tested selection of the summary, judged (EVALUATION.md §3)."""
+    """Every tested selection of the summary, judged (docs/EVALUATION.md §3)."""
     names = [str(b) for b in budgets]
     return {m.value: judge_method(summary, m, names) for m in TESTED if m in summary}
 

@@ -1,4 +1,4 @@
-"""Fact tracing against the demo's planted facts (EVALUATION.md §1): recall@k and MRR per retriever.
+"""Fact tracing against the demo's planted facts (docs/EVALUATION.md §1): recall@k and MRR per retriever.
 
 A query is a planted fact's prompt and completion; it is a hit at k if a training row that
 states the fact whole (a *gold row*) is in the top k. Queries are asked with the prompt phrased

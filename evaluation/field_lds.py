@@ -1,4 +1,4 @@
-"""LDS on the field's protocol (EVALUATION.md §2; bergson ``examples/compare_wikitext``), scaled to this machine.
+"""LDS on the field's protocol (docs/EVALUATION.md §2; bergson ``examples/compare_wikitext``), scaled to this machine.
 
 The case (:mod:`evaluation.text_case`): a small GPT-NeoX trained deterministically on chunks of real text,
 with held-out query chunks. Retrains, each from the same initialization and order: ``retrains`` without a

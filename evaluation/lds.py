@@ -1,4 +1,4 @@
-"""Linear datamodeling score (EVALUATION.md §2) on the embedded demo.
+"""Linear datamodeling score (docs/EVALUATION.md §2) on the embedded demo.
 
 Retrain the demo model on M random halves of its training rows (``evaluation.retrain``), then,
 for each query z (a planted fact the full model gets right, phrased as in training) and subset

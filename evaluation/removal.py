@@ -1,4 +1,4 @@
-"""Removal and retrain (EVALUATION.md §2b): does removing a method's top-k rows make the model forget the facts?
+"""Removal and retrain (docs/EVALUATION.md §2b): does removing a method's top-k rows make the model forget the facts?
 
 For a batch of queries (planted facts the full model gets right, phrased as in training), each method's top
 ``k`` rows for every query are removed at once, and the model is retrained from scratch with the demo's seed,

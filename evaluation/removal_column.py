@@ -1,4 +1,4 @@
-"""The unlearning report's removal-and-retrain column (EVALUATION.md §2b beside §3), from a removal report.
+"""The unlearning report's removal-and-retrain column (docs/EVALUATION.md §2b beside §3), from a removal report.
 
 The unlearning report's own deltas are a one-step check: gradient ascent on each selection, no retraining. When
 a removal-and-retrain run (``headwater eval removal``, ``OUT/removal.json``) measured the same facts, its

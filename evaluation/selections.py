@@ -9,7 +9,7 @@ from enum import StrEnum
 
 
 class Selection(StrEnum):
-    """How ``k`` rows are chosen for one target (EVALUATION.md §3)."""
+    """How ``k`` rows are chosen for one target (docs/EVALUATION.md §3)."""
 
     GRADIENT = "gradient"
     """The attribution's top k."""

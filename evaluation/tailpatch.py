@@ -4,14 +4,14 @@ For each query (a prompt and completion) and each method's top-k training rows, 
 step on that single row from the final checkpoint, measure the increase of the completion's
 log-probability, restore the weights bit for bit, and average over the k rows. A method whose rows
 raise the query more than random rows do has found examples that *teach* the model the answer
-(influence, EVALUATION.md §0), which fact-tracing recall cannot show.
+(influence, docs/EVALUATION.md §0), which fact-tracing recall cannot show.
 
 The step is plain SGD at the final learning rate of training, with training's gradient clipping
 (‖g‖ ≤ 1, as the demo and Pythia clip), on the row's mean token loss (a batch of one). Why not
 AdamW with the saved moments (``adam_state.safetensors``)? Its update is dominated by the stored
 momentum β1·m, the same for every row, plus weight decay, so the measured increase would be mostly a
 drift shared by all rows and the example's own effect a small remainder; TrackStar also uses a plain
-step at the final learning rate. And never a fresh Adam (EVALUATION.md §3): its first step moves every
+step at the final learning rate. And never a fresh Adam (docs/EVALUATION.md §3): its first step moves every
 weight by lr·sign(g) whatever the row.
 
 Every distinct row is stepped on once; the queries that selected it are measured in one batch.

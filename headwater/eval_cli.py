@@ -1,4 +1,4 @@
-"""``headwater eval``: the evaluations of EVALUATION.md as commands (facts, lds, field-lds, removal, tailpatch).
+"""``headwater eval``: the evaluations of docs/EVALUATION.md as commands (facts, lds, field-lds, removal, tailpatch).
 
 Each command is a thin wrapper over a module of ``evaluation/`` and writes a markdown table and JSON.
 """

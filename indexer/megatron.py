@@ -1,6 +1,6 @@
 """Megatron / GPT-NeoX ``MMapIndexedDataset`` files: the format of Pythia's pre-tokenized Pile.
 
-Layout (little-endian), as in DESIGN.md:
+Layout (little-endian), as in docs/DESIGN.md:
 
 ``.idx``: 9-byte magic ``MMIDIDX\\x00\\x00``; uint64 version (1); uint8 dtype code;
 uint64 N (items); uint64 M (length of ``doc_idx``); int32[N] sizes; int64[N] byte

@@ -196,7 +196,7 @@ class ErrorBody(BaseModel):
 
 
 class AblationCheck(BaseModel):
-    """One check of an ablation's evidence checklist (EVALUATION.md §3), over every budget."""
+    """One check of an ablation's evidence checklist (docs/EVALUATION.md §3), over every budget."""
 
     name: str = Field(examples=["beats_random"])
     label: str = Field(examples=["beats random"])

@@ -15,7 +15,7 @@ from indexer.megatron import DTYPE_CODES, MAGIC, MegatronDataset, read_index, wr
 
 
 def hand_index(code: int, sizes: list[int], pointers: list[int], doc_idx: list[int], version: int = 1) -> bytes:
-    """The exact bytes DESIGN.md specifies, assembled by hand."""
+    """The exact bytes docs/DESIGN.md specifies, assembled by hand."""
     head = MAGIC + struct.pack("<Q", version) + struct.pack("<B", code)
     head += struct.pack("<Q", len(sizes)) + struct.pack("<Q", len(doc_idx))
     body = b"".join(struct.pack("<i", s) for s in sizes) + b"".join(struct.pack("<q", p) for p in pointers)
