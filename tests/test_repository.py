@@ -31,3 +31,17 @@ def test_the_package_metadata_builds_without_deprecation_warnings() -> None:
     assert isinstance(project["project"]["license"], str)
     assert any(r.startswith("setuptools>=77") for r in project["build-system"]["requires"])
     assert project["project"]["scripts"]["headwater"] == "headwater.entry:main"
+
+
+def test_the_readme_cites_only_what_a_clone_has() -> None:
+    """A clone has no ../shared: design and evaluation notes live in docs/, and every local link resolves."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    assert "../shared" not in readme
+    links = re.findall(r"\]\(((?:docs|bench)/[^)#]+)\)", readme)
+    assert {"docs/DESIGN.md", "docs/EVALUATION.md", "docs/RESULTS.md"} <= set(links)
+    assert all((ROOT / link).is_file() for link in links), links
+    for path in ROOT.rglob("*.py"):
+        if ".venv" not in path.parts:
+            assert "../shared" not in path.read_text(encoding="utf-8"), path
