@@ -256,6 +256,7 @@ def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or b
     from indexer.runner import make_encoder
     from indexer.shards import verify_shard
 
+    setup_logging(False)
     problems = verify_build(path)
     if weights:
         try:

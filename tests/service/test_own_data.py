@@ -15,6 +15,7 @@ from indexer.runner import Rank
 from indexer.store import open_index
 from service.catalog import describe
 from tests.service.conftest import API_KEY, uvicorn_server
+from tests.service.test_web_page import CHROMIUM, chromium
 
 LINES = ["The river Aldmoor runs past the old mill and under the stone bridge toward the sea every spring.",
          "Merchants in the harbour town trade salt, wool and copper with ships that come from the north.",
@@ -41,6 +42,9 @@ def test_ablations_ask_for_targets_and_refuse_the_oracle(own_index: Path, tmp_pa
     with uvicorn_server(own_index, tmp_path / "server.log") as url:
         info = httpx.get(f"{url}/v1/index").json()
         assert info["default_query"]["fact_id"] is None and "born in" not in info["default_query"]["prompt"]
+        if CHROMIUM is not None:  # the page offers the row's start, and says what it is
+            html = chromium(["--dump-dom", f"{url}/"], tmp_path).stdout
+            assert f"{info['default_query']['prompt']} →" in html and "(the start of an indexed row" in html
         headers = {"X-API-Key": API_KEY}
         answer = httpx.post(f"{url}/v1/ablations", json={}, headers=headers, timeout=60)
         assert answer.status_code == 422 and "give targets" in answer.json()["error"]
