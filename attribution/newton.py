@@ -1,0 +1,254 @@
+"""Curvature-refined query directions and exact scores along them, in the model's full parameter space.
+
+A first-order query direction is the target's loss gradient ``g``. The Newton step refines it to
+``x = (G + λ)⁻¹ g``, with ``G`` the Gauss-Newton matrix of the training loss over a sample of training rows
+(for softmax cross-entropy, the Fisher): ``G v = mean over rows of Σ_t J_tᵀ (diag(p_t) − p_t p_tᵀ) J_t v``, where
+``J_t`` is the Jacobian of position t's logits in the parameters. ``G`` is never formed: each product is one
+forward-mode pass (``J v``) and one reverse-mode pass (``Jᵀ u``), and conjugate gradient solves the damped system
+from those products alone (bergson's EK-FAC + CG, in spirit). A training row is then scored by how its loss changes
+along ``x`` — exactly, by forward-mode differentiation (one pass per batch of rows), or by a central difference
+``(ℓ(θ+εx) − ℓ(θ−εx)) / 2ε`` — with no projection anywhere.
+
+This module is the math: the products, the solver and the scores (issue #25, items 1-2); wiring them into the
+retrievers, the index's recall stage and the LDS tables comes next. Forward-mode differentiation needs the eager
+attention kernel (PyTorch's fused CPU attention has no forward-mode derivative), which :func:`eager_attention`
+switches to for the duration of a call. Logits are formed whole (``B × T × V``): sample and score in batches that
+fit memory.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vjp
+
+from attribution.batching import TokenBatch
+from attribution.errors import ConfigError
+from attribution.unlearn import restored
+
+Vector = torch.Tensor
+"""A flat vector over every parameter of the model, in ``named_parameters`` order."""
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run the block with the model's plain (eager) attention, which forward-mode differentiation can go through;
+    the model's own choice is put back after."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    if config is not None and before is not None:
+        config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        if config is not None and before is not None:
+            config._attn_implementation = before
+
+
+def parameters_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's parameters, detached (the point the products and scores are taken at)."""
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def flatten(tensors: dict[str, torch.Tensor]) -> Vector:
+    return torch.cat([t.reshape(-1) for t in tensors.values()])
+
+
+def unflatten(vector: Vector, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``vector`` cut into tensors shaped as ``like``'s (same names, same order)."""
+    total = sum(t.numel() for t in like.values())
+    if total != vector.numel():
+        raise ConfigError(f"a vector of {vector.numel()} values does not match the model's {total} parameters")
+    out, start = {}, 0
+    for name, tensor in like.items():
+        out[name] = vector[start : start + tensor.numel()].view_as(tensor)
+        start += tensor.numel()
+    return out
+
+
+def next_token_logits(model: nn.Module, params: dict[str, torch.Tensor], batch: TokenBatch) -> torch.Tensor:
+    """Logits predicting each next token, ``(B, T - 1, V)``, of the model with ``params`` in place of its own."""
+    out = functional_call(model, params, (), {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+                                              "position_ids": batch.position_ids})
+    return out.logits[:, :-1]
+
+
+def row_losses(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    """Each row's summed NLL over its loss-masked target tokens, ``(B,)``."""
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch.input_ids[:, 1:], reduction="none")
+    return (nll * batch.loss_mask[:, 1:].to(nll)).sum(1)
+
+
+def loss_gradient(model: nn.Module, batch: TokenBatch) -> Vector:
+    """∇θ of the batch's summed loss (every loss-masked token of every row), flat."""
+    params = parameters_of(model)
+
+    def total(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return row_losses(next_token_logits(model, p, batch), batch).sum()
+
+    with eager_attention(model):  # the kernels the products and scores use
+        return flatten(torch.func.grad(total)(params))
+
+
+class GaussNewton:
+    """Products with ``G + λ``: ``G`` the Gauss-Newton matrix of the mean per-row loss over ``sample`` (training
+    rows), at the model's current parameters."""
+
+    def __init__(self, model: nn.Module, sample: TokenBatch, damping: float = 0.0) -> None:
+        if not math.isfinite(damping) or damping < 0:
+            raise ConfigError(f"damping must be a finite number >= 0, got {damping}")
+        self.model, self.sample, self.damping = model, sample, damping
+        self.params = parameters_of(model)
+        self.dim = sum(p.numel() for p in self.params.values())
+        self.products = 0
+
+    def product(self, vector: Vector) -> Vector:
+        """``(G + λ) v``: one forward-mode pass for ``J v``, one reverse-mode pass for ``Jᵀ u``."""
+        self.products += 1
+
+        def logits(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return next_token_logits(self.model, p, self.sample)
+
+        with eager_attention(self.model):
+            out, jv = jvp(logits, (self.params,), (unflatten(vector, self.params),))
+            probs = torch.softmax(out, dim=-1)
+            hjv = probs * jv - probs * (probs * jv).sum(-1, keepdim=True)  # (diag(p) − p pᵀ) J v, per position
+            hjv = hjv * self.sample.loss_mask[:, 1:, None].to(hjv)
+            _, pullback = vjp(logits, self.params)
+            (gv,) = pullback(hjv)
+        return flatten(gv) / self.sample.input_ids.shape[0] + self.damping * vector
+
+    def mean_eigenvalue(self, probes: int = 4, seed: int = 0) -> float:
+        """``trace(G) / dim`` estimated with Rademacher probes (Hutchinson), for damping relative to it."""
+        generator = torch.Generator().manual_seed(seed)
+        damping, self.damping, total = self.damping, 0.0, 0.0
+        first = next(iter(self.params.values()))
+        try:
+            for _ in range(probes):
+                v = (torch.randint(0, 2, (self.dim,), generator=generator) * 2 - 1).to(first.dtype).to(first.device)
+                total += float(v @ self.product(v))
+        finally:
+            self.damping = damping
+        return total / probes / self.dim
+
+
+@dataclass(frozen=True)
+class Solution:
+    """What conjugate gradient returned: ``x``, the iterations it took and its relative residual
+    ``‖A x − b‖ / ‖b‖``."""
+
+    x: Vector
+    iterations: int
+    residual: float
+
+
+def conjugate_gradient(apply: Callable[[Vector], Vector], b: Vector, x0: Vector | None = None,
+                       precondition: Callable[[Vector], Vector] | None = None, tol: float = 1e-6,
+                       max_iter: int = 100) -> Solution:
+    """Solve ``A x = b`` for a symmetric positive-definite ``A`` known only through ``apply(v) = A v``; ``x0`` warm
+    starts it and ``precondition(r) ≈ A⁻¹ r`` (e.g. EK-FAC's inverse) speeds it up. Stops when the relative residual
+    is below ``tol`` or after ``max_iter`` products."""
+    if max_iter <= 0 or not tol > 0:
+        raise ConfigError(f"conjugate gradient needs max_iter > 0 and tol > 0, got {max_iter} and {tol}")
+    norm_b = float(b.norm())
+    if norm_b == 0:
+        return Solution(torch.zeros_like(b), 0, 0.0)
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - apply(x) if x0 is not None else b.clone()
+    z = precondition(r) if precondition is not None else r
+    p, rz = z.clone(), float(r @ z)
+    for iteration in range(1, max_iter + 1):
+        if float(r.norm()) / norm_b < tol:
+            return Solution(x, iteration - 1, float(r.norm()) / norm_b)
+        ap = apply(p)
+        curvature = float(p @ ap)
+        if curvature <= 0:
+            raise ConfigError("conjugate gradient met a direction of non-positive curvature: the matrix is not "
+                              "positive definite (raise the damping)")
+        alpha = rz / curvature
+        x, r = x + alpha * p, r - alpha * ap
+        z = precondition(r) if precondition is not None else r
+        rz, previous = float(r @ z), rz
+        p = z + (rz / previous) * p
+    return Solution(x, max_iter, float(r.norm()) / norm_b)
+
+
+@dataclass(frozen=True)
+class NewtonConfig:
+    """How the query direction is refined."""
+
+    damping: float = 0.1
+    """λ relative to ``G``'s mean eigenvalue (``relative``) or absolute."""
+    relative: bool = True
+    tol: float = 1e-4
+    """Relative residual at which conjugate gradient stops."""
+    max_iter: int = 50
+    """Most Gauss-Newton products."""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.damping) or self.damping <= 0:
+            raise ConfigError(f"newton damping must be a positive finite number, got {self.damping}")
+        if self.max_iter <= 0 or not 0 < self.tol < 1:
+            raise ConfigError(f"newton needs max_iter > 0 and 0 < tol < 1, got {self.max_iter} and {self.tol}")
+
+
+@dataclass(frozen=True)
+class NewtonDirection:
+    """A refined query direction and how it was found."""
+
+    x: Vector
+    gradient: Vector
+    damping: float
+    """The absolute λ used."""
+    iterations: int
+    residual: float
+    seconds: float
+
+
+def newton_direction(model: nn.Module, target: TokenBatch, sample: TokenBatch, config: NewtonConfig = NewtonConfig(),
+                     precondition: Callable[[Vector], Vector] | None = None) -> NewtonDirection:
+    """``x = (G + λ)⁻¹ g``: ``g`` the target's loss gradient, ``G`` the Gauss-Newton matrix over ``sample``."""
+    started = time.perf_counter()
+    gradient = loss_gradient(model, target)
+    system = GaussNewton(model, sample)
+    system.damping = config.damping * system.mean_eigenvalue() if config.relative else config.damping
+    solved = conjugate_gradient(system.product, gradient, precondition=precondition, tol=config.tol,
+                                max_iter=config.max_iter)
+    return NewtonDirection(solved.x, gradient, system.damping, solved.iterations, solved.residual,
+                           time.perf_counter() - started)
+
+
+def loss_changes(model: nn.Module, batch: TokenBatch, direction: Vector) -> torch.Tensor:
+    """Each row's loss change along ``direction``, exactly: ``d/dε ℓ_i(θ + ε x)`` at ε = 0, ``(B,)``, by one
+    forward-mode pass (first order)."""
+    params = parameters_of(model)
+
+    def losses(p: dict[str, torch.Tensor]) -> torch.Tensor:
+        return row_losses(next_token_logits(model, p, batch), batch)
+
+    with eager_attention(model):
+        _, change = jvp(losses, (params,), (unflatten(direction, params),))
+    return change.detach()
+
+
+@torch.no_grad()
+def loss_changes_central(model: nn.Module, batch: TokenBatch, direction: Vector, eps: float) -> torch.Tensor:
+    """Each row's ``(ℓ(θ + εx) − ℓ(θ − εx)) / 2ε``, ``(B,)``: two forward passes, no derivative (second-order accurate;
+    at a finite ε it also sees what a first-order score misses). The weights are put back bit for bit."""
+    if not math.isfinite(eps) or eps <= 0:
+        raise ConfigError(f"eps must be a positive finite step, got {eps}")
+    base = {name: p.clone() for name, p in parameters_of(model).items()}  # copies: the weights change below
+    step = unflatten(direction, base)
+    losses = []
+    with restored(model):
+        for sign in (1.0, -1.0):
+            for name, p in model.named_parameters():
+                p.copy_(base[name] + sign * eps * step[name])
+            losses.append(row_losses(next_token_logits(model, parameters_of(model), batch), batch))
+    return (losses[0] - losses[1]) / (2 * eps)
