@@ -90,7 +90,7 @@ def test_index_info_shape(server: str) -> None:
     info = httpx.get(f"{server}/v1/index").json()
     assert info.keys() == {"build", "model", "revisions", "examples", "data", "projection", "preconditioner",
                            "embedding_model", "created", "subsets", "steps", "default_query", "default_method",
-                           "default_method_reason"}
+                           "default_method_reason", "unlearning_cost"}
     # 192 short rows, every one re-scored by an unlearning query: auto's estimate is far under 30 s
     assert info["default_method"] == "unlearning"
     assert info["default_method_reason"].startswith("auto: an unlearning query re-scores up to 192 rows")
