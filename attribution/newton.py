@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from attribution.batching import TokenBatch
+from attribution.batching import TokenBatch, training_batch
 from attribution.errors import ConfigError
 from attribution.unlearn import restored
 
@@ -252,3 +252,14 @@ def loss_changes_central(model: nn.Module, batch: TokenBatch, direction: Vector,
                 p.copy_(base[name] + sign * eps * step[name])
             losses.append(row_losses(next_token_logits(model, parameters_of(model), batch), batch))
     return (losses[0] - losses[1]) / (2 * eps)
+
+
+def score_rows(model: nn.Module, rows: list[list[int]], direction: Vector, batch_rows: int = 64) -> torch.Tensor:
+    """Every training row's exact loss change along ``direction`` (:func:`loss_changes`), ``batch_rows`` at a time;
+    with ``direction = (G + λ)⁻¹ ∇ℓ(query)`` this is the row's influence estimate (positive: training on the row
+    lowered the query's loss)."""
+    if batch_rows <= 0:
+        raise ConfigError(f"batch_rows must be positive, got {batch_rows}")
+    parts = [loss_changes(model, training_batch(rows[start : start + batch_rows]), direction)
+             for start in range(0, len(rows), batch_rows)]
+    return torch.cat(parts) if parts else torch.zeros(0)

@@ -45,6 +45,7 @@ from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model, load_tokenizer
+from attribution.newton import NewtonConfig, newton_direction, score_rows
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
@@ -63,7 +64,12 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 DROP, HALF = "drop", "half"
 SHUFFLED = "shuffled"
-BM25, UNLEARNING, TRACIN = "bm25", "unlearning", "tracin"
+BM25, UNLEARNING, TRACIN, NEWTON = "bm25", "unlearning", "tracin", "newton"
+NEWTON_SAMPLE_ROWS = 64
+"""Training rows, evenly spaced, whose Gauss-Newton matrix a ``newton`` estimator inverts (with conjugate
+gradient)."""
+NEWTON_DAMPING = 0.1
+"""``newton``'s damping relative to the Gauss-Newton matrix's mean eigenvalue when its name gives none."""
 TRACIN_CHECKPOINTS = 4
 TRACIN_MARKER = "tracin.json"
 UNLEARNING_SETTINGS = UnlearningConfig()
@@ -127,12 +133,14 @@ def parse_estimator(name: str) -> FieldEstimator:
     """The estimator a name stands for, or a clear error."""
     if name in (BM25, UNLEARNING):
         return FieldEstimator(None, None, family=name)
+    if name == NEWTON or name.startswith(NEWTON + "@d"):
+        return FieldEstimator(None, None, damping=newton_damping(name), family=NEWTON)
     base, *options = name.split("@")
     family, _, kind = base.partition("/")
     modes = {"gradient-ip": ScoreMode.INNER_PRODUCT, "gradient": ScoreMode.COSINE, TRACIN: ScoreMode.INNER_PRODUCT}
     error = ConfigError(f"unknown LDS estimator {name!r}: gradient-ip/KIND, gradient/KIND, tracin/KIND (KIND one of "
                         f"{[m.value for m in PreconditionMode]}; then optionally @K, a projection size, and @dD, a "
-                        f"damping), {BM25} or {UNLEARNING}")
+                        f"damping), {BM25}, {UNLEARNING} or {NEWTON}[@dD]")
     if family not in modes or kind not in {m.value for m in PreconditionMode}:
         raise error
     k = damping = None
@@ -150,6 +158,19 @@ def parse_estimator(name: str) -> FieldEstimator:
             raise error
     return FieldEstimator(modes[family], PreconditionMode(kind), k, damping,
                           family=TRACIN if family == TRACIN else "gradient")
+
+
+def newton_damping(name: str) -> float:
+    """``newton``'s relative damping: ``newton@dD``'s D, else :data:`NEWTON_DAMPING`."""
+    if name == NEWTON:
+        return NEWTON_DAMPING
+    try:
+        damping = float(name.removeprefix(NEWTON + "@d"))
+    except ValueError:
+        damping = float("nan")
+    if not damping > 0 or not np.isfinite(damping):
+        raise ConfigError(f"unknown LDS estimator {name!r}: newton takes @dD, a positive relative damping")
+    return damping
 
 
 def estimator_damping(name: str, settings: FieldLDSSettings) -> float:
@@ -282,6 +303,8 @@ class Scorer:
         if estimator.family == UNLEARNING:
             targets = [training_batch([q.tolist()]) for q in self.queries]  # every token after the first
             return score_every_row(load_model(self.model_dir), self.rows, targets, UNLEARNING_SETTINGS)
+        if estimator.family == NEWTON:
+            return self.newton_scores(NewtonConfig(damping=estimator.damping))
         curvature = CurvatureConfig(kind=estimator.kind, damping=estimator_damping(name, self.settings))
         k = estimator.k or self.settings.k
         if estimator.family == TRACIN:
@@ -298,6 +321,21 @@ class Scorer:
         q = np.stack([encoder.encode_query_ids(c[:1].tolist(), c[1:].tolist()).vector.numpy()
                       for c in self.queries])
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
+
+
+    def newton_scores(self, config: NewtonConfig) -> np.ndarray:
+        """Each row's exact loss change along each query's Newton direction ``(G + λ)⁻¹ ∇ℓ(query)``, ``G`` over
+        :data:`NEWTON_SAMPLE_ROWS` evenly spaced training rows; no projection."""
+        model = load_model(self.model_dir)
+        picks = np.unique(np.linspace(0, len(self.rows) - 1, min(NEWTON_SAMPLE_ROWS, len(self.rows))).astype(int))
+        sample = training_batch([self.rows[i] for i in picks])
+        out = []
+        for query in self.queries:
+            found = newton_direction(model, training_batch([query.tolist()]), sample, config)
+            log.info("newton: %d conjugate-gradient steps, residual %.1e, %.1f s", found.iterations, found.residual,
+                     found.seconds)
+            out.append(score_rows(model, self.rows, found.x).numpy())
+        return np.stack(out).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -353,6 +391,8 @@ def extra_key(name: str, case: LDSCase) -> dict:
     family = parse_estimator(name).family
     if family == UNLEARNING:
         return {"unlearning": asdict(UNLEARNING_SETTINGS)}
+    if family == NEWTON:
+        return {"newton": {**asdict(NewtonConfig(damping=newton_damping(name))), "sample_rows": NEWTON_SAMPLE_ROWS}}
     if family == TRACIN:
         plan = tracin_plan(case)
         return {"revisions": list(plan.revisions), "weights": list(plan.weights)}

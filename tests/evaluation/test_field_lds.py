@@ -184,6 +184,11 @@ def test_bad_settings_are_clear_errors() -> None:
     assert parse_estimator("tracin/block@8") == FieldEstimator(ScoreMode.INNER_PRODUCT, PreconditionMode.BLOCK, 8,
                                                                family="tracin")
     assert parse_estimator("unlearning").family == "unlearning"
+    assert parse_estimator("newton") == FieldEstimator(None, None, damping=0.1, family="newton")
+    assert parse_estimator("newton@d10").damping == 10
+    for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf"):
+        with pytest.raises(ConfigError, match="newton takes @dD"):
+            FieldLDSSettings(estimators=(bad,))
     with pytest.raises(ConfigError, match="pretrained on"):
         FinetuneCase(source="bible")
     with pytest.raises(ConfigError, match="share"):
