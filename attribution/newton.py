@@ -218,9 +218,17 @@ def newton_direction(model: nn.Module, target: TokenBatch, sample: TokenBatch, c
     gradient = loss_gradient(model, target)
     system = GaussNewton(model, sample)
     system.damping = config.damping * system.mean_eigenvalue() if config.relative else config.damping
-    solved = conjugate_gradient(system.product, gradient, precondition=precondition, tol=config.tol,
-                                max_iter=config.max_iter)
-    return NewtonDirection(solved.x, gradient, system.damping, solved.iterations, solved.residual,
+    dtype = gradient.dtype
+
+    def apply(v: Vector) -> Vector:  # the solver's recurrences in float64: float32 ones lose orthogonality
+        return system.product(v.to(dtype)).double()
+
+    def inverse(r: Vector) -> Vector:
+        return precondition(r.to(dtype)).double()
+
+    solved = conjugate_gradient(apply, gradient.double(), tol=config.tol, max_iter=config.max_iter,
+                                precondition=None if precondition is None else inverse)
+    return NewtonDirection(solved.x.to(dtype), gradient, system.damping, solved.iterations, solved.residual,
                            time.perf_counter() - started)
 
 

@@ -43,12 +43,14 @@ from evaluation.field_lds import (
 )
 from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query
+from evaluation.selections import FIELD_LDS_ESTIMATORS
 from evaluation.text_case import TextCase, build_case, training_order
 from headwater.cli import app
 
 CASE = TextCase(rows=40, queries=6, seq_len=16, vocab_size=300, hidden_size=16, num_layers=1, num_heads=2,
                 batch_size=4, epochs=2, warmup_steps=2, chars_per_source=8000)
-SETTINGS = FieldLDSSettings(retrains=4, removed=0.1, halves=4, k=4, workers=1, shuffles=50, bootstrap=200)
+SETTINGS = FieldLDSSettings(retrains=4, removed=0.1, halves=4, k=4, workers=1, shuffles=50, bootstrap=200,
+                            estimators=(*FIELD_LDS_ESTIMATORS, "newton"))
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +186,7 @@ def test_bad_settings_are_clear_errors() -> None:
     assert parse_estimator("tracin/block@8") == FieldEstimator(ScoreMode.INNER_PRODUCT, PreconditionMode.BLOCK, 8,
                                                                family="tracin")
     assert parse_estimator("unlearning").family == "unlearning"
-    assert parse_estimator("newton") == FieldEstimator(None, None, damping=0.1, family="newton")
+    assert parse_estimator("newton") == FieldEstimator(None, None, damping=10.0, family="newton")
     assert parse_estimator("newton@d10").damping == 10
     for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf"):
         with pytest.raises(ConfigError, match="newton takes @dD"):
