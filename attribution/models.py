@@ -42,18 +42,33 @@ FINGERPRINT_VALUES = 1024
 """Values of each weight tensor, evenly spaced, that :func:`weights_fingerprint` hashes."""
 
 
-def weights_fingerprint(model: torch.nn.Module) -> str:
+def weights_fingerprint(model: torch.nn.Module, dtype: torch.dtype | None = None) -> str:
     """A short hash of the model's weights: every tensor's name and shape and ``FINGERPRINT_VALUES`` evenly spaced
-    values rounded to bfloat16 (so a float32 and a bfloat16 load of one checkpoint agree). Other weights (another
-    model, another revision, a fine-tune) change it; cheap at any size, it may miss an edit of a few single values."""
+    values in ``dtype`` (default: the model's own). Record the dtype with the hash and pass it when checking: a
+    float32 load of a checkpoint, cast to the float16 or bfloat16 an index was built in, gives exactly the values that
+    build saw. Other weights (another model, revision, fine-tune) change it; cheap at any size, it may miss an edit of
+    a few single values."""
+    dtype = dtype or weights_dtype(model)
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         flat = tensor.detach().reshape(-1)
-        picks = torch.linspace(0, max(flat.numel() - 1, 0), min(flat.numel(), FINGERPRINT_VALUES)).long()
-        values = flat[picks.to(flat.device)].to("cpu", torch.float32).to(torch.bfloat16).view(torch.int16)
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(values.numpy().tobytes())
+        count = min(flat.numel(), FINGERPRINT_VALUES)
+        # integer positions: float32 ones round past the end of tensors over 2^24 values (Pythia's embeddings)
+        picks = torch.arange(count, dtype=torch.int64) * max(flat.numel() - 1, 0) // max(count - 1, 1)
+        values = flat[picks.to(flat.device)].to("cpu")
+        values = values.to(dtype) if values.is_floating_point() else values
+        digest.update(f"{name}{tuple(tensor.shape)}{values.dtype}".encode())
+        digest.update(values.view(INT_OF_WIDTH[values.element_size()]).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+"""The integer dtype of each element size, to read any tensor's bytes (numpy has no bfloat16)."""
+
+
+def weights_dtype(model: torch.nn.Module) -> torch.dtype:
+    """The dtype of the model's floating-point weights."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def looks_local(name: str) -> bool:

@@ -161,6 +161,10 @@ def min_training_vectors(index: faiss.Index) -> int:
             if isinstance(faiss.downcast_VectorTransform(typed.chain.at(i)), faiss.OPQMatrix):
                 need = 256
         return max(need, min_training_vectors(typed.index))
+    for wrapped in ("storage", "base_index"):  # HNSW over codes; a Refine around another index
+        inner = getattr(typed, wrapped, None)
+        if isinstance(inner, faiss.Index):
+            need = max(need, min_training_vectors(inner))
     quantizer = getattr(typed, "pq", None)
     return max(need, ivf_lists(typed), quantizer.ksub if quantizer is not None else 1)
 

@@ -18,14 +18,29 @@ SKIP_CHECK = "HEADWATER_SKIP_MEMORY_CHECK"
 
 def address_space_error() -> str | None:
     """Why an address-space cap (``ulimit -v``, RLIMIT_AS) is too small to run at all, or None."""
-    cap = resource.getrlimit(resource.RLIMIT_AS)[0]
-    needed = ADDRESS_SPACE_FLOOR + THREAD_ADDRESS_SPACE * (os.cpu_count() or 1)
-    if cap == resource.RLIM_INFINITY or cap >= needed or os.environ.get(SKIP_CHECK) == "1":
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != hard:  # the soft limit is ours to raise
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    cores = usable_cores()
+    needed = ADDRESS_SPACE_FLOOR + THREAD_ADDRESS_SPACE * cores
+    if soft == resource.RLIM_INFINITY or soft >= needed or os.environ.get(SKIP_CHECK) == "1":
         return None
+    cap = soft
     return (f"the process's address space is capped at {cap / 2**30:.2f} GiB (ulimit -v), below the "
-            f"~{needed / 2**30:.2f} GiB that torch, FAISS and DuckDB reserve on {os.cpu_count()} cores (threads that "
+            f"~{needed / 2**30:.2f} GiB that torch, FAISS and DuckDB reserve on {cores} cores (threads that "
             f"cannot reserve their stacks abort the process); raise or remove the cap (memory actually used is less), "
             f"or set {SKIP_CHECK}=1 to try anyway")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a Slurm job's share, not the node's), at most ``OMP_NUM_THREADS`` when set."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(threads)) if threads.isdigit() and int(threads) > 0 else cores
 
 
 def main() -> None:

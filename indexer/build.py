@@ -80,6 +80,8 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
         written = [i for part in written_anywhere for i in part]
     if append and rank.rank == 0 and (rank.world == 1 or grouped):
         mark_part(runner.work, finished=True)
+    elif append:  # one rank of several that cannot meet: its shards are done, the part is not yet whole
+        mark_part(runner.work, finished=False)
     if not merge_after or rank.rank != 0 or (rank.world > 1 and not grouped):
         log.info("rank %d/%d finished its shards; run 'headwater index merge %s' when all ranks are done",
                  rank.rank, rank.world, out)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from attribution.encoder import GradientEncoder
-from attribution.models import resolve_local_revision, weights_fingerprint
+from attribution.models import resolve_dtype, resolve_local_revision, weights_dtype, weights_fingerprint
 from indexer.config import IndexConfig, IndexMismatchError
 from indexer.errors import CorruptShardError
 from indexer.shards import sha256_file
@@ -113,6 +113,8 @@ class Manifest:
     weights: list[str] | None = None
     """Per checkpoint: :func:`~attribution.models.weights_fingerprint` of the model (None: built before it was
     recorded)."""
+    weights_dtype: str | None = None
+    """The dtype the fingerprints were taken in (the build's), e.g. ``float32``."""
 
     def to_json(self) -> dict:
         record = asdict(self)
@@ -146,6 +148,7 @@ def write_manifest(build: Path, config: IndexConfig, encoder: GradientEncoder, c
         libraries=library_versions(),
         files=files_of(build),
         weights=[weights_fingerprint(c.model) for c in encoder.checkpoints],
+        weights_dtype=str(weights_dtype(encoder.checkpoints[0].model)).removeprefix("torch."),
     )
     (build / "manifest.json").write_text(json.dumps(manifest.to_json(), indent=2))
     return manifest
@@ -202,8 +205,9 @@ def check_weights(build: Path, manifest: Manifest, encoder: GradientEncoder) -> 
                     "checked; rebuild the index to have them checked", build)
         return
     config = manifest.config
+    dtype = resolve_dtype(manifest.weights_dtype or "float32")
     for recorded, ckpt in zip(manifest.weights, encoder.checkpoints, strict=True):
-        found = weights_fingerprint(ckpt.model)
+        found = weights_fingerprint(ckpt.model, dtype)
         if found != recorded:
             raise IndexMismatchError(
                 f"{build}: the weights of {config.model} (revision {ckpt.revision or 'main'}"

@@ -192,8 +192,9 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
         raise CorruptShardError(f"{out}: example ids are duplicated or out of order across shards; rebuild")
     windows = load_shard_array(shards[0], "sketch-0.npy").shape[1] if config.attribution.window else 1
     check_factory_fits(config.storage.faiss_factory, encoder.dim, len(ids) * windows, config.storage.search())
-    with merge_lock(out):
-        remove_stale_temporaries(out)
+    with merge_lock(out) as locked:
+        if locked:  # without a lock another merge may own a temporary: leave them
+            remove_stale_temporaries(out)
         check_free_space(out / "builds", build_bytes(shards))
         build_id = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"  # unique even within a second
         tmp = out / "builds" / f".tmp-{build_id}"
@@ -260,18 +261,29 @@ def no_space(err: BaseException) -> bool:
         (isinstance(err, Exception) and "No space left on device" in str(err))
 
 
+NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
+"""What ``flock`` raises on filesystems without locks (e.g. Lustre mounted ``noflock``)."""
+
+
 @contextmanager
-def merge_lock(out: Path) -> Iterator[None]:
+def merge_lock(out: Path) -> Iterator[bool]:
     """Hold ``OUT/work/.merge.lock`` for the merge: one merge at a time per index, so every ``builds/.tmp-*`` found
-    while holding it is a killed merge's."""
+    while holding it is a killed merge's. Yields False where the filesystem has no locks (the merge goes on)."""
     (out / "builds").mkdir(parents=True, exist_ok=True)
     with (out / "work" / ".merge.lock").open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise IndexWriteError(f"{out}: another merge of this index is running; wait for it to finish") from None
+        except OSError as err:
+            if err.errno not in NO_LOCKS:
+                raise
+            log.warning("%s: this filesystem has no file locks (%s); merging without one, and leaving any "
+                        "builds/.tmp-* for you to remove once no merge runs", out, err.strerror)
+            yield False
+            return
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -8,6 +8,7 @@ id already indexed (Megatron rows are global; streamed text is offset past them)
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -80,16 +81,19 @@ def unfinished_message(out: Path, part: Path) -> str:
     """What an unfinished part is and the two ways on: rerun its append, or discard it."""
     config = IndexConfig.load(part / "config.json")
     command = f"--data {config.data}" + (f" --steps {config.steps}" if config.steps else "")
-    return (f"{part}: an earlier append ({command}) did not finish; rerun it to finish it, or discard it with "
-            f"'headwater index discard {out} --part {part.name}'")
+    return (f"{part}: an earlier append ({command}) did not finish; rerun it to finish it (ranks of a Slurm array: "
+            f"once all are done, 'headwater index merge {out}'), or discard it with 'headwater index discard {out} "
+            f"--part {part.name}'")
 
 
 def mark_part(part: Path, finished: bool, failed: bool = False) -> None:
     """Record whether every shard of an appended part is written, and whether its last run failed (part 0,
     ``OUT/work``, needs no record)."""
     record = part / "part.json"
-    if record.is_file():
-        record.write_text(json.dumps({**json.loads(record.read_text()), "finished": finished, "failed": failed}))
+    if record.is_file():  # replaced whole: another rank may be reading it
+        tmp = record.with_name(f".tmp-{os.getpid()}-part.json")
+        tmp.write_text(json.dumps({**json.loads(record.read_text()), "finished": finished, "failed": failed}))
+        os.replace(tmp, record)
 
 
 def failed_parts(out: Path) -> list[Path]:

@@ -14,7 +14,7 @@ import pytest
 
 from attribution.errors import ConfigError, OutOfMemoryError, memory_guard
 from headwater.common import quiet_libraries
-from headwater.entry import ADDRESS_SPACE_FLOOR, SKIP_CHECK, THREAD_ADDRESS_SPACE
+from headwater.entry import ADDRESS_SPACE_FLOOR, SKIP_CHECK, THREAD_ADDRESS_SPACE, usable_cores
 
 
 def capped_build(demo: Path, out: Path, cap: int, skip_check: bool) -> subprocess.CompletedProcess:
@@ -29,7 +29,7 @@ def capped_build(demo: Path, out: Path, cap: int, skip_check: bool) -> subproces
 
 
 def test_a_cap_too_small_to_start_is_refused_at_once(tiny_demo: Path, tmp_path: Path) -> None:
-    needed = ADDRESS_SPACE_FLOOR + THREAD_ADDRESS_SPACE * (os.cpu_count() or 1)
+    needed = ADDRESS_SPACE_FLOOR + THREAD_ADDRESS_SPACE * usable_cores()
     done = capped_build(tiny_demo, tmp_path / "index", needed - 512 * 2**20, skip_check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert "address space is capped" in done.stderr and "ulimit -v" in done.stderr

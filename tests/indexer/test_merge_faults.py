@@ -40,7 +40,8 @@ def shards_only(tiny_demo: Path, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("factory", ["IVF16,PQ8", "PQ16x4fs", "IVF300,Flat", "OPQ8,IVF4,PQ8x4", "HNSW16"])
+@pytest.mark.parametrize("factory", ["IVF16,PQ8", "PQ16x4fs", "IVF300,Flat", "OPQ8,IVF4,PQ8x4", "HNSW16",
+                                     "HNSW16,PQ8", "IVF8,PQ8,Refine(Flat)"])
 def test_min_training_vectors_is_what_faiss_needs(factory: str) -> None:
     need = min_training_vectors(new_faiss_index(factory, 32))
     vectors = np.random.default_rng(0).standard_normal((need, 32)).astype(np.float32)
@@ -158,3 +159,20 @@ def test_faiss_training_failure_names_the_factory() -> None:
     with pytest.raises(ConfigError, match="IVF8,PQ8 needs at least 256"):
         build_faiss_index(vectors, "IVF8,PQ8")
     assert faiss.IndexFlatIP(16).is_trained  # flat needs no training
+
+
+def test_a_filesystem_without_locks_merges_and_leaves_temporaries(shards_only: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(*args) -> None:
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    out = tmp_path / "index"
+    shutil.copytree(shards_only, out)
+    other = out / "builds" / ".tmp-20260101T000000-0therrun"  # perhaps another node's merge, running
+    other.mkdir(parents=True)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert verify_build(merge_index(out)) == []
+    assert other.is_dir()

@@ -94,3 +94,27 @@ def test_joined_steps() -> None:
     assert joined_steps(["0:24", "24:48", "48:50"]) == "0:50"
     assert joined_steps(["0:24", "30:48"]) == "0:24, 30:48"
     assert joined_steps(["0:24", None]) == "0:24, all"
+
+
+def test_a_slurm_rank_that_failed_then_succeeded_leaves_the_part_mergeable(tiny_demo: Path, index_0_24: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexer import runner as runner_module
+    from indexer.build import merge_index
+
+    real = runner_module.ShardRunner.compute
+
+    def broken(self, index: int) -> bool:
+        raise DataFormatError("a bad record")
+
+    monkeypatch.setattr(runner_module.ShardRunner, "compute", broken)
+    with pytest.raises(DataFormatError):  # rank 0 of 2 (a Slurm array: ranks cannot meet) fails
+        build_index(config_for(tiny_demo, steps="24:40"), index_0_24, Rank(0, 2), append=True)
+    part = index_0_24 / "work" / "parts" / "01"
+    assert json.loads((part / "part.json").read_text())["failed"]
+    monkeypatch.setattr(runner_module.ShardRunner, "compute", real)
+    for rank in (Rank(0, 2), Rank(1, 2)):  # the rerun of rank 0 succeeds; rank 1 runs
+        assert build_index(config_for(tiny_demo, steps="24:40"), index_0_24, rank, append=True) is None
+    assert not json.loads((part / "part.json").read_text())["failed"]
+    merge_index(index_0_24)  # was refused: the failed flag was never cleared
+    assert read_manifest(index_0_24).counts.examples == 160
+    assert json.loads((part / "part.json").read_text())["finished"]

@@ -24,7 +24,9 @@ runner = CliRunner()
 def test_fingerprint_follows_the_weights_not_the_dtype(tiny_demo: Path) -> None:
     model = load_model(tiny_demo / "model")
     same = weights_fingerprint(model)
-    assert weights_fingerprint(load_model(tiny_demo / "model", dtype="bfloat16")) == same
+    for dtype in (torch.bfloat16, torch.float16):  # an index built in half precision opens with a float32 model
+        built = weights_fingerprint(load_model(tiny_demo / "model", dtype=str(dtype).removeprefix("torch.")))
+        assert built == weights_fingerprint(model, dtype) != same
     revision = sorted((tiny_demo / "model" / "revisions").iterdir())[0].name
     assert weights_fingerprint(load_model(tiny_demo / "model", revision=revision)) != same
     with torch.no_grad():
@@ -61,3 +63,15 @@ def test_a_misspelled_model_directory_is_said_at_once(tiny_demo: Path) -> None:
     result = runner.invoke(app, ["index", "build", "--model", wrong, "--data", str(tiny_demo / "data" / "document"),
                                  "--out", str(tiny_demo.parent / "never")])
     assert result.exit_code == 2 and "no such directory" in result.output and "huggingface" not in result.output
+
+
+def test_fingerprint_of_a_tensor_past_float32_positions() -> None:
+    """Pythia's embeddings hold more than 2^24 values, where float32 positions round past the end."""
+    big = torch.nn.Linear(1, 2**24 + 3, bias=False)
+    with torch.no_grad():
+        big.weight.zero_()
+        big.weight[-1] = 1.0
+    changed = weights_fingerprint(big)
+    with torch.no_grad():
+        big.weight[-1] = 0.0
+    assert weights_fingerprint(big) != changed  # the last value is sampled
