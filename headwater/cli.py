@@ -260,7 +260,8 @@ def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or b
     problems = verify_build(path)
     if weights:
         try:
-            check_weights(resolve_build(path), read_manifest(path), make_encoder(read_manifest(path).config))
+            manifest = read_manifest(path)
+            check_weights(resolve_build(path), manifest, make_encoder(manifest.config))
         except HeadwaterError as err:
             problems.append(str(err))
     work = Path(path) / "work"

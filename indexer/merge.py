@@ -195,7 +195,8 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
     with merge_lock(out) as locked:
         if locked:  # without a lock another merge may own a temporary: leave them
             remove_stale_temporaries(out)
-        check_free_space(out / "builds", build_bytes(shards))
+        needed = build_bytes(shards)
+        check_free_space(out / "builds", needed)
         build_id = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:8]}"  # unique even within a second
         tmp = out / "builds" / f".tmp-{build_id}"
         tmp.mkdir(parents=True)
@@ -207,9 +208,7 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             if no_space(err):
                 raise IndexWriteError(f"{out / 'builds'}: the disk filled up while merging ({err}); nothing was "
-                                      f"published and finished shards are kept: free about "
-                                      f"{build_bytes(shards) / 2**30:.2f} GiB there and run 'headwater index "
-                                      "merge' (or the same build command) again") from err
+                                      f"published; free about {needed / 2**30:.2f} GiB there: {KEPT}") from err
             raise
         final = out / "builds" / build_id
         os.replace(tmp, final)
@@ -295,7 +294,7 @@ def remove_stale_temporaries(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-BUILD_SIZE_FACTORS = {"sketch": 1.5, "embeddings": 3.0, "meta.parquet": 6.0}
+BUILD_SIZE_FACTORS = {"sketch-": 1.5, "embeddings.npy": 3.0, "meta.parquet": 6.0}
 """Bytes a build writes per byte of the shards' files, at most: float16 vectors and an exact FAISS copy in float32
 (1.5× the float32 sketches); the embedding index in float32 and its float16 chunks (3×); DuckDB and BM25 from the
 compressed texts (measured 2-4× on the demo, with margin)."""
@@ -308,10 +307,8 @@ def build_bytes(shards: list[Path]) -> int:
     total = float(DUCKDB_BLOCKS)
     for shard in shards:
         for file in shard.iterdir():
-            if file.name.startswith("sketch-"):
-                total += file.stat().st_size * BUILD_SIZE_FACTORS["sketch"]
-            elif file.name in ("embeddings.npy", "meta.parquet"):
-                total += file.stat().st_size * BUILD_SIZE_FACTORS[file.name.removesuffix(".npy")]
+            factor = next((f for name, f in BUILD_SIZE_FACTORS.items() if file.name.startswith(name)), 0.0)
+            total += file.stat().st_size * factor
     return int(total)
 
 
@@ -320,8 +317,7 @@ def check_free_space(directory: Path, needed: int) -> None:
     free = shutil.disk_usage(directory).free
     if free < needed:
         raise IndexWriteError(f"{directory}: merging needs about {needed / 2**20:,.1f} MiB and {free / 2**20:,.1f} "
-                              "MiB are free; nothing was written and finished shards are kept: free space there "
-                              "(or move the index) and run 'headwater index merge' (or the same build command) again")
+                              f"MiB are free; nothing was written; free space there (or move the index): {KEPT}")
 
 
 def publish(out: Path, build: Path) -> None:
