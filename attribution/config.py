@@ -117,6 +117,19 @@ class Correction(StrEnum):
     """Nothing: the raw loss increase over the unchanged model."""
 
 
+class Direction(StrEnum):
+    """Which way the ``unlearning`` retriever moves the weights, and how it reads each row's change."""
+
+    ASCENT = "ascent"
+    """``steps`` normalized gradient-ascent steps on the target; a row's change is its loss after the move less its
+    loss before (first order, this is a gradient dot product: the default, measured on every case)."""
+    NEWTON = "newton"
+    """One step along the Newton direction ``x = (G + λ)⁻¹ g`` (``g`` the target's gradient, ``G`` the Gauss-Newton
+    matrix over ``newton_rows`` evenly spaced indexed rows, conjugate gradient in the full parameter space); a row's
+    change is the central difference ``(ℓ(θ + Δθ) − ℓ(θ − Δθ)) / 2``, which cancels the even part of the change (what
+    any small move does to every row), so no correction is applied; controls are projected out of ``x``."""
+
+
 @dataclass(frozen=True)
 class UnlearningConfig:
     """The reverse direction (method ``unlearning``): ascend on the target, rank rows by their loss increase.
@@ -147,12 +160,23 @@ class UnlearningConfig:
     """Tokens of the span reported with each hit: the row's window of largest loss increase."""
     score: RowScore = RowScore.MEAN
     """A row's score: the mean increase over all its tokens (mean) or over its best window (window)."""
+    direction: Direction = Direction.ASCENT
+    """ascent (``steps`` gradient steps) or newton (one step along the curvature-refined direction)."""
+    newton_rows: int = 32
+    """newton: indexed rows, evenly spaced, whose Gauss-Newton matrix is inverted (their first 64 tokens each)."""
+    newton_damping: float = 10.0
+    """newton: damping λ relative to the Gauss-Newton matrix's mean eigenvalue (bergson's CG runs use 10; the
+    field-LDS sweep: 1, 10 and 100 all beat EK-FAC, 10 best)."""
+    newton_iterations: int = 20
+    """newton: most conjugate-gradient steps (two passes over ``newton_rows`` each)."""
 
     def __post_init__(self) -> None:
         _coerce(self, "correction", Correction)
         _coerce(self, "score", RowScore)
+        _coerce(self, "direction", Direction)
         positive = {"steps": self.steps, "control_probes": self.control_probes, "candidates": self.candidates,
-                    "batch_tokens": self.batch_tokens, "window": self.window}
+                    "batch_tokens": self.batch_tokens, "window": self.window, "newton_rows": self.newton_rows,
+                    "newton_iterations": self.newton_iterations}
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"unlearning {name} must be a positive integer, got {value!r}")
@@ -160,6 +184,8 @@ class UnlearningConfig:
             raise ConfigError(f"unlearning exhaustive_rows must be >= 0, got {self.exhaustive_rows}")
         if not math.isfinite(self.budget) or self.budget <= 0:
             raise ConfigError(f"unlearning budget must be a positive finite ‖Δθ‖, got {self.budget}")
+        if not math.isfinite(self.newton_damping) or self.newton_damping <= 0:
+            raise ConfigError(f"unlearning newton_damping must be a positive finite number, got {self.newton_damping}")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,12 @@ Every candidate costs a forward pass, so small row sets (≤ ``exhaustive_rows``
 larger ones re-rank the union of the gradient, BM25 and embedding retrievers' top ``candidates`` (at
 least k each). A row's score is the mean of its per-token increases (``score = window``: their mean over
 its best window of ``window`` tokens, which is also the span reported).
+With ``direction = newton`` the move is one step of the same ‖Δθ‖ along the curvature-refined direction
+``x = (G + λ)⁻¹ g`` (:mod:`attribution.newton`: the target's gradient through the inverse damped Gauss-Newton
+matrix of a sample of indexed rows, solved by conjugate gradient in the full parameter space, the controls'
+gradients projected out), and a row's change is the central difference ``(ℓ(θ + Δθ) − ℓ(θ − Δθ)) / 2`` per token:
+its odd part, the influence along ``x`` to second order, without the even part every small move adds to every
+row (so no correction is applied).
 Forward passes are batched by a token budget with the output head applied in chunks (no B × T × V
 logits); the losses under the unchanged model and under the generic-probe ascent do not depend on the
 query, so they are cached per row.
@@ -19,6 +25,7 @@ query, so they are cached per row.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -28,17 +35,32 @@ import torch
 from torch import nn
 
 from attribution.batching import TokenBatch, collate, token_nll, training_batch
-from attribution.config import Correction, RowScore, UnlearningConfig
+from attribution.config import Correction, Direction, RowScore, UnlearningConfig
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
 from attribution.filters import Filters, allowed_rows
+from attribution.newton import NewtonConfig, newton_direction
 from attribution.retrievers import Hit, Method, Query, Retriever, check_k
-from attribution.unlearn import LossMeter, Probe, ascend, flat_gradient, restored, trainable
+from attribution.unlearn import (
+    EmptySelectionError,
+    LossMeter,
+    Probe,
+    apply_step,
+    ascend,
+    flat_gradient,
+    project_off,
+    restored,
+    trainable,
+)
 
 CANDIDATE_SOURCES = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)
 """The retrievers whose top ``candidates`` are re-ranked on a large index."""
 PROBE_CONTEXT, PROBE_SPAN = 16, 16
 """A generic probe: ``PROBE_SPAN`` tokens of a row, predicted after its first ``PROBE_CONTEXT`` tokens."""
+log = logging.getLogger(__name__)
+NEWTON_SAMPLE_TOKENS = 64
+"""Tokens of each sample row the ``newton`` direction's Gauss-Newton matrix sees: its products form the sample's
+logits whole (rows × tokens × vocabulary), so this bounds their memory (32 rows at Pythia's 50,304: 412 MB each)."""
 CACHE_VALUES = 1 << 24
 """Cached per-row values (tokens, losses) kept at most, each kind: 64 MB of float32."""
 
@@ -120,6 +142,45 @@ def losses_after_ascent(model: nn.Module, batch: TokenBatch, tokens: Sequence[Se
         return row_losses(model, tokens, settings.batch_tokens)
 
 
+def newton_sample(tokens: Callable[[int], np.ndarray], n: int, count: int) -> TokenBatch | None:
+    """The rows whose Gauss-Newton matrix a ``newton`` direction inverts: the first ``NEWTON_SAMPLE_TOKENS`` tokens of
+    each of ``count`` evenly spaced rows of ``n`` (None when no row has two tokens)."""
+    rows = [tokens(int(row))[:NEWTON_SAMPLE_TOKENS].tolist()
+            for row in np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(int))]
+    rows = [r for r in rows if len(r) >= 2]
+    return training_batch(rows) if rows else None
+
+
+def newton_step(model: nn.Module, target: TokenBatch, sample: TokenBatch, settings: UnlearningConfig,
+                avoid: torch.Tensor | None = None) -> torch.Tensor:
+    """The unit direction of ``x = (G + λ)⁻¹ g``: ``g`` the target's loss gradient, ``G`` the Gauss-Newton matrix
+    over ``sample``, λ ``settings.newton_damping`` × its mean eigenvalue; ``avoid``'s span (r, P) projected out."""
+    device = next(model.parameters()).device
+    config = NewtonConfig(damping=settings.newton_damping, max_iter=settings.newton_iterations)
+    found = newton_direction(model, target.to(device), sample.to(device), config)
+    log.debug("newton direction: %d conjugate-gradient steps, residual %.1e, %.2f s", found.iterations,
+              found.residual, found.seconds)
+    x = project_off(found.x, None if avoid is None else avoid.to(found.x))
+    norm = float(x.norm())
+    if norm == 0.0 or not np.isfinite(norm):
+        raise EmptySelectionError("the target's Newton direction is zero: nothing to move along")
+    return x / norm
+
+
+def central_changes(model: nn.Module, direction: torch.Tensor, tokens: Sequence[Sequence[int]],
+                    settings: UnlearningConfig) -> list[np.ndarray]:
+    """Per-token ``(ℓ(θ + Δθ) − ℓ(θ − Δθ)) / 2`` of every row, ``Δθ = budget · direction``; weights restored bit for
+    bit after each side."""
+    if not tokens:
+        return []
+    sides = []
+    for sign in (1.0, -1.0):
+        with restored(model):
+            apply_step(model, sign * direction, settings.budget)
+            sides.append(row_losses(model, tokens, settings.batch_tokens))
+    return [(plus - minus) / 2 for plus, minus in zip(*sides, strict=True)]
+
+
 def generic_probes(tokens: Callable[[int], np.ndarray], n: int, count: int) -> TokenBatch | None:
     """The correction's default controls: ``PROBE_SPAN`` tokens (after ``PROBE_CONTEXT``) of each of ``count``
     evenly spaced rows of ``n`` (``tokens(row)`` gives a row's ids); None when no row is long enough."""
@@ -146,18 +207,25 @@ def score_every_row(model: nn.Module, rows: Sequence[Sequence[int]], targets: Se
                     config: UnlearningConfig | None = None) -> np.ndarray:
     """``(targets, rows)`` unlearning scores of every row for each target batch, as the retriever scores an
     exhaustive set: each row's loss increase after the ascent on the target (``row_score``), corrected by the
-    equal ascent on generic probes (``Correction.NONE``: uncorrected). For evaluations that need every row's
-    score (LDS sums them); the rows' base and probe-ascent losses are computed once for all targets."""
+    equal ascent on generic probes (``Correction.NONE``: uncorrected); with ``direction = newton``, its central
+    change along the target's Newton direction (``G`` over evenly spaced ``rows``). For evaluations that need every
+    row's score (LDS sums them); the rows' base and probe-ascent losses are computed once for all targets."""
     settings = config or UnlearningConfig()
     short = [i for i, r in enumerate(rows) if len(r) < 2]
     if short:
         raise ConfigError(f"rows {short[:5]} have fewer than 2 tokens: one to predict from and one to score")
+    out = np.zeros((len(targets), len(rows)), dtype=np.float32)
+    if settings.direction is Direction.NEWTON:
+        sample = newton_sample(lambda r: np.asarray(rows[r]), len(rows), settings.newton_rows)
+        for t, target in enumerate(targets):
+            changes = central_changes(model, newton_step(model, target, sample, settings), rows, settings)
+            out[t] = [row_score(d, settings) for d in changes]
+        return out
     base = row_losses(model, rows, settings.batch_tokens)
     control = None
     if settings.correction is not Correction.NONE:
         probes = generic_probes(lambda r: np.asarray(rows[r]), len(rows), settings.control_probes)
         control = None if probes is None else losses_after_ascent(model, probes, rows, settings)
-    out = np.zeros((len(targets), len(rows)), dtype=np.float32)
     for t, target in enumerate(targets):
         deltas = corrected(losses_after_ascent(model, target, rows, settings), base, control)
         out[t] = [row_score(d, settings) for d in deltas]
@@ -180,6 +248,7 @@ class UnlearningRetriever:
         self.timings: dict[str, float] = {}
         """Milliseconds per stage of the last search (candidates, reference, target, evidence)."""
         self._probes: dict[int, TokenBatch | None] = {}
+        self._samples: dict[int, TokenBatch | None] = {}
 
     def tokens(self, row: int) -> np.ndarray:
         """The row's token ids (its text re-tokenized, cut to the model's context), cached."""
@@ -201,12 +270,18 @@ class UnlearningRetriever:
         tokens = [self.tokens(r).tolist() for r in rows]
         clock.append(time.perf_counter())
         controls = self.control_probes(query)
-        base = self.cached(("base",), rows, tokens, lambda todo: row_losses(self.model, todo, settings.batch_tokens))
-        control = self.control_losses(rows, tokens, controls, settings)
-        clock.append(time.perf_counter())
         target = self.meter.probe_batch([Probe(query.prompt, query.completion)])
-        avoid = self.control_gradients(controls) if settings.contrastive and controls else None
-        deltas = corrected(self.after_ascent(target, tokens, settings, avoid), base, control)
+        if settings.direction is Direction.NEWTON:  # no reference losses: the central difference needs none
+            clock.append(time.perf_counter())
+            avoid = self.control_gradients(controls) if controls else None
+            deltas = central_changes(self.model, self.newton_step(target, settings, avoid), tokens, settings)
+        else:
+            base = self.cached(("base",), rows, tokens,
+                               lambda todo: row_losses(self.model, todo, settings.batch_tokens))
+            control = self.control_losses(rows, tokens, controls, settings)
+            clock.append(time.perf_counter())
+            avoid = self.control_gradients(controls) if settings.contrastive and controls else None
+            deltas = corrected(self.after_ascent(target, tokens, settings, avoid), base, control)
         clock.append(time.perf_counter())
         spans = [best_window(d, settings.window) for d in deltas]
         scores = np.array([row_score(d, settings) for d in deltas])
@@ -263,6 +338,16 @@ class UnlearningRetriever:
                      avoid: torch.Tensor | None = None) -> list[np.ndarray]:
         """Per-token row losses under θ + Δθ (an ascent on ``batch``); the weights are restored after."""
         return losses_after_ascent(self.model, batch, tokens, settings, avoid)
+
+    def newton_step(self, target: TokenBatch, settings: UnlearningConfig, avoid: torch.Tensor | None) -> torch.Tensor:
+        """The target's unit Newton direction over a sample of ``settings.newton_rows`` indexed rows (cached)."""
+        if settings.newton_rows not in self._samples:
+            self._samples[settings.newton_rows] = newton_sample(self.tokens, self.n, settings.newton_rows)
+        sample = self._samples[settings.newton_rows]
+        if sample is None:
+            raise ConfigError("no indexed row has two tokens: the newton direction has no rows to take curvature from")
+        with trainable(self.model):
+            return newton_step(self.model, target, sample, settings, avoid)
 
     def control_gradients(self, controls: list[Probe]) -> torch.Tensor:
         """One flat gradient per control prompt ``(r, P)``: the span a contrastive ascent stays off."""

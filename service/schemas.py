@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from attribution.config import Direction
 from attribution.retrievers import Method
 
-ASCENT_SETTINGS = ("steps", "budget", "candidates")
+ASCENT_SETTINGS = ("steps", "budget", "candidates", "direction")
 """Request fields only method ``unlearning`` takes."""
 
 
@@ -57,6 +58,10 @@ class AttributeRequest(Strict):
                                  "parameter move ‖Δθ‖ of the ascent (default: the server's, 0.5).")
     candidates: int | None = Field(None, ge=1, le=500, strict=True, description="unlearning only: rows taken "
                                    "from each of gradient, bm25 and embedding to re-rank on a large index.")
+    direction: Direction | None = Field(None, description="unlearning only: ascent (steps of gradient ascent, the "
+                                        "default) or newton (one step along the curvature-refined direction "
+                                        "(G + λ)⁻¹ g, rows read by a central difference; slower, and more right on "
+                                        "field-protocol LDS: README, 'What the results show').")
     token_evidence: bool = Field(False, strict=True, description="unlearning: also return each result row's "
                                  "tokens and their loss increases (row_tokens, loss_increase; a float per token, so "
                                  "off unless asked).")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from attribution.batching import ContextLengthError, collate, token_nll
-from attribution.config import AttributionConfig, Correction, CurvatureConfig, RowScore, UnlearningConfig
+from attribution.batching import ContextLengthError, collate, token_nll, training_batch
+from attribution.config import AttributionConfig, Correction, CurvatureConfig, Direction, RowScore, UnlearningConfig
 from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.metrics import first_gold_rank, recall_at
@@ -19,7 +19,15 @@ from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from attribution.unlearn import Probe, ascend, flat_gradient, restored, trainable
-from attribution.unlearning import best_window, corrected, row_losses, score_every_row
+from attribution.newton import NewtonConfig, loss_changes, loss_gradient, newton_direction
+from attribution.unlearning import (
+    best_window,
+    central_changes,
+    corrected,
+    newton_step,
+    row_losses,
+    score_every_row,
+)
 from demo.groundtruth import Fact, load_facts
 from demo.session import demo_session
 from tests.attribution.conftest import random_rows
@@ -241,3 +249,70 @@ def test_bad_settings_and_queries(session: AttributionSession, facts: list[Fact]
         retriever.search(Query("word " * 400, " x"), 3)
     assert AttributionConfig.from_json(AttributionConfig().to_json()) == AttributionConfig()
     assert AttributionConfig.from_json({}).unlearning == UnlearningConfig()  # indices saved before it open
+
+
+def test_central_changes_are_the_exact_directional_derivative_and_restore_the_weights(tiny_model) -> None:
+    """``direction = newton`` reads a row's change as ``(ℓ(θ + Δθ) − ℓ(θ − Δθ)) / 2``: summed over the row's tokens it is
+    budget × the row's exact directional derivative (forward mode) up to O(budget³), on a float64 model."""
+    rows = random_rows([9, 6, 12], seed=3)
+    direction = torch.randn(flat_params(tiny_model).numel(), generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64)
+    direction /= direction.norm()
+    saved = snapshot(tiny_model)
+    budget = 1e-3
+    changes = central_changes(tiny_model, direction, rows, UnlearningConfig(budget=budget))
+    assert identical(tiny_model, saved)
+    assert [len(c) for c in changes] == [len(r) - 1 for r in rows]
+    exact = loss_changes(tiny_model, training_batch(rows), direction) * budget
+    assert [float(c.sum()) for c in changes] == pytest.approx(exact.tolist(), rel=1e-5, abs=1e-12)
+
+
+def test_the_newton_step_is_the_unit_refined_direction_off_the_controls(tiny_model) -> None:
+    target, sample = query_batch(seed=2), training_batch(random_rows([10, 10, 10, 10], seed=4))
+    settings = UnlearningConfig(direction=Direction.NEWTON, newton_iterations=50)
+    step = newton_step(tiny_model, target, sample, settings)
+    config = NewtonConfig(damping=settings.newton_damping, max_iter=50)
+    x = newton_direction(tiny_model, target, sample, config).x
+    assert float(step.norm()) == pytest.approx(1.0, abs=1e-9)
+    assert torch.allclose(step, x / x.norm(), atol=1e-9)
+    avoid = torch.stack([loss_gradient(tiny_model, query_batch(seed=s)) for s in (5, 6)])
+    off = newton_step(tiny_model, target, sample, settings, avoid)
+    assert float(off.norm()) == pytest.approx(1.0, abs=1e-9)
+    assert (avoid @ off).abs().max() < 1e-9 * avoid.norm()
+
+
+def test_newton_search_restores_the_weights_and_scores_as_every_row_at_once(session: AttributionSession,
+                                                                             facts: list[Fact]) -> None:
+    model = session.encoder.checkpoints[-1].model
+    saved = snapshot(model)
+    config = UnlearningConfig(direction=Direction.NEWTON)
+    fact = facts[0]
+    controls = [(r.prompt, r.completion) for r in fact.related]
+    results = session.attribute(fact.prompt, fact.completion, k=8, method="unlearning", unlearning=config)
+    session.attribute(fact.prompt, fact.completion, k=8, method="unlearning", unlearning=config, controls=controls)
+    assert identical(model, saved) and all(p.requires_grad for p in model.parameters())
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    for r in results:
+        assert np.mean(r.loss_increase) == pytest.approx(r.score, abs=1e-5)
+    retriever = session.retriever(Method.UNLEARNING)
+    rows = [retriever.tokens(r).tolist() for r in range(retriever.n)]
+    target = retriever.meter.probe_batch([Probe(fact.prompt, fact.completion)])
+    every = score_every_row(retriever.model, rows, [target], config)[0]
+    assert sorted(every, reverse=True)[:8] == pytest.approx([r.score for r in results], abs=1e-5)
+
+
+def test_newton_finds_the_rows_that_state_the_fact(session: AttributionSession, facts: list[Fact]) -> None:
+    config = UnlearningConfig(direction=Direction.NEWTON)
+    ranks = [first_gold_rank([r.example_id for r in session.attribute(f.prompt, f.completion, k=20,
+                                                                      method="unlearning", unlearning=config)],
+                             f.gold_rows)
+             for f in facts]
+    assert recall_at(ranks, 10) >= 0.6  # chance is about 0.1 (one to three gold rows among 192)
+
+
+def test_bad_newton_settings_are_refused() -> None:
+    for bad in ({"direction": "sideways"}, {"newton_rows": 0}, {"newton_iterations": 0}, {"newton_damping": 0.0},
+                {"newton_damping": float("nan")}, {"newton_rows": 2.5}):
+        with pytest.raises(ConfigError):
+            UnlearningConfig(**bad)
+    assert UnlearningConfig(direction="newton").direction is Direction.NEWTON

@@ -47,6 +47,17 @@ def test_ascent_settings_per_request(server: str) -> None:
     assert [r["score"] for r in other.json()["results"]] != [r["score"] for r in default]
 
 
+def test_the_newton_direction_per_request(server: str) -> None:
+    response = post(server, {**QUERY, "direction": "newton", "token_evidence": True})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    for r in results:
+        assert sum(r["loss_increase"]) / len(r["loss_increase"]) == pytest.approx(r["score"], abs=1e-4)
+    default = post(server, QUERY).json()["results"]
+    assert [r["score"] for r in results] != pytest.approx([r["score"] for r in default], abs=1e-6)
+
+
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
@@ -55,6 +66,7 @@ def test_ascent_settings_per_request(server: str) -> None:
         ({"budget": "lots"}, "budget"), ({"candidates": 0}, "candidates"), ({"candidates": 100_000}, "candidates"),
         ({"method": "gradient", "steps": 2}, "only method unlearning"),
         ({"method": "bm25", "budget": 1.0, "candidates": 5}, "budget, candidates"),
+        ({"direction": "sideways"}, "direction"), ({"method": "embedding", "direction": "newton"}, "direction"),
     ],
 )
 def test_bad_ascent_settings_are_422(server: str, extra: dict, fragment: str) -> None:
