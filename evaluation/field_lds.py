@@ -15,6 +15,9 @@ TracIn-CP (``tracin/KIND``: the inner product, preconditioned by KIND at each ch
 once with its checkpoints saved, ``CASE_DIR/tracin/``; bench/quality's ``tracin/KIND`` is the cosine form);
 ``bm25`` (the chunk texts) as a lexical reference; ``unlearning`` (each row's loss increase after an ascent
 on the query chunk, ``attribution.unlearning.score_every_row``: a finite-step estimate, not a linear one);
+``unlearning@newton`` (the same retriever moved one step along the query's Newton direction, read by a central
+difference: ``direction = newton``); ``newton`` (each row's exact loss change along ``(G + λ)⁻¹ ∇ℓ(query)``, forward
+mode, no projection: :mod:`attribution.newton`);
 ``shuffled`` (the first estimator's scores permuted across rows) as the control that must stay ≈ 0; and every
 ``OUT/external/NAME.npy`` of shape (queries, rows) that another tool wrote for the same case (bergson, Kronfluence:
 see bench/), so they sit in the same table.
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 
 from attribution.batching import training_batch
-from attribution.config import DEFAULT_DAMPING, CurvatureConfig, UnlearningConfig
+from attribution.config import DEFAULT_DAMPING, CurvatureConfig, Direction, UnlearningConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.kronecker import Fisher, KroneckerStatistics
@@ -65,6 +68,7 @@ SCHEMA_VERSION = 1
 DROP, HALF = "drop", "half"
 SHUFFLED = "shuffled"
 BM25, UNLEARNING, TRACIN, NEWTON = "bm25", "unlearning", "tracin", "newton"
+UNLEARNING_NEWTON = UNLEARNING + "@" + NEWTON
 NEWTON_SAMPLE_ROWS, NEWTON_ITERATIONS = 32, 20
 """Training rows, evenly spaced, whose Gauss-Newton matrix a ``newton`` estimator inverts, and the most conjugate
 gradient steps per query (~5 s a query on the from-scratch case on 2 CPU cores)."""
@@ -75,10 +79,21 @@ CG runs use 10; at 0.1 conjugate gradient did not converge in 30 steps on the fr
 
 def newton_config(name: str) -> NewtonConfig:
     return NewtonConfig(damping=newton_damping(name), max_iter=NEWTON_ITERATIONS)
+
+
+def unlearning_settings(name: str) -> UnlearningConfig:
+    """``unlearning``: the service's defaults; ``unlearning@newton``: the same with the Newton direction, its sample
+    and iterations as the ``newton`` estimator's."""
+    if name == UNLEARNING_NEWTON:
+        return UnlearningConfig(direction=Direction.NEWTON, newton_rows=NEWTON_SAMPLE_ROWS,
+                                newton_iterations=NEWTON_ITERATIONS, newton_damping=NEWTON_DAMPING)
+    return UNLEARNING_SETTINGS
 TRACIN_CHECKPOINTS = 4
 TRACIN_MARKER = "tracin.json"
 UNLEARNING_SETTINGS = UnlearningConfig()
 """The ``unlearning`` estimator's settings: the service's defaults."""
+CANDIDATE_TOP, CANDIDATE_DEPTHS = 10, (30, 100, 300)
+"""Candidate recall: the share of the exact stage's top ``CANDIDATE_TOP`` rows that an estimator's top N holds."""
 """Checkpoints TracIn-CP sums over: the last saved ones of the case's training (log-spaced, as Pythia's), the final
 model included."""
 LDSCase = TextCase | FinetuneCase
@@ -138,6 +153,8 @@ def parse_estimator(name: str) -> FieldEstimator:
     """The estimator a name stands for, or a clear error."""
     if name in (BM25, UNLEARNING):
         return FieldEstimator(None, None, family=name)
+    if name == UNLEARNING_NEWTON:
+        return FieldEstimator(None, None, family=UNLEARNING)
     if name == NEWTON or name.startswith(NEWTON + "@d"):
         return FieldEstimator(None, None, damping=newton_damping(name), family=NEWTON)
     base, *options = name.split("@")
@@ -145,7 +162,7 @@ def parse_estimator(name: str) -> FieldEstimator:
     modes = {"gradient-ip": ScoreMode.INNER_PRODUCT, "gradient": ScoreMode.COSINE, TRACIN: ScoreMode.INNER_PRODUCT}
     error = ConfigError(f"unknown LDS estimator {name!r}: gradient-ip/KIND, gradient/KIND, tracin/KIND (KIND one of "
                         f"{[m.value for m in PreconditionMode]}; then optionally @K, a projection size, and @dD, a "
-                        f"damping), {BM25}, {UNLEARNING} or {NEWTON}[@dD]")
+                        f"damping), {BM25}, {UNLEARNING}, {UNLEARNING_NEWTON} or {NEWTON}[@dD]")
     if family not in modes or kind not in {m.value for m in PreconditionMode}:
         raise error
     k = damping = None
@@ -307,7 +324,7 @@ class Scorer:
                                [self.tokenizer.decode(q.tolist()) for q in self.queries])
         if estimator.family == UNLEARNING:
             targets = [training_batch([q.tolist()]) for q in self.queries]  # every token after the first
-            return score_every_row(load_model(self.model_dir), self.rows, targets, UNLEARNING_SETTINGS)
+            return score_every_row(load_model(self.model_dir), self.rows, targets, unlearning_settings(name))
         if estimator.family == NEWTON:
             return self.newton_scores(newton_config(name))
         curvature = CurvatureConfig(kind=estimator.kind, damping=estimator_damping(name, self.settings))
@@ -395,13 +412,30 @@ def extra_key(name: str, case: LDSCase) -> dict:
     revisions and weights."""
     family = parse_estimator(name).family
     if family == UNLEARNING:
-        return {"unlearning": asdict(UNLEARNING_SETTINGS)}
+        return {"unlearning": asdict(unlearning_settings(name))}
     if family == NEWTON:
         return {"newton": {**asdict(newton_config(name)), "sample_rows": NEWTON_SAMPLE_ROWS}}
     if family == TRACIN:
         plan = tracin_plan(case)
         return {"revisions": list(plan.revisions), "weights": list(plan.weights)}
     return {}
+
+
+def candidate_recall(exact: np.ndarray, recall: np.ndarray, depth: int, top: int = CANDIDATE_TOP) -> float:
+    """Mean over queries of the share of ``exact``'s top ``top`` rows that ``recall``'s top ``depth`` holds: how well
+    an estimator (a stored index) serves as the recall stage of an exact re-ranker (both ``(queries, rows)``)."""
+    top, depth = min(top, exact.shape[1]), min(depth, exact.shape[1])
+    best = np.argsort(-exact, axis=1, kind="stable")[:, :top]
+    found = np.argsort(-recall, axis=1, kind="stable")[:, :depth]
+    return float(np.mean([len(set(b) & set(f)) / top for b, f in zip(best, found, strict=True)]))
+
+
+def candidate_table(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Each estimator's candidate recall of ``newton``'s top rows at every depth (empty without ``newton``)."""
+    if NEWTON not in scores:
+        return {}
+    return {name: {str(d): candidate_recall(scores[NEWTON], s, d) for d in CANDIDATE_DEPTHS}
+            for name, s in scores.items() if name not in (NEWTON, SHUFFLED)}
 
 
 def external_scores(out: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -455,6 +489,7 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
         "case": asdict(case),
         "settings": {**asdict(settings), "estimators": list(settings.estimators)},
         "lds": columns,
+        "candidate_recall": candidate_table(scores),
         "full_model_loss": float(full_losses.mean()),
         "retrain_loss_spread": {kind: float(np.asarray([r["losses"] for r in recs]).std(axis=0).mean())
                                 for kind, recs in records.items() if recs},
@@ -498,4 +533,12 @@ def markdown(report: dict) -> str:
             lo, hi = v["ci95"]
             cells.append(f"{v['mean']:.3f} | [{lo:.3f}, {hi:.3f}] | {v['p_value']:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    recall = report.get("candidate_recall") or {}
+    if recall:
+        depths = list(next(iter(recall.values())))
+        lines += ["", f"Candidate recall: the share of newton's top {CANDIDATE_TOP} rows (the exact stage) that each "
+                  "estimator's top N holds, mean over queries — how well it serves as the recall stage.", "",
+                  "| estimator | " + " | ".join(f"top {d}" for d in depths) + " |",
+                  "|---|" + "---|" * len(depths)]
+        lines += [f"| {name} | " + " | ".join(f"{v[d]:.2f}" for d in depths) + " |" for name, v in recall.items()]
     return "\n".join(lines) + "\n"

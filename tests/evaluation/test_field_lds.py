@@ -30,6 +30,7 @@ from evaluation.field_lds import (
     HALF,
     SHUFFLED,
     TRACIN_CHECKPOINTS,
+    candidate_recall,
     FieldEstimator,
     FieldLDSSettings,
     Scorer,
@@ -50,13 +51,36 @@ from headwater.cli import app
 CASE = TextCase(rows=40, queries=6, seq_len=16, vocab_size=300, hidden_size=16, num_layers=1, num_heads=2,
                 batch_size=4, epochs=2, warmup_steps=2, chars_per_source=8000)
 SETTINGS = FieldLDSSettings(retrains=4, removed=0.1, halves=4, k=4, workers=1, shuffles=50, bootstrap=200,
-                            estimators=(*FIELD_LDS_ESTIMATORS, "newton"))
+                            estimators=(*FIELD_LDS_ESTIMATORS, "newton", "unlearning@newton"))
 
 
 @pytest.fixture(scope="module")
 def field_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("field-lds")
     return out, run_field_lds(out, CASE, SETTINGS)
+
+
+def test_candidate_recall_is_reported_against_the_exact_stage(field_run: tuple[Path, dict]) -> None:
+    out, report = field_run
+    recall = report["candidate_recall"]
+    assert set(recall) == set(SETTINGS.estimators) - {"newton"}
+    for depths in recall.values():
+        values = [depths[d] for d in ("30", "100", "300")]
+        assert all(0 <= v <= 1 for v in values) and values == sorted(values)
+        assert values[-1] == 1.0  # 300 ≥ the case's 40 rows: every row is a candidate
+    assert "Candidate recall" in (out / "field_lds.md").read_text()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 30))
+def test_candidate_recall_bounds(seed: int, depth: int) -> None:
+    rng = np.random.default_rng(seed)
+    exact = rng.normal(size=(3, 40))
+    assert candidate_recall(exact, exact, depth) == pytest.approx(min(depth, 10) / 10)
+    assert candidate_recall(exact, -exact, depth) == pytest.approx(max(0, depth - 30) / 10)  # reversed: bottom first
+    other = rng.normal(size=(3, 40))
+    assert candidate_recall(exact, other, depth) <= candidate_recall(exact, other, depth + 1)
+    assert candidate_recall(exact, other, 40) == 1.0
 
 
 def test_report_has_every_estimator_and_the_control_on_both_columns(field_run: tuple[Path, dict]) -> None:
@@ -68,7 +92,8 @@ def test_report_has_every_estimator_and_the_control_on_both_columns(field_run: t
             assert summary["queries"] <= CASE.queries
             assert math.isnan(summary["mean"]) or -1 <= summary["mean"] <= 1
             assert 0 < summary["p_value"] <= 1
-    assert (out / "field_lds.md").read_text().count("| gradient-ip/ekfac |") == 1
+    lds_table, recall_table = (out / "field_lds.md").read_text().split("Candidate recall")
+    assert lds_table.count("| gradient-ip/ekfac |") == recall_table.count("| gradient-ip/ekfac |") == 1
     assert json.loads((out / "field_lds.json").read_text())["schema_version"] == 1
 
 
@@ -186,6 +211,7 @@ def test_bad_settings_are_clear_errors() -> None:
     assert parse_estimator("tracin/block@8") == FieldEstimator(ScoreMode.INNER_PRODUCT, PreconditionMode.BLOCK, 8,
                                                                family="tracin")
     assert parse_estimator("unlearning").family == "unlearning"
+    assert parse_estimator("unlearning@newton").family == "unlearning"
     assert parse_estimator("newton") == FieldEstimator(None, None, damping=10.0, family="newton")
     assert parse_estimator("newton@d10").damping == 10
     for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf"):
