@@ -19,11 +19,29 @@ settings). Peers:
 - ``bergson-trackstar``: the same store with bergson's autocorrelation Hessian applied as H^-1/2 on both sides
   and unit norm (TrackStar without the optimizer normalizer);
 - ``bergson-ekfac``: bergson's K-FAC factors with eigenvalue correction (``HessianConfig(method="kfac",
-  ev_correction=True)``) applied to the query, inner product, over bergson's *unprojected* store
-  (``projection_dim=0``: its factored preconditioner needs the full per-module gradients).
+  ev_correction=True)``) applied to the query (``Attributor``'s default damping, 0.1 × each module's mean
+  eigenvalue), inner product, over bergson's *unprojected* store (``projection_dim=0``: its factored preconditioner
+  needs the full per-module gradients);
+- ``bergson-ekfac-cg``: the same factors with relative damping 10, each query's (H + D)^-1 q then refined by
+  bergson's preconditioned conjugate gradients (``AstraConfig(solver="cg")``: 20 steps on one batch of 256 rows,
+  Gauss-Newton Hessian-vector products, the damped factored inverse as preconditioner), the leaderboard's
+  "EK-FAC + CG";
+- ``bergson-astra``: the same factors at damping 0.1, each query's solution refined by ASTRA (momentum SGD
+  preconditioned by the factored inverse, 300 steps of 16 rows, lr 0.1, momentum 0.9, × 0.9 every 100 steps);
+- ``bergson-shampoo``: eigenvalue-corrected Shampoo factors (``HessianConfig(method="shampoo", ev_correction=True)``),
+  damping 0.1, no refinement;
+- ``bergson-shampoo-astra``: those Shampoo factors refined by ASTRA with ``bergson-astra``'s schedule.
+
+The last four follow bergson's leaderboard runs (``examples/compare_wikitext/ekfac_astra_cg.yaml``,
+``ekfac_astra.yaml``, ``shampoo.yaml``, ``shampoo_astra.yaml`` in bergson's repository; damping is
+``InversionConfig(inversion="damped_inverse", damping_factor=...)``, a multiple of each module's mean eigenvalue) as
+``bergson ekfac`` runs them: unprojected stores of the rows and of the queries, the factors fitted on the rows,
+``apply_worker`` writing H^-1 q per query, ``astra_worker`` refining it, then inner products with the rows' store.
+Every setting goes into ``OUT/external/NAME.json``.
 
 The bergson stores are built by calling the workers ``bergson.build`` launches (``bench.compare_bergson``
-explains why), rank 0 of a world of 1.
+explains why), rank 0 of a world of 1. ASTRA reads the rows through bergson's own data pipeline, so they are also
+saved as a ``datasets`` directory, and its token budget is one row (the model's whole context).
 
 Run with the bench-only interpreter; the project's own environment does not have Kronfluence.
 """
@@ -37,6 +55,7 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
@@ -49,7 +68,33 @@ from attribution.modules import sketched_linears
 from evaluation.finetune_case import FinetuneCase
 from evaluation.text_case import TextCase, query_chunks, training_rows
 
-PEERS = ("kronfluence-ekfac", "kronfluence-identity", "bergson-trackstar", "bergson-ekfac", "bergson-identity")
+# ASTRA's momentum SGD as bergson's leaderboard runs it (examples/compare_wikitext/ekfac_astra.yaml, shampoo_astra.yaml)
+ASTRA_SGD = {"solver": "sgd", "num_steps": 300, "lr": 0.1, "momentum": 0.9, "batch_size": 16, "micro_batch_size": 8,
+             "lr_decay": 0.9, "lr_decay_interval": 100}
+# bergson's preconditioned conjugate gradients (examples/compare_wikitext/ekfac_astra_cg.yaml)
+ASTRA_CG = {"solver": "cg", "num_steps": 20, "batch_size": 256, "micro_batch_size": 8}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One of bergson's factored influence recipes: the factors it fits (always eigenvalue-corrected), the damping
+    (a multiple of each module's mean eigenvalue), the ``AstraConfig`` fields that refine each query's solution
+    (empty: the factored solution as it is) and the bergson example it follows."""
+
+    method: str
+    damping: float
+    example: str
+    astra: dict = field(default_factory=dict)
+
+
+RECIPES = {
+    "bergson-ekfac-cg": Recipe("kfac", 10.0, "examples/compare_wikitext/ekfac_astra_cg.yaml", ASTRA_CG),
+    "bergson-astra": Recipe("kfac", 0.1, "examples/compare_wikitext/ekfac_astra.yaml", ASTRA_SGD),
+    "bergson-shampoo": Recipe("shampoo", 0.1, "examples/compare_wikitext/shampoo.yaml"),
+    "bergson-shampoo-astra": Recipe("shampoo", 0.1, "examples/compare_wikitext/shampoo_astra.yaml", ASTRA_SGD),
+}
+PEERS = ("kronfluence-ekfac", "kronfluence-identity", "bergson-trackstar", "bergson-ekfac", "bergson-identity",
+         *RECIPES)
 log = logging.getLogger("bench.peers_lds")
 
 
@@ -124,14 +169,12 @@ def run_bergson(directory: Path, name: str, work: Path, k: int) -> tuple[np.ndar
     from bergson import Attributor
     from bergson.config.config import HessianConfig
     from bergson.hessians.hessian_approximations import hessian_worker
-    from datasets import Dataset
 
     from bench.compare_bergson import bergson_config, build_bergson, load_bergson_model, run_bergson_worker
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    rows = training_rows(directory)
-    data = Dataset.from_dict({"input_ids": rows, "length": [len(r) for r in rows]})
+    data = chunk_dataset(training_rows(directory))
     started = time.perf_counter()
     store = work / "store"
     k = 0 if name == "bergson-ekfac" else k  # bergson applies EK-FAC in full space: an unprojected store
@@ -159,6 +202,111 @@ def run_bergson(directory: Path, name: str, work: Path, k: int) -> tuple[np.ndar
                     "dim": info["dim"], "vector_bytes": info["vector_bytes"], "version": version("bergson"),
                     "projection_dim": k}
 
+
+
+def chunk_dataset(rows):
+    """Token chunks as the ``datasets.Dataset`` bergson's workers read: ``input_ids`` and ``length``."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": rows, "length": [len(r) for r in rows]})
+
+
+def grad_columns(sizes: dict[str, int]) -> dict[str, slice]:
+    """Each module's columns in a flat gradient store laid out in ``sizes`` order (bergson's ``grad_sizes``)."""
+    columns, start = {}, 0
+    for name, size in sizes.items():
+        columns[name] = slice(start, start + size)
+        start += size
+    return columns
+
+
+def store_inner_products(queries: np.ndarray, query_sizes: dict[str, int], rows: np.ndarray,
+                         row_sizes: dict[str, int]) -> np.ndarray:
+    """(queries, rows) inner products of two flat gradient stores over the same modules, whatever their order."""
+    if dict(sorted(query_sizes.items())) != dict(sorted(row_sizes.items())):
+        raise SystemExit(f"the query and row stores hold different modules: {query_sizes} against {row_sizes}")
+    at_query, at_row = grad_columns(query_sizes), grad_columns(row_sizes)
+    scores = np.zeros((len(queries), len(rows)), dtype=np.float64)
+    for name in query_sizes:
+        scores += np.asarray(queries[:, at_query[name]], np.float64) @ np.asarray(rows[:, at_row[name]], np.float64).T
+    return scores.astype(np.float32)
+
+
+def read_store(path: Path) -> tuple[np.ndarray, dict[str, int]]:
+    """A bergson gradient store: its (n, dim) memory map and module sizes in column order."""
+    from bergson.data import load_gradients
+
+    return load_gradients(path), json.loads((path / "info.json").read_text())["grad_sizes"]
+
+
+def astra_index_config(directory: Path, rows: Path, width: int):
+    """The index settings ASTRA's workers read the rows with: bergson's data pipeline loads the saved ``rows``
+    dataset, and refuses a token budget above the model's context, so the budget is one row."""
+    from bergson.config import DataConfig
+
+    from bench.compare_bergson import bergson_config
+
+    cfg = bergson_config(directory, 0, rows.parent / "astra-index", width)
+    cfg.data = DataConfig(dataset=str(rows))
+    cfg.token_batch_size = width
+    return cfg
+
+
+def solve_queries(directory: Path, recipe: Recipe, work: Path, data) -> tuple[Path, float]:
+    """Each query's damped (H + D)^-1 q from the factors in ``work/hessian`` (``apply_worker``), refined by ASTRA
+    when the recipe says (``astra_worker``, which overwrites each row of a copy in place); returns that store and
+    the seconds the refinement took."""
+    from bergson.config import AstraConfig, InversionConfig
+    from bergson.hessians.apply_hessian import EkfacConfig, apply_worker
+    from bergson.hessians.astra import AstraPaths, astra_worker
+
+    inversion = InversionConfig(inversion="damped_inverse", damping_factor=recipe.damping)
+    solved = work / "solved"
+    apply_worker(0, 0, 1, EkfacConfig(hessian_method_path=str(work / "hessian"), gradient_path=str(work / "queries"),
+                                      run_path=str(solved), ev_correction=True), inversion)
+    if not recipe.astra:
+        return solved, 0.0
+    started = time.perf_counter()
+    refined, rows = work / "refined", work / "rows"
+    shutil.copytree(solved, refined)
+    data.save_to_disk(str(rows))
+    paths = AstraPaths(query_path=str(work / "queries"), init_path=str(solved), hessian_path=str(work / "hessian"),
+                       run_path=str(refined))
+    astra_worker(0, 0, 1, paths, astra_index_config(directory, rows, max(data["length"])), inversion,
+                 AstraConfig(**recipe.astra), True)
+    return refined, time.perf_counter() - started
+
+
+def run_bergson_recipe(directory: Path, name: str, work: Path) -> tuple[np.ndarray, dict]:
+    """One of ``RECIPES`` as ``bergson ekfac`` runs it, its workers called directly (rank 0 of a world of 1)."""
+    from dataclasses import asdict
+
+    from bergson.config import AstraConfig
+    from bergson.config.config import HessianConfig
+    from bergson.hessians.hessian_approximations import hessian_worker
+
+    from bench.compare_bergson import bergson_config, build_bergson, run_bergson_worker
+
+    recipe = RECIPES[name]
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    data = chunk_dataset(training_rows(directory))
+    started = time.perf_counter()
+    info = build_bergson(directory, data, 0, work / "store")
+    hessian = HessianConfig(method=recipe.method, ev_correction=True)
+    run_bergson_worker(hessian_worker, bergson_config(directory, 0, work / "hessian", max(data["length"])), hessian,
+                       data)
+    fit = time.perf_counter() - started
+    build_bergson(directory, chunk_dataset(query_chunks(directory).tolist()), 0, work / "queries")
+    solved, refine = solve_queries(directory, recipe, work, data)
+    scores = store_inner_products(*read_store(solved), *read_store(work / "store"))
+    settings = {"hessian": asdict(hessian), "inversion": "damped_inverse", "damping_factor": recipe.damping,
+                "astra": asdict(AstraConfig(**recipe.astra)) if recipe.astra else None,
+                "bergson_example": recipe.example}
+    return scores, {"fit_seconds": round(fit, 1), "refine_seconds": round(refine, 1),
+                    "total_seconds": round(time.perf_counter() - started, 1), "dim": info["dim"],
+                    "vector_bytes": info["vector_bytes"], "version": version("bergson"), "projection_dim": 0,
+                    **settings}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -194,6 +342,8 @@ def run_peer(name: str, directory: Path, args: argparse.Namespace) -> str:
         raise SystemExit(f"unknown peer {name!r}; choose from {PEERS}")
     if name.startswith("kronfluence-"):
         scores, info = run_kronfluence(directory, name.removeprefix("kronfluence-"), args.out / ".kronfluence")
+    elif name in RECIPES:
+        scores, info = run_bergson_recipe(directory, name, args.out / ".bergson")
     else:
         scores, info = run_bergson(directory, name, args.out / ".bergson", args.k)
     external = args.out / "external"
