@@ -137,7 +137,9 @@ def eval_field_lds(
     rows: Annotated[int, typer.Option(help="Training chunks of real text.")] = 1000,
     queries: Annotated[int, typer.Option(help="Held-out query chunks.")] = 50,
     k: Annotated[int, typer.Option(help="Sketch projection per side.")] = 16,
-    estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, bm25.")]
+    estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, tracin/KIND "
+                                            "(each optionally @K, @dD), bm25, unlearning, unlearning@newton, "
+                                            "newton[@dD].")]
     = ",".join(FIELD_ESTIMATORS),
     workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
                                                      "usable CPU core).")] = None,

@@ -112,7 +112,8 @@ def query_method(request: AttributeRequest, catalog: Catalog, settings: Settings
 
 def unlearning_settings(session: AttributionSession, request: AttributeRequest,
                         method: Method) -> UnlearningConfig | None:
-    """The session's ``unlearning`` settings with the request's steps, budget, candidates and direction (None: another method)."""
+    """The session's ``unlearning`` settings with the request's steps, budget, candidates and direction (None:
+    another method)."""
     if method is not Method.UNLEARNING:
         return None
     given = {name: getattr(request, name) for name in ASCENT_SETTINGS if getattr(request, name) is not None}

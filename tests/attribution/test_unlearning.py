@@ -15,11 +15,11 @@ from attribution.config import AttributionConfig, Correction, CurvatureConfig, D
 from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.metrics import first_gold_rank, recall_at
+from attribution.newton import NewtonConfig, loss_changes, loss_gradient, newton_direction
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from attribution.unlearn import Probe, ascend, flat_gradient, restored, trainable
-from attribution.newton import NewtonConfig, loss_changes, loss_gradient, newton_direction
 from attribution.unlearning import (
     best_window,
     central_changes,
@@ -252,8 +252,8 @@ def test_bad_settings_and_queries(session: AttributionSession, facts: list[Fact]
 
 
 def test_central_changes_are_the_exact_directional_derivative_and_restore_the_weights(tiny_model) -> None:
-    """``direction = newton`` reads a row's change as ``(ℓ(θ + Δθ) − ℓ(θ − Δθ)) / 2``: summed over the row's tokens it is
-    budget × the row's exact directional derivative (forward mode) up to O(budget³), on a float64 model."""
+    """``direction = newton`` reads a row's change as ``(ℓ(θ + Δθ) − ℓ(θ − Δθ)) / 2``: summed over the row's tokens
+    it is budget × the row's exact directional derivative (forward mode) up to O(budget³), on a float64 model."""
     rows = random_rows([9, 6, 12], seed=3)
     direction = torch.randn(flat_params(tiny_model).numel(), generator=torch.Generator().manual_seed(0),
                             dtype=torch.float64)
