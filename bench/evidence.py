@@ -36,6 +36,10 @@ class Row:
 
 
 ROWS = (
+    Row("headwater `newton`: exact loss change along (G + λ)⁻¹ g, full space, no storage (LDS only)", Side.OURS,
+        "newton"),
+    Row("headwater `unlearning`, direction newton (one Newton step, central difference)", Side.OURS,
+        "unlearning@newton"),
     Row("headwater `unlearning` (ascent on the query; no storage beyond the index)", Side.OURS, "unlearning",
         "unlearning"),
     Row("headwater gradient, `block`, cosine (the index default, k=16)", Side.OURS, "gradient/block", "gradient"),
@@ -46,6 +50,9 @@ ROWS = (
     Row("Kronfluence EK-FAC", Side.PEER, "kronfluence-ekfac"),
     Row("Kronfluence identity", Side.PEER, "kronfluence-identity"),
     Row("bergson EK-FAC", Side.PEER, "bergson-ekfac"),
+    Row("bergson EK-FAC + CG", Side.PEER, "bergson-ekfac-cg"),
+    Row("bergson EK-FAC + ASTRA", Side.PEER, "bergson-astra"),
+    Row("bergson eigenvalue-corrected Shampoo", Side.PEER, "bergson-shampoo"),
     Row("bergson TrackStar-like", Side.PEER, "bergson-trackstar"),
     Row("bergson identity", Side.PEER, "bergson-identity"),
     Row("BM25", Side.BASELINE, "bm25", "bm25"),

@@ -6,11 +6,11 @@
 Same queries and metrics as ``headwater eval facts`` (evaluation/facts.py: facts the model gets right,
 training-style prompts and held-out paraphrases, recall@10 and MRR of the first gold row), one row per
 variant of the settings — the control correction (generic probes, none, the fact's related prompts),
-contrastive ascent, budget and steps, exhaustive scoring — with seconds per query: wall clock, and the
-process's CPU time (mean, median and the first query, whose candidates are not cached yet), which a
-machine shared with other jobs inflates less (run it with one torch thread). ``--demo`` builds the session
-in memory instead (k=8, 16-token windows, as the demo's index); ``--baselines`` adds other methods' rows
-through the same loop. Prints a markdown table; not a test.
+contrastive ascent, budget and steps, exhaustive scoring, the Newton-step direction — with seconds per
+query: wall clock, and the process's CPU time (mean, median and the first query, whose candidates are not
+cached yet), which a machine shared with other jobs inflates less (run it with one torch thread). ``--demo``
+builds the session in memory instead (k=8, 16-token windows, as the demo's index); ``--baselines`` adds other
+methods' rows through the same loop. Prints a markdown table; not a test.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from attribution.config import AttributionConfig, Correction, RowScore, UnlearningConfig
+from attribution.config import AttributionConfig, Correction, Direction, RowScore, UnlearningConfig
 from attribution.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
@@ -59,6 +59,10 @@ VARIANTS = {
     "window+none": Variant(replace(BASE, score=RowScore.WINDOW, correction=Correction.NONE)),
     "exhaustive": Variant(replace(BASE, exhaustive_rows=10**9)),
     "exhaustive+none": Variant(replace(BASE, exhaustive_rows=10**9, correction=Correction.NONE)),
+    "newton": Variant(replace(BASE, direction=Direction.NEWTON)),
+    "newton+related": Variant(replace(BASE, direction=Direction.NEWTON), related=True),
+    "newton+exhaustive": Variant(replace(BASE, direction=Direction.NEWTON, exhaustive_rows=10**9)),
+    "newton+budget=0.1": Variant(replace(BASE, direction=Direction.NEWTON, budget=0.1)),
 }
 
 
