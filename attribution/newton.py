@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
+from attribution.ascent import restored
 from attribution.batching import TokenBatch, training_batch
 from attribution.errors import ConfigError
-from attribution.unlearn import restored
 
 Vector = torch.Tensor
 """A flat vector over every parameter of the model, in ``named_parameters`` order."""

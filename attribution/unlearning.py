@@ -34,14 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attribution.batching import TokenBatch, collate, token_nll, training_batch
-from attribution.config import Correction, Direction, RowScore, UnlearningConfig
-from attribution.encoder import GradientEncoder
-from attribution.errors import ConfigError
-from attribution.filters import Filters, allowed_rows
-from attribution.newton import NewtonConfig, newton_direction
-from attribution.retrievers import Hit, Method, Query, Retriever, check_k
-from attribution.unlearn import (
+from attribution.ascent import (
     EmptySelectionError,
     LossMeter,
     Probe,
@@ -52,6 +45,13 @@ from attribution.unlearn import (
     restored,
     trainable,
 )
+from attribution.batching import TokenBatch, collate, token_nll, training_batch
+from attribution.config import Correction, Direction, RowScore, UnlearningConfig
+from attribution.encoder import GradientEncoder
+from attribution.errors import ConfigError
+from attribution.filters import Filters, allowed_rows
+from attribution.newton import NewtonConfig, newton_direction
+from attribution.retrievers import Hit, Method, Query, Retriever, check_k
 
 CANDIDATE_SOURCES = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)
 """The retrievers whose top ``candidates`` are re-ranked on a large index."""

@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from attribution.unlearn import Probe
+from attribution.ascent import Probe
 from demo.groundtruth import Fact
 
 FIRST_NAMES = (

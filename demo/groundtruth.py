@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from attribution.ascent import Probe
 from attribution.errors import ConfigError, DataFormatError
 from attribution.records import Example
-from attribution.unlearn import Probe
 from demo.packing import gold_rows
 from indexer.training_rows import RowRange, read_layout, read_training_rows
 

@@ -7,7 +7,7 @@ rows most perplexed after an ascent on the target), ``bottom`` (lowest gradient 
 ``oracle`` (rows that state the fact, where ground truth exists), ``given`` (the rows a client
 wants checked: a target's ``example_ids``, e.g. the result list on the web page) and ``random`` draws.
 Demo rows all have the same length, so sizes and token counts match. The ascent mechanics
-(fixed ‖Δθ‖, exact restore, losses) are the core's ``attribution.unlearn``.
+(fixed ‖Δθ‖, exact restore, losses) are the core's ``attribution.ascent``.
 
 Every trial also measures every target's own prompt, so the report carries the cross-target
 matrix (row: whose selection was ascended on; column: whose loss changed): the diagonal should
@@ -25,10 +25,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from attribution.batching import training_batch
-from attribution.errors import ConfigError
-from attribution.session import AttributionSession
-from attribution.unlearn import (
+from attribution.ascent import (
     EmptySelectionError,
     LossMeter,
     Probe,
@@ -37,6 +34,9 @@ from attribution.unlearn import (
     flat_gradient,
     restored,
 )
+from attribution.batching import training_batch
+from attribution.errors import ConfigError
+from attribution.session import AttributionSession
 from evaluation.ablation_plan import (
     AblationSettings,
     SkippedSelection,

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from attribution.ascent import LossMeter, Probe, restored
 from attribution.batching import TokenBatch, backward_summed_nll, training_batch
 from attribution.errors import ConfigError
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
-from attribution.unlearn import LossMeter, Probe, restored
 from demo.groundtruth import Fact
 from demo.schedules import learning_rate_after
 from evaluation.ablation_stats import bootstrap_ci, compare

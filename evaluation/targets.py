@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from attribution.ascent import Probe
 from attribution.errors import ConfigError
-from attribution.unlearn import Probe
 from demo.groundtruth import Fact
 
 if TYPE_CHECKING:  # only a type here: the session module loads the retrievers

@@ -17,8 +17,8 @@ from fastapi import APIRouter, HTTPException, Path, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, field_validator
 
+from attribution.ascent import Probe
 from attribution.retrievers import k_error
-from attribution.unlearn import Probe
 from demo.groundtruth import Fact, load_facts
 from demo.session import indexed_demo
 from evaluation.ablation_plan import (

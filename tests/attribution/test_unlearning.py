@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from attribution.ascent import Probe, ascend, flat_gradient, restored, trainable
 from attribution.batching import ContextLengthError, collate, token_nll, training_batch
 from attribution.config import AttributionConfig, Correction, CurvatureConfig, Direction, RowScore, UnlearningConfig
 from attribution.errors import ConfigError
@@ -19,7 +20,6 @@ from attribution.newton import NewtonConfig, loss_changes, loss_gradient, newton
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from attribution.unlearn import Probe, ascend, flat_gradient, restored, trainable
 from attribution.unlearning import (
     best_window,
     central_changes,

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from attribution.ascent import EmptySelectionError, Probe, apply_step, ascent_direction, restored
 from attribution.config import AttributionConfig, CurvatureConfig
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from attribution.unlearn import EmptySelectionError, Probe, apply_step, ascent_direction, restored
 from demo.groundtruth import load_facts
 from demo.session import demo_session
 from evaluation.ablation import Ablator, run_ablation

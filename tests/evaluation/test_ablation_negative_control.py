@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from attribution.ascent import Probe
 from attribution.config import AttributionConfig, CurvatureConfig
 from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from attribution.unlearn import Probe
 from demo.groundtruth import load_facts
 from demo.session import demo_session
 from evaluation.ablation import run_ablation
