@@ -27,7 +27,9 @@ settings). Peers:
   Gauss-Newton Hessian-vector products, the damped factored inverse as preconditioner), the leaderboard's
   "EK-FAC + CG";
 - ``bergson-astra``: the same factors at damping 0.1, each query's solution refined by ASTRA (momentum SGD
-  preconditioned by the factored inverse, 300 steps of 16 rows, lr 0.1, momentum 0.9, × 0.9 every 100 steps);
+  preconditioned by the factored inverse, 300 steps of 16 rows, lr 0.1, momentum 0.9, × 0.9 every 100 steps).
+  bergson tunes lr by ASTRA's objective (the lowest after the last step over the first two queries); lr 0.1 diverges
+  on the default case, where that procedure picks 0.003 (of 0.03, 0.01, 0.003, 0.001): pass ``--astra-lr``;
 - ``bergson-shampoo``: eigenvalue-corrected Shampoo factors (``HessianConfig(method="shampoo", ev_correction=True)``),
   damping 0.1, no refinement;
 - ``bergson-shampoo-astra``: those Shampoo factors refined by ASTRA with ``bergson-astra``'s schedule.
@@ -36,8 +38,10 @@ The last four follow bergson's leaderboard runs (``examples/compare_wikitext/ekf
 ``ekfac_astra.yaml``, ``shampoo.yaml``, ``shampoo_astra.yaml`` in bergson's repository; damping is
 ``InversionConfig(inversion="damped_inverse", damping_factor=...)``, a multiple of each module's mean eigenvalue) as
 ``bergson ekfac`` runs them: unprojected stores of the rows and of the queries, the factors fitted on the rows,
-``apply_worker`` writing H^-1 q per query, ``astra_worker`` refining it, then inner products with the rows' store.
-Every setting goes into ``OUT/external/NAME.json``.
+``apply_worker`` writing (H + D)^-1 q per query, ``Astra.refine`` refining it (``refine_queries`` says why not
+``astra_worker``), then inner products with the rows' store. Each query's objective is checked on a fixed
+batch before and after refining (a diverging one stops the run); every setting and the mean objectives go into
+``OUT/external/NAME.json``.
 
 The bergson stores are built by calling the workers ``bergson.build`` launches (``bench.compare_bergson``
 explains why), rank 0 of a world of 1. ASTRA reads the rows through bergson's own data pipeline, so they are also
@@ -73,6 +77,7 @@ ASTRA_SGD = {"solver": "sgd", "num_steps": 300, "lr": 0.1, "momentum": 0.9, "bat
              "lr_decay": 0.9, "lr_decay_interval": 100}
 # bergson's preconditioned conjugate gradients (examples/compare_wikitext/ekfac_astra_cg.yaml)
 ASTRA_CG = {"solver": "cg", "num_steps": 20, "batch_size": 256, "micro_batch_size": 8}
+CHECK_ROWS = 64  # the fixed batch of rows each query's ASTRA objective is measured on, before and after refining
 
 
 @dataclass(frozen=True)
@@ -252,32 +257,94 @@ def astra_index_config(directory: Path, rows: Path, width: int):
     return cfg
 
 
-def solve_queries(directory: Path, recipe: Recipe, work: Path, data) -> tuple[Path, float]:
-    """Each query's damped (H + D)^-1 q from the factors in ``work/hessian`` (``apply_worker``), refined by ASTRA
-    when the recipe says (``astra_worker``, which overwrites each row of a copy in place); returns that store and
-    the seconds the refinement took."""
-    from bergson.config import AstraConfig, InversionConfig
+def astra_settings(recipe: Recipe, lr: float | None) -> dict:
+    """The recipe's ``AstraConfig`` fields, with SGD's step size ``lr`` when given (conjugate gradients has none)."""
+    if lr is None or recipe.astra.get("solver") != "sgd":
+        return recipe.astra
+    return {**recipe.astra, "lr": lr}
+
+
+def solve_queries(directory: Path, recipe: Recipe, work: Path, data, astra: dict) -> tuple[np.ndarray, dict, dict]:
+    """Each query's damped (H + D)^-1 q from the factors in ``work/hessian`` (``apply_worker``, into
+    ``work/solved``), refined by ASTRA with ``astra`` (none when empty); returns the solutions, their module sizes
+    and what the refinement reports."""
+    from bergson.config import InversionConfig
     from bergson.hessians.apply_hessian import EkfacConfig, apply_worker
-    from bergson.hessians.astra import AstraPaths, astra_worker
 
     inversion = InversionConfig(inversion="damped_inverse", damping_factor=recipe.damping)
-    solved = work / "solved"
     apply_worker(0, 0, 1, EkfacConfig(hessian_method_path=str(work / "hessian"), gradient_path=str(work / "queries"),
-                                      run_path=str(solved), ev_correction=True), inversion)
-    if not recipe.astra:
-        return solved, 0.0
-    started = time.perf_counter()
-    refined, rows = work / "refined", work / "rows"
-    shutil.copytree(solved, refined)
+                                      run_path=str(work / "solved"), ev_correction=True), inversion)
+    if not astra:
+        return *read_store(work / "solved"), {}
+    return refine_queries(directory, work, data, inversion, astra)
+
+
+def row_tensors(store: np.ndarray, columns: dict[str, slice], row: int, names: list[str], device) -> dict:
+    """One row of a gradient store as bergson's per-module float32 tensors (copies, never views of the store)."""
+    return {name: torch.tensor(store[row, columns[name]], dtype=torch.float32, device=device) for name in names}
+
+
+def astra_objective(solver, q: dict, x: dict, batch: list[int]) -> float:
+    """ASTRA's objective x^T (H + D) x / 2 - x^T q with bergson's Gauss-Newton product on the rows ``batch`` and its
+    damping ``D``: the refinement lowers it, a step size that diverges makes it grow."""
+    hx = solver.hvp(x, batch)
+    return sum(float(x[n] @ (hx[n] + solver.damping[n] * x[n])) / 2 - float(x[n] @ q[n]) for n in solver.names)
+
+
+def diverged(before: float, after: float) -> bool:
+    """Whether a refinement blew the objective up: not finite, or risen by more than its own size."""
+    return not np.isfinite(after) or after > before + abs(before)
+
+
+def refine_queries(directory: Path, work: Path, data, inversion, astra: dict) -> tuple[np.ndarray, dict, dict]:
+    """ASTRA's refinement (``Astra.refine``: its momentum SGD or conjugate gradients, per ``astra``) of each query's
+    solution in ``work/solved``, the rows' Gauss-Newton products drawn from ``data``. Each query's objective is
+    measured on one fixed batch of ``CHECK_ROWS`` rows before and after; a diverging one stops the run.
+
+    bergson's own loop (``astra_worker``, ``Astra.run``) refines each solution in place on the tensor it reads from
+    the read-only memory map of ``work/solved``; on a GPU that read is a copy, on the CPU it is not and the first
+    in-place step segfaults (bergson 2.5.1). So each query's solution is copied here and handed to ``refine``."""
+    from bergson.config import AstraConfig
+    from bergson.hessians.astra import Astra, AstraPaths
+    from bergson.utils.utils import get_device
+
+    rows = work / "rows"
     data.save_to_disk(str(rows))
-    paths = AstraPaths(query_path=str(work / "queries"), init_path=str(solved), hessian_path=str(work / "hessian"),
-                       run_path=str(refined))
-    astra_worker(0, 0, 1, paths, astra_index_config(directory, rows, max(data["length"])), inversion,
-                 AstraConfig(**recipe.astra), True)
-    return refined, time.perf_counter() - started
+    paths = AstraPaths(query_path=str(work / "queries"), init_path=str(work / "solved"),
+                       hessian_path=str(work / "hessian"), run_path=str(work / "refined"))
+    solver = Astra(paths, astra_index_config(directory, rows, max(data["length"])), inversion, AstraConfig(**astra),
+                   True, get_device(0))
+    queries, query_sizes = read_store(work / "queries")
+    solved, sizes = read_store(work / "solved")
+    at_query, at = grad_columns(query_sizes), grad_columns(sizes)
+    refined = np.array(solved, dtype=np.float32)
+    batch = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:CHECK_ROWS].tolist()
+    objectives = []
+    started = time.perf_counter()
+    for row in range(len(refined)):
+        q = row_tensors(queries, at_query, row, solver.names, solver.device)
+        x = row_tensors(solved, at, row, solver.names, solver.device)
+        before = astra_objective(solver, q, x, batch)
+        x = solver.refine(q, x, row)
+        after = astra_objective(solver, q, x, batch)
+        if diverged(before, after):
+            raise SystemExit(f"ASTRA ({astra['solver']}) diverged on query {row}: its objective went from "
+                             f"{before:.4g} to {after:.4g} on {CHECK_ROWS} rows" + (
+                                 f" at lr {astra['lr']}; bergson tunes the step size by this objective (its "
+                                 "examples/compare_wikitext/ekfac_astra.yaml): rerun with a smaller --astra-lr"
+                                 if astra["solver"] == "sgd" else ""))
+        objectives.append((before, after))
+        for name, value in x.items():
+            refined[row, at[name]] = value.cpu().numpy()
+        log.info("ASTRA (%s): query %d/%d refined (objective %.4g -> %.4g), %.0fs so far", astra["solver"], row + 1,
+                 len(refined), before, after, time.perf_counter() - started)
+    before, after = np.array(objectives).T
+    return refined, sizes, {"refine_seconds": round(time.perf_counter() - started, 1), "objective_rows": CHECK_ROWS,
+                            "objective_before_mean": float(before.mean()), "objective_after_mean": float(after.mean()),
+                            "objective_rose": int((after > before).sum())}
 
 
-def run_bergson_recipe(directory: Path, name: str, work: Path) -> tuple[np.ndarray, dict]:
+def run_bergson_recipe(directory: Path, name: str, work: Path, astra_lr: float | None) -> tuple[np.ndarray, dict]:
     """One of ``RECIPES`` as ``bergson ekfac`` runs it, its workers called directly (rank 0 of a world of 1)."""
     from dataclasses import asdict
 
@@ -287,7 +354,7 @@ def run_bergson_recipe(directory: Path, name: str, work: Path) -> tuple[np.ndarr
 
     from bench.compare_bergson import bergson_config, build_bergson, run_bergson_worker
 
-    recipe = RECIPES[name]
+    recipe, astra = RECIPES[name], astra_settings(RECIPES[name], astra_lr)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     data = chunk_dataset(training_rows(directory))
@@ -298,15 +365,14 @@ def run_bergson_recipe(directory: Path, name: str, work: Path) -> tuple[np.ndarr
                        data)
     fit = time.perf_counter() - started
     build_bergson(directory, chunk_dataset(query_chunks(directory).tolist()), 0, work / "queries")
-    solved, refine = solve_queries(directory, recipe, work, data)
-    scores = store_inner_products(*read_store(solved), *read_store(work / "store"))
+    solved, sizes, refinement = solve_queries(directory, recipe, work, data, astra)
+    scores = store_inner_products(solved, sizes, *read_store(work / "store"))
     settings = {"hessian": asdict(hessian), "inversion": "damped_inverse", "damping_factor": recipe.damping,
-                "astra": asdict(AstraConfig(**recipe.astra)) if recipe.astra else None,
-                "bergson_example": recipe.example}
-    return scores, {"fit_seconds": round(fit, 1), "refine_seconds": round(refine, 1),
-                    "total_seconds": round(time.perf_counter() - started, 1), "dim": info["dim"],
-                    "vector_bytes": info["vector_bytes"], "version": version("bergson"), "projection_dim": 0,
-                    **settings}
+                "astra": asdict(AstraConfig(**astra)) if astra else None, "bergson_example": recipe.example}
+    return scores, {"fit_seconds": round(fit, 1), "total_seconds": round(time.perf_counter() - started, 1),
+                    "dim": info["dim"], "vector_bytes": info["vector_bytes"], "version": version("bergson"),
+                    "projection_dim": 0, **settings, **refinement}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -314,6 +380,9 @@ def main() -> None:
     parser.add_argument("--peers", default=",".join(PEERS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--k", type=int, default=16, help="bergson's projection_dim (headwater's k)")
+    parser.add_argument("--astra-lr", type=float, default=None,
+                        help="ASTRA's SGD step size (default: bergson's leaderboard 0.1; bergson tunes it by the "
+                             "logged objective)")
     parser.add_argument("--finetune", type=int, default=0,
                         help="the fine-tuning variant with this many chunks (as `headwater eval field-lds "
                              "--finetune`; 0: the case trained from scratch)")
@@ -343,7 +412,7 @@ def run_peer(name: str, directory: Path, args: argparse.Namespace) -> str:
     if name.startswith("kronfluence-"):
         scores, info = run_kronfluence(directory, name.removeprefix("kronfluence-"), args.out / ".kronfluence")
     elif name in RECIPES:
-        scores, info = run_bergson_recipe(directory, name, args.out / ".bergson")
+        scores, info = run_bergson_recipe(directory, name, args.out / ".bergson", args.astra_lr)
     else:
         scores, info = run_bergson(directory, name, args.out / ".bergson", args.k)
     external = args.out / "external"
