@@ -78,7 +78,27 @@ CG runs use 10; at 0.1 conjugate gradient did not converge in 30 steps on the fr
 
 
 def newton_config(name: str) -> NewtonConfig:
-    return NewtonConfig(damping=newton_damping(name), max_iter=NEWTON_ITERATIONS)
+    """``newton[@dD][@iN]``: relative damping D (default :data:`NEWTON_DAMPING`), at most N conjugate-gradient steps
+    (default :data:`NEWTON_ITERATIONS`)."""
+    damping, iterations = NEWTON_DAMPING, NEWTON_ITERATIONS
+    error = ConfigError(f"unknown LDS estimator {name!r}: newton takes @dD, a positive relative damping, and @iN, a "
+                        "positive number of conjugate-gradient steps")
+    seen = set()
+    for option in name.split("@")[1:]:
+        if option[:1] in seen or option[:1] not in ("d", "i"):
+            raise error
+        seen.add(option[:1])
+        try:
+            value = float(option[1:])
+        except ValueError:
+            raise error from None
+        if not value > 0 or not np.isfinite(value) or (option[0] == "i" and value != int(value)):
+            raise error
+        if option[0] == "d":
+            damping = value
+        else:
+            iterations = int(value)
+    return NewtonConfig(damping=damping, max_iter=iterations)
 
 
 def unlearning_settings(name: str) -> UnlearningConfig:
@@ -155,14 +175,14 @@ def parse_estimator(name: str) -> FieldEstimator:
         return FieldEstimator(None, None, family=name)
     if name == UNLEARNING_NEWTON:
         return FieldEstimator(None, None, family=UNLEARNING)
-    if name == NEWTON or name.startswith(NEWTON + "@d"):
-        return FieldEstimator(None, None, damping=newton_damping(name), family=NEWTON)
+    if name == NEWTON or name.startswith(NEWTON + "@"):
+        return FieldEstimator(None, None, damping=newton_config(name).damping, family=NEWTON)
     base, *options = name.split("@")
     family, _, kind = base.partition("/")
     modes = {"gradient-ip": ScoreMode.INNER_PRODUCT, "gradient": ScoreMode.COSINE, TRACIN: ScoreMode.INNER_PRODUCT}
     error = ConfigError(f"unknown LDS estimator {name!r}: gradient-ip/KIND, gradient/KIND, tracin/KIND (KIND one of "
                         f"{[m.value for m in PreconditionMode]}; then optionally @K, a projection size, and @dD, a "
-                        f"damping), {BM25}, {UNLEARNING}, {UNLEARNING_NEWTON} or {NEWTON}[@dD]")
+                        f"damping), {BM25}, {UNLEARNING}, {UNLEARNING_NEWTON} or {NEWTON}[@dD][@iN]")
     if family not in modes or kind not in {m.value for m in PreconditionMode}:
         raise error
     k = damping = None
@@ -180,19 +200,6 @@ def parse_estimator(name: str) -> FieldEstimator:
             raise error
     return FieldEstimator(modes[family], PreconditionMode(kind), k, damping,
                           family=TRACIN if family == TRACIN else "gradient")
-
-
-def newton_damping(name: str) -> float:
-    """``newton``'s relative damping: ``newton@dD``'s D, else :data:`NEWTON_DAMPING`."""
-    if name == NEWTON:
-        return NEWTON_DAMPING
-    try:
-        damping = float(name.removeprefix(NEWTON + "@d"))
-    except ValueError:
-        damping = float("nan")
-    if not damping > 0 or not np.isfinite(damping):
-        raise ConfigError(f"unknown LDS estimator {name!r}: newton takes @dD, a positive relative damping")
-    return damping
 
 
 def estimator_damping(name: str, settings: FieldLDSSettings) -> float:

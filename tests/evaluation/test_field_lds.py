@@ -20,6 +20,7 @@ from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model
+from attribution.newton import NewtonConfig
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
@@ -36,6 +37,7 @@ from evaluation.field_lds import (
     candidate_recall,
     dropped_rows,
     kept_masks,
+    newton_config,
     parse_estimator,
     retrain_path,
     run_field_lds,
@@ -214,7 +216,11 @@ def test_bad_settings_are_clear_errors() -> None:
     assert parse_estimator("unlearning@newton").family == "unlearning"
     assert parse_estimator("newton") == FieldEstimator(None, None, damping=10.0, family="newton")
     assert parse_estimator("newton@d10").damping == 10
-    for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf"):
+    assert newton_config("newton@i50") == NewtonConfig(damping=10.0, max_iter=50)
+    assert newton_config("newton@d1@i5") == NewtonConfig(damping=1.0, max_iter=5)
+    assert newton_config("newton") == NewtonConfig(damping=10.0, max_iter=20)
+    for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf", "newton@i0", "newton@i2.5", "newton@x1",
+                "newton@d1@d2", "newton@"):
         with pytest.raises(ConfigError, match="newton takes @dD"):
             FieldLDSSettings(estimators=(bad,))
     with pytest.raises(ConfigError, match="pretrained on"):
