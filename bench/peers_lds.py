@@ -29,10 +29,11 @@ settings). Peers:
 - ``bergson-astra``: the same factors at damping 0.1, each query's solution refined by ASTRA (momentum SGD
   preconditioned by the factored inverse, 300 steps of 16 rows, lr 0.1, momentum 0.9, × 0.9 every 100 steps).
   bergson tunes lr by ASTRA's objective (the lowest after the last step over the first two queries); lr 0.1 diverges
-  on the default case, where that procedure picks 0.003 (of 0.03, 0.01, 0.003, 0.001): pass ``--astra-lr``;
+  on the default case, where that procedure picks 0.003 (of 0.03, 0.01, 0.003, 0.001): pass ``--astra-lr 0.003``;
 - ``bergson-shampoo``: eigenvalue-corrected Shampoo factors (``HessianConfig(method="shampoo", ev_correction=True)``),
   damping 0.1, no refinement;
-- ``bergson-shampoo-astra``: those Shampoo factors refined by ASTRA with ``bergson-astra``'s schedule.
+- ``bergson-shampoo-astra``: those Shampoo factors refined by ASTRA with ``bergson-astra``'s schedule (on the
+  default case too lr 0.1 and 0.01 diverge and the procedure picks 0.003, of 0.003, 0.001, 0.0003).
 
 The last four follow bergson's leaderboard runs (``examples/compare_wikitext/ekfac_astra_cg.yaml``,
 ``ekfac_astra.yaml``, ``shampoo.yaml``, ``shampoo_astra.yaml`` in bergson's repository; damping is
@@ -41,7 +42,8 @@ The last four follow bergson's leaderboard runs (``examples/compare_wikitext/ekf
 ``apply_worker`` writing (H + D)^-1 q per query, ``Astra.refine`` refining it (``refine_queries`` says why not
 ``astra_worker``), then inner products with the rows' store. Each query's objective is checked on a fixed
 batch before and after refining (a diverging one stops the run); every setting and the mean objectives go into
-``OUT/external/NAME.json``.
+``OUT/external/NAME.json``. Refining takes about 30 s a query on one CPU thread (some 25 minutes for the default
+case's 50 queries), so the default ``--peers`` leaves the three refined peers out: name them.
 
 The bergson stores are built by calling the workers ``bergson.build`` launches (``bench.compare_bergson``
 explains why), rank 0 of a world of 1. ASTRA reads the rows through bergson's own data pipeline, so they are also
@@ -100,6 +102,8 @@ RECIPES = {
 }
 PEERS = ("kronfluence-ekfac", "kronfluence-identity", "bergson-trackstar", "bergson-ekfac", "bergson-identity",
          *RECIPES)
+# ASTRA refines each query with hundreds of Gauss-Newton products: about half a minute a query on one CPU thread
+REFINED = tuple(name for name, recipe in RECIPES.items() if recipe.astra)
 log = logging.getLogger("bench.peers_lds")
 
 
@@ -228,7 +232,7 @@ def grad_columns(sizes: dict[str, int]) -> dict[str, slice]:
 def store_inner_products(queries: np.ndarray, query_sizes: dict[str, int], rows: np.ndarray,
                          row_sizes: dict[str, int]) -> np.ndarray:
     """(queries, rows) inner products of two flat gradient stores over the same modules, whatever their order."""
-    if dict(sorted(query_sizes.items())) != dict(sorted(row_sizes.items())):
+    if query_sizes != row_sizes:  # the same modules and sizes, in any order
         raise SystemExit(f"the query and row stores hold different modules: {query_sizes} against {row_sizes}")
     at_query, at_row = grad_columns(query_sizes), grad_columns(row_sizes)
     scores = np.zeros((len(queries), len(rows)), dtype=np.float64)
@@ -377,7 +381,9 @@ def run_bergson_recipe(directory: Path, name: str, work: Path, astra_lr: float |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the field-lds report directory (holds case/)")
-    parser.add_argument("--peers", default=",".join(PEERS))
+    parser.add_argument("--peers", default=",".join(p for p in PEERS if p not in REFINED),
+                        help=f"comma-separated (default: all but {', '.join(REFINED)}, about 25 minutes each on one "
+                             "thread; name them to run them)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--k", type=int, default=16, help="bergson's projection_dim (headwater's k)")
     parser.add_argument("--astra-lr", type=float, default=None,
