@@ -30,24 +30,14 @@ from attribution.vectors import VectorStore
 
 
 class Method(StrEnum):
-    """The retrievers, one member each: the one list of method names."""
+    """The retrievers, one member each: the one list of method names (what each is and does:
+    ``attribution.methods.METHODS``)."""
 
     GRADIENT = "gradient"
     EMBEDDING = "embedding"
     BM25 = "bm25"
     HYBRID = "hybrid"
     UNLEARNING = "unlearning"
-
-    @property
-    def uses_model(self) -> bool:
-        """True when a query runs the (shared, hooked) language model, so queries must take turns
-        (``unlearning`` even changes its weights, restoring them before the query returns)."""
-        return self in (Method.GRADIENT, Method.HYBRID, Method.UNLEARNING)
-
-    @property
-    def takes_controls(self) -> bool:
-        """True when control prompts change the answer (a contrastive gradient query, the unlearning correction)."""
-        return self in (Method.GRADIENT, Method.HYBRID, Method.UNLEARNING)
 
 
 @dataclass

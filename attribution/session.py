@@ -26,19 +26,18 @@ from attribution.embeddings import EMBED_CHUNK_TOKENS, TextEmbedder, chunk_count
 from attribution.encoder import Checkpoint, GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.filters import Filters
+from attribution.methods import METHODS
 from attribution.models import load_tokenizer
 from attribution.records import Example, Result
 from attribution.retrievers import (
     BM25Retriever,
     EmbeddingRetriever,
     GradientRetriever,
-    HybridRetriever,
     Method,
     Query,
     Retriever,
 )
 from attribution.scoring import ScoreMode
-from attribution.unlearning import UnlearningRetriever
 from attribution.vectors import FaissStore
 
 log = logging.getLogger(__name__)
@@ -66,7 +65,8 @@ class AttributionSession:
         self.encoder, self.ids, self.metadata, self.texts = encoder, ids, metadata, texts
         self.config = config or AttributionConfig()
         self.retrievers: dict[Method, Retriever] = {Method.GRADIENT: gradient}
-        self._builders = builders
+        self.builders = builders
+        """How the retrievers the index provides (BM25, embedding) are made."""
 
     manifest: Any = None
     """The index manifest (``indexer.manifest.Manifest``) when the indexer opened the session from a stored index."""
@@ -75,19 +75,10 @@ class AttributionSession:
         return len(self.ids)
 
     def retriever(self, method: Method | str) -> Retriever:
-        """The retriever for a method, built on first use."""
+        """The retriever for a method, built on first use (``attribution.methods.METHODS`` says how)."""
         method = parse_method(method)
         if method not in self.retrievers:
-            if method is Method.HYBRID:
-                scoring = self.config.scoring
-                self.retrievers[method] = HybridRetriever(
-                    self.retrievers[Method.GRADIENT], self.retriever(Method.BM25), self.retriever(Method.EMBEDDING),
-                    candidates=scoring.hybrid_candidates, fusion=scoring.hybrid_fusion)
-            elif method is Method.UNLEARNING:
-                self.retrievers[method] = UnlearningRetriever(self.encoder, self.texts, self.metadata, self.retriever,
-                                                              self.config.unlearning)
-            else:
-                self.retrievers[method] = self._builders[method]()
+            self.retrievers[method] = METHODS[method].build(self)
         return self.retrievers[method]
 
     @property

@@ -16,6 +16,7 @@ from attribution.batching import ContextLengthError, EmptyCompletionError
 from attribution.config import UnlearningConfig
 from attribution.errors import ConfigError
 from attribution.filters import Filters, subsets_of
+from attribution.methods import METHODS
 from attribution.records import Result as Attributed
 from attribution.retrievers import Method, k_error
 from attribution.session import AttributionSession
@@ -24,13 +25,14 @@ from service.catalog import Catalog, describe
 from service.defaults import default_method
 from service.errors import IndexUnavailableError, NoMatchError, NotFoundError, RequestLimitError
 from service.schemas import (
-    ASCENT_SETTINGS,
     AttributeRequest,
     AttributeResponse,
     DefaultQuery,
     Example,
     FilterSpec,
     IndexInfo,
+    MethodInfo,
+    MethodVariantInfo,
     Result,
     Span,
     StepExample,
@@ -45,7 +47,7 @@ from service.state import ServedIndex
 def needs_model_lock(method: Method, completion: str | None) -> bool:
     """Whether a query runs the shared model: a method that uses it (its hooks attach to the one model, so
     passes take turns), or any method when the model must generate the greedy completion first."""
-    return method.uses_model or completion is None
+    return METHODS[method].uses_model or completion is None
 
 
 def batched(served: ServedIndex, method: Method, request: AttributeRequest) -> bool:
@@ -103,7 +105,7 @@ def query_method(request: AttributeRequest, catalog: Catalog, settings: Settings
         return Method(request.method)
     method = default_method(settings.default_method, catalog).method
     try:
-        check_method_options(method, request.controls, request.ascent_settings_given())
+        check_method_options(method, request.controls, request.options_given())
     except ValueError as err:
         raise RequestLimitError(f"{err} (the request names no method, and this server's default is {method.value})"
                                 ) from err
@@ -116,7 +118,7 @@ def unlearning_settings(session: AttributionSession, request: AttributeRequest,
     another method)."""
     if method is not Method.UNLEARNING:
         return None
-    given = {name: getattr(request, name) for name in ASCENT_SETTINGS if getattr(request, name) is not None}
+    given = {name: getattr(request, name) for name in METHODS[method].options if getattr(request, name) is not None}
     return replace(session.config.unlearning, **given)
 
 
@@ -289,7 +291,17 @@ def index_info(session: AttributionSession, settings: Settings) -> IndexInfo:
                      embedding_model=manifest.embedding_model, created=manifest.created,
                      subsets=catalog.subsets, steps=list(catalog.steps) if catalog.steps else None,
                      default_query=default_query(catalog), default_method=chosen.method,
-                     default_method_reason=chosen.reason, unlearning_cost=cost_info(catalog))
+                     default_method_reason=chosen.reason, unlearning_cost=cost_info(catalog),
+                     methods=method_infos())
+
+
+def method_infos() -> list[MethodInfo]:
+    """Every registered method as ``GET /v1/index`` lists it (the page builds its method list from it)."""
+    return [MethodInfo(name=method, score=spec.score, uses_model=spec.uses_model, takes_controls=spec.takes_controls,
+                       options=list(spec.options),
+                       variants=[MethodVariantInfo(name=v.name, label=v.label, options=v.options)
+                                 for v in spec.variants])
+            for method, spec in METHODS.items()]
 
 
 def cost_info(catalog: Catalog) -> UnlearningCostInfo:

@@ -7,19 +7,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from attribution.config import Direction
+from attribution.methods import METHODS, OPTIONS, owners
 from attribution.retrievers import Method
-
-ASCENT_SETTINGS = ("steps", "budget", "candidates", "direction")
-"""Request fields only method ``unlearning`` takes."""
 
 
 def check_method_options(method: Method, controls: list[str], given: list[str]) -> None:
-    """Refuse (ValueError) control prompts to a method that ignores them and ascent settings to any but unlearning."""
-    if controls and not method.takes_controls:
-        using = ", ".join(m.value for m in Method if m.takes_controls)
+    """Refuse (ValueError) control prompts to a method that ignores them and a method's own options (``given``:
+    request fields of ``attribution.methods.OPTIONS``) to any other method."""
+    if controls and not METHODS[method].takes_controls:
+        using = ", ".join(m.value for m, spec in METHODS.items() if spec.takes_controls)
         raise ValueError(f"controls: method {method.value} ignores control prompts; drop them or use {using}")
-    if given and method is not Method.UNLEARNING:
-        raise ValueError(f"{', '.join(given)}: only method unlearning takes them; drop them or use unlearning")
+    foreign = [name for name in given if name not in METHODS[method].options]
+    if foreign:
+        using = ", ".join(dict.fromkeys(m.value for name in foreign for m in owners(name)))
+        raise ValueError(f"{', '.join(foreign)}: only method {using} takes them; drop them or use {using}")
 
 
 class Strict(BaseModel):
@@ -83,11 +84,12 @@ class AttributeRequest(Strict):
     @model_validator(mode="after")
     def options_fit_the_method(self) -> AttributeRequest:
         if self.method is not None:  # omitted: checked once the server's default is known
-            check_method_options(Method(self.method), self.controls, self.ascent_settings_given())
+            check_method_options(Method(self.method), self.controls, self.options_given())
         return self
 
-    def ascent_settings_given(self) -> list[str]:
-        return [name for name in ASCENT_SETTINGS if getattr(self, name) is not None]
+    def options_given(self) -> list[str]:
+        """The method-specific options (``attribution.methods.OPTIONS``) this request sets."""
+        return [name for name in OPTIONS if getattr(self, name) is not None]
 
 
 class Span(BaseModel):
@@ -171,6 +173,23 @@ class UnlearningCostInfo(BaseModel):
                                            "took (None before the first); auto uses it once there is one.")
 
 
+class MethodVariantInfo(BaseModel):
+    name: str = Field(description="The page offers it as METHOD:NAME.")
+    label: str
+    options: dict[str, str] = Field(description="The request fields it sets.")
+
+
+class MethodInfo(BaseModel):
+    """One method a query may name (``attribution.methods.METHODS``)."""
+
+    name: Method
+    score: str = Field(description="What a result's score is.")
+    uses_model: bool = Field(description="A query runs the shared model (such queries take turns).")
+    takes_controls: bool = Field(description="Control prompts change the answer.")
+    options: list[str] = Field(description="Request fields only this method takes.")
+    variants: list[MethodVariantInfo]
+
+
 class IndexInfo(BaseModel):
     build: str
     model: str
@@ -188,6 +207,7 @@ class IndexInfo(BaseModel):
     default_method_reason: str = Field(description="Why: the server's setting, or auto's estimate of an unlearning "
                                        "query's cost here.")
     unlearning_cost: UnlearningCostInfo
+    methods: list[MethodInfo] = Field(description="Every method a query may name, with what its score means.")
 
 
 class Health(BaseModel):

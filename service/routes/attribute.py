@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 
+from attribution.methods import METHODS
 from attribution.retrievers import Method
 from service import queries
 from service.defaults import AUTO
@@ -23,7 +24,7 @@ def runs_model(body: AttributeRequest, settings: Settings) -> bool:
     """Whether the query runs the shared model: its method uses it (``auto`` picks gradient or unlearning, both do),
     or the model must first write the completion."""
     method = body.method or (None if settings.default_method == AUTO else Method(settings.default_method))
-    return body.completion is None or method is None or method.uses_model
+    return body.completion is None or method is None or METHODS[method].uses_model
 
 
 class ClientSlots:

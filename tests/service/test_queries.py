@@ -12,6 +12,7 @@ import pytest
 from attribution.batching import ContextLengthError
 from attribution.config import AttributionConfig
 from attribution.filters import Filters, allowed_rows, subsets_of
+from attribution.methods import METHODS
 from attribution.records import Result
 from attribution.retrievers import Method
 from service import catalog, queries
@@ -94,7 +95,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> ServedIndex:
 
 
 def test_the_methods_that_run_the_model() -> None:
-    assert {m for m in Method if m.uses_model} == {Method.GRADIENT, Method.HYBRID, Method.UNLEARNING}
+    assert {m for m, spec in METHODS.items() if spec.uses_model} == {Method.GRADIENT, Method.HYBRID, Method.UNLEARNING}
 
 
 def test_unlearning_settings_come_from_the_request(served: ServedIndex) -> None:
@@ -156,7 +157,7 @@ def test_a_default_method_that_is_no_method_is_refused() -> None:
 def test_the_model_lock_follows_the_method(served: ServedIndex, method: Method, completion: str | None) -> None:
     request = AttributeRequest(prompt="Ilse Varga was born in", completion=completion, k=1, method=method)
     response = queries.attribute(served, request, SETTINGS)
-    expected = method.uses_model or completion is None  # a greedy completion runs the model too
+    expected = METHODS[method].uses_model or completion is None  # a greedy completion runs the model too
     assert served.session.held == [expected]
     assert queries.needs_model_lock(method, completion) is expected
     assert not served.model_lock.locked()  # released after the query

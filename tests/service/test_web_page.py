@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from attribution.methods import METHODS
 from tests.service.conftest import uvicorn_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -64,9 +65,25 @@ def test_page_offers_the_index_subsets_and_its_default_query(server: str, tmp_pa
     info = httpx.get(f"{server}/v1/index").json()
     default = info["default_query"]
     html = chromium(["--dump-dom", f"{server}/?run=1"], tmp_path).stdout
-    assert re.findall(r'<option value="([^"$]+)">', html) == list(info["subsets"])
+    subsets = html.split('<datalist id="subsets">', 1)[1].split("</datalist>", 1)[0]
+    assert re.findall(r'<option value="([^"$]+)">', subsets) == list(info["subsets"])
     assert f'{default["prompt"]} → {default["completion"]}</a>' in html
     assert f"examples for “{default['prompt']}” → “{default['completion']}” by unlearning" in html  # the default
+
+
+def test_the_method_list_is_the_registrys(server: str, tmp_path: Path) -> None:
+    """The page lists every method (and variant) ``GET /v1/index`` gives, which are ``attribution.methods.METHODS``."""
+    info = httpx.get(f"{server}/v1/index").json()
+    assert [m["name"] for m in info["methods"]] == [m.value for m in METHODS]
+    html = chromium(["--dump-dom", f"{server}/"], tmp_path).stdout
+    select = html.split('<select id="method">', 1)[1].split("</select>", 1)[0]
+    offered = re.findall(r'<option( value="[^"]*")?[^>]*>([^<]*)</option>', select)
+    values = [attribute[len(' value="'):-1] if attribute else label for attribute, label in offered]
+    expected = [""] + [v for m in info["methods"] for v in [m["name"], *(f"{m['name']}:{x['name']}"
+                                                                         for x in m["variants"])]]
+    assert values == expected
+    newton = next(m for m in info["methods"] if m["name"] == "unlearning")["variants"][0]
+    assert newton["options"] == {"direction": "newton"}
 
 
 def test_a_link_without_a_completion_attributes_the_models_own(server: str, tmp_path: Path) -> None:
