@@ -11,7 +11,7 @@ the fact's completion as the loss, summed over its tokens, tokenized identically
 CPU. Per row: build wall and CPU seconds (model load + gradient pass(es) + preconditioner fit + writing the
 store; CPU time is the steadier number on a shared machine), bytes per example on disk (the gradient array
 alone, and the whole store directory), fact-tracing recall@1/10 and MRR over the top 100
-(``attribution.metrics``, as ``bench.quality.evaluate`` computes them) and mean query latency.
+(``evaluation.metrics``, as ``bench.quality.evaluate`` computes them) and mean query latency.
 
 **Projection mapping.** Both libraries sketch every ``nn.Linear`` inside the transformer blocks (bergson: all
 supported layers under ``model.base_model``; headwater: ``sketched_linears``), here the same 16 modules
@@ -62,7 +62,6 @@ import torch
 import torch.nn.functional as F
 
 from attribution.config import AttributionConfig, CurvatureConfig
-from attribution.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from attribution.models import load_tokenizer
 from attribution.modules import sketched_linears
 from attribution.records import Example
@@ -71,6 +70,7 @@ from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from bench.quality import evaluate, known_facts
 from demo.groundtruth import Fact, demo_examples, load_facts, load_layout
+from evaluation.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from indexer.training_rows import parse_range, rows_for_steps
 
 DEPTH = 100

@@ -18,12 +18,12 @@ from enum import StrEnum
 from pathlib import Path
 
 from attribution.errors import ConfigError
-from attribution.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from demo.groundtruth import Fact, load_facts
 from demo.session import indexed_demo
 from demo.training import completion_hits
+from evaluation.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from evaluation.report_files import write_report_files
 
 log = logging.getLogger(__name__)

@@ -12,12 +12,12 @@ from attribution.batching import ContextLengthError, EmptyCompletionError
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig
 from attribution.errors import ConfigError
 from attribution.filters import Filters
-from attribution.metrics import first_gold_rank, recall_at
 from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from demo.groundtruth import Fact, load_facts
 from demo.session import demo_session
+from evaluation.metrics import first_gold_rank, recall_at
 
 METHODS = ["gradient", "embedding", "bm25", "hybrid"]
 

@@ -15,7 +15,6 @@ from attribution.batching import ContextLengthError, collate, token_nll, trainin
 from attribution.config import AttributionConfig, Correction, CurvatureConfig, Direction, RowScore, UnlearningConfig
 from attribution.errors import ConfigError
 from attribution.filters import Filters
-from attribution.metrics import first_gold_rank, recall_at
 from attribution.newton import NewtonConfig, loss_changes, loss_gradient, newton_direction
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
@@ -30,6 +29,7 @@ from attribution.unlearning import (
 )
 from demo.groundtruth import Fact, load_facts
 from demo.session import demo_session
+from evaluation.metrics import first_gold_rank, recall_at
 from tests.attribution.conftest import random_rows
 
 

@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from attribution.errors import ConfigError
-from attribution.metrics import first_gold_rank
 from attribution.session import AttributionSession
 from evaluation.facts import FactSelection, demo_dir, known_facts, load_demo_facts, trace_facts
+from evaluation.metrics import first_gold_rank
 from headwater.cli import app
 
 runner = CliRunner()
