@@ -57,9 +57,11 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     "k": ("attribution", "sketch", "k"),
     "seed": ("attribution", "sketch", "seed"),
     "groups": ("attribution", "sketch", "groups"),
-    "precondition": ("attribution", "curvature", "kind"),
+    "curvature": ("attribution", "curvature", "kind"),
+    "precondition": ("attribution", "curvature", "kind"),  # the old name
     "damping": ("attribution", "curvature", "damping"),
-    "precondition_sample": ("attribution", "curvature", "sample"),
+    "curvature_sample": ("attribution", "curvature", "sample"),
+    "precondition_sample": ("attribution", "curvature", "sample"),  # the old name
     "fisher": ("attribution", "curvature", "fisher"),
     "curvature_rows": ("attribution", "curvature", "sample_rows"),
     "factor_limit": ("attribution", "curvature", "factor_limit"),
@@ -118,7 +120,7 @@ class IndexConfig:
 
     @classmethod
     def create(cls, model: str, data: str, **settings) -> IndexConfig:
-        """A config from flat setting names (``k=8, window=16, precondition="none"``, see ``FLAT_NAMES``)."""
+        """A config from flat setting names (``k=8, window=16, curvature="none"``, see ``FLAT_NAMES``)."""
         nested: dict = {"model": model, "data": data}
         if "include_head" in settings:  # the flag and the flat config.json before parameter groups
             head = settings.pop("include_head")

@@ -223,6 +223,7 @@ def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "sideways" in result.output
     for flags, message in ((["--precondition-sample", "0"], "curvature sample must be positive"),
                            (["--precondition", "kfac-ish"], "kind must be one of"),
+                           (["--curvature", "kfac-ish"], "kind must be one of"),
                            (["--damping", "-1"], "damping must be positive"),
                            (["--rows-per-step", "0"], "--rows-per-step must be positive"),
                            (["--rows-per-step", "1024"], "disagrees with the layout.json"),

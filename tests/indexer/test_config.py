@@ -54,6 +54,12 @@ def test_parameter_groups_and_the_old_include_head() -> None:
         IndexConfig.create("m", "d", groups=())
 
 
+def test_curvature_is_the_name_and_precondition_its_old_alias() -> None:
+    new = IndexConfig.create("m", "d", curvature="kfac", curvature_sample=64)
+    assert new == IndexConfig.create("m", "d", precondition="kfac", precondition_sample=64)
+    assert new.attribution.curvature.kind.value == "kfac" and new.attribution.curvature.sample == 64
+
+
 def test_unknown_or_bad_settings_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="unknown settings"):
         IndexConfig.from_json({"model": "m", "data": "d", "attribution": {"sketch": {"kk": 3}}})

@@ -41,7 +41,7 @@ def test_a_build_with_each_kind_opens_and_answers(kind: str, tiny_demo: Path, tm
     out = tmp_path / "index"
     result = runner.invoke(app, ["index", "build", "--model", str(tiny_demo / "model"), "--data",
                                  str(tiny_demo / "data" / "document"), "--out", str(out), "--k", "4", "--window",
-                                 "16", "--shard-size", "64", "--precondition", kind])
+                                 "16", "--shard-size", "64", "--curvature", kind])
     assert result.exit_code == 0, result.output
     described = read_manifest(out).preconditioner[0]
     assert described["kind"] == kind and described["damping"] == (0.01 if kind == "ekfac_basis" else 0.1)
