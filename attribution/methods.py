@@ -13,14 +13,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from attribution.config import AttributionConfig
+from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
-from attribution.retrievers import HybridRetriever, Method, Retriever
+from attribution.retrievers import GradientRetriever, HybridRetriever, Method, Retriever
 from attribution.unlearning import UnlearningRetriever
 
-if TYPE_CHECKING:  # only a type here: the session module builds through this registry
-    from attribution.session import AttributionSession
+
+class Sources(Protocol):
+    """What a method's builder reads (``attribution.session.AttributionSession`` is one): the session's parts."""
+
+    encoder: GradientEncoder
+    texts: Any
+    metadata: list[dict]
+    config: AttributionConfig
+    builders: dict[Method, Callable[[], Retriever]]
+
+    @property
+    def gradient(self) -> GradientRetriever: ...
+
+    def retriever(self, method: Method | str) -> Retriever: ...
 
 
 @dataclass(frozen=True)
@@ -43,17 +57,17 @@ class MethodSpec:
     weights, restoring them before the query returns)."""
     takes_controls: bool
     """Control prompts change the answer (a contrastive query, the unlearning correction)."""
-    build: Callable[[AttributionSession], Retriever]
+    build: Callable[[Sources], Retriever]
     """The session's retriever for it (built on first use)."""
     options: tuple[str, ...] = ()
     """Per-query settings only this method takes (request fields of these names)."""
     variants: tuple[Variant, ...] = field(default=())
 
 
-def stored(method: Method) -> Callable[[AttributionSession], Retriever]:
+def stored(method: Method) -> Callable[[Sources], Retriever]:
     """A retriever the index (or the in-memory session) provides: the session's builder for it."""
 
-    def build(session: AttributionSession) -> Retriever:
+    def build(session: Sources) -> Retriever:
         builder = session.builders.get(method)
         if builder is None:
             raise ConfigError(f"this session has no {method.value} retriever (its index was built without one)")
@@ -62,13 +76,13 @@ def stored(method: Method) -> Callable[[AttributionSession], Retriever]:
     return build
 
 
-def hybrid(session: AttributionSession) -> Retriever:
+def hybrid(session: Sources) -> Retriever:
     scoring = session.config.scoring
     return HybridRetriever(session.gradient, session.retriever(Method.BM25), session.retriever(Method.EMBEDDING),
                            candidates=scoring.hybrid_candidates, fusion=scoring.hybrid_fusion)
 
 
-def unlearning(session: AttributionSession) -> Retriever:
+def unlearning(session: Sources) -> Retriever:
     return UnlearningRetriever(session.encoder, session.texts, session.metadata, session.retriever,
                                session.config.unlearning)
 

@@ -90,7 +90,7 @@ def test_index_info_shape(server: str) -> None:
     info = httpx.get(f"{server}/v1/index").json()
     assert info.keys() == {"build", "model", "revisions", "examples", "data", "projection", "preconditioner",
                            "embedding_model", "created", "subsets", "steps", "default_query", "default_method",
-                           "default_method_reason", "unlearning_cost"}
+                           "default_method_reason", "unlearning_cost", "methods"}
     # 192 short rows, every one re-scored by an unlearning query: auto's estimate is far under 30 s
     assert info["default_method"] == "unlearning"
     assert info["default_method_reason"].startswith("auto: an unlearning query re-scores up to 192 rows")
@@ -119,7 +119,7 @@ def test_index_info_shape(server: str) -> None:
         ({**QUERY, "k": True}, 422, "body.k: Input should be a valid integer"),
         ({**QUERY, "k": 3.0}, 422, "body.k: Input should be a valid integer"),
         ({**QUERY, "method": "bm25", "controls": ["Marek Holloway was born in"]}, 422,
-         "method bm25 ignores control prompts; drop them or use gradient, hybrid"),
+         "method bm25 ignores control prompts; drop them or use unlearning, gradient, hybrid"),
         ({**QUERY, "filters": {"pile_set_name": "planted facts"}}, 422,
          "unknown pile_set_name 'planted facts' (did you mean 'Planted Facts'?); this index holds 'Bible (KJV)', "
          "'Gutenberg (PG-19)', 'Planted Facts', 'Python Docs'"),
