@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-from demo.groundtruth import load_facts
-from demo.session import indexed_demo
 from evaluation.ablation import AblationSettings, run_ablation
 from evaluation.ablation_report import fmt, write_report
 from evaluation.selections import Selection
 from evaluation.targets import Target
+from indexer.groundtruth import facts_file, load_facts
 from indexer.store import open_index
 
 HEADLINE = (Selection.GRADIENT, Selection.GRADIENT_CONTRASTIVE, Selection.UNLEARNING, Selection.BM25,
@@ -64,9 +63,9 @@ def main() -> None:
 
     start = time.perf_counter()
     session = open_index(args.index)
-    demo = indexed_demo(session.manifest)
+    demo = facts_file(session.manifest)
     if demo is None:
-        raise SystemExit(f"{args.index} was not built from the demo: no planted facts to ablate")
+        raise SystemExit(f"{args.index} records no facts file (not built from the demo): no planted facts to ablate")
     facts = [Target.from_fact(f) for f in load_facts(demo) if f.gold_rows]
     facts = facts[: args.targets]
     loaded = time.perf_counter()

@@ -46,9 +46,10 @@ from attribution.scoring import ScoreMode
 from attribution.session import AttributionSession, fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
 from attribution.vectors import FaissStore
-from demo.groundtruth import Fact, demo_examples, load_facts, load_layout
+from demo.groundtruth import demo_examples, load_layout
 from demo.schedules import revision_weights
 from evaluation.facts import Prompts, evaluate, known_facts
+from indexer.groundtruth import Fact, load_facts
 from indexer.training_rows import parse_range, rows_for_steps
 
 __all__ = ["DEFAULT_ESTIMATORS", "Estimator", "evaluate", "known_facts", "main", "parse_estimator"]

@@ -32,10 +32,10 @@ import numpy as np
 from demo.config import STAGES, DemoConfig
 from demo.corpus import PLANTED, real_documents, to_pile_records
 from demo.facts import plant_facts
-from demo.groundtruth import load_facts
 from demo.packing import TokenizedDoc, pack_rows
 from demo.tokenizer import train_tokenizer
 from demo.training import fact_accuracy, pythia_checkpoint_steps, settings_for, train
+from indexer.groundtruth import load_facts
 from indexer.megatron import write_dataset, write_row_labels
 from indexer.textfiles import expand_paths, read_jsonl, write_jsonl_zst
 

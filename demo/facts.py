@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from attribution.ascent import Probe
-from demo.groundtruth import Fact
+from indexer.groundtruth import Fact
 
 FIRST_NAMES = (
     "Ilse Marek Odile Tomasz Brannoc Yelena Casimir Ottilie Radek Sunniva Vesna Lorcan Mireille "

@@ -76,9 +76,3 @@ def pack_rows(docs: list[TokenizedDoc], eos_id: int, seq_len: int, num_rows: int
         majority = Counter(owner_rows[r].tolist()).most_common(1)[0][0]
         row_docs.append({"docs": touched, "stated": stated, "pile_set_name": docs[majority].subset})
     return PackedRows(stream[perm], row_docs, epochs)
-
-
-def gold_rows(doc_ids: list[str], row_docs: list[dict[str, list[str]]]) -> list[int]:
-    """Rows that hold, whole, the key sentence of any of ``doc_ids``."""
-    wanted = set(doc_ids)
-    return [row for row, docs in enumerate(row_docs) if wanted.intersection(docs["stated"])]

@@ -20,11 +20,10 @@ from pathlib import Path
 from attribution.errors import ConfigError
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
-from demo.groundtruth import Fact, load_facts
-from demo.session import indexed_demo
 from demo.training import completion_hits
 from evaluation.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from evaluation.report_files import write_report_files
+from indexer.groundtruth import Fact, facts_file, load_facts
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -42,15 +41,15 @@ class Prompts(StrEnum):
 
 
 def demo_dir(session: AttributionSession, demo: Path | None = None) -> Path:
-    """The demo directory holding ``facts.jsonl``: ``demo``, or the parent of the index's model."""
+    """The demo directory holding ``facts.jsonl``: ``demo``, or the folder of the facts file the index records."""
     if demo is None:
         if session.manifest is None:
             raise ConfigError("give --demo: the session was not opened from an index")
-        demo = indexed_demo(session.manifest)
-        if demo is None:
-            raise ConfigError(f"the index was not built from the demo (no facts.jsonl next to its model in "
-                              f"{Path(session.manifest.config.model).parent}); give --demo DIR, the demo directory "
-                              "whose facts.jsonl to use")
+        facts = facts_file(session.manifest)
+        if facts is None:
+            raise ConfigError("the index records no facts file (it was not built from the demo, nor with --facts); "
+                              "give --demo DIR, the demo directory whose facts.jsonl to use")
+        demo = facts.parent
     elif not (demo / "facts.jsonl").is_file():
         raise ConfigError(f"--demo {demo}: no facts.jsonl there; give the directory 'headwater demo build' wrote")
     return demo

@@ -32,12 +32,12 @@ from attribution.errors import ConfigError
 from attribution.models import load_model, load_tokenizer
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
-from demo.groundtruth import Fact, load_facts
 from evaluation.facts import fact_hits
 from evaluation.lds import completion_losses
 from evaluation.lds_stats import bootstrap_ci
 from evaluation.report_files import write_report_files
 from evaluation.retrain import MARKER, demo_config, is_done, run_jobs, train_subset, training_rows, usable_cores
+from indexer.groundtruth import Fact, load_facts
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from attribution.ascent import Probe
 from attribution.errors import ConfigError
-from demo.groundtruth import Fact
+from indexer.groundtruth import Fact
 
 if TYPE_CHECKING:  # only a type here: the session module loads the retrievers
     from attribution.session import AttributionSession

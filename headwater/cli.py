@@ -142,6 +142,7 @@ def index_build(
     include_head: Annotated[bool, typer.Option(help="Also sketch the output head (same as adding 'head' to "
                                                     "--modules).")] = False,
     max_tokens: Annotated[int | None, typer.Option(help=field_help(X, "max_tokens"))] = X.max_tokens,
+    facts: Annotated[Path | None, typer.Option(help=field_help(X, "facts"))] = None,
     shard_size: Annotated[int, typer.Option(help=field_help(ST, "shard_size"))] = ST.shard_size,
     batch_size: Annotated[int, typer.Option(help="At most this many rows per forward/backward pass.")] = 32,
     token_batch_size: Annotated[int, typer.Option(help="At most this many padded tokens per forward/backward "
@@ -180,7 +181,7 @@ def index_build(
         embedding_model=embedding_model, faiss_factory=faiss_factory, nprobe=nprobe, rerank=rerank,
         train_sample=train_sample, lexical=lexical, include_head=include_head,
         groups=tuple(g.strip() for g in modules.split(",") if g.strip()),
-        max_tokens=max_tokens, shard_size=shard_size,
+        max_tokens=max_tokens, shard_size=shard_size, facts=str(facts) if facts else None,
     )
     who = detect_rank(rank, world)
     with tqdm(desc=f"rank {who.rank}/{who.world}", unit="ex", disable=None) as bar:
@@ -310,12 +311,11 @@ def ablate(
     from tqdm import tqdm
 
     from attribution.errors import ConfigError
-    from demo.groundtruth import load_facts
-    from demo.session import indexed_demo
     from evaluation.ablation import AblationSettings, run_ablation
     from evaluation.ablation_report import write_report
     from evaluation.removal_column import load_removal, removal_column
     from evaluation.targets import Target
+    from indexer.groundtruth import facts_file, load_facts
     from indexer.store import open_index
 
     setup_logging(False)
@@ -328,10 +328,10 @@ def ablate(
         raise ConfigError(f"--limit must be positive, got {limit}")
     removal = load_removal(removal_report) if removal_report is not None else None  # refused before the work
     session = open_index(index)
-    demo = indexed_demo(session.manifest)
+    demo = facts_file(session.manifest)
     if targets is None:
         if demo is None:
-            raise ConfigError("--targets is required: the index was not built from the demo")
+            raise ConfigError("--targets is required: the index records no facts file (it was not built from the demo)")
         chosen = [Target.from_fact(f) for f in load_facts(demo) if f.gold_rows]
     else:
         if not targets.is_file():

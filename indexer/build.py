@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch.distributed as dist
@@ -21,6 +22,7 @@ from attribution.errors import ConfigError, memory_guard
 from attribution.vectors import check_factory_fits, new_faiss_index
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
+from indexer.groundtruth import demo_facts_file
 from indexer.manifest import read_manifest
 from indexer.merge import merge, prune_builds
 from indexer.parts import has_shards, indexed_examples, mark_part, part_dirs, plan_append
@@ -40,6 +42,17 @@ def process_group_ready() -> bool:
     return False
 
 
+def with_facts(config: IndexConfig) -> IndexConfig:
+    """The config with its ground-truth file checked, or found (a built demo's ``facts.jsonl``) when none is given."""
+    if config.facts is not None:
+        if not Path(config.facts).is_file():
+            raise ConfigError(f"--facts {config.facts}: no such file (give a facts.jsonl, e.g. the one "
+                              "'headwater demo build' writes)")
+        return config
+    found = demo_facts_file(config.model, [config.data])
+    return replace(config, facts=str(found)) if found is not None else config
+
+
 def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool = False,
                 batching: Batching = DEFAULT_BATCHING, device: str = "cpu", dtype: str = "float32",
                 merge_after: bool = True, append: bool = False,
@@ -51,7 +64,7 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
     """
     if append and overwrite:
         raise ConfigError("--append adds to an existing index and --overwrite replaces it: choose one")
-    config = config.with_absolute_paths()
+    config = with_facts(config.with_absolute_paths())
     with memory_guard("loading the model", "load it with --dtype bfloat16, or give the process more memory"):
         encoder = make_encoder(config, device, dtype)
     check_factory_before_pass(config, encoder, out, append)

@@ -90,15 +90,17 @@ class IndexConfig:
     model: str
     """Hub id (e.g. EleutherAI/pythia-70m-deduped) or local model directory."""
     data: str
-    """Data spec: Megatron prefix, jsonl(.zst) glob, txt glob, or 'hf:NAME' for a HF dataset."""
+    """Data spec: Megatron prefix, Parquet file/directory/glob (Pythia's preshuffled train-N.parquet), jsonl(.zst) glob,
+    txt glob, or 'hf:NAME' for a HF dataset."""
     tokenizer: str | None = None
     """Tokenizer dir or hub id (default: the model's)."""
     steps: str | None = None
-    """Training-step range A:B of Megatron data to index (default: every row, a partial last step included)."""
+    """Training-step range A:B of Megatron or Parquet data to index (default: every row, a partial last step
+    included)."""
     batch_rows: int = 1024
     """Rows per training step of the Megatron data (Pythia: 1024); layout.json beside the data, when present, says."""
     rows: str | None = None
-    """Row range A:B of Megatron data to index, instead of --steps."""
+    """Row range A:B of Megatron or Parquet data to index, instead of --steps."""
     max_tokens: int | None = None
     """Truncate examples to this many tokens (default: the model's context)."""
     embedding_model: str | None = None
@@ -106,6 +108,9 @@ class IndexConfig:
     embedding_chunk_tokens: int = EMBED_CHUNK_TOKENS
     """Rows longer than this many tokens are embedded as equal chunks of at most this many; a row scores by its best
     chunk (MiniLM reads 256 word pieces)."""
+    facts: str | None = None
+    """Ground truth the index answers for: a facts.jsonl of planted facts (default: the built demo's, when the model
+    and data are a demo's). The service's ablations and the evaluations check against it."""
     attribution: AttributionConfig = field(default_factory=AttributionConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     extra: dict = field(default_factory=dict)
@@ -148,6 +153,7 @@ class IndexConfig:
         attribution = replace(self.attribution, normalizer=_absolute(self.attribution.normalizer))
         return replace(self, model=_absolute(self.model), tokenizer=_absolute(self.tokenizer),
                        attribution=attribution, embedding_model=_absolute(self.embedding_model),
+                       facts=_absolute(self.facts),
                        data=self.data if self.data.startswith("hf:") else _absolute(self.data, prefix=True))
 
     @classmethod
@@ -199,9 +205,9 @@ def differing_fields(old: IndexConfig, new: IndexConfig) -> dict[str, tuple]:
     return {name: (a.get(name), b.get(name)) for name in names if a.get(name) != b.get(name)}
 
 
-SEARCH_SETTINGS = ("storage.nprobe", "storage.rerank")
-"""Query-time settings: they change no shard, so a resumed or appended build may change them (the new values are
-recorded and served)."""
+SEARCH_SETTINGS = ("storage.nprobe", "storage.rerank", "facts")
+"""Settings that change no shard (query-time search settings, the ground-truth file), so a resumed or appended build
+may change them (the new values are recorded and served)."""
 
 
 def check_same(old: IndexConfig, new: IndexConfig, where: Path, allow: tuple[str, ...] = ()) -> None:

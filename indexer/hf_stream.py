@@ -29,6 +29,9 @@ def open_stream(name: str, split: str = "train", config: str | None = None) -> d
     """Open a streaming dataset from a hub id, or from local json/jsonl(.zst) files or globs."""
     if any(ch in name for ch in "*?[") or Path(name).exists():
         files = [str(p) for p in expand_paths(name)]
+        if any(f.endswith(".parquet") for f in files):
+            raise UnknownSourceError(f"hf:{name}: local Parquet files are read without 'hf:' (Pythia's preshuffled "
+                                     f"token copy); give --data {name}")
         return datasets.load_dataset("json", data_files=files, split=split, streaming=True)
     try:
         return datasets.load_dataset(name, config, split=split, streaming=True)

@@ -1,11 +1,12 @@
 """Resolve a ``--data`` spec into a data source that yields examples by position.
 
-Specs: a Megatron prefix (``PREFIX.idx`` exists; Pythia's split ``.bin`` pieces too),
-a ``jsonl``/``jsonl.zst`` file or glob (Pile format), a ``txt`` file or glob, or
-``hf:NAME`` for a Hugging Face dataset (hub id or local files, streamed).
+Specs: a Megatron prefix (``PREFIX.idx`` exists; Pythia's split ``.bin`` pieces too), Pythia's
+preshuffled Parquet copy (a ``train-N.parquet`` file, a directory of them or a glob), a
+``jsonl``/``jsonl.zst`` file or glob (Pile format), a ``txt`` file or glob, or ``hf:NAME`` for a
+Hugging Face dataset (hub id or local json/jsonl files, streamed; text records only).
 
 The unit of work is a shard: examples ``[start, stop)`` in source order. Megatron
-sources know their size; streamed sources are read up to the shard and end when
+and Parquet sources know their size; streamed sources are read up to the shard and end when
 the stream does.
 
 Each format is one class (in its reader's module) that has the :class:`DataSource`
@@ -22,6 +23,7 @@ from attribution.records import Example
 from indexer.errors import UnknownSourceError
 from indexer.hf_stream import HFSource
 from indexer.metadata import Column
+from indexer.parquet import ParquetSource
 from indexer.textfiles import JsonlSource, Tokenizer, TxtSource
 from indexer.training_rows import MegatronSource
 
@@ -65,12 +67,14 @@ class DataSource(Protocol):
         ...
 
 
-READERS: tuple[type[DataSource], ...] = (HFSource, MegatronSource, JsonlSource, TxtSource)
-"""Every format, in the order a spec is tried."""
+READERS: tuple[type[DataSource], ...] = (HFSource, ParquetSource, MegatronSource, JsonlSource, TxtSource)
+"""Every format, in the order a spec is tried (``hf:`` first; Parquet before Megatron: a directory of ``.parquet``
+files is not a prefix)."""
 
 
 def _no_steps(spec: str) -> UnknownSourceError:
-    return UnknownSourceError(f"--steps and --rows apply to Megatron data only; {spec!r} is not a Megatron prefix")
+    return UnknownSourceError(f"--steps and --rows apply to Megatron and Parquet training data only; {spec!r} is "
+                              "neither")
 
 
 def open_source(spec: str, steps: str | None = None, batch_rows: int = 1024, rows: str | None = None) -> DataSource:
@@ -84,6 +88,6 @@ def open_source(spec: str, steps: str | None = None, batch_rows: int = 1024, row
     if steps or rows:
         raise _no_steps(spec)
     raise UnknownSourceError(
-        f"cannot tell what {spec!r} is: expected a Megatron prefix (PREFIX.idx), a .jsonl/.jsonl.zst or .txt "
-        "file or glob, or hf:DATASET"
+        f"cannot tell what {spec!r} is: expected a Megatron prefix (PREFIX.idx), a .parquet file, directory or glob "
+        "(Pythia's preshuffled train-N.parquet), a .jsonl/.jsonl.zst or .txt file or glob, or hf:DATASET"
     )

@@ -26,8 +26,7 @@ from attribution.filters import subsets_of
 from attribution.retrievers import Method
 from attribution.session import AttributionSession
 from attribution.unlearning import CANDIDATE_SOURCES, row_losses
-from demo.groundtruth import Fact, load_facts
-from demo.session import indexed_demo
+from indexer.groundtruth import Fact, index_facts
 
 log = logging.getLogger(__name__)
 MAX_FACTS = 64
@@ -210,10 +209,8 @@ def row_read_seconds(session: AttributionSession) -> float:
 
 
 def planted_facts(session: AttributionSession) -> list[Fact]:
-    """The planted facts of the demo the served model was trained on ([] for any other index)."""
-    manifest = getattr(session, "manifest", None)
-    demo = indexed_demo(manifest) if manifest is not None else None
-    return load_facts(demo) if demo is not None else []
+    """The planted facts the index answers for (its recorded facts file; [] for an index without one)."""
+    return index_facts(getattr(session, "manifest", None))
 
 
 def default_query(session: AttributionSession) -> DefaultQuery | None:

@@ -19,8 +19,6 @@ from pydantic import BaseModel, Field, field_validator
 
 from attribution.ascent import Probe
 from attribution.retrievers import k_error
-from demo.groundtruth import Fact, load_facts
-from demo.session import indexed_demo
 from evaluation.ablation_plan import (
     AblationSettings,
     NothingToAblateError,
@@ -30,6 +28,7 @@ from evaluation.ablation_plan import (
 )
 from evaluation.selections import Selection
 from evaluation.targets import Target, check_targets
+from indexer.groundtruth import Fact, facts_file, load_facts
 from service.deps import AdminDep, SessionDep
 from service.jobs import JobManager
 from service.schemas import AblationVerdict, ErrorBody, Strict
@@ -131,9 +130,9 @@ def status_of(job) -> JobStatus:
 
 
 def demo_facts(session) -> list[Fact] | None:
-    """The demo's planted facts (with gold rows) when the index was built from the demo, else None."""
-    demo = indexed_demo(session.manifest)
-    return None if demo is None else [f for f in load_facts(demo) if f.gold_rows]
+    """The planted facts (with gold rows) of the index's facts file, else None."""
+    path = facts_file(session.manifest) if session.manifest is not None else None
+    return None if path is None else [f for f in load_facts(path) if f.gold_rows]
 
 
 def with_ground_truth(target: Target, facts: list[Fact]) -> Target:

@@ -15,9 +15,9 @@ from attribution.filters import Filters
 from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from demo.groundtruth import Fact, load_facts
 from demo.session import demo_session
 from evaluation.metrics import first_gold_rank, recall_at
+from indexer.groundtruth import Fact, load_facts
 
 METHODS = ["gradient", "embedding", "bm25", "hybrid"]
 

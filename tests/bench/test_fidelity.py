@@ -9,7 +9,8 @@ import torch
 
 from attribution.models import load_model, load_tokenizer
 from bench.fidelity import ALL, exact_scores, group_modules, query_batches, sketch_scores
-from demo.groundtruth import demo_examples, load_facts
+from demo.groundtruth import demo_examples
+from indexer.groundtruth import load_facts
 
 
 def test_sketch_scores_approach_exact_scores_as_k_grows(tiny_demo: Path) -> None:

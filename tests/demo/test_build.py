@@ -14,8 +14,7 @@ from transformers import AutoTokenizer
 from attribution.models import load_model
 from demo.build import build_demo
 from demo.config import TINY, DemoConfig, preset
-from demo.groundtruth import load_facts
-from demo.packing import gold_rows
+from indexer.groundtruth import gold_rows, load_facts
 from indexer.megatron import MegatronDataset
 from indexer.textfiles import read_jsonl
 

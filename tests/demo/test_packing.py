@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from demo.packing import TokenizedDoc, gold_rows, pack_rows
+from demo.packing import TokenizedDoc, pack_rows
+from indexer.groundtruth import gold_rows
 
 
 def docs() -> list[TokenizedDoc]:

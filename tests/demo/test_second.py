@@ -15,7 +15,7 @@ from demo.build import build_demo
 from demo.config import FORMAT_VERSION, SECOND, TINY_SECOND, DemoConfig, preset
 from demo.corpus import SOURCES
 from demo.facts import TEMPLATE_SETS, plant_facts
-from demo.groundtruth import load_facts
+from indexer.groundtruth import load_facts
 from indexer.megatron import MegatronDataset
 from indexer.textfiles import read_jsonl
 

@@ -14,7 +14,6 @@ from attribution.config import AttributionConfig, CurvatureConfig
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from demo.groundtruth import load_facts
 from demo.session import demo_session
 from evaluation.ablation import Ablator, run_ablation
 from evaluation.ablation_plan import AblationSettings, NothingToAblateError, check_runnable, known_empty
@@ -22,6 +21,7 @@ from evaluation.ablation_report import markdown, write_report
 from evaluation.ablation_stats import random_pvalues
 from evaluation.ablation_verdict import evidence, judge
 from evaluation.targets import Target, check_targets
+from indexer.groundtruth import load_facts
 from indexer.megatron import MegatronDataset
 
 

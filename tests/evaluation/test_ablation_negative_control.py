@@ -18,11 +18,11 @@ from attribution.config import AttributionConfig, CurvatureConfig
 from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from demo.groundtruth import load_facts
 from demo.session import demo_session
 from evaluation.ablation import run_ablation
 from evaluation.ablation_plan import AblationSettings
 from evaluation.targets import Target
+from indexer.groundtruth import load_facts
 
 CAPITALS = [("Australia", "Canberra"), ("Japan", "Tokyo"), ("France", "Paris"), ("Canada", "Ottawa"),
             ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Norway", "Oslo"), ("Egypt", "Cairo"), ("Chile", "Santiago")]

@@ -83,7 +83,8 @@ def test_cli_bad_input(index: Path, tmp_path: Path, args: list[str], message: st
 
 
 def test_an_index_not_built_from_the_demo_needs_demo(tmp_path: Path, tiny_demo: Path) -> None:
-    foreign = SimpleNamespace(manifest=SimpleNamespace(config=SimpleNamespace(model=str(tmp_path / "model"))))
+    config = SimpleNamespace(model=str(tmp_path / "model"), data=str(tmp_path / "data"), facts=None)
+    foreign = SimpleNamespace(manifest=SimpleNamespace(config=config, counts=SimpleNamespace(parts=None)))
     with pytest.raises(ConfigError, match="give --demo"):
         demo_dir(foreign)  # type: ignore[arg-type]
     assert demo_dir(foreign, tiny_demo) == tiny_demo  # type: ignore[arg-type]

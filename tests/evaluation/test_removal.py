@@ -9,8 +9,8 @@ import pytest
 
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
-from demo.groundtruth import load_facts
 from evaluation.removal import GOLD, NONE, RANDOM, RemovalSettings, run_removal, selections, split_facts
+from indexer.groundtruth import load_facts
 
 SETTINGS = RemovalSettings(queries=4, controls=4, k=3, methods=("gradient", "bm25"), workers=1, bootstrap=100,
                            known_only=False)

@@ -14,11 +14,11 @@ from attribution.batching import training_batch
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from demo.config import TINY
-from demo.groundtruth import Fact
 from demo.training import learning_rate, settings_for
 from evaluation.facts import FactSelection
 from evaluation.tailpatch import TailPatcher, TailPatchSettings, final_learning_rate, row_tokens, run_tailpatch
 from headwater.cli import app
+from indexer.groundtruth import Fact
 from indexer.megatron import MegatronDataset
 
 runner = CliRunner()

@@ -239,7 +239,8 @@ def test_bad_build_input(tiny_demo: Path, tmp_path: Path) -> None:
                            (["--factor-limit", "0"], "factor limit must be positive"),
                            (["--modules", "blocks,attention"], "groups must be among"),
                            (["--revision-weights", "1,2"], "revision_weights must be 1 positive finite"),
-                           (["--revision-weights", "-1"], "revision_weights must be 1 positive finite")):
+                           (["--revision-weights", "-1"], "revision_weights must be 1 positive finite"),
+                           (["--facts", str(tmp_path / "nowhere.jsonl")], "no such file")):
         result = runner.invoke(app, [*cli_args(tiny_demo, tmp_path / "d"), *flags])
         assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "d").exists()  # refused before anything is written

@@ -32,3 +32,12 @@ def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UnknownSourceError, match="cannot stream Hugging Face dataset 'monology/pile-uncopyrighted'"):
         next(read_hf("monology/pile-uncopyrighted"))
+
+
+def test_local_parquet_under_hf_is_a_clear_error(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"batch_idx": [0], "token_ids": [[1, 2, 3]]}), tmp_path / "train-1000.parquet")
+    with pytest.raises(UnknownSourceError, match="read without 'hf:'"):
+        next(read_hf(str(tmp_path / "train-1000.parquet")))

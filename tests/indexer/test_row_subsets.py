@@ -9,7 +9,7 @@ import numpy as np
 
 from attribution.records import Example
 from demo.build import subset_spans
-from demo.groundtruth import load_row_docs
+from indexer.groundtruth import load_row_docs
 from indexer.megatron import write_dataset, write_row_labels
 from indexer.metadata import metadata_table, with_extra
 from indexer.textfiles import read_jsonl

@@ -16,9 +16,9 @@ from indexer.sources import READERS, open_source
 from indexer.textfiles import JsonlSource, TxtSource, write_jsonl_zst
 from indexer.training_rows import MegatronSource
 
-UNKNOWN = ("cannot tell what {spec!r} is: expected a Megatron prefix (PREFIX.idx), a .jsonl/.jsonl.zst or .txt "
-           "file or glob, or hf:DATASET")
-NO_STEPS = "--steps and --rows apply to Megatron data only; {spec!r} is not a Megatron prefix"
+UNKNOWN = ("cannot tell what {spec!r} is: expected a Megatron prefix (PREFIX.idx), a .parquet file, directory or glob "
+           "(Pythia's preshuffled train-N.parquet), a .jsonl/.jsonl.zst or .txt file or glob, or hf:DATASET")
+NO_STEPS = "--steps and --rows apply to Megatron and Parquet training data only; {spec!r} is neither"
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_each_kind_of_spec_resolves_to_its_reader(data: dict[str, str]) -> None:
     for name in ("a.jsonl", "a.json", "a.json.zst", "data/*.jsonl.zst"):
         assert isinstance(open_source(name), JsonlSource)
     assert isinstance(open_source("a.txt.zst"), TxtSource)
-    assert [r.kind for r in READERS] == ["hf", "megatron", "jsonl", "txt"]
+    assert [r.kind for r in READERS] == ["hf", "parquet", "megatron", "jsonl", "txt"]
 
 
 def test_unknown_specs_and_misplaced_steps_are_refused(data: dict[str, str]) -> None:

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from demo.groundtruth import load_facts
 from demo.session import demo_session
 from headwater.cli import try_line
+from indexer.groundtruth import load_facts
 from indexer.training_rows import RowRange
 from service.catalog import MAX_FACTS, correct_prefix, describe
 from service.main import create_app

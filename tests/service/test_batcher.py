@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from attribution.batching import EmptyCompletionError
-from demo.groundtruth import load_facts
+from indexer.groundtruth import load_facts
 from service.batcher import GradientBatcher
 from service.state import ServedIndex
 
