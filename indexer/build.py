@@ -19,7 +19,7 @@ import torch.distributed as dist
 from attribution.batching import DEFAULT_BATCHING, Batching
 from attribution.embeddings import TextEmbedder
 from attribution.errors import ConfigError, memory_guard
-from attribution.vectors import check_factory_fits, new_faiss_index
+from attribution.stores import STORES
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError
 from indexer.groundtruth import demo_facts_file
@@ -130,16 +130,17 @@ def check_factory_before_pass(config: IndexConfig, encoder, out: Path, append: b
     """Refuse a FAISS factory that cannot index these vectors now, not after the sketch pass: one FAISS refuses
     outright, or one that cannot train on the rows the source holds (streams, whose size is unknown, are checked
     at the merge, before it writes anything)."""
-    factory = config.storage.faiss_factory
-    if factory == "Flat":
+    storage = config.storage
+    store = STORES[storage.store]
+    store.check(storage.faiss_factory, encoder.dim, None, storage.search())
+    if storage.faiss_factory == "Flat":
         return
-    new_faiss_index(factory, encoder.dim)
     rows = open_source(config.data, config.steps, config.batch_rows, config.rows).count
     if rows is None:
         return
     if append:
         rows += indexed_examples(out)
-    check_factory_fits(factory, encoder.dim, rows * (window_count(encoder, config) or 1), config.storage.search())
+    store.check(storage.faiss_factory, encoder.dim, rows * (window_count(encoder, config) or 1), storage.search())
 
 
 def up_to_date(out: Path) -> bool:

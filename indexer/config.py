@@ -11,6 +11,7 @@ from attribution.embeddings import EMBED_CHUNK_TOKENS
 from attribution.errors import ConfigError
 from attribution.kinds import SketchConfig
 from attribution.lexical import LexicalEngine
+from attribution.stores import StoreKind, store_kind
 from attribution.vectors import SearchSettings
 
 
@@ -22,6 +23,9 @@ class IndexMismatchError(ConfigError):
 class StorageConfig:
     """How an index is stored."""
 
+    store: StoreKind = StoreKind.FAISS
+    """How the gradient vectors are searched: faiss (a FAISS index, --faiss-factory), memmap (no index: every row
+    scored exactly from the memory-mapped vectors) or faiss-gpu (the FAISS index on the GPUs)."""
     faiss_factory: str = "Flat"
     """FAISS index_factory string, e.g. Flat or IVF64,PQ16; anything but Flat is re-ranked exactly from stored
     vectors."""
@@ -39,6 +43,7 @@ class StorageConfig:
     tantivy (on disk, texts streamed shard by shard: for 10^7 rows and more)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "store", store_kind(self.store))
         try:
             object.__setattr__(self, "lexical", LexicalEngine(self.lexical))
         except ValueError:
@@ -72,6 +77,7 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     "window": ("attribution", "window"),
     "normalizer": ("attribution", "normalizer"),
     "revision_weights": ("attribution", "revision_weights"),
+    "store": ("storage", "store"),
     "faiss_factory": ("storage", "faiss_factory"),
     "nprobe": ("storage", "nprobe"),
     "train_sample": ("storage", "train_sample"),

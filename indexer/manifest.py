@@ -46,7 +46,6 @@ def files_of(build: Path) -> dict[str, dict]:
     return listing
 
 
-GRADIENT_INDEX = "gradient.faiss"
 EMBEDDING_INDEX = "embedding.faiss"
 VECTORS = "vectors.npy"
 EMBEDDINGS = "embeddings.npy"

@@ -33,14 +33,13 @@ from attribution.curvature import fit_curvature, is_prefit, load_statistics, new
 from attribution.encoder import GradientEncoder
 from attribution.errors import memory_guard
 from attribution.lexical import Bm25sIndex, LexicalEngine, TantivyWriter
-from attribution.vectors import FaissStore, build_faiss_index, check_factory_fits
+from attribution.stores import STORES
 from indexer.config import IndexConfig
 from indexer.errors import CorruptShardError, IndexWriteError
 from indexer.manifest import (
     BM25_DIR,
     EMBEDDING_INDEX,
     EMBEDDINGS,
-    GRADIENT_INDEX,
     METADATA_DB,
     VECTORS,
     Counts,
@@ -191,7 +190,8 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
     if len(np.unique(ids)) != len(ids) or not np.all(np.diff(ids) > 0):
         raise CorruptShardError(f"{out}: example ids are duplicated or out of order across shards; rebuild")
     windows = load_shard_array(shards[0], "sketch-0.npy").shape[1] if config.attribution.window else 1
-    check_factory_fits(config.storage.faiss_factory, encoder.dim, len(ids) * windows, config.storage.search())
+    storage = config.storage
+    STORES[storage.store].check(storage.faiss_factory, encoder.dim, len(ids) * windows, storage.search())
     with merge_lock(out) as locked:
         if locked:  # without a lock another merge may own a temporary: leave them
             remove_stale_temporaries(out)
@@ -235,11 +235,10 @@ def write_build(tmp: Path, out: Path, encoder: GradientEncoder, config: IndexCon
         if ckpt.preconditioner is not None:
             ckpt.preconditioner.save(tmp / curvature_file(c))
     vectors = write_vectors(encoder, shards, tmp)
-    with memory_guard("building the FAISS index", f"lower --train-sample, use a compressed --faiss-factory "
-                      f"(IVF…,PQ…), or give the process more memory; {KEPT}"):
-        gradient_index, recall = build_faiss_index(vectors, config.storage.faiss_factory,
-                                                  settings=config.storage.search())
-        FaissStore(vectors, gradient_index).save_index(tmp / GRADIENT_INDEX)
+    storage = config.storage
+    with memory_guard(f"building the {storage.store.value} vector store", f"lower --train-sample, use a compressed "
+                      f"--faiss-factory (IVF…,PQ…) or --store memmap, or give the process more memory; {KEPT}"):
+        recall = STORES[storage.store].build(vectors, storage.faiss_factory, storage.search(), tmp)
         write_embeddings(shards, tmp)
     with memory_guard("building the BM25 index", f"use --lexical tantivy (texts streamed to disk), or give the "
                       f"process more memory; {KEPT}"):

@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from attribution.curvature import load_curvature
 from attribution.embeddings import TextEmbedder
 from attribution.errors import memory_guard
 from attribution.retrievers import BM25Retriever, EmbeddingRetriever, GradientRetriever, Method
 from attribution.session import AttributionSession
+from attribution.stores import STORES
 from attribution.vectors import FaissStore
 from indexer.config import IndexMismatchError
 from indexer.manifest import (
     BM25_DIR,
     EMBEDDING_INDEX,
     EMBEDDINGS,
-    GRADIENT_INDEX,
     METADATA_DB,
     VECTORS,
     check_weights,
@@ -55,7 +57,8 @@ def _open_index(path: Path, device: str) -> AttributionSession:
         ckpt.preconditioner = load_curvature(build / curvature_file(c))
     texts = DuckTexts(build / METADATA_DB)
     ids, metadata = load_metadata(texts.cursor())
-    store = FaissStore.open(build / GRADIENT_INDEX, build / VECTORS, manifest.config.storage.search())
+    storage = config.storage
+    store = STORES[storage.store].open(build, np.load(build / VECTORS, mmap_mode="r"), storage.search())
     gradient = GradientRetriever(encoder, store, metadata, config.attribution.window)
 
     def embedding() -> EmbeddingRetriever:
