@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from attribution.errors import ConfigError
 
 
@@ -36,20 +34,3 @@ def subsets_of(meta: dict) -> list[str]:
     if names:
         return list(names)
     return [meta["pile_set_name"]] if meta.get("pile_set_name") is not None else []
-
-
-def allowed_rows(metadata: list[dict], filters: Filters | None) -> np.ndarray | None:
-    """Row positions that pass the filters; ``None`` when nothing is filtered."""
-    if filters is None or filters.empty:
-        return None
-    keep = []
-    for row, meta in enumerate(metadata):
-        if filters.pile_set_name is not None and filters.pile_set_name not in subsets_of(meta):
-            continue
-        step = meta.get("step")
-        if filters.step_min is not None and (step is None or step < filters.step_min):
-            continue
-        if filters.step_max is not None and (step is None or step > filters.step_max):
-            continue
-        keep.append(row)
-    return np.asarray(keep, dtype="int64")

@@ -19,6 +19,7 @@ from attribution.config import AttributionConfig
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
 from attribution.retrievers import GradientRetriever, HybridRetriever, Method, Retriever
+from attribution.rows import RowTable
 from attribution.unlearning import UnlearningRetriever
 
 
@@ -27,7 +28,7 @@ class Sources(Protocol):
 
     encoder: GradientEncoder
     texts: Any
-    metadata: list[dict]
+    metadata: RowTable
     config: AttributionConfig
     builders: dict[Method, Callable[[], Retriever]]
 

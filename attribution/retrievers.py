@@ -24,8 +24,9 @@ from attribution.config import Fusion, UnlearningConfig
 from attribution.embeddings import TextEmbedder, chunk_spans
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
-from attribution.filters import Filters, allowed_rows
+from attribution.filters import Filters
 from attribution.lexical import Bm25sIndex, LexicalIndex, load_lexical
+from attribution.rows import RowTable, allowed_rows
 from attribution.vectors import VectorStore
 
 
@@ -94,9 +95,9 @@ class GradientRetriever:
 
     name = Method.GRADIENT.value
 
-    def __init__(self, encoder: GradientEncoder, store: VectorStore, metadata: list[dict],
+    def __init__(self, encoder: GradientEncoder, store: VectorStore, metadata: RowTable | list[dict],
                  window: int | None = None) -> None:
-        self.encoder, self.store, self.metadata, self.window = encoder, store, metadata, window
+        self.encoder, self.store, self.metadata, self.window = encoder, store, RowTable.of(metadata), window
         self.n = store.rows
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
@@ -142,12 +143,12 @@ class EmbeddingRetriever:
 
     name = Method.EMBEDDING.value
 
-    def __init__(self, embedder: TextEmbedder, store: VectorStore, metadata: list[dict],
+    def __init__(self, embedder: TextEmbedder, store: VectorStore, metadata: RowTable | list[dict],
                  chunk_tokens: int | None = None, lengths: Sequence[int] | None = None) -> None:
         """A store with windows holds each row's chunks (of the row's first ``lengths[row]`` tokens, at most
         ``chunk_tokens`` each: ``attribution.embeddings.chunk_spans``): a row scores by its best chunk, which is
         returned as the hit's token span."""
-        self.embedder, self.store, self.metadata = embedder, store, metadata
+        self.embedder, self.store, self.metadata = embedder, store, RowTable.of(metadata)
         self.chunk_tokens, self.lengths = chunk_tokens, lengths
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
@@ -170,15 +171,16 @@ class BM25Retriever:
 
     name = Method.BM25.value
 
-    def __init__(self, texts: list[str] | None, metadata: list[dict], index: LexicalIndex | None = None) -> None:
-        self.metadata = metadata
+    def __init__(self, texts: list[str] | None, metadata: RowTable | list[dict],
+                 index: LexicalIndex | None = None) -> None:
+        self.metadata = RowTable.of(metadata)
         self.index = index if index is not None else Bm25sIndex(texts)
 
     def save(self, directory: Path) -> None:
         self.index.save(directory)
 
     @classmethod
-    def load(cls, directory: Path, metadata: list[dict]) -> BM25Retriever:
+    def load(cls, directory: Path, metadata: RowTable | list[dict]) -> BM25Retriever:
         return cls(None, metadata, load_lexical(directory))
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:

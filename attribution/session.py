@@ -37,6 +37,7 @@ from attribution.retrievers import (
     Query,
     Retriever,
 )
+from attribution.rows import RowTable
 from attribution.scoring import ScoreMode
 from attribution.vectors import FaissStore
 
@@ -59,10 +60,10 @@ class AttributionSession:
     first use.
     """
 
-    def __init__(self, encoder: GradientEncoder, ids: np.ndarray, metadata: list[dict], gradient: GradientRetriever,
+    def __init__(self, encoder: GradientEncoder, ids: np.ndarray, metadata: RowTable, gradient: GradientRetriever,
                  texts, builders: dict[Method, Callable[[], Retriever]],
                  config: AttributionConfig | None = None) -> None:
-        self.encoder, self.ids, self.metadata, self.texts = encoder, ids, metadata, texts
+        self.encoder, self.ids, self.metadata, self.texts = encoder, ids, RowTable.of(metadata), texts
         self.config = config or AttributionConfig()
         self.retrievers: dict[Method, Retriever] = {Method.GRADIENT: gradient}
         self.builders = builders
@@ -154,7 +155,7 @@ class AttributionSession:
         encoder, vectors = fitted_vectors(checkpoints, tokenizer, rows, raw, config.curvature, config.scoring.mode,
                                           config.window, statistics, config.revision_weights, batch_size)
         texts = [ex.text or tokenizer.decode(ex.token_ids.tolist()) for ex in examples]
-        metadata = [ex.metadata for ex in examples]
+        metadata = RowTable.from_dicts([ex.metadata for ex in examples])
         gradient = GradientRetriever(encoder, FaissStore(vectors), metadata, config.window)
 
         def embedding() -> EmbeddingRetriever:

@@ -49,9 +49,10 @@ from attribution.batching import TokenBatch, collate, token_nll, training_batch
 from attribution.config import Correction, Direction, RowScore, UnlearningConfig
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
-from attribution.filters import Filters, allowed_rows
+from attribution.filters import Filters
 from attribution.newton import NewtonConfig, newton_direction
 from attribution.retrievers import Hit, Method, Query, Retriever, check_k
+from attribution.rows import RowTable, allowed_rows
 
 CANDIDATE_SOURCES = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)
 """The retrievers whose top ``candidates`` are re-ranked on a large index."""
@@ -237,9 +238,9 @@ class UnlearningRetriever:
 
     name = Method.UNLEARNING.value
 
-    def __init__(self, encoder: GradientEncoder, texts, metadata: list[dict],
+    def __init__(self, encoder: GradientEncoder, texts, metadata: RowTable | list[dict],
                  sources: Callable[[Method], Retriever], config: UnlearningConfig | None = None) -> None:
-        self.encoder, self.texts, self.metadata, self.sources = encoder, texts, metadata, sources
+        self.encoder, self.texts, self.metadata, self.sources = encoder, texts, RowTable.of(metadata), sources
         self.config = config or UnlearningConfig()
         self.model = encoder.checkpoints[-1].model
         self.meter = LossMeter(self.model, encoder.tokenizer, encoder.max_length)

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from attribution.records import Example
+from attribution.rows import INT_COLUMNS, RowTable
 
 
 class Column(StrEnum):
@@ -91,12 +92,23 @@ def _stored(con: duckdb.DuckDBPyConnection, wanted: tuple[Column, ...]) -> list[
     return [c.value for c in wanted if c.value in have]
 
 
-def load_metadata(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, list[dict]]:
-    """Every example's id and metadata (no text), in FAISS row order."""
+def load_metadata(con: duckdb.DuckDBPyConnection) -> tuple[np.ndarray, RowTable]:
+    """Every example's id and metadata (no text), in store row order: column arrays, no dict a row."""
     names = _stored(con, LISTED)
-    rows = con.execute(f"SELECT {', '.join(names)} FROM examples ORDER BY position").fetchall()
-    ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-    return ids, [with_extra(dict(zip(names[1:], r[1:], strict=True))) for r in rows]
+    arrays = con.execute(f"SELECT {', '.join(names)} FROM examples ORDER BY position").fetchnumpy()
+    ids = np.asarray(arrays[Column.ID.value], dtype=np.int64)
+    columns, present = {}, {}
+    for name in names[1:]:
+        missing = np.ma.getmaskarray(arrays[name])
+        values = np.ma.getdata(arrays[name])
+        if name in INT_COLUMNS:
+            columns[name] = np.where(missing, 0, values).astype(np.int64)
+            present[name] = ~missing
+        else:
+            column = np.asarray(values, dtype=object).copy()
+            column[missing] = None
+            columns[name] = column
+    return ids, RowTable(columns, present, reserved=NAMES)
 
 
 class DuckTexts:

@@ -13,7 +13,6 @@ import statistics
 import threading
 import time
 import weakref
-from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ import numpy as np
 import torch
 
 from attribution.batching import position_logits
-from attribution.filters import subsets_of
 from attribution.retrievers import Method
+from attribution.rows import RowTable
 from attribution.session import AttributionSession
 from attribution.unlearning import CANDIDATE_SOURCES, row_losses
 from indexer.groundtruth import Fact, index_facts
@@ -125,14 +124,15 @@ def describe(session: AttributionSession, model_lock: AbstractContextManager | N
         known = _described.get(session)
     if known is not None:
         return known
-    subsets: Counter[str] = Counter()
-    steps = [meta["step"] for meta in session.metadata if meta.get("step") is not None]
-    for meta in session.metadata:
-        subsets.update(subsets_of(meta))
+    table = RowTable.of(session.metadata)
+    subsets = table.subset_counts()
+    values, have = table.ints("step")
+    steps = values[have]
     with model_lock or nullcontext():
         default = default_query(session)
         cost = unlearning_cost(session)
-    catalog = Catalog(dict(sorted(subsets.items())), (min(steps), max(steps)) if steps else None, default, cost)
+    span = (int(steps.min()), int(steps.max())) if len(steps) else None
+    catalog = Catalog(dict(sorted(subsets.items())), span, default, cost)
     with _lock:
         _described[session] = catalog
     return catalog
@@ -153,7 +153,8 @@ def unlearning_cost(session: AttributionSession) -> UnlearningCost:
     settings = session.config.unlearning
     n = len(session)
     rows = n if n <= settings.exhaustive_rows else min(n, len(CANDIDATE_SOURCES) * settings.candidates)
-    counts = [meta["token_count"] for meta in session.metadata if meta.get("token_count")]
+    values, have = RowTable.of(session.metadata).ints("token_count")
+    counts = values[have & (values > 0)].tolist()
     context = session.encoder.max_length
     length = max(2, min(round(statistics.fmean(counts)) if counts else context, context))
     model = session.encoder.checkpoints[-1].model

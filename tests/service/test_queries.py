@@ -11,7 +11,8 @@ import pytest
 
 from attribution.batching import ContextLengthError
 from attribution.config import AttributionConfig
-from attribution.filters import Filters, allowed_rows, subsets_of
+from attribution.filters import Filters, subsets_of
+from attribution.rows import allowed_rows
 from attribution.methods import METHODS
 from attribution.records import Result
 from attribution.retrievers import Method
