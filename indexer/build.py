@@ -28,6 +28,7 @@ from indexer.merge import merge, prune_builds
 from indexer.parts import has_shards, indexed_examples, mark_part, part_dirs, plan_append
 from indexer.runner import Progress, Rank, ShardRunner, make_encoder, window_count
 from indexer.sources import open_source
+from indexer.workdir import CONFIG, PUBLISHED, SHARDS, work_dir
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
     if not written and up_to_date(out):
         log.info("index is up to date: every shard was already built and merged into %s", out / "current")
         return (out / "current").resolve()
-    base = IndexConfig.load(out / "work" / "config.json")
+    base = IndexConfig.load(work_dir(out) / CONFIG)
     build = merge(out, encoder, base)
     prune_builds(out)
     return build
@@ -146,19 +147,19 @@ def check_factory_before_pass(config: IndexConfig, encoder, out: Path, append: b
 def up_to_date(out: Path) -> bool:
     """True when ``current`` is the build merged from exactly the shards now in ``work/``, with the search settings
     ``work/config.json`` now records (a rerun may change those: ``SEARCH_SETTINGS``)."""
-    record = out / "work" / "published.json"
+    record = work_dir(out) / PUBLISHED
     if not record.is_file() or not (out / "current").exists():
         return False
     published = json.loads(record.read_text())
-    shards = sorted(str(p.relative_to(out)) for part in part_dirs(out) for p in part.glob("shard-*"))
+    shards = sorted(str(p.relative_to(out)) for part in part_dirs(out) for p in part.glob(SHARDS))
     if published.get("build") != (out / "current").resolve().name or published.get("shards") != shards:
         return False
-    return read_manifest(out).config.storage == IndexConfig.load(out / "work" / "config.json").storage
+    return read_manifest(out).config.storage == IndexConfig.load(work_dir(out) / CONFIG).storage
 
 
 def merge_index(out: Path, device: str = "cpu") -> Path:
     """Merge the finished shards of ``out`` with the config they were built with."""
-    saved = out / "work" / "config.json"
+    saved = work_dir(out) / CONFIG
     if not saved.is_file():
         raise CorruptShardError(f"{out}: no index build to merge (no work/config.json); run 'headwater index build'")
     config = IndexConfig.load(saved)

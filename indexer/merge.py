@@ -50,14 +50,27 @@ from indexer.manifest import (
 from indexer.parts import expected_shards, failed_parts, mark_part, part_dirs, unfinished_message
 from indexer.runner import context_length, prefit_curvatures
 from indexer.samples import RowSampler
-from indexer.shards import load_shard_array, shard_name, verify_shard
+from indexer.shards import load_shard_array, verify_shard
+from indexer.workdir import (
+    CONFIG,
+    IDS,
+    MERGE_LOCK,
+    META,
+    PARTS,
+    PUBLISHED,
+    SHARD_EMBEDDINGS,
+    SHARDS,
+    shard_name,
+    sketch_file,
+    work_dir,
+)
 
 log = logging.getLogger(__name__)
 
 
 def list_shards(work: Path, expected: int | None) -> list[Path]:
     """Finished shards in order; refuses gaps (a rank that has not finished)."""
-    found = sorted(p for p in work.glob("shard-*") if p.is_dir())
+    found = sorted(p for p in work.glob(SHARDS) if p.is_dir())
     indices = [int(p.name.split("-")[1]) for p in found]
     want = list(range(expected)) if expected is not None else list(range(len(found)))
     missing = sorted(set(want) - set(indices))
@@ -66,7 +79,7 @@ def list_shards(work: Path, expected: int | None) -> list[Path]:
                                 "build' again (with the same flags) until every rank has finished")
     if not found:
         hint = (f"; rerun the append that made it, or discard it with 'headwater index discard {work.parents[2]} "
-                f"--part {work.name}'" if work.parent.name == "parts" else "; run 'headwater index build'")
+                f"--part {work.name}'" if work.parent.name == PARTS else "; run 'headwater index build'")
         raise CorruptShardError(f"{work}: no finished shards to merge{hint}")
     return [work / shard_name(i) for i in want]
 
@@ -79,7 +92,7 @@ def fit_preconditioners(encoder: GradientEncoder, shards: list[Path], config: In
         return  # fitted before the sketch pass (runner.prefit_curvatures): the shards were sketched with it
     rows = RowSampler(shards, config, encoder.tokenizer, context_length(encoder, config))
     for c, ckpt in enumerate(encoder.checkpoints):
-        arrays = [load_shard_array(s, f"sketch-{c}.npy") for s in shards]
+        arrays = [load_shard_array(s, sketch_file(c)) for s in shards]
         statistics = shard_statistics(shards, c, config)
         ckpt.preconditioner = fit_curvature(arrays, ckpt.sketcher.dim, curvature, sketcher=ckpt.sketcher,
                                             statistics=statistics, rows=rows)
@@ -109,13 +122,13 @@ def allocated_memmap(path: Path, dtype: type, shape: tuple[int, ...]) -> np.memm
 
 def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> np.ndarray:
     """Prepared vectors of every example, in shard order, as a float16 memmap."""
-    first = [load_shard_array(shards[0], f"sketch-{c}.npy") for c in range(len(encoder.checkpoints))]
-    total = sum(load_shard_array(s, "ids.npy").shape[0] for s in shards)
+    first = [load_shard_array(shards[0], sketch_file(c)) for c in range(len(encoder.checkpoints))]
+    total = sum(load_shard_array(s, IDS).shape[0] for s in shards)
     shape = (total, *first[0].shape[1:-1], encoder.dim)
     vectors = allocated_memmap(build / VECTORS, np.float16, shape)
     row = 0
     for shard in shards:
-        raws = [torch.from_numpy(np.array(load_shard_array(shard, f"sketch-{c}.npy")))
+        raws = [torch.from_numpy(np.array(load_shard_array(shard, sketch_file(c))))
                 for c in range(len(encoder.checkpoints))]
         prepared = encoder.prepare_rows(raws).numpy()
         vectors[row : row + len(prepared)] = prepared
@@ -127,15 +140,15 @@ def write_vectors(encoder: GradientEncoder, shards: list[Path], build: Path) -> 
 def write_embeddings(shards: list[Path], build: Path) -> None:
     """The embedding index, shard by shard (the merge never holds every embedding at once); chunked rows
     ``(n, C, dim)`` also keep their float16 chunks in ``embeddings.npy``, for each row's best chunk."""
-    first = load_shard_array(shards[0], "embeddings.npy")
+    first = load_shard_array(shards[0], SHARD_EMBEDDINGS)
     index = faiss.IndexFlatIP(first.shape[-1])
     stored = None
     if first.ndim == 3:
-        total = sum(load_shard_array(s, "ids.npy").shape[0] for s in shards)
+        total = sum(load_shard_array(s, IDS).shape[0] for s in shards)
         stored = allocated_memmap(build / EMBEDDINGS, np.float16, (total, *first.shape[1:]))
     row = 0
     for shard in shards:
-        part = np.asarray(load_shard_array(shard, "embeddings.npy"))
+        part = np.asarray(load_shard_array(shard, SHARD_EMBEDDINGS))
         index.add(np.ascontiguousarray(part.reshape(-1, part.shape[-1]), dtype=np.float32))
         if stored is not None:
             stored[row : row + len(part)] = part
@@ -147,7 +160,7 @@ def write_embeddings(shards: list[Path], build: Path) -> None:
 
 def build_duckdb(shards: list[Path], path: Path) -> None:
     """The ``examples`` table, sorted by id, with its FAISS row ``position`` and an index on id."""
-    files = [str(s / "meta.parquet") for s in shards]
+    files = [str(s / META) for s in shards]
     con = duckdb.connect(str(path))
     try:
         con.execute(
@@ -160,7 +173,7 @@ def build_duckdb(shards: list[Path], path: Path) -> None:
 
 
 def shard_texts(shard: Path) -> list[str]:
-    return pq.read_table(shard / "meta.parquet", columns=["text"])["text"].to_pylist()
+    return pq.read_table(shard / META, columns=["text"])["text"].to_pylist()
 
 
 def write_lexical(shards: list[Path], directory: Path, engine: LexicalEngine) -> None:
@@ -186,10 +199,10 @@ def merge(out: Path, encoder: GradientEncoder, config: IndexConfig) -> Path:
         raise CorruptShardError(f"{unfinished_message(out, part)}; nothing was merged")
     shards = [shard for part in part_dirs(out) for shard in list_shards(part, expected_shards(part))]
     records = [verify_shard(s) for s in shards]
-    ids = np.concatenate([np.asarray(load_shard_array(s, "ids.npy")) for s in shards])
+    ids = np.concatenate([np.asarray(load_shard_array(s, IDS)) for s in shards])
     if len(np.unique(ids)) != len(ids) or not np.all(np.diff(ids) > 0):
         raise CorruptShardError(f"{out}: example ids are duplicated or out of order across shards; rebuild")
-    windows = load_shard_array(shards[0], "sketch-0.npy").shape[1] if config.attribution.window else 1
+    windows = load_shard_array(shards[0], sketch_file(0)).shape[1] if config.attribution.window else 1
     storage = config.storage
     STORES[storage.store].check(storage.faiss_factory, encoder.dim, len(ids) * windows, storage.search())
     with merge_lock(out) as locked:
@@ -250,7 +263,7 @@ def write_build(tmp: Path, out: Path, encoder: GradientEncoder, config: IndexCon
         windows=int(vectors.shape[1]) if vectors.ndim == 3 else None, dim=int(vectors.shape[-1]),
         faiss_recall_at_10=recall, merge_seconds=0.0, shard_examples=[r["count"] for r in records],
         parts=[{"data": c.data, "steps": c.steps} for c in
-               (IndexConfig.load(part / "config.json") for part in part_dirs(out))])
+               (IndexConfig.load(part / CONFIG) for part in part_dirs(out))])
 
 
 def no_space(err: BaseException) -> bool:
@@ -268,7 +281,7 @@ def merge_lock(out: Path) -> Iterator[bool]:
     """Hold ``OUT/work/.merge.lock`` for the merge: one merge at a time per index, so every ``builds/.tmp-*`` found
     while holding it is a killed merge's. Yields False where the filesystem has no locks (the merge goes on)."""
     (out / "builds").mkdir(parents=True, exist_ok=True)
-    with (out / "work" / ".merge.lock").open("w") as lock:
+    with (work_dir(out) / MERGE_LOCK).open("w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -293,7 +306,7 @@ def remove_stale_temporaries(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-BUILD_SIZE_FACTORS = {"sketch-": 1.5, "embeddings.npy": 3.0, "meta.parquet": 6.0}
+BUILD_SIZE_FACTORS = {"sketch-": 1.5, SHARD_EMBEDDINGS: 3.0, META: 6.0}
 """Bytes a build writes per byte of the shards' files, at most: float16 vectors and an exact FAISS copy in float32
 (1.5× the float32 sketches); the embedding index in float32 and its float16 chunks (3×); DuckDB and BM25 from the
 compressed texts (measured 2-4× on the demo, with margin)."""
@@ -325,8 +338,8 @@ def publish(out: Path, build: Path) -> None:
     link.unlink(missing_ok=True)
     link.symlink_to(Path("builds") / build.name)
     os.replace(link, out / "current")
-    shards = sorted(str(p.relative_to(out)) for part in part_dirs(out) for p in part.glob("shard-*"))
-    (out / "work" / "published.json").write_text(json.dumps({"build": build.name, "shards": shards}))
+    shards = sorted(str(p.relative_to(out)) for part in part_dirs(out) for p in part.glob(SHARDS))
+    (work_dir(out) / PUBLISHED).write_text(json.dumps({"build": build.name, "shards": shards}))
 
 
 def prune_builds(out: Path, keep: int = 2) -> None:

@@ -17,18 +17,19 @@ from attribution.errors import ConfigError
 from indexer.config import SEARCH_SETTINGS, IndexConfig, IndexMismatchError, check_same
 from indexer.errors import CorruptShardError
 from indexer.sources import open_source
+from indexer.workdir import CONFIG, DONE, PART_RECORD, SHARDS, parts_dir, work_dir
 
 
 def part_dirs(out: Path) -> list[Path]:
-    parts = out / "work" / "parts"
-    return [out / "work", *sorted(p for p in parts.iterdir() if p.is_dir())] if parts.is_dir() else [out / "work"]
+    parts = parts_dir(out)
+    return [work_dir(out), *sorted(p for p in parts.iterdir() if p.is_dir())] if parts.is_dir() else [work_dir(out)]
 
 
 def last_indexed_id(out: Path) -> int:
     """The largest example id in any finished shard of any part (-1 when none)."""
     last = -1
     for part in part_dirs(out):
-        for done in part.glob("shard-*/done.json"):
+        for done in part.glob(f"{SHARDS}/{DONE}"):
             record = json.loads(done.read_text())
             if record["last_id"] is not None:
                 last = max(last, int(record["last_id"]))
@@ -38,7 +39,7 @@ def last_indexed_id(out: Path) -> int:
 def indexed_examples(out: Path) -> int:
     """Examples in the finished shards of every part."""
     return sum(json.loads(done.read_text())["count"] for part in part_dirs(out) for done in
-               part.glob("shard-*/done.json"))
+               part.glob(f"{SHARDS}/{DONE}"))
 
 
 def plan_append(out: Path, config: IndexConfig) -> tuple[Path, int]:
@@ -46,15 +47,15 @@ def plan_append(out: Path, config: IndexConfig) -> tuple[Path, int]:
 
     A new part is refused while another append has not finished (its ids would overlap that part's): rerun that
     append, or discard it (:func:`discard_part`)."""
-    saved = out / "work" / "config.json"
+    saved = work_dir(out) / CONFIG
     if not saved.is_file():
         raise CorruptShardError(f"{out}: no index to append to; build it first without --append")
     base = IndexConfig.load(saved)
     check_same(base, replace(config, data=base.data, steps=base.steps), out, allow=SEARCH_SETTINGS)
     for part in part_dirs(out):
-        existing = IndexConfig.load(part / "config.json")
+        existing = IndexConfig.load(part / CONFIG)
         if (existing.data, existing.steps) == (config.data, config.steps):
-            return part, json.loads((part / "part.json").read_text())["id_offset"] if part != out / "work" else 0
+            return part, json.loads((part / PART_RECORD).read_text())["id_offset"] if part != work_dir(out) else 0
     for part in unfinished_parts(out):
         raise IndexMismatchError(f"{unfinished_message(out, part)}, then append again")
     offset = last_indexed_id(out) + 1
@@ -63,10 +64,10 @@ def plan_append(out: Path, config: IndexConfig) -> tuple[Path, int]:
         raise IndexMismatchError(f"{out}: appended rows start at {source.first_row} but rows up to {offset - 1} "
                                  "are indexed already; append only later steps")
     numbers = [int(p.name) for p in part_dirs(out)[1:]]
-    part = out / "work" / "parts" / f"{max(numbers, default=0) + 1:02d}"
+    part = parts_dir(out) / f"{max(numbers, default=0) + 1:02d}"
     part.mkdir(parents=True)
-    (part / "part.json").write_text(json.dumps({"id_offset": offset, "finished": False}))
-    config.save(part / "config.json")
+    (part / PART_RECORD).write_text(json.dumps({"id_offset": offset, "finished": False}))
+    config.save(part / CONFIG)
     return part, offset
 
 
@@ -74,12 +75,12 @@ def unfinished_parts(out: Path) -> list[Path]:
     """Appended parts whose sketch pass has not finished (parts written before this was recorded count as
     finished)."""
     return [part for part in part_dirs(out)[1:]
-            if not json.loads((part / "part.json").read_text()).get("finished", True)]
+            if not json.loads((part / PART_RECORD).read_text()).get("finished", True)]
 
 
 def unfinished_message(out: Path, part: Path) -> str:
     """What an unfinished part is and the two ways on: rerun its append, or discard it."""
-    config = IndexConfig.load(part / "config.json")
+    config = IndexConfig.load(part / CONFIG)
     command = f"--data {config.data}" + (f" --steps {config.steps}" if config.steps else "")
     return (f"{part}: an earlier append ({command}) did not finish; rerun it to finish it (ranks of a Slurm array: "
             f"once all are done, 'headwater index merge {out}'), or discard it with 'headwater index discard {out} "
@@ -89,7 +90,7 @@ def unfinished_message(out: Path, part: Path) -> str:
 def mark_part(part: Path, finished: bool, failed: bool = False) -> None:
     """Record whether every shard of an appended part is written, and whether its last run failed (part 0,
     ``OUT/work``, needs no record)."""
-    record = part / "part.json"
+    record = part / PART_RECORD
     if record.is_file():  # replaced whole: another rank may be reading it
         tmp = record.with_name(f".tmp-{os.getpid()}-part.json")
         tmp.write_text(json.dumps({**json.loads(record.read_text()), "finished": finished, "failed": failed}))
@@ -98,17 +99,17 @@ def mark_part(part: Path, finished: bool, failed: bool = False) -> None:
 
 def failed_parts(out: Path) -> list[Path]:
     """Appended parts whose last run failed: they hold only some of their data, so no merge may publish them."""
-    return [part for part in part_dirs(out)[1:] if json.loads((part / "part.json").read_text()).get("failed")]
+    return [part for part in part_dirs(out)[1:] if json.loads((part / PART_RECORD).read_text()).get("failed")]
 
 
 def has_shards(part: Path) -> bool:
-    return any(part.glob("shard-*/done.json"))
+    return any(part.glob(f"{SHARDS}/{DONE}"))
 
 
 def discard_part(out: Path, name: str) -> Path:
     """Remove an appended part that did not finish (its shards are in no published build); returns it."""
-    part = out / "work" / "parts" / name
-    if not (part / "part.json").is_file():
+    part = parts_dir(out) / name
+    if not (part / PART_RECORD).is_file():
         names = [p.name for p in part_dirs(out)[1:]]
         raise CorruptShardError(f"{part}: no such appended part; parts of {out}: {names or 'none'}")
     if part not in unfinished_parts(out):
@@ -120,6 +121,6 @@ def discard_part(out: Path, name: str) -> Path:
 
 def expected_shards(part: Path) -> int | None:
     """Shard count of a part whose source knows its size (None for streams)."""
-    config = IndexConfig.load(part / "config.json")
+    config = IndexConfig.load(part / CONFIG)
     source = open_source(config.data, config.steps, config.batch_rows, config.rows)
     return None if source.count is None else -(-source.count // config.storage.shard_size)

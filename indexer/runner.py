@@ -35,8 +35,9 @@ from indexer.errors import CorruptShardError, IndexWriteError
 from indexer.manifest import prefit_file, statistics_file
 from indexer.metadata import metadata_table
 from indexer.samples import source_sample
-from indexer.shards import ShardContents, shard_is_complete, shard_name, write_shard
+from indexer.shards import ShardContents, shard_is_complete, write_shard
 from indexer.sources import DataSource, open_source
+from indexer.workdir import CONFIG, DONE, TMP_SHARDS, shard_name, work_dir
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int], None]
@@ -123,7 +124,7 @@ def prefit_curvatures(encoder: GradientEncoder, config: IndexConfig, out: Path, 
     if not is_prefit(curvature):
         return
     for c, ckpt in enumerate(encoder.checkpoints):
-        path = out / "work" / prefit_file(c)
+        path = work_dir(out) / prefit_file(c)
         if not path.is_file():
             if not fit:
                 raise CorruptShardError(f"{path}: missing, but the shards were sketched with it; rebuild with "
@@ -146,7 +147,7 @@ class ShardRunner:
         ``id_offset`` shifts the ids of streamed text examples of appended parts past earlier ones."""
         self.config, self.out, self.encoder, self.embedder = config, out, encoder, embedder
         self.batching, self.progress = batching, progress
-        self.work = work or out / "work"
+        self.work = work or work_dir(out)
         self.id_offset = id_offset
         self.source: DataSource = open_source(config.data, config.steps, config.batch_rows, config.rows)
         self.max_len = context_length(encoder, config)
@@ -155,7 +156,7 @@ class ShardRunner:
 
     def prepare_workdir(self, overwrite: bool = False) -> None:
         """Create ``work/`` with the config, or check that an existing one matches."""
-        saved = self.work / "config.json"
+        saved = self.work / CONFIG
         if saved.is_file() and not overwrite:
             earlier = IndexConfig.load(saved)
             check_same(earlier, self.config, self.out, allow=SEARCH_SETTINGS)
@@ -177,7 +178,7 @@ class ShardRunner:
 
     def run(self, rank: Rank) -> list[int]:
         """Compute every missing shard of this rank; returns the shards written."""
-        for tmp in self.work.glob(".tmp-shard-*"):
+        for tmp in self.work.glob(TMP_SHARDS):
             index = int(tmp.name.rsplit("-", 1)[1])
             if index % rank.world == rank.rank:
                 shutil.rmtree(tmp)  # a killed run's partial shard: redo it
@@ -196,7 +197,7 @@ class ShardRunner:
             if shard_is_complete(self.work / shard_name(index)):
                 log.info("%s: complete, skipped", shard_name(index))
                 if self.progress:
-                    done = json.loads((self.work / shard_name(index) / "done.json").read_text())
+                    done = json.loads((self.work / shard_name(index) / DONE).read_text())
                     self.progress("examples", done["count"])
             elif not self.compute(index):
                 break  # a stream ended before this shard

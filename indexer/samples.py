@@ -18,6 +18,7 @@ from attribution.curvature import evenly_spaced
 from attribution.kfac import RowSample
 from indexer.config import IndexConfig
 from indexer.sources import DataSource, open_source
+from indexer.workdir import CONFIG, DONE
 
 
 class RowSampler:
@@ -27,7 +28,7 @@ class RowSampler:
         self.shards, self.config, self.tokenizer, self.max_len = shards, config, tokenizer, max_len
 
     def __call__(self, n: int) -> list[list[int]]:
-        counts = [json.loads((s / "done.json").read_text())["count"] for s in self.shards]
+        counts = [json.loads((s / DONE).read_text())["count"] for s in self.shards]
         wanted: dict[Path, list[int]] = defaultdict(list)  # part directory -> source positions
         first = 0
         picks = iter(evenly_spaced(sum(counts), n))
@@ -41,7 +42,7 @@ class RowSampler:
         return [row for part, positions in wanted.items() for row in self._read(part, positions)]
 
     def _read(self, part: Path, positions: list[int]) -> list[list[int]]:
-        config = IndexConfig.load(part / "config.json")
+        config = IndexConfig.load(part / CONFIG)
         source = open_source(config.data, config.steps, config.batch_rows, config.rows)
         return read_rows(source, positions, self.tokenizer, self.max_len)
 

@@ -27,10 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from indexer.errors import CorruptShardError
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}"
+from indexer.workdir import DONE, IDS, META, SHARD_EMBEDDINGS, shard_name, sketch_file
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -64,28 +61,28 @@ def write_shard(work: Path, index: int, contents: ShardContents) -> Path:
     tmp = work / f".tmp-{shard_name(index)}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_npy(tmp / "ids.npy", contents.ids)
+    write_npy(tmp / IDS, contents.ids)
     for c, sketch in enumerate(contents.sketches):
-        write_npy(tmp / f"sketch-{c}.npy", sketch)
-    write_npy(tmp / "embeddings.npy", contents.embeddings)
-    pq.write_table(contents.meta, tmp / "meta.parquet")
+        write_npy(tmp / sketch_file(c), sketch)
+    write_npy(tmp / SHARD_EMBEDDINGS, contents.embeddings)
+    pq.write_table(contents.meta, tmp / META)
     files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())}
     done = {"shard": index, "count": int(len(contents.ids)), "files": files,
             "first_id": int(contents.ids[0]) if len(contents.ids) else None,
             "last_id": int(contents.ids[-1]) if len(contents.ids) else None}
-    (tmp / "done.json").write_text(json.dumps(done, indent=2))
+    (tmp / DONE).write_text(json.dumps(done, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     return final
 
 
 def shard_is_complete(path: Path) -> bool:
-    return (path / "done.json").is_file()
+    return (path / DONE).is_file()
 
 
 def verify_shard(path: Path, checksums: bool = True) -> dict:
     """Check a shard's files against its ``done.json``; return that record."""
-    done_path = path / "done.json"
+    done_path = path / DONE
     if not done_path.is_file():
         raise CorruptShardError(f"{path}: incomplete shard (no done.json); rerun the build to redo it")
     done = json.loads(done_path.read_text())

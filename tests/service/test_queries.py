@@ -12,10 +12,10 @@ import pytest
 from attribution.batching import ContextLengthError
 from attribution.config import AttributionConfig
 from attribution.filters import Filters, subsets_of
-from attribution.rows import allowed_rows
 from attribution.methods import METHODS
 from attribution.records import Result
 from attribution.retrievers import Method
+from attribution.rows import allowed_rows
 from service import catalog, queries
 from service.catalog import Catalog, UnlearningCost
 from service.defaults import AUTO_SECONDS, MethodChoice, default_method
