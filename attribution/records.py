@@ -48,3 +48,6 @@ class Result:
     token_span: tuple[int, int] | None = None
     loss_increase: list[float] | None = None
     row_tokens: list[str] | None = None
+    instances: list[tuple[int, float]] | None = None
+    """A task query: the instances this row serves most, ``(instance index, contribution)``, at most three, largest
+    first (gradient: the row's share of the task vector; rank fusion: its reciprocal-rank terms)."""

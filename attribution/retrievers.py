@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -50,10 +50,30 @@ class Query:
     controls: list[tuple[str, str | None]] = field(default_factory=list)
     unlearning: UnlearningConfig | None = None
     """This query's settings for the ``unlearning`` retriever (None: the session's); others ignore it."""
+    more: list[tuple[str, str | None]] = field(default_factory=list)
+    """A task query: its further instances (``prompt``/``completion`` above are the first); its ``controls`` are then
+    a control task, whose direction as a whole is projected out (not each control's)."""
 
     @property
     def text(self) -> str:
         return self.prompt + (self.completion or "")
+
+    @property
+    def instances(self) -> list[tuple[str, str | None]]:
+        """Every instance: ``(prompt, completion)``; one for a single-prompt query."""
+        return [(self.prompt, self.completion), *self.more]
+
+    task: bool = False
+    """Answer as a task even with one instance (its controls a control task)."""
+
+    @property
+    def is_task(self) -> bool:
+        return self.task or bool(self.more)
+
+    def instance(self, i: int) -> Query:
+        """Instance ``i`` as a single-prompt query (no controls)."""
+        prompt, completion = self.instances[i]
+        return Query(prompt, completion, unlearning=self.unlearning)
 
 
 @dataclass
@@ -72,6 +92,45 @@ class Hit:
     token_span: tuple[int, int] | None = None
     loss_increase: list[float] | None = None
     row_tokens: list[str] | None = None
+    instances: list[tuple[int, float]] | None = None
+    """A task query: ``(instance, contribution)`` of the instances the row serves most (``records.Result``)."""
+
+
+TOP_INSTANCES = 3
+"""Instances a task query's result names per row."""
+RRF_OFFSET = 60
+"""Reciprocal-rank fusion: a row at rank r (from 1) of a list adds 1 / (RRF_OFFSET + r)."""
+
+
+def top_instances(contributions: np.ndarray) -> list[tuple[int, float]]:
+    """The ``TOP_INSTANCES`` largest contributions, largest first, as ``(instance, contribution)``."""
+    order = np.argsort(-contributions, kind="stable")[:TOP_INSTANCES]
+    return [(int(i), float(contributions[i])) for i in order]
+
+
+def fused_instances(search: Callable[[Query, int], list[Hit]], query: Query, k: int, depth: int) -> list[Hit]:
+    """A task query by rank fusion: each instance ranked alone (``depth`` rows), a row scoring the sum of its
+    reciprocal ranks; each row names the instances whose rankings put it highest."""
+    terms: dict[int, np.ndarray] = {}
+    count = len(query.instances)
+    for i in range(count):
+        for rank, hit in enumerate(search(query.instance(i), depth)):
+            terms.setdefault(hit.row, np.zeros(count))[i] = 1.0 / (RRF_OFFSET + rank + 1)
+    ranked = sorted(terms.items(), key=lambda item: (-item[1].sum(), item[0]))[:k]
+    return [Hit(row, float(values.sum()), instances=top_instances(values)) for row, values in ranked]
+
+
+def fill_completions(encoder: GradientEncoder, query: Query) -> None:
+    """Give every instance of ``query`` without a completion the model's own (greedy) one, in place."""
+    if query.completion is None:
+        query.completion = encoder.greedy_completion(query.prompt)
+    query.more = [(p, c if c is not None else encoder.greedy_completion(p)) for p, c in query.more]
+
+
+TASK_BATCH = 32
+"""Task instances sketched in one pass."""
+FUSION_DEPTH = 100
+"""Rows each instance of a task ranks before rank fusion (at least k)."""
 
 
 class Retriever(Protocol):
@@ -102,9 +161,48 @@ class GradientRetriever:
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, self.n)
+        if query.is_task:
+            return self._task_hits(query, k, filters)
         encoded = self.encoder.encode_query(query.prompt, query.completion, query.controls)
         query.completion = encoded.completion
         return self._hits(encoded, self.store.search(encoded.vector.numpy(), k, allowed_rows(self.metadata, filters)))
+
+    def task_vectors(self, query: Query) -> tuple[np.ndarray, np.ndarray]:
+        """A task's direction and its instances' unit query vectors ``(I, D)``: the direction is their mean (each
+        instance counts the same, whatever its gradient's size), the control task's mean direction projected out,
+        scaled to unit length. Missing completions are filled in ``query`` with the model's own."""
+        fill_completions(self.encoder, query)
+        units = self._unit_vectors(query.instances)
+        vector = units.mean(axis=0)
+        if query.controls:
+            control = self._unit_vectors(query.controls).mean(axis=0)
+            vector = vector - (vector @ control) / max(float(control @ control), 1e-30) * control
+        norm = float(np.linalg.norm(vector))
+        if norm < 1e-6:
+            raise ConfigError("the task's direction lies in its control task's: give control instances of another "
+                              "task")
+        return vector / norm, units
+
+    def _unit_vectors(self, pairs: Sequence[tuple[str, str | None]]) -> np.ndarray:
+        units = []
+        for start in range(0, len(pairs), TASK_BATCH):
+            asked = [(p, c if c is not None else self.encoder.greedy_completion(p)) for p, c in
+                     pairs[start : start + TASK_BATCH]]
+            for encoded in self.encoder.encode_queries(asked):
+                vector = encoded.vector.numpy()
+                units.append(vector / max(float(np.linalg.norm(vector)), 1e-30))
+        return np.stack(units)
+
+    def _task_hits(self, query: Query, k: int, filters: Filters | None) -> list[Hit]:
+        vector, units = self.task_vectors(query)
+        found = self.store.search(vector, k, allowed_rows(self.metadata, filters))
+        best = self.store.vectors(found.rows)[np.arange(len(found.rows)), found.windows] if len(found.rows) else []
+        hits = []
+        for row, score, win, stored in zip(found.rows, found.scores, found.windows, best, strict=False):
+            span = (int(win) * self.window, (int(win) + 1) * self.window) if self.window else None
+            hits.append(Hit(int(row), float(score), token_span=span,
+                            instances=top_instances(units @ stored / len(units))))
+        return hits
 
     def search_many(self, queries: Sequence[Query], k: int, filters: Sequence[Filters | None]) -> list[list[Hit]]:
         """:meth:`search` of queries with completions and no controls, encoded in one sketch pass."""
@@ -127,12 +225,16 @@ class GradientRetriever:
 
     def score_rows(self, query: Query, rows: np.ndarray) -> np.ndarray:
         """Exact gradient scores of the given rows (best window each)."""
+        if query.is_task:
+            return (self.store.vectors(rows) @ self.task_vectors(query)[0]).max(axis=1)
         encoded = self.encoder.encode_query(query.prompt, query.completion, query.controls)
         query.completion = encoded.completion
         return (self.store.vectors(rows) @ encoded.vector.numpy()).max(axis=1)
 
     def score_all(self, query: Query) -> np.ndarray:
         """Exact gradient score of every stored row (best window each)."""
+        if query.is_task:
+            return self.store.score_all(self.task_vectors(query)[0])
         encoded = self.encoder.encode_query(query.prompt, query.completion, query.controls)
         query.completion = encoded.completion
         return self.store.score_all(encoded.vector.numpy())
@@ -153,6 +255,9 @@ class EmbeddingRetriever:
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, len(self.metadata))
+        if query.is_task:
+            return fused_instances(lambda one, depth: self.search(one, depth, filters), query, k,
+                                   min(max(k, FUSION_DEPTH), len(self.metadata)))
         vector = self.embedder.embed([query.text])[0]
         found = self.store.search(vector, k, allowed_rows(self.metadata, filters))
         hits = []
@@ -185,6 +290,9 @@ class BM25Retriever:
 
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, len(self.metadata))
+        if query.is_task:
+            return fused_instances(lambda one, depth: self.search(one, depth, filters), query, k,
+                                   min(max(k, FUSION_DEPTH), len(self.metadata)))
         allowed = allowed_rows(self.metadata, filters)
         rows, scores = self.index.search(query.text, k, None if allowed is None else np.asarray(allowed))
         return [Hit(r, s) for r, s in zip(rows, scores, strict=True)]

@@ -39,6 +39,7 @@ from attribution.retrievers import (
 )
 from attribution.rows import RowTable
 from attribution.scoring import ScoreMode
+from attribution.tasks import Instance, check_task
 from attribution.vectors import FaissStore
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,23 @@ class AttributionSession:
         query = Query(prompt, completion, list(controls), unlearning)
         return self._results(self.retriever(method).search(query, k, filters), query)
 
+    def attribute_task(self, instances: Sequence[Instance], k: int = 10, method: Method | str = "gradient",
+                       filters: Filters | None = None, control_task: Sequence[Instance] = (),
+                       unlearning: UnlearningConfig | None = None) -> list[Result]:
+        """The top-k training examples for a task — several instances of one behaviour — best first, each naming the
+        instances it serves most (``Result.instances``, indices into ``instances``); ``control_task``: instances of
+        a neighbouring task whose direction is taken out (``attribution.tasks.AGGREGATION`` says how each method
+        aggregates). Missing completions become the model's own."""
+        check_task(instances, control_task)
+        method = parse_method(method)
+        if control_task and not METHODS[method].takes_controls:
+            raise ConfigError(f"method {method.value} ignores controls; drop the control task or use "
+                              + ", ".join(m.value for m, spec in METHODS.items() if spec.takes_controls))
+        first, *more = instances
+        query = Query(first.prompt, first.completion, [(c.prompt, c.completion) for c in control_task], unlearning,
+                      more=[(i.prompt, i.completion) for i in more], task=True)
+        return self._results(self.retriever(method).search(query, k, filters), query)
+
     def attribute_many(self, queries: Sequence[tuple[str, str]], k: int = 10,
                        filters: Sequence[Filters | None] | None = None) -> list[list[Result]]:
         """:meth:`attribute` by the gradient method of several (prompt, completion) pairs, sketched in one pass."""
@@ -130,7 +148,8 @@ class AttributionSession:
             Result(rank=rank + 1, example_id=int(self.ids[hit.row]), score=hit.score, text=texts[rank],
                    metadata=self.metadata[hit.row], completion=query.completion or "",
                    token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens,
-                   token_span=hit.token_span, loss_increase=hit.loss_increase, row_tokens=hit.row_tokens)
+                   token_span=hit.token_span, loss_increase=hit.loss_increase, row_tokens=hit.row_tokens,
+                   instances=hit.instances)
             for rank, hit in enumerate(hits)
         ]
 

@@ -51,7 +51,7 @@ from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.newton import NewtonConfig, newton_direction
-from attribution.retrievers import Hit, Method, Query, Retriever, check_k
+from attribution.retrievers import Hit, Method, Query, Retriever, check_k, fill_completions
 from attribution.rows import RowTable, allowed_rows
 
 CANDIDATE_SOURCES = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)
@@ -264,24 +264,23 @@ class UnlearningRetriever:
     def search(self, query: Query, k: int, filters: Filters | None = None) -> list[Hit]:
         check_k(k, self.n)
         settings = query.unlearning or self.config
-        if query.completion is None:
-            query.completion = self.encoder.greedy_completion(query.prompt)
+        fill_completions(self.encoder, query)
         clock = [time.perf_counter()]
         rows = [int(r) for r in self.candidates(query, k, filters, settings) if len(self.tokens(int(r))) >= 2]
         tokens = [self.tokens(r).tolist() for r in rows]
         clock.append(time.perf_counter())
         controls = self.control_probes(query)
-        target = self.meter.probe_batch([Probe(query.prompt, query.completion)])
+        target = self.meter.probe_batch([Probe(p, c) for p, c in query.instances])  # a task: its summed loss
         if settings.direction is Direction.NEWTON:  # no reference losses: the central difference needs none
             clock.append(time.perf_counter())
-            avoid = self.control_gradients(controls) if controls else None
+            avoid = self.control_gradients(controls, query.is_task) if controls else None
             deltas = central_changes(self.model, self.newton_step(target, settings, avoid), tokens, settings)
         else:
             base = self.cached(("base",), rows, tokens,
                                lambda todo: row_losses(self.model, todo, settings.batch_tokens))
             control = self.control_losses(rows, tokens, controls, settings)
             clock.append(time.perf_counter())
-            avoid = self.control_gradients(controls) if settings.contrastive and controls else None
+            avoid = self.control_gradients(controls, query.is_task) if settings.contrastive and controls else None
             deltas = corrected(self.after_ascent(target, tokens, settings, avoid), base, control)
         clock.append(time.perf_counter())
         spans = [best_window(d, settings.window) for d in deltas]
@@ -302,7 +301,7 @@ class UnlearningRetriever:
         pool = min(max(settings.candidates, k), count)
         found: set[int] = set()
         for method in CANDIDATE_SOURCES:
-            asked = Query(query.prompt, query.completion, list(query.controls))
+            asked = Query(query.prompt, query.completion, list(query.controls), more=list(query.more))
             found.update(hit.row for hit in self.sources(method).search(asked, pool, filters))
         return np.array(sorted(found), dtype=np.int64)
 
@@ -350,11 +349,13 @@ class UnlearningRetriever:
         with trainable(self.model):
             return newton_step(self.model, target, sample, settings, avoid)
 
-    def control_gradients(self, controls: list[Probe]) -> torch.Tensor:
-        """One flat gradient per control prompt ``(r, P)``: the span a contrastive ascent stays off."""
+    def control_gradients(self, controls: list[Probe], task: bool = False) -> torch.Tensor:
+        """One flat gradient per control prompt ``(r, P)``: the span a contrastive ascent stays off; for a control
+        task, one gradient of its summed loss (the task as a whole, not each instance)."""
         device = next(self.model.parameters()).device
+        groups = [controls] if task else [[c] for c in controls]
         with trainable(self.model):
-            return torch.stack([flat_gradient(self.model, self.meter.probe_batch([c]).to(device)) for c in controls])
+            return torch.stack([flat_gradient(self.model, self.meter.probe_batch(g).to(device)) for g in groups])
 
     def generic_probes(self, count: int) -> TokenBatch | None:
         """The correction's default controls: a span of each of ``count`` evenly spaced rows (None: no row is

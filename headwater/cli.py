@@ -17,6 +17,7 @@ from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig
 from attribution.errors import HeadwaterError
 from attribution.kinds import SketchConfig
 from evaluation.selections import Selection
+from headwater.attribute_cli import attribute
 from headwater.common import StepLog, clean_errors, command_group, setup_logging
 from headwater.eval_cli import eval_app
 from indexer.config import IndexConfig, StorageConfig
@@ -30,6 +31,7 @@ index_app = command_group("Build, merge, inspect and verify attribution indices.
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 app.add_typer(eval_app, name="eval")
+app.command("attribute")(attribute)
 
 @demo_app.command("build")
 @clean_errors

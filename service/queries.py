@@ -20,6 +20,7 @@ from attribution.methods import METHODS
 from attribution.records import Result as Attributed
 from attribution.retrievers import Method, k_error
 from attribution.session import AttributionSession
+from attribution.tasks import AGGREGATION, Instance
 from indexer.manifest import indexed_data
 from service.catalog import Catalog, describe
 from service.defaults import default_method
@@ -31,12 +32,14 @@ from service.schemas import (
     Example,
     FilterSpec,
     IndexInfo,
+    InstanceShare,
     MethodInfo,
     MethodVariantInfo,
     Result,
     Span,
     StepExample,
     StepResponse,
+    TaskInstance,
     UnlearningCostInfo,
     check_method_options,
 )
@@ -73,6 +76,8 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
     catalog = describe(session, served.model_lock)
     check_filters(request.filters, catalog)
     method = query_method(request, catalog, settings)
+    if request.task is not None:
+        return attribute_task(served, request, method, catalog)
     started = time.perf_counter()
     filters = Filters(**request.filters.model_dump())
     if batched(served, method, request):  # sketched in one pass with the gradient queries arriving with it
@@ -98,6 +103,34 @@ def attribute(served: ServedIndex, request: AttributeRequest, settings: Settings
                              timings_ms={name: round(ms, 2) for name, ms in timings.items()}, note=note)
 
 
+def attribute_task(served: ServedIndex, request: AttributeRequest, method: Method,
+                   catalog: Catalog) -> AttributeResponse:
+    """A task query: its instances answered as one (blocking: call it from a worker thread)."""
+    session = served.current()
+    started = time.perf_counter()
+    task = [Instance(i.prompt, i.completion) for i in request.task]
+    controls = [Instance(i.prompt, i.completion) for i in request.control_task or []]
+    missing = any(i.completion is None for i in [*task, *controls])
+    lock = served.model_lock if METHODS[method].uses_model or missing else nullcontext()
+    with lock:
+        task = [Instance(i.prompt, i.completion if i.completion is not None else model_completion(session, i.prompt))
+                for i in task]
+        check_terms(method, " ".join(i.prompt + i.completion for i in task))
+        found = session.attribute_task(task, k=request.k, method=method,
+                                       filters=Filters(**request.filters.model_dump()), control_task=controls,
+                                       unlearning=unlearning_settings(session, request, method))
+        stages = stage_timings(session, method)
+    searched = time.perf_counter()
+    found, note = meaningful(method, found, request.filters)
+    results = [to_result(session, hit, "", request.token_evidence) for hit in found]
+    timings = {"search": (searched - started) * 1e3, "format": (time.perf_counter() - searched) * 1e3, **stages}
+    return AttributeResponse(prompt=task[0].prompt, completion=task[0].completion or "", method=method.value,
+                             results=results, task=[TaskInstance(prompt=i.prompt, completion=i.completion)
+                                                    for i in task],
+                             aggregation=AGGREGATION[method],
+                             timings_ms={name: round(ms, 2) for name, ms in timings.items()}, note=note)
+
+
 def query_method(request: AttributeRequest, catalog: Catalog, settings: Settings) -> Method:
     """The request's method, else the server's default; options the default method does not take are refused (422)
     as they would be had the request named it."""
@@ -105,7 +138,7 @@ def query_method(request: AttributeRequest, catalog: Catalog, settings: Settings
         return Method(request.method)
     method = default_method(settings.default_method, catalog).method
     try:
-        check_method_options(method, request.controls, request.options_given())
+        check_method_options(method, request.controls or request.control_task or [], request.options_given())
     except ValueError as err:
         raise RequestLimitError(f"{err} (the request names no method, and this server's default is {method.value})"
                                 ) from err
@@ -213,7 +246,9 @@ def to_result(session: AttributionSession, hit: Attributed, completion: str, tok
                   span_pile_set_name=span_subset(session.encoder.tokenizer, hit.text, meta, hit.token_span, span),
                   token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens,
                   loss_increase=hit.loss_increase if token_evidence else None,
-                  row_tokens=hit.row_tokens if token_evidence else None)
+                  row_tokens=hit.row_tokens if token_evidence else None,
+                  instances=None if hit.instances is None else
+                  [InstanceShare(instance=i, contribution=c) for i, c in hit.instances])
 
 
 def token_span_to_chars(tokenizer, text: str, token_span: tuple[int, int]) -> Span | None:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from attribution.config import Direction
 from attribution.methods import METHODS, OPTIONS, owners
 from attribution.retrievers import Method
+from attribution.tasks import MAX_INSTANCES
 
 
 def check_method_options(method: Method, controls: list[str], given: list[str]) -> None:
@@ -40,12 +41,35 @@ class FilterSpec(Strict):
         return self
 
 
-class AttributeRequest(Strict):
-    """One attribution query."""
+class TaskInstance(Strict):
+    """One instance of a task."""
 
-    prompt: str = Field(..., min_length=1, max_length=20_000, examples=["Joachim Fairweather was born in"])
+    prompt: str = Field(..., min_length=1, max_length=20_000)
+    completion: str | None = Field(None, min_length=1, max_length=5_000,
+                                   description="Omitted: the model's own greedy continuation.")
+
+    @field_validator("prompt")
+    @classmethod
+    def prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must contain non-whitespace text")
+        return value
+
+
+class AttributeRequest(Strict):
+    """One attribution query: a prompt (and completion), or a task (several instances of one behaviour)."""
+
+    prompt: str | None = Field(None, min_length=1, max_length=20_000, examples=["Joachim Fairweather was born in"],
+                               description="The query's prompt (or give task instead).")
     completion: str | None = Field(None, min_length=1, max_length=5_000, examples=[" Thornbury"],
                                    description="Omitted: the model's own greedy continuation is attributed.")
+    task: list[TaskInstance] | None = Field(None, min_length=1, max_length=MAX_INSTANCES,
+                                            description="A task in place of prompt/completion: 1-256 instances of one "
+                                            "behaviour, answered as one (each result names the instances it serves "
+                                            "most; the response's aggregation says how the method combined them).")
+    control_task: list[TaskInstance] | None = Field(None, min_length=1, max_length=MAX_INSTANCES,
+                                                    description="With task: instances of a neighbouring task whose "
+                                                    "direction is taken out (hurt this task, not that one).")
     k: int = Field(10, ge=1, strict=True, description="Number of examples to return (at most the server's max_k).")
     method: Method | None = Field(None, description="Which retriever ranks the training examples. Omitted: the "
                                   "server's default_method (GET /v1/index says which and why: unlearning, best on "
@@ -69,8 +93,8 @@ class AttributeRequest(Strict):
 
     @field_validator("prompt")
     @classmethod
-    def prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def prompt_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
             raise ValueError("prompt must contain non-whitespace text")
         return value
 
@@ -82,9 +106,23 @@ class AttributeRequest(Strict):
         return value
 
     @model_validator(mode="after")
+    def one_query(self) -> AttributeRequest:
+        if (self.prompt is None) == (self.task is None):
+            raise ValueError("give prompt (one query) or task (its instances), not both and not neither")
+        if self.task is not None and (self.completion is not None or self.controls):
+            raise ValueError("a task query takes its completions in task and its controls as control_task; drop "
+                             "completion and controls")
+        if self.control_task is not None:
+            if self.task is None:
+                raise ValueError("control_task goes with task; for one prompt give controls")
+            if {(i.prompt, i.completion) for i in self.control_task} == {(i.prompt, i.completion) for i in self.task}:
+                raise ValueError("control_task is the task itself: give instances of a neighbouring task")
+        return self
+
+    @model_validator(mode="after")
     def options_fit_the_method(self) -> AttributeRequest:
         if self.method is not None:  # omitted: checked once the server's default is known
-            check_method_options(Method(self.method), self.controls, self.options_given())
+            check_method_options(Method(self.method), self.controls or self.control_task or [], self.options_given())
         return self
 
     def options_given(self) -> list[str]:
@@ -95,6 +133,12 @@ class AttributeRequest(Strict):
 class Span(BaseModel):
     start: int
     end: int
+
+
+class InstanceShare(BaseModel):
+    instance: int = Field(description="Index into the request's task.")
+    contribution: float = Field(description="gradient: the row's share of the task vector; rank fusion: the "
+                                "instance's reciprocal-rank term.")
 
 
 class Result(BaseModel):
@@ -115,13 +159,17 @@ class Result(BaseModel):
     loss_increase: list[float] | None = Field(None, description="unlearning: the loss increase (nats) of each "
                                               "predicted token of the row (row_tokens); their mean is the score.")
     row_tokens: list[str] | None = Field(None, description="unlearning: the row's tokens after the first.")
+    instances: list[InstanceShare] | None = Field(None, description="A task query: the instances this row serves "
+                                                  "most (at most three, largest first).")
 
 
 class AttributeResponse(BaseModel):
-    prompt: str
+    prompt: str = Field(description="The prompt (a task: its first instance's).")
     completion: str
     method: str
     results: list[Result]
+    task: list[TaskInstance] | None = Field(None, description="A task query: its instances, completions filled in.")
+    aggregation: str | None = Field(None, description="A task query: how the method combined its instances.")
     timings_ms: dict[str, float]
     note: str | None = Field(None, description="Why there are fewer results than asked for, when there are.")
 
