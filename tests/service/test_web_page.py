@@ -110,3 +110,14 @@ def test_page_preselects_the_servers_default_method(served_index: Path, tmp_path
     assert "2 examples for “Ilse Varga was born in” → “ Tarnow” by bm25" in html
     option = '<option value="" id="server_default" title="set by the server (default_method)">server default: bm25'
     assert option in html
+
+
+def test_page_answers_a_pasted_task(server: str, tmp_path: Path) -> None:
+    lines = ("Ilse Varga was born in\t Tarnow\nMarek Holloway was born in\n"
+             '{"prompt": "Joachim Fairweather was born in"}')
+    query = urlencode({"task": lines, "method": "gradient", "k": "3", "run": "1"})
+    html = chromium(["--dump-dom", f"{server}/?{query}"], tmp_path).stdout
+    assert re.findall(r'<span class="rank">#(\d+)</span>', html) == ["1", "2", "3"]
+    assert "3 examples for a task of 3 instances by gradient" in html and "mean of the instances' unit" in html
+    assert len(re.findall(r'<div class="meta instances">serves most: instance \d', html)) == 3
+    assert '<section id="check" aria-label="check this attribution" style="display: none;">' in html
