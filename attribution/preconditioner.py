@@ -126,7 +126,7 @@ class Preconditioner:
         return sketcher
 
     def describe(self) -> dict:
-        return {"mode": self.mode.value, "damping": self.damping, "lam": self.lam,
+        return {"kind": self.mode.value, "mode": self.mode.value, "damping": self.damping, "lam": self.lam,
                 "bytes": self.matrix.nbytes, "fit_seconds": self.fit_seconds}
 
     def save(self, path: str | Path) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
+from attribution.methods import METHODS
 from headwater.cli import app
 
 runner = CliRunner()
@@ -51,3 +53,11 @@ def test_bad_task_input_is_exit_2(tiny_index: Path, tmp_path: Path) -> None:
     (tmp_path / "broken.jsonl").write_text('{"prompt": "x"\n')
     result = runner.invoke(app, [*base, "--task", str(tmp_path / "broken.jsonl")])
     assert result.exit_code == 2 and "line 1: not JSON" in result.output
+
+
+@pytest.mark.parametrize("method", [m.value for m in METHODS])  # every registered method, from the command line
+def test_every_method_answers_from_the_cli(method: str, tiny_index: Path) -> None:
+    result = runner.invoke(app, ["attribute", "--index", str(tiny_index), "--prompt", "Ilse Varga was born in",
+                                 "--completion", " Tarnow", "--k", "2", "--method", method, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["rank"] for line in result.stdout.splitlines() if line.startswith("{")] == [1, 2]

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from attribution.curvature import KINDS
 from attribution.session import AttributionSession
 from headwater.cli import app
 from indexer.build import build_index, merge_index
@@ -36,7 +37,7 @@ def factors(index: Path) -> dict[str, torch.Tensor]:
     return load_file(str((index / "current").resolve() / curvature_file(0)))
 
 
-@pytest.mark.parametrize("kind", ["block", "kfac", "ekfac", "kfac_whitened", "ekfac_basis"])
+@pytest.mark.parametrize("kind", [kind.value for kind in KINDS])  # every registered kind, from the CLI
 def test_a_build_with_each_kind_opens_and_answers(kind: str, tiny_demo: Path, tmp_path: Path) -> None:
     out = tmp_path / "index"
     result = runner.invoke(app, ["index", "build", "--model", str(tiny_demo / "model"), "--data",
