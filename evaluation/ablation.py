@@ -114,7 +114,7 @@ class Ablator:
 def probe_groups(target: Target, unrelated: list[Probe],
                  targets: Sequence[Target]) -> tuple[list[Probe], dict[str, slice]]:
     """Probes of one target's trials, grouped; ``cross`` holds every target's own prompt (matrix row)."""
-    groups = {"target": [Probe(target.prompt, target.completion)],
+    groups = {"target": target.instances,  # a task target: each instance, the mean their change
               "paraphrases": [Probe(p, target.completion) for p in target.paraphrases],
               "related": list(target.related),
               "unrelated": list(unrelated),

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from attribution.errors import ConfigError
-from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from evaluation.ablation_checks import CheckPlan, unrunnable
 from evaluation.selections import Selection
@@ -52,13 +51,12 @@ def ranked_selections(session: AttributionSession, target: Target, settings: Abl
     """Row positions of the selections that do not depend on a seed (top/bottom by score, lexical, embedding,
     the target's own ``example_ids``); ``position`` maps example ids to rows (``positions_by_id``)."""
     k = settings.k
-    prompt, completion = target.prompt, target.completion
-    order = np.argsort(-session.gradient.score_all(Query(prompt, completion)), kind="stable")
+    order = np.argsort(-session.gradient.score_all(target.query()), kind="stable")
     chosen = {Selection.GRADIENT: order[:k].tolist(), Selection.GRADIENT_CONTRASTIVE: order[:k].tolist(),
               Selection.BOTTOM: order[::-1][:k].tolist()}
     for method in (Selection.BM25, Selection.EMBEDDING, Selection.UNLEARNING):
         if method in settings.methods:
-            chosen[method] = [h.row for h in session.retriever(method).search(Query(prompt, completion), k)]
+            chosen[method] = [h.row for h in session.retriever(method).search(target.query(), k)]
     if target.example_ids:
         chosen[Selection.GIVEN] = [position[int(i)] for i in target.example_ids]
     return {m: v for m, v in chosen.items() if m in settings.methods}
@@ -121,8 +119,7 @@ def known_empty(session: AttributionSession, targets: Sequence[Target],
     for t_index, target in enumerate(targets):
         chosen = {Selection.GIVEN: target.example_ids, Selection.ORACLE: [g for g in target.gold_rows if g in position]}
         if Selection.BM25 in methods:
-            chosen[Selection.BM25] = session.retriever(Selection.BM25).search(Query(target.prompt, target.completion),
-                                                                              settings.k)
+            chosen[Selection.BM25] = session.retriever(Selection.BM25).search(target.query(), settings.k)
         out += skipped_of(chosen, target, t_index, methods)
     return out
 

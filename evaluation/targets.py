@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from attribution.ascent import Probe
 from attribution.errors import ConfigError
+from attribution.retrievers import Query
+from attribution.tasks import MAX_INSTANCES
 from indexer.groundtruth import Fact
 
 if TYPE_CHECKING:  # only a type here: the session module loads the retrievers
@@ -36,6 +38,19 @@ class Target:
     gold_rows: list[int] = field(default_factory=list)
     example_ids: list[int] = field(default_factory=list)
     attribute: str | None = None
+    more: list[Probe] = field(default_factory=list)
+    """A task target: its further instances (``prompt``/``completion`` are the first). Its loss change is the mean
+    over every instance, and the ranked selections come from task queries (``attribution.tasks``); ``related``
+    are then the other tasks' instances."""
+
+    @property
+    def instances(self) -> list[Probe]:
+        """Every instance (one for a single target)."""
+        return [Probe(self.prompt, self.completion), *self.more]
+
+    def query(self) -> Query:
+        """The target as an attribution query (a task query when it has further instances)."""
+        return Query(self.prompt, self.completion, more=[(p.prompt, p.completion) for p in self.more])
 
     @classmethod
     def from_fact(cls, fact: Fact) -> Target:
@@ -58,7 +73,10 @@ class Target:
         attribute = data.get("attribute")
         if attribute is not None and not isinstance(attribute, str):
             raise ConfigError(f"target {number}: 'attribute' must be a string, got {attribute!r}")
-        return cls(prompt, completion,
+        more = _probes(data, "instances", number)
+        if len(more) > MAX_INSTANCES - 1:
+            raise ConfigError(f"target {number}: at most {MAX_INSTANCES - 1} further instances, got {len(more)}")
+        return cls(prompt, completion, more=more,
                    paraphrases=_list_of(data, "paraphrases", str, number),
                    related=_probes(data, "related", number), unrelated=_probes(data, "unrelated", number),
                    gold_rows=_list_of(data, "gold_rows", int, number),
@@ -92,6 +110,7 @@ def check_targets(session: AttributionSession, targets: Sequence[Target]) -> Non
     known = {int(i) for i in session.ids}
     for number, target in enumerate(targets, 1):
         pairs = [("", Probe(target.prompt, target.completion))]
+        pairs += [(f"instance {i}", p) for i, p in enumerate(target.more, 2)]
         pairs += [(f"paraphrase {i}", Probe(p, target.completion)) for i, p in enumerate(target.paraphrases, 1)]
         pairs += [(f"related prompt {i}", p) for i, p in enumerate(target.related, 1)]
         pairs += [(f"unrelated prompt {i}", p) for i, p in enumerate(target.unrelated, 1)]

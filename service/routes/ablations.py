@@ -37,6 +37,8 @@ router = APIRouter(prefix="/v1", tags=["ablations"])
 JOB_ID = r"^[0-9a-f]{12}$"
 
 
+MAX_TASK_INSTANCES = 32
+"""Most instances of a task target in a job (every instance is measured after every ascent)."""
 MAX_BUDGET = 10.0
 """Largest ‖Δθ‖ a job may ask for: the calibrated budgets are near 1, and far larger steps overflow the losses."""
 Text = Annotated[str, Field(min_length=1, max_length=2000, strict=True)]
@@ -69,6 +71,10 @@ class TargetSpec(PromptPair):
                                         description="Prompts of other relations (default: other demo facts).")
     example_ids: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
         default_factory=list, max_length=100, description="Rows to check as the 'given' selection, e.g. a result list.")
+    instances: list[PromptPair] = Field(default_factory=list, max_length=MAX_TASK_INSTANCES - 1,
+                                        description="A task target: its further instances (prompt and completion "
+                                        "are the first); its loss change is their mean, its selections come from "
+                                        "task queries, and related should be the other tasks' instances.")
 
     @field_validator("paraphrases")
     @classmethod
@@ -77,7 +83,8 @@ class TargetSpec(PromptPair):
 
     def to_target(self) -> Target:
         return Target(self.prompt, self.completion, list(self.paraphrases), [p.to_probe() for p in self.related],
-                      [p.to_probe() for p in self.unrelated], example_ids=list(self.example_ids))
+                      [p.to_probe() for p in self.unrelated], example_ids=list(self.example_ids),
+                      more=[p.to_probe() for p in self.instances])
 
 
 class AblationRequest(Strict):

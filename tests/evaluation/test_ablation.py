@@ -14,12 +14,21 @@ from attribution.config import AttributionConfig, CurvatureConfig
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
+from attribution.tasks import Instance
 from demo.session import demo_session
-from evaluation.ablation import Ablator, run_ablation
-from evaluation.ablation_plan import AblationSettings, NothingToAblateError, check_runnable, known_empty
+from evaluation.ablation import Ablator, probe_groups, run_ablation
+from evaluation.ablation_plan import (
+    AblationSettings,
+    NothingToAblateError,
+    check_runnable,
+    known_empty,
+    positions_by_id,
+    ranked_selections,
+)
 from evaluation.ablation_report import markdown, write_report
 from evaluation.ablation_stats import random_pvalues
 from evaluation.ablation_verdict import evidence, judge
+from evaluation.selections import Selection
 from evaluation.targets import Target, check_targets
 from indexer.groundtruth import load_facts
 from indexer.megatron import MegatronDataset
@@ -293,3 +302,29 @@ def test_a_zero_gradient_is_not_run_with_its_reason(session: AttributionSession,
                                                                       "ascend on"}] * 2
     assert len(report["not_run"]) == 2 and {r["method"] for r in report["rows"]} == {"random"}
     assert report["verdicts"] == {} and report["evidence"] == {}
+
+
+def test_a_task_target_measures_every_instance_and_selects_by_task_queries(session: AttributionSession, general,
+                                                                          tiny_demo: Path) -> None:
+    facts = [f for f in load_facts(tiny_demo) if f.gold_rows]
+    same = [f for f in facts if f.attribute == facts[0].attribute][:3]
+    others = [f for f in facts if f.attribute != facts[0].attribute][:3]
+    task = Target(same[0].prompt, same[0].completion, related=[Probe(f.prompt, f.completion) for f in others],
+                  unrelated=[Probe(f.prompt, f.completion) for f in facts
+                             if f.attribute not in (same[0].attribute, others[0].attribute)][:3],
+                  gold_rows=sorted({g for f in same for g in f.gold_rows}),
+                  more=[Probe(f.prompt, f.completion) for f in same[1:]])
+    line = asdict(task)
+    line["instances"] = line.pop("more")  # a JSON line names them 'instances'
+    assert Target.from_dict(line) == task and len(task.instances) == len(same)
+    probes, slices = probe_groups(task, [], [task])
+    assert probes[slices["target"]] == task.instances  # the target's change is the mean over every instance
+    settings = AblationSettings(k=5, budgets=(2.0,), random_draws=2, seeds=1, methods=("gradient", "bm25", "random"))
+    chosen = ranked_selections(session, task, settings, positions_by_id(session))
+    by_task = session.attribute_task([Instance(f.prompt, f.completion) for f in same], k=5, method="gradient")
+    assert [int(session.ids[p]) for p in chosen[Selection.GRADIENT]] == [r.example_id for r in by_task]
+    report = run_ablation(session, [task], settings, general)
+    rows = [r for r in report["rows"] if r["method"] == "gradient"]
+    assert rows and np.isfinite(rows[0]["d_target"]) and np.isfinite(rows[0]["related_ratio"])
+    with pytest.raises(ConfigError, match="target 2.*'instances' must be a list of"):
+        Target.from_dict({"prompt": "p", "completion": "c", "instances": ["q"]}, 2)

@@ -80,3 +80,21 @@ def test_the_pages_check_hears_what_cannot_run_and_gets_one_verdict(server: str,
     assert all(c["status"] in ("passed", "failed", "not run") and c["reason"] for c in checks.values())
     assert "by construction" in verdict["explanation"]
     assert f"- **given: {verdict['verdict']}** — {verdict['reason']}" in markdown(job["report"])  # the CLI's text
+
+
+def test_a_task_target_is_ablated_as_one(server: str) -> None:
+    task = {"prompt": "Ilse Varga was born in", "completion": " Tarnow",
+            "instances": [{"prompt": "Marek Holloway was born in", "completion": " Ostrava"}],
+            "related": [{"prompt": "Ilse Varga works for", "completion": " Redcliff Mining"}],
+            "unrelated": [{"prompt": "In the beginning God created", "completion": " the"}]}
+    body = {"targets": [task], "methods": ["gradient", "random"], "budgets": [1.0], "k": 3, "random_draws": 2}
+    started = post(server, body)
+    assert started.status_code == 202, started.text
+    job = finished(server, started.json())
+    assert job["status"] == "done" and job["error"] is None, job
+    assert {r["method"] for r in job["report"]["rows"]} == {"gradient", "random"}
+    too_many = {**task, "instances": [task["instances"][0]] * 32}
+    refused = post(server, {**body, "targets": [too_many]})
+    assert refused.status_code == 422 and "instances" in refused.text
+    blank = {**task, "instances": [{"prompt": " ", "completion": " x"}]}
+    assert post(server, {**body, "targets": [blank]}).status_code == 422
