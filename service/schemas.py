@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from attribution.ascent import Probe
 from attribution.config import Direction
 from attribution.methods import METHODS, OPTIONS, owners
 from attribution.retrievers import Method
 from attribution.tasks import MAX_INSTANCES
+from evaluation.selections import Selection
+from evaluation.targets import Target
 
 
 def check_method_options(method: Method, controls: list[str], given: list[str]) -> None:
@@ -289,3 +292,90 @@ class AblationVerdict(BaseModel):
     explanation: str = Field(description="What the verdict does and does not show.")
     passing_budgets: list[str]
     checks: list[AblationCheck]
+
+
+MAX_TASK_INSTANCES = 32
+"""Most instances of a task target in a job (every instance is measured after every ascent)."""
+MAX_BUDGET = 10.0
+"""Largest ‖Δθ‖ a job may ask for: the calibrated budgets are near 1, and far larger steps overflow the losses."""
+Text = Annotated[str, Field(min_length=1, max_length=2000, strict=True)]
+Budget = Annotated[float, Field(gt=0, le=MAX_BUDGET, allow_inf_nan=False, strict=True)]
+Count = Annotated[int, Field(strict=True)]
+
+
+def non_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must contain non-whitespace text")
+    return value
+
+
+class PromptPair(Strict):
+    prompt: Text
+    completion: Annotated[str, Field(min_length=1, max_length=500, strict=True)]
+
+    _non_blank = field_validator("prompt", "completion")(non_blank)
+
+    def to_probe(self) -> Probe:
+        return Probe(self.prompt, self.completion)
+
+
+class TargetSpec(PromptPair):
+    paraphrases: list[Text] = Field(default_factory=list, max_length=8,
+                                    description="Other wordings of the prompt (the completion stays).")
+    related: list[PromptPair] = Field(default_factory=list, max_length=8,
+                                      description="Prompts of the same relation, other subjects (specificity).")
+    unrelated: list[PromptPair] = Field(default_factory=list, max_length=8,
+                                        description="Prompts of other relations (default: other demo facts).")
+    example_ids: list[Annotated[int, Field(ge=0, strict=True)]] = Field(
+        default_factory=list, max_length=100, description="Rows to check as the 'given' selection, e.g. a result list.")
+    instances: list[PromptPair] = Field(default_factory=list, max_length=MAX_TASK_INSTANCES - 1,
+                                        description="A task target: its further instances (prompt and completion "
+                                        "are the first); its loss change is their mean, its selections come from "
+                                        "task queries, and related should be the other tasks' instances.")
+
+    @field_validator("paraphrases")
+    @classmethod
+    def paraphrases_not_blank(cls, value: list[str]) -> list[str]:
+        return [non_blank(p) for p in value]
+
+    def to_target(self) -> Target:
+        return Target(self.prompt, self.completion, list(self.paraphrases), [p.to_probe() for p in self.related],
+                      [p.to_probe() for p in self.unrelated], example_ids=list(self.example_ids),
+                      more=[p.to_probe() for p in self.instances])
+
+
+class AblationRequest(Strict):
+    """An ablation job; every field is checked here, and every prompt against the model before the job starts."""
+
+    targets: list[TargetSpec] | None = Field(None, min_length=1, max_length=50,
+                                             description="Default: the demo's planted facts (with gold rows).")
+    limit: Count = Field(5, ge=1, le=50)
+    k: Count = Field(10, ge=1, le=100)
+    budgets: list[Budget] = Field([0.5, 1.0, 2.0], min_length=1, max_length=6,
+                                  description=f"‖Δθ‖ of each ascent: finite, > 0 and at most {MAX_BUDGET}, distinct.")
+    seeds: Count = Field(1, ge=1, le=5)
+    random_draws: Count = Field(19, ge=1, le=50)
+    methods: list[Selection] = Field([s for s in Selection if s != Selection.GIVEN], min_length=1,
+                                     description="Selections to ascend on; 'given' needs example_ids.")
+
+    @field_validator("budgets")
+    @classmethod
+    def distinct_budgets(cls, value: list[float]) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError("budgets must be distinct")
+        return value
+
+
+class JobStatus(BaseModel):
+    id: str
+    status: str
+    progress: float
+    targets: int
+    error: str | None = None
+    warnings: list[str] = Field([], description="Checks this request cannot run (they will read 'not run'), and "
+                                "why; said when the job is accepted.")
+    verdicts: dict[str, AblationVerdict] = Field({}, description="When done: per tested selection (gradient, "
+                                                 "gradient_contrastive, unlearning, given), the one verdict from the "
+                                                 "full checklist, each check's status and reason.")
+    report: dict | None = None
+    plots: list[str] = []
