@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 
 from attribution.batching import Batching
+from attribution.stores import MemmapStore
 from attribution.vectors import FaissStore, SearchSettings, brute_force_top, build_faiss_index
 
 
@@ -104,6 +105,10 @@ def exact_top10(vectors: np.ndarray, queries: np.ndarray, block: int = 200_000) 
     return brute_force_top(vectors, queries, 10, block)
 
 
+MEMMAP = "memmap"
+"""The --factories entry for headwater's --store memmap (no FAISS index)."""
+
+
 def store_rows(vectors: np.ndarray, queries: np.ndarray, factories: list[str], work: Path,
                searches: tuple[tuple[int, int], ...] = ((16, 4), (64, 16), (64, 64)), label: str = "synthetic",
                ) -> list[dict]:
@@ -114,12 +119,16 @@ def store_rows(vectors: np.ndarray, queries: np.ndarray, factories: list[str], w
     rows = []
     for factory in factories:
         started = time.perf_counter()
-        index, _ = build_faiss_index(vectors, factory, settings=SearchSettings(nprobe=16))
+        if factory == MEMMAP:  # --store memmap: no index, every row scored from the float16 file
+            index, index_bytes = None, 0
+        else:
+            index, _ = build_faiss_index(vectors, factory, settings=SearchSettings(nprobe=16))
+            faiss.write_index(index, str(work / "g.faiss"))
+            index_bytes = (work / "g.faiss").stat().st_size
         build = time.perf_counter() - started
-        faiss.write_index(index, str(work / "g.faiss"))
-        index_bytes = (work / "g.faiss").stat().st_size
-        for nprobe, rerank in searches if factory != "Flat" else ((1, 1),):
-            store = FaissStore(vectors, index, SearchSettings(nprobe=nprobe, rerank=rerank))
+        for nprobe, rerank in searches if factory not in ("Flat", MEMMAP) else ((1, 1),):
+            store = (MemmapStore(vectors) if index is None
+                     else FaissStore(vectors, index, SearchSettings(nprobe=nprobe, rerank=rerank)))
             times, hits = [], []
             for q, gold in zip(queries, truth, strict=True):
                 started = time.perf_counter()
@@ -191,8 +200,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--dims", default="256", help="comma-separated vector dimensions")
-    parser.add_argument("--factories", default="Flat;IVF{lists},PQ{m}x4fs;OPQ{m},IVF{lists},PQ{m}",
-                        help="';'-separated FAISS factories ({lists}, {m}: chosen from n and dim)")
+    parser.add_argument("--factories", default="memmap;Flat;IVF{lists},PQ{m}x4fs;OPQ{m},IVF{lists},PQ{m}",
+                        help="';'-separated FAISS factories ({lists}, {m}: chosen from n and dim), and memmap "
+                             "(--store memmap: no index, every row scored from the float16 file)")
     parser.add_argument("--work", type=Path, default=None, help="where the synthetic memmaps go (default: /tmp)")
     parser.add_argument("--searches", default="16x4,16x100,64x100,16x400",
                         help="comma-separated NPROBExRERANK settings searched on each approximate index")
