@@ -33,12 +33,17 @@ class OutOfMemoryError(HeadwaterError, MemoryError):
 OUT_OF_MEMORY_MARKERS = ("out of memory", "can't start new thread", "std::bad_alloc", "cannot allocate memory",
                          "failed to allocate", "unable to allocate")
 """Texts of the errors that torch, FAISS, DuckDB, numpy and the threading module raise when memory runs out."""
+FAILED_WITHOUT_ERROR = "error return without exception set"
+"""CPython's SystemError when a C extension's allocation fails and it returns without setting MemoryError: seen
+importing sentence-transformers under a capped address space (tests/headwater/test_memory.py)."""
 
 
 def is_out_of_memory(err: BaseException) -> bool:
     """True for any library's out-of-memory error (a MemoryError, torch's, DuckDB's, a C++ bad_alloc, a thread that
     could not start)."""
     if isinstance(err, MemoryError) or type(err).__name__ in ("OutOfMemoryError", "OutOfMemoryException"):
+        return True
+    if isinstance(err, SystemError) and str(err) == FAILED_WITHOUT_ERROR:
         return True
     return isinstance(err, RuntimeError | OSError) and any(m in str(err).lower() for m in OUT_OF_MEMORY_MARKERS)
 

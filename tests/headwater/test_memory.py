@@ -47,14 +47,16 @@ def test_running_out_past_the_check_names_the_stage(tiny_demo: Path, tmp_path: P
 @pytest.mark.parametrize("raised", [MemoryError(), RuntimeError("std::bad_alloc"),
                                     RuntimeError("can't start new thread"),
                                     type("OutOfMemoryException", (Exception,), {})("Out of Memory Error: block\nmore"),
-                                    OSError(12, "Cannot allocate memory")])
+                                    OSError(12, "Cannot allocate memory"),
+                                    SystemError("error return without exception set")])
 def test_memory_guard_names_the_stage_and_advice(raised: Exception) -> None:
     with pytest.raises(OutOfMemoryError, match=r"^out of memory fitting the curvature \(.*\); lower --curvature-rows$"):
         with memory_guard("fitting the curvature", "lower --curvature-rows"):
             raise raised
 
 
-@pytest.mark.parametrize("raised", [RuntimeError("shape mismatch"), ConfigError("bad"), KeyError("x")])
+@pytest.mark.parametrize("raised", [RuntimeError("shape mismatch"), ConfigError("bad"), KeyError("x"),
+                                    SystemError("another internal error")])
 def test_memory_guard_lets_other_errors_through(raised: Exception) -> None:
     with pytest.raises(type(raised)) as caught:
         with memory_guard("stage", "advice"):
