@@ -173,6 +173,40 @@ def eval_field_lds(
     typer.echo(f"report written to {out}/field_lds.json and field_lds.md")
 
 
+@eval_app.command("behaviours")
+@clean_errors
+def eval_behaviours(
+    out: Annotated[Path, typer.Option(help="Report directory (case/, behaviours.json, behaviours.md); a rerun "
+                                           "reuses the built case.")] = Path("eval-report/behaviours"),
+    rows: Annotated[int, typer.Option(help="Training rows (real text with the demonstrations in).")] = 1000,
+    demos: Annotated[int, typer.Option(help="Rows demonstrating each task under each of its two phrasings.")] = 40,
+    epochs: Annotated[int, typer.Option(help="Training passes.")] = 8,
+    queries: Annotated[int, typer.Option(help="Held-out instances in a task query.")] = 8,
+    methods: Annotated[str, typer.Option(help="Comma-separated served methods to measure.")]
+    = "gradient,unlearning,bm25,embedding",
+    ablate: Annotated[bool, typer.Option(help="Also the unlearning check of each task.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the case.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Which data teaches a behaviour: tasks of unusual ways to speak (say each word twice, spell each word out,
+    reverse the words), each taught under two phrasings among real text; every method as a task query and as
+    single-instance queries, and the unlearning check of each task."""
+    from attribution.session import parse_method
+    from evaluation.behaviour_case import BehaviourCase
+    from evaluation.behaviours import BehaviourSettings, markdown, run_behaviours
+
+    setup_logging(verbose)
+    if queries < 1:
+        raise ConfigError(f"--queries must be at least 1, got {queries}")
+    chosen = tuple(parse_method(m.strip()).value for m in methods.split(",") if m.strip())
+    if not chosen:
+        raise ConfigError("--methods names no method")
+    case = BehaviourCase(rows=rows, demos=demos, epochs=epochs, seed=seed)
+    report = run_behaviours(out, case, BehaviourSettings(queries=queries, methods=chosen, ablate=ablate))
+    typer.echo(markdown(report))
+    typer.echo(f"report written to {out}/behaviours.json and behaviours.md")
+
+
 # --- eval tailpatch ---
 @eval_app.command("tailpatch")
 @clean_errors

@@ -1,0 +1,190 @@
+"""Which data teaches a behaviour: every method, as a task query and as single-instance queries, on the behaviour
+case (:mod:`evaluation.behaviour_case`), and the unlearning check of each task.
+
+Per task and method: precision@10 and @100 of the task's rows (either phrasing), the share of the top 10 that are
+the *other* phrasing's rows (the query is written in the first: rows found there were found by what they teach,
+not by shared words), the same for single-instance queries (the mean over the task's instances: what aggregation
+buys), and, from an unlearning ablation with task targets (related = the other tasks' instances), the other
+tasks' loss change over the target task's (``related/target``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from attribution.ascent import Probe
+from attribution.config import AttributionConfig
+from attribution.records import Example
+from attribution.session import AttributionSession
+from attribution.sketch import SketchConfig
+from attribution.tasks import Instance as TaskInstance
+from demo.training import completion_hits
+from evaluation.ablation import run_ablation
+from evaluation.ablation_plan import AblationSettings
+from evaluation.behaviour_case import (
+    TASKS,
+    BehaviourCase,
+    Instance,
+    build_behaviour_case,
+    query_instances,
+    row_labels,
+    training_rows,
+)
+from evaluation.report_files import write_report_files
+from evaluation.targets import Target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BehaviourSettings:
+    """How the case is measured."""
+
+    queries: int = 8
+    """Held-out instances a task query holds (first phrasing)."""
+    methods: tuple[str, ...] = ("gradient", "unlearning", "bm25", "embedding")
+    k: int = 16
+    """Sketch dimension per module of the in-memory gradient index."""
+    ablate: bool = True
+    """Also run the unlearning check of each task (gradient, bm25 and random selections of 10 rows)."""
+    budget: float = 1.0
+
+
+def behaviour_session(directory: Path, settings: BehaviourSettings) -> AttributionSession:
+    """An in-memory session over the case's rows (every method)."""
+    from attribution.models import load_tokenizer
+
+    tokenizer = load_tokenizer(directory / "tokenizer")
+    examples = [Example(i, ids, tokenizer.decode(ids.tolist()), {"source": "behaviours", "row": i})
+                for i, ids in enumerate(training_rows(directory))]
+    config = AttributionConfig(sketch=SketchConfig(k=settings.k))
+    return AttributionSession.from_examples(directory / "model", examples, config, directory / "tokenizer")
+
+
+def shares(rows: list[int], labels: list[dict | None], task: str) -> dict[str, float]:
+    """Precision@10 and @100 of ``task``'s rows, and the other phrasing's share of the top 10."""
+    def of(row: int, phrasing: int | None = None) -> bool:
+        label = labels[row]
+        return label is not None and label["task"] == task and (phrasing is None or label["phrasing"] == phrasing)
+
+    top10, top100 = rows[:10], rows[:100]
+    return {"precision_10": float(np.mean([of(r) for r in top10])) if top10 else float("nan"),
+            "precision_100": float(np.mean([of(r) for r in top100])) if top100 else float("nan"),
+            "other_phrasing_10": float(np.mean([of(r, 1) for r in top10])) if top10 else float("nan")}
+
+
+def row_positions(session: AttributionSession, results) -> list[int]:
+    position = {int(i): p for p, i in enumerate(session.ids)}
+    return [position[r.example_id] for r in results]
+
+
+def task_accuracy(session: AttributionSession, instances: list[Instance]) -> dict[str, dict[str, float]]:
+    """Whole-answer top-1 accuracy (teacher-forced) of each task, per phrasing, on held-out word sequences."""
+    model, tokenizer = session.encoder.checkpoints[-1].model, session.encoder.tokenizer
+    out: dict[str, dict[str, float]] = {}
+    for task in TASKS:
+        for phrasing in (0, 1):
+            asked = [i for i in instances if i.task == task and i.phrasing == phrasing]
+            hits = [completion_hits(model, tokenizer, " " + i.prompt, i.completion)[1] for i in asked]
+            out.setdefault(task, {})[f"phrasing_{phrasing + 1}"] = float(np.mean(hits)) if hits else float("nan")
+    return out
+
+
+def measure(session: AttributionSession, labels: list[dict | None], instances: list[Instance],
+            settings: BehaviourSettings) -> dict[str, dict[str, dict[str, float]]]:
+    """Per task and method: the task query's shares and the mean of the single-instance queries' shares."""
+    depth = min(100, len(session))
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for task in TASKS:
+        asked = [i for i in instances if i.task == task and i.phrasing == 0][: settings.queries]
+        for method in settings.methods:
+            found = session.attribute_task([TaskInstance(" " + i.prompt, i.completion) for i in asked], k=depth,
+                                           method=method)
+            single = [shares(row_positions(session, session.attribute(" " + i.prompt, i.completion, k=depth,
+                                                                      method=method)), labels, task)
+                      for i in asked]
+            entry = shares(row_positions(session, found), labels, task)
+            entry.update({f"instance_{name}": float(np.mean([s[name] for s in single])) for name in single[0]})
+            table.setdefault(task, {})[method] = entry
+            log.info("behaviours: %s by %s: %s", task, method, entry)
+    return table
+
+
+def task_targets(instances: list[Instance], settings: BehaviourSettings) -> list[Target]:
+    """One task target per task (its first phrasing's instances), related = two instances of each other task."""
+    targets = []
+    for task in TASKS:
+        mine = [i for i in instances if i.task == task and i.phrasing == 0][: settings.queries]
+        others = [Probe(" " + i.prompt, i.completion) for other in TASKS if other != task
+                  for i in [x for x in instances if x.task == other and x.phrasing == 0][:2]]
+        first, *more = mine
+        targets.append(Target(" " + first.prompt, first.completion, related=others, attribute=task,
+                              more=[Probe(" " + i.prompt, i.completion) for i in more]))
+    return targets
+
+
+def ablation_ratios(session: AttributionSession, instances: list[Instance], settings: BehaviourSettings,
+                    ) -> dict[str, dict[str, float]]:
+    """Per selection: the mean target-task and other-task loss changes over the tasks, and their ratio."""
+    rows = [np.asarray(session.encoder.tokenizer.encode(session.texts[p], add_special_tokens=False)).tolist()
+            for p in range(0, len(session), max(1, len(session) // 16))]
+    ablation = AblationSettings(k=10, budgets=(settings.budget,), random_draws=4, seeds=1,
+                                methods=("gradient", "bm25", "random", "unlearning"))
+    report = run_ablation(session, task_targets(instances, settings), ablation, rows)
+    out: dict[str, dict[str, float]] = {}
+    for method in ablation.methods:
+        picked = [r for r in report["rows"] if r["method"] == method.value]
+        if not picked:
+            continue
+        target = float(np.mean([r["d_target"] for r in picked]))
+        related = float(np.mean([r["d_related"] for r in picked]))
+        out[method.value] = {"d_target": target, "d_related": related,
+                             "related_over_target": related / target if target else float("nan")}
+    return out
+
+
+def run_behaviours(out: Path, case: BehaviourCase, settings: BehaviourSettings) -> dict:
+    """Build (or reuse) the case, measure every method, write ``OUT/behaviours.json`` and ``.md``."""
+    directory = build_behaviour_case(out, case)
+    session = behaviour_session(directory, settings)
+    labels = row_labels(directory)
+    instances = query_instances(case, directory, settings.queries)
+    report = {"queries": settings.queries, "case": {"rows": case.rows, "demos_per_phrasing": case.demos, "tasks": {
+                  name: list(task.phrasings) for name, task in TASKS.items()}},
+              "accuracy": task_accuracy(session, instances),
+              "retrieval": measure(session, labels, instances, settings)}
+    if settings.ablate:
+        report["ablation"] = ablation_ratios(session, instances, settings)
+    write_report_files(report, out, "behaviours", markdown)
+    return report
+
+
+def markdown(report: dict) -> str:
+    case = report["case"]
+    lines = [f"# Which data teaches a behaviour ({case['rows']} rows, {case['demos_per_phrasing']} demonstrations "
+             "of each task under each phrasing)", "",
+             "Per-task accuracy (whole answer, teacher-forced, held-out words): " + "; ".join(
+                 f"{task} {acc['phrasing_1']:.2f} / {acc['phrasing_2']:.2f}"
+                 for task, acc in report["accuracy"].items()), "",
+             f"Task queries ({report['queries']} instances, first phrasing) against single-instance queries "
+             "(mean): precision of the "
+             "task's rows at 10 and 100, and the other phrasing's share of the top 10.", "",
+             "| task | method | P@10 | P@100 | other phrasing @10 | single: P@10 | P@100 | other @10 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for task, methods in report["retrieval"].items():
+        for method, e in methods.items():
+            lines.append(f"| {task} | {method} | {e['precision_10']:.2f} | {e['precision_100']:.2f} | "
+                         f"{e['other_phrasing_10']:.2f} | {e['instance_precision_10']:.2f} | "
+                         f"{e['instance_precision_100']:.2f} | {e['instance_other_phrasing_10']:.2f} |")
+    if "ablation" in report:
+        lines += ["", "Unlearning check of each task (10 rows ascended on, mean over tasks): the other tasks' loss "
+                  "change over the target task's (aim ≤ 0.33).", "",
+                  "| selection | Δ target task | Δ other tasks | other / target |", "|---|---|---|---|"]
+        for method, e in report["ablation"].items():
+            lines.append(f"| {method} | {e['d_target']:.3f} | {e['d_related']:.3f} | "
+                         f"{e['related_over_target']:.2f} |")
+    return "\n".join(lines) + "\n"
