@@ -11,10 +11,12 @@ tasks' loss change over the target task's (``related/target``).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from attribution.ascent import Probe
 from attribution.config import AttributionConfig
@@ -82,15 +84,27 @@ def row_positions(session: AttributionSession, results) -> list[int]:
     return [position[r.example_id] for r in results]
 
 
+@torch.no_grad()
+def token_accuracy(model: torch.nn.Module, tokenizer, prompt: str, completion: str) -> float:
+    """The share of the answer's tokens the model predicts top-1, teacher-forced."""
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    target = tokenizer.encode(completion, add_special_tokens=False)
+    logits = model(input_ids=torch.tensor([prompt_ids + target[:-1]])).logits[0, len(prompt_ids) - 1 :]
+    return float((logits.argmax(-1) == torch.tensor(target)).float().mean())
+
+
 def task_accuracy(session: AttributionSession, instances: list[Instance]) -> dict[str, dict[str, float]]:
-    """Whole-answer top-1 accuracy (teacher-forced) of each task, per phrasing, on held-out word sequences."""
+    """Per task and phrasing, on held-out word sequences (teacher-forced, top-1): the share of whole answers right
+    and the share of answer tokens right."""
     model, tokenizer = session.encoder.checkpoints[-1].model, session.encoder.tokenizer
     out: dict[str, dict[str, float]] = {}
     for task in TASKS:
         for phrasing in (0, 1):
             asked = [i for i in instances if i.task == task and i.phrasing == phrasing]
-            hits = [completion_hits(model, tokenizer, " " + i.prompt, i.completion)[1] for i in asked]
-            out.setdefault(task, {})[f"phrasing_{phrasing + 1}"] = float(np.mean(hits)) if hits else float("nan")
+            whole = [completion_hits(model, tokenizer, " " + i.prompt, i.completion)[1] for i in asked]
+            tokens = [token_accuracy(model, tokenizer, " " + i.prompt, i.completion) for i in asked]
+            out.setdefault(task, {}).update({f"phrasing_{phrasing + 1}": float(np.mean(whole)) if whole else math.nan,
+                                             f"tokens_{phrasing + 1}": float(np.mean(tokens)) if tokens else math.nan})
     return out
 
 
@@ -167,9 +181,11 @@ def markdown(report: dict) -> str:
     case = report["case"]
     lines = [f"# Which data teaches a behaviour ({case['rows']} rows, {case['demos_per_phrasing']} demonstrations "
              "of each task under each phrasing)", "",
-             "Per-task accuracy (whole answer, teacher-forced, held-out words): " + "; ".join(
-                 f"{task} {acc['phrasing_1']:.2f} / {acc['phrasing_2']:.2f}"
-                 for task, acc in report["accuracy"].items()), "",
+             "Per-task accuracy on held-out words (teacher-forced, top-1; first / second phrasing): whole answers "
+             + "; ".join(f"{task} {acc['phrasing_1']:.2f} / {acc['phrasing_2']:.2f}"
+                         for task, acc in report["accuracy"].items())
+             + "; answer tokens " + "; ".join(f"{task} {acc['tokens_1']:.2f} / {acc['tokens_2']:.2f}"
+                                               for task, acc in report["accuracy"].items()) + ".", "",
              f"Task queries ({report['queries']} instances, first phrasing) against single-instance queries "
              "(mean): precision of the "
              "task's rows at 10 and 100, and the other phrasing's share of the top 10.", "",

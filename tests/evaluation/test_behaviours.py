@@ -65,6 +65,10 @@ def test_every_method_is_measured_as_a_task_and_per_instance(built: Path) -> Non
     out = built.parent
     report = run_behaviours(out, TINY_CASE, BehaviourSettings(queries=3))
     assert set(report["accuracy"]) == set(TASKS) and set(report["retrieval"]) == set(TASKS)
+    for accuracy in report["accuracy"].values():
+        assert set(accuracy) == {"phrasing_1", "phrasing_2", "tokens_1", "tokens_2"}
+        assert all(0.0 <= v <= 1.0 for v in accuracy.values())
+        assert accuracy["tokens_1"] >= accuracy["phrasing_1"]  # a whole answer right has every token right
     for methods in report["retrieval"].values():
         assert set(methods) == {"gradient", "unlearning", "bm25", "embedding"}
         for entry in methods.values():
