@@ -105,6 +105,10 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "without 1 % and on halves; queries are held-out stdlib chunks.",
                 headwater + ["eval", "field-lds", "--out", str(out / "field-lds-finetune"), "--finetune", "200",
                              "--halves", "50"]),
+        Section("behaviours", "Which data teaches a behaviour (task queries)",
+                "Tasks of unusual ways to speak taught under two phrasings among real text; every method as a task "
+                "query and per instance; the unlearning check of each task.",
+                headwater + ["eval", "behaviours", "--out", str(out / "behaviours")]),
         Section("second-index", "Index of every row of the second case", "CLI defaults (the removal test needs "
                 "every training row).",
                 headwater + ["index", "build", "--model", str(second / "model"), "--data",
