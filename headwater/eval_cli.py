@@ -178,9 +178,9 @@ def eval_field_lds(
 def eval_behaviours(
     out: Annotated[Path, typer.Option(help="Report directory (case/, behaviours.json, behaviours.md); a rerun "
                                            "reuses the built case.")] = Path("eval-report/behaviours"),
-    rows: Annotated[int, typer.Option(help="Training rows (real text with the demonstrations in).")] = 1000,
-    demos: Annotated[int, typer.Option(help="Rows demonstrating each task under each of its two phrasings.")] = 40,
-    epochs: Annotated[int, typer.Option(help="Training passes.")] = 8,
+    rows: Annotated[int, typer.Option(help="Training rows (real text with the demonstrations in).")] = 3000,
+    demos: Annotated[int, typer.Option(help="Rows demonstrating each task under each of its two phrasings.")] = 300,
+    epochs: Annotated[int, typer.Option(help="Training passes.")] = 30,
     queries: Annotated[int, typer.Option(help="Held-out instances in a task query.")] = 8,
     methods: Annotated[str, typer.Option(help="Comma-separated served methods to measure.")]
     = "gradient,unlearning,bm25,embedding",

@@ -84,6 +84,6 @@ def test_bad_behaviour_settings_are_exit_2(tmp_path: Path) -> None:
     runner = CliRunner()
     for args, message in ((["--queries", "0"], "--queries must be at least 1"),
                           (["--methods", "tea-leaves"], "tea-leaves"),
-                          (["--demos", "400"], "do not fit")):
+                          (["--demos", "600"], "do not fit")):
         result = runner.invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), *args])
         assert result.exit_code == 2 and message in result.output, result.output
