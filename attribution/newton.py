@@ -22,15 +22,18 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from attribution.ascent import restored
+from attribution.astra import AstraSchedule, astra_solve
 from attribution.batching import TokenBatch, training_batch
 from attribution.errors import ConfigError
+from attribution.factored_inverse import FactoredInverse, Factoring
 
 Vector = torch.Tensor
 """A flat vector over every parameter of the model, in ``named_parameters`` order."""
@@ -179,6 +182,15 @@ def conjugate_gradient(apply: Callable[[Vector], Vector], b: Vector, x0: Vector 
     return Solution(x, max_iter, float(r.norm()) / norm_b)
 
 
+class Solver(StrEnum):
+    """How the damped Gauss-Newton system is solved."""
+
+    CG = "cg"
+    """Conjugate gradient over the whole sample: one full product a step (bergson's EK-FAC + CG)."""
+    ASTRA = "astra"
+    """Momentum SGD with curvature products over small random batches of the sample (:mod:`attribution.astra`)."""
+
+
 @dataclass(frozen=True)
 class NewtonConfig:
     """How the query direction is refined."""
@@ -190,12 +202,28 @@ class NewtonConfig:
     """Relative residual at which conjugate gradient stops."""
     max_iter: int = 50
     """Most Gauss-Newton products."""
+    factoring: Factoring = Factoring.NONE
+    """Factored approximation of ``(G + λ)⁻¹`` fitted on the sample (:mod:`attribution.factored_inverse`): CG's
+    preconditioner and ASTRA's step preconditioner; none, kfac or ekfac."""
+    warm_start: bool = False
+    """Start the solver from the factored inverse's ``x₀ = P⁻¹ g`` instead of 0 (needs a factoring)."""
+    solver: Solver = Solver.CG
+    astra: AstraSchedule = field(default_factory=AstraSchedule)
+    """ASTRA's schedule (``solver = astra``)."""
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.damping) or self.damping <= 0:
             raise ConfigError(f"newton damping must be a positive finite number, got {self.damping}")
         if self.max_iter <= 0 or not 0 < self.tol < 1:
             raise ConfigError(f"newton needs max_iter > 0 and 0 < tol < 1, got {self.max_iter} and {self.tol}")
+        for name, kind in (("factoring", Factoring), ("solver", Solver)):
+            try:
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                raise ConfigError(f"newton {name} must be one of {', '.join(k.value for k in kind)}, "
+                                  f"got {getattr(self, name)!r}") from None
+        if self.warm_start and self.factoring is Factoring.NONE:
+            raise ConfigError("a newton warm start needs a factoring (kfac or ekfac) to start from")
 
 
 @dataclass(frozen=True)
@@ -207,29 +235,74 @@ class NewtonDirection:
     damping: float
     """The absolute λ used."""
     iterations: int
+    """Conjugate-gradient steps, or ASTRA steps."""
     residual: float
+    """``‖(G + λ) x − g‖ / ‖g‖`` over the whole sample (for ASTRA: one extra product to report it)."""
     seconds: float
+    products: int = 0
+    """Gauss-Newton products over the whole sample, or their equivalent in rows (ASTRA's batches)."""
+
+
+def sample_rows(batch: TokenBatch, picks: torch.Tensor) -> TokenBatch:
+    """The rows ``picks`` of ``batch``."""
+    return TokenBatch(batch.input_ids[picks], batch.attention_mask[picks], batch.loss_mask[picks])
+
+
+class NewtonSolver:
+    """Newton directions ``x = (G + λ)⁻¹ g`` for any number of targets over one sample: the damping (relative to
+    ``G``'s mean eigenvalue) and the factored preconditioner are found once, on the first target."""
+
+    def __init__(self, model: nn.Module, sample: TokenBatch, config: NewtonConfig = NewtonConfig(),
+                 precondition: Callable[[Vector], Vector] | None = None) -> None:
+        self.model, self.sample, self.config = model, sample, config
+        self.system = GaussNewton(model, sample)
+        self._precondition = precondition
+        self._ready = False
+
+    def _prepare(self) -> None:
+        if self._ready:
+            return
+        config, system = self.config, self.system
+        system.damping = config.damping * system.mean_eigenvalue() if config.relative else config.damping
+        if self._precondition is None and config.factoring is not Factoring.NONE:
+            self._precondition = FactoredInverse.fit(self.model, self.sample, system.damping, config.factoring)
+        self._ready = True
+
+    def direction(self, target: TokenBatch) -> NewtonDirection:
+        """``target``'s Newton direction, by ``config.solver``."""
+        started = time.perf_counter()
+        self._prepare()
+        config, system, model, sample = self.config, self.system, self.model, self.sample
+        gradient = loss_gradient(model, target)
+        dtype, b = gradient.dtype, gradient.double()
+        before = system.products
+
+        def apply(v: Vector) -> Vector:  # the solver's recurrences in float64: float32 ones lose orthogonality
+            return system.product(v.to(dtype)).double()
+
+        precondition = self._precondition
+        inverse = None if precondition is None else (lambda r: precondition(r.to(dtype)).double())
+        x0 = inverse(b) if config.warm_start and inverse is not None else None
+        if config.solver is Solver.ASTRA:
+            def apply_batch(v: Vector, picks: torch.Tensor) -> Vector:
+                return GaussNewton(model, sample_rows(sample, picks), system.damping).product(v.to(dtype)).double()
+
+            solved = astra_solve(apply_batch, b, len(sample), config.astra, inverse, x0)
+            residual = float((apply(solved.x) - b).norm() / b.norm()) if float(b.norm()) > 0 else 0.0
+            products = round(config.astra.steps * min(config.astra.rows, len(sample)) / len(sample)) + 1
+            return NewtonDirection(solved.x.to(dtype), gradient, system.damping, solved.steps, residual,
+                                   time.perf_counter() - started, products)
+        found = conjugate_gradient(apply, b, x0=x0, tol=config.tol, max_iter=config.max_iter, precondition=inverse)
+        return NewtonDirection(found.x.to(dtype), gradient, system.damping, found.iterations, found.residual,
+                               time.perf_counter() - started, system.products - before)
 
 
 def newton_direction(model: nn.Module, target: TokenBatch, sample: TokenBatch, config: NewtonConfig = NewtonConfig(),
                      precondition: Callable[[Vector], Vector] | None = None) -> NewtonDirection:
-    """``x = (G + λ)⁻¹ g``: ``g`` the target's loss gradient, ``G`` the Gauss-Newton matrix over ``sample``."""
-    started = time.perf_counter()
-    gradient = loss_gradient(model, target)
-    system = GaussNewton(model, sample)
-    system.damping = config.damping * system.mean_eigenvalue() if config.relative else config.damping
-    dtype = gradient.dtype
-
-    def apply(v: Vector) -> Vector:  # the solver's recurrences in float64: float32 ones lose orthogonality
-        return system.product(v.to(dtype)).double()
-
-    def inverse(r: Vector) -> Vector:
-        return precondition(r.to(dtype)).double()
-
-    solved = conjugate_gradient(apply, gradient.double(), tol=config.tol, max_iter=config.max_iter,
-                                precondition=None if precondition is None else inverse)
-    return NewtonDirection(solved.x.to(dtype), gradient, system.damping, solved.iterations, solved.residual,
-                           time.perf_counter() - started)
+    """``x = (G + λ)⁻¹ g``: ``g`` the target's loss gradient, ``G`` the Gauss-Newton matrix over ``sample``; solved
+    by ``config.solver``, preconditioned by ``precondition`` or else by ``config.factoring`` fitted on ``sample``
+    (:class:`NewtonSolver` does this once for many targets)."""
+    return NewtonSolver(model, sample, config, precondition).direction(target)
 
 
 def loss_changes(model: nn.Module, batch: TokenBatch, direction: Vector) -> torch.Tensor:

@@ -35,20 +35,21 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from attribution.astra import AstraSchedule
 from attribution.batching import training_batch
 from attribution.config import DEFAULT_DAMPING, CurvatureConfig, Direction, UnlearningConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model, load_tokenizer
-from attribution.newton import NewtonConfig, newton_direction, score_rows
+from attribution.newton import NewtonConfig, NewtonSolver, score_rows
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
@@ -77,28 +78,60 @@ NEWTON_DAMPING = 10.0
 CG runs use 10; at 0.1 conjugate gradient did not converge in 30 steps on the from-scratch case: residual 4.6)."""
 
 
-def newton_config(name: str) -> NewtonConfig:
-    """``newton[@dD][@iN]``: relative damping D (default :data:`NEWTON_DAMPING`), at most N conjugate-gradient steps
-    (default :data:`NEWTON_ITERATIONS`)."""
-    damping, iterations = NEWTON_DAMPING, NEWTON_ITERATIONS
-    error = ConfigError(f"unknown LDS estimator {name!r}: newton takes @dD, a positive relative damping, and @iN, a "
-                        "positive number of conjugate-gradient steps")
-    seen = set()
+NEWTON_OPTIONS = ("@dD (relative damping), @iN (conjugate-gradient steps, or ASTRA steps), @rN (sample rows), "
+                  "@kfac or @ekfac (a factored preconditioner), @warm (start from it), @astra (the stochastic "
+                  "solver), @lrX (ASTRA's learning rate)")
+
+
+@dataclass(frozen=True)
+class NewtonEstimator:
+    """A ``newton`` estimator's solver settings and how many evenly spaced training rows its ``G`` is taken over."""
+
+    config: NewtonConfig
+    sample_rows: int = NEWTON_SAMPLE_ROWS
+
+
+def newton_estimator(name: str) -> NewtonEstimator:
+    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX]``: relative damping D (default
+    :data:`NEWTON_DAMPING`), at most N conjugate-gradient steps (default :data:`NEWTON_ITERATIONS`; with ``@astra``
+    N ASTRA steps, default 300), ``G`` over N sample rows (default :data:`NEWTON_SAMPLE_ROWS`), a K-FAC or EK-FAC
+    preconditioner, a warm start from it, the ASTRA solver and its learning rate X (default 0.1)."""
+    error = ConfigError(f"unknown LDS estimator {name!r}: newton takes {NEWTON_OPTIONS}")
+    numbers: dict[str, float] = {}
+    flags: set[str] = set()
     for option in name.split("@")[1:]:
-        if option[:1] in seen or option[:1] not in ("d", "i"):
+        if option in ("kfac", "ekfac", "warm", "astra"):
+            if option in flags or ({"kfac", "ekfac"} <= flags | {option}):
+                raise error
+            flags.add(option)
+            continue
+        key = "lr" if option.startswith("lr") else option[:1]
+        if key in numbers or key not in ("d", "i", "r", "lr"):
             raise error
-        seen.add(option[:1])
         try:
-            value = float(option[1:])
+            value = float(option[len(key):])
         except ValueError:
             raise error from None
-        if not value > 0 or not np.isfinite(value) or (option[0] == "i" and value != int(value)):
+        if not value > 0 or not np.isfinite(value) or (key in ("i", "r") and value != int(value)):
             raise error
-        if option[0] == "d":
-            damping = value
-        else:
-            iterations = int(value)
-    return NewtonConfig(damping=damping, max_iter=iterations)
+        numbers[key] = value
+    astra = "astra" in flags
+    if "lr" in numbers and not astra:
+        raise error
+    factoring = next((f for f in ("kfac", "ekfac") if f in flags), "none")
+    schedule = AstraSchedule(steps=int(numbers.get("i", 300)), lr=numbers.get("lr", 0.1)) if astra else AstraSchedule()
+    try:
+        config = NewtonConfig(damping=numbers.get("d", NEWTON_DAMPING), factoring=factoring,
+                              max_iter=NEWTON_ITERATIONS if astra else int(numbers.get("i", NEWTON_ITERATIONS)),
+                              warm_start="warm" in flags, solver="astra" if astra else "cg", astra=schedule)
+    except ConfigError as exc:
+        raise ConfigError(f"unknown LDS estimator {name!r}: {exc}") from None
+    return NewtonEstimator(config, int(numbers.get("r", NEWTON_SAMPLE_ROWS)))
+
+
+def newton_config(name: str) -> NewtonConfig:
+    """The solver settings of a ``newton[...]`` estimator (:func:`newton_estimator`)."""
+    return newton_estimator(name).config
 
 
 def unlearning_settings(name: str) -> UnlearningConfig:
@@ -333,7 +366,7 @@ class Scorer:
             targets = [training_batch([q.tolist()]) for q in self.queries]  # every token after the first
             return score_every_row(load_model(self.model_dir), self.rows, targets, unlearning_settings(name))
         if estimator.family == NEWTON:
-            return self.newton_scores(newton_config(name))
+            return self.newton_scores(name)
         curvature = CurvatureConfig(kind=estimator.kind, damping=estimator_damping(name, self.settings))
         k = estimator.k or self.settings.k
         if estimator.family == TRACIN:
@@ -352,18 +385,29 @@ class Scorer:
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
 
 
-    def newton_scores(self, config: NewtonConfig) -> np.ndarray:
+    def newton_scores(self, name: str) -> np.ndarray:
         """Each row's exact loss change along each query's Newton direction ``(G + λ)⁻¹ ∇ℓ(query)``, ``G`` over
-        :data:`NEWTON_SAMPLE_ROWS` evenly spaced training rows; no projection."""
+        the estimator's evenly spaced sample rows; no projection. How the solver did goes to ``NAME.solver.json``
+        beside the scores (:func:`solver_summary`)."""
+        estimator = newton_estimator(name)
         model = load_model(self.model_dir)
-        picks = np.unique(np.linspace(0, len(self.rows) - 1, min(NEWTON_SAMPLE_ROWS, len(self.rows))).astype(int))
+        count = min(estimator.sample_rows, len(self.rows))
+        picks = np.unique(np.linspace(0, len(self.rows) - 1, count).astype(int))
         sample = training_batch([self.rows[i] for i in picks])
-        out = []
+        out, runs = [], []
+        solver = NewtonSolver(model, sample, estimator.config)
         for query in self.queries:
-            found = newton_direction(model, training_batch([query.tolist()]), sample, config)
-            log.info("newton: %d conjugate-gradient steps, residual %.1e, %.1f s", found.iterations, found.residual,
-                     found.seconds)
+            found = solver.direction(training_batch([query.tolist()]))
+            log.info("newton: %d steps, %d products, residual %.1e, %.1f s", found.iterations, found.products,
+                     found.residual, found.seconds)
+            runs.append((found.products, found.residual, found.seconds))
             out.append(score_rows(model, self.rows, found.x).numpy())
+        products, residuals, seconds = (np.asarray(v, dtype=float) for v in zip(*runs, strict=True))
+        summary = {"sample_rows": len(picks), "products": float(products.mean()),
+                   "residual_median": float(np.median(residuals)), "residual_max": float(residuals.max()),
+                   "solve_seconds": float(seconds.mean())}
+        (self.out / "scores").mkdir(parents=True, exist_ok=True)
+        (self.out / "scores" / f"{name}.solver.json").write_text(json.dumps(summary, indent=2))
         return np.stack(out).astype(np.float32)
 
 
@@ -421,7 +465,8 @@ def extra_key(name: str, case: LDSCase) -> dict:
     if family == UNLEARNING:
         return {"unlearning": asdict(unlearning_settings(name))}
     if family == NEWTON:
-        return {"newton": {**asdict(newton_config(name)), "sample_rows": NEWTON_SAMPLE_ROWS}}
+        found = newton_estimator(name)
+        return {"newton": {**asdict(found.config), "sample_rows": found.sample_rows}}
     if family == TRACIN:
         plan = tracin_plan(case)
         return {"revisions": list(plan.revisions), "weights": list(plan.weights)}
@@ -497,6 +542,7 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
         "settings": {**asdict(settings), "estimators": list(settings.estimators)},
         "lds": columns,
         "candidate_recall": candidate_table(scores),
+        "solvers": solver_summaries(out, settings.estimators),
         "full_model_loss": float(full_losses.mean()),
         "retrain_loss_spread": {kind: float(np.asarray([r["losses"] for r in recs]).std(axis=0).mean())
                                 for kind, recs in records.items() if recs},
@@ -506,6 +552,16 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     }
     write_report_files(report, out, "field_lds", markdown)
     return report
+
+
+def solver_summaries(out: Path, estimators: Sequence[str]) -> dict[str, dict]:
+    """How each ``newton`` estimator's solver did (written beside its scores when they were computed)."""
+    found = {}
+    for name in estimators:
+        path = out / "scores" / f"{name}.solver.json"
+        if parse_estimator(name).family == NEWTON and path.is_file():
+            found[name] = json.loads(path.read_text())
+    return found
 
 
 def markdown(report: dict) -> str:
@@ -548,4 +604,14 @@ def markdown(report: dict) -> str:
                   "| estimator | " + " | ".join(f"top {d}" for d in depths) + " |",
                   "|---|" + "---|" * len(depths)]
         lines += [f"| {name} | " + " | ".join(f"{v[d]:.2f}" for d in depths) + " |" for name, v in recall.items()]
+    solvers = report.get("solvers") or {}
+    if solvers:
+        lines += ["", "Solvers: Gauss-Newton products over the whole sample per query (ASTRA's batches counted as "
+                  "their share of it, + 1 to report its residual; not counted: 4 once per sample to estimate the mean "
+                  "eigenvalue), the relative residual ‖(G + λ)x − g‖ / ‖g‖, mean seconds per query to find x "
+                  "(the first query's include fitting the K-FAC / EK-FAC preconditioner once).", "",
+                  "| estimator | sample rows | products | residual (median) | residual (max) | s/query |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {v['sample_rows']} | {v['products']:.0f} | {v['residual_median']:.2f} | "
+                  f"{v['residual_max']:.2f} | {v['solve_seconds']:.1f} |" for name, v in solvers.items()]
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from attribution.astra import AstraSchedule
 from attribution.config import CurvatureConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
@@ -38,6 +39,7 @@ from evaluation.field_lds import (
     dropped_rows,
     kept_masks,
     newton_config,
+    newton_estimator,
     parse_estimator,
     retrain_path,
     run_field_lds,
@@ -219,6 +221,16 @@ def test_bad_settings_are_clear_errors() -> None:
     assert newton_config("newton@i50") == NewtonConfig(damping=10.0, max_iter=50)
     assert newton_config("newton@d1@i5") == NewtonConfig(damping=1.0, max_iter=5)
     assert newton_config("newton") == NewtonConfig(damping=10.0, max_iter=20)
+    assert newton_config("newton@ekfac@warm") == NewtonConfig(damping=10.0, max_iter=20, factoring="ekfac",
+                                                              warm_start=True)
+    assert newton_config("newton@kfac").factoring == "kfac"
+    astra = newton_estimator("newton@astra@ekfac@i100@r200@lr0.05")
+    assert astra.sample_rows == 200
+    assert astra.config.solver == "astra" and astra.config.astra == AstraSchedule(steps=100, lr=0.05)
+    for bad in ("newton@warm", "newton@kfac@ekfac", "newton@ekfac@ekfac", "newton@lr0.1", "newton@r0",
+                "newton@r2.5", "newton@astra@lr0"):
+        with pytest.raises(ConfigError, match="unknown LDS estimator"):
+            FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf", "newton@i0", "newton@i2.5", "newton@x1",
                 "newton@d1@d2", "newton@"):
         with pytest.raises(ConfigError, match="newton takes @dD"):
