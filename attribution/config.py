@@ -20,7 +20,7 @@ from functools import cache
 from typing import Any
 
 from attribution.errors import ConfigError
-from attribution.kinds import Fisher, PreconditionMode, ScoreMode, SketchConfig
+from attribution.kinds import Factoring, Fisher, PreconditionMode, ScoreMode, SketchConfig
 
 
 class Fusion(StrEnum):
@@ -169,11 +169,15 @@ class UnlearningConfig:
     field-LDS sweep: 1, 10 and 100 all beat EK-FAC, 10 best)."""
     newton_iterations: int = 20
     """newton: most conjugate-gradient steps (two passes over ``newton_rows`` each)."""
+    newton_factoring: Factoring = Factoring.NONE
+    """newton: none, kfac or ekfac — a factored ``(G + λ)⁻¹`` fitted once on the ``newton_rows`` preconditions
+    conjugate gradient and is its starting point (fewer steps to the same solution)."""
 
     def __post_init__(self) -> None:
         _coerce(self, "correction", Correction)
         _coerce(self, "score", RowScore)
         _coerce(self, "direction", Direction)
+        _coerce(self, "newton_factoring", Factoring)
         positive = {"steps": self.steps, "control_probes": self.control_probes, "candidates": self.candidates,
                     "batch_tokens": self.batch_tokens, "window": self.window, "newton_rows": self.newton_rows,
                     "newton_iterations": self.newton_iterations}

@@ -22,27 +22,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
 from torch import nn
 
 from attribution.batching import TokenBatch
 from attribution.errors import ConfigError
+from attribution.kinds import Factoring
 
 FACTOR_LIMIT = 4096
 """Widest side (inputs + 1, or outputs) a layer may have and still get a Kronecker block; wider ones go diagonal."""
 
-
-class Factoring(StrEnum):
-    """How the Newton solvers approximate ``(G + λ)⁻¹`` to precondition and warm-start."""
-
-    NONE = "none"
-    """No preconditioner (plain conjugate gradient); a stochastic solver then steps along the raw residual."""
-    KFAC = "kfac"
-    """K-FAC blocks: eigenvalues the products of the two factors' eigenvalues."""
-    EKFAC = "ekfac"
-    """EK-FAC blocks: K-FAC's eigenbasis, eigenvalues corrected to the per-row gradients' second moments in it."""
+__all__ = ["FACTOR_LIMIT", "Factoring", "FactoredInverse", "LinearBlock"]
 
 
 @dataclass

@@ -78,3 +78,14 @@ class SketchConfig:
         if not groups:
             raise ConfigError("sketch at least one parameter group (blocks, embed, head)")
         object.__setattr__(self, "groups", groups)
+
+
+class Factoring(StrEnum):
+    """How the Newton solvers approximate ``(G + λ)⁻¹`` to precondition and warm-start."""
+
+    NONE = "none"
+    """No preconditioner (plain conjugate gradient); a stochastic solver then steps along the raw residual."""
+    KFAC = "kfac"
+    """K-FAC blocks: eigenvalues the products of the two factors' eigenvalues."""
+    EKFAC = "ekfac"
+    """EK-FAC blocks: K-FAC's eigenbasis, eigenvalues corrected to the per-row gradients' second moments in it."""

@@ -50,7 +50,8 @@ from attribution.config import Correction, Direction, RowScore, UnlearningConfig
 from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
 from attribution.filters import Filters
-from attribution.newton import NewtonConfig, newton_direction
+from attribution.kinds import Factoring
+from attribution.newton import NewtonConfig, NewtonSolver
 from attribution.retrievers import Hit, Method, Query, Retriever, check_k, fill_completions
 from attribution.rows import RowTable, allowed_rows
 
@@ -152,13 +153,23 @@ def newton_sample(tokens: Callable[[int], np.ndarray], n: int, count: int) -> To
     return training_batch(rows) if rows else None
 
 
-def newton_step(model: nn.Module, target: TokenBatch, sample: TokenBatch, settings: UnlearningConfig,
+def newton_solver(model: nn.Module, sample: TokenBatch, settings: UnlearningConfig) -> NewtonSolver:
+    """The Newton solver over ``sample`` that ``settings`` asks for: damping, steps, factored preconditioner and warm
+    start. Its damping and factored inverse are computed on first use and kept for every later target."""
+    device = next(model.parameters()).device
+    config = NewtonConfig(damping=settings.newton_damping, max_iter=settings.newton_iterations,
+                          factoring=settings.newton_factoring,
+                          warm_start=settings.newton_factoring is not Factoring.NONE)
+    return NewtonSolver(model, sample.to(device), config)
+
+
+def newton_step(model: nn.Module, target: TokenBatch, solver: NewtonSolver,
                 avoid: torch.Tensor | None = None) -> torch.Tensor:
     """The unit direction of ``x = (G + λ)⁻¹ g``: ``g`` the target's loss gradient, ``G`` the Gauss-Newton matrix
-    over ``sample``, λ ``settings.newton_damping`` × its mean eigenvalue; ``avoid``'s span (r, P) projected out."""
+    over ``solver``'s sample, λ its relative damping × ``G``'s mean eigenvalue; ``avoid``'s span (r, P) projected
+    out."""
     device = next(model.parameters()).device
-    config = NewtonConfig(damping=settings.newton_damping, max_iter=settings.newton_iterations)
-    found = newton_direction(model, target.to(device), sample.to(device), config)
+    found = solver.direction(target.to(device))
     log.debug("newton direction: %d conjugate-gradient steps, residual %.1e, %.2f s", found.iterations,
               found.residual, found.seconds)
     x = project_off(found.x, None if avoid is None else avoid.to(found.x))
@@ -218,8 +229,11 @@ def score_every_row(model: nn.Module, rows: Sequence[Sequence[int]], targets: Se
     out = np.zeros((len(targets), len(rows)), dtype=np.float32)
     if settings.direction is Direction.NEWTON:
         sample = newton_sample(lambda r: np.asarray(rows[r]), len(rows), settings.newton_rows)
+        if sample is None:
+            raise ConfigError("no row has two tokens: the newton direction has no rows to take curvature from")
+        solver = newton_solver(model, sample, settings)
         for t, target in enumerate(targets):
-            changes = central_changes(model, newton_step(model, target, sample, settings), rows, settings)
+            changes = central_changes(model, newton_step(model, target, solver), rows, settings)
             out[t] = [row_score(d, settings) for d in changes]
         return out
     base = row_losses(model, rows, settings.batch_tokens)
@@ -249,7 +263,7 @@ class UnlearningRetriever:
         self.timings: dict[str, float] = {}
         """Milliseconds per stage of the last search (candidates, reference, target, evidence)."""
         self._probes: dict[int, TokenBatch | None] = {}
-        self._samples: dict[int, TokenBatch | None] = {}
+        self._solvers: dict[tuple, NewtonSolver] = {}
 
     def tokens(self, row: int) -> np.ndarray:
         """The row's token ids (its text re-tokenized, cut to the model's context), cached."""
@@ -340,14 +354,18 @@ class UnlearningRetriever:
         return losses_after_ascent(self.model, batch, tokens, settings, avoid)
 
     def newton_step(self, target: TokenBatch, settings: UnlearningConfig, avoid: torch.Tensor | None) -> torch.Tensor:
-        """The target's unit Newton direction over a sample of ``settings.newton_rows`` indexed rows (cached)."""
-        if settings.newton_rows not in self._samples:
-            self._samples[settings.newton_rows] = newton_sample(self.tokens, self.n, settings.newton_rows)
-        sample = self._samples[settings.newton_rows]
-        if sample is None:
-            raise ConfigError("no indexed row has two tokens: the newton direction has no rows to take curvature from")
+        """The target's unit Newton direction over a sample of ``settings.newton_rows`` indexed rows (the sample and
+        its solver, with its damping and factored preconditioner, cached per setting)."""
+        key = (settings.newton_rows, settings.newton_damping, settings.newton_iterations, settings.newton_factoring)
+        if key not in self._solvers:
+            sample = newton_sample(self.tokens, self.n, settings.newton_rows)
+            if sample is None:
+                raise ConfigError("no indexed row has two tokens: the newton direction has no rows to take curvature "
+                                  "from")
+            with trainable(self.model):
+                self._solvers[key] = newton_solver(self.model, sample, settings)
         with trainable(self.model):
-            return newton_step(self.model, target, sample, settings, avoid)
+            return newton_step(self.model, target, self._solvers[key], avoid)
 
     def control_gradients(self, controls: list[Probe], task: bool = False) -> torch.Tensor:
         """One flat gradient per control prompt ``(r, P)``: the span a contrastive ascent stays off; for a control

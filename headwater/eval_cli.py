@@ -139,7 +139,9 @@ def eval_field_lds(
     k: Annotated[int, typer.Option(help="Sketch projection per side.")] = 16,
     estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, tracin/KIND "
                                             "(each optionally @K, @dD), bm25, unlearning, unlearning@newton, "
-                                            "newton[@dD][@iN].")]
+                                            "newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX] (damping, "
+                                            "steps, sample rows, factored preconditioner, warm start, ASTRA and its "
+                                            "learning rate).")]
     = ",".join(FIELD_ESTIMATORS),
     workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
                                                      "usable CPU core).")] = None,

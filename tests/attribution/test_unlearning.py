@@ -23,6 +23,7 @@ from attribution.unlearning import (
     best_window,
     central_changes,
     corrected,
+    newton_solver,
     newton_step,
     row_losses,
     score_every_row,
@@ -270,15 +271,32 @@ def test_central_changes_are_the_exact_directional_derivative_and_restore_the_we
 def test_the_newton_step_is_the_unit_refined_direction_off_the_controls(tiny_model) -> None:
     target, sample = query_batch(seed=2), training_batch(random_rows([10, 10, 10, 10], seed=4))
     settings = UnlearningConfig(direction=Direction.NEWTON, newton_iterations=50)
-    step = newton_step(tiny_model, target, sample, settings)
+    solver = newton_solver(tiny_model, sample, settings)
+    step = newton_step(tiny_model, target, solver)
     config = NewtonConfig(damping=settings.newton_damping, max_iter=50)
     x = newton_direction(tiny_model, target, sample, config).x
     assert float(step.norm()) == pytest.approx(1.0, abs=1e-9)
     assert torch.allclose(step, x / x.norm(), atol=1e-9)
     avoid = torch.stack([loss_gradient(tiny_model, query_batch(seed=s)) for s in (5, 6)])
-    off = newton_step(tiny_model, target, sample, settings, avoid)
+    off = newton_step(tiny_model, target, solver, avoid)
     assert float(off.norm()) == pytest.approx(1.0, abs=1e-9)
     assert (avoid @ off).abs().max() < 1e-9 * avoid.norm()
+
+
+@pytest.mark.parametrize("factoring", ["kfac", "ekfac"])
+def test_a_factored_newton_step_reaches_the_same_direction(tiny_model, factoring: str) -> None:
+    """``newton_factoring`` preconditions and warm-starts conjugate gradient: run to convergence, the step is the
+    plain solver's."""
+    target, sample = query_batch(seed=2), training_batch(random_rows([10, 10, 10, 10], seed=4))
+    plain = UnlearningConfig(direction=Direction.NEWTON, newton_iterations=200)
+    factored = UnlearningConfig(direction=Direction.NEWTON, newton_iterations=200, newton_factoring=factoring)
+    want = newton_step(tiny_model, target, newton_solver(tiny_model, sample, plain))
+    solver = newton_solver(tiny_model, sample, factored)
+    got = newton_step(tiny_model, target, solver)
+    assert solver.config.warm_start and solver.config.factoring == factoring
+    assert float((got - want).norm()) < 1e-3  # unit vectors; CG stops at a relative residual of 1e-4
+    with pytest.raises(ConfigError, match="newton_factoring"):
+        UnlearningConfig(newton_factoring="shampoo")
 
 
 def test_newton_search_restores_the_weights_and_scores_as_every_row_at_once(session: AttributionSession,
