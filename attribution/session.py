@@ -6,7 +6,7 @@
         print(result.rank, result.score, result.metadata["step"], result.text[:80])
 
 ``AttributionSession.from_examples`` sketches examples in memory instead (small corpora,
-experiments; ``demo.session.demo_session`` does it for a built demo). The core knows nothing
+experiments; ``evaluation.demo_session.demo_session`` does it for a built demo). The core knows nothing
 of index directories or of the demo: the indexer and the demo build sessions through this class.
 """
 

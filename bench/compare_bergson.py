@@ -69,7 +69,7 @@ from attribution.retrievers import Method
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from bench.quality import evaluate, known_facts
-from demo.groundtruth import demo_examples, load_layout
+from evaluation.demo_rows import demo_examples, load_layout
 from evaluation.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from indexer.groundtruth import Fact, load_facts
 from indexer.training_rows import parse_range, rows_for_steps

@@ -25,9 +25,9 @@ from attribution.batching import collate, query_tokens, training_batch
 from attribution.models import load_model, load_tokenizer
 from attribution.modules import ModuleGroup, sketched_modules
 from attribution.sketch import SketchConfig, Sketcher
-from demo.groundtruth import demo_examples, load_layout
-from demo.training import completion_hits
+from evaluation.demo_rows import demo_examples, load_layout
 from evaluation.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
+from evaluation.training import completion_hits
 from indexer.groundtruth import Fact, load_facts
 from indexer.training_rows import parse_range, rows_for_steps
 

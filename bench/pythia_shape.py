@@ -79,7 +79,7 @@ def bergson_build(shape: str, count: int, tokens: int) -> tuple[int, float]:
     from datasets import Dataset
 
     from bench.compare_bergson import run_bergson_worker
-    from demo.tokenizer import train_tokenizer
+    from evaluation.tokenizer import train_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -46,9 +46,9 @@ from attribution.scoring import ScoreMode
 from attribution.session import AttributionSession, fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
 from attribution.vectors import FaissStore
-from demo.groundtruth import demo_examples, load_layout
-from demo.schedules import revision_weights
+from evaluation.demo_rows import demo_examples, load_layout
 from evaluation.facts import Prompts, evaluate, known_facts
+from evaluation.schedules import revision_weights
 from indexer.groundtruth import Fact, load_facts
 from indexer.training_rows import parse_range, rows_for_steps
 

@@ -26,8 +26,8 @@ from attribution.config import AttributionConfig, Correction, Direction, RowScor
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from demo.groundtruth import load_layout
-from demo.session import demo_session
+from evaluation.demo_rows import load_layout
+from evaluation.demo_session import demo_session
 from evaluation.facts import Prompts, load_demo_facts, select_facts
 from evaluation.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from indexer.groundtruth import Fact

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from demo.config import STAGES, DemoConfig
-from demo.corpus import PLANTED, real_documents, to_pile_records
-from demo.facts import plant_facts
 from demo.packing import TokenizedDoc, pack_rows
-from demo.tokenizer import train_tokenizer
-from demo.training import fact_accuracy, pythia_checkpoint_steps, settings_for, train
+from evaluation.corpus import PLANTED, real_documents, to_pile_records
+from evaluation.demo_config import STAGES, DemoConfig
+from evaluation.planted_facts import plant_facts
+from evaluation.tokenizer import train_tokenizer
+from evaluation.training import fact_accuracy, pythia_checkpoint_steps, settings_for, train
 from indexer.groundtruth import load_facts
 from indexer.megatron import write_dataset, write_row_labels
 from indexer.textfiles import expand_paths, read_jsonl, write_jsonl_zst

@@ -26,10 +26,10 @@ import numpy as np
 
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
-from demo.corpus import real_documents
-from demo.tokenizer import train_tokenizer
-from demo.training import TrainSettings, steps_for, train
+from evaluation.corpus import real_documents
 from evaluation.text_case import epoch_order, reuse_or_clear, write_marker
+from evaluation.tokenizer import train_tokenizer
+from evaluation.training import TrainSettings, steps_for, train
 from indexer.megatron import MegatronDataset, write_dataset
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from attribution.records import Example
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from attribution.tasks import Instance as TaskInstance
-from demo.training import completion_hits
 from evaluation.ablation import run_ablation
 from evaluation.ablation_plan import AblationSettings
 from evaluation.behaviour_case import (
@@ -38,6 +37,7 @@ from evaluation.behaviour_case import (
 )
 from evaluation.report_files import write_report_files
 from evaluation.targets import Target
+from evaluation.training import completion_hits
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from attribution.errors import ConfigError
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
-from demo.training import completion_hits
 from evaluation.metrics import first_gold_rank, mean_reciprocal_rank, recall_at
 from evaluation.report_files import write_report_files
+from evaluation.training import completion_hits
 from indexer.groundtruth import Fact, facts_file, load_facts
 
 log = logging.getLogger(__name__)

@@ -55,7 +55,6 @@ from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
 from attribution.unlearning import score_every_row
-from demo.training import learning_rate, pythia_checkpoint_steps, steps_for, train
 from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
 from evaluation.report_files import write_report_files
@@ -63,6 +62,7 @@ from evaluation.retrain import run_jobs, usable_cores
 from evaluation.row_scores import bm25_matrix, cached
 from evaluation.selections import FIELD_LDS_ESTIMATORS as DEFAULT_ESTIMATORS
 from evaluation.text_case import TextCase, chunk_losses, query_chunks, reuse_or_clear, training_rows, write_marker
+from evaluation.training import learning_rate, pythia_checkpoint_steps, steps_for, train
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -482,12 +482,41 @@ def candidate_recall(exact: np.ndarray, recall: np.ndarray, depth: int, top: int
     return float(np.mean([len(set(b) & set(f)) / top for b, f in zip(best, found, strict=True)]))
 
 
+def pooled(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Scores whose ranking takes rows alternately from ``first``'s and ``second``'s rankings, each row once: a pool
+    of N candidates holds about N/2 from each (both ``(queries, rows)``)."""
+    out = np.zeros(first.shape, dtype=np.float64)
+    for q in range(first.shape[0]):
+        orders = [np.argsort(-first[q], kind="stable"), np.argsort(-second[q], kind="stable")]
+        placed = np.zeros(first.shape[1], dtype=bool)
+        position = 0
+        for row in np.stack(orders, axis=1).reshape(-1):
+            if not placed[row]:
+                placed[row] = True
+                out[q, row] = -position
+                position += 1
+    return out
+
+
 def candidate_table(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Each estimator's candidate recall of ``newton``'s top rows at every depth (empty without ``newton``)."""
+    """Each estimator's candidate recall of ``newton``'s top rows at every depth (empty without ``newton``); with
+    BM25 among them, also each stored-index estimator's pool shared with BM25 (``NAME + bm25``: N/2 from each)."""
     if NEWTON not in scores:
         return {}
+    candidates = {name: s for name, s in scores.items() if name not in (NEWTON, SHUFFLED)}
+    if BM25 in candidates:
+        candidates |= {f"{name} + {BM25}": pooled(s, scores[BM25]) for name, s in list(candidates.items())
+                       if name != BM25 and parse_family(name) not in (NEWTON, UNLEARNING)}
     return {name: {str(d): candidate_recall(scores[NEWTON], s, d) for d in CANDIDATE_DEPTHS}
-            for name, s in scores.items() if name not in (NEWTON, SHUFFLED)}
+            for name, s in candidates.items()}
+
+
+def parse_family(name: str) -> str | None:
+    """An estimator's family, or None for an external score file's name."""
+    try:
+        return parse_estimator(name).family
+    except ConfigError:
+        return None
 
 
 def external_scores(out: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
@@ -600,7 +629,8 @@ def markdown(report: dict) -> str:
     if recall:
         depths = list(next(iter(recall.values())))
         lines += ["", f"Candidate recall: the share of newton's top {CANDIDATE_TOP} rows (the exact stage) that each "
-                  "estimator's top N holds, mean over queries — how well it serves as the recall stage.", "",
+                  "estimator's top N holds, mean over queries — how well it serves as the recall stage (`X + bm25`: "
+                  "a pool of N taken alternately from X's and BM25's rankings).", "",
                   "| estimator | " + " | ".join(f"top {d}" for d in depths) + " |",
                   "|---|" + "---|" * len(depths)]
         lines += [f"| {name} | " + " | ".join(f"{v[d]:.2f}" for d in depths) + " |" for name, v in recall.items()]

@@ -22,9 +22,9 @@ import numpy as np
 
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
-from demo.corpus import real_documents
-from demo.training import TrainSettings, steps_for, train
+from evaluation.corpus import real_documents
 from evaluation.text_case import TextCase, build_case, cut_chunks, epoch_order, reuse_or_clear, write_marker
+from evaluation.training import TrainSettings, steps_for, train
 from indexer.megatron import write_dataset
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class FinetuneCase:
     base: TextCase = field(default_factory=TextCase)
     """The pretraining case whose full model is fine-tuned."""
     source: str = "stdlib"
-    """Real-text source of the fine-tuning chunks (``demo.corpus.SOURCES``; not one of the base's)."""
+    """Real-text source of the fine-tuning chunks (``evaluation.corpus.SOURCES``; not one of the base's)."""
     rows: int = 200
     """Fine-tuning chunks."""
     queries: int = 50

@@ -38,11 +38,11 @@ from attribution.batching import collate, query_tokens, token_nll
 from attribution.errors import ConfigError
 from attribution.models import load_model, load_tokenizer
 from attribution.session import AttributionSession
-from demo.training import completion_hits
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize, top_k_only
 from evaluation.report_files import write_report_files
 from evaluation.retrain import demo_config, retrain_subsets, subset_dir, subset_masks, training_rows, usable_cores
 from evaluation.row_scores import all_row_scores
+from evaluation.training import completion_hits
 from indexer.groundtruth import Fact, load_facts
 from indexer.store import open_index
 

@@ -2,7 +2,7 @@
 
 Subset ``j`` holds exactly half of all training rows, drawn from ``(seed, j)`` — so subset ``j``
 is the same whatever the number of subsets asked for — and kept in their original training
-order. Training is ``demo.training.train`` with the demo's own hyper-parameters and
+order. Training is ``evaluation.training.train`` with the demo's own hyper-parameters and
 initialization seed. Half the rows means half the steps, and the learning-rate schedule
 (warm-up, then cosine decay to 10 %) runs over the subset's own step count: each subset model
 is trained to the end of its schedule as the full model was, rather than stopped half-way
@@ -31,8 +31,8 @@ import torch
 
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
-from demo.config import DemoConfig
-from demo.training import settings_for, steps_for, train
+from evaluation.demo_config import DemoConfig
+from evaluation.training import settings_for, steps_for, train
 from indexer.megatron import MegatronDataset
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from attribution.batching import Batching
 from attribution.embeddings import TextEmbedder
 from attribution.retrievers import Method
 from attribution.session import AttributionSession
-from demo.groundtruth import demo_examples
+from evaluation.demo_rows import demo_examples
 from evaluation.retrain import demo_config
 from indexer.groundtruth import Fact
 from indexer.runner import context_length, raw_sketch_batches

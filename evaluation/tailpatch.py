@@ -36,9 +36,9 @@ from attribution.batching import TokenBatch, backward_summed_nll, training_batch
 from attribution.errors import ConfigError
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
-from demo.schedules import learning_rate_after
 from evaluation.ablation_stats import bootstrap_ci, compare
 from evaluation.report_files import write_report_files
+from evaluation.schedules import learning_rate_after
 from evaluation.selections import TAILPATCH_SELECTIONS, Selection
 from indexer.groundtruth import Fact
 from indexer.megatron import MegatronDataset

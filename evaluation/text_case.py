@@ -1,6 +1,6 @@
 """The field's LDS case, scaled to this machine: a small GPT-NeoX trained deterministically on chunks of real text.
 
-Not the planted-fact corpus: real public-domain text (the demo's sources, :mod:`demo.corpus`), tokenized by a
+Not the planted-fact corpus: real public-domain text (the demo's sources, :mod:`evaluation.corpus`), tokenized by a
 byte-level BPE trained on it, concatenated with end-of-text tokens and cut into chunks of ``seq_len + 1``
 tokens. The chunks are shuffled by seed; the first ``rows`` are the training set, the next ``queries`` the
 held-out query chunks (bergson ``examples/compare_wikitext`` and Kronfluence's WikiText-2 example do the same
@@ -27,9 +27,9 @@ import torch
 
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
-from demo.corpus import real_documents
-from demo.tokenizer import train_tokenizer
-from demo.training import TrainSettings, steps_for, train
+from evaluation.corpus import real_documents
+from evaluation.tokenizer import train_tokenizer
+from evaluation.training import TrainSettings, steps_for, train
 from indexer.megatron import MegatronDataset, write_dataset
 
 log = logging.getLogger(__name__)

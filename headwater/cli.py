@@ -49,7 +49,7 @@ def demo_build(
     from tqdm import tqdm
 
     from demo.build import build_demo
-    from demo.config import preset as make_preset
+    from evaluation.demo_config import preset as make_preset
 
     setup_logging(verbose)
     config = make_preset(preset, seed=seed, steps=steps, people=people)
@@ -164,7 +164,7 @@ def index_build(
 
     from attribution.batching import Batching
     from attribution.errors import ConfigError
-    from demo.schedules import revision_weights as schedule_weights
+    from evaluation.schedules import revision_weights as schedule_weights
     from indexer.build import build_index
     from indexer.runner import detect_rank
 

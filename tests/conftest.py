@@ -19,7 +19,7 @@ transformers.utils.logging.disable_progress_bar()
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A demo built with the 'tiny' preset (seconds on CPU)."""
     from demo.build import build_demo
-    from demo.config import TINY
+    from evaluation.demo_config import TINY
 
     out = tmp_path_factory.mktemp("tiny-demo")
     build_demo(out, TINY)

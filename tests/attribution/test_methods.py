@@ -12,7 +12,7 @@ from attribution.methods import METHODS, OPTIONS, owners
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from demo.session import demo_session
+from evaluation.demo_session import demo_session
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from attribution.filters import Filters
 from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from demo.session import demo_session
+from evaluation.demo_session import demo_session
 from evaluation.metrics import first_gold_rank, recall_at
 from indexer.groundtruth import Fact, load_facts
 

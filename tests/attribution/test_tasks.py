@@ -14,7 +14,7 @@ from attribution.retrievers import RRF_OFFSET, Method, Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from attribution.tasks import MAX_INSTANCES, Instance
-from demo.session import demo_session
+from evaluation.demo_session import demo_session
 from indexer.groundtruth import Fact, load_facts
 
 

@@ -28,7 +28,7 @@ from attribution.unlearning import (
     row_losses,
     score_every_row,
 )
-from demo.session import demo_session
+from evaluation.demo_session import demo_session
 from evaluation.metrics import first_gold_rank, recall_at
 from indexer.groundtruth import Fact, load_facts
 from tests.attribution.conftest import random_rows

@@ -11,7 +11,7 @@ import pytest
 
 from attribution.models import load_tokenizer
 from bench.compare_bergson import build_ours, evaluate_ours, same_modules
-from demo.groundtruth import demo_examples
+from evaluation.demo_rows import demo_examples
 from indexer.groundtruth import load_facts
 
 GPT_NEOX_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")

@@ -9,7 +9,7 @@ import torch
 
 from attribution.models import load_model, load_tokenizer
 from bench.fidelity import ALL, exact_scores, group_modules, query_batches, sketch_scores
-from demo.groundtruth import demo_examples
+from evaluation.demo_rows import demo_examples
 from indexer.groundtruth import load_facts
 
 

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from attribution.models import load_model
 from demo.build import build_demo
-from demo.config import TINY, DemoConfig, preset
+from evaluation.demo_config import TINY, DemoConfig, preset
 from indexer.groundtruth import gold_rows, load_facts
 from indexer.megatron import MegatronDataset
 from indexer.textfiles import read_jsonl

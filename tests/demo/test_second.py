@@ -12,9 +12,9 @@ from transformers import AutoTokenizer
 
 from attribution.errors import ConfigError
 from demo.build import build_demo
-from demo.config import FORMAT_VERSION, SECOND, TINY_SECOND, DemoConfig, preset
-from demo.corpus import SOURCES
-from demo.facts import TEMPLATE_SETS, plant_facts
+from evaluation.corpus import SOURCES
+from evaluation.demo_config import FORMAT_VERSION, SECOND, TINY_SECOND, DemoConfig, preset
+from evaluation.planted_facts import TEMPLATE_SETS, plant_facts
 from indexer.groundtruth import load_facts
 from indexer.megatron import MegatronDataset
 from indexer.textfiles import read_jsonl

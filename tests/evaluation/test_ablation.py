@@ -15,7 +15,6 @@ from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
 from attribution.tasks import Instance
-from demo.session import demo_session
 from evaluation.ablation import Ablator, probe_groups, run_ablation
 from evaluation.ablation_plan import (
     AblationSettings,
@@ -28,6 +27,7 @@ from evaluation.ablation_plan import (
 from evaluation.ablation_report import markdown, write_report
 from evaluation.ablation_stats import random_pvalues
 from evaluation.ablation_verdict import evidence, judge
+from evaluation.demo_session import demo_session
 from evaluation.selections import Selection
 from evaluation.targets import Target, check_targets
 from indexer.groundtruth import load_facts

@@ -18,9 +18,9 @@ from attribution.config import AttributionConfig, CurvatureConfig
 from attribution.retrievers import Query
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from demo.session import demo_session
 from evaluation.ablation import run_ablation
 from evaluation.ablation_plan import AblationSettings
+from evaluation.demo_session import demo_session
 from evaluation.targets import Target
 from indexer.groundtruth import load_facts
 

@@ -26,7 +26,6 @@ from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
-from demo.training import learning_rate, steps_for, train
 from evaluation.field_lds import (
     DROP,
     HALF,
@@ -41,6 +40,7 @@ from evaluation.field_lds import (
     newton_config,
     newton_estimator,
     parse_estimator,
+    pooled,
     retrain_path,
     run_field_lds,
     tracin_checkpoints,
@@ -50,6 +50,7 @@ from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query
 from evaluation.selections import FIELD_LDS_ESTIMATORS
 from evaluation.text_case import TextCase, build_case, training_order
+from evaluation.training import learning_rate, steps_for, train
 from headwater.cli import app
 
 CASE = TextCase(rows=40, queries=6, seq_len=16, vocab_size=300, hidden_size=16, num_layers=1, num_heads=2,
@@ -67,7 +68,8 @@ def field_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_candidate_recall_is_reported_against_the_exact_stage(field_run: tuple[Path, dict]) -> None:
     out, report = field_run
     recall = report["candidate_recall"]
-    assert set(recall) == set(SETTINGS.estimators) - {"newton"}
+    stored = [e for e in SETTINGS.estimators if e.startswith(("gradient", "tracin"))]
+    assert set(recall) == (set(SETTINGS.estimators) - {"newton"}) | {f"{e} + bm25" for e in stored}
     for depths in recall.values():
         values = [depths[d] for d in ("30", "100", "300")]
         assert all(0 <= v <= 1 for v in values) and values == sorted(values)
@@ -85,6 +87,11 @@ def test_candidate_recall_bounds(seed: int, depth: int) -> None:
     other = rng.normal(size=(3, 40))
     assert candidate_recall(exact, other, depth) <= candidate_recall(exact, other, depth + 1)
     assert candidate_recall(exact, other, 40) == 1.0
+    pool = pooled(exact, other)
+    assert candidate_recall(exact, pooled(exact, exact), depth) == candidate_recall(exact, exact, depth)
+    tops = [set(np.argsort(-m[q])[:depth]) for m in (exact, other) for q in range(3)]
+    found = [set(np.argsort(-pool[q])[: 2 * depth]) for q in range(3)]
+    assert all(tops[q] <= found[q] and tops[3 + q] <= found[q] for q in range(3))  # 2N hold both top Ns
 
 
 def test_report_has_every_estimator_and_the_control_on_both_columns(field_run: tuple[Path, dict]) -> None:

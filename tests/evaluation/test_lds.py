@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from attribution.models import load_tokenizer
-from demo.config import TINY
-from demo.training import settings_for, train
+from evaluation.demo_config import TINY
 from evaluation.lds_stats import lds_per_query, spearman, top_k_only
 from evaluation.retrain import draw_subset, retrain_subsets, subset_dir, subset_masks
+from evaluation.training import settings_for, train
 from headwater.cli import app
 
 runner = CliRunner()

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from attribution.batching import training_batch
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
-from demo.config import TINY
-from demo.training import learning_rate, settings_for
+from evaluation.demo_config import TINY
 from evaluation.facts import FactSelection
 from evaluation.tailpatch import TailPatcher, TailPatchSettings, final_learning_rate, row_tokens, run_tailpatch
+from evaluation.training import learning_rate, settings_for
 from headwater.cli import app
 from indexer.groundtruth import Fact
 from indexer.megatron import MegatronDataset

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from demo.config import TINY
+from evaluation.demo_config import TINY
 from headwater.cli import app
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from demo.session import demo_session
+from evaluation.demo_session import demo_session
 from headwater.cli import try_line
 from indexer.groundtruth import load_facts
 from indexer.training_rows import RowRange

@@ -50,7 +50,7 @@ def test_a_pass_that_fails_at_load_costs_inf_and_auto_falls_back_to_gradient(
 def second_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny second case (other text, templates, seed), indexed whole-row: a differently built index."""
     from demo.build import build_demo
-    from demo.config import TINY_SECOND
+    from evaluation.demo_config import TINY_SECOND
     from indexer.build import build_index
     from indexer.config import IndexConfig
     from indexer.runner import Rank

@@ -255,8 +255,8 @@ def test_a_prompt_too_long_for_a_continuation_is_refused_without_echoing_it(serv
 
 
 def test_the_openapi_example_is_a_fact_of_the_demo() -> None:
-    from demo.config import DemoConfig
-    from demo.facts import plant_facts
+    from evaluation.demo_config import DemoConfig
+    from evaluation.planted_facts import plant_facts
     from service.schemas import AttributeRequest
 
     config = DemoConfig()

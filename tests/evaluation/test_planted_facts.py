@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from demo.facts import plant_facts
+from evaluation.planted_facts import plant_facts
 
 
 def test_deterministic_and_complete() -> None:

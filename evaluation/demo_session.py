@@ -7,7 +7,7 @@ from pathlib import Path
 from attribution.config import AttributionConfig
 from attribution.models import load_tokenizer
 from attribution.session import AttributionSession
-from demo.groundtruth import demo_examples
+from evaluation.demo_rows import demo_examples
 from indexer.training_rows import RowRange
 
 

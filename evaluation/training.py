@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from attribution.errors import ConfigError
-from demo.config import DemoConfig
+from evaluation.demo_config import DemoConfig
 from indexer.megatron import MegatronDataset
 
 log = logging.getLogger(__name__)
