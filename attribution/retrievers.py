@@ -26,6 +26,7 @@ from attribution.encoder import GradientEncoder
 from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.lexical import Bm25sIndex, LexicalIndex, load_lexical
+from attribution.records import Hit
 from attribution.rows import RowTable, allowed_rows
 from attribution.vectors import VectorStore
 
@@ -74,26 +75,6 @@ class Query:
         """Instance ``i`` as a single-prompt query (no controls)."""
         prompt, completion = self.instances[i]
         return Query(prompt, completion, unlearning=self.unlearning)
-
-
-@dataclass
-class Hit:
-    """One retrieved example: row position in the store, score, and the retriever's evidence.
-
-    Gradient: ``token_contributions`` per completion token. Unlearning: ``loss_increase`` per token of the
-    row (``row_tokens``, the row's tokens after the first: the ones predicted), whose mean (over the row, or
-    over ``token_span`` with window scoring) is the score.
-    """
-
-    row: int
-    score: float
-    token_contributions: list[float] | None = None
-    completion_tokens: list[str] | None = None
-    token_span: tuple[int, int] | None = None
-    loss_increase: list[float] | None = None
-    row_tokens: list[str] | None = None
-    instances: list[tuple[int, float]] | None = None
-    """A task query: ``(instance, contribution)`` of the instances the row serves most (``records.Result``)."""
 
 
 TOP_INSTANCES = 3
@@ -220,7 +201,8 @@ class GradientRetriever:
         hits = []
         for row, score, win, stored in zip(found.rows, found.scores, found.windows, best, strict=False):
             span = (int(win) * self.window, (int(win) + 1) * self.window) if self.window else None
-            hits.append(Hit(int(row), float(score), (per_token @ stored).tolist(), encoded.completion_tokens, span))
+            hits.append(Hit(int(row), float(score), token_contributions=(per_token @ stored).tolist(),
+                            completion_tokens=encoded.completion_tokens, token_span=span))
         return hits
 
     def score_rows(self, query: Query, rows: np.ndarray) -> np.ndarray:

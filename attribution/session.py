@@ -28,7 +28,7 @@ from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.methods import METHODS
 from attribution.models import load_tokenizer
-from attribution.records import Example, Result
+from attribution.records import Example, Hit, Result
 from attribution.retrievers import (
     BM25Retriever,
     EmbeddingRetriever,
@@ -142,16 +142,11 @@ class AttributionSession:
         many = getattr(self.texts, "many", None)
         return many(rows) if many is not None else [self.texts[r] for r in rows]
 
-    def _results(self, hits: list, query: Query, texts: list[str] | None = None) -> list[Result]:
+    def _results(self, hits: list[Hit], query: Query, texts: list[str] | None = None) -> list[Result]:
         texts = self.texts_of([h.row for h in hits]) if texts is None else texts
-        return [
-            Result(rank=rank + 1, example_id=int(self.ids[hit.row]), score=hit.score, text=texts[rank],
-                   metadata=self.metadata[hit.row], completion=query.completion or "",
-                   token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens,
-                   token_span=hit.token_span, loss_increase=hit.loss_increase, row_tokens=hit.row_tokens,
-                   instances=hit.instances)
-            for rank, hit in enumerate(hits)
-        ]
+        return [Result.from_hit(hit, rank=rank + 1, example_id=int(self.ids[hit.row]), text=texts[rank],
+                                metadata=self.metadata[hit.row], completion=query.completion or "")
+                for rank, hit in enumerate(hits)]
 
     @classmethod
     def from_examples(cls, model_path: str | Path, examples: Iterable[Example],

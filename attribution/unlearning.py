@@ -52,7 +52,8 @@ from attribution.errors import ConfigError
 from attribution.filters import Filters
 from attribution.kinds import Factoring
 from attribution.newton import NewtonConfig, NewtonSolver
-from attribution.retrievers import Hit, Method, Query, Retriever, check_k, fill_completions
+from attribution.records import Hit
+from attribution.retrievers import Method, Query, Retriever, check_k, fill_completions
 from attribution.rows import RowTable, allowed_rows
 
 CANDIDATE_SOURCES = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)

@@ -11,6 +11,9 @@ import typer
 
 from headwater.common import clean_errors, setup_logging
 
+JSON_FIELDS = ("rank", "example_id", "score", "text", "metadata", "completion", "instances")
+"""What ``--json`` prints of each ``attribution.records.Result``, in this order."""
+
 
 def read_instances(path: Path, what: str) -> list:
     """A task file: JSON lines of ``{"prompt": ..., "completion": ...}`` (completion optional)."""
@@ -72,8 +75,8 @@ def attribute(
         results = session.attribute(prompt, completion, k=k, method=method)
     for result in results:
         if as_json:
-            record = {name: value for name, value in asdict(result).items()
-                      if name in ("rank", "example_id", "score", "text", "metadata", "completion", "instances")}
+            fields = asdict(result)
+            record = {name: fields[name] for name in JSON_FIELDS}
             typer.echo(json.dumps(record, ensure_ascii=False, default=str))
         else:
             shares = (" instances " + ", ".join(f"{i}:{c:.3g}" for i, c in result.instances)

@@ -32,7 +32,6 @@ from service.schemas import (
     Example,
     FilterSpec,
     IndexInfo,
-    InstanceShare,
     MethodInfo,
     MethodVariantInfo,
     Result,
@@ -232,23 +231,16 @@ def meaningful(method: Method, found: list[Attributed], filters: FilterSpec) -> 
 
 
 def to_result(session: AttributionSession, hit: Attributed, completion: str, token_evidence: bool = False) -> Result:
-    """One response row: the record, its provenance, and the character span to highlight in its text (with
-    ``token_evidence``, an unlearning row's tokens and their loss increases)."""
-    meta = hit.metadata
+    """One response row: the record, and the character span to highlight in its text (its token window, else where
+    the completion occurs) with that span's subset (with ``token_evidence``, an unlearning row's tokens and their
+    loss increases)."""
+    tokenizer = session.encoder.tokenizer
     if hit.token_span:
-        span = token_span_to_chars(session.encoder.tokenizer, hit.text, hit.token_span)
+        span = token_span_to_chars(tokenizer, hit.text, hit.token_span)
     else:
         span = overlap_span(hit.text, completion) if completion else None
-    return Result(rank=hit.rank, example_id=hit.example_id, score=hit.score, text=hit.text, span=span,
-                  source=meta.get("source"), row=meta.get("row"), step=meta.get("step"),
-                  batch_pos=meta.get("batch_pos"), pile_set_name=meta.get("pile_set_name"),
-                  pile_set_names=subsets_of(meta),
-                  span_pile_set_name=span_subset(session.encoder.tokenizer, hit.text, meta, hit.token_span, span),
-                  token_contributions=hit.token_contributions, completion_tokens=hit.completion_tokens,
-                  loss_increase=hit.loss_increase if token_evidence else None,
-                  row_tokens=hit.row_tokens if token_evidence else None,
-                  instances=None if hit.instances is None else
-                  [InstanceShare(instance=i, contribution=c) for i, c in hit.instances])
+    return Result.from_record(hit, span, span_subset(tokenizer, hit.text, hit.metadata, hit.token_span, span),
+                              token_evidence)
 
 
 def token_span_to_chars(tokenizer, text: str, token_span: tuple[int, int]) -> Span | None:

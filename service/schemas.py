@@ -7,8 +7,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from attribution.ascent import Probe
-from attribution.config import Direction
+from attribution.config import Direction, field_help
+from attribution.filters import subsets_of
 from attribution.methods import METHODS, OPTIONS, owners
+from attribution.records import Evidence
+from attribution.records import Result as Attributed
 from attribution.retrievers import Method
 from attribution.tasks import MAX_INSTANCES
 from evaluation.selections import Selection
@@ -133,6 +136,9 @@ class AttributeRequest(Strict):
         return [name for name in OPTIONS if getattr(self, name) is not None]
 
 
+TOKEN_EVIDENCE = " Only with token_evidence."
+
+
 class Span(BaseModel):
     start: int
     end: int
@@ -142,6 +148,11 @@ class InstanceShare(BaseModel):
     instance: int = Field(description="Index into the request's task.")
     contribution: float = Field(description="gradient: the row's share of the task vector; rank fusion: the "
                                 "instance's reciprocal-rank term.")
+
+
+def evidence_doc(name: str, only: str = "") -> str:
+    """The description of an evidence field: its docstring on ``attribution.records.Evidence`` (and ``only``)."""
+    return f"{field_help(Evidence, name)}{only}"
 
 
 class Result(BaseModel):
@@ -157,13 +168,27 @@ class Result(BaseModel):
     pile_set_name: str | None
     pile_set_names: list[str] = Field(default_factory=list, description="Every subset the row holds text of.")
     span_pile_set_name: str | None = Field(None, description="The subset of the matched span, when known.")
-    token_contributions: list[float] | None = None
-    completion_tokens: list[str] | None = None
-    loss_increase: list[float] | None = Field(None, description="unlearning: the loss increase (nats) of each "
-                                              "predicted token of the row (row_tokens); their mean is the score.")
-    row_tokens: list[str] | None = Field(None, description="unlearning: the row's tokens after the first.")
-    instances: list[InstanceShare] | None = Field(None, description="A task query: the instances this row serves "
-                                                  "most (at most three, largest first).")
+    token_contributions: list[float] | None = Field(None, description=evidence_doc("token_contributions"))
+    completion_tokens: list[str] | None = Field(None, description=evidence_doc("completion_tokens"))
+    loss_increase: list[float] | None = Field(None, description=evidence_doc("loss_increase", TOKEN_EVIDENCE))
+    row_tokens: list[str] | None = Field(None, description=evidence_doc("row_tokens", TOKEN_EVIDENCE))
+    instances: list[InstanceShare] | None = Field(None, description=evidence_doc("instances"))
+
+    @classmethod
+    def from_record(cls, record: Attributed, span: Span | None, span_pile_set_name: str | None,
+                    token_evidence: bool = False) -> Result:
+        """The response row of an attributed record: its provenance from its metadata, its evidence (the row's
+        tokens only with ``token_evidence``); ``span``, characters of its text, stands for its ``token_span``."""
+        meta = record.metadata
+        return cls(rank=record.rank, example_id=record.example_id, score=record.score, text=record.text, span=span,
+                   source=meta.get("source"), row=meta.get("row"), step=meta.get("step"),
+                   batch_pos=meta.get("batch_pos"), pile_set_name=meta.get("pile_set_name"),
+                   pile_set_names=subsets_of(meta), span_pile_set_name=span_pile_set_name,
+                   token_contributions=record.token_contributions, completion_tokens=record.completion_tokens,
+                   loss_increase=record.loss_increase if token_evidence else None,
+                   row_tokens=record.row_tokens if token_evidence else None,
+                   instances=None if record.instances is None else
+                   [InstanceShare(instance=i, contribution=c) for i, c in record.instances])
 
 
 class AttributeResponse(BaseModel):

@@ -3,7 +3,7 @@ query matches nothing."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +13,7 @@ from attribution.batching import ContextLengthError
 from attribution.config import AttributionConfig
 from attribution.filters import Filters, subsets_of
 from attribution.methods import METHODS
-from attribution.records import Result
+from attribution.records import Evidence, Hit, Result
 from attribution.retrievers import Method
 from attribution.rows import allowed_rows
 from service import catalog, queries
@@ -22,6 +22,7 @@ from service.defaults import AUTO_SECONDS, MethodChoice, default_method
 from service.errors import NoMatchError, NotFoundError, RequestLimitError
 from service.main import status_for
 from service.schemas import AttributeRequest, FilterSpec
+from service.schemas import Result as Response
 from service.settings import Settings
 from service.state import ServedIndex
 
@@ -230,6 +231,17 @@ def test_a_row_is_labelled_by_every_subset_it_holds() -> None:
     assert queries.span_subset(None, "", mixed, (8, 24), None) == "Planted Facts"
     assert queries.span_subset(None, "", {"pile_set_names": ["A", "B"]}, (0, 8), None) is None  # where is unknown
     assert queries.span_subset(None, "", {"pile_set_name": "A"}, None, None) == "A"  # one subset: the span's too
+
+
+def test_a_record_carries_its_hits_evidence_to_the_response() -> None:
+    hit = Hit(3, 0.5, token_span=(0, 4), loss_increase=[0.5], row_tokens=[" y"], instances=[(1, 0.25)])
+    record = Result.from_hit(hit, rank=1, example_id=7, text="x y", metadata={"step": 2}, completion=" y")
+    assert record.evidence() == hit.evidence() and (record.rank, record.score) == (1, 0.5)
+    shown = Response.from_record(record, None, None, token_evidence=True)
+    assert shown.loss_increase == [0.5] and shown.instances[0].model_dump() == {"instance": 1, "contribution": 0.25}
+    assert Response.from_record(record, None, None).row_tokens is None  # a float per token: only when asked
+    # every evidence field reaches the response (token_span as span: characters of the text, not tokens)
+    assert {f.name for f in fields(Evidence)} - {"token_span"} <= set(Response.model_fields)
 
 
 def test_bm25_rows_sharing_no_term_are_dropped_and_the_answer_says_why() -> None:
