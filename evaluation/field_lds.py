@@ -66,7 +66,9 @@ from evaluation.training import learning_rate, pythia_checkpoint_steps, steps_fo
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-DROP, HALF = "drop", "half"
+DROP, HALF, RESEEDED = "drop", "half", "drop-reseeded"
+"""Retrain kinds: without a random share; on a random half; without the same shares as ``drop`` but trained from
+another seed (the second-seed column)."""
 SHUFFLED = "shuffled"
 BM25, UNLEARNING, TRACIN, NEWTON = "bm25", "unlearning", "tracin", "newton"
 UNLEARNING_NEWTON = UNLEARNING + "@" + NEWTON
@@ -161,6 +163,9 @@ class FieldLDSSettings:
     """Share of the training rows each retrain drops."""
     halves: int = 20
     """Models retrained on random halves (the second column; 0: none)."""
+    reseeded: int = 0
+    """Models retrained without the first column's first ``reseeded`` random shares but from another training seed
+    (init and order; fine-tuning: order), compared with the full model's scores: the second-seed column (0: none)."""
     k: int = 16
     """Sketch projection per side (headwater's default)."""
     damping: float | None = None
@@ -174,11 +179,14 @@ class FieldLDSSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "estimators", tuple(self.estimators))
-        for name in ("retrains", "halves"):  # a Spearman correlation over retrains needs at least 3
+        for name in ("retrains", "halves", "reseeded"):  # a Spearman correlation over retrains needs at least 3
             if getattr(self, name) not in range(0, 100_000) or 0 < getattr(self, name) < 3:
                 raise ConfigError(f"{name} must be 0 or at least 3, got {getattr(self, name)}")
         if self.retrains == self.halves == 0:
             raise ConfigError("no retrains: give retrains or halves (each at least 3)")
+        if self.reseeded > self.retrains:
+            raise ConfigError(f"reseeded ({self.reseeded}) retrains reuse the first column's drops: at most retrains "
+                              f"({self.retrains})")
         if not 0 < self.removed < 1:
             raise ConfigError(f"removed must be a share in (0, 1), got {self.removed}")
         for name in ("k", "workers", "shuffles", "bootstrap"):
@@ -245,8 +253,9 @@ def estimator_damping(name: str, settings: FieldLDSSettings) -> float:
 
 
 def dropped_rows(case: LDSCase, settings: FieldLDSSettings, kind: str, j: int) -> np.ndarray:
-    """Row ids retrain ``kind``-``j`` leaves out: a random ``removed`` share, or the complement of a half."""
-    if kind == DROP:
+    """Row ids retrain ``kind``-``j`` leaves out: a random ``removed`` share (``drop`` and ``drop-reseeded`` alike), or
+    the complement of a half."""
+    if kind in (DROP, RESEEDED):
         count = max(1, round(case.rows * settings.removed))
         return np.sort(np.random.default_rng([settings.seed, 11, j]).choice(case.rows, count, replace=False))
     return np.sort(np.random.default_rng([settings.seed, 13, j]).choice(case.rows, case.rows - case.rows // 2,
@@ -270,10 +279,16 @@ def as_json(record: dict) -> dict:
     return json.loads(json.dumps(record))
 
 
-def retrain_key(case: LDSCase, dropped: np.ndarray) -> dict:
+def train_seed(kind: str) -> int:
+    """The training seed offset a retrain kind uses: 0 (the full model's init and order), 1 for ``drop-reseeded``."""
+    return 1 if kind == RESEEDED else 0
+
+
+def retrain_key(case: LDSCase, dropped: np.ndarray, seed: int = 0) -> dict:
     """What a retrain's losses depend on."""
     digest = hashlib.sha256(dropped.astype(np.int64).tobytes()).hexdigest()[:16]
-    return as_json({"case": asdict(case), "dropped_sha256": digest, "dropped": len(dropped)})
+    return as_json({"case": asdict(case), "dropped_sha256": digest, "dropped": len(dropped),
+                    **({"train_seed": seed} if seed else {})})
 
 
 def retrain(out: Path, case: LDSCase, kind: str, j: int, dropped: list[int], key: dict) -> float:
@@ -291,9 +306,10 @@ def _retrain(out: Path, case: LDSCase, kind: str, j: int, dropped: list[int], ke
     directory = case.directory(out)
     scratch = out / "retrains" / f".{kind}-{j:03d}"
     shutil.rmtree(scratch, ignore_errors=True)
-    order = case.order(np.asarray(dropped, dtype=np.int64))
+    seed = train_seed(kind)
+    order = case.order(np.asarray(dropped, dtype=np.int64), seed)
     started = time.perf_counter()
-    model, _ = train(case.settings(steps_for(len(order), case.batch_size)), directory / "data" / "document",
+    model, _ = train(case.settings(steps_for(len(order), case.batch_size), seed), directory / "data" / "document",
                      len(load_tokenizer(directory / "tokenizer")), scratch, rows=order, save_revisions=False,
                      init=case.init_model(out))
     losses = chunk_losses(model, query_chunks(directory))
@@ -312,11 +328,12 @@ def run_retrains(out: Path, case: LDSCase, settings: FieldLDSSettings,
                  on_done: Callable[[str, int], None] | None = None) -> dict[str, list[dict]]:
     """Every missing retrain (``workers`` processes); returns the records by kind, in order."""
     (out / "retrains").mkdir(parents=True, exist_ok=True)
-    plan = [(DROP, j) for j in range(settings.retrains)] + [(HALF, j) for j in range(settings.halves)]
+    plan = ([(DROP, j) for j in range(settings.retrains)] + [(HALF, j) for j in range(settings.halves)]
+            + [(RESEEDED, j) for j in range(settings.reseeded)])
     todo = []
     for kind, j in plan:
         dropped = dropped_rows(case, settings, kind, j)
-        key = retrain_key(case, dropped)
+        key = retrain_key(case, dropped, train_seed(kind))
         path = retrain_path(out, kind, j)
         if path.is_file() and json.loads(path.read_text())["key"] == key:
             if on_done:
@@ -326,7 +343,7 @@ def run_retrains(out: Path, case: LDSCase, settings: FieldLDSSettings,
     log.info("retrains: %d of %d to train", len(todo), len(plan))
     done = None if on_done is None else (lambda job: on_done(job[2], job[3]))
     run_jobs(retrain, todo, settings.workers, done)
-    records: dict[str, list[dict]] = {DROP: [], HALF: []}
+    records: dict[str, list[dict]] = {DROP: [], HALF: [], RESEEDED: []}
     for kind, j in plan:
         records[kind].append(json.loads(retrain_path(out, kind, j).read_text()))
     return records
@@ -554,7 +571,7 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     scores.update(external_scores(out, (case.queries, case.rows)))
     scores[SHUFFLED] = shuffle_rows(scores[settings.estimators[0]], np.random.default_rng([settings.seed, 1]))
     columns = {}
-    for kind, count in ((DROP, settings.retrains), (HALF, settings.halves)):
+    for kind, count in ((DROP, settings.retrains), (HALF, settings.halves), (RESEEDED, settings.reseeded)):
         if count == 0:
             continue
         losses = np.asarray([r["losses"] for r in records[kind]]).T  # (queries, retrains)
@@ -608,15 +625,16 @@ def markdown(report: dict) -> str:
                 f"{report['full_model_loss']:.2f} nats). Retrains from the same init and order")
     title = "# LDS on the field's protocol" + (", fine-tuning variant" if "base" in c else "")
     lines = [title, "",
-             f"{what}: {s['retrains']} without {s['removed']:.0%} of the rows, {s['halves']} on random halves. "
-             "LDS(z) = "
+             f"{what}: {s['retrains']} without {s['removed']:.0%} of the rows, {s['halves']} on random halves"
+             + (f", {s['reseeded']} without the first {s['reseeded']} of those shares but from another training seed "
+                "(init and order; fine-tuning: order)" if s.get("reseeded") else "") + ". LDS(z) = "
              "Spearman over retrains of z's loss and −Σ scores of the rows trained on; mean over queries, "
              f"bootstrap 95 % interval, p: share of {s['shuffles']} row permutations of the method's own scores "
              "scoring at least as high. Published (GPT-2, WikiText): EK-FAC 0.44-0.47, TrackStar 0.24, "
              "identity 0.12.", ""]
     kinds = list(report["lds"])
-    head = " | ".join(f"{'drop ' + format(s['removed'], '.0%') if k == DROP else 'halves'}: LDS | 95 % CI | p"
-                      for k in kinds)
+    labels = {DROP: f"drop {s['removed']:.0%}", HALF: "halves", RESEEDED: f"drop {s['removed']:.0%}, other seed"}
+    head = " | ".join(f"{labels[k]}: LDS | 95 % CI | p" for k in kinds)
     lines += [f"| estimator | {head} |", "|---|" + "---|---|---|" * len(kinds)]
     for name in report["lds"][kinds[0]]:
         cells = []

@@ -73,13 +73,14 @@ class FinetuneCase:
     def init_model(self, out: Path) -> Path:
         return self.base.directory(out) / "model"
 
-    def settings(self, steps: int) -> TrainSettings:
+    def settings(self, steps: int, train_seed: int = 0) -> TrainSettings:
         return replace(self.base.settings(steps), batch_size=self.batch_size, learning_rate=self.learning_rate,
-                       warmup_steps=self.warmup_steps, seed=self.seed)
+                       warmup_steps=self.warmup_steps, seed=self.seed + 1000 * train_seed)
 
-    def order(self, dropped: np.ndarray | None = None) -> list[int]:
-        """Row ids in fine-tuning order: a seeded permutation per epoch, ``dropped`` rows left out."""
-        return epoch_order(self.rows, self.epochs, (self.seed, 23), dropped)
+    def order(self, dropped: np.ndarray | None = None, train_seed: int = 0) -> list[int]:
+        """Row ids in fine-tuning order: a seeded permutation per epoch, ``dropped`` rows left out (``train_seed``
+        > 0: another seed's permutations)."""
+        return epoch_order(self.rows, self.epochs, (self.seed, 23) + ((train_seed,) if train_seed else ()), dropped)
 
     def build(self, out: Path) -> Path:
         """Build (or reuse) the pretraining case and the fine-tuning case; returns ``OUT/finetune``."""

@@ -78,26 +78,29 @@ class TextCase:
         """Build (or reuse) the case under ``OUT/case``; returns that directory."""
         return build_case(out, self)
 
-    def order(self, dropped: np.ndarray | None = None) -> list[int]:
-        return training_order(self, dropped)
+    def order(self, dropped: np.ndarray | None = None, train_seed: int = 0) -> list[int]:
+        """Row ids in training order (``train_seed`` > 0: another seed's permutations, for the second-seed
+        column)."""
+        return training_order(self, dropped, train_seed)
 
     def init_model(self, out: Path) -> Path | None:
         """The model a retrain starts from (None: trained from scratch)."""
         return None
 
-    def settings(self, steps: int) -> TrainSettings:
-        """The training loop's settings; the context holds a whole chunk, so a chunk can be asked as a query."""
+    def settings(self, steps: int, train_seed: int = 0) -> TrainSettings:
+        """The training loop's settings; the context holds a whole chunk, so a chunk can be asked as a query.
+        ``train_seed`` > 0 seeds another initialization."""
         return TrainSettings(hidden_size=self.hidden_size, num_layers=self.num_layers, num_heads=self.num_heads,
                              vocab_size=self.vocab_size, seq_len=self.seq_len + 1, batch_size=self.batch_size,
                              steps=steps, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
-                             weight_decay=0.0, seed=self.seed, bf16=False)
+                             weight_decay=0.0, seed=self.seed + 1000 * train_seed, bf16=False)
 
 
-def training_order(case: TextCase, dropped: np.ndarray | None = None) -> list[int]:
+def training_order(case: TextCase, dropped: np.ndarray | None = None, train_seed: int = 0) -> list[int]:
     """Row ids in training order: each epoch a seeded permutation of every row, ``dropped`` rows left out
     (the same permutations for every retrain, so a retrain differs from the full run only by what it drops;
     its last step may be short)."""
-    return epoch_order(case.rows, case.epochs, (case.seed, 7), dropped)
+    return epoch_order(case.rows, case.epochs, (case.seed, 7) + ((train_seed,) if train_seed else ()), dropped)
 
 
 def epoch_order(rows: int, epochs: int, seed: tuple[int, ...], dropped: np.ndarray | None = None) -> list[int]:

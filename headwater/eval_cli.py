@@ -134,6 +134,8 @@ def eval_field_lds(
     retrains: Annotated[int, typer.Option(help="Models retrained without a random --removed share of the rows.")] = 50,
     removed: Annotated[float, typer.Option(help="Share of the training rows each retrain drops.")] = 0.01,
     halves: Annotated[int, typer.Option(help="Models retrained on random halves (second column; 0: none).")] = 20,
+    reseeded: Annotated[int, typer.Option(help="Models retrained without the first column's first N drops but from "
+                                               "another training seed: the second-seed column (0: none).")] = 0,
     rows: Annotated[int, typer.Option(help="Training chunks of real text.")] = 1000,
     queries: Annotated[int, typer.Option(help="Held-out query chunks.")] = 50,
     k: Annotated[int, typer.Option(help="Sketch projection per side.")] = 16,
@@ -166,10 +168,10 @@ def eval_field_lds(
     case = TextCase(rows=rows, queries=queries, seed=seed)
     if finetune:
         case = FinetuneCase(base=case, rows=finetune, queries=queries, seed=seed)
-    settings = FieldLDSSettings(retrains=retrains, removed=removed, halves=halves, k=k, seed=seed,
+    settings = FieldLDSSettings(retrains=retrains, removed=removed, halves=halves, reseeded=reseeded, k=k, seed=seed,
                                 estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()),
                                 **({"workers": workers} if workers is not None else {}))
-    with tqdm(total=retrains + halves, desc="retrains", unit="model", disable=None) as bar:
+    with tqdm(total=retrains + halves + reseeded, desc="retrains", unit="model", disable=None) as bar:
         report = run_field_lds(out, case, settings, on_retrain=lambda *_: bar.update(1))
     typer.echo(markdown(report))
     typer.echo(f"report written to {out}/field_lds.json and field_lds.md")

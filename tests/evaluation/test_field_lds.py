@@ -29,6 +29,7 @@ from attribution.sketch import SketchConfig
 from evaluation.field_lds import (
     DROP,
     HALF,
+    RESEEDED,
     SHUFFLED,
     TRACIN_CHECKPOINTS,
     FieldEstimator,
@@ -55,7 +56,7 @@ from headwater.cli import app
 
 CASE = TextCase(rows=40, queries=6, seq_len=16, vocab_size=300, hidden_size=16, num_layers=1, num_heads=2,
                 batch_size=4, epochs=2, warmup_steps=2, chars_per_source=8000)
-SETTINGS = FieldLDSSettings(retrains=4, removed=0.1, halves=4, k=4, workers=1, shuffles=50, bootstrap=200,
+SETTINGS = FieldLDSSettings(retrains=4, removed=0.1, halves=4, reseeded=3, k=4, workers=1, shuffles=50, bootstrap=200,
                             estimators=FIELD_LDS_ESTIMATORS)
 
 
@@ -96,7 +97,7 @@ def test_candidate_recall_bounds(seed: int, depth: int) -> None:
 
 def test_report_has_every_estimator_and_the_control_on_both_columns(field_run: tuple[Path, dict]) -> None:
     out, report = field_run
-    assert set(report["lds"]) == {DROP, HALF}
+    assert set(report["lds"]) == {DROP, HALF, RESEEDED}
     for column in report["lds"].values():
         assert set(column) == {*SETTINGS.estimators, SHUFFLED}
         for summary in column.values():
@@ -108,6 +109,25 @@ def test_report_has_every_estimator_and_the_control_on_both_columns(field_run: t
     assert json.loads((out / "field_lds.json").read_text())["schema_version"] == 1
 
 
+def test_the_second_seed_column_drops_the_same_rows_from_another_seed(field_run: tuple[Path, dict]) -> None:
+    """``drop-reseeded`` retrain j leaves out drop retrain j's rows but trains in another order from another init:
+    its losses differ from both the drop retrain's and the full model's."""
+    out, report = field_run
+    assert (kept_masks(CASE, SETTINGS, RESEEDED, 3) == kept_masks(CASE, SETTINGS, DROP, 4)[:3]).all()
+    dropped = dropped_rows(CASE, SETTINGS, DROP, 0)
+    assert CASE.order(dropped, 1) != CASE.order(dropped) and sorted(CASE.order(dropped, 1)) == sorted(
+        CASE.order(dropped))
+    assert CASE.settings(10, 1).seed != CASE.settings(10).seed
+    for j in range(SETTINGS.reseeded):
+        same, other = (json.loads(retrain_path(out, kind, j).read_text()) for kind in (DROP, RESEEDED))
+        assert other["key"]["train_seed"] == 1 and "train_seed" not in same["key"]
+        assert other["key"]["dropped_sha256"] == same["key"]["dropped_sha256"]
+        assert not np.allclose(other["losses"], same["losses"])
+    assert "other seed: LDS" in (out / "field_lds.md").read_text()
+    with pytest.raises(ConfigError, match="reseeded"):
+        FieldLDSSettings(retrains=3, reseeded=4)
+
+
 def test_shuffled_control_interval_holds_zero(field_run: tuple[Path, dict]) -> None:
     for column in field_run[1]["lds"].values():
         lo, hi = column[SHUFFLED]["ci95"]
@@ -117,7 +137,7 @@ def test_shuffled_control_interval_holds_zero(field_run: tuple[Path, dict]) -> N
 def test_a_rerun_retrains_nothing_and_gives_the_same_report(field_run: tuple[Path, dict]) -> None:
     out, report = field_run
     stamps = {p: p.stat().st_mtime_ns for p in (out / "retrains").glob("*.json")}
-    assert len(stamps) == SETTINGS.retrains + SETTINGS.halves
+    assert len(stamps) == SETTINGS.retrains + SETTINGS.halves + SETTINGS.reseeded
     again = run_field_lds(out, CASE, SETTINGS)
     assert {p: p.stat().st_mtime_ns for p in (out / "retrains").glob("*.json")} == stamps
     assert json.dumps(again["lds"]) == json.dumps(report["lds"])  # NaN-safe: a query can be constant
