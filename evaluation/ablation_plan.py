@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -30,8 +30,9 @@ class AblationSettings:
     random_draws: int = 19
     """Random selections per seed (a target's p-value against random rests on seeds × random_draws)."""
     seeds: int = 3
-    methods: tuple[Selection, ...] = tuple(Selection)
-    """Selections to ascend on."""
+    methods: tuple[Selection, ...] = tuple(s for s in Selection if s is not Selection.UNLEARNING_CONTRASTIVE)
+    """Selections to ascend on (every one but the opt-in contrastive unlearning one; ``given`` runs only for targets
+    with example_ids)."""
     general_rows: int = 8
     """Evenly spaced indexed rows whose mean token loss measures general damage (the costliest measurement)."""
 
@@ -57,6 +58,12 @@ def ranked_selections(session: AttributionSession, target: Target, settings: Abl
     for method in (Selection.BM25, Selection.EMBEDDING, Selection.UNLEARNING):
         if method in settings.methods:
             chosen[method] = [h.row for h in session.retriever(method).search(target.query(), k)]
+    if Selection.UNLEARNING_CONTRASTIVE in settings.methods and target.related:
+        retriever = session.retriever(Selection.UNLEARNING)
+        contrastive = replace(session.config.unlearning, contrastive=True)
+        query = replace(target.query(), controls=[(p.prompt, p.completion) for p in target.related],
+                        unlearning=contrastive)
+        chosen[Selection.UNLEARNING_CONTRASTIVE] = [h.row for h in retriever.search(query, k)]
     if target.example_ids:
         chosen[Selection.GIVEN] = [position[int(i)] for i in target.example_ids]
     return {m: v for m, v in chosen.items() if m in settings.methods}
@@ -99,6 +106,7 @@ EMPTY_REASONS = {
     Selection.GIVEN: "the target has no example_ids",
     Selection.ORACLE: "the target has no gold rows in the index",
     Selection.BM25: "bm25 found no indexed row sharing a word with the prompt and completion",
+    Selection.UNLEARNING_CONTRASTIVE: "the target has no related prompts to contrast with",
 }
 
 

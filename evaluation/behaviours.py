@@ -147,7 +147,7 @@ def ablation_ratios(session: AttributionSession, instances: list[Instance], sett
     rows = [np.asarray(session.encoder.tokenizer.encode(session.texts[p], add_special_tokens=False)).tolist()
             for p in range(0, len(session), max(1, len(session) // 16))]
     ablation = AblationSettings(k=10, budgets=(settings.budget,), random_draws=4, seeds=1,
-                                methods=("gradient", "bm25", "random", "unlearning"))
+                                methods=("gradient", "bm25", "random", "unlearning", "unlearning_contrastive"))
     report = run_ablation(session, task_targets(instances, settings), ablation, rows)
     out: dict[str, dict[str, float]] = {}
     for method in ablation.methods:

@@ -20,6 +20,10 @@ class Selection(StrEnum):
     UNLEARNING = "unlearning"
     """The reverse direction's top k: the rows the model is most perplexed about after an ascent on the target
     (``Method.UNLEARNING``; best on removal-and-retrain)."""
+    UNLEARNING_CONTRASTIVE = "unlearning_contrastive"
+    """The reverse direction's top k with the target's related prompts as controls, their direction projected out of
+    the ascent (for a task target: the related tasks as one control task) — worsen this target, not its neighbours.
+    Opt-in."""
     BOTTOM = "bottom"
     """Lowest gradient scores."""
     ORACLE = "oracle"
@@ -30,8 +34,15 @@ class Selection(StrEnum):
     """Random draws (many per seed)."""
 
 
-TAILPATCH_SELECTIONS = tuple(s for s in Selection if s not in (Selection.BOTTOM, Selection.GIVEN))
-"""Selections the tail-patch check offers (every one but bottom and given)."""
+OPT_IN_SELECTIONS = (Selection.GIVEN, Selection.UNLEARNING_CONTRASTIVE)
+"""Selections an ablation runs only when asked: given needs example_ids; the contrastive unlearning one costs a
+second search per target."""
+DEFAULT_SELECTIONS = tuple(s for s in Selection if s not in OPT_IN_SELECTIONS)
+"""What an ablation ascends on by default."""
+
+TAILPATCH_SELECTIONS = tuple(s for s in Selection if s not in (Selection.BOTTOM, Selection.GIVEN,
+                                                               Selection.UNLEARNING_CONTRASTIVE))
+"""Selections the tail-patch check offers (every one but bottom, given and the contrastive unlearning one)."""
 
 MATRIX_SELECTIONS = frozenset(Selection) - {Selection.BOTTOM, Selection.RANDOM}
 """Selections whose cross-target rows are reported (random draws are summarized, not one matrix each)."""

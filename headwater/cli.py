@@ -16,7 +16,7 @@ import typer
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, field_help
 from attribution.errors import HeadwaterError
 from attribution.kinds import SketchConfig
-from evaluation.selections import Selection
+from evaluation.selections import DEFAULT_SELECTIONS
 from headwater.attribute_cli import attribute
 from headwater.common import StepLog, clean_errors, command_group, setup_logging
 from headwater.eval_cli import eval_app
@@ -286,7 +286,7 @@ def index_verify(path: Annotated[Path, typer.Argument(help="Index directory or b
     typer.echo(f"OK {resolve_build(path)}: every file matches the manifest{checked}")
 
 
-ABLATE_METHODS = ",".join(s for s in Selection if s is not Selection.GIVEN)
+ABLATE_METHODS = ",".join(DEFAULT_SELECTIONS)
 """``headwater ablate``'s selections: every one but ``given``, which only targets with example ids have."""
 
 
@@ -300,7 +300,8 @@ def ablate(
                                                       "unrelated?, gold_rows?, example_ids?}; default: the demo's "
                                                       "planted facts.")] = None,
     methods: Annotated[str, typer.Option(help="Comma-separated selection methods (given: each target's "
-                                              "example_ids; not by default).")] = ABLATE_METHODS,
+                                              "example_ids; it and unlearning_contrastive not by default).")]
+    = ABLATE_METHODS,
     budgets: Annotated[str, typer.Option(help="Comma-separated ‖Δθ‖ budgets.")] = "0.5,1,2",
     k: Annotated[int, typer.Option(help="Rows per selection.")] = 10,
     seeds: Annotated[int, typer.Option(help="Seeds (random draws and oracle samples).")] = 3,

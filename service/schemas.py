@@ -14,7 +14,7 @@ from attribution.records import Evidence
 from attribution.records import Result as Attributed
 from attribution.retrievers import Method
 from attribution.tasks import MAX_INSTANCES
-from evaluation.selections import Selection
+from evaluation.selections import DEFAULT_SELECTIONS, Selection
 from evaluation.targets import Target
 
 
@@ -380,8 +380,9 @@ class AblationRequest(Strict):
                                   description=f"‖Δθ‖ of each ascent: finite, > 0 and at most {MAX_BUDGET}, distinct.")
     seeds: Count = Field(1, ge=1, le=5)
     random_draws: Count = Field(19, ge=1, le=50)
-    methods: list[Selection] = Field([s for s in Selection if s != Selection.GIVEN], min_length=1,
-                                     description="Selections to ascend on; 'given' needs example_ids.")
+    methods: list[Selection] = Field(list(DEFAULT_SELECTIONS), min_length=1,
+                                     description="Selections to ascend on; 'given' needs example_ids; 'given' and "
+                                                 "'unlearning_contrastive' only when asked.")
 
     @field_validator("budgets")
     @classmethod

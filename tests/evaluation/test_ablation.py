@@ -328,3 +328,26 @@ def test_a_task_target_measures_every_instance_and_selects_by_task_queries(sessi
     assert rows and np.isfinite(rows[0]["d_target"]) and np.isfinite(rows[0]["related_ratio"])
     with pytest.raises(ConfigError, match="target 2.*'instances' must be a list of"):
         Target.from_dict({"prompt": "p", "completion": "c", "instances": ["q"]}, 2)
+
+
+def test_the_contrastive_unlearning_selection_is_the_search_with_related_as_controls(session: AttributionSession,
+                                                                                    general, tiny_demo: Path) -> None:
+    """``unlearning_contrastive`` = the unlearning retriever's top k with the target's related prompts as controls,
+    their direction projected out (a task target: the related as one control task); opt-in; without related prompts
+    it is not run, with its reason."""
+    facts = [f for f in load_facts(tiny_demo) if f.gold_rows]
+    fact = Target.from_fact(facts[0])
+    assert fact.related
+    settings = AblationSettings(k=5, budgets=(1.0,), random_draws=2, seeds=1,
+                                methods=("unlearning", "unlearning_contrastive", "random"))
+    chosen = ranked_selections(session, fact, settings, positions_by_id(session))
+    contrastive = replace(session.config.unlearning, contrastive=True)
+    query = replace(fact.query(), controls=[(p.prompt, p.completion) for p in fact.related], unlearning=contrastive)
+    expected = [h.row for h in session.retriever(Selection.UNLEARNING).search(query, 5)]
+    assert chosen[Selection.UNLEARNING_CONTRASTIVE] == expected and len(expected) == 5
+    lonely = replace(fact, related=[])
+    report = run_ablation(session, [fact, lonely], settings, general, controls=[Target.from_fact(f) for f in facts])
+    skipped = [s for s in report["not_run"] if s["method"] == "unlearning_contrastive"]
+    assert [s["target"] for s in skipped] == [1] and "no related prompts" in skipped[0]["reason"]
+    assert any(r["method"] == "unlearning_contrastive" and r["target"] == 0 for r in report["rows"])
+    assert Selection.UNLEARNING_CONTRASTIVE not in AblationSettings().methods
