@@ -49,7 +49,7 @@ from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model, load_tokenizer
-from attribution.newton import NewtonConfig, NewtonSolver, score_rows
+from attribution.newton import NewtonConfig, NewtonSolver, Solver, score_rows
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
@@ -137,11 +137,18 @@ def newton_config(name: str) -> NewtonConfig:
 
 
 def unlearning_settings(name: str) -> UnlearningConfig:
-    """``unlearning``: the service's defaults; ``unlearning@newton``: the same with the Newton direction, its sample
-    and iterations as the ``newton`` estimator's."""
-    if name == UNLEARNING_NEWTON:
-        return UnlearningConfig(direction=Direction.NEWTON, newton_rows=NEWTON_SAMPLE_ROWS,
-                                newton_iterations=NEWTON_ITERATIONS, newton_damping=NEWTON_DAMPING)
+    """``unlearning``: the service's defaults; ``unlearning@newton[@dD][@iN][@rN][@kfac|@ekfac]``: the same with the
+    Newton direction, its damping, steps, sample rows and factored preconditioner (a warm start with it) as the
+    ``newton`` estimator of those options has them (no ASTRA: the service solves by conjugate gradient)."""
+    if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
+        estimator = newton_estimator(name[len(UNLEARNING) + 1:])
+        config = estimator.config
+        if config.solver is not Solver.CG or config.warm_start:
+            raise ConfigError(f"unknown LDS estimator {name!r}: unlearning@newton takes @dD, @iN, @rN and @kfac or "
+                              "@ekfac (which also warm-starts)")
+        return UnlearningConfig(direction=Direction.NEWTON, newton_rows=estimator.sample_rows,
+                                newton_iterations=config.max_iter, newton_damping=config.damping,
+                                newton_factoring=config.factoring)
     return UNLEARNING_SETTINGS
 TRACIN_CHECKPOINTS = 4
 TRACIN_MARKER = "tracin.json"
@@ -214,7 +221,8 @@ def parse_estimator(name: str) -> FieldEstimator:
     """The estimator a name stands for, or a clear error."""
     if name in (BM25, UNLEARNING):
         return FieldEstimator(None, None, family=name)
-    if name == UNLEARNING_NEWTON:
+    if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
+        unlearning_settings(name)  # a clear error for bad options
         return FieldEstimator(None, None, family=UNLEARNING)
     if name == NEWTON or name.startswith(NEWTON + "@"):
         return FieldEstimator(None, None, damping=newton_config(name).damping, family=NEWTON)

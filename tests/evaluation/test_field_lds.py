@@ -46,6 +46,7 @@ from evaluation.field_lds import (
     run_field_lds,
     tracin_checkpoints,
     tracin_plan,
+    unlearning_settings,
 )
 from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query
@@ -254,6 +255,12 @@ def test_bad_settings_are_clear_errors() -> None:
     astra = newton_estimator("newton@astra@ekfac@i100@r200@lr0.05")
     assert astra.sample_rows == 200
     assert astra.config.solver == "astra" and astra.config.astra == AstraSchedule(steps=100, lr=0.05)
+    served = unlearning_settings("unlearning@newton@d100@ekfac@r64")
+    assert (served.newton_damping, served.newton_factoring, served.newton_rows) == (100.0, "ekfac", 64)
+    assert parse_estimator("unlearning@newton@d100").family == "unlearning"
+    for bad in ("unlearning@newton@astra", "unlearning@newton@ekfac@warm", "unlearning@newton@d0"):
+        with pytest.raises(ConfigError, match="unknown LDS estimator"):
+            FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@warm", "newton@kfac@ekfac", "newton@ekfac@ekfac", "newton@lr0.1", "newton@r0",
                 "newton@r2.5", "newton@astra@lr0"):
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
