@@ -7,28 +7,21 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPTNeoXForCausalLM
 
 from attribution.astra import AstraSchedule
 from attribution.batching import collate, training_batch
 from attribution.errors import ConfigError
 from attribution.factored_inverse import FactoredInverse, Factoring, _joined, _Recorder, _sampled_passes
 from attribution.newton import GaussNewton, NewtonConfig, conjugate_gradient, loss_gradient, newton_direction
+from tests.attribution.conftest import one_layer_model, token_rows
 
-VOCAB = 24
+rows = token_rows
 
 
 @pytest.fixture(scope="module")
 def model() -> GPTNeoXForCausalLM:
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=16, max_position_embeddings=32, rotary_pct=0.25)
-    return GPTNeoXForCausalLM(config).double().eval()
-
-
-def rows(seed: int, count: int, length: int) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, VOCAB, (count, length), generator=generator).tolist()
+    return one_layer_model()
 
 
 @pytest.mark.parametrize("factoring", [Factoring.KFAC, Factoring.EKFAC])

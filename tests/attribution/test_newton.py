@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+from transformers import GPTNeoXForCausalLM
 
 from attribution.batching import collate, training_batch
 from attribution.errors import ConfigError
@@ -25,21 +25,14 @@ from attribution.newton import (
     row_losses,
     unflatten,
 )
+from tests.attribution.conftest import one_layer_model, token_rows
 
-VOCAB = 24
+rows = token_rows
 
 
 @pytest.fixture(scope="module")
 def model() -> GPTNeoXForCausalLM:
-    torch.manual_seed(0)
-    config = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=16, max_position_embeddings=32, rotary_pct=0.25)
-    return GPTNeoXForCausalLM(config).double().eval()
-
-
-def rows(seed: int, count: int, length: int) -> list[list[int]]:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, VOCAB, (count, length), generator=generator).tolist()
+    return one_layer_model()
 
 
 def explicit_gauss_newton(model, batch) -> torch.Tensor:
