@@ -244,12 +244,12 @@ def test_bad_settings_are_clear_errors() -> None:
                                                                family="tracin")
     assert parse_estimator("unlearning").family == "unlearning"
     assert parse_estimator("unlearning@newton").family == "unlearning"
-    assert parse_estimator("newton") == FieldEstimator(None, None, damping=10.0, family="newton")
+    assert parse_estimator("newton") == FieldEstimator(None, None, damping=100.0, family="newton")
     assert parse_estimator("newton@d10").damping == 10
-    assert newton_config("newton@i50") == NewtonConfig(damping=10.0, max_iter=50)
+    assert newton_config("newton@i50") == NewtonConfig(damping=100.0, max_iter=50)
     assert newton_config("newton@d1@i5") == NewtonConfig(damping=1.0, max_iter=5)
-    assert newton_config("newton") == NewtonConfig(damping=10.0, max_iter=20)
-    assert newton_config("newton@ekfac@warm") == NewtonConfig(damping=10.0, max_iter=20, factoring="ekfac",
+    assert newton_config("newton") == NewtonConfig(damping=100.0, max_iter=20)
+    assert newton_config("newton@ekfac@warm") == NewtonConfig(damping=100.0, max_iter=20, factoring="ekfac",
                                                               warm_start=True)
     assert newton_config("newton@kfac").factoring == "kfac"
     astra = newton_estimator("newton@astra@ekfac@i100@r200@lr0.05")
