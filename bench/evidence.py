@@ -36,7 +36,8 @@ class Row:
 
 
 ROWS = (
-    Row("headwater `newton`: exact loss change along (G + λ)⁻¹ g, full space, no storage (LDS only)", Side.OURS,
+    Row("headwater `newton`: exact loss change along (G + λ)⁻¹ g, λ = 100 × mean eigenvalue, full space, no storage "
+        "(LDS only)", Side.OURS,
         "newton"),
     Row("headwater `unlearning`, direction newton (one Newton step, central difference)", Side.OURS,
         "unlearning@newton"),
@@ -68,7 +69,7 @@ class Column:
     path: str
     """The report, relative to ``bench-out``."""
     kind: str
-    """``drop`` / ``half`` (an LDS column of ``field_lds.json``) or ``removal``."""
+    """``drop`` / ``half`` / ``drop-reseeded`` (an LDS column of ``field_lds.json``) or ``removal``."""
     section: str
     """The ``bench.results`` section that writes the report."""
 
@@ -76,8 +77,11 @@ class Column:
 COLUMNS = (
     Column("LDS from scratch, drop 1 %", "field-lds/field_lds.json", "drop", "field-lds"),
     Column("LDS from scratch, halves", "field-lds/field_lds.json", "half", "field-lds"),
+    Column("LDS from scratch, drop 1 %, other seed", "field-lds/field_lds.json", "drop-reseeded", "field-lds"),
     Column("LDS fine-tuning, drop 1 %", "field-lds-finetune/field_lds.json", "drop", "field-lds-finetune"),
     Column("LDS fine-tuning, halves", "field-lds-finetune/field_lds.json", "half", "field-lds-finetune"),
+    Column("LDS fine-tuning, drop 1 %, other seed", "field-lds-finetune/field_lds.json", "drop-reseeded",
+           "field-lds-finetune"),
     Column("removal, second case: Δ nats (× random)", "removal-k40/removal.json", "removal", "removal"),
     Column("removal, demo: Δ nats (× random)", "removal-demo/removal.json", "removal", "removal-demo"),
 )
