@@ -65,8 +65,8 @@ class CurvatureConfig:
     output head's vocabulary side)."""
 
     def __post_init__(self) -> None:
-        _coerce(self, "kind", PreconditionMode)
-        _coerce(self, "fisher", Fisher)
+        coerce_enum(self, "kind", PreconditionMode)
+        coerce_enum(self, "fisher", Fisher)
         if self.damping is None:
             object.__setattr__(self, "damping", KIND_DAMPING.get(self.kind, DEFAULT_DAMPING))
         if self.damping <= 0:
@@ -91,8 +91,8 @@ class ScoringConfig:
     """hybrid: candidates taken from each of BM25 and the embedding retriever."""
 
     def __post_init__(self) -> None:
-        _coerce(self, "mode", ScoreMode)
-        _coerce(self, "hybrid_fusion", Fusion)
+        coerce_enum(self, "mode", ScoreMode)
+        coerce_enum(self, "hybrid_fusion", Fusion)
         if self.hybrid_candidates <= 0:
             raise ConfigError(f"hybrid_candidates must be positive, got {self.hybrid_candidates}")
 
@@ -176,10 +176,10 @@ class UnlearningConfig:
     converges anyway and the field-LDS scores are the same to three decimals)."""
 
     def __post_init__(self) -> None:
-        _coerce(self, "correction", Correction)
-        _coerce(self, "score", RowScore)
-        _coerce(self, "direction", Direction)
-        _coerce(self, "newton_factoring", Factoring)
+        coerce_enum(self, "correction", Correction)
+        coerce_enum(self, "score", RowScore)
+        coerce_enum(self, "direction", Direction)
+        coerce_enum(self, "newton_factoring", Factoring)
         positive = {"steps": self.steps, "control_probes": self.control_probes, "candidates": self.candidates,
                     "batch_tokens": self.batch_tokens, "window": self.window, "newton_rows": self.newton_rows,
                     "newton_iterations": self.newton_iterations}
@@ -235,7 +235,7 @@ class AttributionConfig:
         return from_json(cls, data)
 
 
-def _coerce(record: Any, name: str, kind: type[StrEnum]) -> None:
+def coerce_enum(record: Any, name: str, kind: type[StrEnum]) -> None:
     """Turn a string field into its enum (frozen dataclass), or a ConfigError listing the choices."""
     value = getattr(record, name)
     try:

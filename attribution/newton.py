@@ -32,6 +32,7 @@ from torch.func import functional_call, jvp, vjp
 from attribution.ascent import restored
 from attribution.astra import AstraSchedule, astra_solve
 from attribution.batching import TokenBatch, training_batch
+from attribution.config import coerce_enum
 from attribution.errors import ConfigError
 from attribution.factored_inverse import FactoredInverse, Factoring
 
@@ -216,12 +217,8 @@ class NewtonConfig:
             raise ConfigError(f"newton damping must be a positive finite number, got {self.damping}")
         if self.max_iter <= 0 or not 0 < self.tol < 1:
             raise ConfigError(f"newton needs max_iter > 0 and 0 < tol < 1, got {self.max_iter} and {self.tol}")
-        for name, kind in (("factoring", Factoring), ("solver", Solver)):
-            try:
-                object.__setattr__(self, name, kind(getattr(self, name)))
-            except ValueError:
-                raise ConfigError(f"newton {name} must be one of {', '.join(k.value for k in kind)}, "
-                                  f"got {getattr(self, name)!r}") from None
+        coerce_enum(self, "factoring", Factoring)
+        coerce_enum(self, "solver", Solver)
         if self.warm_start and self.factoring is Factoring.NONE:
             raise ConfigError("a newton warm start needs a factoring (kfac or ekfac) to start from")
 

@@ -154,14 +154,18 @@ def newton_sample(tokens: Callable[[int], np.ndarray], n: int, count: int) -> To
     return training_batch(rows) if rows else None
 
 
+def newton_config(settings: UnlearningConfig) -> NewtonConfig:
+    """The solver settings ``settings`` asks for: damping, steps, factored preconditioner and a warm start from it."""
+    return NewtonConfig(damping=settings.newton_damping, max_iter=settings.newton_iterations,
+                        factoring=settings.newton_factoring,
+                        warm_start=settings.newton_factoring is not Factoring.NONE)
+
+
 def newton_solver(model: nn.Module, sample: TokenBatch, settings: UnlearningConfig) -> NewtonSolver:
-    """The Newton solver over ``sample`` that ``settings`` asks for: damping, steps, factored preconditioner and warm
-    start. Its damping and factored inverse are computed on first use and kept for every later target."""
+    """The Newton solver over ``sample`` that ``settings`` asks for (:func:`newton_config`). Its damping and factored
+    inverse are computed on first use and kept for every later target."""
     device = next(model.parameters()).device
-    config = NewtonConfig(damping=settings.newton_damping, max_iter=settings.newton_iterations,
-                          factoring=settings.newton_factoring,
-                          warm_start=settings.newton_factoring is not Factoring.NONE)
-    return NewtonSolver(model, sample.to(device), config)
+    return NewtonSolver(model, sample.to(device), newton_config(settings))
 
 
 def newton_step(model: nn.Module, target: TokenBatch, solver: NewtonSolver,
@@ -264,7 +268,7 @@ class UnlearningRetriever:
         self.timings: dict[str, float] = {}
         """Milliseconds per stage of the last search (candidates, reference, target, evidence)."""
         self._probes: dict[int, TokenBatch | None] = {}
-        self._solvers: dict[tuple, NewtonSolver] = {}
+        self._solvers: dict[tuple[int, NewtonConfig], NewtonSolver] = {}
 
     def tokens(self, row: int) -> np.ndarray:
         """The row's token ids (its text re-tokenized, cut to the model's context), cached."""
@@ -357,7 +361,7 @@ class UnlearningRetriever:
     def newton_step(self, target: TokenBatch, settings: UnlearningConfig, avoid: torch.Tensor | None) -> torch.Tensor:
         """The target's unit Newton direction over a sample of ``settings.newton_rows`` indexed rows (the sample and
         its solver, with its damping and factored preconditioner, cached per setting)."""
-        key = (settings.newton_rows, settings.newton_damping, settings.newton_iterations, settings.newton_factoring)
+        key = (settings.newton_rows, newton_config(settings))
         if key not in self._solvers:
             sample = newton_sample(self.tokens, self.n, settings.newton_rows)
             if sample is None:

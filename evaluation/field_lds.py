@@ -415,7 +415,7 @@ class Scorer:
     def newton_scores(self, name: str) -> np.ndarray:
         """Each row's exact loss change along each query's Newton direction ``(G + λ)⁻¹ ∇ℓ(query)``, ``G`` over
         the estimator's evenly spaced sample rows; no projection. How the solver did goes to ``NAME.solver.json``
-        beside the scores (:func:`solver_summary`)."""
+        beside the scores (:func:`solver_summaries`)."""
         estimator = newton_estimator(name)
         model = load_model(self.model_dir)
         count = min(estimator.sample_rows, len(self.rows))
