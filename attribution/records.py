@@ -48,7 +48,8 @@ class Evidence:
     """unlearning: the row's tokens after the first (the ones predicted), each decoded alone."""
     instances: list[tuple[int, float]] | None = None
     """A task query: the instances this row serves most, (instance index, contribution), at most three, largest
-    first (gradient: the row's share of the task vector; rank fusion: its reciprocal-rank terms)."""
+    first (gradient: the row's share of the task vector; rank fusion: its reciprocal-rank terms; unlearning: the
+    instance's signed share of the row's first-order loss change, shares' absolute values summing to 1)."""
 
     def evidence(self) -> dict[str, Any]:
         """The evidence fields alone, by name (the values themselves, not copies)."""

@@ -21,6 +21,9 @@ row (so no correction is applied).
 Forward passes are batched by a token budget with the output head applied in chunks (no B × T × V
 logits); the losses under the unchanged model and under the generic-probe ascent do not depend on the
 query, so they are cached per row.
+A task query (several instances) ascends on the instances' summed loss; each ranked row then names the instances
+it serves most (:func:`instance_shares`): each instance's part of the row's first-order loss change, measured by
+the same central difference along that instance's own gradient.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from attribution.filters import Filters
 from attribution.kinds import Factoring
 from attribution.newton import NewtonConfig, NewtonSolver
 from attribution.records import Hit
-from attribution.retrievers import Method, Query, Retriever, check_k, fill_completions
+from attribution.retrievers import Method, Query, Retriever, check_k, fill_completions, top_instances
 from attribution.rows import RowTable, allowed_rows
 
 CANDIDATE_SOURCES = (Method.GRADIENT, Method.BM25, Method.EMBEDDING)
@@ -198,6 +201,27 @@ def central_changes(model: nn.Module, direction: torch.Tensor, tokens: Sequence[
     return [(plus - minus) / 2 for plus, minus in zip(*sides, strict=True)]
 
 
+def instance_shares(model: nn.Module, instances: Sequence[TokenBatch], tokens: Sequence[Sequence[int]],
+                    settings: UnlearningConfig, avoid: torch.Tensor | None = None) -> np.ndarray:
+    """``(rows, instances)``: each instance's signed share of each row's first-order loss change under the task's
+    ascent, whose first step is along the sum of the instances' gradients ``g_i``. Instance i's part is the row's
+    score (:func:`row_score`) of the central difference along ``g_i`` (``avoid``'s span projected out), times
+    ``‖g_i‖``: to first order ``g_row · g_i``, so the parts add up to the change along the sum. Each row's shares are
+    its parts over the sum of their absolute values (all 0 when every part is). One gradient in memory at a time."""
+    parts = np.zeros((len(tokens), len(instances)))
+    device = next(model.parameters()).device
+    for i, batch in enumerate(instances):
+        with trainable(model):
+            gradient = project_off(flat_gradient(model, batch.to(device)), avoid)
+        norm = float(gradient.norm())
+        if norm == 0.0:
+            continue
+        changes = central_changes(model, gradient / norm, tokens, settings)
+        parts[:, i] = [row_score(change, settings) * norm / settings.budget for change in changes]
+    scale = np.abs(parts).sum(axis=1, keepdims=True)
+    return np.divide(parts, scale, out=np.zeros_like(parts), where=scale > 0)
+
+
 def generic_probes(tokens: Callable[[int], np.ndarray], n: int, count: int) -> TokenBatch | None:
     """The correction's default controls: ``PROBE_SPAN`` tokens (after ``PROBE_CONTEXT``) of each of ``count``
     evenly spaced rows of ``n`` (``tokens(row)`` gives a row's ids); None when no row is long enough."""
@@ -304,12 +328,23 @@ class UnlearningRetriever:
         clock.append(time.perf_counter())
         spans = [best_window(d, settings.window) for d in deltas]
         scores = np.array([row_score(d, settings) for d in deltas])
-        hits = [self.hit(rows[i], scores[i], deltas[i], spans[i]) for i in np.argsort(-scores, kind="stable")[:k]]
+        top = np.argsort(-scores, kind="stable")[:k]
+        hits = [self.hit(rows[i], scores[i], deltas[i], spans[i]) for i in top]
+        if query.is_task:
+            self.name_instances(hits, query, [tokens[i] for i in top], settings, avoid)
         clock.append(time.perf_counter())
         stages = ("candidates", "reference", "target", "evidence")
         self.timings = {name: (b - a) * 1e3 for name, a, b in zip(stages, clock[:-1], clock[1:], strict=True)}
         self.timings["rows"] = float(len(rows))
         return hits
+
+    def name_instances(self, hits: list[Hit], query: Query, tokens: list[list[int]], settings: UnlearningConfig,
+                       avoid: torch.Tensor | None) -> None:
+        """Each hit of a task query gets the instances it serves most (:func:`instance_shares`, ``avoid`` as the
+        search's ascent had it)."""
+        probes = [self.meter.probe_batch([Probe(p, c)]) for p, c in query.instances]
+        for hit, shares in zip(hits, instance_shares(self.model, probes, tokens, settings, avoid), strict=True):
+            hit.instances = top_instances(shares)
 
     def candidates(self, query: Query, k: int, filters: Filters | None, settings: UnlearningConfig) -> np.ndarray:
         """Every allowed row of a small set; otherwise the union of the candidate sources' top ``candidates``."""

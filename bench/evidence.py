@@ -1,4 +1,4 @@
-"""The counterfactual evidence table: every method on LDS (both field-protocol cases) and removal-and-retrain
+"""The counterfactual evidence table: every method on LDS (the three field-protocol cases) and removal-and-retrain
 (both planted-fact cases) in one table, with the peers, and where headwater leads and where it trails.
 
 Read from the JSON the evaluations wrote under ``bench-out`` (a column whose report is missing is left out).
@@ -82,6 +82,8 @@ COLUMNS = (
     Column("LDS fine-tuning, halves", "field-lds-finetune/field_lds.json", "half", "field-lds-finetune"),
     Column("LDS fine-tuning, drop 1 %, other seed", "field-lds-finetune/field_lds.json", "drop-reseeded",
            "field-lds-finetune"),
+    Column("LDS larger (4×128), drop 1 %", "field-lds-larger/field_lds.json", "drop", "field-lds-larger"),
+    Column("LDS larger (4×128), halves", "field-lds-larger/field_lds.json", "half", "field-lds-larger"),
     Column("removal, second case: Δ nats (× random)", "removal-k40/removal.json", "removal", "removal"),
     Column("removal, demo: Δ nats (× random)", "removal-demo/removal.json", "removal", "removal-demo"),
 )

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from attribution.models import load_model
 from attribution.modules import sketched_linears
 from evaluation.finetune_case import FinetuneCase
-from evaluation.text_case import TextCase, query_chunks, training_rows
+from evaluation.text_case import PRESETS, query_chunks, training_rows
 
 # ASTRA's momentum SGD as bergson's leaderboard runs it (examples/compare_wikitext/ekfac_astra.yaml, shampoo_astra.yaml)
 ASTRA_SGD = {"solver": "sgd", "num_steps": 300, "lr": 0.1, "momentum": 0.9, "batch_size": 16, "micro_batch_size": 8,
@@ -392,6 +392,8 @@ def main() -> None:
     parser.add_argument("--finetune", type=int, default=0,
                         help="the fine-tuning variant with this many chunks (as `headwater eval field-lds "
                              "--finetune`; 0: the case trained from scratch)")
+    parser.add_argument("--case", default="small", choices=sorted(PRESETS),
+                        help="the text case (as `headwater eval field-lds --case`)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -399,7 +401,9 @@ def main() -> None:
     if args.finetune < 0:
         raise SystemExit(f"--finetune must be 0 or a number of chunks, got {args.finetune}")
     # the field-lds command's default case (reused when built)
-    case = FinetuneCase(rows=args.finetune) if args.finetune else TextCase()
+    case = PRESETS[args.case]
+    if args.finetune:
+        case = FinetuneCase(base=case, rows=args.finetune)
     directory = case.build(args.out)
     (args.out / "external").mkdir(exist_ok=True)
     rows = []

@@ -38,6 +38,12 @@ LDS_PEERS = ("kronfluence-ekfac,kronfluence-identity,bergson-trackstar,bergson-e
 non-replay row; ~30 s a query on one thread). ASTRA is left out: its step size must be tuned per case
 (``bench.peers_lds --astra-lr``)."""
 
+LARGER_PEERS = "kronfluence-ekfac,bergson-ekfac,bergson-shampoo,bergson-ekfac-cg"
+"""The larger case's peers: the EK-FAC class and bergson's best non-replay row."""
+LARGER_ESTIMATORS = ("gradient-ip/none,gradient/block,gradient-ip/ekfac_basis,gradient-ip/ekfac_basis@256,bm25,"
+                     "unlearning,newton,unlearning@newton")
+"""The larger case's headwater estimators: the served methods, the index default and the unprojected-class sketch."""
+
 
 @dataclass(frozen=True)
 class Section:
@@ -107,6 +113,17 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "chunks.",
                 headwater + ["eval", "field-lds", "--out", str(out / "field-lds-finetune"), "--finetune", "200",
                              "--halves", "50", "--reseeded", "50"]),
+        Section("peers-lds-larger", "Kronfluence and bergson on the larger LDS case",
+                "The EK-FAC-class peers on the third case (GPT-NeoX 4×128, 2,000 chunks of 129 tokens).",
+                ["-m", "bench.peers_lds", "--out", str(out / "field-lds-larger"), "--case", "larger", "--peers",
+                 LARGER_PEERS],
+                python=BENCH_PYTHON),
+        Section("field-lds-larger", "LDS on the field's protocol, larger case (influence)",
+                "A 4-layer, 128-wide GPT-NeoX trained 2 epochs on 2,000 chunks of 129 tokens (4× the parameters, 2× "
+                "the rows and the context of the first case); 50 retrains without 1 %, 20 on halves (about 40 "
+                "minutes of retrains on 2 cores).",
+                headwater + ["eval", "field-lds", "--out", str(out / "field-lds-larger"), "--case", "larger",
+                             "--estimators", LARGER_ESTIMATORS]),
         Section("behaviours", "Which data teaches a behaviour (task queries)",
                 "Tasks of unusual ways to speak taught under two phrasings among real text; every method as a task "
                 "query and per instance; the unlearning check of each task.",

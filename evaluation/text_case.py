@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,23 @@ class TextCase:
                              vocab_size=self.vocab_size, seq_len=self.seq_len + 1, batch_size=self.batch_size,
                              steps=steps, learning_rate=self.learning_rate, warmup_steps=self.warmup_steps,
                              weight_decay=0.0, seed=self.seed + 1000 * train_seed, bf16=False)
+
+
+LARGER = TextCase(rows=2000, seq_len=128, hidden_size=128, num_layers=4, num_heads=4, batch_size=16, epochs=2,
+                  warmup_steps=25, chars_per_source=400_000)
+"""The third LDS case (issue 25 item 5): 4 layers x 128 (1.3 M parameters, 4x the small case's), 2,000 chunks of 129
+tokens (2x the rows, 2x the context), 2 epochs of 16-chunk batches (250 steps). About 70 s a retrain on 2 cores, so
+50 retrains without 1 % and 20 on halves take about 70 minutes here."""
+PRESETS: dict[str, TextCase] = {"small": TextCase(), "larger": LARGER}
+"""Named text cases: ``small`` (the 2 x 64 model, the field-LDS default) and ``larger``."""
+
+
+def preset_case(name: str, rows: int | None = None, queries: int | None = None, seed: int | None = None) -> TextCase:
+    """The named preset (:data:`PRESETS`), with ``rows``, ``queries`` and ``seed`` replaced where given."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown text case {name!r}; choose from {', '.join(PRESETS)}")
+    changes = {key: value for key, value in (("rows", rows), ("queries", queries), ("seed", seed)) if value is not None}
+    return replace(PRESETS[name], **changes)
 
 
 def training_order(case: TextCase, dropped: np.ndarray | None = None, train_seed: int = 0) -> list[int]:

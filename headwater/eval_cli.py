@@ -136,7 +136,10 @@ def eval_field_lds(
     halves: Annotated[int, typer.Option(help="Models retrained on random halves (second column; 0: none).")] = 20,
     reseeded: Annotated[int, typer.Option(help="Models retrained without the first column's first N drops but from "
                                                "another training seed: the second-seed column (0: none).")] = 0,
-    rows: Annotated[int, typer.Option(help="Training chunks of real text.")] = 1000,
+    case_name: Annotated[str, typer.Option("--case", help="The text case: small (GPT-NeoX 2x64, 1,000 chunks of 65 "
+                                                          "tokens) or larger (4x128, 2,000 chunks of 129 tokens).")]
+    = "small",
+    rows: Annotated[int | None, typer.Option(help="Training chunks of real text (default: the case's).")] = None,
     queries: Annotated[int, typer.Option(help="Held-out query chunks.")] = 50,
     k: Annotated[int, typer.Option(help="Sketch projection per side.")] = 16,
     estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, tracin/KIND "
@@ -160,12 +163,12 @@ def eval_field_lds(
 
     from evaluation.field_lds import FieldLDSSettings, markdown, run_field_lds
     from evaluation.finetune_case import FinetuneCase
-    from evaluation.text_case import TextCase
+    from evaluation.text_case import preset_case
 
     setup_logging(verbose)
     if finetune < 0:
         raise ConfigError(f"--finetune must be 0 (off) or a number of chunks, got {finetune}")
-    case = TextCase(rows=rows, queries=queries, seed=seed)
+    case = preset_case(case_name, rows=rows, queries=queries, seed=seed)
     if finetune:
         case = FinetuneCase(base=case, rows=finetune, queries=queries, seed=seed)
     settings = FieldLDSSettings(retrains=retrains, removed=removed, halves=halves, reseeded=reseeded, k=k, seed=seed,

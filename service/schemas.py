@@ -147,7 +147,8 @@ class Span(BaseModel):
 class InstanceShare(BaseModel):
     instance: int = Field(description="Index into the request's task.")
     contribution: float = Field(description="gradient: the row's share of the task vector; rank fusion: the "
-                                "instance's reciprocal-rank term.")
+                                "instance's reciprocal-rank term; unlearning: the instance's signed share of the "
+                                "row's first-order loss change (absolute shares sum to 1).")
 
 
 def evidence_doc(name: str, only: str = "") -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from attribution.ascent import Probe, flat_gradient, trainable
+from attribution.batching import training_batch
 from attribution.config import AttributionConfig, CurvatureConfig, UnlearningConfig
 from attribution.errors import ConfigError
 from attribution.retrievers import RRF_OFFSET, Method, Query
@@ -108,6 +110,32 @@ def test_unlearning_ascends_on_the_whole_task(session: AttributionSession, facts
     assert [r.example_id for r in twice] == [r.example_id for r in single]
     hybrid = session.attribute_task(instances(facts[:3]), k=5, method=Method.HYBRID)
     assert len(hybrid) == 5
+
+
+def test_unlearning_names_the_instances_by_their_first_order_share(session: AttributionSession,
+                                                                    facts: list[Fact]) -> None:
+    settings = UnlearningConfig(exhaustive_rows=10_000, budget=0.01)
+    task = instances(facts[:3])
+    results = session.attribute_task(task, k=4, method="unlearning", unlearning=settings)
+    retriever = session.retriever("unlearning")
+    model = retriever.model
+    with trainable(model):
+        instance_grads = [flat_gradient(model, retriever.meter.probe_batch([Probe(i.prompt, i.completion)]))
+                          for i in task]
+    for result in results:
+        row = int(np.flatnonzero(session.ids == result.example_id)[0])
+        ids = retriever.tokens(row).tolist()
+        with trainable(model):  # the row's mean per-token loss, as row_score takes it
+            row_grad = flat_gradient(model, training_batch([ids])) / (len(ids) - 1)
+        parts = np.array([float(row_grad @ g) for g in instance_grads])
+        shares = parts / np.abs(parts).sum()
+        assert len(result.instances) == 3 and sorted(i for i, _ in result.instances) == [0, 1, 2]
+        assert [i for i, _ in result.instances] == list(np.argsort(-shares, kind="stable"))
+        for instance, share in result.instances:
+            assert share == pytest.approx(shares[instance], abs=2e-3)
+        assert sum(abs(c) for _, c in result.instances) == pytest.approx(1.0, abs=1e-9)
+    # one-instance queries name no instances
+    assert session.attribute(task[0].prompt, task[0].completion, k=2, method="unlearning")[0].instances is None
 
 
 def test_bad_tasks_are_refused(session: AttributionSession, facts: list[Fact]) -> None:
