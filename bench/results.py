@@ -126,8 +126,8 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                              "--estimators", LARGER_ESTIMATORS]),
         Section("behaviours", "Which data teaches a behaviour (task queries)",
                 "Tasks of unusual ways to speak taught under two phrasings among real text; every method as a task "
-                "query and per instance; the unlearning check of each task.",
-                headwater + ["eval", "behaviours", "--out", str(out / "behaviours")]),
+                "query and per instance; the unlearning check of each task; removal and retrain of each task.",
+                headwater + ["eval", "behaviours", "--out", str(out / "behaviours"), "--removal"]),
         Section("second-index", "Index of every row of the second case", "CLI defaults (the removal test needs "
                 "every training row).",
                 headwater + ["index", "build", "--model", str(second / "model"), "--data",

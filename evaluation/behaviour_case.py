@@ -164,6 +164,12 @@ def lay_out(case: BehaviourCase, tokenizer, docs: list[dict], demos: list[Instan
     return rows, labels
 
 
+def case_order(case: BehaviourCase, dropped: np.ndarray | None = None) -> list[int]:
+    """Row ids in training order: a seeded permutation per epoch, ``dropped`` rows left out (the same permutations
+    for every retrain, so a retrain differs from the case's model only by what it drops)."""
+    return epoch_order(case.rows, case.epochs, (case.seed, 11), dropped)
+
+
 def build_behaviour_case(out: Path, case: BehaviourCase) -> Path:
     """Build (or reuse, when ``case.json`` matches) the case under ``OUT/case``; returns that directory."""
     directory = out / "case"
@@ -180,7 +186,7 @@ def build_behaviour_case(out: Path, case: BehaviourCase) -> Path:
     write_dataset(directory / "data" / "document", [np.asarray(r, dtype=np.int64) for r in rows], dtype=np.uint16)
     (directory / ROWS_FILE).write_text(json.dumps({"words": words, "rows": [
         None if d is None else {"task": d.task, "phrasing": d.phrasing, "words": list(d.words)} for d in labels]}))
-    order = epoch_order(case.rows, case.epochs, (case.seed, 11))
+    order = case_order(case)
     steps = steps_for(len(order), case.batch_size)
     _, losses = train(case.settings(steps), directory / "data" / "document", len(tokenizer), directory / "model",
                       rows=order, save_revisions=False)

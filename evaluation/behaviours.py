@@ -37,6 +37,8 @@ from evaluation.behaviour_case import (
 )
 from evaluation.report_files import write_report_files
 from evaluation.targets import Target
+from evaluation.task_removal import TaskRemovalSettings, run_task_removal
+from evaluation.task_removal import markdown_lines as removal_lines
 from evaluation.training import completion_hits
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class BehaviourSettings:
     ablate: bool = True
     """Also run the unlearning check of each task (gradient, bm25 and random selections of 10 rows)."""
     budget: float = 1.0
+    removal: TaskRemovalSettings | None = None
+    """Also retrain without each method's top rows for each task (:mod:`evaluation.task_removal`; None: not run)."""
 
 
 def behaviour_session(directory: Path, settings: BehaviourSettings) -> AttributionSession:
@@ -108,13 +112,18 @@ def task_accuracy(session: AttributionSession, instances: list[Instance]) -> dic
     return out
 
 
+def first_phrasing(instances: list[Instance], task: str, count: int) -> list[Instance]:
+    """The task's first ``count`` held-out instances of its first phrasing: what a task query holds."""
+    return [i for i in instances if i.task == task and i.phrasing == 0][:count]
+
+
 def measure(session: AttributionSession, labels: list[dict | None], instances: list[Instance],
             settings: BehaviourSettings) -> dict[str, dict[str, dict[str, float]]]:
     """Per task and method: the task query's shares and the mean of the single-instance queries' shares."""
     depth = min(100, len(session))
     table: dict[str, dict[str, dict[str, float]]] = {}
     for task in TASKS:
-        asked = [i for i in instances if i.task == task and i.phrasing == 0][: settings.queries]
+        asked = first_phrasing(instances, task, settings.queries)
         for method in settings.methods:
             found = session.attribute_task([TaskInstance(" " + i.prompt, i.completion) for i in asked], k=depth,
                                            method=method)
@@ -132,7 +141,7 @@ def task_targets(instances: list[Instance], settings: BehaviourSettings) -> list
     """One task target per task (its first phrasing's instances), related = two instances of each other task."""
     targets = []
     for task in TASKS:
-        mine = [i for i in instances if i.task == task and i.phrasing == 0][: settings.queries]
+        mine = first_phrasing(instances, task, settings.queries)
         others = [Probe(" " + i.prompt, i.completion) for other in TASKS if other != task
                   for i in [x for x in instances if x.task == other and x.phrasing == 0][:2]]
         first, *more = mine
@@ -173,6 +182,10 @@ def run_behaviours(out: Path, case: BehaviourCase, settings: BehaviourSettings) 
               "retrieval": measure(session, labels, instances, settings)}
     if settings.ablate:
         report["ablation"] = ablation_ratios(session, instances, settings)
+    if settings.removal is not None:
+        asked = {task: first_phrasing(instances, task, settings.queries) for task in TASKS}
+        report["removal"] = run_task_removal(out, case, directory, session, labels, instances, asked,
+                                             settings.removal)
     write_report_files(report, out, "behaviours", markdown)
     return report
 
@@ -203,4 +216,6 @@ def markdown(report: dict) -> str:
         for method, e in report["ablation"].items():
             lines.append(f"| {method} | {e['d_target']:.3f} | {e['d_related']:.3f} | "
                          f"{e['related_over_target']:.2f} |")
+    if "removal" in report:
+        lines += removal_lines(report["removal"])
     return "\n".join(lines) + "\n"

@@ -192,6 +192,12 @@ def eval_behaviours(
     methods: Annotated[str, typer.Option(help="Comma-separated served methods to measure.")]
     = "gradient,unlearning,bm25,embedding",
     ablate: Annotated[bool, typer.Option(help="Also the unlearning check of each task.")] = True,
+    removal: Annotated[bool, typer.Option(help="Also removal and retrain of each task: each method's top rows (and "
+                                               "gold, random) removed, the model retrained from scratch.")] = False,
+    removal_k: Annotated[int, typer.Option(help="Rows removed per task and selection (0: the task's "
+                                                "demonstration rows, both phrasings).")] = 0,
+    workers: Annotated[int | None, typer.Option(help="Removal retrains at once, one torch thread each (default: one "
+                                                     "per usable CPU core).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the case.")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -201,6 +207,7 @@ def eval_behaviours(
     from attribution.session import parse_method
     from evaluation.behaviour_case import BehaviourCase
     from evaluation.behaviours import BehaviourSettings, markdown, run_behaviours
+    from evaluation.task_removal import TaskRemovalSettings
 
     setup_logging(verbose)
     if queries < 1:
@@ -209,7 +216,10 @@ def eval_behaviours(
     if not chosen:
         raise ConfigError("--methods names no method")
     case = BehaviourCase(rows=rows, demos=demos, epochs=epochs, seed=seed)
-    report = run_behaviours(out, case, BehaviourSettings(queries=queries, methods=chosen, ablate=ablate))
+    pool = {"workers": workers} if workers is not None else {}
+    removal_settings = TaskRemovalSettings(k=removal_k, seed=seed, **pool) if removal else None
+    report = run_behaviours(out, case, BehaviourSettings(queries=queries, methods=chosen, ablate=ablate,
+                                                         removal=removal_settings))
     typer.echo(markdown(report))
     typer.echo(f"report written to {out}/behaviours.json and behaviours.md")
 

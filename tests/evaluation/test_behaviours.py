@@ -87,3 +87,49 @@ def test_bad_behaviour_settings_are_exit_2(tmp_path: Path) -> None:
                           (["--demos", "600"], "do not fit")):
         result = runner.invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_task_removal_retrains_without_each_selection_and_resumes(built: Path, tmp_path: Path) -> None:
+    from evaluation.behaviours import behaviour_session, first_phrasing
+    from evaluation.task_removal import GOLD, NONE, RANDOM, TaskRemovalSettings, run_task_removal, task_rows
+
+    settings = TaskRemovalSettings(methods=("gradient", "bm25"), workers=1)
+    session = behaviour_session(built, BehaviourSettings(queries=3))
+    labels = row_labels(built)
+    instances = query_instances(TINY_CASE, built, 3)
+    asked = {task: first_phrasing(instances, task, 3) for task in TASKS}
+    trained: list[str] = []
+    report = run_task_removal(tmp_path, TINY_CASE, built, session, labels, instances, asked, settings, trained.append)
+    assert len(trained) == 1 + len(TASKS) * 4  # none, and gold / random / two methods per task
+    for task, per_selection in ((t, {n: e[t] for n, e in report["per_task"].items()}) for t in TASKS):
+        assert per_selection[GOLD]["gold_share"] == 1.0 and per_selection[GOLD]["rows"] == len(task_rows(labels, task))
+        assert all(e["rows"] == 2 * TINY_CASE.demos for e in per_selection.values())
+        assert all(math.isfinite(e["d_target"]) and math.isfinite(e["d_other_tasks"]) for e in per_selection.values())
+    assert set(report["mean"]) == {GOLD, RANDOM, "gradient", "bm25"}
+    assert report["mean"][RANDOM]["times_random"] == pytest.approx(1.0) or report["mean"][RANDOM]["d_target"] <= 0
+    assert set(report["baseline"]) == set(TASKS) and (tmp_path / "removal" / f"{NONE}.json").is_file()
+    again: list[str] = []
+    assert run_task_removal(tmp_path, TINY_CASE, built, session, labels, instances, asked, settings,
+                            again.append) == report and again == []  # resumed: nothing retrained
+
+
+def test_the_task_removal_table_takes_differences_against_the_baseline() -> None:
+    from evaluation.task_removal import removal_table
+
+    labels = [{"task": "double", "phrasing": 0}, {"task": "spell", "phrasing": 1}, None, None]
+    base = {"double": [1.0, 2.0], "spell": [1.0, 1.0], "reverse": [3.0, 3.0]}
+    losses = {"none": base,
+              "double-gold": {"double": [3.0, 3.0], "spell": [1.5, 1.0], "reverse": [3.0, 3.5]},
+              "double-random": {"double": [1.5, 2.0], "spell": [1.0, 1.0], "reverse": [3.0, 3.0]}}
+    chosen = {"double": {"gold": [0], "random": [2]}}
+    table = removal_table(losses, chosen, labels)
+    gold = table["per_task"]["gold"]["double"]
+    assert (gold["d_target"], gold["d_target_other_phrasing"], gold["d_other_tasks"]) == (2.0, 1.0, 0.25)
+    assert gold["gold_share"] == 1.0 and table["per_task"]["random"]["double"]["gold_share"] == 0.0
+    assert table["mean"]["gold"]["other_over_target"] == 0.125 and table["mean"]["gold"]["times_random"] == 4.0
+
+
+def test_bad_task_removal_settings_are_exit_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), "--removal",
+                                      "--removal-k", "-1"])
+    assert result.exit_code == 2 and "k must be 0" in result.output, result.output
