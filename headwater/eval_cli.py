@@ -217,9 +217,9 @@ def eval_behaviours(
         raise ConfigError("--methods names no method")
     case = BehaviourCase(rows=rows, demos=demos, epochs=epochs, seed=seed)
     pool = {"workers": workers} if workers is not None else {}
-    removal_settings = TaskRemovalSettings(k=removal_k, seed=seed, **pool) if removal else None
+    removal_settings = TaskRemovalSettings(k=removal_k, seed=seed, **pool)  # checked even when not run
     report = run_behaviours(out, case, BehaviourSettings(queries=queries, methods=chosen, ablate=ablate,
-                                                         removal=removal_settings))
+                                                         removal=removal_settings if removal else None))
     typer.echo(markdown(report))
     typer.echo(f"report written to {out}/behaviours.json and behaviours.md")
 

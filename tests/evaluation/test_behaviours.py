@@ -130,6 +130,7 @@ def test_the_task_removal_table_takes_differences_against_the_baseline() -> None
 
 
 def test_bad_task_removal_settings_are_exit_2(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), "--removal",
-                                      "--removal-k", "-1"])
-    assert result.exit_code == 2 and "k must be 0" in result.output, result.output
+    for args, message in ((["--removal", "--removal-k", "-1"], "k must be 0"), (["--removal-k", "-2"], "k must be 0"),
+                          (["--removal", "--workers", "0"], "workers must be at least 1")):
+        result = CliRunner().invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
