@@ -116,6 +116,8 @@ class BehaviourCase:
 TINY_CASE = BehaviourCase(rows=120, demos=6, vocabulary=40, hidden_size=64, num_heads=2, epochs=2,
                           chars_per_source=20_000)
 """Seconds on CPU: for tests."""
+PRESETS: dict[str, BehaviourCase] = {"behaviours": BehaviourCase(), "tiny-behaviours": TINY_CASE}
+"""The case as ``headwater demo build --preset NAME`` builds it (into ``--out`` itself, ready to index)."""
 
 
 def common_words(docs: list[dict], count: int) -> list[str]:
@@ -170,9 +172,10 @@ def case_order(case: BehaviourCase, dropped: np.ndarray | None = None) -> list[i
     return epoch_order(case.rows, case.epochs, (case.seed, 11), dropped)
 
 
-def build_behaviour_case(out: Path, case: BehaviourCase) -> Path:
-    """Build (or reuse, when ``case.json`` matches) the case under ``OUT/case``; returns that directory."""
-    directory = out / "case"
+def build_behaviour_case(out: Path, case: BehaviourCase, directory: Path | None = None) -> Path:
+    """Build (or reuse, when ``case.json`` matches) the case under ``OUT/case`` (or ``directory``); returns that
+    directory."""
+    directory = directory or out / "case"
     if reuse_or_clear(directory, CASE_MARKER, case, "behaviour case"):
         return directory
     docs = real_documents(case.chars_per_source, 2_000, case.seed)

@@ -9,18 +9,21 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from attribution.config import AttributionConfig, CurvatureConfig, ScoringConfig, field_help
-from attribution.errors import HeadwaterError
+from attribution.errors import ConfigError, HeadwaterError
 from attribution.kinds import SketchConfig
 from evaluation.selections import DEFAULT_SELECTIONS
 from headwater.attribute_cli import attribute
 from headwater.common import StepLog, clean_errors, command_group, setup_logging
 from headwater.eval_cli import eval_app
 from indexer.config import IndexConfig, StorageConfig
+
+if TYPE_CHECKING:
+    from evaluation.behaviour_case import BehaviourCase
 
 app = command_group("headwater: which training examples drive this language model's output?",
                     pretty_exceptions_enable=False)
@@ -39,7 +42,9 @@ def demo_build(
     out: Annotated[Path, typer.Option(help="Directory to build the demo in.")] = Path("demo-data"),
     preset: Annotated[str, typer.Option(help="Settings preset: 'default' (the demo, minutes), 'second' (the second "
                                              "case: other text, fact templates, names, size and seed; minutes), "
-                                             "or 'tiny' / 'tiny-second' (seconds, for tests).")] = "default",
+                                             "'behaviours' (three unusual ways to speak taught among real text, "
+                                             "each under two phrasings; minutes), or 'tiny' / 'tiny-second' / "
+                                             "'tiny-behaviours' (seconds, for tests).")] = "default",
     seed: Annotated[int | None, typer.Option(help="Seed for every random choice.")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
     people: Annotated[int | None, typer.Option(help="Fictional people with planted facts.")] = None,
@@ -49,9 +54,13 @@ def demo_build(
     from tqdm import tqdm
 
     from demo.build import build_demo
+    from evaluation.behaviour_case import PRESETS as BEHAVIOUR_PRESETS
     from evaluation.demo_config import preset as make_preset
 
     setup_logging(verbose)
+    if preset in BEHAVIOUR_PRESETS:
+        build_behaviours(out, BEHAVIOUR_PRESETS[preset], preset, seed, steps, people)
+        return
     config = make_preset(preset, seed=seed, steps=steps, people=people)
     with tqdm(total=config.steps, desc="training", unit="step", disable=None) as bar:
         log_line = StepLog(config.steps, "training") if bar.disable else None
@@ -68,6 +77,23 @@ def demo_build(
     for split, scores in acc.items():
         typer.echo(f"  fact accuracy on {split.replace('_', ' ')}: first token {scores['first_token']:.1%}, "
                    f"whole completion {scores['whole_completion']:.1%}")
+
+
+def build_behaviours(out: Path, case: BehaviourCase, preset: str, seed: int | None, steps: int | None,
+                     people: int | None) -> None:
+    """``demo build --preset behaviours``: the behaviour case (:mod:`evaluation.behaviour_case`) built into ``out``."""
+    from dataclasses import replace
+
+    from evaluation.behaviour_case import build_behaviour_case, row_labels
+
+    if steps is not None or people is not None:
+        raise ConfigError(f"--steps and --people are the planted-fact demo's; the {preset} preset takes --seed only")
+    case = case if seed is None else replace(case, seed=seed)
+    build_behaviour_case(out, case, directory=out)
+    demos = sum(label is not None for label in row_labels(out))
+    typer.echo(f"behaviour case built in {out}: {case.rows} rows, {demos} demonstrations (rows.json names each "
+               f"row's task and phrasing); index it with: headwater index build --model {out}/model --data "
+               f"{out}/data/document --out {out}/index")
 
 
 @data_app.command("show")
@@ -92,7 +118,6 @@ S, C, R, A, X, ST = SketchConfig, CurvatureConfig, ScoringConfig, AttributionCon
 
 def check_rows_per_step(data: str, rows_per_step: int | None) -> None:
     """--rows-per-step must be positive and agree with the layout.json beside the data, when there is one."""
-    from attribution.errors import ConfigError
     from indexer.training_rows import read_layout
 
     if rows_per_step is None:

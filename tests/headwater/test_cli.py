@@ -74,6 +74,25 @@ def test_demo_build_through_the_console_script(tmp_path: Path) -> None:
     assert "up to date, skipped" in again.stderr
 
 
+def test_demo_build_makes_the_behaviour_case_ready_to_index(tmp_path: Path) -> None:
+    from evaluation.behaviour_case import TASKS, TINY_CASE, row_labels
+
+    out = tmp_path / "behaviours"
+    result = runner.invoke(app, ["demo", "build", "--out", str(out), "--preset", "tiny-behaviours"])
+    assert result.exit_code == 0, result.output
+    assert f"{TINY_CASE.rows} rows, {len(TASKS) * 2 * TINY_CASE.demos} demonstrations" in result.output
+    labels = row_labels(out)
+    assert len(labels) == TINY_CASE.rows and {label["task"] for label in labels if label} == set(TASKS)
+    result = runner.invoke(app, ["index", "build", "--model", str(out / "model"), "--data",
+                                 str(out / "data" / "document"), "--out", str(out / "index"), "--k", "4"])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["index", "verify", str(out / "index")]).exit_code == 0
+    result = runner.invoke(app, ["demo", "build", "--out", str(out), "--preset", "tiny-behaviours", "--seed", "3"])
+    assert result.exit_code == 2 and "built with other settings" in result.output  # a different case is refused
+    result = runner.invoke(app, ["demo", "build", "--out", str(out), "--preset", "tiny-behaviours", "--people", "3"])
+    assert result.exit_code == 2 and "takes --seed only" in result.output
+
+
 def test_demo_build_refuses_bad_settings(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "build", "--out", str(tmp_path), "--steps", "0"])
     assert result.exit_code == 2 and "steps must be positive" in result.output
