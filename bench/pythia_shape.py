@@ -14,7 +14,11 @@ projection (16 per side, every block Linear) and token budget, in the bench-only
 second or less of its time). ``--unlearning`` also times what a query of method ``unlearning`` costs at the shape:
 the forward pass over candidate rows (per row) and one ascent on a 64-token target, and the latency of a query that
 re-ranks ``UnlearningConfig().candidates`` × 3 rows (the default pool, the upper bound when the three retrievers'
-candidates do not overlap) once their reference losses are cached. Prints a markdown table; not a test.
+candidates do not overlap) once their reference losses are cached. ``--newton`` also times the Newton step (the
+``unlearning`` direction ``newton``, :mod:`attribution.newton`) at the shape: the solver's fit on its sample
+(``newton_rows`` rows of ``NEWTON_SAMPLE_TOKENS`` tokens: the damping's eigenvalue estimate, and with
+``--factoring ekfac`` the factored inverse), one query's conjugate-gradient solve, and the central difference per
+candidate row. Prints a markdown table; not a test.
 """
 
 from __future__ import annotations
@@ -119,7 +123,40 @@ def unlearning_costs(shape: str, count: int, device: str, dtype: str) -> dict:
     return {"forward_seconds": forward, "ascent_seconds": ascent, "pool": len(CANDIDATE_SOURCES) * settings.candidates}
 
 
-def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtype: str) -> dict:
+def newton_costs(shape: str, count: int, device: str, dtype: str, factoring: str) -> dict:
+    """Seconds of the Newton solver's fit, of one more query's solve and of the central difference over ``count``
+    candidate rows, with the solver's iterations and residual."""
+    import numpy as np
+
+    from attribution.ascent import trainable
+    from attribution.batching import collate
+    from attribution.config import Direction, UnlearningConfig
+    from attribution.unlearning import central_changes, newton_sample, newton_solver
+
+    model = make_model(shape, device, dtype)
+    settings = UnlearningConfig(direction=Direction.NEWTON, newton_factoring=factoring)
+    data = rows(max(count, settings.newton_rows))
+    sample = newton_sample(lambda r: np.asarray(data[r]), len(data), settings.newton_rows)
+    mask = [0] * (TARGET_TOKENS - TARGET_COMPLETION) + [1] * TARGET_COMPLETION
+    targets = [collate([data[i][:TARGET_TOKENS]], [mask]).to(device) for i in (0, 1)]
+    with trainable(model):
+        solver = newton_solver(model, sample.to(device), settings)
+        started = time.perf_counter()
+        solver.direction(targets[0])  # the first query fits the damping (and factors)
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        found = solver.direction(targets[1])
+        solve = time.perf_counter() - started
+    direction = found.x.to(torch.float32) / found.x.norm()
+    started = time.perf_counter()
+    central_changes(model, direction, data[:count], settings)
+    per_row = (time.perf_counter() - started) / count
+    return {"fit_seconds": first - solve, "solve_seconds": solve, "row_seconds": per_row,
+            "iterations": found.iterations, "residual": found.residual, "sample_rows": len(sample.input_ids)}
+
+
+def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtype: str, factoring: str = "none"
+            ) -> dict:
     """One variant in this process: seconds, peak RSS, the sketch dimension."""
     from attribution.batching import Batching, backward_summed_nll, training_batch
 
@@ -129,6 +166,9 @@ def measure(variant: str, shape: str, count: int, tokens: int, device: str, dtyp
     if variant == "unlearning":
         extra = unlearning_costs(shape, count, device, dtype)
         seconds = extra["forward_seconds"]
+    elif variant == "newton":
+        extra = newton_costs(shape, count, device, dtype, factoring)
+        seconds = extra["row_seconds"] * count
     elif variant == "bergson":
         dim, seconds = bergson_build(shape, count, tokens)
     elif variant == "plain":
@@ -153,7 +193,7 @@ def run_variant(variant: str, args: argparse.Namespace, shape: str) -> dict:
     python = str(BENCH_PYTHON) if variant == "bergson" else sys.executable
     argv = [python, "-m", "bench.pythia_shape", "--child", variant, "--shapes", shape, "--rows",
             str(args.rows), "--token-batch-size", str(args.token_batch_size), "--device", args.device, "--dtype",
-            args.dtype]
+            args.dtype, "--factoring", args.factoring]
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -168,10 +208,14 @@ def main() -> None:
     parser.add_argument("--compare-cpu", action="store_true")
     parser.add_argument("--bergson", action="store_true", help="also time bergson's build (.venv-bench)")
     parser.add_argument("--unlearning", action="store_true", help="also time an unlearning query's parts")
+    parser.add_argument("--newton", action="store_true", help="also time the Newton step's fit, solve and rows")
+    parser.add_argument("--factoring", default="none", choices=("none", "kfac", "ekfac"),
+                        help="the Newton solver's factored preconditioner (with --newton)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.shapes, args.rows, args.token_batch_size, args.device, args.dtype)))
+        print(json.dumps(measure(args.child, args.shapes, args.rows, args.token_batch_size, args.device, args.dtype,
+                                 args.factoring)))
         return
     print(f"\n{args.rows} rows of 2,049 tokens, vocabulary 50,304, token budget {args.token_batch_size:,}, "
           f"{args.device} {args.dtype}, torch {torch.__version__}, {torch.get_num_threads()} threads\n")
@@ -197,9 +241,17 @@ def main() -> None:
             ratios.append(f"{shape}: an unlearning query re-ranking {pool} candidate rows ≈ {ascent:.1f} s ascent + "
                           f"{pool} × {per_row:.2f} s forward = {warm:.0f} s with the rows' reference losses cached, "
                           f"{cold:.0f} s cold (reference and probe-ascent losses computed too)")
+        if args.newton:
+            cost = run_variant("newton", args, shape)
+            measured.append((f"central difference over candidate rows (newton, {args.factoring})", cost))
+            ratios.append(f"{shape}: the Newton step ({args.factoring} preconditioner, {cost['sample_rows']} sample "
+                          f"rows): fit {cost['fit_seconds']:.1f} s once, then {cost['solve_seconds']:.1f} s a query "
+                          f"({cost['iterations']} CG steps, residual {cost['residual']:.1e}) + "
+                          f"{cost['row_seconds']:.2f} s per candidate row")
         for name, r in measured:
             rate, stored = args.rows / r["seconds"], f"{r['dim'] * 2:,}" if r["dim"] else "-"
-            ratio = "-" if "forward_seconds" in r else f"{plain['seconds'] / r['seconds']:.2f}"  # forward only: apart
+            apart = "forward_seconds" in r or "row_seconds" in r  # forward passes only: not comparable
+            ratio = "-" if apart else f"{plain['seconds'] / r['seconds']:.2f}"
             print(f"| {shape} | {name} | {rate:.2f} | {rate * 2048:,.0f} | {ratio} | "
                   f"{r['peak_rss_gib']:.2f} | {r['gpu_gib']:.2f} | {stored} |", flush=True)
         if args.compare_cpu and args.device != "cpu":

@@ -172,9 +172,9 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
         Section("pythia-shape", "At Pythia's real shapes",
                 "A random GPT-NeoX of Pythia-14m's and -70m's configs, 4 rows of 2,049 tokens, vocabulary 50,304: "
                 "plain forward+backward, headwater's sketch pass at the index defaults, bergson's build of the same "
-                "rows, and the parts of an unlearning query.",
+                "rows, the parts of an unlearning query and of its Newton step (fit, solve, rows).",
                 [sys.executable, "-m", "bench.pythia_shape", "--shapes", "14m,70m", "--rows", "4", "--bergson",
-                 "--unlearning"]),
+                 "--unlearning", "--newton"]),
         Section("service", "Service latency", "POST /v1/attribute on a real uvicorn server.",
                 [sys.executable, "-m", "bench.service", "--index", str(index), "--demo", str(demo)]),
     ]
