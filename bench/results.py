@@ -128,6 +128,10 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "Tasks of unusual ways to speak taught under two phrasings among real text; every method as a task "
                 "query and per instance; the unlearning check of each task; removal and retrain of each task.",
                 headwater + ["eval", "behaviours", "--out", str(out / "behaviours"), "--removal"]),
+        Section("behaviours-seeds", "Behaviours over three case seeds",
+                "The unlearning check's ratios on three builds of the behaviour case (seeds 0-2: text layout, "
+                "demonstrations, queries and model each their own): one build's ratios move a lot.",
+                headwater + ["eval", "behaviours", "--out", str(out / "behaviours-seeds"), "--seeds", "3"]),
         Section("second-index", "Index of every row of the second case", "CLI defaults (the removal test needs "
                 "every training row).",
                 headwater + ["index", "build", "--model", str(second / "model"), "--data",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch
 
 from attribution.ascent import Probe
 from attribution.config import AttributionConfig
+from attribution.errors import ConfigError
 from attribution.records import Example
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
@@ -188,6 +189,52 @@ def run_behaviours(out: Path, case: BehaviourCase, settings: BehaviourSettings) 
                                              settings.removal)
     write_report_files(report, out, "behaviours", markdown)
     return report
+
+
+def run_behaviour_seeds(out: Path, case: BehaviourCase, settings: BehaviourSettings, seeds: int) -> dict:
+    """:func:`run_behaviours` on ``seeds`` cases (seeds ``case.seed``, ``case.seed + 1``, ...; each its own text
+    layout, demonstrations, queries and model) under ``OUT/seed-S``, and their summary in ``OUT/behaviours_seeds``:
+    one case's ablation and removal ratios move a lot between trainings, so a claim rests on several."""
+    if seeds < 1:
+        raise ConfigError(f"seeds must be at least 1, got {seeds}")
+    reports = {case.seed + s: run_behaviours(out / f"seed-{case.seed + s}", replace(case, seed=case.seed + s),
+                                             settings) for s in range(seeds)}
+    summary = {"seeds": list(reports), "ablation": across_seeds(reports, "ablation", "d_target", "d_related"),
+               "removal": across_seeds(reports, "removal", "d_target", "d_other_tasks")}
+    write_report_files(summary, out, "behaviours_seeds", seeds_markdown)
+    return summary
+
+
+def across_seeds(reports: dict[int, dict], part: str, target: str, other: str) -> dict[str, dict]:
+    """Per selection of a report part (``ablation``, or ``removal``'s means): the target and other changes per
+    seed, and their ratio of means (a mean of per-seed ratios is unstable when a target change is small)."""
+    found: dict[str, dict] = {}
+    for report in reports.values():
+        entries = report.get(part) or {}
+        for name, entry in (entries.get("mean", entries) if part == "removal" else entries).items():
+            found.setdefault(name, {"target": [], "other": []})
+            found[name]["target"].append(entry[target])
+            found[name]["other"].append(entry[other])
+    for entry in found.values():
+        mean_target = float(np.mean(entry["target"]))
+        entry["other_over_target"] = float(np.mean(entry["other"])) / mean_target if mean_target else float("nan")
+    return found
+
+
+def seeds_markdown(summary: dict) -> str:
+    lines = [f"# Behaviours over {len(summary['seeds'])} case seeds ({', '.join(map(str, summary['seeds']))})", "",
+             "Per selection: the target task's and the other tasks' loss change per seed (nats), and the ratio of "
+             "their means (other / target; aim ≤ 0.33 for the unlearning check).", ""]
+    for part, title in (("ablation", "Unlearning check"), ("removal", "Removal and retrain")):
+        if not summary[part]:
+            continue
+        lines += [f"{title}:", "", "| selection | Δ target per seed | Δ other tasks per seed | other / target |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {' / '.join(f'{v:.3f}' for v in e['target'])} | "
+                  f"{' / '.join(f'{v:.3f}' for v in e['other'])} | {e['other_over_target']:.2f} |"
+                  for name, e in summary[part].items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def markdown(report: dict) -> str:

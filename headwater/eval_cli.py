@@ -199,6 +199,8 @@ def eval_behaviours(
     workers: Annotated[int | None, typer.Option(help="Removal retrains at once, one torch thread each (default: one "
                                                      "per usable CPU core).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the case.")] = 0,
+    seeds: Annotated[int, typer.Option(help="Cases to build and measure (seeds --seed, --seed + 1, ...; each in "
+                                            "OUT/seed-S), summarized in OUT/behaviours_seeds.md.")] = 1,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Which data teaches a behaviour: tasks of unusual ways to speak (say each word twice, spell each word out,
@@ -206,7 +208,13 @@ def eval_behaviours(
     single-instance queries, and the unlearning check of each task."""
     from attribution.session import parse_method
     from evaluation.behaviour_case import BehaviourCase
-    from evaluation.behaviours import BehaviourSettings, markdown, run_behaviours
+    from evaluation.behaviours import (
+        BehaviourSettings,
+        markdown,
+        run_behaviour_seeds,
+        run_behaviours,
+        seeds_markdown,
+    )
     from evaluation.task_removal import TaskRemovalSettings
 
     setup_logging(verbose)
@@ -218,8 +226,14 @@ def eval_behaviours(
     case = BehaviourCase(rows=rows, demos=demos, epochs=epochs, seed=seed)
     pool = {"workers": workers} if workers is not None else {}
     removal_settings = TaskRemovalSettings(k=removal_k, seed=seed, **pool)  # checked even when not run
-    report = run_behaviours(out, case, BehaviourSettings(queries=queries, methods=chosen, ablate=ablate,
-                                                         removal=removal_settings if removal else None))
+    settings = BehaviourSettings(queries=queries, methods=chosen, ablate=ablate,
+                                 removal=removal_settings if removal else None)
+    if seeds != 1:
+        summary = run_behaviour_seeds(out, case, settings, seeds)
+        typer.echo(seeds_markdown(summary))
+        typer.echo(f"reports written to {out}/seed-*/ and {out}/behaviours_seeds.json, behaviours_seeds.md")
+        return
+    report = run_behaviours(out, case, settings)
     typer.echo(markdown(report))
     typer.echo(f"report written to {out}/behaviours.json and behaviours.md")
 

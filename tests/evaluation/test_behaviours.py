@@ -134,3 +134,21 @@ def test_bad_task_removal_settings_are_exit_2(tmp_path: Path) -> None:
                           (["--removal", "--workers", "0"], "workers must be at least 1")):
         result = CliRunner().invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_several_case_seeds_are_measured_and_summarized(tmp_path: Path) -> None:
+    from evaluation.behaviours import run_behaviour_seeds, seeds_markdown
+
+    settings = BehaviourSettings(queries=2, methods=("gradient", "bm25"))
+    summary = run_behaviour_seeds(tmp_path, TINY_CASE, settings, 2)
+    assert summary["seeds"] == [0, 1] and not summary["removal"]
+    for seed in (0, 1):
+        assert (tmp_path / f"seed-{seed}" / "behaviours.json").is_file()
+        assert (tmp_path / f"seed-{seed}" / "case" / "case.json").is_file()
+    for entry in summary["ablation"].values():
+        assert len(entry["target"]) == len(entry["other"]) == 2
+        mean_target = sum(entry["target"]) / 2
+        assert entry["other_over_target"] == pytest.approx(sum(entry["other"]) / 2 / mean_target)
+    assert (tmp_path / "behaviours_seeds.md").read_text() == seeds_markdown(summary)
+    result = CliRunner().invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), "--seeds", "0"])
+    assert result.exit_code == 2 and "seeds must be at least 1" in result.output, result.output
