@@ -95,7 +95,8 @@ METHODS: dict[Method, MethodSpec] = {
         uses_model=True, takes_controls=True, build=unlearning, options=("steps", "budget", "candidates", "direction"),
         variants=(Variant("newton", "Newton step", {"direction": "newton"}),)),
     Method.GRADIENT: MethodSpec(
-        "cosine between the query's and the row's projected loss gradients (−1 to 1; the row's best window)",
+        "cosine between the query's and the row's projected loss gradients (−1 to 1; the row's best window); on an "
+        "index built at several revisions, their weighted mean over the checkpoints (TracIn-CP)",
         uses_model=True, takes_controls=True, build=lambda session: session.gradient),
     Method.BM25: MethodSpec("BM25 lexical overlap with the prompt and completion (unbounded)",
                             uses_model=False, takes_controls=False, build=stored(Method.BM25)),
