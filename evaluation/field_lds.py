@@ -46,7 +46,7 @@ from attribution.astra import AstraSchedule
 from attribution.batching import training_batch
 from attribution.config import DEFAULT_DAMPING, CurvatureConfig, Direction, UnlearningConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
-from attribution.errors import ConfigError
+from attribution.errors import ConfigError, OutOfMemoryError
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model, load_tokenizer
 from attribution.newton import NewtonConfig, NewtonSolver, Solver, score_rows
@@ -359,6 +359,33 @@ def run_retrains(out: Path, case: LDSCase, settings: FieldLDSSettings,
     return records
 
 
+SCORE_BYTES_PER_NUMBER = 16
+"""Bytes a sketch estimator holds per row and sketch number at its peak: the raw float32 sketches, the prepared
+float32 vectors and their float64 copy for the scores."""
+
+
+def available_bytes() -> int | None:
+    """Memory the kernel says a new allocation can still get (``MemAvailable``); None where it does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_sketch_memory(k: int, rows: int, dim: int, available: int | None = None) -> None:
+    """Refuse, before the sketch pass, a projection size whose scores would not fit in memory (the kernel kills a
+    process that overcommits; it raises nothing)."""
+    need = rows * dim * SCORE_BYTES_PER_NUMBER
+    available = available_bytes() if available is None else available
+    if available is not None and need > available:
+        raise OutOfMemoryError(f"sketch estimators at k={k} hold {rows:,} rows × {dim:,} numbers: about "
+                               f"{need / 2**30:.1f} GiB at their peak, {available / 2**30:.1f} GiB available; give "
+                               "them a smaller @K")
+
+
 class Scorer:
     """Every training row's score for every query chunk, per estimator, with the full model (one sketch pass per
     projection size)."""
@@ -377,6 +404,7 @@ class Scorer:
         """The checkpoints, Kronecker statistics and raw sketches of every training row at projection size k."""
         if k not in self.passes:
             checkpoints = load_checkpoints(self.model_dir, (None,), SketchConfig(k=k))
+            check_sketch_memory(k, len(self.rows), sum(c.sketcher.dim for c in checkpoints))
             statistics = KroneckerStatistics(Fisher.EMPIRICAL, CurvatureConfig().factor_limit)
             started = time.perf_counter()
             raw = sketch_all(GradientEncoder(checkpoints, self.tokenizer), self.rows, None, statistics=[statistics])

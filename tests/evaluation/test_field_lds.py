@@ -338,3 +338,13 @@ def test_cli_refuses_a_negative_finetune_without_a_traceback(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["eval", "field-lds", "--out", str(tmp_path), "--finetune", "-1"])
     assert result.exit_code != 0 and "--finetune" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "case").exists()
+
+
+def test_a_sketch_size_that_cannot_fit_is_refused_before_the_pass() -> None:
+    from attribution.errors import OutOfMemoryError
+    from evaluation.field_lds import available_bytes, check_sketch_memory
+
+    check_sketch_memory(16, 1000, 4096, available=2**30)  # 62.5 MiB of 1 GiB
+    with pytest.raises(OutOfMemoryError, match=r"k=256 hold 2,000 rows × 786,432 numbers: about 23.4 GiB"):
+        check_sketch_memory(256, 2000, 786_432, available=8 * 2**30)
+    assert available_bytes() is None or available_bytes() > 0
