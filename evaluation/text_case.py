@@ -99,8 +99,8 @@ class TextCase:
 LARGER = TextCase(rows=2000, seq_len=128, hidden_size=128, num_layers=4, num_heads=4, batch_size=16, epochs=2,
                   warmup_steps=25, chars_per_source=400_000)
 """The third LDS case (issue 25 item 5): 4 layers x 128 (1.3 M parameters, 4x the small case's), 2,000 chunks of 129
-tokens (2x the rows, 2x the context), 2 epochs of 16-chunk batches (250 steps). About 70 s a retrain on 2 cores, so
-50 retrains without 1 % and 20 on halves take about 70 minutes here."""
+tokens (2x the rows, 2x the context), 2 epochs of 16-chunk batches (250 steps). A retrain takes ~80 s on one thread
+(halves ~35 s), two at once on 2 cores: 50 retrains without 1 % and 20 on halves take ~40 minutes (measured)."""
 PRESETS: dict[str, TextCase] = {"small": TextCase(), "larger": LARGER}
 """Named text cases: ``small`` (the 2 x 64 model, the field-LDS default) and ``larger``."""
 

@@ -348,3 +348,17 @@ def test_a_sketch_size_that_cannot_fit_is_refused_before_the_pass() -> None:
     with pytest.raises(OutOfMemoryError, match=r"k=256 hold 2,000 rows × 786,432 numbers: about 23.4 GiB"):
         check_sketch_memory(256, 2000, 786_432, available=8 * 2**30)
     assert available_bytes() is None or available_bytes() > 0
+
+
+def test_text_case_presets_are_named_and_checked(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from evaluation.text_case import LARGER, PRESETS, preset_case
+    from headwater.cli import app
+
+    assert preset_case("small") == TextCase() and preset_case("larger") == LARGER == PRESETS["larger"]
+    assert preset_case("larger", rows=300, seed=2) == TextCase(**{**LARGER.__dict__, "rows": 300, "seed": 2})
+    assert LARGER.num_layers * LARGER.hidden_size > TextCase().num_layers * TextCase().hidden_size
+    result = CliRunner().invoke(app, ["eval", "field-lds", "--out", str(tmp_path / "r"), "--case", "huge"])
+    assert result.exit_code == 2 and "unknown text case 'huge'; choose from small, larger" in result.output
+    assert not (tmp_path / "r").exists()  # refused before anything is built
