@@ -38,8 +38,10 @@ LDS_PEERS = ("kronfluence-ekfac,kronfluence-identity,bergson-trackstar,bergson-e
 non-replay row; ~30 s a query on one thread). ASTRA is left out: its step size must be tuned per case
 (``bench.peers_lds --astra-lr``)."""
 
-LARGER_PEERS = "kronfluence-ekfac,bergson-ekfac,bergson-shampoo,bergson-ekfac-cg"
-"""The larger case's peers: the EK-FAC class and bergson's best non-replay row."""
+LARGER_PEERS = "kronfluence-ekfac,bergson-ekfac"
+"""The larger case's peers: the unprojected EK-FAC of both (~7 minutes together here). bergson's EK-FAC + CG is left
+out: ~24 minutes on the first case's 2×64 model, several times that at 4×128 (name it to ``bench.peers_lds`` to run
+it)."""
 LARGER_ESTIMATORS = ("gradient-ip/none,gradient-ip/ekfac,gradient/block,gradient-ip/ekfac_basis,"
                      "gradient-ip/ekfac_basis@64,bm25,unlearning,newton,unlearning@newton")
 """The larger case's headwater estimators: the served methods, the index default and the largest sketch that fits
