@@ -10,7 +10,10 @@ contrastive ascent, budget and steps, exhaustive scoring, the Newton-step direct
 query: wall clock, and the process's CPU time (mean, median and the first query, whose candidates are not
 cached yet), which a machine shared with other jobs inflates less (run it with one torch thread). ``--demo``
 builds the session in memory instead (k=8, 16-token windows, as the demo's index); ``--baselines`` adds other
-methods' rows through the same loop. Prints a markdown table; not a test.
+methods' rows through the same loop. ``--pools 30,100,300`` adds the recall stage's table: on the facts of the
+exhaustive variants (training-style prompts), the share of exhaustive scoring's top 10 rows, and of the facts with a
+gold row anywhere in the pool, that the candidate pool holds at each ``candidates`` setting, with the pool's size.
+Prints markdown tables; not a test.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from attribution.config import AttributionConfig, Correction, Direction, RowScore, UnlearningConfig
 from attribution.retrievers import Method, Query
@@ -92,6 +97,26 @@ def run_variant(session: AttributionSession, facts: list[Fact], variant: Variant
     return rows
 
 
+def pool_recall(session: AttributionSession, facts: list[Fact], pools: list[int], depth: int) -> list[dict]:
+    """Per ``candidates`` setting: mean pool size, share of exhaustive scoring's top ``depth`` the pool holds, and
+    share of facts whose pool holds a gold row (training-style prompts)."""
+    retriever = session.retriever(Method.UNLEARNING)
+    exhaustive = replace(BASE, exhaustive_rows=10**9)
+    found: dict[int, list[tuple[int, float, bool]]] = {n: [] for n in pools}
+    for fact in facts:
+        query = Query(fact.prompt, fact.completion, [], exhaustive)
+        top = {h.row for h in retriever.search(query, depth)}
+        gold = {int(r) for r in np.flatnonzero(np.isin(session.ids, list(fact.gold_rows)))}
+        for n in pools:
+            settings = replace(BASE, candidates=n)
+            pool = set(retriever.candidates(Query(fact.prompt, fact.completion, [], settings), depth, None, settings)
+                       .tolist())
+            found[n].append((len(pool), len(pool & top) / len(top), bool(pool & gold)))
+    return [{"candidates": n, "pool": statistics.fmean(p for p, _, _ in found[n]),
+             "recall": statistics.fmean(r for _, r, _ in found[n]), "gold": statistics.fmean(g for _, _, g in found[n]),
+             "facts": len(found[n])} for n in pools]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, default=Path("demo-data/index"))
@@ -102,6 +127,7 @@ def main() -> None:
     parser.add_argument("--exhaustive-limit", type=int, default=10, help="facts for the exhaustive variants")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--depth", type=int, default=10, help="results asked per query (re-rank pools grow to it)")
+    parser.add_argument("--pools", default="", help="candidates settings whose pools' recall to measure, e.g. 30,100")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     session = open_index(args.index) if args.demo is None else in_memory(args.demo, args.steps)
@@ -121,6 +147,13 @@ def main() -> None:
                   f"{r['queries']} | {r['mean_s']:.2f} | {r['cpu_s']:.2f} / {r['median_cpu_s']:.2f} / "
                   f"{r['first_cpu_s']:.2f} | "
                   f"{r['candidates']:.0f} / {r['reference']:.0f} / {r['target']:.0f} | {r['rows']:.0f} |", flush=True)
+    pools = [int(n) for n in args.pools.split(",") if n.strip()]
+    if pools:
+        print(f"\n| candidates per source | mean pool rows | recall of exhaustive top {args.depth} | facts with a gold "
+              "row in the pool | facts |\n|---|---|---|---|---|")
+        for r in pool_recall(session, facts[: args.exhaustive_limit], pools, args.depth):
+            print(f"| {r['candidates']} | {r['pool']:.0f} | {r['recall']:.3f} | {r['gold']:.3f} | {r['facts']} |",
+                  flush=True)
 
 
 def in_memory(demo: Path, steps: str | None) -> AttributionSession:

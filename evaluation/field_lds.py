@@ -29,7 +29,6 @@ estimator's scores ``OUT/scores/NAME.npy`` with the key they depend on. Outputs 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -57,7 +56,7 @@ from attribution.sketch import SketchConfig
 from attribution.unlearning import score_every_row
 from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
-from evaluation.report_files import write_report_files
+from evaluation.report_files import as_json, rows_digest, write_report_files, write_whole
 from evaluation.retrain import run_jobs, usable_cores
 from evaluation.row_scores import bm25_matrix, cached
 from evaluation.selections import FIELD_LDS_ESTIMATORS as DEFAULT_ESTIMATORS
@@ -284,11 +283,6 @@ def retrain_path(out: Path, kind: str, j: int) -> Path:
     return out / "retrains" / f"{kind}-{j:03d}.json"
 
 
-def as_json(record: dict) -> dict:
-    """A key as it reads back from JSON (tuples become lists), so a stored key compares equal to a fresh one."""
-    return json.loads(json.dumps(record))
-
-
 def train_seed(kind: str) -> int:
     """The training seed offset a retrain kind uses: 0 (the full model's init and order), 1 for ``drop-reseeded``."""
     return 1 if kind == RESEEDED else 0
@@ -296,8 +290,7 @@ def train_seed(kind: str) -> int:
 
 def retrain_key(case: LDSCase, dropped: np.ndarray, seed: int = 0) -> dict:
     """What a retrain's losses depend on."""
-    digest = hashlib.sha256(dropped.astype(np.int64).tobytes()).hexdigest()[:16]
-    return as_json({"case": asdict(case), "dropped_sha256": digest, "dropped": len(dropped),
+    return as_json({"case": asdict(case), "dropped_sha256": rows_digest(dropped), "dropped": len(dropped),
                     **({"train_seed": seed} if seed else {})})
 
 
@@ -327,10 +320,7 @@ def _retrain(out: Path, case: LDSCase, kind: str, j: int, dropped: list[int], ke
     shutil.rmtree(scratch, ignore_errors=True)
     record = {"key": key, "losses": losses.tolist(), "steps": steps_for(len(order), case.batch_size),
               "seconds": round(seconds, 2), "load_average": round(os.getloadavg()[0], 2)}
-    path = retrain_path(out, kind, j)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(path)
+    write_whole(retrain_path(out, kind, j), json.dumps(record))
     return seconds
 
 

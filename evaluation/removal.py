@@ -19,7 +19,6 @@ Outputs ``OUT/removal.json`` and ``OUT/removal.md``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from attribution.session import AttributionSession
 from evaluation.facts import fact_hits
 from evaluation.lds import completion_losses
 from evaluation.lds_stats import bootstrap_ci
-from evaluation.report_files import write_report_files
+from evaluation.report_files import rows_digest, write_report_files
 from evaluation.retrain import MARKER, demo_config, is_done, run_jobs, train_subset, training_rows, usable_cores
 from indexer.groundtruth import Fact, load_facts
 
@@ -103,9 +102,8 @@ def selections(session: AttributionSession, queries: list[Fact], n_rows: int,
 
 
 def selection_key(demo_dir: Path, removed: list[int], seed_offset: int = 0) -> dict:
-    digest = hashlib.sha256(np.asarray(removed, dtype=np.int64).tobytes()).hexdigest()[:16]
     key = {"demo_model_key": demo_config(demo_dir).stage_key("model"), "removed": len(removed),
-           "removed_sha256": digest}
+           "removed_sha256": rows_digest(removed)}
     return key if seed_offset == 0 else {**key, "seed_offset": seed_offset}  # seed 0's key as before seeds
 
 

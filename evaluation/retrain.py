@@ -14,7 +14,6 @@ finished subsets and retrains any that a killed run left half-written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -32,6 +31,7 @@ import torch
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
 from evaluation.demo_config import DemoConfig
+from evaluation.report_files import rows_digest, write_whole
 from evaluation.training import settings_for, steps_for, train
 from indexer.megatron import MegatronDataset
 
@@ -73,7 +73,7 @@ def subset_dir(out: Path, index: int) -> Path:
 def subset_key(config: DemoConfig, seed: int, rows: np.ndarray) -> dict:
     """What a subset model depends on; recorded in its marker and checked on resume."""
     return {"demo_model_key": config.stage_key("model"), "seed": seed, "rows": len(rows),
-            "rows_sha256": hashlib.sha256(np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]}
+            "rows_sha256": rows_digest(rows)}
 
 
 def is_done(directory: Path, key: dict) -> bool:
@@ -107,9 +107,7 @@ def train_subset(demo_dir: Path, directory: Path, index: int, rows: list[int], k
               "cpu_seconds": round(time.process_time() - cpu_started, 2), "threads": torch.get_num_threads(),
               "load_average": round(os.getloadavg()[0], 2),  # the machine may be shared: context for the timing
               "loss_last_50": float(np.mean(losses[-50:]))}
-    tmp = directory / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=2))
-    tmp.replace(directory / MARKER)
+    write_whole(directory / MARKER, json.dumps(marker, indent=2))
     log.info("subset %03d: %d steps in %.0fs", index, settings.steps, seconds)
     return seconds
 

@@ -39,6 +39,7 @@ from attribution.models import load_tokenizer
 from attribution.session import AttributionSession
 from attribution.tasks import Instance as TaskInstance
 from evaluation.behaviour_case import TASKS, BehaviourCase, Instance, case_order
+from evaluation.report_files import as_json, rows_digest, write_whole
 from evaluation.retrain import run_jobs, usable_cores
 from evaluation.training import steps_for, train
 
@@ -128,19 +129,16 @@ def retrain_without(directory: Path, case: BehaviourCase, job: RemovalJob, probe
         torch.set_num_threads(threads)
     record = {"key": job.key, "losses": losses, "seconds": round(seconds, 2),
               "load_average": round(os.getloadavg()[0], 2)}
-    tmp = job.path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(job.path)
+    write_whole(job.path, json.dumps(record))
     return seconds
 
 
 def removal_key(case: BehaviourCase, dropped: list[int], probes: dict) -> dict:
     """What a retrain's losses depend on: the case, the rows dropped and the instances measured."""
-    digest = hashlib.sha256(np.asarray(dropped, dtype=np.int64).tobytes()).hexdigest()[:16]
     asked = hashlib.sha256(json.dumps({t: {p: [asdict(x) for x in v] for p, v in by.items()}
                                        for t, by in probes.items()}, sort_keys=True).encode()).hexdigest()[:16]
-    return json.loads(json.dumps({"case": asdict(case), "dropped_sha256": digest, "dropped": len(dropped),
-                                  "instances_sha256": asked}))
+    return as_json({"case": asdict(case), "dropped_sha256": rows_digest(dropped), "dropped": len(dropped),
+                    "instances_sha256": asked})
 
 
 def run_task_removal(out: Path, case: BehaviourCase, directory: Path, session: AttributionSession,
