@@ -47,7 +47,7 @@ ROWS = (
     Row("headwater `ekfac_basis`, inner product (k=16)", Side.OURS, "gradient-ip/ekfac_basis"),
     Row("headwater `ekfac_basis` @64 (16× the bytes)", Side.OURS, "gradient-ip/ekfac_basis@64"),
     Row("headwater `ekfac_basis` @256 (256× the bytes)", Side.OURS, "gradient-ip/ekfac_basis@256"),
-    Row("headwater TracIn-CP, `block` (4 checkpoints, k=16)", Side.OURS, "tracin/block"),
+    Row("headwater TracIn-CP, `block` (4 checkpoints, k=16)", Side.OURS, "tracin-ip/block"),
     Row("Kronfluence EK-FAC", Side.PEER, "kronfluence-ekfac"),
     Row("Kronfluence identity", Side.PEER, "kronfluence-identity"),
     Row("bergson EK-FAC", Side.PEER, "bergson-ekfac"),

@@ -8,7 +8,8 @@ An estimator is a retriever with its settings:
 - ``gradient/KIND``: gradient sketches, cosine, with curvature KIND (none, inverse_sqrt, block, kfac, ekfac,
   kfac_whitened, inverse); ``gradient-ip/KIND``: the same scored by inner product (influence, no unit norm);
 - ``tracin/KIND``: TracIn-CP, the sum over ``--revisions`` (each with its own curvature KIND), weighted by the
-  learning rate after each checkpoint;
+  learning rate after each checkpoint, cosine; ``tracin-ip/KIND`` by inner product (the names' grammar is
+  :mod:`evaluation.estimator_names`, shared with field-protocol LDS; ``--k`` sets every estimator's projection);
 - ``unlearning`` (the reverse direction, re-ranking the union of the other retrievers' candidates),
   ``hybrid`` (both over ``gradient/--base``), ``bm25`` and ``embedding``.
 
@@ -38,6 +39,7 @@ from attribution.config import AttributionConfig, CurvatureConfig, UnlearningCon
 from attribution.curvature import Curvature
 from attribution.embeddings import TextEmbedder
 from attribution.encoder import GradientEncoder, load_checkpoints
+from attribution.errors import ConfigError
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_tokenizer
 from attribution.preconditioner import PreconditionMode
@@ -47,6 +49,7 @@ from attribution.session import AttributionSession, fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
 from attribution.vectors import FaissStore
 from evaluation.demo_rows import demo_examples, load_layout
+from evaluation.estimator_names import GRAMMAR, is_gradient_name, parse_gradient_name
 from evaluation.facts import Prompts, evaluate, known_facts
 from evaluation.schedules import revision_weights
 from indexer.groundtruth import Fact, load_facts
@@ -58,8 +61,6 @@ __all__ = ["DEFAULT_ESTIMATORS", "Estimator", "evaluate", "known_facts", "main",
 DEFAULT_ESTIMATORS = ("gradient/none,gradient/inverse_sqrt,gradient/block,gradient/kfac,gradient/ekfac,"
                       "gradient/kfac_whitened,gradient/ekfac_basis,gradient-ip/block,gradient-ip/ekfac,"
                       "gradient-ip/ekfac_basis,tracin/block,unlearning,hybrid,bm25,embedding")
-GRADIENT_FAMILIES = {"gradient": ScoreMode.COSINE, "gradient-ip": ScoreMode.INNER_PRODUCT,
-                     "tracin": ScoreMode.COSINE}
 
 
 @dataclass(frozen=True)
@@ -74,20 +75,19 @@ class Estimator:
 
 
 def parse_estimator(name: str) -> Estimator:
-    """``family/KIND`` for the gradient family, a method's name otherwise (a clear error names the choices)."""
+    """``family/KIND`` for the gradient family (:mod:`evaluation.estimator_names`, no ``@`` options: ``--k`` sets the
+    projection), a method's name otherwise (a clear error names the choices)."""
     name = name.strip()
-    family, _, kind = name.partition("/")
-    if family in GRADIENT_FAMILIES:
+    if is_gradient_name(name):
         try:
-            mode = PreconditionMode(kind)
-        except ValueError:
-            raise SystemExit(f"{name!r}: give a curvature kind after '{family}/', one of "
-                             f"{[m.value for m in PreconditionMode]}") from None
-        return Estimator(name, Method.GRADIENT, mode, GRADIENT_FAMILIES[family], tracin=family == "tracin")
-    if kind or family not in {m.value for m in Method} or family == Method.GRADIENT.value:
-        raise SystemExit(f"unknown estimator {name!r}: gradient/KIND, gradient-ip/KIND, tracin/KIND or one of "
+            parsed = parse_gradient_name(name, options=False)
+        except ConfigError as error:
+            raise SystemExit(str(error)) from None
+        return Estimator(name, Method.GRADIENT, parsed.kind, parsed.mode, tracin=parsed.tracin)
+    if "/" in name or name not in {m.value for m in Method} or name == Method.GRADIENT.value:
+        raise SystemExit(f"unknown estimator {name!r}: {GRAMMAR} or one of "
                          f"{[m.value for m in Method if m is not Method.GRADIENT]}")
-    return Estimator(name, Method(family))
+    return Estimator(name, Method(name))
 
 
 class Bench:

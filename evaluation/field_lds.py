@@ -10,9 +10,10 @@ over queries with a bootstrap interval and a permutation p-value.
 Scores are influence estimates with the final model (TracIn-CP: its checkpoints): headwater's gradient sketches
 scored by inner product with each curvature kind (``gradient-ip/KIND``), and by cosine (``gradient/KIND``,
 TrackStar-like);
-TracIn-CP (``tracin/KIND``: the inner product, preconditioned by KIND at each checkpoint, summed over
-``TRACIN_CHECKPOINTS`` checkpoints of the case's training, each weighted by its learning rate; the training is rerun
-once with its checkpoints saved, ``CASE_DIR/tracin/``; bench/quality's ``tracin/KIND`` is the cosine form);
+TracIn-CP (``tracin-ip/KIND``: the inner product, preconditioned by KIND at each checkpoint, summed over
+``TRACIN_CHECKPOINTS`` checkpoints of the case's training, each weighted by its learning rate; ``tracin/KIND`` the
+cosine form; the training is rerun once with its checkpoints saved, ``CASE_DIR/tracin/``; the names' grammar is
+:mod:`evaluation.estimator_names`, the same as bench/quality's);
 ``bm25`` (the chunk texts) as a lexical reference; ``unlearning`` (each row's loss increase after an ascent
 on the query chunk, ``attribution.unlearning.score_every_row``: a finite-step estimate, not a linear one);
 ``unlearning@newton`` (the same retriever moved one step along the query's Newton direction, read by a central
@@ -54,6 +55,7 @@ from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
 from attribution.unlearning import score_every_row
+from evaluation.estimator_names import GRAMMAR, is_gradient_name, parse_gradient_name
 from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
 from evaluation.report_files import as_json, rows_digest, write_report_files, write_whole
@@ -206,7 +208,8 @@ class FieldLDSSettings:
 
 @dataclass(frozen=True)
 class FieldEstimator:
-    """One parsed estimator name: ``gradient-ip/KIND``, ``gradient/KIND``, ``tracin/KIND`` (``family`` tracin), or
+    """One parsed estimator name: ``gradient-ip/KIND``, ``gradient/KIND``, ``tracin-ip/KIND`` or ``tracin/KIND``
+    (``family`` tracin; :mod:`evaluation.estimator_names`), or
     ``bm25`` / ``unlearning`` (``mode`` None, ``family`` their name). A gradient
     estimator may add ``@K`` (its own projection size per side instead of the settings' k) and ``@dD`` (its own
     damping), e.g. ``gradient-ip/ekfac_basis@256@d0.001``."""
@@ -227,29 +230,12 @@ def parse_estimator(name: str) -> FieldEstimator:
         return FieldEstimator(None, None, family=UNLEARNING)
     if name == NEWTON or name.startswith(NEWTON + "@"):
         return FieldEstimator(None, None, damping=newton_config(name).damping, family=NEWTON)
-    base, *options = name.split("@")
-    family, _, kind = base.partition("/")
-    modes = {"gradient-ip": ScoreMode.INNER_PRODUCT, "gradient": ScoreMode.COSINE, TRACIN: ScoreMode.INNER_PRODUCT}
-    error = ConfigError(f"unknown LDS estimator {name!r}: gradient-ip/KIND, gradient/KIND, tracin/KIND (KIND one of "
-                        f"{[m.value for m in PreconditionMode]}; then optionally @K, a projection size, and @dD, a "
-                        f"damping), {BM25}, {UNLEARNING}, {UNLEARNING_NEWTON} or {NEWTON}[@dD][@iN]")
-    if family not in modes or kind not in {m.value for m in PreconditionMode}:
-        raise error
-    k = damping = None
-    for option in options:
-        if option.isdigit() and int(option) > 0 and k is None:
-            k = int(option)
-        elif option.startswith("d") and damping is None:
-            try:
-                damping = float(option[1:])
-            except ValueError:
-                raise error from None
-            if not damping > 0:
-                raise error
-        else:
-            raise error
-    return FieldEstimator(modes[family], PreconditionMode(kind), k, damping,
-                          family=TRACIN if family == TRACIN else "gradient")
+    if not is_gradient_name(name):
+        raise ConfigError(f"unknown LDS estimator {name!r}: {GRAMMAR}, then optionally @K, a projection size, and @dD, "
+                          f"a damping; or {BM25}, {UNLEARNING}, {UNLEARNING_NEWTON} or {NEWTON}[@dD][@iN]")
+    parsed = parse_gradient_name(name, what="LDS estimator")
+    return FieldEstimator(parsed.mode, parsed.kind, parsed.k, parsed.damping,
+                          family=TRACIN if parsed.tracin else "gradient")
 
 
 def estimator_damping(name: str, settings: FieldLDSSettings) -> float:

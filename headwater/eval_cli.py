@@ -142,8 +142,9 @@ def eval_field_lds(
     rows: Annotated[int | None, typer.Option(help="Training chunks of real text (default: the case's).")] = None,
     queries: Annotated[int, typer.Option(help="Held-out query chunks.")] = 50,
     k: Annotated[int, typer.Option(help="Sketch projection per side.")] = 16,
-    estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, tracin/KIND "
-                                            "(each optionally @K, @dD), bm25, unlearning, unlearning@newton, "
+    estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, tracin-ip/KIND, "
+                                            "tracin/KIND (each optionally @K, @dD), bm25, unlearning, "
+                                            "unlearning@newton, "
                                             "newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX] (damping, "
                                             "steps, sample rows, factored preconditioner, warm start, ASTRA and its "
                                             "learning rate).")]

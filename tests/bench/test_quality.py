@@ -21,10 +21,14 @@ def test_every_default_estimator_parses() -> None:
 def test_families_set_scoring_and_checkpoints() -> None:
     assert parse_estimator("gradient-ip/ekfac").mode is ScoreMode.INNER_PRODUCT
     assert parse_estimator("tracin/block").tracin and parse_estimator("tracin/block").kind is PreconditionMode.BLOCK
+    assert parse_estimator("tracin/block").mode is ScoreMode.COSINE
+    assert parse_estimator("tracin-ip/block").mode is ScoreMode.INNER_PRODUCT
+    assert parse_estimator("tracin-ip/block").tracin
     assert parse_estimator("bm25").kind is None
 
 
-@pytest.mark.parametrize("name", ["gradient/bogus", "gradient", "nonsense", "bm25/block"])
+@pytest.mark.parametrize("name", ["gradient/bogus", "gradient", "nonsense", "bm25/block",
+                                  "gradient/block@8"])
 def test_unknown_names_exit_with_the_choices(name: str) -> None:
     with pytest.raises(SystemExit, match="gradient"):
         parse_estimator(name)

@@ -203,12 +203,12 @@ def test_tracin_sums_the_case_trainings_own_checkpoints_at_their_learning_rates(
     with pytest.raises(ConfigError, match="other settings"):  # another case never takes this rerun for its own
         tracin_checkpoints(out, replace(CASE, seed=CASE.seed + 1))
     for column in report["lds"].values():
-        assert {"tracin/block", "unlearning"} <= set(column)
+        assert {"tracin-ip/block", "unlearning"} <= set(column)
 
 
 def test_tracin_scores_are_each_checkpoints_scores_weighted_by_its_learning_rate(field_run: tuple[Path, dict]
                                                                                  ) -> None:
-    """``tracin/block`` = Σ_c lr_c · (block-preconditioned inner products at checkpoint c), each checkpoint scored
+    """``tracin-ip/block`` = Σ_c lr_c · (block-preconditioned inner products at checkpoint c), each checkpoint scored
     on its own: the weights enter once, with their sign, and each checkpoint keeps its own curvature."""
     out, _ = field_run
     scorer = Scorer(out, CASE, SETTINGS)
@@ -224,7 +224,7 @@ def test_tracin_scores_are_each_checkpoints_scores_weighted_by_its_learning_rate
         queries = np.stack([encoder.encode_query_ids(c[:1].tolist(), c[1:].tolist()).vector.numpy()
                             for c in scorer.queries])
         expected += weight * (queries.astype(np.float64) @ vectors.T.astype(np.float64))
-    together = scorer.scores("tracin/block")
+    together = scorer.scores("tracin-ip/block")
     assert np.allclose(together, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
@@ -240,8 +240,9 @@ def test_bad_settings_are_clear_errors() -> None:
             FieldLDSSettings(estimators=(bad,))
     assert parse_estimator("gradient-ip/ekfac_basis@256@d0.001") == FieldEstimator(
         ScoreMode.INNER_PRODUCT, PreconditionMode.EKFAC_BASIS, 256, 0.001)
-    assert parse_estimator("tracin/block@8") == FieldEstimator(ScoreMode.INNER_PRODUCT, PreconditionMode.BLOCK, 8,
+    assert parse_estimator("tracin-ip/block@8") == FieldEstimator(ScoreMode.INNER_PRODUCT, PreconditionMode.BLOCK, 8,
                                                                family="tracin")
+    assert parse_estimator("tracin/block") == FieldEstimator(ScoreMode.COSINE, PreconditionMode.BLOCK, family="tracin")
     assert parse_estimator("unlearning").family == "unlearning"
     assert parse_estimator("unlearning@newton").family == "unlearning"
     assert parse_estimator("newton") == FieldEstimator(None, None, damping=100.0, family="newton")
