@@ -88,6 +88,13 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "2,400 rows (steps 0-150), k=8, 16-token windows, 60 known facts: each gradient curvature kind "
                 "(cosine and inner product), TracIn-CP, unlearning, hybrid, BM25, embedding.",
                 [sys.executable, "-m", "bench.quality", "--demo", str(demo), "--steps", "0:150", "--limit", "60"]),
+        Section("unlearning-pools", "The served unlearning's candidate pool on the demo index",
+                "The demo index (6,400 rows, k=8): fact tracing by `unlearning` re-ranking 30 (the default) or 100 "
+                "candidates per source, with seconds per query; then the pool's recall of exhaustive scoring's top 10 "
+                "at 30 / 100 / 300 per source (10 facts, training-style prompts: exhaustive scoring re-scores every "
+                "row).",
+                [sys.executable, "-m", "bench.unlearning", "--index", str(index), "--variants",
+                 "default,candidates=100", "--pools", "30,100,300", "--exhaustive-limit", "10"]),
         Section("second-demo", "The second case",
                 "Built unlike the demo (stdlib and NumPy docstrings, other templates, size and seed).",
                 headwater + ["demo", "build", "--preset", "second", "--out", str(second)]),
