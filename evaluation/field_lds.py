@@ -57,7 +57,14 @@ from attribution.sketch import SketchConfig
 from attribution.unlearning import score_every_row
 from evaluation.estimator_names import GRAMMAR, is_gradient_name, parse_gradient_name
 from evaluation.finetune_case import FinetuneCase
-from evaluation.lds_stats import lds_per_query, permutation_null, shuffle_rows, summarize
+from evaluation.lds_stats import (
+    lds_per_query,
+    paired_difference_ci,
+    permutation_null,
+    shuffle_rows,
+    summarize,
+    two_way_ci,
+)
 from evaluation.report_files import as_json, rows_digest, write_report_files, write_whole
 from evaluation.retrain import run_jobs, usable_cores
 from evaluation.row_scores import bm25_matrix, cached
@@ -582,9 +589,10 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
             return scorer.scores(name)
 
         scores[name], score_seconds[name] = cached(out / "scores", name.replace("/", "__"), key, compute)
-    scores.update(external_scores(out, (case.queries, case.rows)))
+    external = external_scores(out, (case.queries, case.rows))
+    scores.update(external)
     scores[SHUFFLED] = shuffle_rows(scores[settings.estimators[0]], np.random.default_rng([settings.seed, 1]))
-    columns = {}
+    columns, leads = {}, {}
     for kind, count in ((DROP, settings.retrains), (HALF, settings.halves), (RESEEDED, settings.reseeded)):
         if count == 0:
             continue
@@ -594,13 +602,16 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
         for m, (name, s) in enumerate(scores.items()):
             values = lds_per_query(losses, s, masks)
             null = permutation_null(losses, s, masks, settings.shuffles, np.random.default_rng([settings.seed, 2, m]))
+            both = two_way_ci(losses, s, masks, settings.bootstrap, np.random.default_rng([settings.seed, 4, m]))
             columns[kind][name] = summarize(values, null, settings.bootstrap,
-                                            np.random.default_rng([settings.seed, 3, m]))
+                                            np.random.default_rng([settings.seed, 3, m]), two_way=both)
+        leads[kind] = lead_over_peers(columns[kind], scores, set(external), losses, masks, settings)
     report = {
         "schema_version": SCHEMA_VERSION,
         "case": asdict(case),
         "settings": {**asdict(settings), "estimators": list(settings.estimators)},
         "lds": columns,
+        "lead": {kind: lead for kind, lead in leads.items() if lead},
         "candidate_recall": candidate_table(scores),
         "solvers": solver_summaries(out, settings.estimators),
         "full_model_loss": float(full_losses.mean()),
@@ -612,6 +623,24 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     }
     write_report_files(report, out, "field_lds", markdown)
     return report
+
+
+def lead_over_peers(column: dict[str, dict], scores: dict[str, np.ndarray], peers: set[str], losses: np.ndarray,
+                    masks: np.ndarray, settings: FieldLDSSettings) -> dict:
+    """headwater's best estimator in one column against the best peer (an external score file): their means, the
+    ratio, and the paired interval of the difference with queries and retrains resampled alike (empty when either
+    side is missing)."""
+    ours = [n for n in column if n not in peers and n != SHUFFLED and np.isfinite(column[n]["mean"])]
+    theirs = [n for n in column if n in peers and np.isfinite(column[n]["mean"])]
+    if not ours or not theirs:
+        return {}
+    best = max(ours, key=lambda n: column[n]["mean"])
+    peer = max(theirs, key=lambda n: column[n]["mean"])
+    a, b = column[best]["mean"], column[peer]["mean"]
+    interval = paired_difference_ci(losses, scores[best], scores[peer], masks, settings.bootstrap,
+                                    np.random.default_rng([settings.seed, 5]))
+    return {"ours": best, "peer": peer, "ratio": a / b if b > 0 else None, "difference": a - b,
+            "difference_ci95": interval}
 
 
 def solver_summaries(out: Path, estimators: Sequence[str]) -> dict[str, dict]:
@@ -648,15 +677,29 @@ def markdown(report: dict) -> str:
              "identity 0.12.", ""]
     kinds = list(report["lds"])
     labels = {DROP: f"drop {s['removed']:.0%}", HALF: "halves", RESEEDED: f"drop {s['removed']:.0%}, other seed"}
-    head = " | ".join(f"{labels[k]}: LDS | 95 % CI | p" for k in kinds)
-    lines += [f"| estimator | {head} |", "|---|" + "---|---|---|" * len(kinds)]
+    both = all("ci95_two_way" in v for k in kinds for v in report["lds"][k].values())
+    head = " | ".join(f"{labels[k]}: LDS | 95 % CI" + (" | CI, retrains too" if both else "") + " | p" for k in kinds)
+    lines += [f"| estimator | {head} |", "|---|" + ("---|---|---|---|" if both else "---|---|---|") * len(kinds)]
     for name in report["lds"][kinds[0]]:
         cells = []
         for k in kinds:
             v = report["lds"][k][name]
             lo, hi = v["ci95"]
-            cells.append(f"{v['mean']:.3f} | [{lo:.3f}, {hi:.3f}] | {v['p_value']:.3f}")
+            wide = " | [{:.3f}, {:.3f}]".format(*v["ci95_two_way"]) if both else ""
+            cells.append(f"{v['mean']:.3f} | [{lo:.3f}, {hi:.3f}]{wide} | {v['p_value']:.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if both:
+        lines += ["", "95 % CI: queries resampled; *CI, retrains too*: queries and retrains resampled together (every "
+                  "query's loss is measured on the same retrains, so their errors move together: the interval to "
+                  "read for 'above zero' or 'above another')."]
+    leads = report.get("lead") or {}
+    lines += [""] if leads and not both else []
+    for k, lead in leads.items():
+        lo, hi = lead["difference_ci95"]
+        ratio = f"{lead['ratio']:.2f}×" if lead["ratio"] is not None else "—"
+        lines.append(f"- {labels[k]}: headwater's best, {lead['ours']}, against the best peer, {lead['peer']}: "
+                     f"{ratio}, difference {lead['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired, queries and "
+                     "retrains resampled).")
     recall = report.get("candidate_recall") or {}
     if recall:
         depths = list(next(iter(recall.values())))

@@ -133,6 +133,8 @@ def test_shuffled_control_interval_holds_zero(field_run: tuple[Path, dict]) -> N
     for column in field_run[1]["lds"].values():
         lo, hi = column[SHUFFLED]["ci95"]
         assert lo <= 0 <= hi
+        wide_lo, wide_hi = column[SHUFFLED]["ci95_two_way"]  # queries and retrains resampled: never narrower here
+        assert wide_lo <= 0 <= wide_hi and wide_hi - wide_lo >= hi - lo
 
 
 def test_a_rerun_retrains_nothing_and_gives_the_same_report(field_run: tuple[Path, dict]) -> None:
@@ -298,6 +300,12 @@ def test_external_scores_join_the_table_and_wrong_shapes_are_refused(field_run: 
     np.save(out / "external" / "peer-x.npy", planted)
     report = run_field_lds(out, CASE, SETTINGS)
     assert "peer-x" in report["lds"][DROP] and "| peer-x |" in (out / "field_lds.md").read_text()
+    lead = report["lead"][DROP]  # headwater's best against the best peer, paired
+    assert lead["peer"] == "peer-x" and lead["ours"] in SETTINGS.estimators
+    column = report["lds"][DROP]
+    assert lead["difference"] == pytest.approx(column[lead["ours"]]["mean"] - column["peer-x"]["mean"])
+    assert lead["difference_ci95"][0] <= lead["difference_ci95"][1]
+    assert "against the best peer, peer-x" in (out / "field_lds.md").read_text()
     np.save(out / "external" / "peer-y.npy", planted[:, :-1])
     with pytest.raises(ConfigError, match="shape"):
         run_field_lds(out, CASE, SETTINGS)
