@@ -59,11 +59,13 @@ from evaluation.estimator_names import GRAMMAR, is_gradient_name, parse_gradient
 from evaluation.finetune_case import FinetuneCase
 from evaluation.lds_stats import (
     lds_per_query,
-    paired_difference_ci,
+    percentile_interval,
     permutation_null,
+    predicted,
     shuffle_rows,
     summarize,
     two_way_ci,
+    two_way_draws,
 )
 from evaluation.report_files import as_json, rows_digest, write_report_files, write_whole
 from evaluation.retrain import run_jobs, usable_cores
@@ -74,9 +76,10 @@ from evaluation.training import learning_rate, pythia_checkpoint_steps, steps_fo
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-DROP, HALF, RESEEDED = "drop", "half", "drop-reseeded"
+DROP, HALF, RESEEDED, ZEROED = "drop", "half", "drop-reseeded", "drop-zeroed"
 """Retrain kinds: without a random share; on a random half; without the same shares as ``drop`` but trained from
-another seed (the second-seed column)."""
+another seed (the second-seed column); the same shares as ``drop`` kept in place with loss weight 0 (the same batches
+and steps as the full model: the counterfactual MAGIC-style exact replays predict)."""
 SHUFFLED = "shuffled"
 BM25, UNLEARNING, TRACIN, NEWTON = "bm25", "unlearning", "tracin", "newton"
 UNLEARNING_NEWTON = UNLEARNING + "@" + NEWTON
@@ -183,6 +186,9 @@ class FieldLDSSettings:
     reseeded: int = 0
     """Models retrained without the first column's first ``reseeded`` random shares but from another training seed
     (init and order; fine-tuning: order), compared with the full model's scores: the second-seed column (0: none)."""
+    zeroed: int = 0
+    """Models retrained with the first column's first ``zeroed`` random shares weighted 0 in place instead of dropped
+    (same batches, order and steps as the full model; 0: none)."""
     k: int = 16
     """Sketch projection per side (headwater's default)."""
     damping: float | None = None
@@ -196,14 +202,15 @@ class FieldLDSSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "estimators", tuple(self.estimators))
-        for name in ("retrains", "halves", "reseeded"):  # a Spearman correlation over retrains needs at least 3
+        for name in ("retrains", "halves", "reseeded", "zeroed"):  # Spearman over retrains needs 3
             if getattr(self, name) not in range(0, 100_000) or 0 < getattr(self, name) < 3:
                 raise ConfigError(f"{name} must be 0 or at least 3, got {getattr(self, name)}")
         if self.retrains == self.halves == 0:
             raise ConfigError("no retrains: give retrains or halves (each at least 3)")
-        if self.reseeded > self.retrains:
-            raise ConfigError(f"reseeded ({self.reseeded}) retrains reuse the first column's drops: at most retrains "
-                              f"({self.retrains})")
+        for name in ("reseeded", "zeroed"):
+            if getattr(self, name) > self.retrains:
+                raise ConfigError(f"{name} ({getattr(self, name)}) retrains reuse the first column's drops: at most "
+                                  f"retrains ({self.retrains})")
         if not 0 < self.removed < 1:
             raise ConfigError(f"removed must be a share in (0, 1), got {self.removed}")
         for name in ("k", "workers", "shuffles", "bootstrap"):
@@ -255,9 +262,9 @@ def estimator_damping(name: str, settings: FieldLDSSettings) -> float:
 
 
 def dropped_rows(case: LDSCase, settings: FieldLDSSettings, kind: str, j: int) -> np.ndarray:
-    """Row ids retrain ``kind``-``j`` leaves out: a random ``removed`` share (``drop`` and ``drop-reseeded`` alike), or
-    the complement of a half."""
-    if kind in (DROP, RESEEDED):
+    """Row ids retrain ``kind``-``j`` leaves out (or, ``drop-zeroed``, weighs 0): a random ``removed`` share (``drop``,
+    ``drop-reseeded`` and ``drop-zeroed`` alike), or the complement of a half."""
+    if kind in (DROP, RESEEDED, ZEROED):
         count = max(1, round(case.rows * settings.removed))
         return np.sort(np.random.default_rng([settings.seed, 11, j]).choice(case.rows, count, replace=False))
     return np.sort(np.random.default_rng([settings.seed, 13, j]).choice(case.rows, case.rows - case.rows // 2,
@@ -281,10 +288,10 @@ def train_seed(kind: str) -> int:
     return 1 if kind == RESEEDED else 0
 
 
-def retrain_key(case: LDSCase, dropped: np.ndarray, seed: int = 0) -> dict:
-    """What a retrain's losses depend on."""
+def retrain_key(case: LDSCase, dropped: np.ndarray, seed: int = 0, in_place: bool = False) -> dict:
+    """What a retrain's losses depend on (``in_place``: the rows weighted 0, not dropped)."""
     return as_json({"case": asdict(case), "dropped_sha256": rows_digest(dropped), "dropped": len(dropped),
-                    **({"train_seed": seed} if seed else {})})
+                    **({"train_seed": seed} if seed else {}), **({"zero_weight": True} if in_place else {})})
 
 
 def retrain(out: Path, case: LDSCase, kind: str, j: int, dropped: list[int], key: dict) -> float:
@@ -303,11 +310,12 @@ def _retrain(out: Path, case: LDSCase, kind: str, j: int, dropped: list[int], ke
     scratch = out / "retrains" / f".{kind}-{j:03d}"
     shutil.rmtree(scratch, ignore_errors=True)
     seed = train_seed(kind)
-    order = case.order(np.asarray(dropped, dtype=np.int64), seed)
+    in_place = kind == ZEROED  # the full order, the dropped rows weighted 0
+    order = case.order(np.zeros(0, dtype=np.int64) if in_place else np.asarray(dropped, dtype=np.int64), seed)
     started = time.perf_counter()
     model, _ = train(case.settings(steps_for(len(order), case.batch_size), seed), directory / "data" / "document",
                      len(load_tokenizer(directory / "tokenizer")), scratch, rows=order, save_revisions=False,
-                     init=case.init_model(out))
+                     init=case.init_model(out), zeroed=dropped if in_place else ())
     losses = chunk_losses(model, query_chunks(directory))
     seconds = time.perf_counter() - started
     shutil.rmtree(scratch, ignore_errors=True)
@@ -322,11 +330,11 @@ def run_retrains(out: Path, case: LDSCase, settings: FieldLDSSettings,
     """Every missing retrain (``workers`` processes); returns the records by kind, in order."""
     (out / "retrains").mkdir(parents=True, exist_ok=True)
     plan = ([(DROP, j) for j in range(settings.retrains)] + [(HALF, j) for j in range(settings.halves)]
-            + [(RESEEDED, j) for j in range(settings.reseeded)])
+            + [(RESEEDED, j) for j in range(settings.reseeded)] + [(ZEROED, j) for j in range(settings.zeroed)])
     todo = []
     for kind, j in plan:
         dropped = dropped_rows(case, settings, kind, j)
-        key = retrain_key(case, dropped, train_seed(kind))
+        key = retrain_key(case, dropped, train_seed(kind), in_place=kind == ZEROED)
         path = retrain_path(out, kind, j)
         if path.is_file() and json.loads(path.read_text())["key"] == key:
             if on_done:
@@ -336,7 +344,7 @@ def run_retrains(out: Path, case: LDSCase, settings: FieldLDSSettings,
     log.info("retrains: %d of %d to train", len(todo), len(plan))
     done = None if on_done is None else (lambda job: on_done(job[2], job[3]))
     run_jobs(retrain, todo, settings.workers, done)
-    records: dict[str, list[dict]] = {DROP: [], HALF: [], RESEEDED: []}
+    records: dict[str, list[dict]] = {DROP: [], HALF: [], RESEEDED: [], ZEROED: []}
     for kind, j in plan:
         records[kind].append(json.loads(retrain_path(out, kind, j).read_text()))
     return records
@@ -498,8 +506,10 @@ def tracin_checkpoints(out: Path, case: LDSCase) -> tuple[Path, TracInPlan]:
 
 def extra_key(name: str, case: LDSCase) -> dict:
     """What an estimator's scores depend on beyond the case, k and damping: the unlearning settings, or TracIn-CP's
-    revisions and weights."""
-    family = parse_estimator(name).family
+    revisions, weights and scoring (``tracin/KIND`` meant the inner product before the names were unified: the
+    scoring in the key keeps such scores from being read as the cosine form)."""
+    estimator = parse_estimator(name)
+    family = estimator.family
     if family == UNLEARNING:
         return {"unlearning": asdict(unlearning_settings(name))}
     if family == NEWTON:
@@ -507,7 +517,7 @@ def extra_key(name: str, case: LDSCase) -> dict:
         return {"newton": {**asdict(found.config), "sample_rows": found.sample_rows}}
     if family == TRACIN:
         plan = tracin_plan(case)
-        return {"revisions": list(plan.revisions), "weights": list(plan.weights)}
+        return {"revisions": list(plan.revisions), "weights": list(plan.weights), "mode": estimator.mode.value}
     return {}
 
 
@@ -593,7 +603,8 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     scores.update(external)
     scores[SHUFFLED] = shuffle_rows(scores[settings.estimators[0]], np.random.default_rng([settings.seed, 1]))
     columns, leads = {}, {}
-    for kind, count in ((DROP, settings.retrains), (HALF, settings.halves), (RESEEDED, settings.reseeded)):
+    for kind, count in ((DROP, settings.retrains), (HALF, settings.halves), (RESEEDED, settings.reseeded),
+                        (ZEROED, settings.zeroed)):
         if count == 0:
             continue
         losses = np.asarray([r["losses"] for r in records[kind]]).T  # (queries, retrains)
@@ -627,20 +638,23 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
 
 def lead_over_peers(column: dict[str, dict], scores: dict[str, np.ndarray], peers: set[str], losses: np.ndarray,
                     masks: np.ndarray, settings: FieldLDSSettings) -> dict:
-    """headwater's best estimator in one column against the best peer (an external score file): their means, the
-    ratio, and the paired interval of the difference with queries and retrains resampled alike (empty when either
-    side is missing)."""
-    ours = [n for n in column if n not in peers and n != SHUFFLED and np.isfinite(column[n]["mean"])]
+    """headwater's best estimator in one column (BM25 and the control aside) against the best peer (an external score
+    file): their means, the ratio, and the interval of the difference with queries and retrains resampled alike —
+    the best of each side chosen again in every draw, so picking the winners on the same data does not flatter the
+    lead (empty when either side is missing)."""
+    ours = [n for n in column if n not in peers and n not in (SHUFFLED, BM25) and np.isfinite(column[n]["mean"])]
     theirs = [n for n in column if n in peers and np.isfinite(column[n]["mean"])]
     if not ours or not theirs:
         return {}
     best = max(ours, key=lambda n: column[n]["mean"])
     peer = max(theirs, key=lambda n: column[n]["mean"])
     a, b = column[best]["mean"], column[peer]["mean"]
-    interval = paired_difference_ci(losses, scores[best], scores[peer], masks, settings.bootstrap,
-                                    np.random.default_rng([settings.seed, 5]))
+    draws = two_way_draws(losses, [predicted(scores[n], masks) for n in ours + theirs], settings.bootstrap,
+                          np.random.default_rng([settings.seed, 5]))
+    with np.errstate(invalid="ignore"):
+        difference = np.nanmax(draws[:, : len(ours)], axis=1) - np.nanmax(draws[:, len(ours):], axis=1)
     return {"ours": best, "peer": peer, "ratio": a / b if b > 0 else None, "difference": a - b,
-            "difference_ci95": interval}
+            "difference_ci95": percentile_interval(difference)}
 
 
 def solver_summaries(out: Path, estimators: Sequence[str]) -> dict[str, dict]:
@@ -670,13 +684,16 @@ def markdown(report: dict) -> str:
     lines = [title, "",
              f"{what}: {s['retrains']} without {s['removed']:.0%} of the rows, {s['halves']} on random halves"
              + (f", {s['reseeded']} without the first {s['reseeded']} of those shares but from another training seed "
-                "(init and order; fine-tuning: order)" if s.get("reseeded") else "") + ". LDS(z) = "
+                "(init and order; fine-tuning: order)" if s.get("reseeded") else "")
+             + (f", {s['zeroed']} with the first {s['zeroed']} of those shares weighted 0 in place (same batches and "
+                "steps)" if s.get("zeroed") else "") + ". LDS(z) = "
              "Spearman over retrains of z's loss and −Σ scores of the rows trained on; mean over queries, "
              f"bootstrap 95 % interval, p: share of {s['shuffles']} row permutations of the method's own scores "
              "scoring at least as high. Published (GPT-2, WikiText): EK-FAC 0.44-0.47, TrackStar 0.24, "
              "identity 0.12.", ""]
     kinds = list(report["lds"])
-    labels = {DROP: f"drop {s['removed']:.0%}", HALF: "halves", RESEEDED: f"drop {s['removed']:.0%}, other seed"}
+    labels = {DROP: f"drop {s['removed']:.0%}", HALF: "halves", RESEEDED: f"drop {s['removed']:.0%}, other seed",
+              ZEROED: f"zero {s['removed']:.0%} in place"}
     both = all("ci95_two_way" in v for k in kinds for v in report["lds"][k].values())
     head = " | ".join(f"{labels[k]}: LDS | 95 % CI" + (" | CI, retrains too" if both else "") + " | p" for k in kinds)
     lines += [f"| estimator | {head} |", "|---|" + ("---|---|---|---|" if both else "---|---|---|") * len(kinds)]
@@ -699,7 +716,7 @@ def markdown(report: dict) -> str:
         ratio = f"{lead['ratio']:.2f}×" if lead["ratio"] is not None else "—"
         lines.append(f"- {labels[k]}: headwater's best, {lead['ours']}, against the best peer, {lead['peer']}: "
                      f"{ratio}, difference {lead['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired, queries and "
-                     "retrains resampled).")
+                     "retrains resampled, each side's best chosen again in every draw).")
     recall = report.get("candidate_recall") or {}
     if recall:
         depths = list(next(iter(recall.values())))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,14 +94,29 @@ def learning_rate(step: int, settings: TrainSettings) -> float:
     return settings.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
-def batch_for_step(data: MegatronDataset, step: int, batch_size: int,
-                   rows: Sequence[int] | None = None) -> torch.Tensor:
-    """Rows ``[B·step, B·(step+1))`` as a (B, seq_len + 1) tensor: of ``rows`` (row ids, in order) when given,
-    else of the data itself."""
+def rows_for_step(step: int, batch_size: int, rows: Sequence[int] | None = None) -> list[int]:
+    """Row ids of step ``step``: positions ``[B·step, B·(step+1))`` of ``rows`` (row ids, in order) when given,
+    else those positions of the data itself."""
     end = batch_size * (step + 1) if rows is None else min(batch_size * (step + 1), len(rows))
     positions = range(batch_size * step, end)
-    ids = positions if rows is None else [rows[p] for p in positions]
-    return torch.stack([torch.from_numpy(data[i].astype("int64")) for i in ids])
+    return list(positions) if rows is None else [rows[p] for p in positions]
+
+
+def batch_for_step(data: MegatronDataset, step: int, batch_size: int,
+                   rows: Sequence[int] | None = None) -> torch.Tensor:
+    """The rows of step ``step`` (:func:`rows_for_step`) as a (B, seq_len + 1) tensor."""
+    return torch.stack([torch.from_numpy(data[i].astype("int64")) for i in rows_for_step(step, batch_size, rows)])
+
+
+def batch_loss(logits: torch.Tensor, batch: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The training loss of a batch: the mean next-token NLL over every token; with ``weights`` (one a row), each
+    row's mean NLL times its weight, summed and divided by the rows — equal to the plain mean when every weight is
+    1, and a row of weight 0 contributes nothing, in place (the batch and the step count unchanged)."""
+    flat = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.shape[-1])
+    if weights is None:
+        return torch.nn.functional.cross_entropy(flat, batch[:, 1:].reshape(-1))
+    nll = torch.nn.functional.cross_entropy(flat, batch[:, 1:].reshape(-1), reduction="none")
+    return (nll.reshape(batch.shape[0], -1).mean(dim=1) * weights).sum() / batch.shape[0]
 
 
 def save_adam_state(optimizer: torch.optim.AdamW, model: torch.nn.Module, path: Path) -> None:
@@ -127,6 +142,7 @@ def train(
     rows: Sequence[int] | None = None,
     save_revisions: bool = True,
     init: Path | None = None,
+    zeroed: Collection[int] = (),
 ) -> tuple[GPTNeoXForCausalLM, list[float]]:
     """Train from scratch (or, with ``init``, fine-tune a saved model) on the rows in order; save checkpoints under
     ``out_dir``.
@@ -136,9 +152,12 @@ def train(
     ``rows`` (row ids, trained on in the given order) restricts training to a subset of
     the data: it must fill ``settings.steps`` steps (``steps_for``; the last one may be short), so
     the learning-rate schedule runs over the subset's own step count. ``save_revisions=False`` skips the
-    intermediate checkpoints and the Adam state (only the final weights are written).
+    intermediate checkpoints and the Adam state (only the final weights are written). ``zeroed`` row ids keep their
+    place in the batches but weigh 0 in the loss (:func:`batch_loss`): the in-place counterfactual that MAGIC-style
+    exact replays differentiate, where dropping rows re-packs the batches.
     """
     data = MegatronDataset(data_prefix)
+    zeroed = frozenset(int(i) for i in zeroed)
     if rows is not None and steps_for(len(rows), settings.batch_size) != settings.steps:
         raise ConfigError(f"{len(rows)} training rows given, but {settings.steps} steps of "
                           f"{settings.batch_size} rows need {settings.steps * settings.batch_size} (the last step "
@@ -161,9 +180,13 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
         batch = batch_for_step(data, step, settings.batch_size, rows)
+        weights = None
+        if zeroed:
+            ids = rows_for_step(step, settings.batch_size, rows)
+            weights = torch.tensor([0.0 if i in zeroed else 1.0 for i in ids])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=settings.bf16):
             logits = model(input_ids=batch[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        loss = batch_loss(logits, batch, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()

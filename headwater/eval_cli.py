@@ -136,6 +136,8 @@ def eval_field_lds(
     halves: Annotated[int, typer.Option(help="Models retrained on random halves (second column; 0: none).")] = 20,
     reseeded: Annotated[int, typer.Option(help="Models retrained without the first column's first N drops but from "
                                                "another training seed: the second-seed column (0: none).")] = 0,
+    zeroed: Annotated[int, typer.Option(help="Models retrained with the first column's first N drops kept in place at "
+                                             "loss weight 0 (same batches and steps; 0: none).")] = 0,
     case_name: Annotated[str, typer.Option("--case", help="The text case: small (GPT-NeoX 2x64, 1,000 chunks of 65 "
                                                           "tokens) or larger (4x128, 2,000 chunks of 129 tokens).")]
     = "small",
@@ -172,10 +174,11 @@ def eval_field_lds(
     case = preset_case(case_name, rows=rows, queries=queries, seed=seed)
     if finetune:
         case = FinetuneCase(base=case, rows=finetune, queries=queries, seed=seed)
-    settings = FieldLDSSettings(retrains=retrains, removed=removed, halves=halves, reseeded=reseeded, k=k, seed=seed,
+    settings = FieldLDSSettings(retrains=retrains, removed=removed, halves=halves, reseeded=reseeded, zeroed=zeroed,
+                                k=k, seed=seed,
                                 estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()),
                                 **({"workers": workers} if workers is not None else {}))
-    with tqdm(total=retrains + halves + reseeded, desc="retrains", unit="model", disable=None) as bar:
+    with tqdm(total=retrains + halves + reseeded + zeroed, desc="retrains", unit="model", disable=None) as bar:
         report = run_field_lds(out, case, settings, on_retrain=lambda *_: bar.update(1))
     typer.echo(markdown(report))
     typer.echo(f"report written to {out}/field_lds.json and field_lds.md")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluation.lds_stats import bootstrap_ci, lds_per_query, paired_difference_ci, two_way_ci
+from evaluation.lds_stats import bootstrap_ci, lds_per_query, percentile_interval, predicted, two_way_ci, two_way_draws
 
 
 def shared_null(seed: int, queries: int = 20, retrains: int = 30, rows: int = 50) -> tuple[np.ndarray, ...]:
@@ -42,13 +42,28 @@ def test_two_way_interval_is_wide_even_when_every_query_is_the_same() -> None:
     assert q_hi - q_lo < 1e-12 < b_hi - b_lo
 
 
-def test_paired_difference_is_zero_for_one_estimator_and_positive_for_a_real_lead() -> None:
+def test_paired_draws_give_zero_for_one_estimator_and_a_positive_lead_for_a_better_one() -> None:
     rng = np.random.default_rng(3)
     queries, retrains, rows = 20, 40, 60
     masks = rng.random((retrains, rows)) < 0.5
     truth = rng.normal(size=(queries, rows))
     losses = -(truth.astype(np.float64) @ masks.T) + 0.5 * rng.normal(size=(queries, retrains))
     noisy = truth + 3.0 * rng.normal(size=truth.shape)
-    assert paired_difference_ci(losses, truth, truth, masks, 200, np.random.default_rng(4)) == [0.0, 0.0]
-    lo, hi = paired_difference_ci(losses, truth, noisy, masks, 200, np.random.default_rng(4))
+    draws = two_way_draws(losses, [predicted(truth, masks), predicted(truth, masks), predicted(noisy, masks)], 200,
+                          np.random.default_rng(4))
+    assert percentile_interval(draws[:, 0] - draws[:, 1]) == [0.0, 0.0]
+    lo, hi = percentile_interval(draws[:, 0] - draws[:, 2])
     assert 0 < lo < hi
+
+
+def test_without_shared_effects_the_two_way_interval_is_wider_but_bounded() -> None:
+    """Independent queries: the two-way interval is conservative (wider than the query-only one), not unbounded."""
+    ratios = []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        masks = rng.random((30, 50)) < 0.5
+        losses, scores = rng.normal(size=(20, 30)), rng.normal(size=(20, 50))
+        q_lo, q_hi = bootstrap_ci(lds_per_query(losses, scores, masks), 300, np.random.default_rng(seed))
+        b_lo, b_hi = two_way_ci(losses, scores, masks, 300, np.random.default_rng(seed))
+        ratios.append((b_hi - b_lo) / (q_hi - q_lo))
+    assert 1.0 < np.median(ratios) < 2.5
