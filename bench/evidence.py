@@ -98,6 +98,8 @@ class Cell:
     related: float | None = None
     paired_vs_bm25: tuple[float, float, float] | None = None
     """Removal: the mean per-fact difference to BM25's Δ and its bootstrap interval."""
+    two_way: bool = False
+    """LDS: the interval resamples retrains as well as queries (reports since it was added; the conservative one)."""
 
 
 def _finite(value: float | int | None) -> float | None:
@@ -121,8 +123,8 @@ def cells(out: Path, column: Column) -> dict[str, Cell] | None:
         return found
     for name, entry in report["lds"].get(column.kind, {}).items():
         if (value := _finite(entry.get("mean"))) is not None:
-            low, high = entry.get("ci95", [None, None])
-            found[name] = Cell(value, low, high)
+            low, high = entry.get("ci95_two_way", entry.get("ci95", [None, None]))
+            found[name] = Cell(value, low, high, two_way="ci95_two_way" in entry)
     return found
 
 
@@ -161,7 +163,8 @@ def verdict(column: Column, found: dict[str, Cell]) -> str | None:
         bounds = [_finite(v) for v in (cell.low, cell.high, other.low, other.high)]
         known = all(v is not None for v in bounds)
         apart = known and (cell.low > other.high or other.low > cell.high)
-        how = ("95 % intervals apart" if apart else "95 % intervals overlap") if known else "no intervals"
+        kind = " (queries and retrains resampled)" if cell.two_way and other.two_way else ""
+        how = (f"95 % intervals{kind} apart" if apart else f"95 % intervals{kind} overlap") if known else "no intervals"
     word = "**tie**"  # unless the intervals say otherwise (unknown intervals decide nothing)
     if apart and cell.value != other.value:
         word = "**lead**" if cell.value > other.value else "**trail**"

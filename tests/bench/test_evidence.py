@@ -64,6 +64,16 @@ def test_a_trailing_column_says_so(tmp_path: Path) -> None:
     assert line.startswith("- LDS fine-tuning, drop 1 %: we **trail** — headwater gradient, `block`, cosine 0.300")
 
 
+def test_the_interval_over_queries_and_retrains_decides_where_a_report_has_it(tmp_path: Path) -> None:
+    """Apart over queries alone, overlapping once retrains are resampled too: a tie, and the line says which."""
+    drop = _lds({"unlearning": (0.30, 0.27, 0.33), "kronfluence-ekfac": (0.24, 0.21, 0.26)})
+    drop["unlearning"]["ci95_two_way"] = [0.20, 0.40]
+    drop["kronfluence-ekfac"]["ci95_two_way"] = [0.15, 0.33]
+    _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": drop}})
+    line = next(line for line in evidence_table(tmp_path).splitlines() if line.startswith("- "))
+    assert "we **tie**" in line and "95 % intervals (queries and retrains resampled) overlap" in line
+
+
 def test_no_reports_no_section(tmp_path: Path) -> None:
     assert evidence_table(tmp_path) == "" and section(evidence_table(tmp_path)) == ""
 
