@@ -51,7 +51,8 @@ def parse_gradient_name(name: str, options: bool = True, what: str = "estimator"
     ``what``: the error's word for an estimator)."""
     base, *extra = name.strip().split("@")
     family, _, kind = base.partition("/")
-    allowed = " then optionally @K, a projection size, and @dD, a damping" if options else ""
+    allowed = (", then optionally @K, a projection size, and @dD, a damping" if options
+               else "; no @ options here (the table's own flags set the projection and damping)")
     error = ConfigError(f"unknown {what} {name!r}: {GRAMMAR}{allowed}")
     if family not in GRADIENT_FAMILIES or kind not in {m.value for m in PreconditionMode} or (extra and not options):
         raise error
