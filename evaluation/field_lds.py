@@ -651,8 +651,10 @@ def lead_over_peers(column: dict[str, dict], scores: dict[str, np.ndarray], peer
     a, b = column[best]["mean"], column[peer]["mean"]
     draws = two_way_draws(losses, [predicted(scores[n], masks) for n in ours + theirs], settings.bootstrap,
                           np.random.default_rng([settings.seed, 5]))
-    with np.errstate(invalid="ignore"):
-        difference = np.nanmax(draws[:, : len(ours)], axis=1) - np.nanmax(draws[:, len(ours):], axis=1)
+    mine, peers_best = (np.where(np.isnan(d), -np.inf, d).max(axis=1) for d in (draws[:, : len(ours)],
+                                                                             draws[:, len(ours):]))
+    with np.errstate(invalid="ignore"):  # −inf − −inf where a draw has no value on a side: NaN, left out below
+        difference = np.where(np.isfinite(mine) & np.isfinite(peers_best), mine - peers_best, np.nan)
     return {"ours": best, "peer": peer, "ratio": a / b if b > 0 else None, "difference": a - b,
             "difference_ci95": percentile_interval(difference)}
 
