@@ -151,9 +151,10 @@ class UnlearningConfig:
     """Generic probes for the correction: a 16-token span (after 16 tokens of context) of this many rows."""
     candidates: int = 30
     """Candidates taken from each of gradient, BM25 and embedding when the rows are too many to score all (the
-    pool grows to k when k is larger). Kept at 30 by the demo index's evidence (bench/RESULTS.md, unlearning-pools):
-    100 a source holds more of exhaustive scoring's top 10 (0.91 vs 0.78) but finds fewer stating rows on paraphrases
-    (recall@10 0.65 vs 0.82) — the three retrievers' pool is a prior the ascent score alone lacks."""
+    pool grows to k when k is larger). Kept at 30 by both fact cases' evidence (bench/RESULTS.md, unlearning-pools and
+    unlearning-pools-second): 100 a source holds more of exhaustive scoring's top 10 (0.91 vs 0.78; 0.97 vs 0.87) but
+    finds fewer stating rows on paraphrases (recall@10 0.65 vs 0.82; 0.57 vs 0.79) — the three retrievers' pool is a
+    prior the ascent score alone lacks."""
     exhaustive_rows: int = 1024
     """Score every row the filters allow when there are at most this many; above it, re-rank candidates."""
     batch_tokens: int = 16384

@@ -98,6 +98,11 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
         Section("second-demo", "The second case",
                 "Built unlike the demo (stdlib and NumPy docstrings, other templates, size and seed).",
                 headwater + ["demo", "build", "--preset", "second", "--out", str(second)]),
+        Section("unlearning-pools-second", "The served unlearning's candidate pool on the second case",
+                "The second case's rows of steps 0-200 (2,400, sketched in memory as the demo index is: k=8, 16-token "
+                "windows), 40 known facts: the same two tables as on the demo.",
+                [sys.executable, "-m", "bench.unlearning", "--demo", str(second), "--steps", "0:200", "--limit", "40",
+                 "--variants", "default,candidates=100", "--pools", "30,100,300", "--exhaustive-limit", "10"]),
         Section("estimators-second", "Every estimator, fact tracing on the second case",
                 "Same table on the second model and corpus: 2,400 rows (steps 0-200), 60 known facts.",
                 [sys.executable, "-m", "bench.quality", "--demo", str(second), "--steps", "0:200", "--limit",
