@@ -71,42 +71,47 @@ def build_index(config: IndexConfig, out: Path, rank: Rank, *, overwrite: bool =
     check_factory_before_pass(config, encoder, out, append)
     with memory_guard("loading the embedding model", "give the process more memory (MiniLM needs about 0.3 GB)"):
         embedder = TextEmbedder(config.embedding_model, device=device)
+    owned = not (dist.is_available() and dist.is_initialized())
     grouped = process_group_ready()
-    if append:
-        if rank.rank == 0:
-            plan_append(out, config)
+    try:
+        if append:
+            if rank.rank == 0:
+                plan_append(out, config)
+            if grouped:
+                dist.barrier()
+            work, offset = plan_append(out, config)
+            runner = ShardRunner(config, out, encoder, embedder, batching, progress, work=work, id_offset=offset)
+        else:
+            runner = ShardRunner(config, out, encoder, embedder, batching, progress)
+            if rank.rank == 0:
+                runner.prepare_workdir(overwrite)
+            if grouped:
+                dist.barrier()
+            if rank.rank != 0:
+                runner.prepare_workdir(False)
+        written = run_shards(runner, rank, append)
         if grouped:
-            dist.barrier()
-        work, offset = plan_append(out, config)
-        runner = ShardRunner(config, out, encoder, embedder, batching, progress, work=work, id_offset=offset)
-    else:
-        runner = ShardRunner(config, out, encoder, embedder, batching, progress)
-        if rank.rank == 0:
-            runner.prepare_workdir(overwrite)
-        if grouped:
-            dist.barrier()
-        if rank.rank != 0:
-            runner.prepare_workdir(False)
-    written = run_shards(runner, rank, append)
-    if grouped:
-        written_anywhere = [None] * rank.world
-        dist.all_gather_object(written_anywhere, written)
-        written = [i for part in written_anywhere for i in part]
-    if append and rank.rank == 0 and (rank.world == 1 or grouped):
-        mark_part(runner.work, finished=True)
-    elif append:  # one rank of several that cannot meet: its shards are done, the part is not yet whole
-        mark_part(runner.work, finished=False)
-    if not merge_after or rank.rank != 0 or (rank.world > 1 and not grouped):
-        log.info("rank %d/%d finished its shards; run 'headwater index merge %s' when all ranks are done",
-                 rank.rank, rank.world, out)
-        return None
-    if not written and up_to_date(out):
-        log.info("index is up to date: every shard was already built and merged into %s", out / "current")
-        return (out / "current").resolve()
-    base = IndexConfig.load(work_dir(out) / CONFIG)
-    build = merge(out, encoder, base)
-    prune_builds(out)
-    return build
+            written_anywhere = [None] * rank.world
+            dist.all_gather_object(written_anywhere, written)
+            written = [i for part in written_anywhere for i in part]
+        if append and rank.rank == 0 and (rank.world == 1 or grouped):
+            mark_part(runner.work, finished=True)
+        elif append:  # one rank of several that cannot meet: its shards are done, the part is not yet whole
+            mark_part(runner.work, finished=False)
+        if not merge_after or rank.rank != 0 or (rank.world > 1 and not grouped):
+            log.info("rank %d/%d finished its shards; run 'headwater index merge %s' when all ranks are done",
+                     rank.rank, rank.world, out)
+            return None
+        if not written and up_to_date(out):
+            log.info("index is up to date: every shard was already built and merged into %s", out / "current")
+            return (out / "current").resolve()
+        base = IndexConfig.load(work_dir(out) / CONFIG)
+        build = merge(out, encoder, base)
+        prune_builds(out)
+        return build
+    finally:
+        if grouped and owned:  # a gloo group left to the interpreter's exit can abort it ("terminate called ...")
+            dist.destroy_process_group()
 
 
 def run_shards(runner: ShardRunner, rank: Rank, append: bool) -> list[int]:
