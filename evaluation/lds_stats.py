@@ -85,9 +85,7 @@ def bootstrap_ci(values: np.ndarray, draws: int, rng: np.random.Generator, level
     values = values[np.isfinite(values)]
     if len(values) == 0:
         return [float("nan"), float("nan")]
-    means = values[rng.integers(0, len(values), (draws, len(values)))].mean(axis=1)
-    tail = (1 - level) / 2 * 100
-    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+    return percentile_interval(values[rng.integers(0, len(values), (draws, len(values)))].mean(axis=1), level)
 
 
 def two_way_draws(losses: np.ndarray, predictions: list[np.ndarray], draws: int,
