@@ -117,6 +117,14 @@ def pool_recall(session: AttributionSession, facts: list[Fact], pools: list[int]
              "facts": len(found[n])} for n in pools]
 
 
+def pool_sizes(text: str) -> list[int]:
+    """``--pools``: comma-separated positive candidate counts (argparse turns the ValueError into a usage error)."""
+    sizes = [int(n) for n in text.split(",") if n.strip()]
+    if any(n < 1 for n in sizes):
+        raise ValueError(f"pool sizes must be positive, got {text!r}")
+    return sizes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--index", type=Path, default=Path("demo-data/index"))
@@ -127,7 +135,8 @@ def main() -> None:
     parser.add_argument("--exhaustive-limit", type=int, default=10, help="facts for the exhaustive variants")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--depth", type=int, default=10, help="results asked per query (re-rank pools grow to it)")
-    parser.add_argument("--pools", default="", help="candidates settings whose pools' recall to measure, e.g. 30,100")
+    parser.add_argument("--pools", type=pool_sizes, default=[],
+                        help="candidates settings whose pools' recall to measure, e.g. 30,100")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     session = open_index(args.index) if args.demo is None else in_memory(args.demo, args.steps)
@@ -147,7 +156,7 @@ def main() -> None:
                   f"{r['queries']} | {r['mean_s']:.2f} | {r['cpu_s']:.2f} / {r['median_cpu_s']:.2f} / "
                   f"{r['first_cpu_s']:.2f} | "
                   f"{r['candidates']:.0f} / {r['reference']:.0f} / {r['target']:.0f} | {r['rows']:.0f} |", flush=True)
-    pools = [int(n) for n in args.pools.split(",") if n.strip()]
+    pools = args.pools
     if pools:
         print(f"\n| candidates per source | mean pool rows | recall of exhaustive top {args.depth} | facts with a gold "
               "row in the pool | facts |\n|---|---|---|---|---|")

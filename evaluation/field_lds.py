@@ -64,7 +64,6 @@ from evaluation.lds_stats import (
     predicted,
     shuffle_rows,
     summarize,
-    two_way_ci,
     two_way_draws,
 )
 from evaluation.report_files import as_json, rows_digest, write_report_files, write_whole
@@ -610,13 +609,17 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
         losses = np.asarray([r["losses"] for r in records[kind]]).T  # (queries, retrains)
         masks = kept_masks(case, settings, kind, count)
         columns[kind] = {}
+        # One joint draw of queries and retrains serves every estimator's interval and the paired lead.
+        draws = dict(zip(scores, two_way_draws(losses, [predicted(s, masks) for s in scores.values()],
+                                               settings.bootstrap, np.random.default_rng([settings.seed, 4])).T,
+                         strict=True))
         for m, (name, s) in enumerate(scores.items()):
             values = lds_per_query(losses, s, masks)
             null = permutation_null(losses, s, masks, settings.shuffles, np.random.default_rng([settings.seed, 2, m]))
-            both = two_way_ci(losses, s, masks, settings.bootstrap, np.random.default_rng([settings.seed, 4, m]))
             columns[kind][name] = summarize(values, null, settings.bootstrap,
-                                            np.random.default_rng([settings.seed, 3, m]), two_way=both)
-        leads[kind] = lead_over_peers(columns[kind], scores, set(external), losses, masks, settings)
+                                            np.random.default_rng([settings.seed, 3, m]),
+                                            two_way=percentile_interval(draws[name]))
+        leads[kind] = lead_over_peers(columns[kind], draws, set(external))
     report = {
         "schema_version": SCHEMA_VERSION,
         "case": asdict(case),
@@ -636,12 +639,12 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     return report
 
 
-def lead_over_peers(column: dict[str, dict], scores: dict[str, np.ndarray], peers: set[str], losses: np.ndarray,
-                    masks: np.ndarray, settings: FieldLDSSettings) -> dict:
+def lead_over_peers(column: dict[str, dict], draws: dict[str, np.ndarray], peers: set[str]) -> dict:
     """headwater's best estimator in one column (BM25 and the control aside) against the best peer (an external score
-    file): their means, the ratio, and the interval of the difference with queries and retrains resampled alike —
-    the best of each side chosen again in every draw, so picking the winners on the same data does not flatter the
-    lead (empty when either side is missing)."""
+    file): their means, the ratio, and the interval of the difference over ``draws`` (each estimator's mean LDS in
+    every joint draw of queries and retrains, the same draws for all: paired) — the best of each side chosen again
+    in every draw, so picking the winners on the same data does not flatter the lead (empty when either side is
+    missing)."""
     ours = [n for n in column if n not in peers and n not in (SHUFFLED, BM25) and np.isfinite(column[n]["mean"])]
     theirs = [n for n in column if n in peers and np.isfinite(column[n]["mean"])]
     if not ours or not theirs:
@@ -649,10 +652,9 @@ def lead_over_peers(column: dict[str, dict], scores: dict[str, np.ndarray], peer
     best = max(ours, key=lambda n: column[n]["mean"])
     peer = max(theirs, key=lambda n: column[n]["mean"])
     a, b = column[best]["mean"], column[peer]["mean"]
-    draws = two_way_draws(losses, [predicted(scores[n], masks) for n in ours + theirs], settings.bootstrap,
-                          np.random.default_rng([settings.seed, 5]))
-    mine, peers_best = (np.where(np.isnan(d), -np.inf, d).max(axis=1) for d in (draws[:, : len(ours)],
-                                                                             draws[:, len(ours):]))
+    mine, peers_best = (np.where(np.isnan(d), -np.inf, d).max(axis=1)
+                        for d in (np.stack([draws[n] for n in ours], axis=1),
+                                  np.stack([draws[n] for n in theirs], axis=1)))
     with np.errstate(invalid="ignore"):  # −inf − −inf where a draw has no value on a side: NaN, left out below
         difference = np.where(np.isfinite(mine) & np.isfinite(peers_best), mine - peers_best, np.nan)
     return {"ours": best, "peer": peer, "ratio": a / b if b > 0 else None, "difference": a - b,
