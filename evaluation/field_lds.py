@@ -18,7 +18,9 @@ cosine form; the training is rerun once with its checkpoints saved, ``CASE_DIR/t
 on the query chunk, ``attribution.unlearning.score_every_row``: a finite-step estimate, not a linear one);
 ``unlearning@newton`` (the same retriever moved one step along the query's Newton direction, read by a central
 difference: ``direction = newton``); ``newton`` (each row's exact loss change along ``(G + λ)⁻¹ ∇ℓ(query)``, forward
-mode, no projection: :mod:`attribution.newton`);
+mode, no projection: :mod:`attribution.newton`); ``magic`` (the ceiling row: each row's ``−∂L_q/∂w_i`` through
+an exact replay of training, :mod:`evaluation.replay`; read it against the ``drop-zeroed`` column, the in-place
+removal it linearizes);
 ``shuffled`` (the first estimator's scores permuted across rows) as the control that must stay ≈ 0; and every
 ``OUT/external/NAME.npy`` of shape (queries, rows) that another tool wrote for the same case (bergson, Kronfluence:
 see bench/), so they sit in the same table.
@@ -66,6 +68,7 @@ from evaluation.lds_stats import (
     summarize,
     two_way_draws,
 )
+from evaluation.replay import magic_scores, replay_of
 from evaluation.report_files import as_json, rows_digest, write_report_files, write_whole
 from evaluation.retrain import run_jobs, usable_cores
 from evaluation.row_scores import bm25_matrix, cached
@@ -81,6 +84,13 @@ another seed (the second-seed column); the same shares as ``drop`` kept in place
 and steps as the full model: the counterfactual MAGIC-style exact replays predict)."""
 SHUFFLED = "shuffled"
 BM25, UNLEARNING, TRACIN, NEWTON = "bm25", "unlearning", "tracin", "newton"
+MAGIC = "magic"
+REPLAY_TOLERANCE = 1e-3
+"""Nats by which the replayed model's query losses may differ from the saved model's (float32 rounding, amplified by
+AdamW where a gradient is noise, moves them by ~1e-5 here)."""
+"""The exact replay of training, differentiated (:mod:`evaluation.replay`): the ceiling row, like bergson's MAGIC. It
+replays the whole training run once per query, so it is no served method and never counts as headwater's best in the
+lead over the peers."""
 UNLEARNING_NEWTON = UNLEARNING + "@" + NEWTON
 NEWTON_SAMPLE_ROWS, NEWTON_ITERATIONS = 32, 20
 """Training rows, evenly spaced, whose Gauss-Newton matrix a ``newton`` estimator inverts, and the most conjugate
@@ -163,13 +173,13 @@ def unlearning_settings(name: str) -> UnlearningConfig:
                                 newton_factoring=config.factoring)
     return UNLEARNING_SETTINGS
 TRACIN_CHECKPOINTS = 4
+"""Checkpoints TracIn-CP sums over: the last saved ones of the case's training (log-spaced, as Pythia's), the final
+model included."""
 TRACIN_MARKER = "tracin.json"
 UNLEARNING_SETTINGS = UnlearningConfig()
 """The ``unlearning`` estimator's settings: the service's defaults."""
 CANDIDATE_TOP, CANDIDATE_DEPTHS = 10, (30, 100, 300)
 """Candidate recall: the share of the exact stage's top ``CANDIDATE_TOP`` rows that an estimator's top N holds."""
-"""Checkpoints TracIn-CP sums over: the last saved ones of the case's training (log-spaced, as Pythia's), the final
-model included."""
 LDSCase = TextCase | FinetuneCase
 """Trained from scratch on chunks of real text, or a pretrained model fine-tuned on a small set."""
 
@@ -236,7 +246,7 @@ class FieldEstimator:
 
 def parse_estimator(name: str) -> FieldEstimator:
     """The estimator a name stands for, or a clear error."""
-    if name in (BM25, UNLEARNING):
+    if name in (BM25, UNLEARNING, MAGIC):
         return FieldEstimator(None, None, family=name)
     if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
         unlearning_settings(name)  # a clear error for bad options
@@ -245,7 +255,7 @@ def parse_estimator(name: str) -> FieldEstimator:
         return FieldEstimator(None, None, damping=newton_config(name).damping, family=NEWTON)
     if not is_gradient_name(name):
         raise ConfigError(f"unknown LDS estimator {name!r}: {GRAMMAR}, then optionally @K, a projection size, and @dD, "
-                          f"a damping; or {BM25}, {UNLEARNING}, {UNLEARNING_NEWTON} or {NEWTON}[@dD][@iN]")
+                          f"a damping; or {BM25}, {UNLEARNING}, {UNLEARNING_NEWTON}, {NEWTON}[@dD][@iN] or {MAGIC}")
     parsed = parse_gradient_name(name, what="LDS estimator")
     return FieldEstimator(parsed.mode, parsed.kind, parsed.k, parsed.damping,
                           family=TRACIN if parsed.tracin else "gradient")
@@ -412,6 +422,8 @@ class Scorer:
             return score_every_row(load_model(self.model_dir), self.rows, targets, unlearning_settings(name))
         if estimator.family == NEWTON:
             return self.newton_scores(name)
+        if estimator.family == MAGIC:
+            return self.magic_scores()
         curvature = CurvatureConfig(kind=estimator.kind, damping=estimator_damping(name, self.settings))
         k = estimator.k or self.settings.k
         if estimator.family == TRACIN:
@@ -429,6 +441,26 @@ class Scorer:
                       for c in self.queries])
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
 
+
+    def magic_scores(self) -> np.ndarray:
+        """Each row's ``−∂L_q/∂w_i`` through an exact replay of the full model's training (:mod:`evaluation.replay`):
+        the same init, order and schedule; refused up front when its trajectory would not fit in memory."""
+        directory = self.case.directory(self.out)
+        order = self.case.order(np.zeros(0, dtype=np.int64))
+        replay = replay_of(self.case.settings(steps_for(len(order), self.case.batch_size)),
+                           directory / "data" / "document", len(self.tokenizer), order,
+                           init=self.case.init_model(self.out))
+        need = replay.trajectory_bytes()
+        available = available_bytes()
+        if available is not None and need > available:
+            raise OutOfMemoryError(f"{MAGIC} keeps every step's weights and AdamW moments: about {need / 2**30:.1f} "
+                                   f"GiB, {available / 2**30:.1f} GiB available; leave it out on this case")
+        replayed = replay.query_losses(replay.final_weights(), self.queries)
+        saved = chunk_losses(load_model(directory / "model"), self.queries)
+        if np.abs(replayed - saved).max() > REPLAY_TOLERANCE:
+            raise ConfigError(f"{MAGIC}: the replay does not reproduce the case's model (query losses differ by up to "
+                              f"{np.abs(replayed - saved).max():.2g} nats): the trainer and evaluation.replay disagree")
+        return magic_scores(replay, self.queries, len(self.rows)).astype(np.float32)
 
     def newton_scores(self, name: str) -> np.ndarray:
         """Each row's exact loss change along each query's Newton direction ``(G + λ)⁻¹ ∇ℓ(query)``, ``G`` over
@@ -553,7 +585,7 @@ def candidate_table(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]
     candidates = {name: s for name, s in scores.items() if name not in (NEWTON, SHUFFLED)}
     if BM25 in candidates:
         candidates |= {f"{name} + {BM25}": pooled(s, scores[BM25]) for name, s in list(candidates.items())
-                       if name != BM25 and parse_family(name) not in (NEWTON, UNLEARNING)}
+                       if name != BM25 and parse_family(name) not in (NEWTON, UNLEARNING, MAGIC)}
     return {name: {str(d): candidate_recall(scores[NEWTON], s, d) for d in CANDIDATE_DEPTHS}
             for name, s in candidates.items()}
 
@@ -640,12 +672,12 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
 
 
 def lead_over_peers(column: dict[str, dict], draws: dict[str, np.ndarray], peers: set[str]) -> dict:
-    """headwater's best estimator in one column (BM25 and the control aside) against the best peer (an external score
-    file): their means, the ratio, and the interval of the difference over ``draws`` (each estimator's mean LDS in
-    every joint draw of queries and retrains, the same draws for all: paired) — the best of each side chosen again
-    in every draw, so picking the winners on the same data does not flatter the lead (empty when either side is
-    missing)."""
-    ours = [n for n in column if n not in peers and n not in (SHUFFLED, BM25) and np.isfinite(column[n]["mean"])]
+    """headwater's best estimator in one column (BM25, the control and the replay ceiling aside) against the best
+    peer (an external score file): their means, the ratio, and the interval of the difference over ``draws`` (each
+    estimator's mean LDS in every joint draw of queries and retrains, the same draws for all: paired) — the best of
+    each side chosen again in every draw, so picking the winners on the same data does not flatter the lead (empty
+    when either side is missing)."""
+    ours = [n for n in column if n not in peers and n not in (SHUFFLED, BM25, MAGIC) and np.isfinite(column[n]["mean"])]
     theirs = [n for n in column if n in peers and np.isfinite(column[n]["mean"])]
     if not ours or not theirs:
         return {}

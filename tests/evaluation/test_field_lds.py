@@ -26,6 +26,7 @@ from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
 from attribution.sketch import SketchConfig
+from evaluation import field_lds
 from evaluation.field_lds import (
     DROP,
     HALF,
@@ -39,6 +40,7 @@ from evaluation.field_lds import (
     candidate_recall,
     dropped_rows,
     kept_masks,
+    lead_over_peers,
     newton_config,
     newton_estimator,
     parse_estimator,
@@ -340,8 +342,8 @@ def test_finetuning_variant_starts_every_retrain_from_the_pretrained_model(field
     out = tmp_path / "finetune"
     shutil.copytree(field_run[0] / "case", out / "case")  # the pretraining case, reused as built
     settings_ = FieldLDSSettings(retrains=0, halves=4, k=4, workers=1, shuffles=50, bootstrap=200,
-                                 estimators=("gradient-ip/ekfac_basis", "gradient-ip/block@6", "bm25"))
-    report = run_field_lds(out, FINETUNE, settings_)
+                                 estimators=("gradient-ip/ekfac_basis", "gradient-ip/block@6", "bm25", "magic"))
+    report = run_field_lds(out, FINETUNE, settings_)  # magic's replay starts from the pretrained weights, checked
     assert set(report["lds"]) == {HALF} and set(report["lds"][HALF]) == {*settings_.estimators, SHUFFLED}
     lo, hi = report["lds"][HALF][SHUFFLED]["ci95"]
     assert lo <= 0 <= hi
@@ -390,3 +392,25 @@ def test_text_case_presets_are_named_and_checked(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", "field-lds", "--out", str(tmp_path / "r"), "--case", "huge"])
     assert result.exit_code == 2 and "unknown text case 'huge'; choose from small, larger" in result.output
     assert not (tmp_path / "r").exists()  # refused before anything is built
+
+
+def test_magic_replays_the_case_and_its_check_can_fail(field_run: tuple[Path, dict],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ceiling row: every row's −∂L_q/∂w_i through an exact replay of the case's training, after checking the
+    replay reproduces the saved model's query losses (a tolerance below any real difference makes the check fire)."""
+    out, _ = field_run
+    scores = Scorer(out, CASE, SETTINGS).scores("magic")
+    assert scores.shape == (CASE.queries, CASE.rows) and np.all(np.isfinite(scores)) and np.abs(scores).max() > 0
+    monkeypatch.setattr(field_lds, "REPLAY_TOLERANCE", -1.0)
+    with pytest.raises(ConfigError, match="does not reproduce"):
+        Scorer(out, CASE, SETTINGS).scores("magic")
+
+
+def test_the_lead_leaves_the_replay_ceiling_out() -> None:
+    """MAGIC replays training once a query: however high it scores, headwater's best is a method one can serve."""
+    column = {"magic": {"mean": 0.9}, "newton": {"mean": 0.3}, "bm25": {"mean": 0.5}, "peer": {"mean": 0.2}}
+    draws = {name: np.full(50, v["mean"]) + np.random.default_rng(i).normal(0, 0.01, 50)
+             for i, (name, v) in enumerate(column.items())}
+    lead = lead_over_peers(column, draws, {"peer"})
+    assert lead["ours"] == "newton" and lead["peer"] == "peer"
+    assert lead["ratio"] == pytest.approx(1.5) and 0.05 < lead["difference_ci95"][0] < lead["difference_ci95"][1]
