@@ -246,19 +246,32 @@ class FieldEstimator:
 
 def parse_estimator(name: str) -> FieldEstimator:
     """The estimator a name stands for, or a clear error."""
-    if name in (BM25, UNLEARNING, MAGIC):
+    if name in (BM25, UNLEARNING):
         return FieldEstimator(None, None, family=name)
+    if name == MAGIC or name.startswith(MAGIC + "@"):
+        magic_from_step(name)  # a clear error for bad options
+        return FieldEstimator(None, None, family=MAGIC)
     if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
         unlearning_settings(name)  # a clear error for bad options
         return FieldEstimator(None, None, family=UNLEARNING)
     if name == NEWTON or name.startswith(NEWTON + "@"):
         return FieldEstimator(None, None, damping=newton_config(name).damping, family=NEWTON)
     if not is_gradient_name(name):
-        raise ConfigError(f"unknown LDS estimator {name!r}: {GRAMMAR}, then optionally @K, a projection size, and @dD, "
-                          f"a damping; or {BM25}, {UNLEARNING}, {UNLEARNING_NEWTON}, {NEWTON}[@dD][@iN] or {MAGIC}")
+        raise ConfigError(f"unknown LDS estimator {name!r}: {GRAMMAR}, then optionally @K, a projection size, and "
+                          f"@dD, a damping; or {BM25}, {UNLEARNING}, {UNLEARNING_NEWTON}, {NEWTON}[@dD][@iN] or "
+                          f"{MAGIC}[@sN]")
     parsed = parse_gradient_name(name, what="LDS estimator")
     return FieldEstimator(parsed.mode, parsed.kind, parsed.k, parsed.damping,
                           family=TRACIN if parsed.tracin else "gradient")
+
+
+def magic_from_step(name: str) -> int:
+    """``magic`` (0) or ``magic@sN``: the first training step whose row weights the replay differentiates."""
+    option = name[len(MAGIC) + 1:] if name.startswith(MAGIC + "@") else "s0"
+    if name != MAGIC and not (option.startswith("s") and option[1:].isdigit() and int(option[1:]) > 0):
+        raise ConfigError(f"unknown LDS estimator {name!r}: {MAGIC} takes @sN, the first step it differentiates "
+                          "(N > 0)")
+    return int(option[1:])
 
 
 def estimator_damping(name: str, settings: FieldLDSSettings) -> float:
@@ -423,7 +436,7 @@ class Scorer:
         if estimator.family == NEWTON:
             return self.newton_scores(name)
         if estimator.family == MAGIC:
-            return self.magic_scores()
+            return self.magic_scores(magic_from_step(name))
         curvature = CurvatureConfig(kind=estimator.kind, damping=estimator_damping(name, self.settings))
         k = estimator.k or self.settings.k
         if estimator.family == TRACIN:
@@ -442,7 +455,7 @@ class Scorer:
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
 
 
-    def magic_scores(self) -> np.ndarray:
+    def magic_scores(self, from_step: int = 0) -> np.ndarray:
         """Each row's ``−∂L_q/∂w_i`` through an exact replay of the full model's training (:mod:`evaluation.replay`):
         the same init, order and schedule; refused up front when its trajectory would not fit in memory."""
         directory = self.case.directory(self.out)
@@ -450,7 +463,9 @@ class Scorer:
         replay = replay_of(self.case.settings(steps_for(len(order), self.case.batch_size)),
                            directory / "data" / "document", len(self.tokenizer), order,
                            init=self.case.init_model(self.out))
-        need = replay.trajectory_bytes()
+        if from_step >= replay.settings.steps:
+            raise ConfigError(f"{MAGIC}@s{from_step}: the case trains {replay.settings.steps} steps")
+        need = replay.trajectory_bytes(from_step)
         available = available_bytes()
         if available is not None and need > available:
             raise OutOfMemoryError(f"{MAGIC} keeps every step's weights and AdamW moments: about {need / 2**30:.1f} "
@@ -460,7 +475,7 @@ class Scorer:
         if np.abs(replayed - saved).max() > REPLAY_TOLERANCE:
             raise ConfigError(f"{MAGIC}: the replay does not reproduce the case's model (query losses differ by up to "
                               f"{np.abs(replayed - saved).max():.2g} nats): the trainer and evaluation.replay disagree")
-        return magic_scores(replay, self.queries, len(self.rows)).astype(np.float32)
+        return magic_scores(replay, self.queries, len(self.rows), from_step).astype(np.float32)
 
     def newton_scores(self, name: str) -> np.ndarray:
         """Each row's exact loss change along each query's Newton direction ``(G + λ)⁻¹ ∇ℓ(query)``, ``G`` over

@@ -121,10 +121,10 @@ class Replay:
         decayed = theta * (1 - lr * self.settings.weight_decay)
         return decayed - (lr / correction1) * m / (SafeSqrt.apply(v) / correction2 + EPS), m, v
 
-    def trajectory_bytes(self) -> int:
-        """Memory :meth:`metagradients` keeps: every step's weights and two AdamW moments."""
+    def trajectory_bytes(self, from_step: int = 0) -> int:
+        """Memory :meth:`metagradients` keeps: every differentiated step's weights and two AdamW moments."""
         numbers = sum(p.numel() for p in self.model.parameters())
-        return 3 * self.settings.steps * numbers * torch.finfo(self.dtype).bits // 8
+        return 3 * (self.settings.steps - from_step) * numbers * torch.finfo(self.dtype).bits // 8
 
     def initial(self) -> torch.Tensor:
         return flatten(self.like).to(self.dtype).clone()
@@ -140,16 +140,21 @@ class Replay:
             theta, m, v = (t.detach() for t in self.step(step, theta, m, v, batch, weights, create_graph=False))
         return theta
 
-    def metagradients(self, query_batches: Sequence[torch.Tensor], data_rows: int) -> np.ndarray:
+    def metagradients(self, query_batches: Sequence[torch.Tensor], data_rows: int, from_step: int = 0) -> np.ndarray:
         """``(queries, data_rows)``: ``∂ L_q(θ_T) / ∂ w_i`` for every query chunk batch (each ``(n, seq + 1)``, its
-        loss the mean next-token NLL) and every row id ``i`` (rows never trained on stay 0)."""
+        loss the mean next-token NLL) and every row id ``i`` (rows never trained on stay 0). ``from_step`` > 0
+        differentiates only the row weights of steps ``from_step`` on (the reverse sweep stops there; a row's
+        earlier appearances count as fixed), which also keeps only those steps' trajectory."""
+        if not 0 <= from_step < self.settings.steps:
+            raise ConfigError(f"replay: from_step must be in [0, {self.settings.steps}), got {from_step}")
         with eager_attention(self.model):
-            trajectory = []
+            trajectory: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
             theta = self.initial()
             m, v = torch.zeros_like(theta), torch.zeros_like(theta)
             started = time.perf_counter()
             for step in range(self.settings.steps):
-                trajectory.append((theta, m, v))
+                if step >= from_step:
+                    trajectory[step] = (theta, m, v)
                 batch, _ = self.batch(step)
                 theta, m, v = (t.detach() for t in self.step(step, theta, m, v, batch, None, create_graph=False))
             log.info("replay: forward sweep of %d steps in %.1f s", self.settings.steps, time.perf_counter() - started)
@@ -157,7 +162,7 @@ class Replay:
             lam = [(g, torch.zeros_like(g), torch.zeros_like(g)) for g in cotangents]
             out = np.zeros((len(query_batches), data_rows), dtype=np.float64)
             started = time.perf_counter()
-            for step in reversed(range(self.settings.steps)):
+            for step in reversed(range(from_step, self.settings.steps)):
                 batch, ids = self.batch(step)
                 inputs = tuple(t.detach().requires_grad_() for t in trajectory[step])
                 weights = torch.ones(len(ids), dtype=self.dtype, requires_grad=True)
@@ -167,6 +172,9 @@ class Replay:
                                                     retain_graph=q < len(lam) - 1, allow_unused=True)
                     lam[q] = tuple(torch.zeros_like(x) if b is None else b for b, x in zip(back, inputs, strict=True))
                     np.add.at(out[q], ids, dw.detach().double().numpy())
+                if step % max(1, self.settings.steps // 4) == 0:
+                    log.info("replay: reverse sweep at step %d of %d, %.0f s", step, self.settings.steps,
+                             time.perf_counter() - started)
             log.info("replay: reverse sweep for %d queries in %.1f s", len(lam), time.perf_counter() - started)
         return out
 
@@ -194,8 +202,9 @@ def replay_of(settings: TrainSettings, data_prefix: Path, vocab_size: int, rows:
     return Replay(model, settings, MegatronDataset(data_prefix), list(rows), dtype)
 
 
-def magic_scores(replay: Replay, queries: np.ndarray, data_rows: int) -> np.ndarray:
-    """``(queries, data_rows)`` MAGIC scores of each held-out chunk: ``−∂L_q/∂w_i``, so that a row whose weight
-    lowers the query's loss scores high (the convention of every LDS estimator: predicted loss = −Σ kept scores)."""
+def magic_scores(replay: Replay, queries: np.ndarray, data_rows: int, from_step: int = 0) -> np.ndarray:
+    """``(queries, data_rows)`` MAGIC scores of each held-out chunk: ``−∂L_q/∂w_i`` (from step ``from_step`` on),
+    so that a row whose weight lowers the query's loss scores high (the convention of every LDS estimator: predicted
+    loss = −Σ kept scores)."""
     batches = [torch.as_tensor(q[None], dtype=torch.long) for q in queries]
-    return -replay.metagradients(batches, data_rows)
+    return -replay.metagradients(batches, data_rows, from_step)

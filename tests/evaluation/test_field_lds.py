@@ -406,6 +406,13 @@ def test_magic_replays_the_case_and_its_check_can_fail(field_run: tuple[Path, di
         Scorer(out, CASE, SETTINGS).scores("magic")
 
 
+@pytest.mark.parametrize("bad", ["magic@", "magic@s0", "magic@s-1", "magic@2", "magic@sx", "magic@s2@s3"])
+def test_magic_names_are_checked(bad: str) -> None:
+    assert parse_estimator("magic@s20").family == "magic"
+    with pytest.raises(ConfigError, match="magic takes @sN"):
+        parse_estimator(bad)
+
+
 def test_the_lead_leaves_the_replay_ceiling_out() -> None:
     """MAGIC replays training once a query: however high it scores, headwater's best is a method one can serve."""
     column = {"magic": {"mean": 0.9}, "newton": {"mean": 0.3}, "bm25": {"mean": 0.5}, "peer": {"mean": 0.2}}

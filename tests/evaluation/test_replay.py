@@ -107,3 +107,15 @@ def test_safe_sqrt_has_a_zero_derivative_at_zero() -> None:
     x = torch.tensor([0.0, 4.0], dtype=torch.float64, requires_grad=True)
     SafeSqrt.apply(x).sum().backward()
     assert x.grad.tolist() == [0.0, 0.25]
+
+
+def test_from_step_differentiates_only_the_later_steps_row_weights(data: Path) -> None:
+    """From step 2 on: rows seen only later keep their whole metagradient, rows seen only earlier get none."""
+    replay = replay_of(SETTINGS, data, VOCAB, ORDER, dtype=torch.float64)
+    queries = [torch.as_tensor(np.random.default_rng(4).integers(0, 30, (1, 9)))]
+    full, later = replay.metagradients(queries, ROWS), replay.metagradients(queries, ROWS, from_step=2)
+    np.testing.assert_allclose(later[:, [8, 7]], full[:, [8, 7]], rtol=1e-8)  # steps 2-3 only
+    assert np.all(later[:, [4, 2, 6]] == 0) and np.all(full[:, [4, 2, 6]] != 0)  # steps 0-1 only
+    assert replay.trajectory_bytes(2) == replay.trajectory_bytes() // 2
+    with pytest.raises(ConfigError, match="from_step"):
+        replay.metagradients(queries, ROWS, from_step=SETTINGS.steps)
