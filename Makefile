@@ -45,9 +45,10 @@ browser:
 test: $(STAMP) lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/pytest -q
 
-# Every benchmark and evaluation, written to bench/RESULTS.md (about 10 h on 2 quiet CPU cores, from the
+# Every benchmark and evaluation, written to bench/RESULTS.md (about 10.5 h on 2 quiet CPU cores, from the
 # sections' own timings: 49 min demo LDS, ~25 min estimators on both cases, ~90 min field LDS (both cases) with
 # the peers (bergson's EK-FAC + CG ~30 min a case), the Newton step and 50 reseeded retrains a case (~5-10 min),
+# the exact-replay ceiling (MAGIC-style: ~12 min from scratch, ~2.5 min fine-tuning) with 50 zero-weight retrains,
 # ~100 min the larger LDS case (40 min retrains, 55 min estimators, 7 min peers), ~45 min the second case's full index
 # and removal-and-retrain from 3 seeds, ~90 min the demo's, ~30 min the vector store at 10^7, ~10 min each the
 # lexical engines at 10^6 and Pythia's shapes, ~15 min the served unlearning's candidate pools, ~80 min behaviours with

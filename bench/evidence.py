@@ -60,6 +60,8 @@ ROWS = (
     Row("embedding (MiniLM)", Side.BASELINE, None, "embedding"),
     Row("gold rows (every row stating the fact)", Side.REFERENCE, None, "gold"),
     Row("control: shuffled scores (LDS) / random rows (removal)", Side.REFERENCE, "shuffled", "random"),
+    Row("ceiling: MAGIC-style exact replay of training (headwater's, `evaluation/replay.py`; one training replay a "
+        "query, so not a contender)", Side.REFERENCE, "magic"),
 )
 
 
@@ -69,7 +71,8 @@ class Column:
     path: str
     """The report, relative to ``bench-out``."""
     kind: str
-    """``drop`` / ``half`` / ``drop-reseeded`` (an LDS column of ``field_lds.json``) or ``removal``."""
+    """``drop`` / ``half`` / ``drop-reseeded`` / ``drop-zeroed`` (an LDS column of ``field_lds.json``) or
+    ``removal``."""
     section: str
     """The ``bench.results`` section that writes the report."""
 
@@ -78,9 +81,12 @@ COLUMNS = (
     Column("LDS from scratch, drop 1 %", "field-lds/field_lds.json", "drop", "field-lds"),
     Column("LDS from scratch, halves", "field-lds/field_lds.json", "half", "field-lds"),
     Column("LDS from scratch, drop 1 %, other seed", "field-lds/field_lds.json", "drop-reseeded", "field-lds"),
+    Column("LDS from scratch, zero 1 % in place", "field-lds/field_lds.json", "drop-zeroed", "field-lds"),
     Column("LDS fine-tuning, drop 1 %", "field-lds-finetune/field_lds.json", "drop", "field-lds-finetune"),
     Column("LDS fine-tuning, halves", "field-lds-finetune/field_lds.json", "half", "field-lds-finetune"),
     Column("LDS fine-tuning, drop 1 %, other seed", "field-lds-finetune/field_lds.json", "drop-reseeded",
+           "field-lds-finetune"),
+    Column("LDS fine-tuning, zero 1 % in place", "field-lds-finetune/field_lds.json", "drop-zeroed",
            "field-lds-finetune"),
     Column("LDS larger (4×128), drop 1 %", "field-lds-larger/field_lds.json", "drop", "field-lds-larger"),
     Column("LDS larger (4×128), halves", "field-lds-larger/field_lds.json", "half", "field-lds-larger"),

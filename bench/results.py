@@ -112,10 +112,11 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "data and modules), for the LDS table below.",
                 ["-m", "bench.peers_lds", "--out", str(out / "field-lds"), "--peers", LDS_PEERS], python=BENCH_PYTHON),
         Section("field-lds", "LDS on the field's protocol (influence)",
-                "Real-text chunks; retrains without 1 % of the rows, on halves and without the same 1 % from another "
-                "seed; linear influence scores of "
-                "every headwater estimator beside Kronfluence and bergson.",
-                headwater + ["eval", "field-lds", "--out", str(out / "field-lds"), "--reseeded", "50"]),
+                "Real-text chunks; retrains without 1 % of the rows, on halves, without the same 1 % from another "
+                "seed and with it weighted 0 in place; linear influence scores of every headwater estimator beside "
+                "Kronfluence and bergson, and the exact-replay ceiling (MAGIC-style).",
+                headwater + ["eval", "field-lds", "--out", str(out / "field-lds"), "--reseeded", "50",
+                             "--zeroed", "50"]),
         Section("peers-lds-finetune", "Kronfluence and bergson on the fine-tuning LDS case",
                 "The same peers on the fine-tuning variant (the field-LDS model fine-tuned on 200 chunks of "
                 "stdlib docstrings).",
@@ -124,10 +125,10 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 python=BENCH_PYTHON),
         Section("field-lds-finetune", "LDS on the field's protocol, fine-tuning variant (influence)",
                 "The field-LDS model fine-tuned on 200 stdlib chunks; retrains fine-tune the same weights "
-                "without 1 %, on halves and without the same 1 % in another order; queries are held-out stdlib "
-                "chunks.",
+                "without 1 %, on halves, without the same 1 % in another order and with it weighted 0 in place; "
+                "queries are held-out stdlib chunks.",
                 headwater + ["eval", "field-lds", "--out", str(out / "field-lds-finetune"), "--finetune", "200",
-                             "--halves", "50", "--reseeded", "50"]),
+                             "--halves", "50", "--reseeded", "50", "--zeroed", "50"]),
         Section("peers-lds-larger", "Kronfluence and bergson on the larger LDS case",
                 "The EK-FAC-class peers on the third case (GPT-NeoX 4×128, 2,000 chunks of 129 tokens).",
                 ["-m", "bench.peers_lds", "--out", str(out / "field-lds-larger"), "--case", "larger", "--peers",

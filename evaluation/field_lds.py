@@ -692,7 +692,8 @@ def lead_over_peers(column: dict[str, dict], draws: dict[str, np.ndarray], peers
     estimator's mean LDS in every joint draw of queries and retrains, the same draws for all: paired) — the best of
     each side chosen again in every draw, so picking the winners on the same data does not flatter the lead (empty
     when either side is missing)."""
-    ours = [n for n in column if n not in peers and n not in (SHUFFLED, BM25, MAGIC) and np.isfinite(column[n]["mean"])]
+    ours = [n for n in column if n not in peers and n not in (SHUFFLED, BM25) and parse_family(n) != MAGIC
+            and np.isfinite(column[n]["mean"])]
     theirs = [n for n in column if n in peers and np.isfinite(column[n]["mean"])]
     if not ours or not theirs:
         return {}

@@ -415,7 +415,8 @@ def test_magic_names_are_checked(bad: str) -> None:
 
 def test_the_lead_leaves_the_replay_ceiling_out() -> None:
     """MAGIC replays training once a query: however high it scores, headwater's best is a method one can serve."""
-    column = {"magic": {"mean": 0.9}, "newton": {"mean": 0.3}, "bm25": {"mean": 0.5}, "peer": {"mean": 0.2}}
+    column = {"magic": {"mean": 0.9}, "magic@s100": {"mean": 0.8}, "newton": {"mean": 0.3}, "bm25": {"mean": 0.5},
+              "peer": {"mean": 0.2}}
     draws = {name: np.full(50, v["mean"]) + np.random.default_rng(i).normal(0, 0.01, 50)
              for i, (name, v) in enumerate(column.items())}
     lead = lead_over_peers(column, draws, {"peer"})
