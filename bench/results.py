@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench import evidence
 from bench.evidence import TITLE as EVIDENCE_TITLE
+from evaluation.selections import FIELD_LDS_ESTIMATORS
 
 log = logging.getLogger("bench.results")
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,9 @@ LDS_PEERS = ("kronfluence-ekfac,kronfluence-identity,bergson-trackstar,bergson-e
 non-replay row; ~30 s a query on one thread). ASTRA is left out: its step size must be tuned per case
 (``bench.peers_lds --astra-lr``)."""
 
+SCRATCH_ESTIMATORS = ",".join((*FIELD_LDS_ESTIMATORS, "magic@s100"))
+"""The from-scratch case's estimators: the defaults and the replay over its last two of three epochs (steps 100-299),
+its ceiling (the replay over every step is swamped by the warm-up steps there: docs/RESULTS.md, session 16)."""
 LARGER_PEERS = "kronfluence-ekfac,bergson-ekfac"
 """The larger case's peers: the unprojected EK-FAC of both (~7 minutes together here). bergson's EK-FAC + CG is left
 out: ~24 minutes on the first case's 2×64 model, several times that at 4×128 (name it to ``bench.peers_lds`` to run
@@ -116,7 +120,7 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "seed and with it weighted 0 in place; linear influence scores of every headwater estimator beside "
                 "Kronfluence and bergson, and the exact-replay ceiling (MAGIC-style).",
                 headwater + ["eval", "field-lds", "--out", str(out / "field-lds"), "--reseeded", "50",
-                             "--zeroed", "50"]),
+                             "--zeroed", "50", "--estimators", SCRATCH_ESTIMATORS]),
         Section("peers-lds-finetune", "Kronfluence and bergson on the fine-tuning LDS case",
                 "The same peers on the fine-tuning variant (the field-LDS model fine-tuned on 200 chunks of "
                 "stdlib docstrings).",

@@ -51,7 +51,7 @@ from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError, OutOfMemoryError
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model, load_tokenizer
-from attribution.newton import NewtonConfig, NewtonSolver, Solver, score_rows
+from attribution.newton import NewtonConfig, NewtonSolver, Solver, eager_attention, score_rows
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
@@ -85,12 +85,12 @@ and steps as the full model: the counterfactual MAGIC-style exact replays predic
 SHUFFLED = "shuffled"
 BM25, UNLEARNING, TRACIN, NEWTON = "bm25", "unlearning", "tracin", "newton"
 MAGIC = "magic"
-REPLAY_TOLERANCE = 1e-3
-"""Nats by which the replayed model's query losses may differ from the saved model's (float32 rounding, amplified by
-AdamW where a gradient is noise, moves them by ~1e-5 here)."""
 """The exact replay of training, differentiated (:mod:`evaluation.replay`): the ceiling row, like bergson's MAGIC. It
 replays the whole training run once per query, so it is no served method and never counts as headwater's best in the
 lead over the peers."""
+REPLAY_TOLERANCE = 1e-3
+"""Nats by which the replayed model's query losses may differ from the saved model's (float32 rounding, amplified by
+AdamW where a gradient is noise, moves them by ~1e-5 here)."""
 UNLEARNING_NEWTON = UNLEARNING + "@" + NEWTON
 NEWTON_SAMPLE_ROWS, NEWTON_ITERATIONS = 32, 20
 """Training rows, evenly spaced, whose Gauss-Newton matrix a ``newton`` estimator inverts, and the most conjugate
@@ -454,7 +454,6 @@ class Scorer:
                       for c in self.queries])
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
 
-
     def magic_scores(self, from_step: int = 0) -> np.ndarray:
         """Each row's ``−∂L_q/∂w_i`` through an exact replay of the full model's training (:mod:`evaluation.replay`):
         the same init, order and schedule; refused up front when its trajectory would not fit in memory."""
@@ -470,7 +469,8 @@ class Scorer:
         if available is not None and need > available:
             raise OutOfMemoryError(f"{MAGIC} keeps every step's weights and AdamW moments: about {need / 2**30:.1f} "
                                    f"GiB, {available / 2**30:.1f} GiB available; leave it out on this case")
-        replayed = replay.query_losses(replay.final_weights(), self.queries)
+        with eager_attention(replay.model):  # the attention the reverse sweep differentiates
+            replayed = replay.query_losses(replay.final_weights(), self.queries)
         saved = chunk_losses(load_model(directory / "model"), self.queries)
         if np.abs(replayed - saved).max() > REPLAY_TOLERANCE:
             raise ConfigError(f"{MAGIC}: the replay does not reproduce the case's model (query losses differ by up to "

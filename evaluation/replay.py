@@ -103,6 +103,7 @@ class Replay:
 
     @property
     def like(self) -> dict[str, torch.Tensor]:
+        """The model's parameters by name: the shapes a flat weight vector is cut into."""
         return parameters_of(self.model)
 
     def step(self, step: int, theta: torch.Tensor, m: torch.Tensor, v: torch.Tensor, batch: torch.Tensor,
@@ -164,7 +165,7 @@ class Replay:
             started = time.perf_counter()
             for step in reversed(range(from_step, self.settings.steps)):
                 batch, ids = self.batch(step)
-                inputs = tuple(t.detach().requires_grad_() for t in trajectory[step])
+                inputs = tuple(t.detach().requires_grad_() for t in trajectory.pop(step))  # freed as it goes
                 weights = torch.ones(len(ids), dtype=self.dtype, requires_grad=True)
                 outputs = self.step(step, *inputs, batch, weights, create_graph=True)
                 for q, cotangent in enumerate(lam):

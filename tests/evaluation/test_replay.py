@@ -3,6 +3,7 @@ of the trained model's query loss in the row weights (checked against retraining
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -119,3 +120,22 @@ def test_from_step_differentiates_only_the_later_steps_row_weights(data: Path) -
     assert replay.trajectory_bytes(2) == replay.trajectory_bytes() // 2
     with pytest.raises(ConfigError, match="from_step"):
         replay.metagradients(queries, ROWS, from_step=SETTINGS.steps)
+
+
+def test_a_row_twice_in_one_batch_sums_both_derivatives(data: Path) -> None:
+    """Row 2 fills two places of step 0's batch and one of step 1's: its metagradient is the derivative of moving
+    all three weights together (central difference, float64)."""
+    order = [2, 2, 5, 0, 1, 3, 2, 4]
+    replay = replay_of(tiny_settings(2), data, VOCAB, order, dtype=torch.float64)
+    query = torch.as_tensor(np.random.default_rng(5).integers(0, 30, (1, 9)))
+    found = replay.metagradients([query], ROWS)
+    h = 1e-7
+    for row in (2, 5):
+        plus, minus = replay.final_weights({row: 1 + h}), replay.final_weights({row: 1 - h})
+        difference = float(replay.loss(plus, query, None) - replay.loss(minus, query, None)) / (2 * h)
+        assert found[0, row] == pytest.approx(difference, rel=1e-3, abs=1e-7)
+
+
+def test_a_bf16_training_is_not_replayed(data: Path) -> None:
+    with pytest.raises(ConfigError, match="bf16"):
+        replay_of(replace(SETTINGS, bf16=True), data, VOCAB, ORDER)
