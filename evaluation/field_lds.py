@@ -391,12 +391,17 @@ def available_bytes() -> int | None:
 def check_sketch_memory(k: int, rows: int, dim: int, available: int | None = None) -> None:
     """Refuse, before the sketch pass, a projection size whose scores would not fit in memory (the kernel kills a
     process that overcommits; it raises nothing)."""
-    need = rows * dim * SCORE_BYTES_PER_NUMBER
+    require_memory(rows * dim * SCORE_BYTES_PER_NUMBER, f"sketch estimators at k={k} hold {rows:,} rows × {dim:,} "
+                   "numbers", "give them a smaller @K", available)
+
+
+def require_memory(need: int, what: str, advice: str, available: int | None = None) -> None:
+    """Refuse work that would hold ``need`` bytes at its peak when less is available (``what`` and ``advice`` frame
+    the message)."""
     available = available_bytes() if available is None else available
     if available is not None and need > available:
-        raise OutOfMemoryError(f"sketch estimators at k={k} hold {rows:,} rows × {dim:,} numbers: about "
-                               f"{need / 2**30:.1f} GiB at their peak, {available / 2**30:.1f} GiB available; give "
-                               "them a smaller @K")
+        raise OutOfMemoryError(f"{what}: about {need / 2**30:.1f} GiB at their peak, {available / 2**30:.1f} GiB "
+                               f"available; {advice}")
 
 
 class Scorer:
@@ -462,19 +467,15 @@ class Scorer:
         replay = replay_of(self.case.settings(steps_for(len(order), self.case.batch_size)),
                            directory / "data" / "document", len(self.tokenizer), order,
                            init=self.case.init_model(self.out))
-        if from_step >= replay.settings.steps:
-            raise ConfigError(f"{MAGIC}@s{from_step}: the case trains {replay.settings.steps} steps")
-        need = replay.trajectory_bytes(from_step)
-        available = available_bytes()
-        if available is not None and need > available:
-            raise OutOfMemoryError(f"{MAGIC} keeps every step's weights and AdamW moments: about {need / 2**30:.1f} "
-                                   f"GiB, {available / 2**30:.1f} GiB available; leave it out on this case")
+        replay.check_from_step(from_step)
+        require_memory(replay.trajectory_bytes(from_step), f"{MAGIC} keeps every step's weights and AdamW moments",
+                       "leave it out on this case")
         with eager_attention(replay.model):  # the attention the reverse sweep differentiates
             replayed = replay.query_losses(replay.final_weights(), self.queries)
-        saved = chunk_losses(load_model(directory / "model"), self.queries)
-        if np.abs(replayed - saved).max() > REPLAY_TOLERANCE:
+        gap = np.abs(replayed - chunk_losses(load_model(directory / "model"), self.queries)).max()
+        if gap > REPLAY_TOLERANCE:
             raise ConfigError(f"{MAGIC}: the replay does not reproduce the case's model (query losses differ by up to "
-                              f"{np.abs(replayed - saved).max():.2g} nats): the trainer and evaluation.replay disagree")
+                              f"{gap:.2g} nats): the trainer and evaluation.replay disagree")
         return magic_scores(replay, self.queries, len(self.rows), from_step).astype(np.float32)
 
     def newton_scores(self, name: str) -> np.ndarray:

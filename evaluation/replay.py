@@ -132,32 +132,38 @@ class Replay:
 
     def final_weights(self, row_weights: dict[int, float] | None = None) -> torch.Tensor:
         """The flat weights after training with ``row_weights`` (row id → loss weight; others 1)."""
+        return self.forward_sweep(row_weights)[0]
+
+    def forward_sweep(self, row_weights: dict[int, float] | None = None, keep_from: int | None = None
+                      ) -> tuple[torch.Tensor, dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """Train with ``row_weights`` (row id → loss weight; others 1): the final flat weights, and each step's
+        ``(θ, m, v)`` before it from step ``keep_from`` on (none kept when None)."""
+        kept: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         theta = self.initial()
         m, v = torch.zeros_like(theta), torch.zeros_like(theta)
         for step in range(self.settings.steps):
+            if keep_from is not None and step >= keep_from:
+                kept[step] = (theta, m, v)
             batch, ids = self.batch(step)
             weights = None if not row_weights else torch.tensor([row_weights.get(i, 1.0) for i in ids],
                                                                   dtype=self.dtype)
             theta, m, v = (t.detach() for t in self.step(step, theta, m, v, batch, weights, create_graph=False))
-        return theta
+        return theta, kept
+
+    def check_from_step(self, from_step: int) -> None:
+        """A clear error unless ``from_step`` is one of the training's steps."""
+        if not 0 <= from_step < self.settings.steps:
+            raise ConfigError(f"replay: from_step must be in [0, {self.settings.steps}), got {from_step}")
 
     def metagradients(self, query_batches: Sequence[torch.Tensor], data_rows: int, from_step: int = 0) -> np.ndarray:
         """``(queries, data_rows)``: ``∂ L_q(θ_T) / ∂ w_i`` for every query chunk batch (each ``(n, seq + 1)``, its
         loss the mean next-token NLL) and every row id ``i`` (rows never trained on stay 0). ``from_step`` > 0
         differentiates only the row weights of steps ``from_step`` on (the reverse sweep stops there; a row's
         earlier appearances count as fixed), which also keeps only those steps' trajectory."""
-        if not 0 <= from_step < self.settings.steps:
-            raise ConfigError(f"replay: from_step must be in [0, {self.settings.steps}), got {from_step}")
+        self.check_from_step(from_step)
         with eager_attention(self.model):
-            trajectory: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-            theta = self.initial()
-            m, v = torch.zeros_like(theta), torch.zeros_like(theta)
             started = time.perf_counter()
-            for step in range(self.settings.steps):
-                if step >= from_step:
-                    trajectory[step] = (theta, m, v)
-                batch, _ = self.batch(step)
-                theta, m, v = (t.detach() for t in self.step(step, theta, m, v, batch, None, create_graph=False))
+            theta, trajectory = self.forward_sweep(keep_from=from_step)
             log.info("replay: forward sweep of %d steps in %.1f s", self.settings.steps, time.perf_counter() - started)
             cotangents = [self.query_gradient(theta, q) for q in query_batches]
             lam = [(g, torch.zeros_like(g), torch.zeros_like(g)) for g in cotangents]
