@@ -104,7 +104,11 @@ conjugate gradient converges in 20 steps (residual < 0.01)."""
 
 NEWTON_OPTIONS = ("@dD (relative damping), @iN (conjugate-gradient steps, or ASTRA steps), @rN (sample rows), "
                   "@kfac or @ekfac (a factored preconditioner), @warm (start from it), @astra (the stochastic "
-                  "solver), @lrX (ASTRA's learning rate)")
+                  "solver), @lrX (ASTRA's learning rate), @cN (two stages: only the index default's top N rows "
+                  "scored)")
+RECALL_STAGE = "gradient/block"
+"""The recall stage of a two-stage ``newton@cN`` estimator: the index default (block curvature, cosine, the settings'
+k; 8 KB a row at k = 16), as the served index searches."""
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,17 @@ class NewtonEstimator:
 
     config: NewtonConfig
     sample_rows: int = NEWTON_SAMPLE_ROWS
+    candidates: int | None = None
+    """Two stages: only the recall stage's (:data:`RECALL_STAGE`) top ``candidates`` rows per query are scored
+    exactly, every other row scores 0 (None: every row scored)."""
 
 
 def newton_estimator(name: str) -> NewtonEstimator:
-    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX]``: relative damping D (default
+    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN]``: relative damping D (default
     :data:`NEWTON_DAMPING`), at most N conjugate-gradient steps (default :data:`NEWTON_ITERATIONS`; with ``@astra``
     N ASTRA steps, default 300), ``G`` over N sample rows (default :data:`NEWTON_SAMPLE_ROWS`), a K-FAC or EK-FAC
-    preconditioner, a warm start from it, the ASTRA solver and its learning rate X (default 0.1)."""
+    preconditioner, a warm start from it, the ASTRA solver and its learning rate X (default 0.1), and two stages:
+    only the index default's top N rows per query scored (:attr:`NewtonEstimator.candidates`)."""
     error = ConfigError(f"unknown LDS estimator {name!r}: newton takes {NEWTON_OPTIONS}")
     numbers: dict[str, float] = {}
     flags: set[str] = set()
@@ -130,13 +138,13 @@ def newton_estimator(name: str) -> NewtonEstimator:
             flags.add(option)
             continue
         key = "lr" if option.startswith("lr") else option[:1]
-        if key in numbers or key not in ("d", "i", "r", "lr"):
+        if key in numbers or key not in ("d", "i", "r", "lr", "c"):
             raise error
         try:
             value = float(option[len(key):])
         except ValueError:
             raise error from None
-        if not value > 0 or not np.isfinite(value) or (key in ("i", "r") and value != int(value)):
+        if not value > 0 or not np.isfinite(value) or (key in ("i", "r", "c") and value != int(value)):
             raise error
         numbers[key] = value
     astra = "astra" in flags
@@ -150,7 +158,8 @@ def newton_estimator(name: str) -> NewtonEstimator:
                               warm_start="warm" in flags, solver="astra" if astra else "cg", astra=schedule)
     except ConfigError as exc:
         raise ConfigError(f"unknown LDS estimator {name!r}: {exc}") from None
-    return NewtonEstimator(config, int(numbers.get("r", NEWTON_SAMPLE_ROWS)))
+    candidates = int(numbers["c"]) if "c" in numbers else None
+    return NewtonEstimator(config, int(numbers.get("r", NEWTON_SAMPLE_ROWS)), candidates)
 
 
 def newton_config(name: str) -> NewtonConfig:
@@ -165,7 +174,7 @@ def unlearning_settings(name: str) -> UnlearningConfig:
     if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
         estimator = newton_estimator(name[len(UNLEARNING) + 1:])
         config = estimator.config
-        if config.solver is not Solver.CG or config.warm_start:
+        if config.solver is not Solver.CG or config.warm_start or estimator.candidates is not None:
             raise ConfigError(f"unknown LDS estimator {name!r}: unlearning@newton takes @dD, @iN, @rN and @kfac or "
                               "@ekfac (which also warm-starts)")
         return UnlearningConfig(direction=Direction.NEWTON, newton_rows=estimator.sample_rows,
@@ -483,18 +492,24 @@ class Scorer:
         the estimator's evenly spaced sample rows; no projection. How the solver did goes to ``NAME.solver.json``
         beside the scores (:func:`solver_summaries`)."""
         estimator = newton_estimator(name)
+        recalled = None if estimator.candidates is None else top_rows(self.scores(RECALL_STAGE), estimator.candidates)
         model = load_model(self.model_dir)
         count = min(estimator.sample_rows, len(self.rows))
         picks = np.unique(np.linspace(0, len(self.rows) - 1, count).astype(int))
         sample = training_batch([self.rows[i] for i in picks])
         out, runs = [], []
         solver = NewtonSolver(model, sample, estimator.config)
-        for query in self.queries:
+        for q, query in enumerate(self.queries):
             found = solver.direction(training_batch([query.tolist()]))
             log.info("newton: %d steps, %d products, residual %.1e, %.1f s", found.iterations, found.products,
                      found.residual, found.seconds)
             runs.append((found.products, found.residual, found.seconds))
-            out.append(score_rows(model, self.rows, found.x).numpy())
+            if recalled is None:
+                out.append(score_rows(model, self.rows, found.x).numpy())
+            else:  # the exact stage scores the recalled rows only
+                row = np.zeros(len(self.rows), dtype=np.float32)
+                row[recalled[q]] = score_rows(model, [self.rows[i] for i in recalled[q]], found.x).numpy()
+                out.append(row)
         products, residuals, seconds = (np.asarray(v, dtype=float) for v in zip(*runs, strict=True))
         summary = {"sample_rows": len(picks), "products": float(products.mean()),
                    "residual_median": float(np.median(residuals)), "residual_max": float(residuals.max()),
@@ -561,19 +576,34 @@ def extra_key(name: str, case: LDSCase) -> dict:
         return {"unlearning": asdict(unlearning_settings(name))}
     if family == NEWTON:
         found = newton_estimator(name)
-        return {"newton": {**asdict(found.config), "sample_rows": found.sample_rows}}
+        two_stages = {} if found.candidates is None else {"candidates": found.candidates, "recall": RECALL_STAGE}
+        return {"newton": {**asdict(found.config), "sample_rows": found.sample_rows, **two_stages}}
     if family == TRACIN:
         plan = tracin_plan(case)
         return {"revisions": list(plan.revisions), "weights": list(plan.weights), "mode": estimator.mode.value}
     return {}
 
 
+def top_rows(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Each query's ``depth`` highest-scored rows, best first (``(queries, min(depth, rows))`` row ids)."""
+    return np.argsort(-scores, axis=1, kind="stable")[:, :min(depth, scores.shape[1])]
+
+
+def staged(exact: np.ndarray, recall: np.ndarray, depth: int) -> np.ndarray:
+    """Two stages from whole score matrices: ``exact``'s scores of ``recall``'s top ``depth`` rows of each query, 0
+    for every other row (what ``newton@cN`` computes without scoring the other rows)."""
+    out = np.zeros_like(exact)
+    picked = top_rows(recall, depth)
+    rows = np.arange(exact.shape[0])[:, None]
+    out[rows, picked] = exact[rows, picked]
+    return out
+
+
 def candidate_recall(exact: np.ndarray, recall: np.ndarray, depth: int, top: int = CANDIDATE_TOP) -> float:
     """Mean over queries of the share of ``exact``'s top ``top`` rows that ``recall``'s top ``depth`` holds: how well
     an estimator (a stored index) serves as the recall stage of an exact re-ranker (both ``(queries, rows)``)."""
-    top, depth = min(top, exact.shape[1]), min(depth, exact.shape[1])
-    best = np.argsort(-exact, axis=1, kind="stable")[:, :top]
-    found = np.argsort(-recall, axis=1, kind="stable")[:, :depth]
+    top = min(top, exact.shape[1])
+    best, found = top_rows(exact, top), top_rows(recall, depth)
     return float(np.mean([len(set(b) & set(f)) / top for b, f in zip(best, found, strict=True)]))
 
 

@@ -47,6 +47,7 @@ from evaluation.field_lds import (
     pooled,
     retrain_path,
     run_field_lds,
+    staged,
     tracin_checkpoints,
     tracin_plan,
     unlearning_settings,
@@ -283,7 +284,10 @@ def test_bad_settings_are_clear_errors() -> None:
     served = unlearning_settings("unlearning@newton@d100@ekfac@r64")
     assert (served.newton_damping, served.newton_factoring, served.newton_rows) == (100.0, "ekfac", 64)
     assert parse_estimator("unlearning@newton@d100").family == "unlearning"
-    for bad in ("unlearning@newton@astra", "unlearning@newton@ekfac@warm", "unlearning@newton@d0"):
+    assert newton_estimator("newton@c100@d10") == newton_estimator("newton@d10@c100")
+    assert newton_estimator("newton@c100").candidates == 100 and newton_estimator("newton").candidates is None
+    for bad in ("unlearning@newton@astra", "unlearning@newton@ekfac@warm", "unlearning@newton@d0",
+                "unlearning@newton@c30"):
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@warm", "newton@kfac@ekfac", "newton@ekfac@ekfac", "newton@lr0.1", "newton@r0",
@@ -291,7 +295,7 @@ def test_bad_settings_are_clear_errors() -> None:
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf", "newton@i0", "newton@i2.5", "newton@x1",
-                "newton@d1@d2", "newton@"):
+                "newton@d1@d2", "newton@", "newton@c0", "newton@c2.5", "newton@c10@c20"):
         with pytest.raises(ConfigError, match="newton takes @dD"):
             FieldLDSSettings(estimators=(bad,))
     with pytest.raises(ConfigError, match="pretrained on"):
@@ -422,3 +426,24 @@ def test_the_lead_leaves_the_replay_ceiling_out() -> None:
     lead = lead_over_peers(column, draws, {"peer"})
     assert lead["ours"] == "newton" and lead["peer"] == "peer"
     assert lead["ratio"] == pytest.approx(1.5) and 0.05 < lead["difference_ci95"][0] < lead["difference_ci95"][1]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 45))
+def test_two_stages_keep_the_exact_scores_of_the_recalled_rows_only(seed: int, depth: int) -> None:
+    rng = np.random.default_rng(seed)
+    exact, recall = rng.normal(size=(3, 40)), rng.normal(size=(3, 40))
+    out = staged(exact, recall, depth)
+    for q in range(3):
+        picked = set(np.argsort(-recall[q])[:depth].tolist())
+        assert all(out[q, i] == (exact[q, i] if i in picked else 0.0) for i in range(40))
+    assert np.array_equal(staged(exact, recall, 40), exact)  # every row recalled: the exact stage alone
+
+
+def test_two_stage_newton_scores_only_the_index_defaults_candidates(field_run: tuple[Path, dict]) -> None:
+    """``newton@cN`` scores the index default's top N rows exactly, as the full ``newton`` does, and the rest 0."""
+    out, _ = field_run
+    full, recall = (np.load(out / "scores" / f"{name}.npy") for name in ("newton", "gradient__block"))
+    two = Scorer(out, CASE, SETTINGS).scores("newton@c5")
+    assert np.count_nonzero(two, axis=1).max() <= 5
+    np.testing.assert_allclose(two, staged(full, recall, 5), rtol=1e-4, atol=1e-6)
