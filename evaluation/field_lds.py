@@ -599,6 +599,18 @@ def staged(exact: np.ndarray, recall: np.ndarray, depth: int) -> np.ndarray:
     return out
 
 
+def two_stages_from(name: str, scores: dict[str, np.ndarray]) -> np.ndarray | None:
+    """A ``newton@cN`` estimator's scores masked from its one-stage twin's (the same name without ``@cN``) and the
+    recall stage's, when this run has both already (listed before it): the same numbers without solving again; else
+    None."""
+    if parse_family(name) != NEWTON or newton_estimator(name).candidates is None:
+        return None
+    twin = "@".join(option for option in name.split("@") if not (option[:1] == "c" and option[1:].isdigit()))
+    if twin not in scores or RECALL_STAGE not in scores:
+        return None
+    return staged(scores[twin], scores[RECALL_STAGE], newton_estimator(name).candidates)
+
+
 def candidate_recall(exact: np.ndarray, recall: np.ndarray, depth: int, top: int = CANDIDATE_TOP) -> float:
     """Mean over queries of the share of ``exact``'s top ``top`` rows that ``recall``'s top ``depth`` holds: how well
     an estimator (a stored index) serves as the recall stage of an exact re-ranker (both ``(queries, rows)``)."""
@@ -672,6 +684,9 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
 
         def compute(name: str = name) -> np.ndarray:
             nonlocal scorer
+            derived = two_stages_from(name, scores)
+            if derived is not None:
+                return derived
             scorer = scorer or Scorer(out, case, settings)
             return scorer.scores(name)
 

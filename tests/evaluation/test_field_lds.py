@@ -50,6 +50,7 @@ from evaluation.field_lds import (
     staged,
     tracin_checkpoints,
     tracin_plan,
+    two_stages_from,
     unlearning_settings,
 )
 from evaluation.finetune_case import FinetuneCase
@@ -447,3 +448,14 @@ def test_two_stage_newton_scores_only_the_index_defaults_candidates(field_run: t
     two = Scorer(out, CASE, SETTINGS).scores("newton@c5")
     assert np.count_nonzero(two, axis=1).max() <= 5
     np.testing.assert_allclose(two, staged(full, recall, 5), rtol=1e-4, atol=1e-6)
+
+
+def test_two_stages_are_masked_from_the_runs_own_newton_when_it_has_one() -> None:
+    rng = np.random.default_rng(0)
+    scores = {"newton@d10": rng.normal(size=(2, 9)), "gradient/block": rng.normal(size=(2, 9))}
+    derived = two_stages_from("newton@c3@d10", scores)
+    assert derived is not None
+    np.testing.assert_array_equal(derived, staged(scores["newton@d10"], scores["gradient/block"], 3))
+    assert two_stages_from("newton@c3", scores) is None  # its twin, plain newton (d100), is not in this run
+    assert two_stages_from("newton@d10", scores) is None  # one stage: nothing to mask
+    assert two_stages_from("bm25", scores) is None
