@@ -105,7 +105,7 @@ conjugate gradient converges in 20 steps (residual < 0.01)."""
 NEWTON_OPTIONS = ("@dD (relative damping), @iN (conjugate-gradient steps, or ASTRA steps), @rN (sample rows), "
                   "@kfac or @ekfac (a factored preconditioner), @warm (start from it), @astra (the stochastic "
                   "solver), @lrX (ASTRA's learning rate), @cN (two stages: only the index default's top N rows "
-                  "scored)")
+                  "scored), @bm25 (with @cN: N/2 of them from BM25)")
 RECALL_STAGE = "gradient/block"
 """The recall stage of a two-stage ``newton@cN`` estimator: the index default (block curvature, cosine, the settings'
 k; 8 KB a row at k = 16), as the served index searches."""
@@ -120,19 +120,23 @@ class NewtonEstimator:
     candidates: int | None = None
     """Two stages: only the recall stage's (:data:`RECALL_STAGE`) top ``candidates`` rows per query are scored
     exactly, every other row scores 0 (None: every row scored)."""
+    with_bm25: bool = False
+    """The recall stage takes its candidates alternately from the index default's and BM25's rankings (as the served
+    ``unlearning`` pools its sources)."""
 
 
 def newton_estimator(name: str) -> NewtonEstimator:
-    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN]``: relative damping D (default
+    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN[@bm25]]``: relative damping D (default
     :data:`NEWTON_DAMPING`), at most N conjugate-gradient steps (default :data:`NEWTON_ITERATIONS`; with ``@astra``
     N ASTRA steps, default 300), ``G`` over N sample rows (default :data:`NEWTON_SAMPLE_ROWS`), a K-FAC or EK-FAC
     preconditioner, a warm start from it, the ASTRA solver and its learning rate X (default 0.1), and two stages:
-    only the index default's top N rows per query scored (:attr:`NewtonEstimator.candidates`)."""
+    only the index default's top N rows per query scored (:attr:`NewtonEstimator.candidates`), half of them from
+    BM25 with ``@bm25``."""
     error = ConfigError(f"unknown LDS estimator {name!r}: newton takes {NEWTON_OPTIONS}")
     numbers: dict[str, float] = {}
     flags: set[str] = set()
     for option in name.split("@")[1:]:
-        if option in ("kfac", "ekfac", "warm", "astra"):
+        if option in ("kfac", "ekfac", "warm", "astra", "bm25"):
             if option in flags or ({"kfac", "ekfac"} <= flags | {option}):
                 raise error
             flags.add(option)
@@ -148,7 +152,7 @@ def newton_estimator(name: str) -> NewtonEstimator:
             raise error
         numbers[key] = value
     astra = "astra" in flags
-    if "lr" in numbers and not astra:
+    if ("lr" in numbers and not astra) or ("bm25" in flags and "c" not in numbers):
         raise error
     factoring = next((f for f in ("kfac", "ekfac") if f in flags), "none")
     schedule = AstraSchedule(steps=int(numbers.get("i", 300)), lr=numbers.get("lr", 0.1)) if astra else AstraSchedule()
@@ -159,7 +163,7 @@ def newton_estimator(name: str) -> NewtonEstimator:
     except ConfigError as exc:
         raise ConfigError(f"unknown LDS estimator {name!r}: {exc}") from None
     candidates = int(numbers["c"]) if "c" in numbers else None
-    return NewtonEstimator(config, int(numbers.get("r", NEWTON_SAMPLE_ROWS)), candidates)
+    return NewtonEstimator(config, int(numbers.get("r", NEWTON_SAMPLE_ROWS)), candidates, "bm25" in flags)
 
 
 def newton_config(name: str) -> NewtonConfig:
@@ -492,7 +496,8 @@ class Scorer:
         the estimator's evenly spaced sample rows; no projection. How the solver did goes to ``NAME.solver.json``
         beside the scores (:func:`solver_summaries`)."""
         estimator = newton_estimator(name)
-        recalled = None if estimator.candidates is None else top_rows(self.scores(RECALL_STAGE), estimator.candidates)
+        recalled = (None if estimator.candidates is None
+                    else top_rows(recall_stage(estimator, self.scores), estimator.candidates))
         model = load_model(self.model_dir)
         count = min(estimator.sample_rows, len(self.rows))
         picks = np.unique(np.linspace(0, len(self.rows) - 1, count).astype(int))
@@ -576,7 +581,8 @@ def extra_key(name: str, case: LDSCase) -> dict:
         return {"unlearning": asdict(unlearning_settings(name))}
     if family == NEWTON:
         found = newton_estimator(name)
-        two_stages = {} if found.candidates is None else {"candidates": found.candidates, "recall": RECALL_STAGE}
+        two_stages = {} if found.candidates is None else {"candidates": found.candidates, "recall": RECALL_STAGE,
+                                                          "with_bm25": found.with_bm25}
         return {"newton": {**asdict(found.config), "sample_rows": found.sample_rows, **two_stages}}
     if family == TRACIN:
         plan = tracin_plan(case)
@@ -599,16 +605,25 @@ def staged(exact: np.ndarray, recall: np.ndarray, depth: int) -> np.ndarray:
     return out
 
 
+def recall_stage(estimator: NewtonEstimator, scores_of: Callable[[str], np.ndarray]) -> np.ndarray:
+    """A two-stage estimator's recall scores: the index default's (:data:`RECALL_STAGE`), or pooled with BM25's."""
+    index = scores_of(RECALL_STAGE)
+    return pooled(index, scores_of(BM25)) if estimator.with_bm25 else index
+
+
 def two_stages_from(name: str, scores: dict[str, np.ndarray]) -> np.ndarray | None:
-    """A ``newton@cN`` estimator's scores masked from its one-stage twin's (the same name without ``@cN``) and the
-    recall stage's, when this run has both already (listed before it): the same numbers without solving again; else
-    None."""
+    """A ``newton@cN`` estimator's scores masked from its one-stage twin's (the same name without ``@cN`` and
+    ``@bm25``) and the recall stage's, when this run has them already (listed before it): the same numbers without
+    solving again; else None."""
     if parse_family(name) != NEWTON or newton_estimator(name).candidates is None:
         return None
-    twin = "@".join(option for option in name.split("@") if not (option[:1] == "c" and option[1:].isdigit()))
-    if twin not in scores or RECALL_STAGE not in scores:
+    estimator = newton_estimator(name)
+    twin = "@".join(option for option in name.split("@")
+                    if option != BM25 and not (option[:1] == "c" and option[1:].isdigit()))
+    needed = (twin, RECALL_STAGE, BM25) if estimator.with_bm25 else (twin, RECALL_STAGE)
+    if not all(n in scores for n in needed):
         return None
-    return staged(scores[twin], scores[RECALL_STAGE], newton_estimator(name).candidates)
+    return staged(scores[twin], recall_stage(estimator, scores.__getitem__), estimator.candidates)
 
 
 def candidate_recall(exact: np.ndarray, recall: np.ndarray, depth: int, top: int = CANDIDATE_TOP) -> float:

@@ -296,7 +296,8 @@ def test_bad_settings_are_clear_errors() -> None:
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf", "newton@i0", "newton@i2.5", "newton@x1",
-                "newton@d1@d2", "newton@", "newton@c0", "newton@c2.5", "newton@c10@c20"):
+                "newton@d1@d2", "newton@", "newton@c0", "newton@c2.5", "newton@c10@c20", "newton@bm25",
+                "newton@c10@bm25@bm25"):
         with pytest.raises(ConfigError, match="newton takes @dD"):
             FieldLDSSettings(estimators=(bad,))
     with pytest.raises(ConfigError, match="pretrained on"):
@@ -445,9 +446,13 @@ def test_two_stage_newton_scores_only_the_index_defaults_candidates(field_run: t
     """``newton@cN`` scores the index default's top N rows exactly, as the full ``newton`` does, and the rest 0."""
     out, _ = field_run
     full, recall = (np.load(out / "scores" / f"{name}.npy") for name in ("newton", "gradient__block"))
-    two = Scorer(out, CASE, SETTINGS).scores("newton@c5")
+    scorer = Scorer(out, CASE, SETTINGS)
+    two = scorer.scores("newton@c5")
     assert np.count_nonzero(two, axis=1).max() <= 5
     np.testing.assert_allclose(two, staged(full, recall, 5), rtol=1e-4, atol=1e-6)
+    with_bm25 = scorer.scores("newton@c6@bm25")
+    np.testing.assert_allclose(with_bm25, staged(full, pooled(recall, np.load(out / "scores" / "bm25.npy")), 6),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_two_stages_are_masked_from_the_runs_own_newton_when_it_has_one() -> None:
@@ -457,5 +462,9 @@ def test_two_stages_are_masked_from_the_runs_own_newton_when_it_has_one() -> Non
     assert derived is not None
     np.testing.assert_array_equal(derived, staged(scores["newton@d10"], scores["gradient/block"], 3))
     assert two_stages_from("newton@c3", scores) is None  # its twin, plain newton (d100), is not in this run
+    assert two_stages_from("newton@c3@d10@bm25", scores) is None  # no BM25 scores in this run
+    scores["bm25"] = rng.normal(size=(2, 9))
+    np.testing.assert_array_equal(two_stages_from("newton@c3@d10@bm25", scores),
+                                  staged(scores["newton@d10"], pooled(scores["gradient/block"], scores["bm25"]), 3))
     assert two_stages_from("newton@d10", scores) is None  # one stage: nothing to mask
     assert two_stages_from("bm25", scores) is None
