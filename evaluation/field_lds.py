@@ -18,7 +18,8 @@ cosine form; the training is rerun once with its checkpoints saved, ``CASE_DIR/t
 on the query chunk, ``attribution.unlearning.score_every_row``: a finite-step estimate, not a linear one);
 ``unlearning@newton`` (the same retriever moved one step along the query's Newton direction, read by a central
 difference: ``direction = newton``); ``newton`` (each row's exact loss change along ``(G + λ)⁻¹ ∇ℓ(query)``, forward
-mode, no projection: :mod:`attribution.newton`); ``magic`` (the ceiling row: each row's ``−∂L_q/∂w_i`` through
+mode, no projection: :mod:`attribution.newton`; ``newton@cN`` the answer in two stages: the index default's top N
+rows per query scored so, every other row 0); ``magic`` (the ceiling row: each row's ``−∂L_q/∂w_i`` through
 an exact replay of training, :mod:`evaluation.replay`; read it against the ``drop-zeroed`` column, the in-place
 removal it linearizes);
 ``shuffled`` (the first estimator's scores permuted across rows) as the control that must stay ≈ 0; and every
