@@ -199,17 +199,21 @@ def index_build(
     if normalizer is not None and not normalizer.is_file():
         raise ConfigError(f"--normalizer {normalizer}: no such file")
     revisions = tuple(revision) if revision else (None,)
-    config = IndexConfig.create(
-        model, data, revisions=revisions, revision_weights=schedule_weights(revision_weights, model, revisions),
-        tokenizer=tokenizer,
-        steps=steps, rows=rows, batch_rows=rows_per_step or X.batch_rows, k=k, seed=seed, window=window or None,
-        mode=mode, curvature=curvature, damping=damping,
-        curvature_sample=curvature_sample, fisher=fisher, curvature_rows=curvature_rows,
-        factor_limit=factor_limit, normalizer=str(normalizer) if normalizer else None,
-        embedding_model=embedding_model, store=store, faiss_factory=faiss_factory, nprobe=nprobe, rerank=rerank,
-        train_sample=train_sample, lexical=lexical, include_head=include_head,
-        groups=tuple(g.strip() for g in modules.split(",") if g.strip()),
-        max_tokens=max_tokens, shard_size=shard_size, facts=str(facts) if facts else None,
+    groups = tuple(g.strip() for g in modules.split(",") if g.strip())
+    # The flags fill the record field by field, in its own shape (config.json is this record).
+    config = IndexConfig(
+        model, data, tokenizer=tokenizer, steps=steps, rows=rows, batch_rows=rows_per_step or X.batch_rows,
+        max_tokens=max_tokens, embedding_model=embedding_model, facts=str(facts) if facts else None,
+        attribution=AttributionConfig(
+            sketch=SketchConfig(k=k, seed=seed, groups=(*groups, "head") if include_head and "head" not in groups
+                                else groups),
+            curvature=CurvatureConfig(kind=curvature, damping=damping, sample=curvature_sample, fisher=fisher,
+                                      sample_rows=curvature_rows, factor_limit=factor_limit),
+            scoring=ScoringConfig(mode=mode),
+            revisions=revisions, revision_weights=schedule_weights(revision_weights, model, revisions),
+            window=window or None, normalizer=str(normalizer) if normalizer else None),
+        storage=StorageConfig(store=store, faiss_factory=faiss_factory, shard_size=shard_size, nprobe=nprobe,
+                              train_sample=train_sample, rerank=rerank, lexical=lexical),
     )
     who = detect_rank(rank, world)
     with tqdm(desc=f"rank {who.rank}/{who.world}", unit="ex", disable=None) as bar:

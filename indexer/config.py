@@ -85,8 +85,9 @@ FLAT_NAMES: dict[str, tuple[str, ...]] = {
     "lexical": ("storage", "lexical"),
     "shard_size": ("storage", "shard_size"),
 }
-"""Flat setting names (the CLI's flags, and the flat config.json of indices built before the nested record)
-and where each lives in the record."""
+"""Flat setting names and where each lives in the record: the keyword form of :meth:`IndexConfig.create` (tests and
+scripts) and the flat config.json of indices built before the nested record. (The CLI builds the nested record
+itself, field by field.)"""
 
 
 @dataclass(frozen=True)

@@ -167,3 +167,33 @@ def test_ablate_leaves_out_the_given_selection_by_default() -> None:
     assert default, result.output
     methods = re.sub(r"\s+", "", default.group(1)).split(",")
     assert "given" not in methods and {"gradient", "random", "bm25", "oracle"} <= set(methods)
+
+
+def test_index_build_flags_fill_the_record_field_by_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every setting flag of ``index build`` lands in the record field whose docstring is its help: the config the
+    command builds equals the one its flat names give (``IndexConfig.create``)."""
+    from indexer import build
+    from indexer.config import IndexConfig, differing_fields
+
+    built: list[IndexConfig] = []
+    monkeypatch.setattr(build, "build_index", lambda config, *args, **kwargs: built.append(config))
+    flags = {"tokenizer": "tok", "steps": "2:5", "rows_per_step": "16", "k": "4", "seed": "3", "window": "8",
+             "mode": "inner_product", "curvature": "kfac", "damping": "0.5", "curvature_sample": "123",
+             "fisher": "sampled", "curvature_rows": "77", "factor_limit": "999", "embedding_model": "emb",
+             "store": "memmap", "faiss_factory": "IVF4,Flat", "nprobe": "3", "rerank": "7", "train_sample": "99",
+             "lexical": "tantivy", "modules": "embed", "max_tokens": "64", "shard_size": "32"}
+    argv = ["index", "build", "--model", "some/model", "--data", "some/data", "--out", "unused", "--include-head",
+            "--revision", "step1", "--revision", "step2", "--revision-weights", "1,3"]
+    for name, value in flags.items():
+        argv += [f"--{name.replace('_', '-')}", value]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    expected = IndexConfig.create(
+        "some/model", "some/data", tokenizer="tok", steps="2:5", batch_rows=16, k=4, seed=3, window=8,
+        mode="inner_product", curvature="kfac", damping=0.5, curvature_sample=123, fisher="sampled",
+        curvature_rows=77, factor_limit=999, embedding_model="emb", store="memmap", faiss_factory="IVF4,Flat",
+        nprobe=3, rerank=7, train_sample=99, lexical="tantivy", groups=("embed",), include_head=True,
+        max_tokens=64, shard_size=32, revisions=("step1", "step2"), revision_weights=(1.0, 3.0))
+    assert built == [expected]
+    moved = differing_fields(IndexConfig("some/model", "some/data"), expected)
+    assert len(moved) == len(flags) + 2  # each flag moved a field of its own off its default (+ revisions, weights)
