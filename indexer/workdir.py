@@ -49,6 +49,10 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
+SKETCHES = "sketch-"
+"""Prefix of a shard's sketch files (:func:`sketch_file`)."""
+
+
 def sketch_file(checkpoint: int) -> str:
     """A shard's sketches of checkpoint ``checkpoint``."""
-    return f"sketch-{checkpoint}.npy"
+    return f"{SKETCHES}{checkpoint}.npy"
