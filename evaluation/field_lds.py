@@ -18,10 +18,10 @@ cosine form; the training is rerun once with its checkpoints saved, ``CASE_DIR/t
 on the query chunk, ``attribution.unlearning.score_every_row``: a finite-step estimate, not a linear one);
 ``unlearning@newton`` (the same retriever moved one step along the query's Newton direction, read by a central
 difference: ``direction = newton``); ``newton`` (each row's exact loss change along ``(G + λ)⁻¹ ∇ℓ(query)``, forward
-mode, no projection: :mod:`attribution.newton`; ``newton@cN`` the answer in two stages: the index default's top N
-rows per query scored so, every other row 0); ``magic`` (the ceiling row: each row's ``−∂L_q/∂w_i`` through
-an exact replay of training, :mod:`evaluation.replay`; read it against the ``drop-zeroed`` column, the in-place
-removal it linearizes);
+mode, no projection: :mod:`attribution.newton`; ``newton@cN[@bm25]`` the answer in two stages: the index default's
+top N rows per query, or N taken alternately from its and BM25's rankings, scored so, every other row 0);
+``magic`` (the ceiling row: each row's ``−∂L_q/∂w_i`` through an exact replay of training, :mod:`evaluation.replay`;
+read it against the ``drop-zeroed`` column, the in-place removal it linearizes);
 ``shuffled`` (the first estimator's scores permuted across rows) as the control that must stay ≈ 0; and every
 ``OUT/external/NAME.npy`` of shape (queries, rows) that another tool wrote for the same case (bergson, Kronfluence:
 see bench/), so they sit in the same table.
@@ -39,7 +39,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +151,8 @@ def newton_estimator(name: str) -> NewtonEstimator:
             raise error from None
         if not value > 0 or not np.isfinite(value) or (key in ("i", "r", "c") and value != int(value)):
             raise error
+        if key == "c" and not option[1:].isdigit():  # one spelling, so a two-stage name finds its twin
+            raise error
         numbers[key] = value
     astra = "astra" in flags
     if ("lr" in numbers and not astra) or ("bm25" in flags and "c" not in numbers):
@@ -164,7 +166,8 @@ def newton_estimator(name: str) -> NewtonEstimator:
     except ConfigError as exc:
         raise ConfigError(f"unknown LDS estimator {name!r}: {exc}") from None
     candidates = int(numbers["c"]) if "c" in numbers else None
-    return NewtonEstimator(config, int(numbers.get("r", NEWTON_SAMPLE_ROWS)), candidates, "bm25" in flags)
+    return NewtonEstimator(config, sample_rows=int(numbers.get("r", NEWTON_SAMPLE_ROWS)), candidates=candidates,
+                           with_bm25="bm25" in flags)
 
 
 def newton_config(name: str) -> NewtonConfig:
@@ -177,11 +180,15 @@ def unlearning_settings(name: str) -> UnlearningConfig:
     Newton direction, its damping, steps, sample rows and factored preconditioner (a warm start with it) as the
     ``newton`` estimator of those options has them (no ASTRA: the service solves by conjugate gradient)."""
     if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
-        estimator = newton_estimator(name[len(UNLEARNING) + 1:])
+        error = ConfigError(f"unknown LDS estimator {name!r}: unlearning@newton takes @dD, @iN, @rN and @kfac or "
+                            "@ekfac (which also warm-starts)")
+        try:
+            estimator = newton_estimator(name[len(UNLEARNING) + 1:])
+        except ConfigError:
+            raise error from None
         config = estimator.config
         if config.solver is not Solver.CG or config.warm_start or estimator.candidates is not None:
-            raise ConfigError(f"unknown LDS estimator {name!r}: unlearning@newton takes @dD, @iN, @rN and @kfac or "
-                              "@ekfac (which also warm-starts)")
+            raise error
         return UnlearningConfig(direction=Direction.NEWTON, newton_rows=estimator.sample_rows,
                                 newton_iterations=config.max_iter, newton_damping=config.damping,
                                 newton_factoring=config.factoring)
@@ -492,13 +499,15 @@ class Scorer:
                               f"{gap:.2g} nats): the trainer and evaluation.replay disagree")
         return magic_scores(replay, self.queries, len(self.rows), from_step).astype(np.float32)
 
-    def newton_scores(self, name: str) -> np.ndarray:
+    def newton_scores(self, name: str, recall: np.ndarray | None = None) -> np.ndarray:
         """Each row's exact loss change along each query's Newton direction ``(G + λ)⁻¹ ∇ℓ(query)``, ``G`` over
         the estimator's evenly spaced sample rows; no projection. How the solver did goes to ``NAME.solver.json``
-        beside the scores (:func:`solver_summaries`)."""
+        beside the scores (:func:`solver_summaries`). A two-stage estimator scores only the recall stage's top rows:
+        ``recall``'s when given (the run's own recall-stage scores), else :func:`recall_stage` computes them."""
         estimator = newton_estimator(name)
-        recalled = (None if estimator.candidates is None
-                    else top_rows(recall_stage(estimator, self.scores), estimator.candidates))
+        if estimator.candidates is not None and recall is None:
+            recall = recall_stage(estimator, self.scores)
+        recalled = None if recall is None else top_rows(recall, estimator.candidates)
         model = load_model(self.model_dir)
         count = min(estimator.sample_rows, len(self.rows))
         picks = np.unique(np.linspace(0, len(self.rows) - 1, count).astype(int))
@@ -572,7 +581,7 @@ def tracin_checkpoints(out: Path, case: LDSCase) -> tuple[Path, TracInPlan]:
     return rerun / "model", plan
 
 
-def extra_key(name: str, case: LDSCase) -> dict:
+def extra_key(name: str, case: LDSCase, settings: FieldLDSSettings) -> dict:
     """What an estimator's scores depend on beyond the case, k and damping: the unlearning settings, or TracIn-CP's
     revisions, weights and scoring (``tracin/KIND`` meant the inner product before the names were unified: the
     scoring in the key keeps such scores from being read as the cosine form)."""
@@ -582,8 +591,9 @@ def extra_key(name: str, case: LDSCase) -> dict:
         return {"unlearning": asdict(unlearning_settings(name))}
     if family == NEWTON:
         found = newton_estimator(name)
-        two_stages = {} if found.candidates is None else {"candidates": found.candidates, "recall": RECALL_STAGE,
-                                                          "with_bm25": found.with_bm25}
+        two_stages = {} if found.candidates is None else {
+            "candidates": found.candidates, "recall": RECALL_STAGE, "with_bm25": found.with_bm25,
+            "recall_damping": estimator_damping(RECALL_STAGE, settings)}
         return {"newton": {**asdict(found.config), "sample_rows": found.sample_rows, **two_stages}}
     if family == TRACIN:
         plan = tracin_plan(case)
@@ -613,18 +623,23 @@ def recall_stage(estimator: NewtonEstimator, scores_of: Callable[[str], np.ndarr
 
 
 def two_stages_from(name: str, scores: dict[str, np.ndarray]) -> np.ndarray | None:
-    """A ``newton@cN`` estimator's scores masked from its one-stage twin's (the same name without ``@cN`` and
-    ``@bm25``) and the recall stage's, when this run has them already (listed before it): the same numbers without
-    solving again; else None."""
-    if parse_family(name) != NEWTON or newton_estimator(name).candidates is None:
+    """A ``newton@cN`` estimator's scores masked from its one-stage twin's (a ``newton`` of the same solver settings
+    that scores every row) and the recall stage's, when this run has them already (listed before it): the same
+    numbers without solving again; else None (and for any other estimator)."""
+    if not is_two_stage(name):
         return None
     estimator = newton_estimator(name)
-    twin = "@".join(option for option in name.split("@")
-                    if option != BM25 and not (option[:1] == "c" and option[1:].isdigit()))
-    needed = (twin, RECALL_STAGE, BM25) if estimator.with_bm25 else (twin, RECALL_STAGE)
-    if not all(n in scores for n in needed):
+    one_stage = replace(estimator, candidates=None, with_bm25=False)
+    twin = next((n for n in scores if parse_family(n) == NEWTON and newton_estimator(n) == one_stage), None)
+    needed = (RECALL_STAGE, BM25) if estimator.with_bm25 else (RECALL_STAGE,)
+    if twin is None or not all(n in scores for n in needed):
         return None
-    return staged(scores[twin], recall_stage(estimator, scores.__getitem__), estimator.candidates)
+    return staged(scores[twin], recall_stage(estimator, lambda n: scores[n]), estimator.candidates)
+
+
+def is_two_stage(name: str) -> bool:
+    """Whether an estimator name is a two-stage ``newton@cN``."""
+    return parse_family(name) == NEWTON and newton_estimator(name).candidates is not None
 
 
 def candidate_recall(exact: np.ndarray, recall: np.ndarray, depth: int, top: int = CANDIDATE_TOP) -> float:
@@ -696,15 +711,18 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     for name in settings.estimators:
         key = as_json({"case": asdict(case), "k": parse_estimator(name).k or settings.k,
                        "damping": estimator_damping(name, settings), "estimator": name,
-                       **extra_key(name, case)})
+                       **extra_key(name, case, settings)})
 
         def compute(name: str = name) -> np.ndarray:
             nonlocal scorer
-            derived = two_stages_from(name, scores)
-            if derived is not None:
-                return derived
             scorer = scorer or Scorer(out, case, settings)
-            return scorer.scores(name)
+            if not is_two_stage(name):
+                return scorer.scores(name)
+            derived = two_stages_from(name, scores)
+            if derived is not None:  # its seconds are the masking's: its cost is the twin's solve and N rows a query
+                return derived
+            recall = recall_stage(newton_estimator(name), lambda n: scores[n] if n in scores else scorer.scores(n))
+            return scorer.newton_scores(name, recall)
 
         scores[name], score_seconds[name] = cached(out / "scores", name.replace("/", "__"), key, compute)
     external = external_scores(out, (case.queries, case.rows))

@@ -147,10 +147,11 @@ def eval_field_lds(
     estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, tracin-ip/KIND, "
                                             "tracin/KIND (each optionally @K, @dD), bm25, unlearning, "
                                             "unlearning@newton, "
-                                            "newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN] "
+                                            "newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN[@bm25]] "
                                             "(damping, steps, sample rows, factored preconditioner, warm start, "
                                             "ASTRA and its learning rate; two stages: only the index default's top "
-                                            "N rows scored), magic[@sN] (the exact replay from step N).")]
+                                            "N rows scored, half from BM25 with @bm25), magic[@sN] (the exact "
+                                            "replay from step N).")]
     = ",".join(FIELD_ESTIMATORS),
     workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
                                                      "usable CPU core).")] = None,

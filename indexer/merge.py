@@ -60,7 +60,7 @@ from indexer.workdir import (
     PUBLISHED,
     SHARD_EMBEDDINGS,
     SHARDS,
-    SKETCHES,
+    SKETCH_PREFIX,
     shard_name,
     sketch_file,
     work_dir,
@@ -307,7 +307,7 @@ def remove_stale_temporaries(out: Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-BUILD_SIZE_FACTORS = {SKETCHES: 1.5, SHARD_EMBEDDINGS: 3.0, META: 6.0}
+BUILD_SIZE_FACTORS = {SKETCH_PREFIX: 1.5, SHARD_EMBEDDINGS: 3.0, META: 6.0}
 """Bytes a build writes per byte of the shards' files, at most: float16 vectors and an exact FAISS copy in float32
 (1.5× the float32 sketches); the embedding index in float32 and its float16 chunks (3×); DuckDB and BM25 from the
 compressed texts (measured 2-4× on the demo, with margin)."""

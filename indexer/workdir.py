@@ -49,10 +49,10 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-SKETCHES = "sketch-"
+SKETCH_PREFIX = "sketch-"
 """Prefix of a shard's sketch files (:func:`sketch_file`)."""
 
 
 def sketch_file(checkpoint: int) -> str:
     """A shard's sketches of checkpoint ``checkpoint``."""
-    return f"{SKETCHES}{checkpoint}.npy"
+    return f"{SKETCH_PREFIX}{checkpoint}.npy"

@@ -64,7 +64,8 @@ CASE = TextCase(rows=40, queries=6, seq_len=16, vocab_size=300, hidden_size=16, 
                 batch_size=4, epochs=2, warmup_steps=2, chars_per_source=8000)
 SETTINGS = FieldLDSSettings(retrains=4, removed=0.1, halves=4, reseeded=3, zeroed=3, k=4, workers=1, shuffles=50,
                             bootstrap=200,
-                            estimators=FIELD_LDS_ESTIMATORS)
+                            estimators=(*FIELD_LDS_ESTIMATORS, "newton@c5", "newton@c6@bm25"))
+"""Every default estimator, and two two-stage ones (masked from ``newton``'s scores in the run)."""
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +289,7 @@ def test_bad_settings_are_clear_errors() -> None:
     assert newton_estimator("newton@c100@d10") == newton_estimator("newton@d10@c100")
     assert newton_estimator("newton@c100").candidates == 100 and newton_estimator("newton").candidates is None
     for bad in ("unlearning@newton@astra", "unlearning@newton@ekfac@warm", "unlearning@newton@d0",
-                "unlearning@newton@c30"):
+                "unlearning@newton@c30", "unlearning@newton@bm25"):
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@warm", "newton@kfac@ekfac", "newton@ekfac@ekfac", "newton@lr0.1", "newton@r0",
@@ -297,7 +298,7 @@ def test_bad_settings_are_clear_errors() -> None:
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf", "newton@i0", "newton@i2.5", "newton@x1",
                 "newton@d1@d2", "newton@", "newton@c0", "newton@c2.5", "newton@c10@c20", "newton@bm25",
-                "newton@c10@bm25@bm25"):
+                "newton@c10@bm25@bm25", "newton@c1e2", "newton@c100.0", "newton@c+5"):
         with pytest.raises(ConfigError, match="newton takes @dD"):
             FieldLDSSettings(estimators=(bad,))
     with pytest.raises(ConfigError, match="pretrained on"):
@@ -443,16 +444,20 @@ def test_two_stages_keep_the_exact_scores_of_the_recalled_rows_only(seed: int, d
 
 
 def test_two_stage_newton_scores_only_the_index_defaults_candidates(field_run: tuple[Path, dict]) -> None:
-    """``newton@cN`` scores the index default's top N rows exactly, as the full ``newton`` does, and the rest 0."""
-    out, _ = field_run
+    """``newton@cN`` scores the index default's top N rows exactly, as the full ``newton`` does, and the rest 0: solved
+    again (the scorer alone) or masked from the run's own ``newton`` (the run)."""
+    out, report = field_run
     full, recall = (np.load(out / "scores" / f"{name}.npy") for name in ("newton", "gradient__block"))
+    bm25 = np.load(out / "scores" / "bm25.npy")
+    np.testing.assert_array_equal(np.load(out / "scores" / "newton@c5.npy"), staged(full, recall, 5))
+    np.testing.assert_array_equal(np.load(out / "scores" / "newton@c6@bm25.npy"), staged(full, pooled(recall, bm25), 6))
+    assert {"newton@c5", "newton@c6@bm25"} <= set(report["lds"][DROP])
     scorer = Scorer(out, CASE, SETTINGS)
     two = scorer.scores("newton@c5")
     assert np.count_nonzero(two, axis=1).max() <= 5
     np.testing.assert_allclose(two, staged(full, recall, 5), rtol=1e-4, atol=1e-6)
-    with_bm25 = scorer.scores("newton@c6@bm25")
-    np.testing.assert_allclose(with_bm25, staged(full, pooled(recall, np.load(out / "scores" / "bm25.npy")), 6),
-                               rtol=1e-4, atol=1e-6)
+    with_bm25 = scorer.newton_scores("newton@c6@bm25", pooled(recall, bm25))
+    np.testing.assert_allclose(with_bm25, staged(full, pooled(recall, bm25), 6), rtol=1e-4, atol=1e-6)
 
 
 def test_two_stages_are_masked_from_the_runs_own_newton_when_it_has_one() -> None:
@@ -462,6 +467,7 @@ def test_two_stages_are_masked_from_the_runs_own_newton_when_it_has_one() -> Non
     assert derived is not None
     np.testing.assert_array_equal(derived, staged(scores["newton@d10"], scores["gradient/block"], 3))
     assert two_stages_from("newton@c3", scores) is None  # its twin, plain newton (d100), is not in this run
+    np.testing.assert_array_equal(two_stages_from("newton@i20@c3@d10", scores), derived)  # the same solver settings
     assert two_stages_from("newton@c3@d10@bm25", scores) is None  # no BM25 scores in this run
     scores["bm25"] = rng.normal(size=(2, 9))
     np.testing.assert_array_equal(two_stages_from("newton@c3@d10@bm25", scores),

@@ -197,3 +197,5 @@ def test_index_build_flags_fill_the_record_field_by_field(monkeypatch: pytest.Mo
     assert built == [expected]
     moved = differing_fields(IndexConfig("some/model", "some/data"), expected)
     assert len(moved) == len(flags) + 2  # each flag moved a field of its own off its default (+ revisions, weights)
+    assert runner.invoke(app, argv[:8]).exit_code == 0  # no setting flag: the record's defaults
+    assert built[1] == IndexConfig("some/model", "some/data")
