@@ -667,11 +667,12 @@ def pooled(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def candidate_table(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Each estimator's candidate recall of ``newton``'s top rows at every depth (empty without ``newton``); with
-    BM25 among them, also each stored-index estimator's pool shared with BM25 (``NAME + bm25``: N/2 from each)."""
+    """Each estimator's candidate recall of ``newton``'s top rows at every depth (empty without ``newton``; two-stage
+    estimators left out: their candidates are their recall stage's); with BM25 among them, also each stored-index
+    estimator's pool shared with BM25 (``NAME + bm25``: N/2 from each)."""
     if NEWTON not in scores:
         return {}
-    candidates = {name: s for name, s in scores.items() if name not in (NEWTON, SHUFFLED)}
+    candidates = {name: s for name, s in scores.items() if name not in (NEWTON, SHUFFLED) and not is_two_stage(name)}
     if BM25 in candidates:
         candidates |= {f"{name} + {BM25}": pooled(s, scores[BM25]) for name, s in list(candidates.items())
                        if name != BM25 and parse_family(name) not in (NEWTON, UNLEARNING, MAGIC)}
