@@ -41,6 +41,9 @@ ROWS = (
         "newton"),
     Row("headwater `unlearning`, direction newton (one Newton step, central difference)", Side.OURS,
         "unlearning@newton"),
+    Row("headwater in two stages: the index default (8 KB a row) and BM25 recall 100 rows a query, `newton` scores "
+        "them, the rest 0 (LDS only)", Side.OURS, "newton@c100@bm25"),
+    Row("the same, 300 rows a query", Side.OURS, "newton@c300@bm25"),
     Row("headwater `unlearning` (ascent on the query; no storage beyond the index)", Side.OURS, "unlearning",
         "unlearning"),
     Row("headwater gradient, `block`, cosine (the index default, k=16)", Side.OURS, "gradient/block", "gradient"),

@@ -47,7 +47,8 @@ LARGER_PEERS = "kronfluence-ekfac,bergson-ekfac"
 out: ~24 minutes on the first case's 2×64 model, several times that at 4×128 (name it to ``bench.peers_lds`` to run
 it)."""
 LARGER_ESTIMATORS = ("gradient-ip/none,gradient-ip/ekfac,gradient/block,gradient-ip/ekfac_basis,"
-                     "gradient-ip/ekfac_basis@64,bm25,unlearning,newton,unlearning@newton")
+                     "gradient-ip/ekfac_basis@64,bm25,unlearning,newton,newton@c100@bm25,newton@c300@bm25,"
+                     "unlearning@newton")
 """The larger case's headwater estimators: the served methods, the index default and the largest sketch that fits
 (``ekfac_basis@256`` holds ~786 K numbers a row here, every weight: its 2,000 rows with their fit ran out of 24 GB)."""
 

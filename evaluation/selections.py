@@ -53,5 +53,7 @@ FIELD_LDS_ESTIMATORS = ("gradient-ip/none", "gradient-ip/inverse", "gradient-ip/
                         "gradient/ekfac_basis", "gradient/block", "gradient/inverse_sqrt", "gradient-ip/block@64",
                         "gradient-ip/ekfac_basis@64", "gradient-ip/ekfac_basis@64@d0.1", "gradient-ip/ekfac_basis@256",
                         "gradient-ip/ekfac_basis@256@d0.1", "gradient-ip/ekfac_basis@256@d0.001", "bm25",
-                        "unlearning", "tracin-ip/block", "newton", "unlearning@newton", "magic")
-"""The estimators ``headwater eval field-lds`` compares by default (grammar: evaluation.field_lds)."""
+                        "unlearning", "tracin-ip/block", "newton", "newton@c100@bm25", "newton@c300@bm25",
+                        "unlearning@newton", "magic")
+"""The estimators ``headwater eval field-lds`` compares by default (grammar: evaluation.field_lds; the two-stage
+``newton@cN@bm25`` masked from ``newton``'s scores, no second solve)."""
