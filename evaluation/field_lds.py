@@ -716,12 +716,12 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
 
         def compute(name: str = name) -> np.ndarray:
             nonlocal scorer
-            scorer = scorer or Scorer(out, case, settings)
-            if not is_two_stage(name):
-                return scorer.scores(name)
             derived = two_stages_from(name, scores)
             if derived is not None:  # its seconds are the masking's: its cost is the twin's solve and N rows a query
                 return derived
+            scorer = scorer or Scorer(out, case, settings)  # loads the case's rows and tokenizer: only when needed
+            if not is_two_stage(name):
+                return scorer.scores(name)
             recall = recall_stage(newton_estimator(name), lambda n: scores[n] if n in scores else scorer.scores(n))
             return scorer.newton_scores(name, recall)
 
