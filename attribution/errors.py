@@ -36,14 +36,19 @@ OUT_OF_MEMORY_MARKERS = ("out of memory", "can't start new thread", "std::bad_al
 FAILED_WITHOUT_ERROR = "error return without exception set"
 """CPython's SystemError when a C extension's allocation fails and it returns without setting MemoryError: seen
 importing sentence-transformers under a capped address space (tests/headwater/test_memory.py)."""
+FAILED_TO_MAP = "failed to map segment from shared object"
+"""The dynamic loader's ImportError when mapping a C extension fails: under a capped address space, a lazy import
+(scipy, through sklearn) that runs out of room (seen in tests/headwater/test_memory.py in a full suite run)."""
 
 
 def is_out_of_memory(err: BaseException) -> bool:
     """True for any library's out-of-memory error (a MemoryError, torch's, DuckDB's, a C++ bad_alloc, a thread that
-    could not start)."""
+    could not start, a C extension the loader had no room to map)."""
     if isinstance(err, MemoryError) or type(err).__name__ in ("OutOfMemoryError", "OutOfMemoryException"):
         return True
     if isinstance(err, SystemError) and str(err) == FAILED_WITHOUT_ERROR:
+        return True
+    if isinstance(err, ImportError) and FAILED_TO_MAP in str(err):
         return True
     return isinstance(err, RuntimeError | OSError) and any(m in str(err).lower() for m in OUT_OF_MEMORY_MARKERS)
 

@@ -48,7 +48,8 @@ def test_running_out_past_the_check_names_the_stage(tiny_demo: Path, tmp_path: P
                                     RuntimeError("can't start new thread"),
                                     type("OutOfMemoryException", (Exception,), {})("Out of Memory Error: block\nmore"),
                                     OSError(12, "Cannot allocate memory"),
-                                    SystemError("error return without exception set")])
+                                    SystemError("error return without exception set"),
+                                    ImportError("/x/_biasedurn.so: failed to map segment from shared object")])
 def test_memory_guard_names_the_stage_and_advice(raised: Exception) -> None:
     with pytest.raises(OutOfMemoryError, match=r"^out of memory fitting the curvature \(.*\); lower --curvature-rows$"):
         with memory_guard("fitting the curvature", "lower --curvature-rows"):
@@ -56,7 +57,7 @@ def test_memory_guard_names_the_stage_and_advice(raised: Exception) -> None:
 
 
 @pytest.mark.parametrize("raised", [RuntimeError("shape mismatch"), ConfigError("bad"), KeyError("x"),
-                                    SystemError("another internal error")])
+                                    SystemError("another internal error"), ImportError("No module named 'x'")])
 def test_memory_guard_lets_other_errors_through(raised: Exception) -> None:
     with pytest.raises(type(raised)) as caught:
         with memory_guard("stage", "advice"):
