@@ -40,7 +40,7 @@ ROWS = (
         "(LDS only)", Side.OURS,
         "newton"),
     Row("headwater `unlearning`, direction newton (one Newton step, central difference)", Side.OURS,
-        "unlearning@newton"),
+        "unlearning@newton", "unlearning@newton"),
     Row("headwater in two stages: the index default (8 KB a row) and BM25 recall 100 rows a query, `newton` scores "
         "them, the rest 0 (LDS only)", Side.OURS, "newton@c100@bm25"),
     Row("the same, 300 rows a query", Side.OURS, "newton@c300@bm25"),
@@ -206,6 +206,13 @@ def evidence_table(out: Path, sections: set[str] | None = None) -> str:
               "embedding); the issue's aims: LDS ≥ 1.1× the best peer, removal above BM25 and ≥ 3× random:", ""]
     lines += [line for c, found in columns if (line := verdict(c, found)) is not None]
     return "\n".join(lines) + "\n"
+
+
+def missing_columns(table: str) -> list[str]:
+    """The titles of :data:`COLUMNS` that ``evidence_table``'s ``table`` has no column for."""
+    header = next((line for line in table.splitlines() if line.startswith("| method |")), "")
+    present = {cell.strip() for cell in header.strip("|").split("|")}
+    return [c.title for c in COLUMNS if c.title not in present]
 
 
 def section(table: str) -> str:

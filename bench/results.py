@@ -52,6 +52,9 @@ LARGER_ESTIMATORS = ("gradient-ip/none,gradient-ip/ekfac,gradient/block,gradient
 """The larger case's headwater estimators: the served methods, the index default and the largest sketch that fits
 (``ekfac_basis@256`` holds ~786 K numbers a row here, every weight: its 2,000 rows with their fit ran out of 24 GB)."""
 
+REMOVAL_METHODS = "gradient,bm25,embedding,unlearning,unlearning@newton"
+"""The removal sections' selections: the served methods and the served Newton step (~20 s a query)."""
+
 
 @dataclass(frozen=True)
 class Section:
@@ -161,7 +164,7 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "Each method's top-40 rows for 40 known facts removed at once (a fact has ~38 stating rows), the "
                 "model retrained from scratch from 3 initializations.",
                 headwater + ["eval", "removal", "--index", str(second_index), "--out", str(out / "removal-k40"),
-                             "--methods", "gradient,bm25,embedding,unlearning", "--train-seeds", "3", "--k", "40"]),
+                             "--methods", REMOVAL_METHODS, "--train-seeds", "3", "--k", "40"]),
         Section("demo-index-all", "Index of every row of the demo", "CLI defaults, all 19,200 rows (24 passes "
                 "over the corpus; removal needs every training row).",
                 headwater + ["index", "build", "--model", str(demo / "model"), "--data",
@@ -170,7 +173,7 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "Each method's top-64 rows for 40 known facts removed at once (a demo fact has ~64 stating rows: "
                 "3 documents × 24 passes), the model retrained from scratch from 3 initializations.",
                 headwater + ["eval", "removal", "--index", str(demo_index_all), "--out", str(out / "removal-demo"),
-                             "--methods", "gradient,bm25,embedding,unlearning", "--train-seeds", "3", "--k", "64"]),
+                             "--methods", REMOVAL_METHODS, "--train-seeds", "3", "--k", "64"]),
         Section("sketch", "Sketch throughput", "Per-example gradient sketches vs a plain forward+backward pass.",
                 [sys.executable, "-m", "bench.sketch", "--demo", str(demo)]),
         Section("index", "Index build and search at scale",
@@ -292,6 +295,23 @@ def carried_over(body: str, stamp: str) -> dict:
     return {"seconds": 0.0, "ok": True, "carried": True, "markdown": text + "\n"}
 
 
+def evidence_headline(table: str, before: dict[str, str], stamp: str) -> tuple[str, str]:
+    """This pass's evidence table (empty: leave the README's alone) and its ``RESULTS.md`` section. A pass that
+    reran only some of the table's sections (LDS takes hours, removal too) would write a table of those columns
+    alone and lose the others: then the earlier section is kept whole, labelled with its pass, and the new numbers
+    stand in their own sections until a pass covers every column."""
+    missing = evidence.missing_columns(table) if table else []
+    if missing and EVIDENCE_TITLE in before:
+        log.warning("this pass measured %d of the evidence table's %d columns (not: %s): the earlier table is kept "
+                    "in RESULTS.md and the README; the new numbers are in their sections", len(evidence.COLUMNS) -
+                    len(missing), len(evidence.COLUMNS), ", ".join(missing))
+        table = ""
+    headline = evidence.section(table)
+    if not headline and EVIDENCE_TITLE in before:
+        headline = f"## {EVIDENCE_TITLE}\n\n" + carried_over(before[EVIDENCE_TITLE], stamp)["markdown"]
+    return table, headline
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("demo-data"))
@@ -342,9 +362,7 @@ def main() -> None:
         summary, table = "", ""
     if not has_rows(summary) and SUMMARY_TITLE in before:  # its evaluations not rerun
         summary = f"## {SUMMARY_TITLE}\n\n" + carried_over(before[SUMMARY_TITLE], stamp)["markdown"]
-    headline = evidence.section(table)
-    if not headline and EVIDENCE_TITLE in before:
-        headline = f"## {EVIDENCE_TITLE}\n\n" + carried_over(before[EVIDENCE_TITLE], stamp)["markdown"]
+    table, headline = evidence_headline(table, before, stamp)
     args.results.write_text(compose(every, results, out, headline + "\n" + summary if headline else summary))
     log.info("wrote %s", args.results)
     if table and args.readme is not None:

@@ -13,7 +13,9 @@ is what a method is judged by.
 Measured per selection, in nats of the completion's summed NLL, against ``none``: the queries' loss increase
 (training-style prompt, and the mean over held-out paraphrases), the increase on control facts (known facts about
 other people, outside the batch: their rows were not targeted), their ratio (related/target, specificity), and
-the ratio to ``random``. Resumable: each retrain is ``OUT/removal/NAME/`` with its marker written last.
+the ratio to ``random``. A selection is a served method's name, or ``unlearning@newton[...]``: the served
+``unlearning`` moved along the query's Newton direction, in field LDS's grammar (``evaluation.field_lds``).
+Resumable: each retrain is ``OUT/removal/NAME/`` with its marker written last.
 Outputs ``OUT/removal.json`` and ``OUT/removal.md``.
 """
 
@@ -27,11 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from attribution.config import UnlearningConfig
 from attribution.errors import ConfigError
 from attribution.models import load_model, load_tokenizer
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from evaluation.facts import fact_hits
+from evaluation.field_lds import UNLEARNING_NEWTON, unlearning_settings
 from evaluation.lds import completion_losses
 from evaluation.lds_stats import bootstrap_ci
 from evaluation.report_files import rows_digest, write_report_files
@@ -52,6 +56,7 @@ class RemovalSettings:
     k: int = 40
     """Rows removed per query and method."""
     methods: tuple[str, ...] = (Method.GRADIENT.value, Method.BM25.value, Method.EMBEDDING.value)
+    """Selections by served method (``gradient``, ``bm25``, …) or ``unlearning@newton[@dD][@iN][@rN][@kfac|@ekfac]``."""
     seed: int = 0
     """Draws the random selection and the bootstrap."""
     workers: int = field(default_factory=usable_cores)
@@ -67,9 +72,27 @@ class RemovalSettings:
         for name in ("queries", "controls", "k", "workers", "bootstrap", "train_seeds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        unknown = sorted(set(self.methods) - {m.value for m in Method})
+        unknown = sorted(name for name in self.methods if not is_selection(name))
         if unknown or not self.methods:
-            raise ConfigError(f"unknown or no methods {unknown}; choose from {[m.value for m in Method]}")
+            raise ConfigError(f"unknown or no methods {unknown}; choose from {[m.value for m in Method]} or "
+                              f"{UNLEARNING_NEWTON}[@dD][@iN][@rN][@kfac|@ekfac]")
+        if len(set(self.methods)) < len(self.methods):
+            raise ConfigError(f"methods named twice: {list(self.methods)}")
+
+
+def selection_method(name: str) -> tuple[Method, UnlearningConfig | None]:
+    """The retriever a selection queries and the ``unlearning`` settings it asks for (None: the session's)."""
+    if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
+        return Method.UNLEARNING, unlearning_settings(name)
+    return Method(name), None
+
+
+def is_selection(name: str) -> bool:
+    try:
+        selection_method(name)
+    except (ValueError, ConfigError):
+        return False
+    return True
 
 
 def split_facts(session: AttributionSession, facts: list[Fact], settings: RemovalSettings) -> tuple[list, list]:
@@ -89,12 +112,14 @@ def selections(session: AttributionSession, queries: list[Fact], n_rows: int,
                settings: RemovalSettings) -> dict[str, list[int]]:
     """Row ids each selection removes (sorted): every method's top-k per query, random k per query, gold rows."""
     chosen: dict[str, set[int]] = {}
-    for method in settings.methods:
+    for name in settings.methods:
+        method, unlearning = selection_method(name)
         rows: set[int] = set()
         for fact in queries:
-            hits = session.retriever(method).search(Query(fact.prompt, fact.completion), settings.k)
+            query = Query(fact.prompt, fact.completion, unlearning=unlearning)
+            hits = session.retriever(method).search(query, settings.k)
             rows.update(int(session.ids[h.row]) for h in hits)
-        chosen[method] = rows
+        chosen[name] = rows
     rng = np.random.default_rng([settings.seed, 17])
     chosen[RANDOM] = set(rng.choice(n_rows, settings.k * len(queries), replace=False).tolist())
     chosen[GOLD] = {r for f in queries for r in f.gold_rows}

@@ -99,7 +99,10 @@ def eval_removal(
     controls: Annotated[int, typer.Option(help="Known facts about other people, for specificity.")] = 40,
     k: Annotated[int, typer.Option(help="Rows removed per fact and method (about a fact's number of stating rows: "
                                         "at 10 of ~38 the test could not rank methods).")] = 40,
-    methods: Annotated[str, typer.Option(help="Comma-separated retrievers.")] = "gradient,bm25,embedding",
+    methods: Annotated[str, typer.Option(help="Comma-separated selections: served methods (gradient, bm25, "
+                                              "embedding, hybrid, unlearning) or unlearning@newton (the served "
+                                              "unlearning along the query's Newton direction; @dD, @iN, @rN as in "
+                                              "eval field-lds).")] = "gradient,bm25,embedding",
     workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
                                                      "usable CPU core).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random selection and the bootstrap.")] = 0,

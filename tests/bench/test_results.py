@@ -64,3 +64,23 @@ def test_the_summary_section_ends_where_the_next_section_begins() -> None:
 def test_no_earlier_results_no_earlier_sections() -> None:
     assert earlier_sections("", ["Fact tracing (attribution)"]) == {}
     assert previous_sections("# headwater benchmark and evaluation results\n", ["Sketch throughput"]) == {}
+
+
+def test_a_pass_of_some_columns_keeps_the_earlier_evidence_table_whole() -> None:
+    """Rerunning only the removal section made a table of its two columns and dropped the LDS columns from
+    RESULTS.md and the README; now the earlier table stays (labelled) until a pass covers every column."""
+    from bench import evidence
+    from bench.results import EVIDENCE_TITLE, evidence_headline
+
+    partial = "| method | removal, second case: Δ nats (× random) |\n|---|---|\n| BM25 | 1.56 (4.1×) |\n"
+    before = {EVIDENCE_TITLE: "| method | LDS from scratch, drop 1 % |\n|---|---|\n| BM25 | 0.194 |"}
+    table, headline = evidence_headline(partial, before, "2026-12-02; commit 06ddd31")
+    assert table == "" and "LDS from scratch, drop 1 %" in headline and "carried over" in headline
+    assert "removal, second case" not in headline
+    full = ("| method | " + " | ".join(c.title for c in evidence.COLUMNS) + " |\n|---|" + "---|" * len(evidence.COLUMNS)
+            + "\n| BM25 |" + " 1 |" * len(evidence.COLUMNS) + "\n")
+    assert evidence.missing_columns(full) == [] and len(evidence.missing_columns(partial)) == len(evidence.COLUMNS) - 1
+    table, headline = evidence_headline(full, before, "2026-12-02; commit 06ddd31")
+    assert table == full and "carried over" not in headline and headline.startswith(f"## {EVIDENCE_TITLE}")
+    table, headline = evidence_headline(partial, {}, "an earlier pass")  # nothing earlier to keep: the partial one
+    assert table == partial and "removal, second case" in headline

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from attribution.config import UnlearningConfig
 from attribution.errors import ConfigError
 from attribution.session import AttributionSession
 from evaluation.removal import GOLD, NONE, RANDOM, RemovalSettings, run_removal, selections, split_facts
@@ -65,9 +67,28 @@ def test_selections_hold_k_rows_per_query_at_most(tiny_demo: Path, session: Attr
     assert all(0 < len(chosen[m]) <= SETTINGS.k * len(queries) for m in SETTINGS.methods)
 
 
+def test_a_newton_selection_removes_what_the_served_newton_step_ranks_first(
+        tiny_demo: Path, session: AttributionSession) -> None:
+    """``unlearning@newton`` queries the served ``unlearning`` with the Newton direction and its solver settings."""
+    from attribution.config import Direction
+
+    queries, _ = split_facts(session, load_facts(tiny_demo), SETTINGS)
+    settings = RemovalSettings(queries=2, k=3, methods=("unlearning@newton@d10@i5",), workers=1, known_only=False)
+    chosen = selections(session, queries[:2], len(session), settings)
+    newton = replace(UnlearningConfig(), direction=Direction.NEWTON, newton_damping=10.0, newton_iterations=5)
+    expected = {r.example_id for f in queries[:2]
+                for r in session.attribute(f.prompt, f.completion, k=3, method="unlearning", unlearning=newton)}
+    assert chosen["unlearning@newton@d10@i5"] == sorted(expected) and 0 < len(expected) <= 6
+
+
 def test_bad_settings_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="unknown or no methods"):
         RemovalSettings(methods=("nope",))
+    for name in ("unlearning@foo", "unlearning@newton@x", "unlearning@newton@c100"):
+        with pytest.raises(ConfigError, match="unlearning@newton"):
+            RemovalSettings(methods=(name,))
+    with pytest.raises(ConfigError, match="named twice"):
+        RemovalSettings(methods=("bm25", "bm25"))
     with pytest.raises(ConfigError, match="at least 1"):
         RemovalSettings(k=0)
 
