@@ -65,6 +65,7 @@ VARIANTS = {
     "window+none": Variant(replace(BASE, score=RowScore.WINDOW, correction=Correction.NONE)),
     "exhaustive": Variant(replace(BASE, exhaustive_rows=10**9)),
     "exhaustive+none": Variant(replace(BASE, exhaustive_rows=10**9, correction=Correction.NONE)),
+    "exhaustive+budget=0.1": Variant(replace(BASE, exhaustive_rows=10**9, budget=0.1)),
     "newton": Variant(replace(BASE, direction=Direction.NEWTON)),
     "newton+related": Variant(replace(BASE, direction=Direction.NEWTON), related=True),
     "newton+exhaustive": Variant(replace(BASE, direction=Direction.NEWTON, exhaustive_rows=10**9)),
