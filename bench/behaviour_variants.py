@@ -3,7 +3,8 @@
     python -m bench.behaviour_variants --out OUT [--seeds 0,1,2] [--variants default,exhaustive+budget=0.1,...]
 
 Per case seed (each its own text layout, demonstrations, queries and model; built or reused under
-``OUT/seed-S/case``), per ``unlearning`` variant (:data:`bench.unlearning.VARIANTS`) and per task: the task query
+``OUT/seed-S/case``; each variant's numbers saved beside it as measured, so a rerun goes on where a killed one
+stopped), per ``unlearning`` variant (:data:`bench.unlearning.VARIANTS`) and per task: the task query
 of the first phrasing's held-out instances (``evaluation.behaviours``' query), its precision@10 and @100 of the
 task's rows and the other phrasing's share of the top 10; then each variant's mean over tasks and seeds, and on how
 many seeds it met the issue's two retrieval aims together on every task (P@10 ≥ 0.9 and other phrasing ≥ 0.3).
@@ -13,17 +14,24 @@ Writes ``OUT/behaviour_variants.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
-from attribution.tasks import Instance as TaskInstance
 from bench.unlearning import VARIANTS
 from evaluation.behaviour_case import TASKS, BehaviourCase, build_behaviour_case, query_instances, row_labels
-from evaluation.behaviours import BehaviourSettings, behaviour_session, first_phrasing, row_positions, shares
-from evaluation.report_files import write_report_files
+from evaluation.behaviours import (
+    BehaviourSettings,
+    behaviour_session,
+    first_phrasing,
+    row_positions,
+    shares,
+    task_query,
+)
+from evaluation.report_files import write_report_files, write_whole
 
 log = logging.getLogger("bench.behaviour_variants")
 DEFAULT_VARIANTS = ("default", "exhaustive", "exhaustive+budget=0.1", "newton+exhaustive", "newton")
@@ -32,22 +40,38 @@ smaller move, the Newton direction over every row and over the default pool."""
 PRECISION_AIM, OTHER_AIM = 0.9, 0.3
 
 
+SEED_FILE = "variants.json"
+"""Each seed's measurements so far, beside its case build: a rerun measures only the variants not in it."""
+
+
 def measure_seed(out: Path, case: BehaviourCase, variants: list[str], depth: int = 100) -> dict[str, dict]:
-    """Per variant: per task, the task query's shares, and the seconds the three task queries took."""
+    """Per variant: per task, the task query's shares, and the seconds the three task queries took. Each variant's
+    result is saved to ``OUT/variants.json`` as it is measured and reused on a rerun with the same case and settings."""
     settings = BehaviourSettings()
     directory = build_behaviour_case(out, case)
-    session = behaviour_session(directory, settings)
-    labels, instances = row_labels(directory), query_instances(case, directory, settings.queries)
+    saved_file, case_key = out / SEED_FILE, repr(case)
+    saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
+    kept: dict[str, dict] = saved.get("variants", {}) if saved.get("case") == case_key else {}
+    session = None
     found: dict[str, dict] = {}
     for name in variants:
+        unlearning = VARIANTS[name].settings
+        if kept.get(name, {}).get("settings") == repr(unlearning):
+            found[name] = kept[name]
+            log.info("seed %d, %s: reused from %s", case.seed, name, saved_file)
+            continue
+        if session is None:
+            session = behaviour_session(directory, settings)
+            labels, instances = row_labels(directory), query_instances(case, directory, settings.queries)
         start, tasks = time.perf_counter(), {}
         for task in TASKS:
-            asked = [TaskInstance(" " + i.prompt, i.completion) for i in first_phrasing(instances, task,
-                                                                                         settings.queries)]
+            asked = task_query(first_phrasing(instances, task, settings.queries))
             results = session.attribute_task(asked, k=min(depth, len(session)), method="unlearning",
-                                             unlearning=VARIANTS[name].settings)
+                                             unlearning=unlearning)
             tasks[task] = shares(row_positions(session, results), labels, task)
-        found[name] = {"tasks": tasks, "seconds": time.perf_counter() - start}
+        found[name] = {"settings": repr(unlearning), "tasks": tasks, "seconds": time.perf_counter() - start}
+        kept[name] = found[name]
+        write_whole(saved_file, json.dumps({"case": case_key, "variants": kept}, indent=2))
         log.info("seed %d, %s: %s", case.seed, name, tasks)
     return found
 
@@ -96,17 +120,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="case builds and the report")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated case seeds")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                        help=f"comma-separated, of {sorted(VARIANTS)}")
+                        help=f"comma-separated, of {sorted(n for n, v in VARIANTS.items() if not v.related)}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
+    related = sorted(v for v in variants if v in VARIANTS and VARIANTS[v].related)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         parser.error(f"--seeds {args.seeds!r}: comma-separated integers")
     if unknown or not variants:
         parser.error(f"unknown or no variants {unknown}; choose from {sorted(VARIANTS)}")
+    if related:
+        parser.error(f"variants {related} take a fact's related prompts as controls, which a task query has not")
     if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
         parser.error(f"--seeds {args.seeds!r}: distinct integers ≥ 0")
     measured = {seed: measure_seed(args.out / f"seed-{seed}", BehaviourCase(seed=seed), variants) for seed in seeds}

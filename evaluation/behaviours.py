@@ -118,6 +118,11 @@ def first_phrasing(instances: list[Instance], task: str, count: int) -> list[Ins
     return [i for i in instances if i.task == task and i.phrasing == 0][:count]
 
 
+def task_query(instances: list[Instance]) -> list[TaskInstance]:
+    """Held-out instances as a task query's instances (the prompt after a space, as rows hold it)."""
+    return [TaskInstance(" " + i.prompt, i.completion) for i in instances]
+
+
 def measure(session: AttributionSession, labels: list[dict | None], instances: list[Instance],
             settings: BehaviourSettings) -> dict[str, dict[str, dict[str, float]]]:
     """Per task and method: the task query's shares and the mean of the single-instance queries' shares."""
@@ -126,8 +131,7 @@ def measure(session: AttributionSession, labels: list[dict | None], instances: l
     for task in TASKS:
         asked = first_phrasing(instances, task, settings.queries)
         for method in settings.methods:
-            found = session.attribute_task([TaskInstance(" " + i.prompt, i.completion) for i in asked], k=depth,
-                                           method=method)
+            found = session.attribute_task(task_query(asked), k=depth, method=method)
             single = [shares(row_positions(session, session.attribute(" " + i.prompt, i.completion, k=depth,
                                                                       method=method)), labels, task)
                       for i in asked]

@@ -175,11 +175,17 @@ def newton_config(name: str) -> NewtonConfig:
     return newton_estimator(name).config
 
 
-def unlearning_settings(name: str) -> UnlearningConfig:
-    """``unlearning``: the service's defaults; ``unlearning@newton[@dD][@iN][@rN][@kfac|@ekfac]``: the same with the
-    Newton direction, its damping, steps, sample rows and factored preconditioner (a warm start with it) as the
-    ``newton`` estimator of those options has them (no ASTRA: the service solves by conjugate gradient)."""
-    if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
+def is_unlearning_newton(name: str) -> bool:
+    """Whether a name is ``unlearning@newton`` or one of its ``@`` options (bad options included)."""
+    return name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@")
+
+
+def unlearning_settings(name: str, base: UnlearningConfig | None = None) -> UnlearningConfig:
+    """``unlearning``: ``base`` (default: the service's defaults); ``unlearning@newton[@dD][@iN][@rN][@kfac|@ekfac]``:
+    ``base`` with the Newton direction, its damping, steps, sample rows and factored preconditioner (a warm start with
+    it) as the ``newton`` estimator of those options has them (no ASTRA: the service solves by conjugate gradient)."""
+    base = base or UNLEARNING_SETTINGS
+    if is_unlearning_newton(name):
         error = ConfigError(f"unknown LDS estimator {name!r}: unlearning@newton takes @dD, @iN, @rN and @kfac or "
                             "@ekfac (which also warm-starts)")
         try:
@@ -189,10 +195,10 @@ def unlearning_settings(name: str) -> UnlearningConfig:
         config = estimator.config
         if config.solver is not Solver.CG or config.warm_start or estimator.candidates is not None:
             raise error
-        return UnlearningConfig(direction=Direction.NEWTON, newton_rows=estimator.sample_rows,
-                                newton_iterations=config.max_iter, newton_damping=config.damping,
-                                newton_factoring=config.factoring)
-    return UNLEARNING_SETTINGS
+        return replace(base, direction=Direction.NEWTON, newton_rows=estimator.sample_rows,
+                       newton_iterations=config.max_iter, newton_damping=config.damping,
+                       newton_factoring=config.factoring)
+    return base
 TRACIN_CHECKPOINTS = 4
 """Checkpoints TracIn-CP sums over: the last saved ones of the case's training (log-spaced, as Pythia's), the final
 model included."""
@@ -272,7 +278,7 @@ def parse_estimator(name: str) -> FieldEstimator:
     if name == MAGIC or name.startswith(MAGIC + "@"):
         magic_from_step(name)  # a clear error for bad options
         return FieldEstimator(None, None, family=MAGIC)
-    if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
+    if is_unlearning_newton(name):
         unlearning_settings(name)  # a clear error for bad options
         return FieldEstimator(None, None, family=UNLEARNING)
     if name == NEWTON or name.startswith(NEWTON + "@"):

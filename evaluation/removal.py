@@ -35,7 +35,7 @@ from attribution.models import load_model, load_tokenizer
 from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
 from evaluation.facts import fact_hits
-from evaluation.field_lds import UNLEARNING_NEWTON, unlearning_settings
+from evaluation.field_lds import UNLEARNING_NEWTON, is_unlearning_newton, unlearning_settings
 from evaluation.lds import completion_losses
 from evaluation.lds_stats import bootstrap_ci
 from evaluation.report_files import rows_digest, write_report_files
@@ -76,14 +76,18 @@ class RemovalSettings:
         if unknown or not self.methods:
             raise ConfigError(f"unknown or no methods {unknown}; choose from {[m.value for m in Method]} or "
                               f"{UNLEARNING_NEWTON}[@dD][@iN][@rN][@kfac|@ekfac]")
-        if len(set(self.methods)) < len(self.methods):
-            raise ConfigError(f"methods named twice: {list(self.methods)}")
+        parsed = [selection_method(name) for name in self.methods]
+        twice = [name for i, name in enumerate(self.methods) if parsed[i] in parsed[:i]]
+        if twice:
+            raise ConfigError(f"methods named twice (or the same settings spelled twice): {twice}")
 
 
-def selection_method(name: str) -> tuple[Method, UnlearningConfig | None]:
-    """The retriever a selection queries and the ``unlearning`` settings it asks for (None: the session's)."""
-    if name == UNLEARNING_NEWTON or name.startswith(UNLEARNING_NEWTON + "@"):
-        return Method.UNLEARNING, unlearning_settings(name)
+def selection_method(name: str, base: UnlearningConfig | None = None) -> tuple[Method, UnlearningConfig | None]:
+    """The retriever a selection queries and the ``unlearning`` settings it asks for (None: the session's). A
+    ``unlearning@newton`` selection changes only the direction and its solver's settings of ``base`` (the session's
+    ``unlearning`` settings; default: the service's defaults)."""
+    if is_unlearning_newton(name):
+        return Method.UNLEARNING, unlearning_settings(name, base)
     return Method(name), None
 
 
@@ -113,7 +117,7 @@ def selections(session: AttributionSession, queries: list[Fact], n_rows: int,
     """Row ids each selection removes (sorted): every method's top-k per query, random k per query, gold rows."""
     chosen: dict[str, set[int]] = {}
     for name in settings.methods:
-        method, unlearning = selection_method(name)
+        method, unlearning = selection_method(name, session.config.unlearning)
         rows: set[int] = set()
         for fact in queries:
             query = Query(fact.prompt, fact.completion, unlearning=unlearning)

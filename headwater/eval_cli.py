@@ -101,8 +101,8 @@ def eval_removal(
                                         "at 10 of ~38 the test could not rank methods).")] = 40,
     methods: Annotated[str, typer.Option(help="Comma-separated selections: served methods (gradient, bm25, "
                                               "embedding, hybrid, unlearning) or unlearning@newton (the served "
-                                              "unlearning along the query's Newton direction; @dD, @iN, @rN as in "
-                                              "eval field-lds).")] = "gradient,bm25,embedding",
+                                              "unlearning along the query's Newton direction; @dD, @iN, @rN, "
+                                              "@kfac|@ekfac as in eval field-lds).")] = "gradient,bm25,embedding",
     workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
                                                      "usable CPU core).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random selection and the bootstrap.")] = 0,

@@ -13,8 +13,12 @@ from bench.behaviour_variants import main, markdown, measure_seed, meets_aims, s
 from evaluation.behaviour_case import TASKS, TINY_CASE
 
 
-def test_each_variant_is_measured_per_task_and_summarized(tmp_path: Path) -> None:
+def test_each_variant_is_measured_per_task_and_summarized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     measured = {1: measure_seed(tmp_path / "seed-1", replace(TINY_CASE, seed=1), ["default", "exhaustive"])}
+    # a rerun reuses what the first one saved, without opening the case's session again
+    monkeypatch.setattr("bench.behaviour_variants.behaviour_session", lambda *_: pytest.fail("measured again"))
+    assert measure_seed(tmp_path / "seed-1", replace(TINY_CASE, seed=1), ["exhaustive", "default"]) == measured[1]
+    monkeypatch.undo()
     for by_variant in measured.values():
         assert set(by_variant) == {"default", "exhaustive"}
         for entry in by_variant.values():
@@ -39,7 +43,8 @@ def test_both_aims_must_hold_on_every_task() -> None:
     assert summary(by_seed)["v"]["precision_10"] == pytest.approx(0.7)
 
 
-@pytest.mark.parametrize("flags", [["--variants", "nope"], ["--seeds", "0,0"], ["--seeds", "x"], ["--seeds", "-1"]])
+@pytest.mark.parametrize("flags", [["--variants", "nope"], ["--variants", "default,related"], ["--seeds", "0,0"],
+                                   ["--seeds", "x"], ["--seeds", "-1"]])
 def test_bad_flags_are_refused_before_any_work(tmp_path: Path, flags: list[str], monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setattr(sys, "argv", ["behaviour_variants", "--out", str(tmp_path / "out"), *flags])

@@ -10,8 +10,18 @@ import pytest
 
 from attribution.config import UnlearningConfig
 from attribution.errors import ConfigError
+from attribution.retrievers import Method, Query
 from attribution.session import AttributionSession
-from evaluation.removal import GOLD, NONE, RANDOM, RemovalSettings, run_removal, selections, split_facts
+from evaluation.removal import (
+    GOLD,
+    NONE,
+    RANDOM,
+    RemovalSettings,
+    run_removal,
+    selection_method,
+    selections,
+    split_facts,
+)
 from indexer.groundtruth import load_facts
 
 SETTINGS = RemovalSettings(queries=4, controls=4, k=3, methods=("gradient", "bm25"), workers=1, bootstrap=100,
@@ -68,14 +78,28 @@ def test_selections_hold_k_rows_per_query_at_most(tiny_demo: Path, session: Attr
 
 
 def test_a_newton_selection_removes_what_the_served_newton_step_ranks_first(
-        tiny_demo: Path, session: AttributionSession) -> None:
+        tiny_demo: Path, session: AttributionSession, monkeypatch: pytest.MonkeyPatch) -> None:
     """``unlearning@newton`` queries the served ``unlearning`` with the Newton direction and its solver settings."""
     from attribution.config import Direction
 
     queries, _ = split_facts(session, load_facts(tiny_demo), SETTINGS)
     settings = RemovalSettings(queries=2, k=3, methods=("unlearning@newton@d10@i5",), workers=1, known_only=False)
+    newton = replace(session.config.unlearning, direction=Direction.NEWTON, newton_damping=10.0, newton_iterations=5)
+    asked: list[tuple[Method, UnlearningConfig | None]] = []
+    retriever = session.retriever
+
+    class Recording:
+        def __init__(self, method: Method) -> None:
+            self.method, self.inner = method, retriever(method)
+
+        def search(self, query: Query, k: int) -> list:
+            asked.append((self.method, query.unlearning))
+            return self.inner.search(query, k)
+
+    monkeypatch.setattr(session, "retriever", Recording)
     chosen = selections(session, queries[:2], len(session), settings)
-    newton = replace(UnlearningConfig(), direction=Direction.NEWTON, newton_damping=10.0, newton_iterations=5)
+    monkeypatch.undo()
+    assert asked == [(Method.UNLEARNING, newton)] * 2
     expected = {r.example_id for f in queries[:2]
                 for r in session.attribute(f.prompt, f.completion, k=3, method="unlearning", unlearning=newton)}
     assert chosen["unlearning@newton@d10@i5"] == sorted(expected) and 0 < len(expected) <= 6
@@ -84,11 +108,26 @@ def test_a_newton_selection_removes_what_the_served_newton_step_ranks_first(
 def test_bad_settings_are_clear_errors() -> None:
     with pytest.raises(ConfigError, match="unknown or no methods"):
         RemovalSettings(methods=("nope",))
-    for name in ("unlearning@foo", "unlearning@newton@x", "unlearning@newton@c100"):
-        with pytest.raises(ConfigError, match="unlearning@newton"):
-            RemovalSettings(methods=(name,))
-    with pytest.raises(ConfigError, match="named twice"):
-        RemovalSettings(methods=("bm25", "bm25"))
+    with pytest.raises(ConfigError, match="unknown or no methods \\['unlearning@foo'\\]"):
+        RemovalSettings(methods=("unlearning@foo",))
+    for name in ("unlearning@newton@x", "unlearning@newton@c100"):
+        with pytest.raises(ConfigError, match=f"unknown or no methods \\['{name}'\\]"):
+            RemovalSettings(methods=("bm25", name))
+    for twice in (("bm25", "bm25"), ("unlearning@newton", "unlearning@newton@d100"),
+                  ("unlearning@newton@d10@i5", "unlearning@newton@i5@d10")):
+        with pytest.raises(ConfigError, match="named twice"):
+            RemovalSettings(methods=twice)
+    RemovalSettings(methods=("unlearning", "unlearning@newton", "unlearning@newton@d10"))  # all different
+
+
+def test_a_newton_selection_keeps_the_sessions_other_unlearning_settings() -> None:
+    from attribution.config import Direction
+
+    base = replace(UnlearningConfig(), budget=0.25, steps=1, candidates=7)
+    method, settings = selection_method("unlearning@newton@d10@i5", base)
+    assert method is Method.UNLEARNING and settings == replace(
+        base, direction=Direction.NEWTON, newton_damping=10.0, newton_iterations=5)
+    assert selection_method("bm25", base) == (Method.BM25, None)
     with pytest.raises(ConfigError, match="at least 1"):
         RemovalSettings(k=0)
 
