@@ -54,6 +54,27 @@ def test_the_rows_hold_the_demonstrations_their_labels_name(built: Path) -> None
     assert {(q.task, q.phrasing) for q in queries} == {(t, p) for t in TASKS for p in (0, 1)}
 
 
+def test_a_rebuild_in_another_process_is_bit_for_bit_the_same(built: Path, tmp_path: Path) -> None:
+    """Same case, another process with another hash seed (set and dict orders): the same rows, tokenizer and weights."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from evaluation.behaviour_case import TINY_CASE, "
+              "build_behaviour_case; build_behaviour_case(Path(sys.argv[1]), TINY_CASE)")
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, env=env, capture_output=True)
+
+    def digests(directory: Path) -> dict[str, str]:
+        return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(directory.rglob("*")) if p.is_file()}
+
+    again, first = digests(tmp_path / "case"), digests(built)  # (other tests may add files beside the first build)
+    assert {"rows.json", "tokenizer/tokenizer.json", "data/document.bin", "model/model.safetensors"} <= set(again)
+    assert again == {name: digest for name, digest in first.items() if name in again}
+
+
 def test_shares_count_the_tasks_rows_and_the_other_phrasing() -> None:
     labels = [None, {"task": "double", "phrasing": 0}, {"task": "double", "phrasing": 1}, {"task": "spell",
                                                                                             "phrasing": 1}]
