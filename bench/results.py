@@ -53,7 +53,8 @@ LARGER_ESTIMATORS = ("gradient-ip/none,gradient-ip/ekfac,gradient/block,gradient
 (``ekfac_basis@256`` holds ~786 K numbers a row here, every weight: its 2,000 rows with their fit ran out of 24 GB)."""
 
 REMOVAL_METHODS = "gradient,bm25,embedding,unlearning,unlearning@newton"
-"""The removal sections' selections: the served methods and the served Newton step (~20 s a query)."""
+"""The removal sections' selections: the served methods and the served Newton step (~5 s of CG a query on the second
+case, quiet; ~17-20 s on the demo at d10, busy)."""
 
 
 @dataclass(frozen=True)
