@@ -118,6 +118,8 @@ def test_bad_settings_are_clear_errors() -> None:
         with pytest.raises(ConfigError, match="named twice"):
             RemovalSettings(methods=twice)
     RemovalSettings(methods=("unlearning", "unlearning@newton", "unlearning@newton@d10"))  # all different
+    with pytest.raises(ConfigError, match="at least 1"):
+        RemovalSettings(k=0)
 
 
 def test_a_newton_selection_keeps_the_sessions_other_unlearning_settings() -> None:
@@ -128,8 +130,6 @@ def test_a_newton_selection_keeps_the_sessions_other_unlearning_settings() -> No
     assert method is Method.UNLEARNING and settings == replace(
         base, direction=Direction.NEWTON, newton_damping=10.0, newton_iterations=5)
     assert selection_method("bm25", base) == (Method.BM25, None)
-    with pytest.raises(ConfigError, match="at least 1"):
-        RemovalSettings(k=0)
 
 
 def test_more_training_seeds_reuse_seed_zero_and_average_each_against_its_own_baseline(
