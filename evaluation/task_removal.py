@@ -7,6 +7,9 @@ removed and the model retrained from scratch with the case's seed, order and sch
 - a method's top ``k`` rows for the task query (the same held-out instances of the first phrasing the behaviour
   table asks with; ``k`` defaults to the task's demonstration rows, both phrasings);
 - ``gold``: the task's demonstration rows (both phrasings; the first ``k`` by row when ``k`` is smaller);
+- with ``by_phrasing``, ``gold_asked`` and ``gold_other``: the task's rows of the query's phrasing alone and of the
+  other phrasing alone (every such row, whatever ``k``) — does the other phrasing's data teach the asked one, i.e.
+  should a query in one phrasing rank the other's rows high at all?
 - ``random``: ``k`` rows drawn by seed;
 - ``none``: nothing removed, the baseline every difference is taken against (trained by the same code and thread
   count, so the training run's float noise is not counted as an effect).
@@ -45,6 +48,7 @@ from evaluation.training import steps_for, train
 
 log = logging.getLogger(__name__)
 NONE, RANDOM, GOLD = "none", "random", "gold"
+GOLD_ASKED, GOLD_OTHER = "gold_asked", "gold_other"
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class TaskRemovalSettings:
     """Rows removed per task and selection (0: the task's demonstration rows, both phrasings)."""
     seed: int = 0
     """Draws the random selection."""
+    by_phrasing: bool = False
+    """Also remove each phrasing's demonstration rows alone (``gold_asked``, ``gold_other``): two retrains a task."""
     workers: int = field(default_factory=usable_cores)
 
     def __post_init__(self) -> None:
@@ -73,9 +79,11 @@ class RemovalJob:
     key: dict
 
 
-def task_rows(labels: list[dict | None], task: str) -> list[int]:
-    """The rows demonstrating ``task`` (either phrasing), in row order."""
-    return [r for r, label in enumerate(labels) if label and label["task"] == task]
+def task_rows(labels: list[dict | None], task: str, phrasing: int | None = None) -> list[int]:
+    """The rows demonstrating ``task`` (either phrasing, or only ``phrasing``: 0 the query's, 1 the other), in row
+    order."""
+    return [r for r, label in enumerate(labels)
+            if label and label["task"] == task and (phrasing is None or label["phrasing"] == phrasing)]
 
 
 def selections(session: AttributionSession, labels: list[dict | None], asked: dict[str, list[Instance]],
@@ -87,6 +95,8 @@ def selections(session: AttributionSession, labels: list[dict | None], asked: di
         gold = task_rows(labels, task)
         k = min(settings.k or len(gold), len(session))
         picked = {GOLD: gold[:k], RANDOM: sorted(int(r) for r in rng.choice(len(session), k, replace=False))}
+        if settings.by_phrasing:
+            picked |= {GOLD_ASKED: task_rows(labels, task, 0), GOLD_OTHER: task_rows(labels, task, 1)}
         query = [TaskInstance(" " + i.prompt, i.completion) for i in asked[task]]
         for method in settings.methods:
             results = session.attribute_task(query, k=k, method=method)
@@ -174,12 +184,14 @@ def removal_table(losses: dict[str, dict[str, list[float]]], chosen: dict[str, d
             entry = {"d_target": after[task][0] - base[task][0],
                      "d_target_other_phrasing": after[task][1] - base[task][1],
                      "d_other_tasks": float(np.mean(others)), "gold_share": len(gold & set(rows)) / max(len(rows), 1),
+                     "asked_phrasing_share": len(set(task_rows(labels, task, 0)) & set(rows)) / max(len(rows), 1),
                      "rows": len(rows)}
             table.setdefault(name, {})[task] = entry
     summary = {}
     for name, per_task in table.items():
         mean = {key: float(np.mean([e[key] for e in per_task.values()]))
-                for key in ("d_target", "d_target_other_phrasing", "d_other_tasks", "gold_share")}
+                for key in ("d_target", "d_target_other_phrasing", "d_other_tasks", "gold_share",
+                            "asked_phrasing_share")}
         mean["other_over_target"] = mean["d_other_tasks"] / mean["d_target"] if mean["d_target"] else float("nan")
         summary[name] = mean
     for mean in summary.values():
@@ -193,10 +205,13 @@ def markdown_lines(report: dict) -> list[str]:
     lines = ["", "Removal and retrain of each task (each selection's rows removed, the model retrained from scratch; "
              "Δ mean completion loss in nats against a retrain that removes nothing, mean over tasks): the "
              "target task on the query's phrasing and on the other phrasing, the other tasks, their ratio "
-             "(other/target) and the target's Δ over random's.", "",
+             "(other/target) and the target's Δ over random's. Rows of the task: the share of the removed rows "
+             "that demonstrate it (in brackets: on the query's phrasing).", "",
              "| selection | rows of the task | Δ target | Δ target, other phrasing | Δ other tasks | other / target | "
              "× random |", "|---|---|---|---|---|---|---|"]
     for name, e in report["mean"].items():
-        lines.append(f"| {name} | {e['gold_share']:.2f} | {e['d_target']:.3f} | {e['d_target_other_phrasing']:.3f} | "
+        asked = e.get("asked_phrasing_share", float("nan"))  # reports before it was recorded
+        lines.append(f"| {name} | {e['gold_share']:.2f} ({asked:.2f}) | {e['d_target']:.3f} | "
+                     f"{e['d_target_other_phrasing']:.3f} | "
                      f"{e['d_other_tasks']:.3f} | {e['other_over_target']:.2f} | {e['times_random']:.1f} |")
     return lines

@@ -205,6 +205,9 @@ def eval_behaviours(
                                                "gold, random) removed, the model retrained from scratch.")] = False,
     removal_k: Annotated[int, typer.Option(help="Rows removed per task and selection (0: the task's "
                                                 "demonstration rows, both phrasings).")] = 0,
+    removal_by_phrasing: Annotated[bool, typer.Option(
+        "--removal-by-phrasing", help="With --removal: also retrain without each phrasing's demonstration rows "
+                                      "alone (does the other phrasing's data teach the asked one?).")] = False,
     workers: Annotated[int | None, typer.Option(help="Removal retrains at once, one torch thread each (default: one "
                                                      "per usable CPU core).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the case.")] = 0,
@@ -234,7 +237,10 @@ def eval_behaviours(
         raise ConfigError("--methods names no method")
     case = BehaviourCase(rows=rows, demos=demos, epochs=epochs, seed=seed)
     pool = {"workers": workers} if workers is not None else {}
-    removal_settings = TaskRemovalSettings(k=removal_k, seed=seed, **pool)  # checked even when not run
+    if removal_by_phrasing and not removal:
+        raise ConfigError("--removal-by-phrasing adds retrains to --removal; give both or neither")
+    # checked even when not run
+    removal_settings = TaskRemovalSettings(k=removal_k, seed=seed, by_phrasing=removal_by_phrasing, **pool)
     settings = BehaviourSettings(queries=queries, methods=chosen, ablate=ablate,
                                  removal=removal_settings if removal else None)
     if seeds != 1:

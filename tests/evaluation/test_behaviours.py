@@ -147,12 +147,31 @@ def test_the_task_removal_table_takes_differences_against_the_baseline() -> None
     gold = table["per_task"]["gold"]["double"]
     assert (gold["d_target"], gold["d_target_other_phrasing"], gold["d_other_tasks"]) == (2.0, 1.0, 0.25)
     assert gold["gold_share"] == 1.0 and table["per_task"]["random"]["double"]["gold_share"] == 0.0
+    assert gold["asked_phrasing_share"] == 1.0 and table["per_task"]["random"]["double"]["asked_phrasing_share"] == 0.0
     assert table["mean"]["gold"]["other_over_target"] == 0.125 and table["mean"]["gold"]["times_random"] == 4.0
+
+
+def test_by_phrasing_removes_each_phrasings_task_rows_alone(built: Path) -> None:
+    from evaluation.behaviours import behaviour_session, first_phrasing
+    from evaluation.task_removal import GOLD, GOLD_ASKED, GOLD_OTHER, TaskRemovalSettings, selections
+
+    labels = row_labels(built)
+    session = behaviour_session(built, BehaviourSettings(queries=2))
+    asked = {task: first_phrasing(query_instances(TINY_CASE, built, 2), task, 2) for task in TASKS}
+    plain = selections(session, labels, asked, TaskRemovalSettings(methods=(), workers=1))
+    chosen = selections(session, labels, asked, TaskRemovalSettings(methods=(), by_phrasing=True, workers=1))
+    for task in TASKS:
+        assert set(plain[task]) == {GOLD, "random"} and set(chosen[task]) == {GOLD, "random", GOLD_ASKED, GOLD_OTHER}
+        mine, other = chosen[task][GOLD_ASKED], chosen[task][GOLD_OTHER]
+        assert len(mine) == len(other) == TINY_CASE.demos and sorted(mine + other) == chosen[task][GOLD]
+        assert all(labels[r]["task"] == task and labels[r]["phrasing"] == 0 for r in mine)
+        assert all(labels[r]["task"] == task and labels[r]["phrasing"] == 1 for r in other)
 
 
 def test_bad_task_removal_settings_are_exit_2(tmp_path: Path) -> None:
     for args, message in ((["--removal", "--removal-k", "-1"], "k must be 0"), (["--removal-k", "-2"], "k must be 0"),
-                          (["--removal", "--workers", "0"], "workers must be at least 1")):
+                          (["--removal", "--workers", "0"], "workers must be at least 1"),
+                          (["--removal-by-phrasing"], "give both or neither")):
         result = CliRunner().invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), *args])
         assert result.exit_code == 2 and message in result.output, result.output
 
