@@ -6,7 +6,8 @@ Per case seed (each its own text layout, demonstrations, queries and model; buil
 ``OUT/seed-S/case``; each variant's numbers saved beside it as measured, so a rerun goes on where a killed one
 stopped), per ``unlearning`` variant (:data:`bench.unlearning.VARIANTS`) and per task: the task query
 of the first phrasing's held-out instances (``evaluation.behaviours``' query), its precision@10 and @100 of the
-task's rows and the other phrasing's share of the top 10; then each variant's mean over tasks and seeds, and on how
+task's rows, the other phrasing's share of the top 10, and that share counting only rows that share no word with
+the query's instances; then each variant's mean over tasks and seeds, and on how
 many seeds it met the issue's two retrieval aims together on every task (P@10 ≥ 0.9 and other phrasing ≥ 0.3).
 Writes ``OUT/behaviour_variants.json`` and ``.md``.
 """
@@ -27,6 +28,7 @@ from evaluation.behaviours import (
     BehaviourSettings,
     behaviour_session,
     first_phrasing,
+    query_words,
     row_positions,
     shares,
     task_query,
@@ -42,6 +44,8 @@ PRECISION_AIM, OTHER_AIM = 0.9, 0.3
 
 SEED_FILE = "variants.json"
 """Each seed's measurements so far, beside its case build: a rerun measures only the variants not in it."""
+SHARES = ("precision_10", "precision_100", "other_phrasing_10", "other_unshared_10")
+"""What is measured of each task query (``evaluation.behaviours.shares``): a saved result lacking one is remeasured."""
 
 
 def measure_seed(out: Path, case: BehaviourCase, variants: list[str], depth: int = 100) -> dict[str, dict]:
@@ -56,7 +60,8 @@ def measure_seed(out: Path, case: BehaviourCase, variants: list[str], depth: int
     found: dict[str, dict] = {}
     for name in variants:
         unlearning = VARIANTS[name].settings
-        if kept.get(name, {}).get("settings") == repr(unlearning):
+        saved_tasks = kept.get(name, {}).get("tasks", {}).values()
+        if kept.get(name, {}).get("settings") == repr(unlearning) and all(set(SHARES) <= set(t) for t in saved_tasks):
             found[name] = kept[name]
             log.info("seed %d, %s: reused from %s", case.seed, name, saved_file)
             continue
@@ -65,10 +70,10 @@ def measure_seed(out: Path, case: BehaviourCase, variants: list[str], depth: int
             labels, instances = row_labels(directory), query_instances(case, directory, settings.queries)
         start, tasks = time.perf_counter(), {}
         for task in TASKS:
-            asked = task_query(first_phrasing(instances, task, settings.queries))
-            results = session.attribute_task(asked, k=min(depth, len(session)), method="unlearning",
+            asked = first_phrasing(instances, task, settings.queries)
+            results = session.attribute_task(task_query(asked), k=min(depth, len(session)), method="unlearning",
                                              unlearning=unlearning)
-            tasks[task] = shares(row_positions(session, results), labels, task)
+            tasks[task] = shares(row_positions(session, results), labels, task, query_words(asked))
         found[name] = {"settings": repr(unlearning), "tasks": tasks, "seconds": time.perf_counter() - start}
         kept[name] = found[name]
         write_whole(saved_file, json.dumps({"case": case_key, "variants": kept}, indent=2))
@@ -87,7 +92,7 @@ def summary(seeds: dict[int, dict[str, dict]]) -> dict[str, dict]:
     for name in names:
         per_task = [t for by_variant in seeds.values() for t in by_variant[name]["tasks"].values()]
         out[name] = {share: float(np.mean([t[share] for t in per_task]))
-                     for share in ("precision_10", "precision_100", "other_phrasing_10")}
+                     for share in SHARES}
         out[name]["seeds_meeting_aims"] = [s for s, by_variant in seeds.items()
                                            if meets_aims(by_variant[name]["tasks"])]
     return out
@@ -97,21 +102,24 @@ def markdown(report: dict) -> str:
     tasks = " / ".join(TASKS)
     lines = ["# `unlearning` variants on the behaviour case", "",
              f"Task queries of the first phrasing's {BehaviourSettings().queries} held-out instances, k = 100; each "
-             f"cell lists {tasks}.", "",
-             "| seed | variant | P@10 | P@100 | other phrasing @10 | s (3 tasks) |", "|---|---|---|---|---|---|"]
+             f"cell lists {tasks}. Other, no shared word: the other phrasing's rows in the top 10 that share no word "
+             "with the query's instances (reached through the skill, not the content).", "",
+             "| seed | variant | P@10 | P@100 | other phrasing @10 | other, no shared word @10 | s (3 tasks) |",
+             "|---|---|---|---|---|---|---|"]
     for seed, by_variant in report["seeds"].items():
         for name, entry in by_variant.items():
             cell = {share: " / ".join(f"{t[share]:.2f}" for t in entry["tasks"].values())
-                    for share in ("precision_10", "precision_100", "other_phrasing_10")}
+                    for share in SHARES}
             lines.append(f"| {seed} | {name} | {cell['precision_10']} | {cell['precision_100']} | "
-                         f"{cell['other_phrasing_10']} | {entry['seconds']:.0f} |")
+                         f"{cell['other_phrasing_10']} | {cell['other_unshared_10']} | {entry['seconds']:.0f} |")
     lines += ["", f"Mean over tasks and seeds; the seeds on which a variant met both aims on every task (P@10 ≥ "
               f"{PRECISION_AIM}, other phrasing @10 ≥ {OTHER_AIM}):", "",
-              "| variant | P@10 | P@100 | other phrasing @10 | seeds meeting both aims |", "|---|---|---|---|---|"]
+              "| variant | P@10 | P@100 | other phrasing @10 | other, no shared word @10 | seeds meeting both aims |",
+              "|---|---|---|---|---|---|"]
     for name, entry in report["summary"].items():
         met = ", ".join(map(str, entry["seeds_meeting_aims"])) or "none"
         lines.append(f"| {name} | {entry['precision_10']:.2f} | {entry['precision_100']:.2f} | "
-                     f"{entry['other_phrasing_10']:.2f} | {met} |")
+                     f"{entry['other_phrasing_10']:.2f} | {entry['other_unshared_10']:.2f} | {met} |")
     return "\n".join(lines) + "\n"
 
 

@@ -72,16 +72,24 @@ def behaviour_session(directory: Path, settings: BehaviourSettings) -> Attributi
     return AttributionSession.from_examples(directory / "model", examples, config, directory / "tokenizer")
 
 
-def shares(rows: list[int], labels: list[dict | None], task: str) -> dict[str, float]:
-    """Precision@10 and @100 of ``task``'s rows, and the other phrasing's share of the top 10."""
-    def of(row: int, phrasing: int | None = None) -> bool:
+def shares(rows: list[int], labels: list[dict | None], task: str, words: frozenset[str] = frozenset(),
+           ) -> dict[str, float]:
+    """Precision@10 and @100 of ``task``'s rows, the other phrasing's share of the top 10, and that share counting
+    only rows that share no word with the query's instances (``words``): a row reached through the instances'
+    content (the same words doubled) is not reached through the skill."""
+    def of(row: int, phrasing: int | None = None, unshared: bool = False) -> bool:
         label = labels[row]
-        return label is not None and label["task"] == task and (phrasing is None or label["phrasing"] == phrasing)
+        return (label is not None and label["task"] == task and (phrasing is None or label["phrasing"] == phrasing)
+                and not (unshared and words & set(label.get("words", ()))))
 
     top10, top100 = rows[:10], rows[:100]
-    return {"precision_10": float(np.mean([of(r) for r in top10])) if top10 else float("nan"),
-            "precision_100": float(np.mean([of(r) for r in top100])) if top100 else float("nan"),
-            "other_phrasing_10": float(np.mean([of(r, 1) for r in top10])) if top10 else float("nan")}
+    if not top10:
+        return {name: float("nan") for name in ("precision_10", "precision_100", "other_phrasing_10",
+                                                 "other_unshared_10")}
+    return {"precision_10": float(np.mean([of(r) for r in top10])),
+            "precision_100": float(np.mean([of(r) for r in top100])),
+            "other_phrasing_10": float(np.mean([of(r, 1) for r in top10])),
+            "other_unshared_10": float(np.mean([of(r, 1, unshared=True) for r in top10]))}
 
 
 def row_positions(session: AttributionSession, results) -> list[int]:
@@ -118,6 +126,11 @@ def first_phrasing(instances: list[Instance], task: str, count: int) -> list[Ins
     return [i for i in instances if i.task == task and i.phrasing == 0][:count]
 
 
+def query_words(instances: list[Instance]) -> frozenset[str]:
+    """Every word a task query's instances hold (the content a row may share with the query)."""
+    return frozenset(w for i in instances for w in i.words)
+
+
 def task_query(instances: list[Instance]) -> list[TaskInstance]:
     """Held-out instances as a task query's instances (the prompt after a space, as rows hold it)."""
     return [TaskInstance(" " + i.prompt, i.completion) for i in instances]
@@ -133,9 +146,9 @@ def measure(session: AttributionSession, labels: list[dict | None], instances: l
         for method in settings.methods:
             found = session.attribute_task(task_query(asked), k=depth, method=method)
             single = [shares(row_positions(session, session.attribute(" " + i.prompt, i.completion, k=depth,
-                                                                      method=method)), labels, task)
-                      for i in asked]
-            entry = shares(row_positions(session, found), labels, task)
+                                                                      method=method)), labels, task,
+                             frozenset(i.words)) for i in asked]
+            entry = shares(row_positions(session, found), labels, task, query_words(asked))
             entry.update({f"instance_{name}": float(np.mean([s[name] for s in single])) for name in single[0]})
             table.setdefault(task, {})[method] = entry
             log.info("behaviours: %s by %s: %s", task, method, entry)
@@ -251,15 +264,17 @@ def markdown(report: dict) -> str:
              + "; answer tokens " + "; ".join(f"{task} {acc['tokens_1']:.2f} / {acc['tokens_2']:.2f}"
                                                for task, acc in report["accuracy"].items()) + ".", "",
              f"Task queries ({report['queries']} instances, first phrasing) against single-instance queries "
-             "(mean): precision of the "
-             "task's rows at 10 and 100, and the other phrasing's share of the top 10.", "",
+             "(mean): precision of the task's rows at 10 and 100, and the other phrasing's share of the top 10 (in "
+             "brackets: counting only rows that share no word with the query's instances).", "",
              "| task | method | P@10 | P@100 | other phrasing @10 | single: P@10 | P@100 | other @10 |",
              "|---|---|---|---|---|---|---|---|"]
     for task, methods in report["retrieval"].items():
         for method, e in methods.items():
+            nan = float("nan")  # reports before the unshared share was recorded
             lines.append(f"| {task} | {method} | {e['precision_10']:.2f} | {e['precision_100']:.2f} | "
-                         f"{e['other_phrasing_10']:.2f} | {e['instance_precision_10']:.2f} | "
-                         f"{e['instance_precision_100']:.2f} | {e['instance_other_phrasing_10']:.2f} |")
+                         f"{e['other_phrasing_10']:.2f} ({e.get('other_unshared_10', nan):.2f}) | "
+                         f"{e['instance_precision_10']:.2f} | {e['instance_precision_100']:.2f} | "
+                         f"{e['instance_other_phrasing_10']:.2f} ({e.get('instance_other_unshared_10', nan):.2f}) |")
     if "ablation" in report:
         lines += ["", "Unlearning check of each task (10 rows ascended on, mean over tasks): the other tasks' loss "
                   "change over the target task's (aim ≤ 0.33).", "",

@@ -3,13 +3,14 @@ seeds and tasks, and bad flags refused."""
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bench.behaviour_variants import main, markdown, measure_seed, meets_aims, summary
+from bench.behaviour_variants import SEED_FILE, SHARES, main, markdown, measure_seed, meets_aims, summary
 from evaluation.behaviour_case import TASKS, TINY_CASE
 
 
@@ -18,12 +19,24 @@ def test_each_variant_is_measured_per_task_and_summarized(tmp_path: Path, monkey
     # a rerun reuses what the first one saved, without opening the case's session again
     monkeypatch.setattr("bench.behaviour_variants.behaviour_session", lambda *_: pytest.fail("measured again"))
     assert measure_seed(tmp_path / "seed-1", replace(TINY_CASE, seed=1), ["exhaustive", "default"]) == measured[1]
+    # a result saved before a share was measured is measured again
+    saved_file = tmp_path / "seed-1" / SEED_FILE
+    saved = json.loads(saved_file.read_text())
+    del saved["variants"]["default"]["tasks"]["double"]["other_unshared_10"]
+    saved_file.write_text(json.dumps(saved))
+
+    def remeasured(*_: object) -> None:
+        raise RuntimeError("remeasured")
+    monkeypatch.setattr("bench.behaviour_variants.behaviour_session", remeasured)
+    with pytest.raises(RuntimeError, match="remeasured"):
+        measure_seed(tmp_path / "seed-1", replace(TINY_CASE, seed=1), ["default"])
     monkeypatch.undo()
     for by_variant in measured.values():
         assert set(by_variant) == {"default", "exhaustive"}
         for entry in by_variant.values():
             assert set(entry["tasks"]) == set(TASKS) and entry["seconds"] > 0
-            assert all(0 <= t[s] <= 1 for t in entry["tasks"].values() for s in t)
+            assert all(set(t) == set(SHARES) and 0 <= t[s] <= 1 for t in entry["tasks"].values() for s in t)
+            assert all(t["other_unshared_10"] <= t["other_phrasing_10"] for t in entry["tasks"].values())
     summed = summary(measured)
     shares = [t["other_phrasing_10"] for by_variant in measured.values()
               for t in by_variant["exhaustive"]["tasks"].values()]
@@ -33,7 +46,7 @@ def test_each_variant_is_measured_per_task_and_summarized(tmp_path: Path, monkey
 
 
 def test_both_aims_must_hold_on_every_task() -> None:
-    good = {"precision_10": 0.9, "precision_100": 0.5, "other_phrasing_10": 0.3}
+    good = {"precision_10": 0.9, "precision_100": 0.5, "other_phrasing_10": 0.3, "other_unshared_10": 0.1}
     assert meets_aims({"a": good, "b": good})
     assert not meets_aims({"a": good, "b": {**good, "other_phrasing_10": 0.2}})
     assert not meets_aims({"a": {**good, "precision_10": 0.8}})

@@ -75,11 +75,15 @@ def test_a_rebuild_in_another_process_is_bit_for_bit_the_same(built: Path, tmp_p
     assert again == {name: digest for name, digest in first.items() if name in again}
 
 
-def test_shares_count_the_tasks_rows_and_the_other_phrasing() -> None:
-    labels = [None, {"task": "double", "phrasing": 0}, {"task": "double", "phrasing": 1}, {"task": "spell",
-                                                                                            "phrasing": 1}]
+def test_shares_count_the_tasks_rows_the_other_phrasing_and_its_rows_sharing_no_word() -> None:
+    labels = [None, {"task": "double", "phrasing": 0, "words": ["red", "fox"]},
+              {"task": "double", "phrasing": 1, "words": ["fox", "ran"]}, {"task": "spell", "phrasing": 1,
+                                                                           "words": ["cat", "sat"]},
+              {"task": "double", "phrasing": 1, "words": ["cat", "sat"]}]
     got = shares([1, 2, 3, 0], labels, "double")
-    assert got == {"precision_10": 0.5, "precision_100": 0.5, "other_phrasing_10": 0.25}
+    assert got == {"precision_10": 0.5, "precision_100": 0.5, "other_phrasing_10": 0.25, "other_unshared_10": 0.25}
+    got = shares([1, 2, 3, 4], labels, "double", frozenset({"fox", "dog"}))  # row 2 shares "fox" with the query
+    assert got["other_phrasing_10"] == 0.5 and got["other_unshared_10"] == 0.25
 
 
 def test_every_method_is_measured_as_a_task_and_per_instance(built: Path) -> None:
@@ -95,6 +99,8 @@ def test_every_method_is_measured_as_a_task_and_per_instance(built: Path) -> Non
         for entry in methods.values():
             assert all(0.0 <= value <= 1.0 for value in entry.values())
             assert entry["other_phrasing_10"] <= entry["precision_10"]
+            assert entry["other_unshared_10"] <= entry["other_phrasing_10"]
+            assert entry["instance_other_unshared_10"] <= entry["instance_other_phrasing_10"]
     for selection in ("gradient", "bm25", "random", "unlearning"):
         assert math.isfinite(report["ablation"][selection]["related_over_target"])
     text = (out / "behaviours.md").read_text()
