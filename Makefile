@@ -52,7 +52,7 @@ test: $(STAMP) lint browser
 # ~100 min the larger LDS case (40 min retrains, 55 min estimators, 7 min peers), ~36 min the second case's full index
 # and removal-and-retrain from 3 seeds (with the Newton selection, 2026-12-07), ~110 min the demo's (estimated),
 # ~30 min the vector store at 10^7, ~10 min each the lexical engines at 10^6 and Pythia's shapes, ~15 min the
-# served unlearning's candidate pools, ~80 min behaviours with task removal (16 retrains of ~8 min, two at a time),
+# served unlearning's candidate pools, ~105 min behaviours with task removal (22 retrains of ~8 min, two at a time),
 # behaviours over 3 seeds not yet timed;
 # LDS_SUBSETS=4 for a quicker pass). A section not rerun (bench.results --only) keeps its earlier text, labelled.
 # bergson and Kronfluence run in their own environment, .venv-bench/ (bench/bergson_env.sh).

@@ -151,8 +151,10 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                              "--estimators", LARGER_ESTIMATORS]),
         Section("behaviours", "Which data teaches a behaviour (task queries)",
                 "Tasks of unusual ways to speak taught under two phrasings among real text; every method as a task "
-                "query and per instance; the unlearning check of each task; removal and retrain of each task.",
-                headwater + ["eval", "behaviours", "--out", str(out / "behaviours"), "--removal"]),
+                "query and per instance; the unlearning check of each task; removal and retrain of each task, and "
+                "of each phrasing's demonstrations alone.",
+                headwater + ["eval", "behaviours", "--out", str(out / "behaviours"), "--removal",
+                             "--removal-by-phrasing"]),
         Section("behaviours-seeds", "Behaviours over three case seeds",
                 "The unlearning check's ratios on three builds of the behaviour case (seeds 0-2: text layout, "
                 "demonstrations, queries and model each their own): one build's ratios move a lot.",
