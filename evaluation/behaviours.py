@@ -72,15 +72,14 @@ def behaviour_session(directory: Path, settings: BehaviourSettings) -> Attributi
     return AttributionSession.from_examples(directory / "model", examples, config, directory / "tokenizer")
 
 
-def shares(rows: list[int], labels: list[dict | None], task: str, words: frozenset[str] = frozenset(),
-           ) -> dict[str, float]:
+def shares(rows: list[int], labels: list[dict | None], task: str, words: frozenset[str]) -> dict[str, float]:
     """Precision@10 and @100 of ``task``'s rows, the other phrasing's share of the top 10, and that share counting
     only rows that share no word with the query's instances (``words``): a row reached through the instances'
     content (the same words doubled) is not reached through the skill."""
     def of(row: int, phrasing: int | None = None, unshared: bool = False) -> bool:
         label = labels[row]
         return (label is not None and label["task"] == task and (phrasing is None or label["phrasing"] == phrasing)
-                and not (unshared and words & set(label.get("words", ()))))
+                and not (unshared and words & set(label["words"])))
 
     top10, top100 = rows[:10], rows[:100]
     if not top10:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -177,26 +178,27 @@ def removal_table(losses: dict[str, dict[str, list[float]]], chosen: dict[str, d
     base = losses[NONE]
     table: dict[str, dict] = {}
     for task, picked in chosen.items():
-        gold = set(task_rows(labels, task))
+        gold, asked = set(task_rows(labels, task)), set(task_rows(labels, task, 0))
         for name, rows in picked.items():
             after = losses[f"{task}-{name}"]
             others = [after[t][p] - base[t][p] for t in TASKS if t != task for p in (0, 1)]
             entry = {"d_target": after[task][0] - base[task][0],
                      "d_target_other_phrasing": after[task][1] - base[task][1],
                      "d_other_tasks": float(np.mean(others)), "gold_share": len(gold & set(rows)) / max(len(rows), 1),
-                     "asked_phrasing_share": len(set(task_rows(labels, task, 0)) & set(rows)) / max(len(rows), 1),
+                     "asked_phrasing_share": len(asked & set(rows)) / max(len(rows), 1),
                      "rows": len(rows)}
             table.setdefault(name, {})[task] = entry
     summary = {}
     for name, per_task in table.items():
         mean = {key: float(np.mean([e[key] for e in per_task.values()]))
                 for key in ("d_target", "d_target_other_phrasing", "d_other_tasks", "gold_share",
-                            "asked_phrasing_share")}
+                            "asked_phrasing_share", "rows")}
         mean["other_over_target"] = mean["d_other_tasks"] / mean["d_target"] if mean["d_target"] else float("nan")
         summary[name] = mean
-    for mean in summary.values():
-        random_target = summary[RANDOM]["d_target"]
-        mean["times_random"] = mean["d_target"] / random_target if random_target > 0 else float("nan")
+    random_target, random_rows = summary[RANDOM]["d_target"], summary[RANDOM]["rows"]
+    for mean in summary.values():  # against random only where as many rows were removed (not by_phrasing's halves)
+        same_size = mean["rows"] == random_rows
+        mean["times_random"] = mean["d_target"] / random_target if random_target > 0 and same_size else float("nan")
     return {"baseline": base, "per_task": table, "mean": summary}
 
 
@@ -205,13 +207,15 @@ def markdown_lines(report: dict) -> list[str]:
     lines = ["", "Removal and retrain of each task (each selection's rows removed, the model retrained from scratch; "
              "Δ mean completion loss in nats against a retrain that removes nothing, mean over tasks): the "
              "target task on the query's phrasing and on the other phrasing, the other tasks, their ratio "
-             "(other/target) and the target's Δ over random's. Rows of the task: the share of the removed rows "
-             "that demonstrate it (in brackets: on the query's phrasing).", "",
+             "(other/target) and the target's Δ over random's (— where a selection removed another number of rows). "
+             "Rows of the task: the share of the removed rows that demonstrate it (in brackets: on the query's "
+             "phrasing).", "",
              "| selection | rows of the task | Δ target | Δ target, other phrasing | Δ other tasks | other / target | "
              "× random |", "|---|---|---|---|---|---|---|"]
     for name, e in report["mean"].items():
         asked = e.get("asked_phrasing_share", float("nan"))  # reports before it was recorded
         lines.append(f"| {name} | {e['gold_share']:.2f} ({asked:.2f}) | {e['d_target']:.3f} | "
                      f"{e['d_target_other_phrasing']:.3f} | "
-                     f"{e['d_other_tasks']:.3f} | {e['other_over_target']:.2f} | {e['times_random']:.1f} |")
+                     f"{e['d_other_tasks']:.3f} | {e['other_over_target']:.2f} | "
+                     f"{'—' if math.isnan(e['times_random']) else format(e['times_random'], '.1f')} |")
     return lines

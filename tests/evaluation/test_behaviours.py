@@ -80,7 +80,7 @@ def test_shares_count_the_tasks_rows_the_other_phrasing_and_its_rows_sharing_no_
               {"task": "double", "phrasing": 1, "words": ["fox", "ran"]}, {"task": "spell", "phrasing": 1,
                                                                            "words": ["cat", "sat"]},
               {"task": "double", "phrasing": 1, "words": ["cat", "sat"]}]
-    got = shares([1, 2, 3, 0], labels, "double")
+    got = shares([1, 2, 3, 0], labels, "double", frozenset())
     assert got == {"precision_10": 0.5, "precision_100": 0.5, "other_phrasing_10": 0.25, "other_unshared_10": 0.25}
     got = shares([1, 2, 3, 4], labels, "double", frozenset({"fox", "dog"}))  # row 2 shares "fox" with the query
     assert got["other_phrasing_10"] == 0.5 and got["other_unshared_10"] == 0.25
@@ -157,6 +157,27 @@ def test_the_task_removal_table_takes_differences_against_the_baseline() -> None
     assert table["mean"]["gold"]["other_over_target"] == 0.125 and table["mean"]["gold"]["times_random"] == 4.0
 
 
+def test_the_removal_table_names_the_asked_phrasings_share_and_compares_only_like_sizes_with_random() -> None:
+    from evaluation.task_removal import GOLD_ASKED, GOLD_OTHER, markdown_lines, removal_table
+
+    labels = [{"task": "double", "phrasing": 0}, {"task": "double", "phrasing": 1}, None, None]
+    same = {"double": [1.0, 1.0], "spell": [1.0, 1.0], "reverse": [1.0, 1.0]}
+    losses = {"none": same, "double-gold": {**same, "double": [5.0, 5.0]},
+              "double-random": {**same, "double": [2.0, 1.0]},
+              "double-gold_asked": {**same, "double": [4.0, 1.5]}, "double-gold_other": {**same, "double": [1.0, 3.0]}}
+    chosen = {"double": {"gold": [0, 1], "random": [2, 3], GOLD_ASKED: [0], GOLD_OTHER: [1]}}
+    mean = removal_table(losses, chosen, labels)["mean"]
+    assert (mean["gold"]["asked_phrasing_share"], mean[GOLD_ASKED]["asked_phrasing_share"],
+            mean[GOLD_OTHER]["asked_phrasing_share"]) == (0.5, 1.0, 0.0)
+    assert (mean[GOLD_ASKED]["d_target"], mean[GOLD_OTHER]["d_target"]) == (3.0, 0.0)
+    assert mean["gold"]["times_random"] == 4.0  # two rows each
+    assert math.isnan(mean[GOLD_ASKED]["times_random"]) and math.isnan(mean[GOLD_OTHER]["times_random"])
+    lines = markdown_lines({"mean": mean})
+    assert any(line.startswith(f"| {GOLD_ASKED} | 1.00 (1.00) | 3.000 |") and line.endswith("| — |")
+               for line in lines)
+    assert any(line.startswith("| gold | 1.00 (0.50) |") and line.endswith("| 4.0 |") for line in lines)
+
+
 def test_by_phrasing_removes_each_phrasings_task_rows_alone(built: Path) -> None:
     from evaluation.behaviours import behaviour_session, first_phrasing
     from evaluation.task_removal import GOLD, GOLD_ASKED, GOLD_OTHER, TaskRemovalSettings, selections
@@ -180,6 +201,20 @@ def test_bad_task_removal_settings_are_exit_2(tmp_path: Path) -> None:
                           (["--removal-by-phrasing"], "give both or neither")):
         result = CliRunner().invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_the_cli_asks_for_removal_by_phrasing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[BehaviourSettings] = []
+
+    def run(out: Path, case: object, settings: BehaviourSettings) -> dict:
+        asked.append(settings)
+        return {}
+    monkeypatch.setattr("evaluation.behaviours.run_behaviours", run)
+    monkeypatch.setattr("evaluation.behaviours.markdown", lambda report: "")
+    for flags, by_phrasing in ((["--removal"], False), (["--removal", "--removal-by-phrasing"], True)):
+        result = CliRunner().invoke(app, ["eval", "behaviours", "--out", str(tmp_path / "r"), *flags])
+        assert result.exit_code == 0, result.output
+        assert asked[-1].removal is not None and asked[-1].removal.by_phrasing is by_phrasing
 
 
 def test_several_case_seeds_are_measured_and_summarized(tmp_path: Path) -> None:
