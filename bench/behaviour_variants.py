@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from bench.unlearning import VARIANTS
-from evaluation.behaviour_case import TASKS, BehaviourCase, build_behaviour_case, query_instances, row_labels
+from evaluation.behaviour_case import (
+    TASKS,
+    BehaviourCase,
+    build_behaviour_case,
+    query_instances,
+    row_labels,
+    task_query,
+)
 from evaluation.behaviours import (
     BehaviourSettings,
     behaviour_session,
@@ -31,7 +38,6 @@ from evaluation.behaviours import (
     query_words,
     row_positions,
     shares,
-    task_query,
 )
 from evaluation.report_files import write_report_files, write_whole
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
+from attribution.tasks import Instance as TaskInstance
 from evaluation.corpus import real_documents
 from evaluation.text_case import epoch_order, reuse_or_clear, write_marker
 from evaluation.tokenizer import train_tokenizer
@@ -141,6 +142,11 @@ def query_instances(case: BehaviourCase, directory: Path, count: int = 8) -> lis
     fresh = [i for i in draw_instances(case, words, count * 4, "queries") if i.words not in seen]
     return [i for task in TASKS for p in (0, 1)
             for i in [x for x in fresh if x.task == task and x.phrasing == p][:count]]
+
+
+def task_query(instances: list[Instance]) -> list[TaskInstance]:
+    """Held-out instances as a task query's instances (the prompt after a space, as rows hold it)."""
+    return [TaskInstance(" " + i.prompt, i.completion) for i in instances]
 
 
 def lay_out(case: BehaviourCase, tokenizer, docs: list[dict], demos: list[Instance]) -> tuple[list, list]:

@@ -24,7 +24,6 @@ from attribution.errors import ConfigError
 from attribution.records import Example
 from attribution.session import AttributionSession
 from attribution.sketch import SketchConfig
-from attribution.tasks import Instance as TaskInstance
 from evaluation.ablation import run_ablation
 from evaluation.ablation_plan import AblationSettings
 from evaluation.behaviour_case import (
@@ -34,6 +33,7 @@ from evaluation.behaviour_case import (
     build_behaviour_case,
     query_instances,
     row_labels,
+    task_query,
     training_rows,
 )
 from evaluation.report_files import write_report_files
@@ -128,11 +128,6 @@ def first_phrasing(instances: list[Instance], task: str, count: int) -> list[Ins
 def query_words(instances: list[Instance]) -> frozenset[str]:
     """Every word a task query's instances hold (the content a row may share with the query)."""
     return frozenset(w for i in instances for w in i.words)
-
-
-def task_query(instances: list[Instance]) -> list[TaskInstance]:
-    """Held-out instances as a task query's instances (the prompt after a space, as rows hold it)."""
-    return [TaskInstance(" " + i.prompt, i.completion) for i in instances]
 
 
 def measure(session: AttributionSession, labels: list[dict | None], instances: list[Instance],

@@ -41,8 +41,7 @@ from attribution.ascent import LossMeter, Probe
 from attribution.errors import ConfigError
 from attribution.models import load_tokenizer
 from attribution.session import AttributionSession
-from attribution.tasks import Instance as TaskInstance
-from evaluation.behaviour_case import TASKS, BehaviourCase, Instance, case_order
+from evaluation.behaviour_case import TASKS, BehaviourCase, Instance, case_order, task_query
 from evaluation.report_files import as_json, rows_digest, write_whole
 from evaluation.retrain import run_jobs, usable_cores
 from evaluation.training import steps_for, train
@@ -98,7 +97,7 @@ def selections(session: AttributionSession, labels: list[dict | None], asked: di
         picked = {GOLD: gold[:k], RANDOM: sorted(int(r) for r in rng.choice(len(session), k, replace=False))}
         if settings.by_phrasing:
             picked |= {GOLD_ASKED: task_rows(labels, task, 0), GOLD_OTHER: task_rows(labels, task, 1)}
-        query = [TaskInstance(" " + i.prompt, i.completion) for i in asked[task]]
+        query = task_query(asked[task])
         for method in settings.methods:
             results = session.attribute_task(query, k=k, method=method)
             picked[method] = sorted(int(r.example_id) for r in results)
