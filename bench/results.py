@@ -159,6 +159,11 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                 "The unlearning check's ratios on three builds of the behaviour case (seeds 0-2: text layout, "
                 "demonstrations, queries and model each their own): one build's ratios move a lot.",
                 headwater + ["eval", "behaviours", "--out", str(out / "behaviours-seeds"), "--seeds", "3"]),
+        Section("behaviour-phrasings", "Task queries that name one phrasing, both, or neither",
+                "Per method, on the three seeds' builds above: a task query of the first phrasing, one of both "
+                "phrasings, and one whose instruction no training row holds; which phrasing's rows each finds.",
+                [sys.executable, "-m", "bench.behaviour_phrasings", "--out", str(out / "behaviours-seeds"),
+                 "--seeds", "0,1,2"]),
         Section("second-index", "Index of every row of the second case", "CLI defaults (the removal test needs "
                 "every training row).",
                 headwater + ["index", "build", "--model", str(second / "model"), "--data",
@@ -208,6 +213,11 @@ def sections(demo: Path, out: Path, lds_subsets: int | None, second: Path | None
                  "--unlearning", "--newton"]),
         Section("service", "Service latency", "POST /v1/attribute on a real uvicorn server.",
                 [sys.executable, "-m", "bench.service", "--index", str(index), "--demo", str(demo)]),
+        Section("cost-estimate", "The cost estimate that method auto decides by",
+                "service.catalog's estimate of an uncached unlearning query (timed at load) against such a query "
+                "timed in the same process, 3 fresh opens an index; the aim: within 0.5-2×.",
+                [sys.executable, "-m", "bench.cost_estimate", "--index", str(index), "--index", str(second_index),
+                 "--repeats", "3"]),
     ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -46,33 +47,13 @@ def test_a_pass_that_fails_at_load_costs_inf_and_auto_falls_back_to_gradient(
     assert chosen.method is Method.GRADIENT and "could not be timed" in chosen.reason
 
 
-@pytest.fixture(scope="module")
-def second_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny second case (other text, templates, seed), indexed whole-row: a differently built index."""
-    from demo.build import build_demo
-    from evaluation.demo_config import TINY_SECOND
-    from indexer.build import build_index
-    from indexer.config import IndexConfig
-    from indexer.runner import Rank
-
-    demo = tmp_path_factory.mktemp("second-demo")
-    build_demo(demo, TINY_SECOND)
-    out = tmp_path_factory.mktemp("second-index") / "index"
-    build_index(IndexConfig.create(str(demo / "model"), str(demo / "data" / "document"), k=4, shard_size=64), out,
-                Rank())
-    return out
-
-
-@pytest.mark.parametrize("which", ["tiny_index", "second_index"])
-def test_the_estimate_is_within_twice_a_timed_uncached_query(which: str, request: pytest.FixtureRequest) -> None:
-    """auto decides on the estimate of an uncached unlearning query: it must be near what one costs (a ratio of two
-    timings in one process, not a speed target)."""
-    import time
-
-    session = open_index(request.getfixturevalue(which))
-    cost = unlearning_cost(session)
-    prompt = session.texts_of([0])[0][:60] or "The"  # any prompt: the cost is the rows' passes, not the target's
-    started = time.perf_counter()
-    session.attribute(prompt, " the", k=5, method=Method.UNLEARNING)  # its reference losses are not cached yet
-    measured = time.perf_counter() - started
-    assert 0.5 <= cost.seconds() / measured <= 2.0, (cost, measured)
+def test_the_estimate_adds_three_cold_passes_and_a_read_per_row_to_two_ascents(tiny_index: Path) -> None:
+    """auto decides on the estimate of an uncached unlearning query. How near it comes to a timed query is a
+    benchmark (``bench.cost_estimate``, on the demo's and the second case's indices); here its measured parts are
+    summed as documented."""
+    cost = unlearning_cost(open_index(tiny_index))
+    parts = (cost.row_seconds, cost.ascent_seconds, cost.read_seconds)
+    assert all(math.isfinite(p) and p > 0 for p in parts), cost
+    expected = cost.rows * (3 * cost.row_seconds + cost.read_seconds) + 2 * cost.ascent_seconds
+    assert cost.seconds() == pytest.approx(expected)
+    assert cost.seconds(row_seconds=0.0) == pytest.approx(cost.rows * cost.read_seconds + 2 * cost.ascent_seconds)
