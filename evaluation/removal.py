@@ -39,12 +39,22 @@ from evaluation.field_lds import UNLEARNING_NEWTON, is_unlearning_newton, unlear
 from evaluation.lds import completion_losses
 from evaluation.lds_stats import bootstrap_ci
 from evaluation.report_files import rows_digest, write_report_files
-from evaluation.retrain import MARKER, demo_config, is_done, run_jobs, train_subset, training_rows, usable_cores
+from evaluation.retrain import (
+    GOLD,
+    MARKER,
+    NONE,
+    RANDOM,
+    demo_config,
+    is_done,
+    run_jobs,
+    train_subset,
+    training_rows,
+    usable_cores,
+)
 from indexer.groundtruth import Fact, load_facts
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
-NONE, RANDOM, GOLD = "none", "random", "gold"
 
 
 @dataclass(frozen=True)

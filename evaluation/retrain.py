@@ -37,6 +37,8 @@ from indexer.megatron import MegatronDataset
 
 log = logging.getLogger(__name__)
 MARKER = "done.json"
+NONE, RANDOM, GOLD = "none", "random", "gold"
+"""The baseline selections of every removal (facts and tasks): nothing removed, random rows, the known gold rows."""
 
 
 def demo_config(demo_dir: Path) -> DemoConfig:

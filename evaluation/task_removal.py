@@ -43,11 +43,10 @@ from attribution.models import load_tokenizer
 from attribution.session import AttributionSession
 from evaluation.behaviour_case import TASKS, BehaviourCase, Instance, case_order, task_query
 from evaluation.report_files import as_json, rows_digest, write_whole
-from evaluation.retrain import run_jobs, usable_cores
+from evaluation.retrain import GOLD, NONE, RANDOM, run_jobs, usable_cores
 from evaluation.training import steps_for, train
 
 log = logging.getLogger(__name__)
-NONE, RANDOM, GOLD = "none", "random", "gold"
 GOLD_ASKED, GOLD_OTHER = "gold_asked", "gold_other"
 
 
