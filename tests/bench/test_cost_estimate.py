@@ -1,8 +1,9 @@
+import sys
 from pathlib import Path
 
 import pytest
 
-from bench.cost_estimate import HEADER, EstimateCheck, check
+from bench.cost_estimate import HEADER, EstimateCheck, check, main
 
 
 def test_the_check_estimates_and_times_an_uncached_query_per_repeat(tiny_index: Path) -> None:
@@ -23,3 +24,13 @@ def test_the_row_reads_medians_and_the_range_of_ratios() -> None:
 def test_repeats_below_one_are_refused(tiny_index: Path) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         check(tiny_index, repeats=0)
+
+
+@pytest.mark.parametrize("flags", [["--repeats", "0"], ["--index", "no-such-index"]])
+def test_bad_flags_are_a_usage_error(tmp_path: Path, flags: list[str], monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cost_estimate", *flags])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2 and "error:" in capsys.readouterr().err
