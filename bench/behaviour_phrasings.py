@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from attribution.tasks import Instance as TaskInstance
+from bench.behaviour_variants import case_seeds
 from evaluation.behaviour_case import (
     TASKS,
     BehaviourCase,
@@ -42,7 +43,14 @@ from evaluation.behaviour_case import (
     row_labels,
     task_query,
 )
-from evaluation.behaviours import BehaviourSettings, behaviour_session, query_words, row_positions, token_accuracy
+from evaluation.behaviours import (
+    BehaviourSettings,
+    behaviour_session,
+    demonstrates,
+    query_words,
+    row_positions,
+    token_accuracy,
+)
 from evaluation.report_files import write_report_files, write_whole
 
 log = logging.getLogger("bench.behaviour_phrasings")
@@ -98,9 +106,7 @@ def phrasing_shares(rows: list[int], labels: list[dict | None], task: str, words
     """Precision@10 and @100 of ``task``'s rows, each phrasing's share of the top 10, and the task's rows in the top
     10 that share no word with ``words`` (the query's instances' words)."""
     def of(row: int, phrasing: int | None = None, unshared: bool = False) -> bool:
-        label = labels[row]
-        return (label is not None and label["task"] == task and (phrasing is None or label["phrasing"] == phrasing)
-                and not (unshared and words & set(label["words"])))
+        return demonstrates(labels[row], task, phrasing, words if unshared else frozenset())
 
     top10, top100 = rows[:10], rows[:DEPTH]
     if not top10:
@@ -184,7 +190,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="case builds (OUT/seed-S/case) and the report")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated case seeds")
+    parser.add_argument("--seeds", default=[0, 1, 2], type=case_seeds, help="comma-separated case seeds")
     parser.add_argument("--methods", default=",".join(BehaviourSettings().methods),
                         help="comma-separated task-query methods")
     args = parser.parse_args()
@@ -194,13 +200,8 @@ def main() -> None:
     known = BehaviourSettings().methods
     if not methods or set(methods) - set(known):
         parser.error(f"--methods {args.methods!r}: choose from {list(known)}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds {args.seeds!r}: comma-separated integers")
-    if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
-        parser.error(f"--seeds {args.seeds!r}: distinct integers ≥ 0")
-    measured = {seed: measure_seed(args.out / f"seed-{seed}", BehaviourCase(seed=seed), methods) for seed in seeds}
+    measured = {seed: measure_seed(args.out / f"seed-{seed}", BehaviourCase(seed=seed), methods)
+                for seed in args.seeds}
     report = {"seeds": measured, "summary": summary(measured)}
     write_report_files(report, args.out, "behaviour_phrasings", markdown)
     print(markdown(report))

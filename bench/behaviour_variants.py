@@ -87,6 +87,17 @@ def measure_seed(out: Path, case: BehaviourCase, variants: list[str], depth: int
     return found
 
 
+def case_seeds(text: str) -> list[int]:
+    """``--seeds``: comma-separated distinct case seeds ≥ 0 (an argparse type: a bad list is a usage error)."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated integers") from None
+    if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: distinct integers ≥ 0")
+    return seeds
+
+
 def meets_aims(tasks: dict[str, dict[str, float]]) -> bool:
     return all(t["precision_10"] >= PRECISION_AIM and t["other_phrasing_10"] >= OTHER_AIM for t in tasks.values())
 
@@ -132,7 +143,7 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="case builds and the report")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated case seeds")
+    parser.add_argument("--seeds", default=[0, 1, 2], type=case_seeds, help="comma-separated case seeds")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help=f"comma-separated, of {sorted(n for n, v in VARIANTS.items() if not v.related)}")
     args = parser.parse_args()
@@ -140,17 +151,12 @@ def main() -> None:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(VARIANTS))
     related = sorted(v for v in variants if v in VARIANTS and VARIANTS[v].related)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds {args.seeds!r}: comma-separated integers")
     if unknown or not variants:
         parser.error(f"unknown or no variants {unknown}; choose from {sorted(VARIANTS)}")
     if related:
         parser.error(f"variants {related} take a fact's related prompts as controls, which a task query has not")
-    if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
-        parser.error(f"--seeds {args.seeds!r}: distinct integers ≥ 0")
-    measured = {seed: measure_seed(args.out / f"seed-{seed}", BehaviourCase(seed=seed), variants) for seed in seeds}
+    measured = {seed: measure_seed(args.out / f"seed-{seed}", BehaviourCase(seed=seed), variants)
+                for seed in args.seeds}
     report = {"seeds": measured, "summary": summary(measured)}
     write_report_files(report, args.out, "behaviour_variants", markdown)
     print(markdown(report))

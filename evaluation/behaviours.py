@@ -72,14 +72,20 @@ def behaviour_session(directory: Path, settings: BehaviourSettings) -> Attributi
     return AttributionSession.from_examples(directory / "model", examples, config, directory / "tokenizer")
 
 
+def demonstrates(label: dict | None, task: str, phrasing: int | None = None,
+                 avoiding: frozenset[str] = frozenset()) -> bool:
+    """Whether a row (by its label) demonstrates ``task`` — in ``phrasing`` when given (0 the first, 1 the second) —
+    on words none of which are in ``avoiding``."""
+    return (label is not None and label["task"] == task and (phrasing is None or label["phrasing"] == phrasing)
+            and not avoiding & set(label["words"]))
+
+
 def shares(rows: list[int], labels: list[dict | None], task: str, words: frozenset[str]) -> dict[str, float]:
     """Precision@10 and @100 of ``task``'s rows, the other phrasing's share of the top 10, and that share counting
     only rows that share no word with the query's instances (``words``): a row reached through the instances'
     content (the same words doubled) is not reached through the skill."""
     def of(row: int, phrasing: int | None = None, unshared: bool = False) -> bool:
-        label = labels[row]
-        return (label is not None and label["task"] == task and (phrasing is None or label["phrasing"] == phrasing)
-                and not (unshared and words & set(label["words"])))
+        return demonstrates(labels[row], task, phrasing, words if unshared else frozenset())
 
     top10, top100 = rows[:10], rows[:100]
     if not top10:
