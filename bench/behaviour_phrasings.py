@@ -47,6 +47,7 @@ from evaluation.behaviours import (
     BehaviourSettings,
     behaviour_session,
     demonstrates,
+    first_phrasing,
     query_words,
     row_positions,
     token_accuracy,
@@ -92,7 +93,7 @@ class PhrasingQuery:
 
 def queries(instances: list[Instance], task: str, count: int) -> list[PhrasingQuery]:
     """The ``asked``, ``both`` and ``unseen`` task queries of ``task`` from the case's held-out instances."""
-    first = [i for i in instances if i.task == task and i.phrasing == 0][:count]
+    first = first_phrasing(instances, task, count)
     second = [i for i in instances if i.task == task and i.phrasing == 1][:count]
     both = first[: count // 2] + second[: count - count // 2]
     unseen = [TaskInstance(f" {UNSEEN[task]} {' '.join(i.words)} =>", i.completion) for i in first]
