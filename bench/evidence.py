@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -33,17 +33,20 @@ class Row:
     """The estimator's name in ``field_lds.json``."""
     removal: str | None = None
     """The selection's name in ``removal.json``."""
+    short: str | None = None
+    """The name in a lead/trail line (default: the label up to its first parenthesis)."""
 
 
 ROWS = (
     Row("headwater `newton`: exact loss change along (G + λ)⁻¹ g, λ = 100 × mean eigenvalue, full space, no storage "
         "(LDS only)", Side.OURS,
-        "newton"),
+        "newton", short="headwater `newton`"),
     Row("headwater `unlearning`, direction newton (one Newton step, central difference)", Side.OURS,
         "unlearning@newton", "unlearning@newton"),
     Row("headwater in two stages: the index default (8 KB a row) and BM25 recall 100 rows a query, `newton` scores "
-        "them, the rest 0 (LDS only)", Side.OURS, "newton@c100@bm25"),
-    Row("the same, 300 rows a query", Side.OURS, "newton@c300@bm25"),
+        "them, the rest 0 (LDS only)", Side.OURS, "newton@c100@bm25",
+        short="headwater in two stages, 100 rows a query"),
+    Row("the same, 300 rows a query", Side.OURS, "newton@c300@bm25", short="headwater in two stages, 300 rows a query"),
     Row("headwater `unlearning` (ascent on the query; no storage beyond the index)", Side.OURS, "unlearning",
         "unlearning"),
     Row("headwater gradient, `block`, cosine (the index default, k=16)", Side.OURS, "gradient/block", "gradient"),
@@ -111,6 +114,11 @@ class Cell:
     """Removal: the mean per-fact difference to BM25's Δ and its bootstrap interval."""
     two_way: bool = False
     """LDS: the interval resamples retrains as well as queries (reports since it was added; the conservative one)."""
+    paired_vs_peer: tuple[float, float, float] | None = None
+    """LDS, on the report's best headwater estimator: its lead over the best peer and the interval of that
+    difference, paired over joint draws of queries and retrains (each side's best chosen again in every draw)."""
+    peer: str | None = None
+    """The peer that ``paired_vs_peer`` is measured against."""
 
 
 def _finite(value: float | int | None) -> float | None:
@@ -136,6 +144,10 @@ def cells(out: Path, column: Column) -> dict[str, Cell] | None:
         if (value := _finite(entry.get("mean"))) is not None:
             low, high = entry.get("ci95_two_way", entry.get("ci95", [None, None]))
             found[name] = Cell(value, low, high, two_way="ci95_two_way" in entry)
+    lead = (report.get("lead") or {}).get(column.kind)
+    if lead and lead.get("ours") in found:
+        paired = (lead["difference"], *lead["difference_ci95"])
+        found[lead["ours"]] = replace(found[lead["ours"]], paired_vs_peer=paired, peer=lead["peer"])
     return found
 
 
@@ -170,6 +182,12 @@ def verdict(column: Column, found: dict[str, Cell]) -> str | None:
         known = _finite(low) is not None and _finite(high) is not None
         apart = known and not low <= 0 <= high
         how = f"paired difference {mean:+.2f} [{low:+.2f}, {high:+.2f}]" if known else "no paired interval"
+    elif cell.paired_vs_peer is not None and cell.peer == theirs.lds:  # the report's paired lead decides
+        mean, low, high = cell.paired_vs_peer
+        known = _finite(low) is not None and _finite(high) is not None
+        apart = known and not low <= 0 <= high
+        how = (f"paired difference {mean:+.3f} [{low:+.3f}, {high:+.3f}], queries and retrains resampled"
+               if known else "no paired interval")
     else:
         bounds = [_finite(v) for v in (cell.low, cell.high, other.low, other.high)]
         known = all(v is not None for v in bounds)
@@ -179,19 +197,24 @@ def verdict(column: Column, found: dict[str, Cell]) -> str | None:
     word = "**tie**"  # unless the intervals say otherwise (unknown intervals decide nothing)
     if apart and cell.value != other.value:
         word = "**lead**" if cell.value > other.value else "**trail**"
-    line = (f"- {column.title}: we {word} — {mine.label.split(' (')[0]} {cell.value:.3f} vs {theirs.label} "
-            f"{other.value:.3f} ({ratio}; {how})")
+    name = mine.short or mine.label.split(" (")[0]
+    line = (f"- {column.title}: we {word} — {name} {cell.value:.3f} vs {theirs.label} {other.value:.3f} "
+            f"({ratio}; {how})")
     if column.kind == "removal":
         line += "".join([f"; {cell.times_random:.1f}× random" if cell.times_random is not None else "",
                          f"; related/target {cell.related:.2f} (aim ≤ 0.2)" if cell.related is not None else ""])
     return line
 
 
-def evidence_table(out: Path, sections: set[str] | None = None) -> str:
-    """The markdown table and its lead/trail lines (empty when no report is there); with ``sections``, only the
-    columns whose section is among them (those that ran and succeeded), so a failed run's stale report stays out."""
-    columns = [(c, found) for c in COLUMNS if (sections is None or c.section in sections)
-               and (found := cells(out, c))]
+def report_columns(out: Path, sections: set[str] | None = None) -> list[tuple[Column, dict[str, Cell]]]:
+    """Each column whose report is under ``out``, with its cells; with ``sections``, only the columns whose section
+    is among them (those that ran and succeeded), so a failed run's stale report stays out."""
+    return [(c, found) for c in COLUMNS if (sections is None or c.section in sections) and (found := cells(out, c))]
+
+
+def render(columns: list[tuple[Column, dict[str, Cell]]], passes: dict[str, str] | None = None) -> str:
+    """The markdown table and its lead/trail lines (empty when there are no columns). ``passes`` (column title →
+    the pass that measured it) adds a line naming each column's pass when they are not all one."""
     if not columns:
         return ""
     lines = ["| method | " + " | ".join(c.title for c, _ in columns) + " |", "|---|" + "---|" * len(columns)]
@@ -202,10 +225,29 @@ def evidence_table(out: Path, sections: set[str] | None = None) -> str:
         label = f"**{row.label}**" if row.side is Side.OURS else row.label
         lines.append(f"| {label} | " + " | ".join(shown(v, c) for v, (c, _) in zip(values, columns, strict=True))
                      + " |")
+    lines += passes_lines(columns, passes or {})
     lines += ["", "Our best against the best peer (LDS: Kronfluence, bergson) or the best baseline (removal: BM25, "
               "embedding); the issue's aims: LDS ≥ 1.1× the best peer, removal above BM25 and ≥ 3× random:", ""]
     lines += [line for c, found in columns if (line := verdict(c, found)) is not None]
     return "\n".join(lines) + "\n"
+
+
+def passes_lines(columns: list[tuple[Column, dict[str, Cell]]], passes: dict[str, str]) -> list[str]:
+    """Which pass measured which columns (none given: nothing to say). Each column is one run: compare within it."""
+    if not passes:
+        return []
+    by_pass: dict[str, list[str]] = {}
+    for column, _ in columns:
+        by_pass.setdefault(passes.get(column.title, "this pass"), []).append(column.title)
+    if len(by_pass) == 1:
+        return ["", f"Every column was measured in one pass: {next(iter(by_pass))}."]
+    lines = ["", "Each column is one run; compare methods within a column. The columns come from these passes:", ""]
+    return lines + [f"- {stamp}: {'; '.join(titles)}" for stamp, titles in by_pass.items()]
+
+
+def evidence_table(out: Path, sections: set[str] | None = None) -> str:
+    """The table of the reports under ``out`` (see :func:`report_columns`) and its lead/trail lines."""
+    return render(report_columns(out, sections))
 
 
 def missing_columns(table: str) -> list[str]:

@@ -6,7 +6,9 @@ Each section runs as its own process (so timings and peak memory are its own) an
 markdown (and JSON where it has one) in ``--out``; ``--reuse`` keeps sections already there
 (resume after an interruption), ``--only`` reruns some. ``make bench`` runs everything. A section neither run
 nor saved in this pass keeps its text from the ``RESULTS.md`` being replaced, labelled with the pass it came
-from, so a partial pass never erases older measurements silently.
+from, so a partial pass never erases older measurements silently. The evidence table at the top is built from
+``bench/evidence.json`` (``bench.evidence_store``): each of its columns as last measured, with the pass that measured
+it, so a pass that reruns some sections updates their columns and keeps the others.
 The bergson section needs the bench-only environment (``bench/bergson_env.sh``); without it
 the section says so instead of failing the run.
 """
@@ -25,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import evidence
+from bench import evidence, evidence_store
 from bench.evidence import TITLE as EVIDENCE_TITLE
 from evaluation.selections import FIELD_LDS_ESTIMATORS
 
@@ -243,21 +245,27 @@ def run_section(section: Section, out: Path) -> dict:
     return {"seconds": seconds, "ok": True, "markdown": done.stdout, "load": load}
 
 
+def git(*args: str) -> str:
+    found = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    return found.stdout.strip() or "unknown"
+
+
+def pass_stamp() -> str:
+    """This pass, as ``RESULTS.md`` and the evidence store name it: ``DATE; commit SHA``."""
+    return f"{datetime.date.today().isoformat()}; commit {git('rev-parse', '--short', 'HEAD')}"
+
+
 def versions() -> str:
     import duckdb
     import faiss
     import torch
     import transformers
 
-    def git(*args: str) -> str:
-        found = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-        return found.stdout.strip() or "unknown"
-
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else "?"
     memory = next((int(line.split()[1]) / 2**20 for line in Path("/proc/meminfo").read_text().splitlines()
                    if line.startswith("MemTotal")), 0.0) if Path("/proc/meminfo").exists() else 0.0
-    return (f"- date: {datetime.date.today().isoformat()}; commit {git('rev-parse', '--short', 'HEAD')}\n"
+    return (f"- date: {pass_stamp()}\n"
             f"- machine: {cpu}, {os.cpu_count()} cores, {memory:.0f} GiB RAM, no GPU used\n"
             f"- Python {platform.python_version()}, torch {torch.__version__}, transformers "
             f"{transformers.__version__}, faiss {faiss.__version__}, duckdb {duckdb.__version__}\n")
@@ -308,21 +316,33 @@ def carried_over(body: str, stamp: str) -> dict:
     return {"seconds": 0.0, "ok": True, "carried": True, "markdown": text + "\n"}
 
 
-def evidence_headline(table: str, before: dict[str, str], stamp: str) -> tuple[str, str]:
-    """This pass's evidence table (empty: leave the README's alone) and its ``RESULTS.md`` section. A pass that
-    reran only some of the table's sections (LDS takes hours, removal too) would write a table of those columns
-    alone and lose the others: then the earlier section is kept whole, labelled with its pass, and the new numbers
-    stand in their own sections until a pass covers every column."""
-    missing = evidence.missing_columns(table) if table else []
-    if missing and EVIDENCE_TITLE in before:
-        log.warning("this pass measured %d of the evidence table's %d columns (not: %s): the earlier table is kept "
-                    "in RESULTS.md and the README; the new numbers are in their sections", len(evidence.COLUMNS) -
-                    len(missing), len(evidence.COLUMNS), ", ".join(missing))
-        table = ""
+def evidence_headline(table: str, before: dict[str, str], stamp: str) -> str:
+    """The evidence table's ``RESULTS.md`` section; with no table (no column ever stored), the earlier file's
+    section, labelled with its pass."""
     headline = evidence.section(table)
     if not headline and EVIDENCE_TITLE in before:
         headline = f"## {EVIDENCE_TITLE}\n\n" + carried_over(before[EVIDENCE_TITLE], stamp)["markdown"]
-    return table, headline
+    return headline
+
+
+def stored_evidence(path: Path, out: Path, results: dict[str, dict], this_pass: str) -> str:
+    """Put the columns this pass measured (the sections that ran and succeeded, each with the pass that ran it)
+    into the store at ``path``, and return the table of every stored column ("" when the store cannot be read:
+    logged, and the file left as it was)."""
+    try:
+        stored = evidence_store.load(path)
+    except evidence_store.StoreError as err:
+        log.error("%s; the evidence table was not regenerated", err)
+        return ""
+    for name, result in results.items():
+        if result.get("ok") and not result.get("carried"):
+            columns = evidence.report_columns(out, {name})
+            stored = evidence_store.update(stored, columns, result.get("measured", this_pass))
+    try:
+        evidence_store.save(path, stored)
+    except OSError as err:  # the table is still right for this pass; say that the store did not keep it
+        log.error("%s: the evidence store was not updated (%s); the table below is this pass's only", path, err)
+    return evidence_store.table(stored)
 
 
 def main() -> None:
@@ -333,6 +353,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--readme", type=Path, default=None,
                         help="a README whose evidence table (between its markers) is regenerated (make bench: ours)")
+    parser.add_argument("--evidence", type=Path, default=evidence_store.STORE,
+                        help="the evidence table's stored columns, each with the pass that measured it")
     parser.add_argument("--only", default=None, help="comma-separated sections to (re)run")
     parser.add_argument("--reuse", action="store_true", help="keep sections already in --out")
     parser.add_argument("--lds-subsets", type=int, default=None, help="LDS retrains (default: the command's)")
@@ -351,6 +373,7 @@ def main() -> None:
     stamp = next((line.removeprefix("- date: ") for line in earlier.splitlines() if line.startswith("- date: ")),
                  "an earlier pass")
     before = earlier_sections(earlier, [s.title for s in every])
+    this_pass = pass_stamp()
     for section in every:
         saved = out / f"{section.name}.result.json"
         if section.name not in only or (args.reuse and saved.exists()):
@@ -361,21 +384,21 @@ def main() -> None:
             else:
                 results[section.name] = {"seconds": 0.0, "ok": False, "markdown": "_Not run in this pass._\n"}
             continue
-        results[section.name] = run_section(section, out)
+        results[section.name] = {**run_section(section, out), "measured": this_pass}
         saved.write_text(json.dumps(results[section.name]))
         log.info("%s: %s in %.0f s", section.name, "ok" if results[section.name]["ok"] else "FAILED",
                  results[section.name]["seconds"])
     from bench.summary import attribution_vs_influence
 
-    ran = {name for name, result in results.items() if result.get("ok") and not result.get("carried")}
     try:  # a summary that cannot be made must not lose the sections measured above
-        summary, table = attribution_vs_influence(out), evidence.evidence_table(out, ran)
+        summary = attribution_vs_influence(out)
     except Exception:
-        log.exception("the summary tables could not be made from %s; writing the sections without them", out)
-        summary, table = "", ""
+        log.exception("the summary could not be made from %s; writing the sections without it", out)
+        summary = ""
     if not has_rows(summary) and SUMMARY_TITLE in before:  # its evaluations not rerun
         summary = f"## {SUMMARY_TITLE}\n\n" + carried_over(before[SUMMARY_TITLE], stamp)["markdown"]
-    table, headline = evidence_headline(table, before, stamp)
+    table = stored_evidence(args.evidence, out, results, this_pass)
+    headline = evidence_headline(table, before, stamp)
     args.results.write_text(compose(every, results, out, headline + "\n" + summary if headline else summary))
     log.info("wrote %s", args.results)
     if table and args.readme is not None:

@@ -114,3 +114,19 @@ def test_readme_markers_are_replaced_between_and_refused_when_missing() -> None:
 def test_the_readme_has_the_markers_make_bench_fills() -> None:
     readme = Path(__file__).resolve().parents[2] / "README.md"
     assert "| new |" in replace_between_markers(readme.read_text(), "| new |\n")
+
+
+def test_the_reports_paired_lead_decides_where_it_names_the_rows_compared(tmp_path: Path) -> None:
+    """Overlapping intervals, but the report's paired lead (queries and retrains drawn together) excludes 0: a lead.
+    A lead measured against another peer than the table's best decides nothing."""
+    drop = _lds({"newton": (0.23, 0.16, 0.29), "kronfluence-ekfac": (0.20, 0.13, 0.27)})
+    half = _lds({"newton": (0.58, 0.47, 0.65), "kronfluence-ekfac": (0.52, 0.39, 0.58)})
+    lead = {"drop": {"ours": "newton", "peer": "kronfluence-ekfac", "ratio": 1.15, "difference": 0.03,
+                     "difference_ci95": [0.005, 0.06]},
+            "half": {"ours": "newton", "peer": "bergson-ekfac", "ratio": 1.3, "difference": 0.1,
+                     "difference_ci95": [0.05, 0.15]}}
+    _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": drop, "half": half}, "lead": lead})
+    lines = [line for line in evidence_table(tmp_path).splitlines() if line.startswith("- ")]
+    assert lines[0] == ("- LDS from scratch, drop 1 %: we **lead** — headwater `newton` 0.230 vs Kronfluence EK-FAC "
+                        "0.200 (1.15×; paired difference +0.030 [+0.005, +0.060], queries and retrains resampled)")
+    assert "we **tie**" in lines[1] and "95 % intervals overlap" in lines[1]

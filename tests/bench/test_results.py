@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from bench.results import carried_over, earlier_sections, previous_sections
 
 EARLIER = """# headwater benchmark and evaluation results
@@ -66,21 +69,50 @@ def test_no_earlier_results_no_earlier_sections() -> None:
     assert previous_sections("# headwater benchmark and evaluation results\n", ["Sketch throughput"]) == {}
 
 
-def test_a_pass_of_some_columns_keeps_the_earlier_evidence_table_whole() -> None:
-    """Rerunning only the removal section made a table of its two columns and dropped the LDS columns from
-    RESULTS.md and the README; now the earlier table stays (labelled) until a pass covers every column."""
-    from bench import evidence
+def test_without_a_stored_table_the_earlier_section_is_carried() -> None:
     from bench.results import EVIDENCE_TITLE, evidence_headline
 
-    partial = "| method | removal, second case: Δ nats (× random) |\n|---|---|\n| BM25 | 1.56 (4.1×) |\n"
     before = {EVIDENCE_TITLE: "| method | LDS from scratch, drop 1 % |\n|---|---|\n| BM25 | 0.194 |"}
-    table, headline = evidence_headline(partial, before, "2026-12-02; commit 06ddd31")
-    assert table == "" and "LDS from scratch, drop 1 %" in headline and "carried over" in headline
-    assert "removal, second case" not in headline
-    full = ("| method | " + " | ".join(c.title for c in evidence.COLUMNS) + " |\n|---|" + "---|" * len(evidence.COLUMNS)
-            + "\n| BM25 |" + " 1 |" * len(evidence.COLUMNS) + "\n")
-    assert evidence.missing_columns(full) == [] and len(evidence.missing_columns(partial)) == len(evidence.COLUMNS) - 1
-    table, headline = evidence_headline(full, before, "2026-12-02; commit 06ddd31")
-    assert table == full and "carried over" not in headline and headline.startswith(f"## {EVIDENCE_TITLE}")
-    table, headline = evidence_headline(partial, {}, "an earlier pass")  # nothing earlier to keep: the partial one
-    assert table == partial and "removal, second case" in headline
+    headline = evidence_headline("", before, "2026-12-02; commit 06ddd31")
+    assert "LDS from scratch, drop 1 %" in headline and "carried over from the pass of 2026-12-02" in headline
+    assert evidence_headline("", {}, "an earlier pass") == ""
+    table = "| method | removal, second case: Δ nats (× random) |\n|---|---|\n| BM25 | 1.56 (4.1×) |\n"
+    headline = evidence_headline(table, before, "2026-12-02; commit 06ddd31")
+    assert headline.startswith(f"## {EVIDENCE_TITLE}") and "carried over" not in headline and "1.56" in headline
+
+
+def test_a_pass_of_some_sections_updates_their_columns_and_keeps_the_others(tmp_path: Path) -> None:
+    """Rerunning only the removal section once made a table of its columns alone; then the whole earlier table was
+    kept, however stale. Now the pass's columns replace theirs in the store and the others keep their pass."""
+    from bench import evidence_store
+    from bench.results import stored_evidence
+
+    store = tmp_path / "evidence.json"
+    out = tmp_path / "out"
+    _write(out / "field-lds" / "field_lds.json", {"lds": {"drop": {"bm25": {"mean": 0.194, "ci95": [0.15, 0.24]}}}})
+    first = stored_evidence(store, out, {"field-lds": {"ok": True, "measured": "2026-12-02; commit aaa"}}, "x")
+    assert "| BM25 | 0.194 |" in first and "Every column was measured in one pass: 2026-12-02; commit aaa." in first
+    _write(out / "removal-k40" / "removal.json", {"selections": {"bm25": {"target": 1.56, "vs_random": 4.1}}})
+    _write(out / "field-lds" / "field_lds.json", {"lds": {"drop": {"bm25": {"mean": 0.5, "ci95": [0.4, 0.6]}}}})
+    results = {"removal": {"ok": True}, "field-lds": {"ok": True, "carried": True},
+               "removal-demo": {"ok": False}}
+    second = stored_evidence(store, out, results, "2026-12-07; commit bbb")
+    assert "| BM25 | 0.194 | 1.56 (4.1×) |" in second  # the LDS column not rerun keeps its reading
+    assert "- 2026-12-02; commit aaa: LDS from scratch, drop 1 %" in second
+    assert "- 2026-12-07; commit bbb: removal, second case: Δ nats (× random)" in second
+    assert set(evidence_store.load(store)) == {"LDS from scratch, drop 1 %", "removal, second case: Δ nats (× random)"}
+
+
+def test_an_unreadable_store_is_left_alone_and_gives_no_table(tmp_path: Path) -> None:
+    from bench.results import stored_evidence
+
+    store = tmp_path / "evidence.json"
+    store.write_text("{not json")
+    _write(tmp_path / "out" / "removal-k40" / "removal.json", {"selections": {"bm25": {"target": 1.0}}})
+    assert stored_evidence(store, tmp_path / "out", {"removal": {"ok": True}}, "now") == ""
+    assert store.read_text() == "{not json"
+
+
+def _write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report))
