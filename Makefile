@@ -54,7 +54,9 @@ test: $(STAMP) lint browser
 # ~30 min the vector store at 10^7, ~10 min each the lexical engines at 10^6 and Pythia's shapes, ~15 min the
 # served unlearning's candidate pools, ~105 min behaviours with task removal (22 retrains of ~8 min, two at a time),
 # behaviours over 3 seeds not yet timed;
-# LDS_SUBSETS=4 for a quicker pass). A section not rerun (bench.results --only) keeps its earlier text, labelled.
+# LDS_SUBSETS=4 for a quicker pass). A section not rerun (bench.results --only) keeps its earlier text, labelled;
+# the evidence table's columns are kept in bench/evidence.json with their pass, so a partial pass (python -m
+# bench.results --only a,b) updates its own columns and keeps the others.
 # bergson and Kronfluence run in their own environment, .venv-bench/ (bench/bergson_env.sh).
 BENCH_OUT ?= bench-out
 LDS_SUBSETS ?=

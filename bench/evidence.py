@@ -186,8 +186,8 @@ def verdict(column: Column, found: dict[str, Cell]) -> str | None:
         mean, low, high = cell.paired_vs_peer
         known = _finite(low) is not None and _finite(high) is not None
         apart = known and not low <= 0 <= high
-        how = (f"paired difference {mean:+.3f} [{low:+.3f}, {high:+.3f}], queries and retrains resampled"
-               if known else "no paired interval")
+        how = (f"difference {mean:+.3f} [{low:+.3f}, {high:+.3f}], paired: queries and retrains resampled, each "
+               "side's best re-chosen in every draw" if known else "no paired interval")
     else:
         bounds = [_finite(v) for v in (cell.low, cell.high, other.low, other.high)]
         known = all(v is not None for v in bounds)

@@ -32,12 +32,15 @@ class StoreError(ValueError):
 
 @dataclass(frozen=True)
 class StoredColumn:
+    """One column of the evidence table as last measured."""
+
     measured: str
     """The pass that measured the column: ``DATE; commit SHA`` (and a note where the numbers were carried in)."""
     cells: dict[str, Cell]
 
 
 def _mend(path: Path, why: str) -> StoreError:
+    """The error for a store that cannot be read, with how to mend it."""
     return StoreError(f"{path}: {why}. Restore it (`git checkout -- {path}`) or delete it: the next pass that "
                       "measures a column writes it again.")
 
@@ -46,7 +49,7 @@ def _finite_or_none(value: object) -> object:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def cell_record(cell: Cell) -> dict:
+def cell_record(cell: Cell) -> dict[str, object]:
     """A cell as JSON (non-finite bounds as null: JSON has no NaN)."""
     record = {key: _finite_or_none(value) for key, value in asdict(cell).items()}
     for key in PAIRED:
@@ -55,7 +58,8 @@ def cell_record(cell: Cell) -> dict:
     return record
 
 
-def cell_from(record: dict) -> Cell:
+def cell_from(record: dict[str, object]) -> Cell:
+    """A cell from :func:`cell_record`'s JSON (lists back to tuples); an unknown field raises ``TypeError``."""
     return Cell(**{**record, **{key: tuple(record[key]) for key in PAIRED if record.get(key) is not None}})
 
 
@@ -90,8 +94,20 @@ def save(path: Path, stored: dict[str, StoredColumn]) -> None:
                        "cells": {name: cell_record(cell) for name, cell in sorted(column.cells.items())}}
                for title, column in stored.items()}
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"schema": SCHEMA, "columns": columns}, indent=1, ensure_ascii=False) + "\n")
-    os.replace(temporary, path)
+    try:
+        with temporary.open("w") as file:
+            file.write(json.dumps({"schema": SCHEMA, "columns": columns}, indent=1, ensure_ascii=False) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)  # a failed write (a full disk) leaves no half file beside the store
+
+
+def older(measured: str, stored: StoredColumn | None) -> bool:
+    """Whether a pass stamped ``measured`` ran on an earlier date than the stored column's (stamps begin with an ISO
+    date), so that re-reading an old report never replaces a newer reading."""
+    return stored is not None and measured[:10] < stored.measured[:10]
 
 
 def update(stored: dict[str, StoredColumn], columns: list[tuple[Column, dict[str, Cell]]],

@@ -128,5 +128,20 @@ def test_the_reports_paired_lead_decides_where_it_names_the_rows_compared(tmp_pa
     _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": drop, "half": half}, "lead": lead})
     lines = [line for line in evidence_table(tmp_path).splitlines() if line.startswith("- ")]
     assert lines[0] == ("- LDS from scratch, drop 1 %: we **lead** — headwater `newton` 0.230 vs Kronfluence EK-FAC "
-                        "0.200 (1.15×; paired difference +0.030 [+0.005, +0.060], queries and retrains resampled)")
+                        "0.200 (1.15×; difference +0.030 [+0.005, +0.060], paired: queries and retrains resampled, "
+                        "each side's best re-chosen in every draw)")
     assert "we **tie**" in lines[1] and "95 % intervals overlap" in lines[1]
+
+
+def test_a_lead_for_a_row_the_table_does_not_show_or_without_an_interval_decides_nothing(tmp_path: Path) -> None:
+    drop = _lds({"newton": (0.23, 0.16, 0.29), "newton@d10": (0.25, 0.18, 0.31),
+                 "kronfluence-ekfac": (0.20, 0.13, 0.27)})
+    half = _lds({"newton": (0.58, 0.47, 0.65), "kronfluence-ekfac": (0.52, 0.39, 0.58)})
+    lead = {"drop": {"ours": "newton@d10", "peer": "kronfluence-ekfac", "ratio": 1.25, "difference": 0.05,
+                     "difference_ci95": [0.01, 0.09]},
+            "half": {"ours": "newton", "peer": "kronfluence-ekfac", "ratio": 1.1, "difference": 0.06,
+                     "difference_ci95": [float("nan"), float("nan")]}}
+    _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": drop, "half": half}, "lead": lead})
+    lines = [line for line in evidence_table(tmp_path).splitlines() if line.startswith("- ")]
+    assert "we **tie**" in lines[0] and "95 % intervals overlap" in lines[0]  # newton@d10 is no row of the table
+    assert "we **tie**" in lines[1] and "no paired interval" in lines[1]

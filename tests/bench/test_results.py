@@ -90,28 +90,71 @@ def test_a_pass_of_some_sections_updates_their_columns_and_keeps_the_others(tmp_
     store = tmp_path / "evidence.json"
     out = tmp_path / "out"
     _write(out / "field-lds" / "field_lds.json", {"lds": {"drop": {"bm25": {"mean": 0.194, "ci95": [0.15, 0.24]}}}})
-    first = stored_evidence(store, out, {"field-lds": {"ok": True, "measured": "2026-12-02; commit aaa"}}, "x")
+    first = stored_evidence(store, out, {"field-lds": {"ok": True, "measured": "2026-12-02; commit aaa"}})
     assert "| BM25 | 0.194 |" in first and "Every column was measured in one pass: 2026-12-02; commit aaa." in first
     _write(out / "removal-k40" / "removal.json", {"selections": {"bm25": {"target": 1.56, "vs_random": 4.1}}})
+    _write(out / "removal-demo" / "removal.json", {"selections": {"bm25": {"target": 9.9, "vs_random": 9.9}}})
     _write(out / "field-lds" / "field_lds.json", {"lds": {"drop": {"bm25": {"mean": 0.5, "ci95": [0.4, 0.6]}}}})
-    results = {"removal": {"ok": True}, "field-lds": {"ok": True, "carried": True},
-               "removal-demo": {"ok": False}}
-    second = stored_evidence(store, out, results, "2026-12-07; commit bbb")
-    assert "| BM25 | 0.194 | 1.56 (4.1×) |" in second  # the LDS column not rerun keeps its reading
+    results = {"removal": {"ok": True, "measured": "2026-12-07; commit bbb"},
+               "field-lds": {"ok": True, "carried": True, "measured": "2026-12-07; commit bbb"},
+               "removal-demo": {"ok": False, "measured": "2026-12-07; commit bbb"}}
+    second = stored_evidence(store, out, results)
+    assert "| BM25 | 0.194 | 1.56 (4.1×) |" in second  # the carried LDS column keeps its reading; no failed column
     assert "- 2026-12-02; commit aaa: LDS from scratch, drop 1 %" in second
     assert "- 2026-12-07; commit bbb: removal, second case: Δ nats (× random)" in second
     assert set(evidence_store.load(store)) == {"LDS from scratch, drop 1 %", "removal, second case: Δ nats (× random)"}
 
 
-def test_an_unreadable_store_is_left_alone_and_gives_no_table(tmp_path: Path) -> None:
+def test_a_saved_result_without_its_pass_or_from_an_earlier_day_replaces_nothing(tmp_path: Path) -> None:
+    """A result.json kept from before passes were recorded, or a report older than the stored column (a stale
+    bench-out re-read with --reuse), must not overwrite a newer reading."""
+    from bench import evidence_store
+    from bench.evidence import COLUMNS, Cell
+    from bench.results import stored_evidence
+
+    store = tmp_path / "evidence.json"
+    drop = COLUMNS[0]
+    evidence_store.save(store, {drop.title: evidence_store.StoredColumn("2026-12-07; commit new",
+                                                                        {"bm25": Cell(0.3)})})
+    _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": {"bm25": {"mean": 0.1, "ci95": [0, 0.2]}}}})
+    for result in ({"ok": True}, {"ok": True, "measured": "2026-12-01; commit old"}):
+        assert "| BM25 | 0.300 |" in stored_evidence(store, tmp_path, {"field-lds": result})
+    assert "| BM25 | 0.100 |" in stored_evidence(store, tmp_path, {"field-lds": {"ok": True, "measured":
+                                                                                 "2026-12-07; commit newer"}})
+
+
+def test_an_unreadable_store_or_report_is_left_alone_and_gives_no_table(tmp_path: Path) -> None:
     from bench.results import stored_evidence
 
     store = tmp_path / "evidence.json"
     store.write_text("{not json")
     _write(tmp_path / "out" / "removal-k40" / "removal.json", {"selections": {"bm25": {"target": 1.0}}})
-    assert stored_evidence(store, tmp_path / "out", {"removal": {"ok": True}}, "now") == ""
+    ran = {"removal": {"ok": True, "measured": "now"}}
+    assert stored_evidence(store, tmp_path / "out", ran) == ""
     assert store.read_text() == "{not json"
+    store.unlink()
+    (tmp_path / "out" / "removal-k40" / "removal.json").write_text('{"selections": ')  # a truncated report
+    assert stored_evidence(store, tmp_path / "out", ran) == "" and not store.exists()
 
+
+def test_a_store_that_cannot_be_written_still_gives_the_table(tmp_path: Path) -> None:
+    from bench.results import stored_evidence
+
+    _write(tmp_path / "out" / "removal-k40" / "removal.json", {"selections": {"bm25": {"target": 1.0}}})
+    store = tmp_path / "no-such-folder" / "evidence.json"  # the write fails as a full disk would: OSError
+    table = stored_evidence(store, tmp_path / "out", {"removal": {"ok": True, "measured": "2026-12-07; commit a"}})
+    assert "| BM25 | — |" not in table and "1.00" in table and not store.exists()
+
+
+def test_the_pass_stamp_names_the_date_commit_and_a_quick_pass() -> None:
+    import datetime
+
+    from bench.results import pass_stamp
+
+    stamp = pass_stamp(4)
+    assert stamp.startswith(f"{datetime.date.today().isoformat()}; commit ") and stamp.endswith(
+        "; a quick pass of 4 LDS retrains")
+    assert "quick" not in pass_stamp()
 
 def _write(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
