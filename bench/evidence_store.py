@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.evidence import COLUMNS, Cell, Column, render
+from bench.evidence import COLUMNS, ROWS, Cell, Column, render
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,9 @@ def _finite_or_none(value: object) -> object:
 
 
 def cell_record(cell: Cell) -> dict[str, object]:
-    """A cell as JSON (non-finite bounds as null: JSON has no NaN)."""
-    record = {key: _finite_or_none(value) for key, value in asdict(cell).items()}
+    """A cell as JSON: fields at their defaults left out, non-finite numbers as null (JSON has no NaN)."""
+    record = {key: _finite_or_none(value) for key, value in asdict(cell).items()
+              if value is not None and value is not False}  # 0.0 is a value
     for key in PAIRED:
         if (paired := getattr(cell, key)) is not None:
             record[key] = [_finite_or_none(v) for v in paired]
@@ -90,18 +91,28 @@ def load(path: Path) -> dict[str, StoredColumn]:
 
 def save(path: Path, stored: dict[str, StoredColumn]) -> None:
     """Write the store whole or not at all (a temporary file renamed over it)."""
-    columns = {title: {"measured": column.measured,
-                       "cells": {name: cell_record(cell) for name, cell in sorted(column.cells.items())}}
-               for title, column in stored.items()}
     temporary = path.with_name(path.name + ".tmp")
     try:
         with temporary.open("w") as file:
-            file.write(json.dumps({"schema": SCHEMA, "columns": columns}, indent=1, ensure_ascii=False) + "\n")
+            file.write(store_text(stored))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)  # a failed write (a full disk) leaves no half file beside the store
+
+
+def store_text(stored: dict[str, StoredColumn]) -> str:
+    """The store as JSON, one cell a line (a pass's change reads as a short diff)."""
+    def dumps(value: object) -> str:
+        return json.dumps(value, ensure_ascii=False)
+
+    columns = []
+    for title, column in stored.items():
+        cells = ",\n".join(f"    {dumps(name)}: {dumps(cell_record(cell))}"
+                           for name, cell in sorted(column.cells.items()))
+        columns.append(f'  {dumps(title)}: {{"measured": {dumps(column.measured)}, "cells": {{\n{cells}\n  }}}}')
+    return f'{{"schema": {SCHEMA}, "columns": {{\n' + ",\n".join(columns) + "\n}}\n"
 
 
 def older(measured: str, stored: StoredColumn | None) -> bool:
@@ -112,8 +123,11 @@ def older(measured: str, stored: StoredColumn | None) -> bool:
 
 def update(stored: dict[str, StoredColumn], columns: list[tuple[Column, dict[str, Cell]]],
            measured: str) -> dict[str, StoredColumn]:
-    """``stored`` with ``columns`` (measured by the pass ``measured``) in place of their earlier readings."""
-    return {**stored, **{column.title: StoredColumn(measured, found) for column, found in columns}}
+    """``stored`` with ``columns`` (measured by the pass ``measured``) in place of their earlier readings; only the
+    cells of methods that the table has a row for are kept."""
+    shown = {name for row in ROWS for name in (row.lds, row.removal) if name}
+    return {**stored, **{column.title: StoredColumn(measured, {n: c for n, c in found.items() if n in shown})
+                         for column, found in columns}}
 
 
 def table(stored: dict[str, StoredColumn]) -> str:

@@ -17,7 +17,8 @@ REMOVAL = next(c for c in COLUMNS if c.kind == "removal")
 
 def test_cells_round_trip_with_non_finite_bounds_as_null(tmp_path: Path) -> None:
     path = tmp_path / "evidence.json"
-    cells = {"newton": Cell(0.29, 0.22, 0.35, two_way=True), "bm25": Cell(0.19, float("nan"), None)}
+    cells = {"newton": Cell(0.29, 0.22, 0.35, two_way=True), "bm25": Cell(0.19, float("nan"), None),
+             "shuffled": Cell(0.0, -0.05, 0.0)}
     removal = {"unlearning": Cell(2.25, 1.85, 2.65, 5.1, 0.24, (0.68, 0.32, 1.03)),
                "bm25": Cell(1.57, times_random=3.6, paired_vs_bm25=(0.0, float("nan"), float("nan")))}
     stored = {DROP.title: StoredColumn("2026-12-07; commit abc", cells),
@@ -28,6 +29,7 @@ def test_cells_round_trip_with_non_finite_bounds_as_null(tmp_path: Path) -> None
     back = load(path)
     assert back[DROP.title].cells["newton"] == cells["newton"]
     assert back[DROP.title].cells["bm25"] == Cell(0.19, None, None)
+    assert back[DROP.title].cells["shuffled"] == cells["shuffled"]  # zeros are values, not defaults
     assert back[REMOVAL.title].cells["unlearning"] == removal["unlearning"]
     assert back[REMOVAL.title].cells["bm25"].paired_vs_bm25 == (0.0, None, None)
     assert back[REMOVAL.title].measured == "2026-12-07; commit def"
