@@ -176,7 +176,7 @@ def verdict(column: Column, found: dict[str, Cell]) -> str | None:
     if ours is None or rival is None:
         return None
     (mine, cell), (theirs, other) = ours, rival
-    ratio = f"{cell.value / other.value:.2f}×" if other.value > 0 else "–"
+    ratio = f"{cell.value / other.value:.3f}×" if other.value > 0 else "–"  # 1.097 must not read as 1.10
     if cell.paired_vs_bm25 is not None and theirs.removal == "bm25":  # the paired interval decides
         mean, low, high = cell.paired_vs_bm25
         known = _finite(low) is not None and _finite(high) is not None

@@ -48,12 +48,12 @@ def test_columns_rows_and_verdicts(tmp_path: Path) -> None:
     assert "bergson identity" not in table  # no value anywhere: no row
     lines = [line for line in table.splitlines() if line.startswith("- ")]
     assert lines[0].startswith("- LDS from scratch, drop 1 %: we **lead** — headwater `unlearning` 0.300 vs "
-                               "Kronfluence EK-FAC 0.200 (1.50×; 95 % intervals apart)")
+                               "Kronfluence EK-FAC 0.200 (1.500×; 95 % intervals apart)")
     assert lines[1].startswith("- LDS from scratch, halves: we **tie** — headwater `unlearning` 0.300 vs bergson "
-                               "EK-FAC 0.350 (0.86×; 95 % intervals overlap)")
+                               "EK-FAC 0.350 (0.857×; 95 % intervals overlap)")
     # removal: against the best baseline, decided by the paired interval (here above 0), with the aims' numbers
     assert lines[2] == ("- removal, second case: Δ nats (× random): we **lead** — headwater `unlearning` 2.000 vs BM25 "
-                        "1.500 (1.33×; paired difference +0.50 [+0.10, +0.90]); 5.0× random; related/target 0.25 "
+                        "1.500 (1.333×; paired difference +0.50 [+0.10, +0.90]); 5.0× random; related/target 0.25 "
                         "(aim ≤ 0.2)")
 
 
@@ -128,7 +128,7 @@ def test_the_reports_paired_lead_decides_where_it_names_the_rows_compared(tmp_pa
     _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": drop, "half": half}, "lead": lead})
     lines = [line for line in evidence_table(tmp_path).splitlines() if line.startswith("- ")]
     assert lines[0] == ("- LDS from scratch, drop 1 %: we **lead** — headwater `newton` 0.230 vs Kronfluence EK-FAC "
-                        "0.200 (1.15×; difference +0.030 [+0.005, +0.060], paired: queries and retrains resampled, "
+                        "0.200 (1.150×; difference +0.030 [+0.005, +0.060], paired: queries and retrains resampled, "
                         "each side's best re-chosen in every draw)")
     assert "we **tie**" in lines[1] and "95 % intervals overlap" in lines[1]
 
