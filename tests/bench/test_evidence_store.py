@@ -88,3 +88,15 @@ def test_the_committed_store_reads_and_names_only_known_rows() -> None:
     names = {name for row in ROWS for name in (row.lds, row.removal) if name}
     for column in stored.values():
         assert column.measured and set(column.cells) <= names
+
+
+def test_the_readme_shows_the_committed_store() -> None:
+    """The README's evidence table is the committed store's: a store changed without regenerating the README (or
+    the README edited by hand) fails here. Regenerate with `python -m bench.results --reuse --only … --readme
+    README.md`."""
+    from bench.evidence import BEGIN, END
+    from bench.evidence_store import STORE
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    shown = readme[readme.index(BEGIN) + len(BEGIN): readme.index(END)].strip()
+    assert shown == table(load(STORE)).strip()
