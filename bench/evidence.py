@@ -214,7 +214,7 @@ def report_columns(out: Path, sections: set[str] | None = None) -> list[tuple[Co
 
 def render(columns: list[tuple[Column, dict[str, Cell]]], passes: dict[str, str] | None = None) -> str:
     """The markdown table and its lead/trail lines (empty when there are no columns). ``passes`` (column title →
-    the pass that measured it) adds a line naming each column's pass when they are not all one."""
+    the pass that measured it) adds lines naming each column's pass."""
     if not columns:
         return ""
     lines = ["| method | " + " | ".join(c.title for c, _ in columns) + " |", "|---|" + "---|" * len(columns)]
@@ -248,13 +248,6 @@ def passes_lines(columns: list[tuple[Column, dict[str, Cell]]], passes: dict[str
 def evidence_table(out: Path, sections: set[str] | None = None) -> str:
     """The table of the reports under ``out`` (see :func:`report_columns`) and its lead/trail lines."""
     return render(report_columns(out, sections))
-
-
-def missing_columns(table: str) -> list[str]:
-    """The titles of :data:`COLUMNS` that ``evidence_table``'s ``table`` has no column for."""
-    header = next((line for line in table.splitlines() if line.startswith("| method |")), "")
-    present = {cell.strip() for cell in header.strip("|").split("|")}
-    return [c.title for c in COLUMNS if c.title not in present]
 
 
 def section(table: str) -> str:
