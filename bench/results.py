@@ -315,6 +315,13 @@ def has_rows(markdown: str) -> bool:
     return len(table) > 2
 
 
+def measured_before(body: str) -> bool:
+    """Whether an earlier ``RESULTS.md`` section holds a measurement: not when its text (after the section's own
+    description and any carried-over label) is only "_Not run…_"."""
+    last = next((line for line in reversed(body.strip().splitlines()) if line.strip()), "")
+    return not body.startswith("_Not run") and not last.startswith("_Not run")
+
+
 def carried_over(body: str, stamp: str) -> dict:
     """An earlier pass's section, labelled (once: a section carried over before keeps its first label)."""
     label = "_Not rerun in this pass: carried over from the pass of"
@@ -392,7 +399,7 @@ def main() -> None:
         if section.name not in only or (args.reuse and saved.exists()):
             if saved.exists():
                 results[section.name] = json.loads(saved.read_text())
-            elif section.title in before and not before[section.title].startswith("_Not run"):
+            elif section.title in before and measured_before(before[section.title]):
                 results[section.name] = carried_over(before[section.title], stamp)
             else:
                 results[section.name] = {"seconds": 0.0, "ok": False, "markdown": "_Not run in this pass._\n"}

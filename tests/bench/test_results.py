@@ -159,3 +159,16 @@ def test_the_pass_stamp_names_the_date_commit_and_a_quick_pass() -> None:
 def _write(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report))
+
+
+def test_a_section_never_run_is_not_carried_over_as_a_measurement() -> None:
+    """A section whose earlier text was its description and "_Not run in this pass._" was labelled "carried over
+    from the pass of …" as if that pass had measured it."""
+    from bench.results import measured_before
+
+    assert not measured_before("_Not run in this pass._")
+    assert not measured_before("About the section.\n\n_Not run in this pass._\n")
+    assert not measured_before("_Not rerun in this pass: carried over from the pass of X._\n\nAbout.\n\n"
+                               "_Not run in this pass._")
+    assert measured_before("About facts (12 s)\n\n| a | b |")
+    assert not measured_before("_Not run: the bench-only environment .venv-bench/ is missing; create it._")
