@@ -362,7 +362,11 @@ def stored_evidence(path: Path, out: Path, results: dict[str, dict]) -> str:
         evidence_store.save(path, stored)
     except OSError as err:  # the table is still right for this pass; say that the store did not keep it
         log.error("%s: the evidence store was not updated (%s); the table below is this pass's only", path, err)
-    return evidence_store.table(stored)
+    try:
+        return evidence_store.table(stored)
+    except (TypeError, ValueError) as err:  # a stored cell of the wrong type (a file edited by hand)
+        log.error("the evidence table was not regenerated: %s in %s; restore it with git checkout", err, path)
+        return ""
 
 
 def main() -> None:

@@ -172,3 +172,13 @@ def test_a_section_never_run_is_not_carried_over_as_a_measurement() -> None:
                                "_Not run in this pass._")
     assert measured_before("About facts (12 s)\n\n| a | b |")
     assert not measured_before("_Not run: the bench-only environment .venv-bench/ is missing; create it._")
+
+
+def test_a_stored_cell_of_the_wrong_type_gives_no_table_and_no_crash(tmp_path: Path) -> None:
+    from bench.evidence import COLUMNS
+    from bench.results import stored_evidence
+
+    store = tmp_path / "evidence.json"
+    store.write_text(json.dumps({"schema": 1, "columns": {COLUMNS[0].title: {"measured": "x", "cells": {
+        "bm25": {"value": "high"}, "newton": {"value": 0.3}}}}}))
+    assert stored_evidence(store, tmp_path / "out", {}) == ""
