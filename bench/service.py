@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.compare_batching:
-        compare_batching(args)
+        compare_batching(args, concurrencies)
     proc, url = start_server(args.index, max(concurrencies))
     try:
         bodies = queries(args.demo, args.requests)
@@ -124,14 +124,14 @@ def main() -> None:
         proc.wait(timeout=30)
 
 
-def compare_batching(args: argparse.Namespace) -> None:
+def compare_batching(args: argparse.Namespace, concurrencies: list[int]) -> None:
     """Gradient queries at each concurrency with batching off, then on, each on a fresh server."""
     print("\n| gradient queries | concurrency | p50 ms | p95 ms | requests/s |\n|---|---|---|---|---|")
     for label, window in (("one pass each (batching off)", 0.0), ("batched (4 ms window)", 4.0)):
-        proc, url = start_server(args.index, max(int(c) for c in args.concurrency.split(",")), window)
+        proc, url = start_server(args.index, max(concurrencies), window)
         try:
             bodies = queries(args.demo, args.requests)
-            for concurrency in map(int, args.concurrency.split(",")):
+            for concurrency in concurrencies:
                 r = measure(url, bodies, "gradient", concurrency)
                 print(f"| {label} | {concurrency} | {r['p50']:.0f} | {r['p95']:.0f} | {r['rps']:.1f} |", flush=True)
         finally:
