@@ -355,18 +355,16 @@ def stored_evidence(path: Path, out: Path, results: dict[str, dict]) -> str:
             columns = [(column, found) for column, found in evidence.report_columns(out, {name})
                        if not evidence_store.older(result["measured"], stored.get(column.title))]
             stored = evidence_store.update(stored, columns, result["measured"])
+        table = evidence_store.table(stored)  # raises on a stored cell of the wrong type (a file edited by hand)
     except (evidence_store.StoreError, OSError, ValueError, KeyError, TypeError) as err:
-        log.error("the evidence table was not regenerated: %s", err)
+        log.error("the evidence table was not regenerated (%s); restore %s with git checkout if it is at fault",
+                  err, path)
         return ""
     try:
         evidence_store.save(path, stored)
     except OSError as err:  # the table is still right for this pass; say that the store did not keep it
         log.error("%s: the evidence store was not updated (%s); the table below is this pass's only", path, err)
-    try:
-        return evidence_store.table(stored)
-    except (TypeError, ValueError) as err:  # a stored cell of the wrong type (a file edited by hand)
-        log.error("the evidence table was not regenerated: %s in %s; restore it with git checkout", err, path)
-        return ""
+    return table
 
 
 def main() -> None:
