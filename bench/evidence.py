@@ -245,13 +245,8 @@ def passes_lines(columns: list[tuple[Column, dict[str, Cell]]], passes: dict[str
     return lines + [f"- {stamp}: {'; '.join(titles)}" for stamp, titles in by_pass.items()]
 
 
-def evidence_table(out: Path, sections: set[str] | None = None) -> str:
-    """The table of the reports under ``out`` (see :func:`report_columns`) and its lead/trail lines."""
-    return render(report_columns(out, sections))
-
-
 def section(table: str) -> str:
-    """``evidence_table``'s table as a ``RESULTS.md`` section (empty when the table is)."""
+    """``render``'s table as a ``RESULTS.md`` section (empty when the table is)."""
     if not table:
         return ""
     return (f"## {TITLE}\n\nLDS: mean Spearman over 50 held-out queries (intervals in the sections below); "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.evidence import BEGIN, END, evidence_table, replace_between_markers, section
+from bench.evidence import BEGIN, END, render, replace_between_markers, report_columns, section
 
 
 def _write(path: Path, report: dict) -> None:
@@ -36,7 +36,7 @@ def test_columns_rows_and_verdicts(tmp_path: Path) -> None:
         "bm25": {"target": 1.5, "target_ci95": [1.2, 1.9], "vs_random": 3.75},
         "random": {"target": 0.4, "target_ci95": [0.2, 0.6], "vs_random": 1.0},
     }))
-    table = evidence_table(tmp_path)
+    table = render(report_columns(tmp_path))
     header = table.splitlines()[0]
     # only the columns whose report is there; the fine-tuning and demo reports are missing
     assert header == ("| method | LDS from scratch, drop 1 % | LDS from scratch, halves | removal, second case: Δ nats "
@@ -60,7 +60,7 @@ def test_columns_rows_and_verdicts(tmp_path: Path) -> None:
 def test_a_trailing_column_says_so(tmp_path: Path) -> None:
     _write(tmp_path / "field-lds-finetune" / "field_lds.json", {"lds": {
         "drop": _lds({"gradient/block": (0.30, 0.27, 0.33), "bergson-ekfac": (0.60, 0.57, 0.63)})}})
-    line = next(line for line in evidence_table(tmp_path).splitlines() if line.startswith("- "))
+    line = next(line for line in render(report_columns(tmp_path)).splitlines() if line.startswith("- "))
     assert line.startswith("- LDS fine-tuning, drop 1 %: we **trail** — headwater gradient, `block`, cosine 0.300")
 
 
@@ -70,12 +70,12 @@ def test_the_interval_over_queries_and_retrains_decides_where_a_report_has_it(tm
     drop["unlearning"]["ci95_two_way"] = [0.20, 0.40]
     drop["kronfluence-ekfac"]["ci95_two_way"] = [0.15, 0.33]
     _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": drop}})
-    line = next(line for line in evidence_table(tmp_path).splitlines() if line.startswith("- "))
+    line = next(line for line in render(report_columns(tmp_path)).splitlines() if line.startswith("- "))
     assert "we **tie**" in line and "95 % intervals (queries and retrains resampled) overlap" in line
 
 
 def test_no_reports_no_section(tmp_path: Path) -> None:
-    assert evidence_table(tmp_path) == "" and section(evidence_table(tmp_path)) == ""
+    assert render(report_columns(tmp_path)) == "" and section(render(report_columns(tmp_path))) == ""
 
 
 def test_unknown_intervals_and_equal_values_decide_nothing(tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_unknown_intervals_and_equal_values_decide_nothing(tmp_path: Path) -> No
     _write(tmp_path / "removal-k40" / "removal.json", _removal({
         "unlearning": {"target": 0.5, "vs_bm25_paired": [0.6, float("nan"), float("nan")]},
         "bm25": {"target": -0.1}}))
-    lines = [line for line in evidence_table(tmp_path).splitlines() if line.startswith("- ")]
+    lines = [line for line in render(report_columns(tmp_path)).splitlines() if line.startswith("- ")]
     assert "we **tie**" in lines[0] and "no intervals" in lines[0]
     assert "we **tie**" in lines[1]  # equal means
     assert "we **tie**" in lines[2] and "(–; no paired interval)" in lines[2]  # BM25 below 0: no ratio
@@ -95,9 +95,9 @@ def test_unknown_intervals_and_equal_values_decide_nothing(tmp_path: Path) -> No
 def test_only_the_sections_that_ran_give_columns(tmp_path: Path) -> None:
     _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": _lds({"unlearning": (0.3, 0.2, 0.4)})}})
     _write(tmp_path / "removal-k40" / "removal.json", _removal({"unlearning": {"target": 2.0}}))
-    header = evidence_table(tmp_path, {"removal"}).splitlines()[0]
+    header = render(report_columns(tmp_path, {"removal"})).splitlines()[0]
     assert "removal, second case" in header and "LDS" not in header
-    assert evidence_table(tmp_path, set()) == ""
+    assert render(report_columns(tmp_path, set())) == ""
 
 
 def test_readme_markers_are_replaced_between_and_refused_when_missing() -> None:
@@ -126,7 +126,7 @@ def test_the_reports_paired_lead_decides_where_it_names_the_rows_compared(tmp_pa
             "half": {"ours": "newton", "peer": "bergson-ekfac", "ratio": 1.3, "difference": 0.1,
                      "difference_ci95": [0.05, 0.15]}}
     _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": drop, "half": half}, "lead": lead})
-    lines = [line for line in evidence_table(tmp_path).splitlines() if line.startswith("- ")]
+    lines = [line for line in render(report_columns(tmp_path)).splitlines() if line.startswith("- ")]
     assert lines[0] == ("- LDS from scratch, drop 1 %: we **lead** — headwater `newton` 0.230 vs Kronfluence EK-FAC "
                         "0.200 (1.150×; difference +0.030 [+0.005, +0.060], paired: queries and retrains resampled, "
                         "each side's best re-chosen in every draw)")
@@ -142,6 +142,6 @@ def test_a_lead_for_a_row_the_table_does_not_show_or_without_an_interval_decides
             "half": {"ours": "newton", "peer": "kronfluence-ekfac", "ratio": 1.1, "difference": 0.06,
                      "difference_ci95": [float("nan"), float("nan")]}}
     _write(tmp_path / "field-lds" / "field_lds.json", {"lds": {"drop": drop, "half": half}, "lead": lead})
-    lines = [line for line in evidence_table(tmp_path).splitlines() if line.startswith("- ")]
+    lines = [line for line in render(report_columns(tmp_path)).splitlines() if line.startswith("- ")]
     assert "we **tie**" in lines[0] and "95 % intervals overlap" in lines[0]  # newton@d10 is no row of the table
     assert "we **tie**" in lines[1] and "no paired interval" in lines[1]
