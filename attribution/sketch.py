@@ -80,6 +80,25 @@ class Sketcher:
     def module_names(self) -> list[str]:
         return list(self.modules)
 
+    def project(self, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The sketch of a direction in weight space, ``(D,)``: ``P_outᵀ X P_in`` of each sketched module's weight
+        ``X`` (``weights`` maps parameter names, ``"<module>.weight"``, to tensors shaped as the weights; other
+        parameters are ignored), in :meth:`sketch`'s layout. A row's sketch is its gradient's projection, so the inner
+        product of the two estimates ``∇ℓ_row · X`` over these modules without bias (``E[P Pᵀ] = I``), e.g. with
+        ``X`` a query's Newton direction ``(G + λ)⁻¹ ∇ℓ(query)``: the answer through a stored index."""
+        parts = []
+        for name, module in self.modules.items():
+            key = f"{name}.weight"
+            if key not in weights:
+                raise ConfigError(f"the direction has no {key!r}: it must hold every sketched module's weight")
+            p_in, p_out = self.projections[name]
+            direction = weights[key].to(p_in)
+            if tuple(direction.shape) != weight_shape(module):
+                raise ConfigError(f"{key!r} is shaped {tuple(direction.shape)}, the module's weight is "
+                                  f"{weight_shape(module)}")
+            parts.append((p_out.T @ direction @ p_in).reshape(-1))
+        return torch.cat(parts)
+
     def sketch(self, batch: TokenBatch, window: int | None = None,
                statistics: Sequence[ModuleStatistics] = ()) -> torch.Tensor:
         """Sketches ``(B, D)``; with ``window=w``, per window of w real tokens: ``(B, n_windows, D)``.

@@ -55,6 +55,7 @@ ROWS = (
     Row("headwater `ekfac_basis` @256 (256× the bytes)", Side.OURS, "gradient-ip/ekfac_basis@256"),
     Row("headwater TracIn-CP, `block` (4 checkpoints, k=16)", Side.OURS, "tracin-ip/block"),
     Row("Kronfluence EK-FAC", Side.PEER, "kronfluence-ekfac"),
+    Row("Kronfluence EK-FAC, the output head tracked too", Side.PEER, "kronfluence-ekfac-head"),
     Row("Kronfluence identity", Side.PEER, "kronfluence-identity"),
     Row("bergson EK-FAC", Side.PEER, "bergson-ekfac"),
     Row("bergson EK-FAC + CG", Side.PEER, "bergson-ekfac-cg"),

@@ -14,6 +14,8 @@ settings). Peers:
 - ``kronfluence-ekfac``: Kronfluence's EK-FAC influence (``FactorArguments(strategy="ekfac")``, its default
   damping heuristic), pairwise scores;
 - ``kronfluence-identity``: the same with ``strategy="identity"`` (plain gradient inner products, unprojected);
+- ``kronfluence-ekfac-head``: Kronfluence's EK-FAC over the output head too (the one module outside the blocks it
+  can track; headwater's ``newton`` moves every parameter, embedding included);
 - ``bergson-identity``: bergson's projected gradient store (``projection_dim = --k``, as headwater's k) scored by
   inner product (``Attributor(unit_norm=False)``, every row traced);
 - ``bergson-trackstar``: the same store with bergson's autocorrelation Hessian applied as H^-1/2 on both sides
@@ -100,8 +102,11 @@ RECIPES = {
     "bergson-shampoo": Recipe("shampoo", 0.1, "examples/compare_wikitext/shampoo.yaml"),
     "bergson-shampoo-astra": Recipe("shampoo", 0.1, "examples/compare_wikitext/shampoo_astra.yaml", ASTRA_SGD),
 }
+WITH_HEAD = "-head"
+"""A Kronfluence peer's suffix that adds the output head to the modules it tracks (headwater's ``newton`` moves every
+parameter; the peers' default, like headwater's index, is the blocks' Linear layers only)."""
 PEERS = ("kronfluence-ekfac", "kronfluence-identity", "bergson-trackstar", "bergson-ekfac", "bergson-identity",
-         *RECIPES)
+         *RECIPES, "kronfluence-ekfac" + WITH_HEAD)
 # ASTRA refines each query with hundreds of Gauss-Newton products: about half a minute a query on one CPU thread
 REFINED = tuple(name for name, recipe in RECIPES.items() if recipe.astra)
 log = logging.getLogger("bench.peers_lds")
@@ -149,12 +154,13 @@ def kronfluence_task(modules: list[str]):
     return ChunkTask()
 
 
-def run_kronfluence(directory: Path, strategy: str, work: Path) -> tuple[np.ndarray, dict]:
+def run_kronfluence(directory: Path, strategy: str, work: Path, head: bool = False) -> tuple[np.ndarray, dict]:
+    """Kronfluence's pairwise scores with ``strategy`` over the blocks' Linear layers (and the output head)."""
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
 
     model = load_model(directory / "model")
-    modules = list(sketched_linears(model))
+    modules = list(sketched_linears(model, include_head=head))
     task = kronfluence_task(modules)
     model = prepare_model(model, task)
     shutil.rmtree(work, ignore_errors=True)
@@ -420,7 +426,8 @@ def run_peer(name: str, directory: Path, args: argparse.Namespace) -> str:
     if name not in PEERS:
         raise SystemExit(f"unknown peer {name!r}; choose from {PEERS}")
     if name.startswith("kronfluence-"):
-        scores, info = run_kronfluence(directory, name.removeprefix("kronfluence-"), args.out / ".kronfluence")
+        strategy = name.removeprefix("kronfluence-").removesuffix(WITH_HEAD)
+        scores, info = run_kronfluence(directory, strategy, args.out / ".kronfluence", head=name.endswith(WITH_HEAD))
     elif name in RECIPES:
         scores, info = run_bergson_recipe(directory, name, args.out / ".bergson", args.astra_lr)
     else:

@@ -35,11 +35,11 @@ log = logging.getLogger("bench.results")
 ROOT = Path(__file__).resolve().parent.parent
 SUMMARY_TITLE = "Attribution vs influence"  # bench.summary writes this section ahead of the others
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
-LDS_PEERS = ("kronfluence-ekfac,kronfluence-identity,bergson-trackstar,bergson-ekfac,bergson-identity,bergson-shampoo,"
-             "bergson-ekfac-cg")
-"""The peers of the LDS sections: every EK-FAC-class estimator, and bergson's EK-FAC + CG (its board's best
-non-replay row; ~30 s a query on one thread). ASTRA is left out: its step size must be tuned per case
-(``bench.peers_lds --astra-lr``)."""
+LDS_PEERS = ("kronfluence-ekfac,kronfluence-ekfac-head,kronfluence-identity,bergson-trackstar,bergson-ekfac,"
+             "bergson-identity,bergson-shampoo,bergson-ekfac-cg")
+"""The peers of the LDS sections: every EK-FAC-class estimator (Kronfluence's also with the output head tracked:
+headwater's ``newton`` moves every parameter), and bergson's EK-FAC + CG (its board's best non-replay row; ~30 s a
+query on one thread). ASTRA is left out: its step size must be tuned per case (``bench.peers_lds --astra-lr``)."""
 
 SCRATCH_ESTIMATORS = ",".join((*FIELD_LDS_ESTIMATORS, "magic@s100"))
 """The from-scratch case's estimators: the defaults and the replay over its last two of three epochs (steps 100-299),

@@ -52,7 +52,15 @@ from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError, OutOfMemoryError
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model, load_tokenizer
-from attribution.newton import NewtonConfig, NewtonSolver, Solver, eager_attention, score_rows
+from attribution.newton import (
+    NewtonConfig,
+    NewtonSolver,
+    Solver,
+    eager_attention,
+    parameters_of,
+    score_rows,
+    unflatten,
+)
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
@@ -106,10 +114,15 @@ conjugate gradient converges in 20 steps (residual < 0.01)."""
 NEWTON_OPTIONS = ("@dD (relative damping), @iN (conjugate-gradient steps, or ASTRA steps), @rN (sample rows), "
                   "@kfac or @ekfac (a factored preconditioner), @warm (start from it), @astra (the stochastic "
                   "solver), @lrX (ASTRA's learning rate), @cN (two stages: only the index default's top N rows "
-                  "scored), @bm25 (with @cN: N/2 of them from BM25)")
+                  "scored), @bm25 (with @cN: N/2 of them from BM25), @sketch (the direction read through the "
+                  "stored k-sketches: alone, the whole answer; with @cN, the recall stage)")
+DEFAULT_GROUPS = tuple(g.value for g in SketchConfig().groups)
+"""The index's default sketched parameter groups (the transformer blocks' Linear layers)."""
 RECALL_STAGE = "gradient/block"
 """The recall stage of a two-stage ``newton@cN`` estimator: the index default (block curvature, cosine, the settings'
 k; 8 KB a row at k = 16), as the served index searches."""
+SKETCH_RECALL = "the Newton direction through the sketches"
+"""The recall stage of ``newton@cN@sketch`` (:attr:`NewtonEstimator.sketched`), as its scores' key names it."""
 
 
 @dataclass(frozen=True)
@@ -124,20 +137,26 @@ class NewtonEstimator:
     with_bm25: bool = False
     """The recall stage takes its candidates alternately from the index default's and BM25's rankings (as the served
     ``unlearning`` pools its sources)."""
+    sketched: bool = False
+    """The query's Newton direction read through the stored sketches: each row scored by its k-sketch's inner
+    product with the direction's projection (:meth:`attribution.sketch.Sketcher.project`, the index's projection at
+    the settings' k; 8 KB a row at k = 16). Alone, that is the answer (a stored index queried by ``x``); with
+    ``candidates``, it is the recall stage in place of the index default's ranking of the raw gradient."""
 
 
 def newton_estimator(name: str) -> NewtonEstimator:
-    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN[@bm25]]``: relative damping D (default
+    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN[@bm25]][@sketch]``: relative damping D (default
     :data:`NEWTON_DAMPING`), at most N conjugate-gradient steps (default :data:`NEWTON_ITERATIONS`; with ``@astra``
     N ASTRA steps, default 300), ``G`` over N sample rows (default :data:`NEWTON_SAMPLE_ROWS`), a K-FAC or EK-FAC
     preconditioner, a warm start from it, the ASTRA solver and its learning rate X (default 0.1), and two stages:
     only the index default's top N rows per query scored (:attr:`NewtonEstimator.candidates`), half of them from
-    BM25 with ``@bm25``."""
+    BM25 with ``@bm25``; ``@sketch``: the direction read through the stored sketches
+    (:attr:`NewtonEstimator.sketched`), alone or as the recall stage of ``@cN``."""
     error = ConfigError(f"unknown LDS estimator {name!r}: newton takes {NEWTON_OPTIONS}")
     numbers: dict[str, float] = {}
     flags: set[str] = set()
     for option in name.split("@")[1:]:
-        if option in ("kfac", "ekfac", "warm", "astra", "bm25"):
+        if option in ("kfac", "ekfac", "warm", "astra", "bm25", "sketch"):
             if option in flags or ({"kfac", "ekfac"} <= flags | {option}):
                 raise error
             flags.add(option)
@@ -167,7 +186,7 @@ def newton_estimator(name: str) -> NewtonEstimator:
         raise ConfigError(f"unknown LDS estimator {name!r}: {exc}") from None
     candidates = int(numbers["c"]) if "c" in numbers else None
     return NewtonEstimator(config, sample_rows=int(numbers.get("r", NEWTON_SAMPLE_ROWS)), candidates=candidates,
-                           with_bm25="bm25" in flags)
+                           with_bm25="bm25" in flags, sketched="sketch" in flags)
 
 
 def newton_config(name: str) -> NewtonConfig:
@@ -193,7 +212,8 @@ def unlearning_settings(name: str, base: UnlearningConfig | None = None) -> Unle
         except ConfigError:
             raise error from None
         config = estimator.config
-        if config.solver is not Solver.CG or config.warm_start or estimator.candidates is not None:
+        if config.solver is not Solver.CG or config.warm_start or estimator.candidates is not None or \
+                estimator.sketched:
             raise error
         return replace(base, direction=Direction.NEWTON, newton_rows=estimator.sample_rows,
                        newton_iterations=config.max_iter, newton_damping=config.damping,
@@ -227,6 +247,10 @@ class FieldLDSSettings:
     (same batches, order and steps as the full model; 0: none)."""
     k: int = 16
     """Sketch projection per side (headwater's default)."""
+    groups: tuple[str, ...] = DEFAULT_GROUPS
+    """Parameter groups every sketch covers (:attr:`attribution.kinds.SketchConfig.groups`, the index's
+    ``--modules``): the transformer blocks' Linear layers by default; ``embed`` and ``head`` add the input embedding
+    and the output head."""
     damping: float | None = None
     """Every gradient estimator's damping unless its name gives one (None: each curvature kind's default)."""
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
@@ -238,6 +262,7 @@ class FieldLDSSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "estimators", tuple(self.estimators))
+        object.__setattr__(self, "groups", tuple(g.value for g in SketchConfig(groups=self.groups).groups))
         for name in ("retrains", "halves", "reseeded", "zeroed"):  # Spearman over retrains needs 3
             if getattr(self, name) not in range(0, 100_000) or 0 < getattr(self, name) < 3:
                 raise ConfigError(f"{name} must be 0 or at least 3, got {getattr(self, name)}")
@@ -445,10 +470,14 @@ class Scorer:
         self.passes: dict[int, tuple[list, KroneckerStatistics, list[torch.Tensor]]] = {}
         self.sketch_seconds = 0.0
 
+    def sketch_config(self, k: int) -> SketchConfig:
+        """The sketches at projection size k over the settings' parameter groups."""
+        return SketchConfig(k=k, groups=self.settings.groups)
+
     def sketched(self, k: int) -> tuple[list, KroneckerStatistics, list[torch.Tensor]]:
         """The checkpoints, Kronecker statistics and raw sketches of every training row at projection size k."""
         if k not in self.passes:
-            checkpoints = load_checkpoints(self.model_dir, (None,), SketchConfig(k=k))
+            checkpoints = load_checkpoints(self.model_dir, (None,), self.sketch_config(k))
             check_sketch_memory(k, len(self.rows), sum(c.sketcher.dim for c in checkpoints))
             statistics = KroneckerStatistics(Fisher.EMPIRICAL, CurvatureConfig().factor_limit)
             started = time.perf_counter()
@@ -473,7 +502,7 @@ class Scorer:
         k = estimator.k or self.settings.k
         if estimator.family == TRACIN:
             model_dir, plan = tracin_checkpoints(self.out, self.case)
-            checkpoints = load_checkpoints(model_dir, plan.revisions, SketchConfig(k=k))
+            checkpoints = load_checkpoints(model_dir, plan.revisions, self.sketch_config(k))
             statistics = [KroneckerStatistics(Fisher.EMPIRICAL, curvature.factor_limit) for _ in checkpoints]
             raw = sketch_all(GradientEncoder(checkpoints, self.tokenizer), self.rows, None, statistics=statistics)
             encoder, vectors = fitted_vectors(checkpoints, self.tokenizer, self.rows, raw, curvature, estimator.mode,
@@ -485,6 +514,13 @@ class Scorer:
         q = np.stack([encoder.encode_query_ids(c[:1].tolist(), c[1:].tolist()).vector.numpy()
                       for c in self.queries])
         return (q.astype(np.float64) @ vectors.T.astype(np.float64)).astype(np.float32)
+
+    def through_sketches(self, model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+        """Every row's stored sketch (the settings' k) against the projection of a direction ``x`` over ``model``'s
+        parameters: the inner product that estimates ``∇ℓ_row · x`` over the sketched modules (``(rows,)``)."""
+        checkpoints, _, raw = self.sketched(self.settings.k)
+        projected = checkpoints[0].sketcher.project(unflatten(x, parameters_of(model)))
+        return (raw[0].double() @ projected.double()).numpy()
 
     def magic_scores(self, from_step: int = 0) -> np.ndarray:
         """Each row's ``−∂L_q/∂w_i`` through an exact replay of the full model's training (:mod:`evaluation.replay`):
@@ -509,11 +545,14 @@ class Scorer:
         """Each row's exact loss change along each query's Newton direction ``(G + λ)⁻¹ ∇ℓ(query)``, ``G`` over
         the estimator's evenly spaced sample rows; no projection. How the solver did goes to ``NAME.solver.json``
         beside the scores (:func:`solver_summaries`). A two-stage estimator scores only the recall stage's top rows:
-        ``recall``'s when given (the run's own recall-stage scores), else :func:`recall_stage` computes them."""
+        ``recall``'s when given (the run's own recall-stage scores), else :func:`recall_stage` computes them; with
+        ``@sketch`` the recall stage (or, alone, the answer) is each row's sketch against the direction's projection,
+        from the same solve."""
         estimator = newton_estimator(name)
-        if estimator.candidates is not None and recall is None:
+        if estimator.candidates is not None and recall is None and not estimator.sketched:
             recall = recall_stage(estimator, self.scores)
         recalled = None if recall is None else top_rows(recall, estimator.candidates)
+        lexical = self.scores(BM25) if estimator.sketched and estimator.with_bm25 else None
         model = load_model(self.model_dir)
         count = min(estimator.sample_rows, len(self.rows))
         picks = np.unique(np.linspace(0, len(self.rows) - 1, count).astype(int))
@@ -525,11 +564,19 @@ class Scorer:
             log.info("newton: %d steps, %d products, residual %.1e, %.1f s", found.iterations, found.products,
                      found.residual, found.seconds)
             runs.append((found.products, found.residual, found.seconds))
-            if recalled is None:
+            picked = None if recalled is None else recalled[q]
+            if estimator.sketched:
+                through = self.through_sketches(model, found.x)
+                if estimator.candidates is None:
+                    out.append(through)
+                    continue
+                ranking = through[None] if lexical is None else pooled(through[None], lexical[q : q + 1])
+                picked = top_rows(ranking, estimator.candidates)[0]
+            if picked is None:
                 out.append(score_rows(model, self.rows, found.x).numpy())
             else:  # the exact stage scores the recalled rows only
                 row = np.zeros(len(self.rows), dtype=np.float32)
-                row[recalled[q]] = score_rows(model, [self.rows[i] for i in recalled[q]], found.x).numpy()
+                row[picked] = score_rows(model, [self.rows[i] for i in picked], found.x).numpy()
                 out.append(row)
         products, residuals, seconds = (np.asarray(v, dtype=float) for v in zip(*runs, strict=True))
         summary = {"sample_rows": len(picks), "products": float(products.mean()),
@@ -598,13 +645,24 @@ def extra_key(name: str, case: LDSCase, settings: FieldLDSSettings) -> dict:
     if family == NEWTON:
         found = newton_estimator(name)
         two_stages = {} if found.candidates is None else {
-            "candidates": found.candidates, "recall": RECALL_STAGE, "with_bm25": found.with_bm25,
-            "recall_damping": estimator_damping(RECALL_STAGE, settings)}
-        return {"newton": {**asdict(found.config), "sample_rows": found.sample_rows, **two_stages}}
+            "candidates": found.candidates, "with_bm25": found.with_bm25,
+            **({"recall": SKETCH_RECALL} if found.sketched else
+               {"recall": RECALL_STAGE, "recall_damping": estimator_damping(RECALL_STAGE, settings)})}
+        sketch = {"sketched": True} if found.sketched else {}  # read through the settings' k (in the key)
+        return {"newton": {**asdict(found.config), "sample_rows": found.sample_rows, **two_stages, **sketch}}
     if family == TRACIN:
         plan = tracin_plan(case)
         return {"revisions": list(plan.revisions), "weights": list(plan.weights), "mode": estimator.mode.value}
     return {}
+
+
+def groups_key(name: str, settings: FieldLDSSettings) -> dict:
+    """The sketched parameter groups, in the key of the estimators that read sketches, when not the default's (so
+    scores cached before the setting existed stay valid)."""
+    estimator = parse_estimator(name)
+    reads_sketches = estimator.family in ("gradient", TRACIN) or (
+        estimator.family == NEWTON and (newton_estimator(name).sketched or newton_estimator(name).candidates))
+    return {"groups": list(settings.groups)} if reads_sketches and settings.groups != DEFAULT_GROUPS else {}
 
 
 def top_rows(scores: np.ndarray, depth: int) -> np.ndarray:
@@ -623,7 +681,8 @@ def staged(exact: np.ndarray, recall: np.ndarray, depth: int) -> np.ndarray:
 
 
 def recall_stage(estimator: NewtonEstimator, scores_of: Callable[[str], np.ndarray]) -> np.ndarray:
-    """A two-stage estimator's recall scores: the index default's (:data:`RECALL_STAGE`), or pooled with BM25's."""
+    """A two-stage estimator's recall scores: the index default's (:data:`RECALL_STAGE`), or pooled with BM25's (a
+    ``@sketch`` estimator's recall stage comes from its own solve: :meth:`Scorer.newton_scores`)."""
     index = scores_of(RECALL_STAGE)
     return pooled(index, scores_of(BM25)) if estimator.with_bm25 else index
 
@@ -631,12 +690,22 @@ def recall_stage(estimator: NewtonEstimator, scores_of: Callable[[str], np.ndarr
 def two_stages_from(name: str, scores: dict[str, np.ndarray]) -> np.ndarray | None:
     """A ``newton@cN`` estimator's scores masked from its one-stage twin's (a ``newton`` of the same solver settings
     that scores every row) and the recall stage's, when this run has them already (listed before it): the same
-    numbers without solving again; else None (and for any other estimator)."""
+    numbers without solving again; else None (and for any other estimator). With ``@sketch`` the recall stage is the
+    one-stage ``newton@sketch`` of the same solver settings."""
     if not is_two_stage(name):
         return None
     estimator = newton_estimator(name)
-    one_stage = replace(estimator, candidates=None, with_bm25=False)
-    twin = next((n for n in scores if parse_family(n) == NEWTON and newton_estimator(n) == one_stage), None)
+
+    def named(wanted: NewtonEstimator) -> str | None:
+        return next((n for n in scores if parse_family(n) == NEWTON and newton_estimator(n) == wanted), None)
+
+    twin = named(replace(estimator, candidates=None, with_bm25=False, sketched=False))
+    if estimator.sketched:
+        through = named(replace(estimator, candidates=None, with_bm25=False))
+        if twin is None or through is None or (estimator.with_bm25 and BM25 not in scores):
+            return None
+        recall = pooled(scores[through], scores[BM25]) if estimator.with_bm25 else scores[through]
+        return staged(scores[twin], recall, estimator.candidates)
     needed = (RECALL_STAGE, BM25) if estimator.with_bm25 else (RECALL_STAGE,)
     if twin is None or not all(n in scores for n in needed):
         return None
@@ -675,13 +744,21 @@ def pooled(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 def candidate_table(scores: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """Each estimator's candidate recall of ``newton``'s top rows at every depth (empty without ``newton``; two-stage
     estimators left out: their candidates are their recall stage's); with BM25 among them, also each stored-index
-    estimator's pool shared with BM25 (``NAME + bm25``: N/2 from each)."""
+    estimator's pool shared with BM25 (``NAME + bm25``: N/2 from each; ``newton@sketch`` is such an estimator: the
+    stored sketches queried by the Newton direction)."""
     if NEWTON not in scores:
         return {}
     candidates = {name: s for name, s in scores.items() if name not in (NEWTON, SHUFFLED) and not is_two_stage(name)}
+
+    def from_the_index(name: str) -> bool:
+        family = parse_family(name)
+        if family == NEWTON:
+            return newton_estimator(name).sketched
+        return name != BM25 and family not in (UNLEARNING, MAGIC)
+
     if BM25 in candidates:
         candidates |= {f"{name} + {BM25}": pooled(s, scores[BM25]) for name, s in list(candidates.items())
-                       if name != BM25 and parse_family(name) not in (NEWTON, UNLEARNING, MAGIC)}
+                       if from_the_index(name)}
     return {name: {str(d): candidate_recall(scores[NEWTON], s, d) for d in CANDIDATE_DEPTHS}
             for name, s in candidates.items()}
 
@@ -718,7 +795,7 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
     for name in settings.estimators:
         key = as_json({"case": asdict(case), "k": parse_estimator(name).k or settings.k,
                        "damping": estimator_damping(name, settings), "estimator": name,
-                       **extra_key(name, case, settings)})
+                       **extra_key(name, case, settings), **groups_key(name, settings)})
 
         def compute(name: str = name) -> np.ndarray:
             nonlocal scorer
@@ -726,7 +803,7 @@ def run_field_lds(out: Path, case: LDSCase, settings: FieldLDSSettings,
             if derived is not None:  # its seconds are the masking's: its cost is the twin's solve and N rows a query
                 return derived
             scorer = scorer or Scorer(out, case, settings)  # loads the case's rows and tokenizer: only when needed
-            if not is_two_stage(name):
+            if not is_two_stage(name) or newton_estimator(name).sketched:  # @sketch: recalled in its own solve
                 return scorer.scores(name)
             recall = recall_stage(newton_estimator(name), lambda n: scores[n] if n in scores else scorer.scores(n))
             return scorer.newton_scores(name, recall)

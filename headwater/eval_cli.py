@@ -147,13 +147,18 @@ def eval_field_lds(
     rows: Annotated[int | None, typer.Option(help="Training chunks of real text (default: the case's).")] = None,
     queries: Annotated[int, typer.Option(help="Held-out query chunks.")] = 50,
     k: Annotated[int, typer.Option(help="Sketch projection per side.")] = 16,
+    modules: Annotated[str, typer.Option(help="Comma-separated parameter groups every sketch covers, as the index's "
+                                              "--modules: blocks (the transformer blocks' Linear layers), embed (the "
+                                              "input embedding), head (the output head).")] = "blocks",
     estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, tracin-ip/KIND, "
                                             "tracin/KIND (each optionally @K, @dD), bm25, unlearning, "
-                                            "unlearning@newton, "
-                                            "newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN[@bm25]] "
+                                            "unlearning@newton, newton[@dD][@iN][@rN][@kfac|@ekfac][@warm]"
+                                            "[@astra][@lrX][@cN[@bm25]][@sketch] "
                                             "(damping, steps, sample rows, factored preconditioner, warm start, "
                                             "ASTRA and its learning rate; two stages: only the index default's top "
-                                            "N rows scored, half from BM25 with @bm25), magic[@sN] (the exact "
+                                            "N rows scored, half from BM25 with @bm25; @sketch: the direction "
+                                            "read through the stored sketches, alone or as the recall stage), "
+                                            "magic[@sN] (the exact "
                                             "replay from step N).")]
     = ",".join(FIELD_ESTIMATORS),
     workers: Annotated[int | None, typer.Option(help="Retrains at once, one torch thread each (default: one per "
@@ -180,7 +185,7 @@ def eval_field_lds(
     if finetune:
         case = FinetuneCase(base=case, rows=finetune, queries=queries, seed=seed)
     settings = FieldLDSSettings(retrains=retrains, removed=removed, halves=halves, reseeded=reseeded, zeroed=zeroed,
-                                k=k, seed=seed,
+                                k=k, seed=seed, groups=tuple(g.strip() for g in modules.split(",") if g.strip()),
                                 estimators=tuple(e.strip() for e in estimators.split(",") if e.strip()),
                                 **({"workers": workers} if workers is not None else {}))
     with tqdm(total=retrains + halves + reseeded + zeroed, desc="retrains", unit="model", disable=None) as bar:

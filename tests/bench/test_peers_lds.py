@@ -32,6 +32,7 @@ def test_every_recipe_is_a_peer_and_follows_bergsons_leaderboard_settings() -> N
     assert RECIPES["bergson-shampoo"].method == "shampoo" and not RECIPES["bergson-shampoo"].astra
     assert RECIPES["bergson-shampoo-astra"].astra == ASTRA_SGD
     assert REFINED == ("bergson-ekfac-cg", "bergson-astra", "bergson-shampoo-astra")  # left out by default
+    assert "kronfluence-ekfac-head" in PEERS and "kronfluence-ekfac-head" not in REFINED  # the head tracked too
 
 
 def test_the_astra_step_size_overrides_sgd_only() -> None:

@@ -16,12 +16,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from attribution.astra import AstraSchedule
+from attribution.batching import training_batch
 from attribution.config import CurvatureConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model
-from attribution.newton import NewtonConfig
+from attribution.newton import NewtonConfig, NewtonSolver
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
@@ -30,6 +31,7 @@ from evaluation import field_lds
 from evaluation.field_lds import (
     DROP,
     HALF,
+    NEWTON_SAMPLE_ROWS,
     RESEEDED,
     SHUFFLED,
     TRACIN_CHECKPOINTS,
@@ -39,6 +41,7 @@ from evaluation.field_lds import (
     Scorer,
     candidate_recall,
     dropped_rows,
+    groups_key,
     is_two_stage,
     kept_masks,
     lead_over_peers,
@@ -65,8 +68,10 @@ CASE = TextCase(rows=40, queries=6, seq_len=16, vocab_size=300, hidden_size=16, 
                 batch_size=4, epochs=2, warmup_steps=2, chars_per_source=8000)
 SETTINGS = FieldLDSSettings(retrains=4, removed=0.1, halves=4, reseeded=3, zeroed=3, k=4, workers=1, shuffles=50,
                             bootstrap=200,
-                            estimators=(*FIELD_LDS_ESTIMATORS, "newton@c5", "newton@c6@bm25"))
-"""Every default estimator, and two two-stage ones (masked from ``newton``'s scores in the run)."""
+                            estimators=(*FIELD_LDS_ESTIMATORS, "newton@c5", "newton@c6@bm25", "newton@sketch",
+                                        "newton@c5@sketch", "newton@c6@bm25@sketch"))
+"""Every default estimator, the Newton direction through the sketches, and two-stage ones (masked from ``newton``'s
+and ``newton@sketch``'s scores in the run)."""
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +83,9 @@ def field_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_candidate_recall_is_reported_against_the_exact_stage(field_run: tuple[Path, dict]) -> None:
     out, report = field_run
     recall = report["candidate_recall"]
-    stored = [e for e in SETTINGS.estimators if e.startswith(("gradient", "tracin"))]
+    stored = [e for e in SETTINGS.estimators if e.startswith(("gradient", "tracin")) or e == "newton@sketch"]
     two_stages = {name for name in SETTINGS.estimators if is_two_stage(name)}
-    assert {"newton@c5", "newton@c6@bm25"} <= two_stages
+    assert {"newton@c5", "newton@c6@bm25", "newton@c5@sketch", "newton@c6@bm25@sketch"} <= two_stages
     assert set(recall) == (set(SETTINGS.estimators) - {"newton"} - two_stages) | {f"{e} + bm25" for e in stored}
     for depths in recall.values():
         values = [depths[d] for d in ("30", "100", "300")]
@@ -291,8 +296,10 @@ def test_bad_settings_are_clear_errors() -> None:
     assert parse_estimator("unlearning@newton@d100").family == "unlearning"
     assert newton_estimator("newton@c100@d10") == newton_estimator("newton@d10@c100")
     assert newton_estimator("newton@c100").candidates == 100 and newton_estimator("newton").candidates is None
+    assert newton_estimator("newton@sketch").sketched and not newton_estimator("newton@c100").sketched
+    assert newton_estimator("newton@sketch@c30@bm25") == newton_estimator("newton@c30@bm25@sketch")
     for bad in ("unlearning@newton@astra", "unlearning@newton@ekfac@warm", "unlearning@newton@d0",
-                "unlearning@newton@c30", "unlearning@newton@bm25"):
+                "unlearning@newton@c30", "unlearning@newton@bm25", "unlearning@newton@sketch"):
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@warm", "newton@kfac@ekfac", "newton@ekfac@ekfac", "newton@lr0.1", "newton@r0",
@@ -301,7 +308,8 @@ def test_bad_settings_are_clear_errors() -> None:
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf", "newton@i0", "newton@i2.5", "newton@x1",
                 "newton@d1@d2", "newton@", "newton@c0", "newton@c2.5", "newton@c10@c20", "newton@bm25",
-                "newton@c10@bm25@bm25", "newton@c1e2", "newton@c100.0", "newton@c+5"):
+                "newton@c10@bm25@bm25", "newton@c1e2", "newton@c100.0", "newton@c+5", "newton@sketch@sketch",
+                "newton@sketch@bm25", "newton@sketches"):
         with pytest.raises(ConfigError, match="newton takes @dD"):
             FieldLDSSettings(estimators=(bad,))
     with pytest.raises(ConfigError, match="pretrained on"):
@@ -314,11 +322,30 @@ def test_bad_settings_are_clear_errors() -> None:
         TextCase(hidden_size=10, num_heads=3)
     with pytest.raises(ConfigError, match="rows must be at least 1"):
         TextCase(rows=0)
+    with pytest.raises(ConfigError, match="groups must be among"):
+        FieldLDSSettings(groups=("blocks", "bogus"))
+    with pytest.raises(ConfigError, match="at least one parameter group"):
+        FieldLDSSettings(groups=())
+    assert FieldLDSSettings(groups=("head", "blocks", "head")).groups == ("head", "blocks")
+
+
+def test_the_sketched_groups_enter_the_key_of_the_estimators_that_read_sketches_only() -> None:
+    """The default groups add nothing to any key (scores cached before the setting stay valid); others are in the
+    keys of the estimators that read sketches (the gradient family, TracIn-CP, newton's sketch and two stages)."""
+    wider = FieldLDSSettings(groups=("blocks", "embed", "head"))
+    for name in ("gradient-ip/none", "tracin-ip/block", "newton@sketch", "newton@c30", "newton@c30@bm25@sketch"):
+        assert groups_key(name, FieldLDSSettings()) == {}
+        assert groups_key(name, wider) == {"groups": ["blocks", "embed", "head"]}
+    for name in ("newton", "bm25", "unlearning", "unlearning@newton", "magic"):
+        assert groups_key(name, wider) == {}
 
 
 def test_cli_refuses_a_bad_flag_without_a_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["eval", "field-lds", "--out", str(tmp_path), "--removed", "2"])
     assert result.exit_code != 0 and "share" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "case").exists()
+    result = CliRunner().invoke(app, ["eval", "field-lds", "--out", str(tmp_path), "--modules", "blocks,tail"])
+    assert result.exit_code == 2 and "groups must be among" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "case").exists()
 
 
@@ -477,3 +504,37 @@ def test_two_stages_are_masked_from_the_runs_own_newton_when_it_has_one() -> Non
                                   staged(scores["newton@d10"], pooled(scores["gradient/block"], scores["bm25"]), 3))
     assert two_stages_from("newton@d10", scores) is None  # one stage: nothing to mask
     assert two_stages_from("bm25", scores) is None
+    assert two_stages_from("newton@c3@d10@sketch", scores) is None  # its recall stage, newton@d10@sketch, is not here
+    scores["newton@sketch@d10"] = rng.normal(size=(2, 9))
+    np.testing.assert_array_equal(two_stages_from("newton@c3@d10@sketch", scores),
+                                  staged(scores["newton@d10"], scores["newton@sketch@d10"], 3))
+    np.testing.assert_array_equal(two_stages_from("newton@c3@d10@bm25@sketch", scores),
+                                  staged(scores["newton@d10"], pooled(scores["newton@sketch@d10"], scores["bm25"]), 3))
+
+
+def test_the_newton_direction_through_the_sketches(field_run: tuple[Path, dict]) -> None:
+    """``newton@sketch`` scores each row's stored sketch against the projection of the query's Newton direction, from
+    the same solve as ``newton``; ``newton@cN@sketch`` scores exactly the N rows that ranking recalls (masked from the
+    run's own two in the run, solved in one pass by the scorer alone, with and without BM25 in the pool)."""
+    out, report = field_run
+    full, through, bm25 = (np.load(out / "scores" / f"{name}.npy") for name in ("newton", "newton@sketch", "bm25"))
+    np.testing.assert_array_equal(np.load(out / "scores" / "newton@c5@sketch.npy"), staged(full, through, 5))
+    np.testing.assert_array_equal(np.load(out / "scores" / "newton@c6@bm25@sketch.npy"),
+                                  staged(full, pooled(through, bm25), 6))
+    scorer = Scorer(out, CASE, SETTINGS)
+    model = load_model(CASE.directory(out) / "model")
+    count = min(NEWTON_SAMPLE_ROWS, len(scorer.rows))  # the sample newton_scores takes
+    rows = [scorer.rows[i] for i in np.unique(np.linspace(0, len(scorer.rows) - 1, count).astype(int))]
+    solver = NewtonSolver(model, training_batch(rows), newton_config("newton"))
+    x = solver.direction(training_batch([scorer.queries[0].tolist()])).x
+    np.testing.assert_allclose(through[0], scorer.through_sketches(model, x), rtol=1e-4, atol=1e-6)
+    wider = Scorer(out, CASE, replace(SETTINGS, groups=("blocks", "embed", "head")))  # + the embedding and the head
+    modules = scorer.sketched(SETTINGS.k)[0][0].sketcher.modules
+    assert wider.sketched(SETTINGS.k)[2][0].shape == (CASE.rows, (len(modules) + 2) * SETTINGS.k**2)
+    assert wider.through_sketches(model, x).shape == (CASE.rows,)
+    assert not np.allclose(through[0], scorer.through_sketches(model, torch.flip(x, (0,))))  # x itself matters
+    one_pass = scorer.scores("newton@c5@sketch")
+    assert np.count_nonzero(one_pass, axis=1).max() <= 5
+    np.testing.assert_allclose(one_pass, staged(full, through, 5), rtol=1e-4, atol=1e-6)
+    assert {"newton@sketch", "newton@c5@sketch"} <= set(report["lds"][DROP])
+    assert "newton@sketch + bm25" in report["candidate_recall"]
