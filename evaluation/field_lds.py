@@ -19,7 +19,8 @@ on the query chunk, ``attribution.unlearning.score_every_row``: a finite-step es
 ``unlearning@newton`` (the same retriever moved one step along the query's Newton direction, read by a central
 difference: ``direction = newton``); ``newton`` (each row's exact loss change along ``(G + λ)⁻¹ ∇ℓ(query)``, forward
 mode, no projection: :mod:`attribution.newton`; ``newton@cN[@bm25]`` the answer in two stages: the index default's
-top N rows per query, or N taken alternately from its and BM25's rankings, scored so, every other row 0);
+top N rows per query, or N taken alternately from its and BM25's rankings, scored so, every other row 0;
+``newton@sketch`` the same direction read through the stored sketches, alone or, with ``@cN``, as the recall stage);
 ``magic`` (the ceiling row: each row's ``−∂L_q/∂w_i`` through an exact replay of training, :mod:`evaluation.replay`;
 read it against the ``drop-zeroed`` column, the in-place removal it linearizes);
 ``shuffled`` (the first estimator's scores permuted across rows) as the control that must stay ≈ 0; and every
