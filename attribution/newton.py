@@ -35,6 +35,8 @@ from attribution.batching import TokenBatch, training_batch
 from attribution.config import coerce_enum
 from attribution.errors import ConfigError
 from attribution.factored_inverse import FactoredInverse, Factoring
+from attribution.kinds import SketchConfig
+from attribution.modules import sketched_modules
 
 Vector = torch.Tensor
 """A flat vector over every parameter of the model, in ``named_parameters`` order."""
@@ -100,21 +102,36 @@ def loss_gradient(model: nn.Module, batch: TokenBatch) -> Vector:
         return flatten(torch.func.grad(total)(params))
 
 
+def parameter_mask(model: nn.Module, groups: tuple[str, ...]) -> Vector:
+    """1 on the weights of the modules a sketch of ``groups`` covers (blocks: the blocks' Linear layers; embed; head:
+    :func:`attribution.modules.sketched_modules`), 0 on every other parameter (biases and norms included), flat."""
+    weights = {f"{name}.weight" for name in sketched_modules(model, groups)}
+    params = parameters_of(model)
+    return flatten({name: torch.full_like(p, float(name in weights)) for name, p in params.items()})
+
+
 class GaussNewton:
     """Products with ``G + λ``: ``G`` the Gauss-Newton matrix of the mean per-row loss over ``sample`` (training
-    rows), at the model's current parameters."""
+    rows), at the model's current parameters; with a ``mask``, its block on the masked coordinates (``M G M``, the
+    system of a direction that moves those parameters only)."""
 
-    def __init__(self, model: nn.Module, sample: TokenBatch, damping: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, sample: TokenBatch, damping: float = 0.0, mask: Vector | None = None) -> None:
         if not math.isfinite(damping) or damping < 0:
             raise ConfigError(f"damping must be a finite number >= 0, got {damping}")
-        self.model, self.sample, self.damping = model, sample, damping
+        self.model, self.sample, self.damping, self.mask = model, sample, damping, mask
         self.params = parameters_of(model)
-        self.dim = sum(p.numel() for p in self.params.values())
+        self.size = sum(p.numel() for p in self.params.values())
+        """Length of the flat vectors the products take."""
+        self.dim = self.size if mask is None else int(mask.sum())
+        """Dimension of the system: the parameters it acts on."""
         self.products = 0
 
     def product(self, vector: Vector) -> Vector:
-        """``(G + λ) v``: one forward-mode pass for ``J v``, one reverse-mode pass for ``Jᵀ u``."""
+        """``(G + λ) v``: one forward-mode pass for ``J v``, one reverse-mode pass for ``Jᵀ u`` (masked on both sides
+        with a mask)."""
         self.products += 1
+        if self.mask is not None:
+            vector = vector * self.mask.to(vector)
 
         def logits(p: dict[str, torch.Tensor]) -> torch.Tensor:
             return next_token_logits(self.model, p, self.sample)
@@ -126,16 +143,18 @@ class GaussNewton:
             hjv = hjv * self.sample.loss_mask[:, 1:, None].to(hjv)
             _, pullback = vjp(logits, self.params)
             (gv,) = pullback(hjv)
-        return flatten(gv) / self.sample.input_ids.shape[0] + self.damping * vector
+        out = flatten(gv) / self.sample.input_ids.shape[0]
+        return (out if self.mask is None else out * self.mask.to(out)) + self.damping * vector
 
     def mean_eigenvalue(self, probes: int = 4, seed: int = 0) -> float:
-        """``trace(G) / dim`` estimated with Rademacher probes (Hutchinson), for damping relative to it."""
+        """``trace(G) / dim`` estimated with Rademacher probes (Hutchinson), for damping relative to it (with a mask:
+        its block's)."""
         generator = torch.Generator().manual_seed(seed)
         damping, self.damping, total = self.damping, 0.0, 0.0
         first = next(iter(self.params.values()))
         try:
             for _ in range(probes):
-                v = (torch.randint(0, 2, (self.dim,), generator=generator) * 2 - 1).to(first.dtype).to(first.device)
+                v = (torch.randint(0, 2, (self.size,), generator=generator) * 2 - 1).to(first.dtype).to(first.device)
                 total += float(v @ self.product(v))
         finally:
             self.damping = damping
@@ -211,6 +230,10 @@ class NewtonConfig:
     solver: Solver = Solver.CG
     astra: AstraSchedule = field(default_factory=AstraSchedule)
     """ASTRA's schedule (``solver = astra``)."""
+    groups: tuple[str, ...] | None = None
+    """The parameters the direction moves: every one (None), or the weights of these sketch groups' modules only
+    (:func:`parameter_mask`: e.g. blocks and head, what a peer that tracks those modules sees); conjugate gradient
+    without a factored preconditioner only."""
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.damping) or self.damping <= 0:
@@ -221,6 +244,11 @@ class NewtonConfig:
         coerce_enum(self, "solver", Solver)
         if self.warm_start and self.factoring is Factoring.NONE:
             raise ConfigError("a newton warm start needs a factoring (kfac or ekfac) to start from")
+        if self.groups is not None:
+            object.__setattr__(self, "groups", tuple(g.value for g in SketchConfig(groups=self.groups).groups))
+            if self.solver is not Solver.CG or self.factoring is not Factoring.NONE:
+                raise ConfigError("a newton direction over some parameter groups is solved by plain conjugate "
+                                  "gradient (no factoring, no ASTRA)")
 
 
 @dataclass(frozen=True)
@@ -252,7 +280,8 @@ class NewtonSolver:
     def __init__(self, model: nn.Module, sample: TokenBatch, config: NewtonConfig = NewtonConfig(),
                  precondition: Callable[[Vector], Vector] | None = None) -> None:
         self.model, self.sample, self.config = model, sample, config
-        self.system = GaussNewton(model, sample)
+        self.mask = None if config.groups is None else parameter_mask(model, config.groups)
+        self.system = GaussNewton(model, sample, mask=self.mask)
         self._precondition = precondition
         self._ready = False
 
@@ -271,6 +300,8 @@ class NewtonSolver:
         self._prepare()
         config, system, model, sample = self.config, self.system, self.model, self.sample
         gradient = loss_gradient(model, target)
+        if self.mask is not None:
+            gradient = gradient * self.mask.to(gradient)
         dtype, b = gradient.dtype, gradient.double()
         before = system.products
 

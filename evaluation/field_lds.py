@@ -116,12 +116,15 @@ NEWTON_OPTIONS = ("@dD (relative damping), @iN (conjugate-gradient steps, or AST
                   "@kfac or @ekfac (a factored preconditioner), @warm (start from it), @astra (the stochastic "
                   "solver), @lrX (ASTRA's learning rate), @cN (two stages: only the index default's top N rows "
                   "scored), @bm25 (with @cN: N/2 of them from BM25), @sketch (the direction read through the "
-                  "stored k-sketches: alone, the whole answer; with @cN, the recall stage)")
+                  "stored k-sketches: alone, the whole answer; with @cN, the recall stage), @blocks, @embed, @head "
+                  "(the direction moves only these groups' weights, as a peer tracking those modules)")
 DEFAULT_GROUPS = tuple(g.value for g in SketchConfig().groups)
 """The index's default sketched parameter groups (the transformer blocks' Linear layers)."""
 RECALL_STAGE = "gradient/block"
 """The recall stage of a two-stage ``newton@cN`` estimator: the index default (block curvature, cosine, the settings'
 k; 8 KB a row at k = 16), as the served index searches."""
+PARAMETER_GROUPS = ("blocks", "embed", "head")
+"""``newton``'s options that restrict the direction to some modules' weights (:attr:`NewtonConfig.groups`)."""
 SKETCH_RECALL = "the Newton direction through the sketches"
 """The recall stage of ``newton@cN@sketch`` (:attr:`NewtonEstimator.sketched`), as its scores' key names it."""
 
@@ -146,18 +149,20 @@ class NewtonEstimator:
 
 
 def newton_estimator(name: str) -> NewtonEstimator:
-    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN[@bm25]][@sketch]``: relative damping D (default
-    :data:`NEWTON_DAMPING`), at most N conjugate-gradient steps (default :data:`NEWTON_ITERATIONS`; with ``@astra``
-    N ASTRA steps, default 300), ``G`` over N sample rows (default :data:`NEWTON_SAMPLE_ROWS`), a K-FAC or EK-FAC
-    preconditioner, a warm start from it, the ASTRA solver and its learning rate X (default 0.1), and two stages:
-    only the index default's top N rows per query scored (:attr:`NewtonEstimator.candidates`), half of them from
-    BM25 with ``@bm25``; ``@sketch``: the direction read through the stored sketches
-    (:attr:`NewtonEstimator.sketched`), alone or as the recall stage of ``@cN``."""
+    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN[@bm25]][@sketch][@blocks][@embed][@head]``:
+    relative damping D (default :data:`NEWTON_DAMPING`), at most N conjugate-gradient steps (default
+    :data:`NEWTON_ITERATIONS`; with ``@astra`` N ASTRA steps, default 300), ``G`` over N sample rows (default
+    :data:`NEWTON_SAMPLE_ROWS`), a K-FAC or EK-FAC preconditioner, a warm start from it, the ASTRA solver and its
+    learning rate X (default 0.1), and two stages: only the index default's top N rows per query scored
+    (:attr:`NewtonEstimator.candidates`), half of them from BM25 with ``@bm25``; ``@sketch``: the direction read
+    through the stored sketches (:attr:`NewtonEstimator.sketched`), alone or as the recall stage of ``@cN``;
+    ``@blocks``, ``@embed``, ``@head``: the direction over those groups' weights only (:attr:`NewtonConfig.groups`;
+    plain conjugate gradient)."""
     error = ConfigError(f"unknown LDS estimator {name!r}: newton takes {NEWTON_OPTIONS}")
     numbers: dict[str, float] = {}
     flags: set[str] = set()
     for option in name.split("@")[1:]:
-        if option in ("kfac", "ekfac", "warm", "astra", "bm25", "sketch"):
+        if option in ("kfac", "ekfac", "warm", "astra", "bm25", "sketch", *PARAMETER_GROUPS):
             if option in flags or ({"kfac", "ekfac"} <= flags | {option}):
                 raise error
             flags.add(option)
@@ -182,7 +187,8 @@ def newton_estimator(name: str) -> NewtonEstimator:
     try:
         config = NewtonConfig(damping=numbers.get("d", NEWTON_DAMPING), factoring=factoring,
                               max_iter=NEWTON_ITERATIONS if astra else int(numbers.get("i", NEWTON_ITERATIONS)),
-                              warm_start="warm" in flags, solver="astra" if astra else "cg", astra=schedule)
+                              warm_start="warm" in flags, solver="astra" if astra else "cg", astra=schedule,
+                              groups=tuple(g for g in PARAMETER_GROUPS if g in flags) or None)
     except ConfigError as exc:
         raise ConfigError(f"unknown LDS estimator {name!r}: {exc}") from None
     candidates = int(numbers["c"]) if "c" in numbers else None
@@ -214,7 +220,7 @@ def unlearning_settings(name: str, base: UnlearningConfig | None = None) -> Unle
             raise error from None
         config = estimator.config
         if config.solver is not Solver.CG or config.warm_start or estimator.candidates is not None or \
-                estimator.sketched:
+                estimator.sketched or config.groups is not None:
             raise error
         return replace(base, direction=Direction.NEWTON, newton_rows=estimator.sample_rows,
                        newton_iterations=config.max_iter, newton_damping=config.damping,
@@ -650,7 +656,9 @@ def extra_key(name: str, case: LDSCase, settings: FieldLDSSettings) -> dict:
             **({"recall": SKETCH_RECALL} if found.sketched else
                {"recall": RECALL_STAGE, "recall_damping": estimator_damping(RECALL_STAGE, settings)})}
         sketch = {"sketched": True} if found.sketched else {}  # read through the settings' k (in the key)
-        return {"newton": {**asdict(found.config), "sample_rows": found.sample_rows, **two_stages, **sketch}}
+        config = {key: value for key, value in asdict(found.config).items()
+                  if not (key == "groups" and value is None)}  # every parameter: the key scores had before groups
+        return {"newton": {**config, "sample_rows": found.sample_rows, **two_stages, **sketch}}
     if family == TRACIN:
         plan = tracin_plan(case)
         return {"revisions": list(plan.revisions), "weights": list(plan.weights), "mode": estimator.mode.value}

@@ -21,6 +21,7 @@ from attribution.newton import (
     loss_gradient,
     newton_direction,
     next_token_logits,
+    parameter_mask,
     parameters_of,
     row_losses,
     unflatten,
@@ -90,6 +91,29 @@ def test_newton_direction_records_how_it_was_found(model) -> None:
     assert found.iterations > 0 and found.seconds > 0
     with pytest.raises(ConfigError, match="damping"):
         NewtonConfig(damping=0)
+
+
+@pytest.mark.parametrize("groups", [("blocks",), ("blocks", "head"), ("embed",)])
+def test_a_direction_over_some_groups_solves_their_block_of_the_system(model, groups: tuple[str, ...]) -> None:
+    """With ``groups``, ``x`` is 0 off those modules' weights and solves ``(G_SS + λ) x_S = g_S`` on them (``G_SS``
+    the explicit matrix's block), λ relative to that block's mean eigenvalue."""
+    sample, target = training_batch(rows(6, 3, 6)), collate(rows(7, 1, 6), [[0, 0, 1, 1, 1, 1]])
+    found = newton_direction(model, target, sample, NewtonConfig(damping=1.0, tol=1e-10, max_iter=500,
+                                                                 groups=groups))
+    mask = parameter_mask(model, groups).bool()
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert torch.count_nonzero(found.x[~mask]) == 0
+    dense = explicit_gauss_newton(model, sample)[mask][:, mask]
+    exact = torch.linalg.solve(dense + found.damping * torch.eye(int(mask.sum()), dtype=torch.float64),
+                               loss_gradient(model, target)[mask])
+    torch.testing.assert_close(found.x[mask], exact, rtol=1e-5, atol=1e-7)
+    system = GaussNewton(model, sample, mask=mask.to(torch.float64))
+    assert system.mean_eigenvalue(probes=64) == pytest.approx(float(dense.trace()) / int(mask.sum()), rel=0.3)
+    assert NewtonConfig(groups=("head", "blocks", "head")).groups == ("head", "blocks")
+    for bad in ({"groups": ("tail",)}, {"groups": ("blocks",), "factoring": "ekfac"},
+                {"groups": ("blocks",), "solver": "astra"}):
+        with pytest.raises(ConfigError):
+            NewtonConfig(**bad)
 
 
 def test_loss_changes_are_exact_and_restore_the_weights(model) -> None:

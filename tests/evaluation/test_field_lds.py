@@ -41,6 +41,7 @@ from evaluation.field_lds import (
     Scorer,
     candidate_recall,
     dropped_rows,
+    extra_key,
     groups_key,
     is_two_stage,
     kept_masks,
@@ -298,18 +299,22 @@ def test_bad_settings_are_clear_errors() -> None:
     assert newton_estimator("newton@c100").candidates == 100 and newton_estimator("newton").candidates is None
     assert newton_estimator("newton@sketch").sketched and not newton_estimator("newton@c100").sketched
     assert newton_estimator("newton@sketch@c30@bm25") == newton_estimator("newton@c30@bm25@sketch")
+    assert newton_config("newton@head@blocks").groups == ("blocks", "head") and newton_config("newton").groups is None
+    assert "groups" not in extra_key("newton", CASE, SETTINGS)["newton"]  # every parameter: the key it always had
+    assert extra_key("newton@blocks", CASE, SETTINGS)["newton"]["groups"] == ("blocks",)
     for bad in ("unlearning@newton@astra", "unlearning@newton@ekfac@warm", "unlearning@newton@d0",
-                "unlearning@newton@c30", "unlearning@newton@bm25", "unlearning@newton@sketch"):
+                "unlearning@newton@c30", "unlearning@newton@bm25", "unlearning@newton@sketch",
+                "unlearning@newton@blocks"):
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@warm", "newton@kfac@ekfac", "newton@ekfac@ekfac", "newton@lr0.1", "newton@r0",
-                "newton@r2.5", "newton@astra@lr0"):
+                "newton@r2.5", "newton@astra@lr0", "newton@blocks@ekfac", "newton@head@astra"):
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf", "newton@i0", "newton@i2.5", "newton@x1",
                 "newton@d1@d2", "newton@", "newton@c0", "newton@c2.5", "newton@c10@c20", "newton@bm25",
                 "newton@c10@bm25@bm25", "newton@c1e2", "newton@c100.0", "newton@c+5", "newton@sketch@sketch",
-                "newton@sketch@bm25", "newton@sketches"):
+                "newton@sketch@bm25", "newton@sketches", "newton@blocks@blocks", "newton@tail"):
         with pytest.raises(ConfigError, match="newton takes @dD"):
             FieldLDSSettings(estimators=(bad,))
     with pytest.raises(ConfigError, match="pretrained on"):
