@@ -668,9 +668,12 @@ def extra_key(name: str, case: LDSCase, settings: FieldLDSSettings) -> dict:
 def groups_key(name: str, settings: FieldLDSSettings) -> dict:
     """The sketched parameter groups, in the key of the estimators that read sketches, when not the default's (so
     scores cached before the setting existed stay valid)."""
-    estimator = parse_estimator(name)
-    reads_sketches = estimator.family in ("gradient", TRACIN) or (
-        estimator.family == NEWTON and (newton_estimator(name).sketched or newton_estimator(name).candidates))
+    family = parse_estimator(name).family
+    if family == NEWTON:
+        found = newton_estimator(name)
+        reads_sketches = found.sketched or found.candidates is not None  # a two-stage recall reads the index's
+    else:
+        reads_sketches = family in ("gradient", TRACIN)
     return {"groups": list(settings.groups)} if reads_sketches and settings.groups != DEFAULT_GROUPS else {}
 
 
