@@ -561,8 +561,7 @@ class Scorer:
         recalled = None if recall is None else top_rows(recall, estimator.candidates)
         lexical = self.scores(BM25) if estimator.sketched and estimator.with_bm25 else None
         model = load_model(self.model_dir)
-        count = min(estimator.sample_rows, len(self.rows))
-        picks = np.unique(np.linspace(0, len(self.rows) - 1, count).astype(int))
+        picks = sample_picks(len(self.rows), estimator.sample_rows)
         sample = training_batch([self.rows[i] for i in picks])
         out, runs = [], []
         solver = NewtonSolver(model, sample, estimator.config)
@@ -592,6 +591,11 @@ class Scorer:
         (self.out / "scores").mkdir(parents=True, exist_ok=True)
         (self.out / "scores" / f"{name}.solver.json").write_text(json.dumps(summary, indent=2))
         return np.stack(out).astype(np.float32)
+
+
+def sample_picks(rows: int, count: int) -> np.ndarray:
+    """The ``count`` evenly spaced rows (of ``rows``) whose Gauss-Newton matrix a ``newton`` estimator inverts."""
+    return np.unique(np.linspace(0, rows - 1, min(count, rows)).astype(int))
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from evaluation.field_lds import (
     pooled,
     retrain_path,
     run_field_lds,
+    sample_picks,
     staged,
     tracin_checkpoints,
     tracin_plan,
@@ -528,8 +529,7 @@ def test_the_newton_direction_through_the_sketches(field_run: tuple[Path, dict])
                                   staged(full, pooled(through, bm25), 6))
     scorer = Scorer(out, CASE, SETTINGS)
     model = load_model(CASE.directory(out) / "model")
-    count = min(NEWTON_SAMPLE_ROWS, len(scorer.rows))  # the sample newton_scores takes
-    rows = [scorer.rows[i] for i in np.unique(np.linspace(0, len(scorer.rows) - 1, count).astype(int))]
+    rows = [scorer.rows[i] for i in sample_picks(len(scorer.rows), NEWTON_SAMPLE_ROWS)]  # newton_scores' sample
     solver = NewtonSolver(model, training_batch(rows), newton_config("newton"))
     x = solver.direction(training_batch([scorer.queries[0].tolist()])).x
     np.testing.assert_allclose(through[0], scorer.through_sketches(model, x), rtol=1e-4, atol=1e-6)
