@@ -4,6 +4,7 @@ modules that implement each one import it from here."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -78,6 +79,12 @@ class SketchConfig:
         if not groups:
             raise ConfigError("sketch at least one parameter group (blocks, embed, head)")
         object.__setattr__(self, "groups", groups)
+
+
+def group_names(groups: Sequence[ModuleGroup | str] | str) -> tuple[str, ...]:
+    """``groups`` checked and ordered as a sketch takes them (:class:`SketchConfig`), as plain names (for the configs
+    that name parameter groups beside a sketch's)."""
+    return tuple(g.value for g in SketchConfig(groups=groups).groups)
 
 
 class Factoring(StrEnum):

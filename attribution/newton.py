@@ -35,7 +35,7 @@ from attribution.batching import TokenBatch, training_batch
 from attribution.config import coerce_enum
 from attribution.errors import ConfigError
 from attribution.factored_inverse import FactoredInverse, Factoring
-from attribution.kinds import SketchConfig
+from attribution.kinds import group_names
 from attribution.modules import sketched_modules
 
 Vector = torch.Tensor
@@ -245,7 +245,7 @@ class NewtonConfig:
         if self.warm_start and self.factoring is Factoring.NONE:
             raise ConfigError("a newton warm start needs a factoring (kfac or ekfac) to start from")
         if self.groups is not None:
-            object.__setattr__(self, "groups", tuple(g.value for g in SketchConfig(groups=self.groups).groups))
+            object.__setattr__(self, "groups", group_names(self.groups))
             if self.solver is not Solver.CG or self.factoring is not Factoring.NONE:
                 raise ConfigError("a newton direction over some parameter groups is solved by plain conjugate "
                                   "gradient (no factoring, no ASTRA)")

@@ -51,6 +51,7 @@ from attribution.batching import training_batch
 from attribution.config import DEFAULT_DAMPING, CurvatureConfig, Direction, UnlearningConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError, OutOfMemoryError
+from attribution.kinds import group_names
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model, load_tokenizer
 from attribution.newton import (
@@ -118,7 +119,7 @@ NEWTON_OPTIONS = ("@dD (relative damping), @iN (conjugate-gradient steps, or AST
                   "scored), @bm25 (with @cN: N/2 of them from BM25), @sketch (the direction read through the "
                   "stored k-sketches: alone, the whole answer; with @cN, the recall stage), @blocks, @embed, @head "
                   "(the direction moves only these groups' weights, as a peer tracking those modules)")
-DEFAULT_GROUPS = tuple(g.value for g in SketchConfig().groups)
+DEFAULT_GROUPS = group_names(SketchConfig().groups)
 """The index's default sketched parameter groups (the transformer blocks' Linear layers)."""
 RECALL_STAGE = "gradient/block"
 """The recall stage of a two-stage ``newton@cN`` estimator: the index default (block curvature, cosine, the settings'
@@ -269,7 +270,7 @@ class FieldLDSSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "estimators", tuple(self.estimators))
-        object.__setattr__(self, "groups", tuple(g.value for g in SketchConfig(groups=self.groups).groups))
+        object.__setattr__(self, "groups", group_names(self.groups))
         for name in ("retrains", "halves", "reseeded", "zeroed"):  # Spearman over retrains needs 3
             if getattr(self, name) not in range(0, 100_000) or 0 < getattr(self, name) < 3:
                 raise ConfigError(f"{name} must be 0 or at least 3, got {getattr(self, name)}")
