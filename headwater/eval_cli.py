@@ -153,11 +153,12 @@ def eval_field_lds(
     estimators: Annotated[str, typer.Option(help="Comma-separated: gradient-ip/KIND, gradient/KIND, tracin-ip/KIND, "
                                             "tracin/KIND (each optionally @K, @dD), bm25, unlearning, "
                                             "unlearning@newton, newton[@dD][@iN][@rN][@kfac|@ekfac][@warm]"
-                                            "[@astra][@lrX][@cN[@bm25]][@sketch] "
+                                            "[@astra][@lrX][@cN[@bm25]][@sketch][@blocks][@embed][@head] "
                                             "(damping, steps, sample rows, factored preconditioner, warm start, "
                                             "ASTRA and its learning rate; two stages: only the index default's top "
                                             "N rows scored, half from BM25 with @bm25; @sketch: the direction "
-                                            "read through the stored sketches, alone or as the recall stage), "
+                                            "read through the stored sketches, alone or as the recall stage; "
+                                            "@blocks, @embed, @head: the direction moves those weights only), "
                                             "magic[@sN] (the exact "
                                             "replay from step N).")]
     = ",".join(FIELD_ESTIMATORS),
