@@ -12,8 +12,8 @@ along ``x`` — exactly, by forward-mode differentiation (one pass per batch of 
 This module is the math: the products, the solver and the scores (issue #25, items 1-2); wiring them into the
 retrievers, the index's recall stage and the LDS tables comes next. Forward-mode differentiation needs the eager
 attention kernel (PyTorch's fused CPU attention has no forward-mode derivative), which :func:`eager_attention`
-switches to for the duration of a call. Logits are formed whole (``B × T × V``): sample and score in batches that
-fit memory.
+switches to for the duration of a call. Logits are formed whole (``B × T × V``) per chunk of rows: a product
+takes :data:`PRODUCT_CHUNK_ROWS` sample rows at a time, scores take ``batch_rows``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ from attribution.modules import sketched_modules
 
 Vector = torch.Tensor
 """A flat vector over every parameter of the model, in ``named_parameters`` order."""
+PRODUCT_CHUNK_ROWS = 64
+"""Sample rows whose logits a Gauss-Newton product forms at once (their ``B × T × V`` logits and tangents bound its
+memory; the products of the chunks are summed)."""
 
 
 @contextmanager
@@ -115,10 +118,14 @@ class GaussNewton:
     rows), at the model's current parameters; with a ``mask``, its block on the masked coordinates (``M G M``, the
     system of a direction that moves those parameters only)."""
 
-    def __init__(self, model: nn.Module, sample: TokenBatch, damping: float = 0.0, mask: Vector | None = None) -> None:
+    def __init__(self, model: nn.Module, sample: TokenBatch, damping: float = 0.0, mask: Vector | None = None,
+                 chunk_rows: int = PRODUCT_CHUNK_ROWS) -> None:
         if not math.isfinite(damping) or damping < 0:
             raise ConfigError(f"damping must be a finite number >= 0, got {damping}")
+        if chunk_rows <= 0:
+            raise ConfigError(f"a Gauss-Newton product needs chunk_rows > 0, got {chunk_rows}")
         self.model, self.sample, self.damping, self.mask = model, sample, damping, mask
+        self.chunk_rows = chunk_rows
         self.params = parameters_of(model)
         self.size = sum(p.numel() for p in self.params.values())
         """Length of the flat vectors the products take."""
@@ -133,17 +140,24 @@ class GaussNewton:
         if self.mask is not None:
             vector = vector * self.mask.to(vector)
 
-        def logits(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return next_token_logits(self.model, p, self.sample)
-
+        tangent = unflatten(vector, self.params)
+        rows = self.sample.input_ids.shape[0]
+        out = torch.zeros_like(vector)
         with eager_attention(self.model):
-            out, jv = jvp(logits, (self.params,), (unflatten(vector, self.params),))
-            probs = torch.softmax(out, dim=-1)
-            hjv = probs * jv - probs * (probs * jv).sum(-1, keepdim=True)  # (diag(p) − p pᵀ) J v, per position
-            hjv = hjv * self.sample.loss_mask[:, 1:, None].to(hjv)
-            _, pullback = vjp(logits, self.params)
-            (gv,) = pullback(hjv)
-        out = flatten(gv) / self.sample.input_ids.shape[0]
+            for start in range(0, rows, self.chunk_rows):
+                chunk = sample_rows(self.sample, torch.arange(start, min(start + self.chunk_rows, rows)))
+
+                def logits(p: dict[str, torch.Tensor], chunk: TokenBatch = chunk) -> torch.Tensor:
+                    return next_token_logits(self.model, p, chunk)
+
+                values, jv = jvp(logits, (self.params,), (tangent,))
+                probs = torch.softmax(values, dim=-1)
+                hjv = probs * jv - probs * (probs * jv).sum(-1, keepdim=True)  # (diag(p) − p pᵀ) J v, per position
+                hjv = hjv * chunk.loss_mask[:, 1:, None].to(hjv)
+                _, pullback = vjp(logits, self.params)
+                (gv,) = pullback(hjv)
+                out += flatten(gv)
+        out = out / rows
         return (out if self.mask is None else out * self.mask.to(out)) + self.damping * vector
 
     def mean_eigenvalue(self, probes: int = 4, seed: int = 0) -> float:
@@ -221,7 +235,8 @@ class NewtonConfig:
     tol: float = 1e-4
     """Relative residual at which conjugate gradient stops."""
     max_iter: int = 50
-    """Most Gauss-Newton products."""
+    """Most Gauss-Newton products; 0 (with a warm start) takes none: ``x`` is the factored inverse's ``P⁻¹ g``
+    alone, the factoring fitted on every sample row (an EK-FAC influence over every parameter)."""
     factoring: Factoring = Factoring.NONE
     """Factored approximation of ``(G + λ)⁻¹`` fitted on the sample (:mod:`attribution.factored_inverse`): CG's
     preconditioner and ASTRA's step preconditioner; none, kfac or ekfac."""
@@ -238,12 +253,15 @@ class NewtonConfig:
     def __post_init__(self) -> None:
         if not math.isfinite(self.damping) or self.damping <= 0:
             raise ConfigError(f"newton damping must be a positive finite number, got {self.damping}")
-        if self.max_iter <= 0 or not 0 < self.tol < 1:
-            raise ConfigError(f"newton needs max_iter > 0 and 0 < tol < 1, got {self.max_iter} and {self.tol}")
+        if self.max_iter < 0 or not 0 < self.tol < 1:
+            raise ConfigError(f"newton needs max_iter >= 0 and 0 < tol < 1, got {self.max_iter} and {self.tol}")
         coerce_enum(self, "factoring", Factoring)
         coerce_enum(self, "solver", Solver)
         if self.warm_start and self.factoring is Factoring.NONE:
             raise ConfigError("a newton warm start needs a factoring (kfac or ekfac) to start from")
+        if self.max_iter == 0 and (not self.warm_start or self.solver is not Solver.CG):
+            raise ConfigError("newton with 0 steps is the warm start alone: it needs a warm start (and a factoring) "
+                              "and conjugate gradient")
         if self.groups is not None:
             object.__setattr__(self, "groups", group_names(self.groups))
             if self.solver is not Solver.CG or self.factoring is not Factoring.NONE:
@@ -320,6 +338,11 @@ class NewtonSolver:
             products = round(config.astra.steps * min(config.astra.rows, len(sample)) / len(sample)) + 1
             return NewtonDirection(solved.x.to(dtype), gradient, system.damping, solved.steps, residual,
                                    time.perf_counter() - started, products)
+        if config.max_iter == 0:  # the factored inverse alone; one product to report how far it is from the system
+            assert x0 is not None  # NewtonConfig: 0 steps need a warm start, which needs a factoring
+            residual = float((apply(x0) - b).norm() / b.norm()) if float(b.norm()) > 0 else 0.0
+            return NewtonDirection(x0.to(dtype), gradient, system.damping, 0, residual, time.perf_counter() - started,
+                                   system.products - before)
         found = conjugate_gradient(apply, b, x0=x0, tol=config.tol, max_iter=config.max_iter, precondition=inverse)
         return NewtonDirection(found.x.to(dtype), gradient, system.damping, found.iterations, found.residual,
                                time.perf_counter() - started, system.products - before)

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from attribution.astra import AstraSchedule
-from attribution.batching import training_batch
+from attribution.batching import TokenBatch, training_batch
 from attribution.config import DEFAULT_DAMPING, CurvatureConfig, Direction, UnlearningConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError, OutOfMemoryError
@@ -113,12 +113,14 @@ sweep (docs/RESULTS.md): on the fine-tuning case d = 1 / 10 / 30 / 100 / 300 / 1
 conjugate gradient converges in 20 steps (residual < 0.01)."""
 
 
-NEWTON_OPTIONS = ("@dD (relative damping), @iN (conjugate-gradient steps, or ASTRA steps), @rN (sample rows), "
+NEWTON_OPTIONS = ("@dD (relative damping), @iN (conjugate-gradient steps, or ASTRA steps; @i0 with @warm: the "
+                  "factored inverse alone), @rN (sample rows), "
                   "@kfac or @ekfac (a factored preconditioner), @warm (start from it), @astra (the stochastic "
                   "solver), @lrX (ASTRA's learning rate), @cN (two stages: only the index default's top N rows "
                   "scored), @bm25 (with @cN: N/2 of them from BM25), @sketch (the direction read through the "
                   "stored k-sketches: alone, the whole answer; with @cN, the recall stage), @blocks, @embed, @head "
-                  "(the direction moves only these groups' weights, as a peer tracking those modules)")
+                  "(the direction moves only these groups' weights, as a peer tracking those modules), @cp (the "
+                  "mean over TracIn-CP's checkpoints; one stage)")
 DEFAULT_GROUPS = group_names(SketchConfig().groups)
 """The index's default sketched parameter groups (the transformer blocks' Linear layers)."""
 RECALL_STAGE = "gradient/block"
@@ -147,23 +149,28 @@ class NewtonEstimator:
     product with the direction's projection (:meth:`attribution.sketch.Sketcher.project`, the index's projection at
     the settings' k; 8 KB a row at k = 16). Alone, that is the answer (a stored index queried by ``x``); with
     ``candidates``, it is the recall stage in place of the index default's ranking of the raw gradient."""
+    checkpoints: bool = False
+    """Scores averaged over TracIn-CP's checkpoints of the case's training (:func:`tracin_plan`, the final model
+    included), each checkpoint with its own sample curvature, direction and exact row scores: the Newton step taken
+    along the trajectory rather than at its end (one stage only)."""
 
 
 def newton_estimator(name: str) -> NewtonEstimator:
-    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN[@bm25]][@sketch][@blocks][@embed][@head]``:
+    """``newton[@dD][@iN][@rN][@kfac|@ekfac][@warm][@astra][@lrX][@cN[@bm25]][@sketch][@blocks][@embed][@head][@cp]``:
     relative damping D (default :data:`NEWTON_DAMPING`), at most N conjugate-gradient steps (default
-    :data:`NEWTON_ITERATIONS`; with ``@astra`` N ASTRA steps, default 300), ``G`` over N sample rows (default
+    :data:`NEWTON_ITERATIONS`; with ``@astra`` N ASTRA steps, default 300; ``@i0`` with ``@warm``: none, the factored
+    inverse fitted on the sample rows alone), ``G`` over N sample rows (default
     :data:`NEWTON_SAMPLE_ROWS`), a K-FAC or EK-FAC preconditioner, a warm start from it, the ASTRA solver and its
     learning rate X (default 0.1), and two stages: only the index default's top N rows per query scored
     (:attr:`NewtonEstimator.candidates`), half of them from BM25 with ``@bm25``; ``@sketch``: the direction read
     through the stored sketches (:attr:`NewtonEstimator.sketched`), alone or as the recall stage of ``@cN``;
     ``@blocks``, ``@embed``, ``@head``: the direction over those groups' weights only (:attr:`NewtonConfig.groups`;
-    plain conjugate gradient)."""
+    plain conjugate gradient); ``@cp``: the mean over TracIn-CP's checkpoints (:attr:`NewtonEstimator.checkpoints`)."""
     error = ConfigError(f"unknown LDS estimator {name!r}: newton takes {NEWTON_OPTIONS}")
     numbers: dict[str, float] = {}
     flags: set[str] = set()
     for option in name.split("@")[1:]:
-        if option in ("kfac", "ekfac", "warm", "astra", "bm25", "sketch", *PARAMETER_GROUPS):
+        if option in ("kfac", "ekfac", "warm", "astra", "bm25", "sketch", "cp", *PARAMETER_GROUPS):
             if option in flags or ({"kfac", "ekfac"} <= flags | {option}):
                 raise error
             flags.add(option)
@@ -175,17 +182,20 @@ def newton_estimator(name: str) -> NewtonEstimator:
             value = float(option[len(key):])
         except ValueError:
             raise error from None
-        if not value > 0 or not np.isfinite(value) or (key in ("i", "r", "c") and value != int(value)):
+        if not (value > 0 or (key == "i" and value == 0)) or not np.isfinite(value) or (
+                key in ("i", "r", "c") and value != int(value)):
             raise error
         if key == "c" and not option[1:].isdigit():  # one spelling, so a two-stage name finds its twin
             raise error
         numbers[key] = value
     astra = "astra" in flags
-    if ("lr" in numbers and not astra) or ("bm25" in flags and "c" not in numbers):
+    if ("lr" in numbers and not astra) or ("bm25" in flags and "c" not in numbers) or (
+            "cp" in flags and ("c" in numbers or "sketch" in flags)):
         raise error
     factoring = next((f for f in ("kfac", "ekfac") if f in flags), "none")
-    schedule = AstraSchedule(steps=int(numbers.get("i", 300)), lr=numbers.get("lr", 0.1)) if astra else AstraSchedule()
     try:
+        schedule = AstraSchedule(steps=int(numbers.get("i", 300)), lr=numbers.get("lr", 0.1)) if astra else \
+            AstraSchedule()
         config = NewtonConfig(damping=numbers.get("d", NEWTON_DAMPING), factoring=factoring,
                               max_iter=NEWTON_ITERATIONS if astra else int(numbers.get("i", NEWTON_ITERATIONS)),
                               warm_start="warm" in flags, solver="astra" if astra else "cg", astra=schedule,
@@ -194,7 +204,7 @@ def newton_estimator(name: str) -> NewtonEstimator:
         raise ConfigError(f"unknown LDS estimator {name!r}: {exc}") from None
     candidates = int(numbers["c"]) if "c" in numbers else None
     return NewtonEstimator(config, sample_rows=int(numbers.get("r", NEWTON_SAMPLE_ROWS)), candidates=candidates,
-                           with_bm25="bm25" in flags, sketched="sketch" in flags)
+                           with_bm25="bm25" in flags, sketched="sketch" in flags, checkpoints="cp" in flags)
 
 
 def newton_config(name: str) -> NewtonConfig:
@@ -221,7 +231,7 @@ def unlearning_settings(name: str, base: UnlearningConfig | None = None) -> Unle
             raise error from None
         config = estimator.config
         if config.solver is not Solver.CG or config.warm_start or estimator.candidates is not None or \
-                estimator.sketched or config.groups is not None:
+                estimator.sketched or config.groups is not None or estimator.checkpoints:
             raise error
         return replace(base, direction=Direction.NEWTON, newton_rows=estimator.sample_rows,
                        newton_iterations=config.max_iter, newton_damping=config.damping,
@@ -555,16 +565,36 @@ class Scorer:
         beside the scores (:func:`solver_summaries`). A two-stage estimator scores only the recall stage's top rows:
         ``recall``'s when given (the run's own recall-stage scores), else :func:`recall_stage` computes them; with
         ``@sketch`` the recall stage (or, alone, the answer) is each row's sketch against the direction's projection,
-        from the same solve."""
+        from the same solve; with ``@cp`` the mean of every TracIn-CP checkpoint's exact scores."""
         estimator = newton_estimator(name)
         if estimator.candidates is not None and recall is None and not estimator.sketched:
             recall = recall_stage(estimator, self.scores)
         recalled = None if recall is None else top_rows(recall, estimator.candidates)
         lexical = self.scores(BM25) if estimator.sketched and estimator.with_bm25 else None
-        model = load_model(self.model_dir)
         picks = sample_picks(len(self.rows), estimator.sample_rows)
         sample = training_batch([self.rows[i] for i in picks])
-        out, runs = [], []
+        runs: list[tuple[int, float, float]] = []
+        if estimator.checkpoints:  # one stage: the mean of every checkpoint's exact scores
+            model_dir, plan = tracin_checkpoints(self.out, self.case)
+            scores = np.mean([self.staged_scores(estimator, load_model(model_dir, revision=revision), sample, None,
+                                                 None, runs) for revision in plan.revisions], axis=0)
+        else:
+            scores = self.staged_scores(estimator, load_model(self.model_dir), sample, recalled, lexical, runs)
+        products, residuals, seconds = (np.asarray(v, dtype=float) for v in zip(*runs, strict=True))
+        summary = {"sample_rows": len(picks), "products": float(products.mean()),
+                   "residual_median": float(np.median(residuals)), "residual_max": float(residuals.max()),
+                   "solve_seconds": float(seconds.mean())}
+        (self.out / "scores").mkdir(parents=True, exist_ok=True)
+        (self.out / "scores" / f"{name}.solver.json").write_text(json.dumps(summary, indent=2))
+        return scores.astype(np.float32)
+
+    def staged_scores(self, estimator: NewtonEstimator, model: torch.nn.Module, sample: TokenBatch,
+                      recalled: np.ndarray | None, lexical: np.ndarray | None,
+                      runs: list[tuple[int, float, float]]) -> np.ndarray:
+        """Each query's row scores at ``model``: exact for every row, or for the ``recalled`` rows only (0
+        elsewhere), or read through the sketches (alone, or recalling the rows the exact stage scores); how each solve
+        did is appended to ``runs``."""
+        out = []
         solver = NewtonSolver(model, sample, estimator.config)
         for q, query in enumerate(self.queries):
             found = solver.direction(training_batch([query.tolist()]))
@@ -585,13 +615,7 @@ class Scorer:
                 row = np.zeros(len(self.rows), dtype=np.float32)
                 row[picked] = score_rows(model, [self.rows[i] for i in picked], found.x).numpy()
                 out.append(row)
-        products, residuals, seconds = (np.asarray(v, dtype=float) for v in zip(*runs, strict=True))
-        summary = {"sample_rows": len(picks), "products": float(products.mean()),
-                   "residual_median": float(np.median(residuals)), "residual_max": float(residuals.max()),
-                   "solve_seconds": float(seconds.mean())}
-        (self.out / "scores").mkdir(parents=True, exist_ok=True)
-        (self.out / "scores" / f"{name}.solver.json").write_text(json.dumps(summary, indent=2))
-        return np.stack(out).astype(np.float32)
+        return np.stack(out)
 
 
 def sample_picks(rows: int, count: int) -> np.ndarray:
@@ -663,7 +687,8 @@ def extra_key(name: str, case: LDSCase, settings: FieldLDSSettings) -> dict:
         sketch = {"sketched": True} if found.sketched else {}  # read through the settings' k (in the key)
         config = {key: value for key, value in asdict(found.config).items()
                   if not (key == "groups" and value is None)}  # every parameter: the key scores had before groups
-        return {"newton": {**config, "sample_rows": found.sample_rows, **two_stages, **sketch}}
+        along = {"revisions": list(tracin_plan(case).revisions)} if found.checkpoints else {}
+        return {"newton": {**config, "sample_rows": found.sample_rows, **two_stages, **sketch, **along}}
     if family == TRACIN:
         plan = tracin_plan(case)
         return {"revisions": list(plan.revisions), "weights": list(plan.weights), "mode": estimator.mode.value}

@@ -88,6 +88,26 @@ def test_preconditioned_and_warm_started_cg_reach_the_same_solution(model) -> No
             torch.testing.assert_close(solved.x, plain.x, rtol=1e-6, atol=1e-7)
 
 
+def test_zero_steps_give_the_factored_inverse_alone(model) -> None:
+    """``max_iter = 0`` with a warm start: ``x = P⁻¹ g``, P fitted on the sample at the relative damping, and the
+    residual it reports is that ``x``'s in the exact damped system (one product)."""
+    sample, target = training_batch(rows(8, 6, 8)), collate(rows(9, 1, 8), [[0, 0, 1, 1, 1, 1, 1, 1]])
+    found = newton_direction(model, target, sample, NewtonConfig(damping=0.1, factoring="ekfac", warm_start=True,
+                                                                  max_iter=0))
+    system = GaussNewton(model, sample)
+    assert found.damping == pytest.approx(0.1 * system.mean_eigenvalue())
+    inverse = FactoredInverse.fit(model, sample, found.damping, "ekfac")
+    torch.testing.assert_close(found.x, inverse(found.gradient), rtol=1e-12, atol=0)
+    system.damping = found.damping
+    exact = float((system.product(found.x) - found.gradient).norm() / found.gradient.norm())
+    assert found.iterations == 0 and found.products == 1 and found.residual == pytest.approx(exact, rel=1e-9)
+    assert found.residual > 1e-3  # a factored inverse is not the exact one on this model
+    for bad in (dict(max_iter=0), dict(max_iter=0, factoring="ekfac"),
+                dict(max_iter=0, factoring="ekfac", warm_start=True, solver="astra"), dict(max_iter=-1)):
+        with pytest.raises(ConfigError, match="0 steps|max_iter >= 0"):
+            NewtonConfig(**bad)
+
+
 def test_newton_direction_with_astra_approaches_the_cg_solution(model) -> None:
     sample, target = training_batch(rows(6, 8, 8)), collate(rows(7, 1, 8), [[0, 0, 1, 1, 1, 1, 1, 1]])
     exact = newton_direction(model, target, sample, NewtonConfig(damping=10.0, tol=1e-10, max_iter=500))

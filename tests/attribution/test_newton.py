@@ -64,6 +64,18 @@ def test_gauss_newton_products_equal_the_explicit_matrix(model) -> None:
     assert system.mean_eigenvalue(probes=64) == pytest.approx(float(dense.trace()) / system.dim, rel=0.3)
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 2, 5])
+def test_products_taken_in_chunks_of_rows_equal_the_whole_matrix(model, chunk_rows: int) -> None:
+    """A product summed over chunks of the sample's rows (the last one short) is the whole sample's."""
+    sample = training_batch(rows(8, 5, 6))
+    dense = explicit_gauss_newton(model, sample)
+    system = GaussNewton(model, sample, damping=0.3, chunk_rows=chunk_rows)
+    v = torch.randn(system.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(system.product(v), dense @ v + 0.3 * v, rtol=1e-9, atol=1e-10)
+    with pytest.raises(ConfigError, match="chunk_rows > 0"):
+        GaussNewton(model, sample, chunk_rows=0)
+
+
 def test_conjugate_gradient_solves_the_damped_system(model) -> None:
     sample = training_batch(rows(2, 4, 6))
     system = GaussNewton(model, sample, damping=0.2)

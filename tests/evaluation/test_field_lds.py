@@ -20,9 +20,10 @@ from attribution.batching import training_batch
 from attribution.config import CurvatureConfig
 from attribution.encoder import GradientEncoder, load_checkpoints
 from attribution.errors import ConfigError
+from attribution.factored_inverse import FactoredInverse
 from attribution.kronecker import Fisher, KroneckerStatistics
 from attribution.models import load_model
-from attribution.newton import NewtonConfig, NewtonSolver
+from attribution.newton import NewtonConfig, NewtonSolver, score_rows
 from attribution.preconditioner import PreconditionMode
 from attribution.scoring import ScoreMode
 from attribution.session import fitted_vectors, sketch_all
@@ -290,6 +291,8 @@ def test_bad_settings_are_clear_errors() -> None:
     assert newton_config("newton@ekfac@warm") == NewtonConfig(damping=100.0, max_iter=20, factoring="ekfac",
                                                               warm_start=True)
     assert newton_config("newton@kfac").factoring == "kfac"
+    assert newton_config("newton@ekfac@warm@i0@d0.1") == NewtonConfig(damping=0.1, max_iter=0, factoring="ekfac",
+                                                                     warm_start=True)  # the factored inverse alone
     astra = newton_estimator("newton@astra@ekfac@i100@r200@lr0.05")
     assert astra.sample_rows == 200
     assert astra.config.solver == "astra" and astra.config.astra == AstraSchedule(steps=100, lr=0.05)
@@ -309,10 +312,11 @@ def test_bad_settings_are_clear_errors() -> None:
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
             FieldLDSSettings(estimators=(bad,))
     for bad in ("newton@warm", "newton@kfac@ekfac", "newton@ekfac@ekfac", "newton@lr0.1", "newton@r0",
-                "newton@r2.5", "newton@astra@lr0", "newton@blocks@ekfac", "newton@head@astra"):
+                "newton@r2.5", "newton@astra@lr0", "newton@blocks@ekfac", "newton@head@astra", "newton@i0",
+                "newton@ekfac@i0", "newton@ekfac@warm@astra@i0"):
         with pytest.raises(ConfigError, match="unknown LDS estimator"):
             FieldLDSSettings(estimators=(bad,))
-    for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf", "newton@i0", "newton@i2.5", "newton@x1",
+    for bad in ("newton@d0", "newton@dx", "newton@d-1", "newton@dinf", "newton@i-1", "newton@i2.5", "newton@x1",
                 "newton@d1@d2", "newton@", "newton@c0", "newton@c2.5", "newton@c10@c20", "newton@bm25",
                 "newton@c10@bm25@bm25", "newton@c1e2", "newton@c100.0", "newton@c+5", "newton@sketch@sketch",
                 "newton@sketch@bm25", "newton@sketches", "newton@blocks@blocks", "newton@tail"):
@@ -543,3 +547,45 @@ def test_the_newton_direction_through_the_sketches(field_run: tuple[Path, dict])
     np.testing.assert_allclose(one_pass, staged(full, through, 5), rtol=1e-4, atol=1e-6)
     assert {"newton@sketch", "newton@c5@sketch"} <= set(report["lds"][DROP])
     assert "newton@sketch + bm25" in report["candidate_recall"]
+
+
+def test_the_factored_inverse_alone_scores_rows_along_its_direction(field_run: tuple[Path, dict]) -> None:
+    """``newton@ekfac@warm@i0@rN``: EK-FAC fitted on N evenly spaced rows (here every row) at the relative damping, no
+    conjugate-gradient step; each row scored exactly along ``P⁻¹ g``, and the solver summary says one product (the
+    residual's) and how far that ``x`` is from the damped system."""
+    out, _ = field_run
+    name = f"newton@ekfac@warm@i0@r{CASE.rows}@d0.1"
+    scorer = Scorer(out, CASE, SETTINGS)
+    scores = scorer.newton_scores(name)
+    model = load_model(CASE.directory(out) / "model")
+    solver = NewtonSolver(model, training_batch(scorer.rows), newton_config(name))
+    found = solver.direction(training_batch([scorer.queries[0].tolist()]))
+    inverse = FactoredInverse.fit(model, training_batch(scorer.rows), found.damping, "ekfac")
+    torch.testing.assert_close(found.x, inverse(found.gradient))
+    np.testing.assert_allclose(scores[0], score_rows(model, scorer.rows, found.x).numpy(), rtol=1e-4, atol=1e-6)
+    summary = json.loads((out / "scores" / f"{name}.solver.json").read_text())
+    assert summary["sample_rows"] == CASE.rows and summary["products"] == 1 and summary["residual_median"] > 0
+
+
+def test_newton_along_the_checkpoints_is_the_mean_of_each_checkpoints_scores(field_run: tuple[Path, dict]) -> None:
+    """``@cp``: each TracIn-CP checkpoint of the case's training solves its own direction over its own sample
+    curvature and scores every row exactly; the estimator is the mean of those scores."""
+    out, _ = field_run
+    name = "newton@i5@cp"
+    scorer = Scorer(out, CASE, SETTINGS)
+    scores = scorer.newton_scores(name)
+    model_dir, plan = tracin_checkpoints(out, CASE)
+    sample = training_batch([scorer.rows[i] for i in sample_picks(len(scorer.rows), NEWTON_SAMPLE_ROWS)])
+    query = training_batch([scorer.queries[0].tolist()])
+    each = []
+    for revision in plan.revisions:
+        model = load_model(model_dir, revision=revision)
+        x = NewtonSolver(model, sample, newton_config(name)).direction(query).x
+        each.append(score_rows(model, scorer.rows, x).numpy())
+    assert len(each) == TRACIN_CHECKPOINTS and not np.allclose(each[0], each[-1])  # the checkpoints differ
+    np.testing.assert_allclose(scores[0], np.mean(each, axis=0), rtol=1e-4, atol=1e-6)
+    assert extra_key(name, CASE, SETTINGS)["newton"]["revisions"] == list(plan.revisions)
+    assert "revisions" not in extra_key("newton@i5", CASE, SETTINGS)["newton"]
+    for bad in ("newton@cp@cp", "newton@cp@c5", "newton@cp@sketch", "unlearning@newton@cp"):
+        with pytest.raises(ConfigError, match="unknown LDS estimator"):
+            FieldLDSSettings(estimators=(bad,))
