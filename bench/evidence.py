@@ -41,6 +41,9 @@ ROWS = (
     Row("headwater `newton`: exact loss change along (G + λ)⁻¹ g, λ = 100 × mean eigenvalue, full space, no storage "
         "(LDS only)", Side.OURS,
         "newton", short="headwater `newton`"),
+    Row("headwater EK-FAC over every parameter (`newton@ekfac@warm@i0@r1000@d0.1`: fitted on up to 1,000 rows, "
+        "the embedding and norms by a diagonal, λ = 0.1 × mean eigenvalue; exact loss change along it, no storage; LDS "
+        "only)", Side.OURS, "newton@ekfac@warm@i0@r1000@d0.1", short="headwater EK-FAC over every parameter"),
     Row("headwater `unlearning`, direction newton (one Newton step, central difference)", Side.OURS,
         "unlearning@newton", "unlearning@newton"),
     Row("headwater in two stages: the index default (8 KB a row) and BM25 recall 100 rows a query, `newton` scores "

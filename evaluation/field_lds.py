@@ -20,7 +20,10 @@ on the query chunk, ``attribution.unlearning.score_every_row``: a finite-step es
 difference: ``direction = newton``); ``newton`` (each row's exact loss change along ``(G + λ)⁻¹ ∇ℓ(query)``, forward
 mode, no projection: :mod:`attribution.newton`; ``newton@cN[@bm25]`` the answer in two stages: the index default's
 top N rows per query, or N taken alternately from its and BM25's rankings, scored so, every other row 0;
-``newton@sketch`` the same direction read through the stored sketches, alone or, with ``@cN``, as the recall stage);
+``newton@sketch`` the same direction read through the stored sketches, alone or, with ``@cN``, as the recall stage;
+``newton@ekfac@warm@i0@rN@dD`` EK-FAC fitted on N rows at damping D over every parameter, no conjugate-gradient
+step: the field's EK-FAC influence, the embedding and norms included by a diagonal; ``@cp`` the mean over TracIn-CP's
+checkpoints);
 ``magic`` (the ceiling row: each row's ``−∂L_q/∂w_i`` through an exact replay of training, :mod:`evaluation.replay`;
 read it against the ``drop-zeroed`` column, the in-place removal it linearizes);
 ``shuffled`` (the first estimator's scores permuted across rows) as the control that must stay ≈ 0; and every

@@ -54,6 +54,7 @@ FIELD_LDS_ESTIMATORS = ("gradient-ip/none", "gradient-ip/inverse", "gradient-ip/
                         "gradient-ip/ekfac_basis@64", "gradient-ip/ekfac_basis@64@d0.1", "gradient-ip/ekfac_basis@256",
                         "gradient-ip/ekfac_basis@256@d0.1", "gradient-ip/ekfac_basis@256@d0.001", "bm25",
                         "unlearning", "tracin-ip/block", "newton", "newton@c100@bm25", "newton@c300@bm25",
-                        "unlearning@newton", "magic")
+                        "unlearning@newton", "newton@ekfac@warm@i0@r1000@d0.1", "magic")
 """The estimators ``headwater eval field-lds`` compares by default (grammar: evaluation.field_lds; the two-stage
-``newton@cN@bm25`` masked from ``newton``'s scores, no second solve)."""
+``newton@cN@bm25`` masked from ``newton``'s scores, no second solve; ``newton@ekfac@warm@i0@r1000@d0.1`` EK-FAC over
+every parameter fitted on up to 1,000 rows, every row of both first cases: headwater's best from scratch)."""
