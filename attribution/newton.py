@@ -326,6 +326,9 @@ class NewtonSolver:
         def apply(v: Vector) -> Vector:  # the solver's recurrences in float64: float32 ones lose orthogonality
             return system.product(v.to(dtype)).double()
 
+        def residual(x: Vector) -> float:  # one extra product over the whole sample
+            return float((apply(x) - b).norm() / b.norm()) if float(b.norm()) > 0 else 0.0
+
         precondition = self._precondition
         inverse = None if precondition is None else (lambda r: precondition(r.to(dtype)).double())
         x0 = inverse(b) if config.warm_start and inverse is not None else None
@@ -334,15 +337,13 @@ class NewtonSolver:
                 return GaussNewton(model, sample_rows(sample, picks), system.damping).product(v.to(dtype)).double()
 
             solved = astra_solve(apply_batch, b, len(sample), config.astra, inverse, x0)
-            residual = float((apply(solved.x) - b).norm() / b.norm()) if float(b.norm()) > 0 else 0.0
             products = round(config.astra.steps * min(config.astra.rows, len(sample)) / len(sample)) + 1
-            return NewtonDirection(solved.x.to(dtype), gradient, system.damping, solved.steps, residual,
+            return NewtonDirection(solved.x.to(dtype), gradient, system.damping, solved.steps, residual(solved.x),
                                    time.perf_counter() - started, products)
         if config.max_iter == 0:  # the factored inverse alone; one product to report how far it is from the system
             assert x0 is not None  # NewtonConfig: 0 steps need a warm start, which needs a factoring
-            residual = float((apply(x0) - b).norm() / b.norm()) if float(b.norm()) > 0 else 0.0
-            return NewtonDirection(x0.to(dtype), gradient, system.damping, 0, residual, time.perf_counter() - started,
-                                   system.products - before)
+            return NewtonDirection(x0.to(dtype), gradient, system.damping, 0, residual(x0),
+                                   time.perf_counter() - started, system.products - before)
         found = conjugate_gradient(apply, b, x0=x0, tol=config.tol, max_iter=config.max_iter, precondition=inverse)
         return NewtonDirection(found.x.to(dtype), gradient, system.damping, found.iterations, found.residual,
                                time.perf_counter() - started, system.products - before)
